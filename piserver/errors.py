@@ -1,0 +1,87 @@
+"""
+Errors that reach a client, each with a stable ``code``.
+
+A handler raises one of these to answer a request with ``ok: false``; anything
+else it raises is logged with its traceback and answered as ``internal_error``.
+"""
+
+import attr
+
+
+@attr.s(auto_exc=True)
+class RpcError(Exception):
+    """Base: ``code`` is a class attribute, ``message`` says what was wrong."""
+
+    code = "internal_error"
+    message: str = attr.ib()
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class ParseError(RpcError):
+    code = "parse_error"
+
+
+class InvalidRequest(RpcError):
+    code = "invalid_request"
+
+
+class UnknownMethod(RpcError):
+    code = "unknown_method"
+
+
+class InvalidParams(RpcError):
+    code = "invalid_params"
+
+
+class NotFound(RpcError):
+    code = "not_found"
+
+
+class InvalidState(RpcError):
+    code = "invalid_state"
+
+
+class InternalError(RpcError):
+    code = "internal_error"
+
+
+class AgentCommandFailed(RpcError):
+    """pi answered a command with ``success: false``; ``message`` is pi's."""
+
+    code = "agent_error"
+
+
+class AgentTimeout(RpcError):
+    """pi did not answer a command in time."""
+
+    code = "agent_timeout"
+
+
+class AgentExited(RpcError):
+    """The agent process ended while a command was pending (or before it was sent)."""
+
+    code = "agent_exited"
+
+
+class AgentFailed(RpcError):
+    """The session's agent keeps crashing; calls fail until it is deleted or re-created."""
+
+    code = "agent_failed"
+
+
+class GithubError(RpcError):
+    code = "github_error"
+
+
+class GitError(RpcError):
+    code = "git_error"
+
+
+class RateLimited(RpcError):
+    code = "rate_limited"
+
+
+class TooManySessions(RpcError):
+    code = "too_many_sessions"
