@@ -1,0 +1,68 @@
+"""
+Resolved server configuration: what the command line, the environment and the
+data directory say, checked once at start.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import attr
+
+DEFAULT_PORT = 3141
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+PI_PACKAGE = "@mariozechner/pi-coding-agent"
+
+# Server-side secrets that are never passed on to an agent process.
+SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN"})
+
+
+@attr.frozen
+class ServerConfig:
+    endpoint: str
+    data_dir: Path
+    pi_command: tuple[str, ...]
+    auth_token: str | None
+    auth_token_source: str
+    max_frame_size: int
+    # Environment for child processes: the server's own plus the data dir's .env.
+    env: dict = attr.field(eq=False)
+    dotenv_problems: tuple = ()
+
+
+def default_data_dir(environ) -> Path:
+    if environ.get("PI_SERVER_DATA_DIR"):
+        return Path(environ["PI_SERVER_DATA_DIR"]).expanduser()
+    if environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]).expanduser() / "pi-server"
+    return Path(environ.get("HOME") or Path.home()) / ".local" / "share" / "pi-server"
+
+
+def project_dir(environ) -> Path:
+    """The checkout whose scripts/install-pi put pi into node_modules/."""
+    if environ.get("PI_SERVER_PROJECT_DIR"):
+        return Path(environ["PI_SERVER_PROJECT_DIR"])
+    return Path(__file__).resolve().parent.parent
+
+
+def find_pi(explicit: str | None, environ) -> tuple[str, ...] | None:
+    """The agent command: --pi, $PI_SERVER_PI, `pi` on PATH, then the project-local install."""
+    for candidate in (explicit, environ.get("PI_SERVER_PI")):
+        if candidate:
+            found = shutil.which(os.path.expanduser(candidate))
+            return (found,) if found else None
+    on_path = shutil.which("pi", path=environ.get("PATH"))
+    if on_path:
+        return (on_path,)
+    local = project_dir(environ) / "node_modules" / ".bin" / "pi"
+    if os.access(local, os.X_OK):
+        return (str(local),)
+    return None
+
+
+def prepare_data_dir(path: Path) -> None:
+    """Create the data dir (0700) and its sessions/; raise OSError if unusable."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (path / "sessions").mkdir(mode=0o700, exist_ok=True)
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} is not readable and writable")

@@ -1,0 +1,94 @@
+"""
+The HTTP side of the one port: ``/`` (server info), ``/health``, ``/rpc`` (the
+WebSocket) and JSON 404s for everything else.
+"""
+
+import json
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from . import __version__
+
+
+def _json(request, status: int, body: dict) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body).encode("utf-8") + b"\n"
+
+
+class NotFoundResource(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return _json(request, 404, {
+            "ok": False,
+            "error": {"code": "not_found",
+                      "message": f"no such path: {request.path.decode('utf-8', 'replace')}"},
+        })
+
+
+class HealthResource(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return _json(request, 200, {"ok": True, "version": __version__})
+
+
+class RootResource(Resource):
+    """``/`` itself answers server info; its children are ``health`` and ``rpc``."""
+
+    def __init__(self, rpc: Resource):
+        super().__init__()
+        self.putChild(b"health", HealthResource())
+        self.putChild(b"rpc", rpc)
+
+    def getChild(self, path, request):
+        if path == b"":
+            return self
+        return NotFoundResource()
+
+    def render_GET(self, request):
+        if request.postpath and request.postpath != [b""]:
+            return NotFoundResource().render(request)
+        return _json(request, 200, {
+            "name": "pi-server",
+            "version": __version__,
+            "endpoints": {"websocket": "/rpc", "health": "/health"},
+        })
+
+
+def redacted_log_formatter(timestamp, request):
+    """
+    Access log line in the combined format, without the query string: clients
+    may carry their token in ``?token=``.
+    """
+    path = request.uri.split(b"?", 1)[0]
+    referrer = (request.getHeader(b"referer") or b"-").split(b"?", 1)[0]
+    agent = request.getHeader(b"user-agent") or b"-"
+    address = request.getClientAddress()
+    line = '"{ip}" - - {ts} "{method} {path} {proto}" {code} {length} "{ref}" "{agent}"'.format(
+        ip=getattr(address, "host", "-"),
+        ts=timestamp,
+        method=_safe(request.method),
+        path=_safe(path),
+        proto=_safe(request.clientproto),
+        code=request.code,
+        length=request.sentLength or "-",
+        ref=_safe(referrer),
+        agent=_safe(agent),
+    )
+    return line
+
+
+def _safe(value: bytes) -> str:
+    # Escapes quotes and control characters so a client cannot forge log lines.
+    return json.dumps(value.decode("latin-1"))[1:-1]
+
+
+def make_site(rpc: Resource, reactor=None) -> Site:
+    site = Site(RootResource(rpc), logFormatter=redacted_log_formatter, reactor=reactor)
+    # A traceback page would show internals to whoever asks.
+    site.displayTracebacks = False
+    return site

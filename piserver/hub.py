@@ -1,0 +1,32 @@
+"""
+The hub: where WebSocket connections meet the method table.
+"""
+
+import uuid
+
+from twisted.logger import Logger
+
+from .connection import Connection
+from .dispatch import Dispatcher
+
+
+class Hub:
+    log = Logger()
+
+    def __init__(self, methods, new_id=lambda: str(uuid.uuid4())):
+        self.dispatcher = Dispatcher(methods)
+        self._new_id = new_id
+        self.connections: dict[str, Connection] = {}
+
+    def connect(self, sink, peer: str = "", device: str | None = None) -> Connection:
+        connection = Connection(self._new_id(), self.dispatcher, sink, peer=peer, device=device)
+        self.connections[connection.connection_id] = connection
+        connection.on_lost(self._forget)
+        self.log.info("connection {connection_id} opened from {peer} device={device}",
+                      connection_id=connection.connection_id, peer=peer, device=device)
+        return connection
+
+    def _forget(self, connection: Connection) -> None:
+        self.connections.pop(connection.connection_id, None)
+        self.log.info("connection {connection_id} closed",
+                      connection_id=connection.connection_id)

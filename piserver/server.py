@@ -1,0 +1,97 @@
+"""
+The service tree behind ``twistd piserver``: the HTTP/WebSocket listener and
+everything it stands on, wired from a ``ServerConfig``.
+"""
+
+import socket
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from . import __version__
+from .auth import Authenticator
+from .config import ServerConfig
+from .http import make_site
+from .hub import Hub
+from .methods import RpcMethods
+from .ws import RpcServerFactory
+
+
+class ReportingEndpoint:
+    """Wraps a server endpoint to learn the address it actually listens on."""
+
+    def __init__(self, endpoint, on_listening):
+        self._endpoint = endpoint
+        self._on_listening = on_listening
+
+    def listen(self, factory):
+        d = self._endpoint.listen(factory)
+        d.addCallback(self._listening)
+        return d
+
+    def _listening(self, port):
+        self._on_listening(port.getHost())
+        return port
+
+
+class PiServerService(MultiService):
+    log = Logger()
+
+    def __init__(self, config: ServerConfig):
+        super().__init__()
+        self.config = config
+        self.address = None
+
+    def startService(self):
+        config = self.config
+        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi}",
+                      version=__version__, data_dir=str(config.data_dir),
+                      pi=" ".join(config.pi_command))
+        for problem in config.dotenv_problems:
+            self.log.warn("{file}: {problem}", file=str(config.data_dir / ".env"),
+                          problem=str(problem))
+        if config.auth_token is None:
+            self.log.critical(
+                "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
+                "shell commands as this user"
+            )
+        super().startService()
+
+    def listening(self, address):
+        self.address = address
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        if port is None:
+            self.log.info("listening on {address}", address=str(address))
+            return
+        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        self.log.info("listening on {host}:{port}; WebSocket at ws://{shown}:{port}/rpc",
+                      host=host, port=port, shown=shown)
+        if self.config.auth_token_source == "generated":
+            # Shown once, when the token is made, so the user can paste it into a client.
+            self.log.info(
+                "new server token stored in {path}; connect with "
+                "ws://{shown}:{port}/rpc?token={token}",
+                path=str(self.config.data_dir / "server-token"), shown=shown, port=port,
+                token=self.config.auth_token,
+            )
+        elif self.config.auth_token is not None:
+            self.log.info("clients authenticate with the token from {source}",
+                          source=self.config.auth_token_source)
+
+
+def build_service(config: ServerConfig, reactor) -> PiServerService:
+    top = PiServerService(config)
+    methods = RpcMethods()
+    hub = Hub(methods.table())
+    authenticator = Authenticator(config.auth_token)
+    factory = RpcServerFactory(hub, authenticator, config.max_frame_size, reactor=reactor)
+    site = make_site(WebSocketResource(factory), reactor=reactor)
+    endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
+    listener = StreamServerEndpointService(endpoint, site)
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    return top
