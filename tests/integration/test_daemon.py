@@ -1,0 +1,82 @@
+"""twistd daemon mode: detaches, writes its pidfile, stops cleanly on SIGTERM."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str):
+    """Poll a condition the test cannot be notified of (another process's state)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def health_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+            return b'"ok": true' in s.recv(4096)
+    except OSError:
+        return False
+
+
+def test_daemon_start_and_stop(tmp_path):
+    pidfile = tmp_path / "piserver.pid"
+    logfile = tmp_path / "piserver.log"
+    port = free_port()
+    token = "daemon-test-token-value"
+    started = subprocess.run(
+        [TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "piserver",
+         "--port", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
+         "--pi", "/bin/true", "--auth-token", token],
+        capture_output=True, timeout=60, cwd=tmp_path,
+    )
+    # twistd returns once the daemon has detached.
+    assert started.returncode == 0, started.stderr.decode()
+    wait_until(pidfile.exists, 30, "the pidfile")
+    pid = int(pidfile.read_text())
+    wait_until(lambda: health_ok(port), 30, "/health to answer")
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pidfile.exists(), 30, "the pidfile to be removed")
+    wait_until(lambda: not _alive(pid), 30, "the daemon to exit")
+    log = logfile.read_text()
+    assert "listening on 127.0.0.1:" in log
+    assert "Server Shut Down" in log or "Main loop terminated" in log
+    assert token not in log
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_usage_error_exits_nonzero_without_traceback(tmp_path):
+    result = subprocess.run(
+        [TWISTD, "-n", "piserver", "--port", "99999", "--data-dir", str(tmp_path),
+         "--pi", "/bin/true"],
+        capture_output=True, timeout=60, cwd=tmp_path,
+    )
+    output = (result.stdout + result.stderr).decode()
+    assert result.returncode != 0
+    assert "1-65535" in output
+    assert "Traceback" not in output

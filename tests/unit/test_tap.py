@@ -1,0 +1,151 @@
+"""Command-line options, start-up errors and the service tree built from them."""
+
+import os
+import stat
+
+import pytest
+from autobahn.twisted.resource import WebSocketResource
+from twisted.application.internet import StreamServerEndpointService
+from twisted.python import usage
+
+from piserver.config import DEFAULT_MAX_FRAME_SIZE
+from piserver.tap import Options, makeService
+
+
+def parse(args, environ=None, home=None):
+    environ = dict(environ or {})
+    environ.setdefault("PATH", os.environ.get("PATH", ""))
+    if home is not None:
+        environ.setdefault("HOME", str(home))
+    options = Options(environ=environ)
+    options.parseOptions(args)
+    return options
+
+
+@pytest.fixture
+def base(tmp_path):
+    return ["--data-dir", str(tmp_path / "data"), "--pi", "/bin/true"]
+
+
+def test_defaults(tmp_path, base):
+    config = parse(base).config
+    assert config.endpoint == "tcp:3141:interface=0.0.0.0"
+    assert config.max_frame_size == DEFAULT_MAX_FRAME_SIZE
+    assert config.pi_command == ("/bin/true",)
+    assert config.auth_token_source == "generated"
+    token_file = tmp_path / "data" / "server-token"
+    assert token_file.read_text().strip() == config.auth_token
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert (tmp_path / "data" / "sessions").is_dir()
+    # The same token is read back on the next start.
+    again = parse(base).config
+    assert (again.auth_token, again.auth_token_source) == (config.auth_token, "file")
+
+
+@pytest.mark.parametrize("port, host, expected", [
+    ("4000", "0.0.0.0", "tcp:4000:interface=0.0.0.0"),
+    ("4000", "::", r"tcp:4000:interface=\:\:"),
+    (r"tcp:3141:interface=\:\:", "0.0.0.0", r"tcp:3141:interface=\:\:"),
+    ("unix:/tmp/pi.sock", "0.0.0.0", "unix:/tmp/pi.sock"),
+])
+def test_port_numbers_and_endpoint_strings(base, port, host, expected):
+    assert parse(base + ["--port", port, "--host", host]).config.endpoint == expected
+
+
+def test_port_from_environment(base):
+    assert parse(base, {"PI_SERVER_PORT": "5000"}).config.endpoint.startswith("tcp:5000:")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--port", "99999"], "1-65535"),
+    (["--port", "nonsense"], "port number or an endpoint"),
+    (["--port", "bogus:1234"], "--port"),
+    (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
+    (["--max-frame-size", "10"], "at least 1024"),
+])
+def test_bad_values_are_usage_errors(base, args, fragment):
+    with pytest.raises(usage.UsageError, match=fragment.replace("-", r"\-")):
+        parse(base + args)
+
+
+def test_unknown_option(base):
+    with pytest.raises(usage.UsageError, match="no-such-option"):
+        parse(base + ["--no-such-option"])
+
+
+def test_unusable_data_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(usage.UsageError, match="data dir"):
+        parse(["--data-dir", str(blocker / "data"), "--pi", "/bin/true"])
+
+
+def test_data_dir_defaults(tmp_path):
+    home = tmp_path / "home"
+    assert parse(["--pi", "/bin/true"], home=home).config.data_dir == \
+        home / ".local" / "share" / "pi-server"
+    xdg = parse(["--pi", "/bin/true"], {"XDG_DATA_HOME": str(tmp_path / "xdg")}, home=home)
+    assert xdg.config.data_dir == tmp_path / "xdg" / "pi-server"
+    explicit = parse(["--pi", "/bin/true"], {"XDG_DATA_HOME": str(tmp_path / "xdg"),
+                                             "PI_SERVER_DATA_DIR": str(tmp_path / "d")},
+                     home=home)
+    assert explicit.config.data_dir == tmp_path / "d"
+
+
+def test_missing_agent_names_the_installer(tmp_path):
+    environ = {"PATH": str(tmp_path), "PI_SERVER_PROJECT_DIR": str(tmp_path)}
+    with pytest.raises(usage.UsageError, match="scripts/install-pi"):
+        parse(["--data-dir", str(tmp_path / "d")], environ)
+    with pytest.raises(usage.UsageError, match="not found"):
+        parse(["--data-dir", str(tmp_path / "d"), "--pi", str(tmp_path / "missing")], environ)
+
+
+def test_agent_lookup_order(tmp_path):
+    def executable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+        return str(path)
+
+    local = executable(tmp_path / "project" / "node_modules" / ".bin" / "pi")
+    on_path = executable(tmp_path / "bin" / "pi")
+    from_env = executable(tmp_path / "env" / "pi")
+    data = ["--data-dir", str(tmp_path / "d")]
+    environ = {"PATH": "/usr/bin", "PI_SERVER_PROJECT_DIR": str(tmp_path / "project")}
+    assert parse(data, environ).config.pi_command == (local,)
+    environ["PATH"] = str(tmp_path / "bin")
+    assert parse(data, environ).config.pi_command == (on_path,)
+    environ["PI_SERVER_PI"] = from_env
+    assert parse(data, environ).config.pi_command == (from_env,)
+    assert parse(data + ["--pi", local], environ).config.pi_command == (local,)
+
+
+def test_auth_token_sources(tmp_path, base):
+    assert parse(base + ["--auth-token", "abc"]).config.auth_token == "abc"
+    assert parse(base, {"PI_SERVER_AUTH_TOKEN": "xyz"}).config.auth_token == "xyz"
+    no_auth = parse(base + ["--no-auth"]).config
+    assert no_auth.auth_token is None
+
+
+def test_dotenv_loaded_and_problems_kept_without_values(tmp_path, base):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    dotenv = data / ".env"
+    dotenv.write_text("OPENAI_API_KEY=sk-secret-value\nthis line is broken sk-other-secret\n")
+    dotenv.chmod(0o600)
+    config = parse(base).config
+    assert config.env["OPENAI_API_KEY"] == "sk-secret-value"
+    problems = " ".join(str(p) for p in config.dotenv_problems)
+    assert "line 2" in problems
+    assert "secret" not in problems
+
+
+def test_make_service_tree(base):
+    service = makeService(parse(base + ["--port", "tcp:0:interface=127.0.0.1"]))
+    listener = service.getServiceNamed("listener")
+    assert isinstance(listener, StreamServerEndpointService)
+    site = listener.factory
+    root = site.resource
+    assert set(root.children) >= {b"health", b"rpc"}
+    assert isinstance(root.children[b"rpc"], WebSocketResource)
