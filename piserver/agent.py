@@ -262,7 +262,8 @@ class AgentProtocol(protocol.ProcessProtocol):
     def send(self, message: dict) -> None:
         """Write one message with no response expected (e.g. ``extension_ui_response``).
 
-        Dropped with a log line once the agent has ended or is stopping.
+        Dropped with a log line once the agent has ended or is stopping;
+        raises ``ValueError``/``TypeError`` if ``message`` can't be encoded.
         """
         line = _encode_line(message)
         if self.exit is not None or self._stdin_closed:
@@ -322,11 +323,19 @@ class AgentProtocol(protocol.ProcessProtocol):
         self.exit = AgentExit(code, signal, self.stderr_tail, self.stop_requested)
         self._report_suppressed_stderr()
         if self.stop_requested or (code == 0 and signal is None):
-            log.info("agent {agent_key} ({pid}): {exit}", agent_key=self.key, pid=self.pid,
-                     exit=self.exit.describe())
+            log.info(
+                "agent {agent_key} ({pid}): {exit}",
+                agent_key=self.key,
+                pid=self.pid,
+                exit=self.exit.describe(),
+            )
         else:
-            log.warn("agent {agent_key} ({pid}) ended unexpectedly: {exit}",
-                     agent_key=self.key, pid=self.pid, exit=self.exit.describe())
+            log.warn(
+                "agent {agent_key} ({pid}) ended unexpectedly: {exit}",
+                agent_key=self.key,
+                pid=self.pid,
+                exit=self.exit.describe(),
+            )
         pending, self._pending = self._pending, {}
         self._abandoned.clear()
         for command in pending.values():
@@ -377,8 +386,11 @@ class AgentProtocol(protocol.ProcessProtocol):
         if pending is None:
             if command_id in self._abandoned:
                 self._abandoned.discard(command_id)
-                log.info("agent {agent_key}: dropped the late answer to command {command_id}",
-                         agent_key=self.key, command_id=command_id)
+                log.info(
+                    "agent {agent_key}: dropped the late answer to command {command_id}",
+                    agent_key=self.key,
+                    command_id=command_id,
+                )
             else:
                 # pi answers unparsable or unknown commands without an id.
                 log.warn(

@@ -88,9 +88,7 @@ class AgentSupervisor(service.Service):
         self._agents: dict[str, AgentProtocol] = {}
         self._shutting_down = False
 
-    def spawn(
-        self, key: str, args: list[str], cwd: str, on_event: EventCallback
-    ) -> AgentProtocol:
+    def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback) -> AgentProtocol:
         """Start ``pi --mode rpc *args`` in ``cwd`` for ``key`` and return its protocol at once.
 
         The start-up ``get_state`` is already sent: ``agent.ready`` fires with
@@ -114,8 +112,9 @@ class AgentSupervisor(service.Service):
         argv = [*self._pi_argv, "--mode", "rpc", *args]
         self._reactor.spawnProcess(agent, self._executable, argv, env=dict(self._env), path=cwd)
         self._agents[key] = agent
-        log.info("agent {agent_key} started pid={pid} cwd={cwd}",
-                 agent_key=key, pid=agent.pid, cwd=cwd)
+        log.info(
+            "agent {agent_key} started pid={pid} cwd={cwd}", agent_key=key, pid=agent.pid, cwd=cwd
+        )
         agent.exited.addCallback(self._forget, key, agent)
         agent.handshake(self._startup_timeout).addErrback(self._start_failed, agent)
         return agent
@@ -168,14 +167,15 @@ class AgentSupervisor(service.Service):
         timers = []
 
         def send(signal_name: str) -> None:
-            log.warn("agent {agent_key} still running, sending SIG{signal_name}",
-                     agent_key=agent.key, signal_name=signal_name)
+            log.warn(
+                "agent {agent_key} still running, sending SIG{signal_name}",
+                agent_key=agent.key,
+                signal_name=signal_name,
+            )
             agent.signal(signal_name)
 
         timers.append(self._reactor.callLater(self._term_grace, send, "TERM"))
-        timers.append(
-            self._reactor.callLater(self._term_grace + self._kill_grace, send, "KILL")
-        )
+        timers.append(self._reactor.callLater(self._term_grace + self._kill_grace, send, "KILL"))
 
         def cancel_timers(exit: AgentExit) -> AgentExit:
             for timer in timers:
@@ -193,6 +193,9 @@ class AgentSupervisor(service.Service):
     def _start_failed(self, failure: Failure, agent: AgentProtocol) -> None:
         if failure.check(AgentExited):
             return  # its exit is logged and reported through ``exited``
-        log.error("agent {agent_key} did not start: {error}",
-                  agent_key=agent.key, error=failure.getErrorMessage())
+        log.error(
+            "agent {agent_key} did not start: {error}",
+            agent_key=agent.key,
+            error=failure.getErrorMessage(),
+        )
         self.stop(agent)

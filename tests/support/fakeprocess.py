@@ -87,8 +87,12 @@ class FakeProcess:
 
     def respond(self, command: dict, data=None, success: bool = True, error_message=None):
         """Answer ``command`` (one of ``lines()``) the way pi does."""
-        response = {"id": command["id"], "type": "response", "command": command["type"],
-                    "success": success}
+        response = {
+            "id": command["id"],
+            "type": "response",
+            "command": command["type"],
+            "success": success,
+        }
         if data is not None:
             response["data"] = data
         if error_message is not None:
@@ -124,8 +128,18 @@ class FakeProcessReactor(MemoryReactorClock):
         super().__init__()
         self.spawned: list[Spawn] = []
 
-    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None,
-                     uid=None, gid=None, usePTY=False, childFDs=None):
+    def spawnProcess(
+        self,
+        processProtocol,
+        executable,
+        args=(),
+        env=None,
+        path=None,
+        uid=None,
+        gid=None,
+        usePTY=False,
+        childFDs=None,
+    ):
         process = FakeProcess(processProtocol, pid=1000 + len(self.spawned))
         self.spawned.append(Spawn(process, executable, list(args), dict(env or {}), path))
         processProtocol.makeConnection(process)
