@@ -183,13 +183,14 @@ class AgentProtocol(protocol.ProcessProtocol):
         self._stderr_suppressed = 0
         self._ids = itertools.count(1)
         self._pending: dict[str, _PendingCommand] = {}
-        # Ids whose Deferred already failed with a timeout: their answer is dropped.
+        # Ids of commands that timed out or were cancelled: their late answer is dropped.
         self._abandoned: set[str] = set()
         self._ready = _Outcome()
         self._exited = _Outcome()
         self._stdin_closed = False
         self.pid: int | None = None
         self.exit: AgentExit | None = None
+        # Set by whoever asks the agent to stop, so that its exit is not taken for a crash.
         self.stop_requested = False
 
     # -- public API ---------------------------------------------------------
