@@ -35,13 +35,32 @@ def _string(params: dict, key: str, required: bool = True, where: str = "") -> s
 class RpcMethods:
     """Handlers are ``handler(connection, request)``; see ``table()`` for wire names."""
 
-    def __init__(self, capabilities: dict | None = None):
+    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None):
+        self._sessions = sessions
+        self._models = models
+        self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
 
     def table(self) -> dict:
-        return {
-            "hello": self.hello,
-        }
+        table = {"hello": self.hello}
+        if self._sessions is not None:
+            table.update({
+                "session.create": self.session_create,
+                "session.list": self.session_list,
+                "session.attach": self.session_attach,
+                "session.detach": self.session_detach,
+                "session.delete": self.session_delete,
+                "prompt": self.prompt,
+                "abort": self.abort,
+                "get_state": self.get_state,
+                "get_messages": self.get_messages,
+                "get_available_models": self.get_available_models,
+                "set_model": self.set_model,
+                "clear_conversation": self.clear_conversation,
+            })
+        if self._repos is not None:
+            table["repos.list"] = self.repos_list
+        return table
 
     def hello(self, connection, request):
         client = _object(request.params, "client")
@@ -53,3 +72,125 @@ class RpcMethods:
             "server": {"name": SERVER_NAME, "version": __version__},
             "capabilities": dict(self._capabilities),
         }
+
+    # -- sessions -----------------------------------------------------------
+
+    async def session_create(self, connection, request):
+        params = request.params
+        mode = params.get("mode", "code")
+        if mode not in SESSION_MODES:
+            raise InvalidParams('"mode" must be "chat" or "code"')
+        repo_id = _optional_string(params, "repoId")
+        if mode == "code" and repo_id is None:
+            raise InvalidParams('a code session needs "repoId" (see repos.list)')
+        if mode == "code" and self._repos is None:
+            raise InvalidParams("code sessions are not available on this server")
+        system_prompt = _optional_string(params, "systemPrompt")
+        provider = _optional_string(params, "provider")
+        model_id = _optional_string(params, "modelId")
+        include_native_tools = _bool(params, "includeNativeTools", False)
+        session = await self._sessions.create(
+            connection, mode, repo_id=repo_id, provider=provider, model_id=model_id,
+            system_prompt=system_prompt, include_native_tools=include_native_tools)
+        return {"sessionId": session.id}
+
+    def session_list(self, connection, request):
+        repo_id = _optional_string(request.params, "repoId")
+        return {"sessions": self._sessions.summaries(repo_id)}
+
+    async def session_attach(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        exclusive = _bool(request.params, "exclusive", True)
+        await self._sessions.ensure_agent(session)
+        self._sessions.attach(connection, session, exclusive=exclusive)
+        return {"sessionId": session.id, "status": session.status()}
+
+    def session_detach(self, connection, request):
+        session_id = _session_id(request)
+        session = self._sessions.get(session_id) if session_id else None
+        self._sessions.detach(connection, session)
+        return {}
+
+    async def session_delete(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        return await self._sessions.delete(session)
+
+    # -- repos --------------------------------------------------------------
+
+    def repos_list(self, connection, request):
+        return self._repos.list()
+
+    # -- agent calls --------------------------------------------------------
+
+    async def prompt(self, connection, request):
+        params = request.params
+        session = self._sessions.get(_session_id(request))
+        message = _string(params, "message")
+        if not message.strip():
+            raise InvalidParams('"message" must not be empty')
+        images = params.get("images")
+        if images is not None and (
+            not isinstance(images, list) or not all(isinstance(i, dict) for i in images)
+        ):
+            raise InvalidParams('"images" must be a list of image objects')
+        behavior = params.get("streamingBehavior")
+        if behavior is not None and behavior not in STREAMING_BEHAVIORS:
+            raise InvalidParams('"streamingBehavior" must be "steer" or "followUp"')
+        await self._sessions.prompt(session, message, images, behavior)
+        return {}
+
+    async def abort(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        await self._sessions.command(session, "abort")
+        return {}
+
+    async def get_state(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        return await self._sessions.command(session, "get_state") or {}
+
+    async def get_messages(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        data = await self._sessions.command(session, "get_messages") or {}
+        return {"messages": data.get("messages", [])}
+
+    async def get_available_models(self, connection, request):
+        session_id = _session_id(request)
+        if session_id:
+            data = await self._sessions.command(self._sessions.get(session_id),
+                                                "get_available_models") or {}
+            return {"models": data.get("models", [])}
+        return {"models": await self._models.available()}
+
+    async def set_model(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        provider = _string(request.params, "provider")
+        model_id = _string(request.params, "modelId")
+        model = await self._sessions.set_model(session, provider, model_id)
+        return {"model": model}
+
+    async def clear_conversation(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        data = await self._sessions.command(session, "new_session") or {}
+        return {"cancelled": bool(data.get("cancelled", False))}
+
+
+SESSION_MODES = ("chat", "code")
+STREAMING_BEHAVIORS = ("steer", "followUp")
+
+
+def _bool(params: dict, key: str, default: bool) -> bool:
+    value = params.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidParams(f'"{key}" must be true or false')
+    return value
+
+
+def _session_id(request) -> str | None:
+    """Agent calls take the session from the envelope; params.sessionId also works."""
+    return request.session_id or request.params.get("sessionId")
+
+
+def _optional_string(params: dict, key: str) -> str | None:
+    return _string(params, key, required=False)

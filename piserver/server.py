@@ -13,11 +13,19 @@ from twisted.logger import Logger
 
 from . import __version__
 from .auth import Authenticator
-from .config import ServerConfig
+from .config import SERVER_SECRET_ENV, ServerConfig
 from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
+from .models import ModelCatalog
+from .sessions import SessionManager
+from .store import StateStore
+from .supervisor import AgentSupervisor
 from .ws import RpcServerFactory
+
+# The agent runs whatever the model asks: it gets the LLM keys it needs, never the
+# server's own token or the GitHub token (git gets that per clone, see git.py).
+AGENT_FORBIDDEN_ENV = SERVER_SECRET_ENV | {"GITHUB_TOKEN"}
 
 
 class ReportingEndpoint:
@@ -85,7 +93,16 @@ class PiServerService(MultiService):
 
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
-    methods = RpcMethods()
+    supervisor = AgentSupervisor(
+        reactor, list(config.pi_command), str(config.data_dir), config.env,
+        forbidden_env=AGENT_FORBIDDEN_ENV,
+    )
+    supervisor.setServiceParent(top)
+    store = StateStore(config.data_dir / "state.json", reactor)
+    models = ModelCatalog(reactor, supervisor, config.data_dir / "models-helper")
+    sessions = SessionManager(reactor, config.data_dir, supervisor, store, models)
+    sessions.setServiceParent(top)
+    methods = RpcMethods(sessions=sessions, models=models)
     hub = Hub(methods.table())
     authenticator = Authenticator(config.auth_token)
     factory = RpcServerFactory(hub, authenticator, config.max_frame_size, reactor=reactor)

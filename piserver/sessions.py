@@ -1,0 +1,437 @@
+"""
+Sessions: a conversation with one pi agent, its working directory, the
+connections attached to it and the events it streams to them.
+
+A session outlives its agent process: a stopped agent (server restart, crash)
+is started again on the session's own pi session files by the next attach or
+agent call, so the conversation resumes where it was.
+"""
+
+import collections
+import re
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import attr
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .agent import AgentExit, AgentProtocol
+from .envelope import encode_event, encode_payload
+from .errors import (
+    AgentCommandFailed,
+    AgentFailed,
+    InvalidParams,
+    InvalidState,
+    NotFound,
+)
+
+# Session ids are ours (uuid4); anything else a client sends is never a path.
+SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+CRASH_WINDOW = 60.0
+CRASH_LIMIT = 5
+# Restart delay after the n-th recent crash: 0.5 s, 1 s, 2 s, 4 s.
+CRASH_BACKOFF_BASE = 0.5
+NAME_LENGTH = 60
+
+
+def iso_time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attr.s(eq=False)
+class Session:
+    id: str = attr.ib()
+    mode: str = attr.ib()
+    directory: Path = attr.ib()
+    cwd: Path = attr.ib()
+    created_at: str = attr.ib()
+    last_activity_at: str = attr.ib()
+    repo_id: str | None = attr.ib(default=None)
+    name: str | None = attr.ib(default=None)
+    provider: str | None = attr.ib(default=None)
+    model_id: str | None = attr.ib(default=None)
+    system_prompt: str | None = attr.ib(default=None)
+    include_native_tools: bool = attr.ib(default=False)
+    extra: dict = attr.ib(factory=dict)
+
+    agent: AgentProtocol | None = attr.ib(default=None)
+    # Callers waiting for the agent being started, or None when not starting.
+    starting: list | None = attr.ib(default=None)
+    subscribers: dict = attr.ib(factory=dict)  # connection id -> Connection, in attach order
+    seq: int = attr.ib(default=0)
+    streaming: bool = attr.ib(default=False)
+    recent_exits: collections.deque = attr.ib(factory=collections.deque)
+    deleted: bool = attr.ib(default=False)
+
+    @property
+    def pi_session_dir(self) -> Path:
+        return self.directory / "pi"
+
+    def record(self) -> dict:
+        return {
+            "sessionId": self.id,
+            "mode": self.mode,
+            "repoId": self.repo_id,
+            "worktreePath": str(self.cwd),
+            "createdAt": self.created_at,
+            "lastActivityAt": self.last_activity_at,
+            "name": self.name,
+            "provider": self.provider,
+            "modelId": self.model_id,
+            "systemPrompt": self.system_prompt,
+            "includeNativeTools": self.include_native_tools,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_record(cls, sessions_dir: Path, record: dict) -> "Session":
+        session_id = record["sessionId"]
+        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+            raise ValueError("bad session id")
+        known = {"sessionId", "mode", "repoId", "worktreePath", "createdAt", "lastActivityAt",
+                 "name", "provider", "modelId", "systemPrompt", "includeNativeTools"}
+        return cls(
+            id=session_id,
+            mode=record["mode"],
+            directory=sessions_dir / session_id,
+            cwd=Path(record["worktreePath"]),
+            created_at=record["createdAt"],
+            last_activity_at=record.get("lastActivityAt") or record["createdAt"],
+            repo_id=record.get("repoId"),
+            name=record.get("name"),
+            provider=record.get("provider"),
+            model_id=record.get("modelId"),
+            system_prompt=record.get("systemPrompt"),
+            include_native_tools=bool(record.get("includeNativeTools")),
+            extra={k: v for k, v in record.items() if k not in known},
+        )
+
+    def status(self) -> str:
+        if self.agent is not None and self.agent.exit is None:
+            return "starting" if self.starting is not None else "running"
+        return "stopped"
+
+
+class SessionManager(service.Service):
+    """
+    Owns every session. ``reactor`` provides IReactorTime (and a thread pool
+    for removing directories); ``supervisor`` starts and stops agents;
+    ``store`` is the ``state.json`` StateStore.
+    """
+
+    name = "sessions"
+    log = Logger()
+
+    def __init__(self, reactor, data_dir: Path, supervisor, store, models,
+                 new_id=lambda: str(uuid.uuid4()), checkouts=None):
+        self._reactor = reactor
+        self.sessions_dir = Path(data_dir) / "sessions"
+        self._supervisor = supervisor
+        self._store = store
+        self._models = models
+        self._new_id = new_id
+        # Creates and removes code sessions' checkouts (repos issue); None: chat only.
+        self._checkouts = checkouts
+        self.sessions: dict[str, Session] = {}
+        self._watched_connections: set[str] = set()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def startService(self):
+        loaded = self._store.load()
+        if loaded.corrupt is not None:
+            self.log.critical(
+                "state.json was unreadable and was moved to {moved_to}; sessions it listed "
+                "are not restored", moved_to=str(loaded.corrupt.moved_to))
+        for session_id, record in loaded.sessions.items():
+            try:
+                session = Session.from_record(self.sessions_dir, {**record,
+                                                                  "sessionId": session_id})
+            except (KeyError, TypeError, ValueError) as e:
+                self.log.error("skipping unreadable session entry {session_id}: {error}",
+                               session_id=session_id, error=repr(e))
+                continue
+            self.sessions[session.id] = session
+        self.log.info("{count} sessions restored", count=len(self.sessions))
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        self._store.flush()
+
+    def _now(self) -> str:
+        return iso_time(self._reactor.seconds())
+
+    def _save(self, session: Session) -> None:
+        if not session.deleted:
+            self._store.put(session.id, session.record())
+
+    # -- lookup -------------------------------------------------------------
+
+    def get(self, session_id) -> Session:
+        if not isinstance(session_id, str) or not session_id:
+            raise InvalidParams('missing "sessionId" (in the envelope or params)')
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id[:80]!r}")
+        return session
+
+    def summaries(self, repo_id: str | None = None) -> list[dict]:
+        return [
+            {
+                "sessionId": s.id, "mode": s.mode, "repoId": s.repo_id,
+                "worktreePath": str(s.cwd), "createdAt": s.created_at,
+                "lastActivityAt": s.last_activity_at, "name": s.name, "status": s.status(),
+            }
+            for s in sorted(self.sessions.values(), key=lambda s: s.created_at)
+            if repo_id is None or s.repo_id == repo_id
+        ]
+
+    # -- create / delete ----------------------------------------------------
+
+    async def create(self, connection, mode: str, repo_id: str | None = None,
+                     provider: str | None = None, model_id: str | None = None,
+                     system_prompt: str | None = None,
+                     include_native_tools: bool = False, on_progress=None) -> Session:
+        if (provider is None) != (model_id is None):
+            raise InvalidParams('"provider" and "modelId" go together')
+        if provider is not None:
+            await self._models.require(provider, model_id)
+        session_id = self._new_id()
+        directory = self.sessions_dir / session_id
+        now = self._now()
+        session = Session(
+            id=session_id, mode=mode, directory=directory, cwd=directory / "workspace",
+            created_at=now, last_activity_at=now, repo_id=repo_id, provider=provider,
+            model_id=model_id, system_prompt=system_prompt,
+            include_native_tools=include_native_tools,
+        )
+        directory.mkdir(mode=0o700, parents=True)
+        try:
+            session.pi_session_dir.mkdir(mode=0o700)
+            if mode == "code":
+                checkout = await self._checkouts.create(session, on_progress)
+                session.cwd = checkout.path
+                session.extra.update(checkout.record)
+            else:
+                session.cwd.mkdir(mode=0o700)
+            self.sessions[session.id] = session
+            self._save(session)
+            await self.ensure_agent(session)
+        except BaseException:
+            self.sessions.pop(session.id, None)
+            session.deleted = True
+            self._store.remove(session.id)
+            await self._remove_directory(directory)
+            raise
+        self.log.info("session {session_id} created ({mode}) in {cwd}",
+                      session_id=session.id, mode=mode, cwd=str(session.cwd))
+        if connection is not None:
+            self.attach(connection, session, exclusive=True)
+        return session
+
+    async def delete(self, session: Session) -> dict:
+        session.deleted = True
+        self.sessions.pop(session.id, None)
+        self._store.remove(session.id)
+        for connection in list(session.subscribers.values()):
+            self._unsubscribe(session, connection)
+        if session.agent is not None:
+            await self._supervisor.stop(session.agent)
+        result = {}
+        if self._checkouts is not None and session.mode == "code":
+            result = await self._checkouts.remove(session)
+        await self._remove_directory(session.directory)
+        self.log.info("session {session_id} deleted", session_id=session.id)
+        return result
+
+    def _remove_directory(self, path: Path) -> defer.Deferred:
+        # A checkout can hold many files: remove it off the reactor thread.
+        return threads.deferToThreadPool(
+            self._reactor, self._reactor.getThreadPool(), shutil.rmtree, path,
+            ignore_errors=True)
+
+    # -- attach / detach ----------------------------------------------------
+
+    def attach(self, connection, session: Session, exclusive: bool = True) -> None:
+        if exclusive:
+            for other in list(self.sessions.values()):
+                if other is not session and connection.connection_id in other.subscribers:
+                    self._unsubscribe(other, connection)
+        session.subscribers[connection.connection_id] = connection
+        if connection.connection_id not in self._watched_connections:
+            self._watched_connections.add(connection.connection_id)
+            connection.on_lost(self._connection_lost)
+
+    def detach(self, connection, session: Session | None = None) -> None:
+        targets = [session] if session is not None else list(self.sessions.values())
+        for target in targets:
+            if connection.connection_id in target.subscribers:
+                self._unsubscribe(target, connection)
+
+    def _unsubscribe(self, session: Session, connection) -> None:
+        session.subscribers.pop(connection.connection_id, None)
+
+    def _connection_lost(self, connection) -> None:
+        self._watched_connections.discard(connection.connection_id)
+        self.detach(connection)
+
+    # -- the agent ----------------------------------------------------------
+
+    def agent_args(self, session: Session) -> list[str]:
+        # --continue picks the newest pi session file in the session's own dir, so a
+        # restarted agent resumes the conversation (and a fresh one starts a new file).
+        args = ["--session-dir", str(session.pi_session_dir), "--continue"]
+        if session.provider is not None:
+            args += ["--provider", session.provider, "--model", session.model_id]
+        if session.system_prompt is not None:
+            args += ["--system-prompt", session.system_prompt]
+        if session.mode == "chat":
+            args.append("--no-builtin-tools")
+        return args
+
+    def ensure_agent(self, session: Session) -> defer.Deferred:
+        """Fire with the session's running agent, starting it if needed."""
+        if session.deleted:
+            return defer.fail(NotFound(f"session {session.id} was deleted"))
+        if session.starting is not None:
+            waiter = defer.Deferred()
+            session.starting.append(waiter)
+            return waiter
+        if session.agent is not None and session.agent.exit is None \
+                and not session.agent.stop_requested:
+            return defer.succeed(session.agent)
+        self._forget_old_exits(session)
+        if len(session.recent_exits) >= CRASH_LIMIT:
+            tail = session.recent_exits[-1][1]
+            return defer.fail(AgentFailed(
+                f"the agent exited {len(session.recent_exits)} times within "
+                f"{CRASH_WINDOW:.0f} s; last stderr: {tail[-2000:] or '(empty)'}"))
+        delay = 0.0
+        if session.recent_exits:
+            delay = CRASH_BACKOFF_BASE * 2 ** (len(session.recent_exits) - 1)
+        first = defer.Deferred()
+        session.starting = [first]
+        started = defer.Deferred.fromCoroutine(self._start_agent(session, delay))
+        started.addBoth(self._started, session)
+        return first
+
+    def _started(self, result, session: Session) -> None:
+        # Every caller that asked while the agent was starting gets the outcome.
+        waiters, session.starting = session.starting or [], None
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _start_agent(self, session: Session, delay: float) -> AgentProtocol:
+        if delay:
+            self.log.info("restarting the agent of {session_id} in {delay} s",
+                          session_id=session.id, delay=delay)
+            await task.deferLater(self._reactor, delay)
+        if session.deleted:
+            raise NotFound(f"session {session.id} was deleted")
+        old = session.agent
+        if old is not None and old.exit is None:
+            await self._supervisor.stop(old)
+        agent = self._supervisor.spawn(
+            session.id, self.agent_args(session), str(session.cwd),
+            lambda event, raw: self._agent_event(session, agent, event, raw))
+        session.agent = agent
+        session.streaming = False
+        agent.exited.addCallback(self._agent_exited, session, agent)
+        await agent.ready
+        return agent
+
+    def _forget_old_exits(self, session: Session) -> None:
+        horizon = self._reactor.seconds() - CRASH_WINDOW
+        while session.recent_exits and session.recent_exits[0][0] < horizon:
+            session.recent_exits.popleft()
+
+    def _agent_exited(self, exit: AgentExit, session: Session, agent: AgentProtocol):
+        if exit.stop_requested or session.deleted:
+            return exit
+        session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
+        self._forget_old_exits(session)
+        if session.streaming:
+            session.streaming = False
+            self.publish(session, "agent_end", {
+                "type": "agent_end", "messages": [], "error": exit.describe()})
+        self.publish(session, "agent_exit", {
+            "type": "agent_exit", "code": exit.code, "signal": exit.signal,
+            "stderrTail": exit.stderr_tail})
+        return exit
+
+    def _agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
+        if session.agent is not agent:
+            return
+        event_type = event.get("type")
+        if not isinstance(event_type, str):
+            self.log.warn("agent {session_id} sent an event without a type",
+                          session_id=session.id)
+            return
+        if event_type == "agent_start":
+            session.streaming = True
+        elif event_type == "agent_end":
+            session.streaming = False
+        self._publish_raw(session, event_type, raw)
+
+    # -- events -------------------------------------------------------------
+
+    def publish(self, session: Session, event_type: str, payload: dict) -> None:
+        """Send a server-made event to the session's connections."""
+        self._publish_raw(session, event_type, encode_payload(payload))
+
+    def _publish_raw(self, session: Session, event_type: str, payload_json: bytes) -> None:
+        session.seq += 1
+        data = encode_event(session.id, session.seq, event_type, payload_json)
+        for connection in list(session.subscribers.values()):
+            connection.send(data)
+        session.last_activity_at = self._now()
+        self._store.touch(session.id, session.last_activity_at)
+
+    # -- agent calls --------------------------------------------------------
+
+    async def command(self, session: Session, command: str, **fields):
+        agent = await self.ensure_agent(session)
+        return await agent.command(command, **fields)
+
+    async def prompt(self, session: Session, message: str, images=None,
+                     streaming_behavior=None) -> None:
+        fields = {"message": message}
+        if images is not None:
+            fields["images"] = images
+        if streaming_behavior is not None:
+            fields["streamingBehavior"] = streaming_behavior
+        if session.name is None:
+            session.name = _name_from(message)
+            self._save(session)
+        try:
+            await self.command(session, "prompt", **fields)
+        except AgentCommandFailed as e:
+            raise InvalidState(e.message) from None
+
+    async def set_model(self, session: Session, provider: str, model_id: str) -> dict:
+        model = await self.command(session, "set_model", provider=provider, modelId=model_id)
+        # Restarts pass the model on the command line: keep it in step.
+        session.provider, session.model_id = provider, model_id
+        self._save(session)
+        return model
+
+    async def stop_agent(self, session: Session) -> None:
+        if session.agent is not None:
+            await self._supervisor.stop(session.agent)
+
+
+def _name_from(message: str) -> str | None:
+    first = message.strip().split("\n", 1)[0].strip()
+    if not first:
+        return None
+    return first if len(first) <= NAME_LENGTH else first[: NAME_LENGTH - 1] + "…"
