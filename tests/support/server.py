@@ -1,0 +1,66 @@
+"""
+Running pi-server in-process on loopback for integration tests: the real
+service tree, the real pi agent, the scripted LLM, a real WebSocket client.
+"""
+
+from twisted.internet import reactor
+
+from piserver.server import build_service
+from piserver.tap import Options
+from tests.support.wsclient import RpcClient
+
+TOKEN = "integration-test-token"
+
+
+class RunningServer:
+    """One pi-server service over ``agent_dir`` (its data dir); restartable."""
+
+    def __init__(self, agent_dir, pi_binary, extra_args=(), environ=None):
+        self.agent_dir = agent_dir
+        self.pi_binary = pi_binary
+        self.extra_args = list(extra_args)
+        self.environ = {**agent_dir.environment(), **(environ or {})}
+        self.service = None
+        self.clients = []
+
+    def options(self) -> Options:
+        options = Options(environ=self.environ)
+        options.parseOptions([
+            "--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
+            "--pi", str(self.pi_binary), "--auth-token", TOKEN, *self.extra_args,
+        ])
+        return options
+
+    def start(self):
+        self.service = build_service(self.options().config, reactor)
+        self.service.startService()
+        return self
+
+    async def stop(self):
+        for client in self.clients:
+            if client.protocol is not None and not client.closed.called:
+                client.drop()
+        self.clients = []
+        if self.service is not None:
+            service, self.service = self.service, None
+            await service.stopService()
+
+    async def restart(self):
+        await self.stop()
+        return self.start()
+
+    @property
+    def port(self) -> int:
+        return self.service.address.port
+
+    @property
+    def sessions(self):
+        return self.service.getServiceNamed("sessions")
+
+    async def client(self, hello=True, **hello_params) -> RpcClient:
+        client = await RpcClient.connect(reactor, self.port, token=TOKEN)
+        self.clients.append(client)
+        if hello:
+            await client.call("hello", {"client": {"name": "tests", "version": "1"},
+                                        **hello_params})
+        return client
