@@ -5,6 +5,7 @@ Handlers validate their params and return a result object.
 
 from . import __version__
 from .errors import InvalidParams
+from .models import public_model
 
 SERVER_NAME = "pi-server"
 
@@ -146,7 +147,10 @@ class RpcMethods:
 
     async def get_state(self, connection, request):
         session = self._sessions.get(_session_id(request))
-        return await self._sessions.command(session, "get_state") or {}
+        state = await self._sessions.command(session, "get_state") or {}
+        if "model" in state:
+            state = {**state, "model": public_model(state["model"])}
+        return state
 
     async def get_messages(self, connection, request):
         session = self._sessions.get(_session_id(request))
@@ -158,7 +162,7 @@ class RpcMethods:
         if session_id:
             data = await self._sessions.command(self._sessions.get(session_id),
                                                 "get_available_models") or {}
-            return {"models": data.get("models", [])}
+            return {"models": [public_model(m) for m in data.get("models", [])]}
         return {"models": await self._models.available()}
 
     async def set_model(self, connection, request):
@@ -166,7 +170,7 @@ class RpcMethods:
         provider = _string(request.params, "provider")
         model_id = _string(request.params, "modelId")
         model = await self._sessions.set_model(session, provider, model_id)
-        return {"model": model}
+        return {"model": public_model(model)}
 
     async def clear_conversation(self, connection, request):
         session = self._sessions.get(_session_id(request))

@@ -11,6 +11,8 @@ from twisted.logger import Logger
 from .errors import InvalidParams
 
 HELPER_KEY = "models-helper"
+# Fields of pi's model objects that can hold credentials from models.json.
+PRIVATE_MODEL_FIELDS = frozenset({"headers", "apiKey"})
 DEFAULT_IDLE_TIMEOUT = 60.0
 
 
@@ -41,7 +43,7 @@ class ModelCatalog:
         await agent.ready
         data = await agent.command("get_available_models")
         self._touch()
-        return (data or {}).get("models", [])
+        return [public_model(m) for m in (data or {}).get("models", [])]
 
     async def require(self, provider: str, model_id: str) -> dict:
         """The model named, or InvalidParams naming it when pi does not offer it."""
@@ -62,3 +64,10 @@ class ModelCatalog:
             self.log.info("stopping the idle models helper agent")
             return self._supervisor.stop(self._agent)
         return None
+
+
+def public_model(model):
+    """A model object as clients may see it: without credentials."""
+    if not isinstance(model, dict):
+        return model
+    return {k: v for k, v in model.items() if k not in PRIVATE_MODEL_FIELDS}

@@ -347,7 +347,13 @@ class SessionManager(service.Service):
         session.agent = agent
         session.streaming = False
         agent.exited.addCallback(self._agent_exited, session, agent)
-        await agent.ready
+        state = await agent.ready
+        model = (state or {}).get("model") or {}
+        if session.provider is None and model.get("provider") and model.get("id"):
+            # pi's default model lives in the shared settings.json, which a set_model in any
+            # session changes: pin this session's model so restarts keep it.
+            session.provider, session.model_id = model["provider"], model["id"]
+            self._save(session)
         return agent
 
     def _forget_old_exits(self, session: Session) -> None:

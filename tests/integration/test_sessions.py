@@ -218,3 +218,44 @@ async def test_agent_killed_mid_answer(pi_server, fake_llm):
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
     texts = str(messages)
     assert "kept answer" in texts and "after the crash" in texts
+
+
+@pytest_twisted.ensureDeferred
+async def test_model_credentials_never_reach_clients(agent_dir, pi_binary, fake_llm):
+    import json
+
+    from tests.support.server import RunningServer
+
+    models = json.loads(agent_dir.models_path.read_text())
+    models["providers"]["fake"]["headers"] = {"X-Api-Secret": "header-secret-value"}
+    for model in models["providers"]["fake"]["models"]:
+        model["headers"] = {"X-Model-Secret": "header-secret-value"}
+    agent_dir.models_path.write_text(json.dumps(models))
+    server = RunningServer(agent_dir, pi_binary).start()
+    try:
+        client = await server.client()
+        session_id = await create_chat(client)
+        await client.call("get_available_models")
+        await client.call("get_available_models", session_id=session_id)
+        await client.call("get_state", session_id=session_id)
+        await client.call("set_model", {"provider": "fake", "modelId": "fake-2"},
+                          session_id=session_id)
+        assert len(client.frames) >= 5
+        assert "header-secret-value" not in json.dumps(client.frames)
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_keeps_its_model_when_another_changes_the_default(pi_server, fake_llm):
+    client = await pi_server.client()
+    first = await create_chat(client)
+    second = await create_chat(client)
+    # pi stores set_model as the default in the shared settings.json.
+    await client.call("set_model", {"provider": "fake", "modelId": "fake-2"}, session_id=second)
+    await pi_server.restart()
+    client = await pi_server.client()
+    await client.call("session.attach", {"sessionId": first})
+    await client.call("prompt", {"message": "which model now?"}, session_id=first)
+    assert (await fake_llm.wait_for_request(1))["model"] == "fake-1"
+    await client.wait_for_event(is_type("agent_end", first))
