@@ -216,12 +216,10 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         self._progress_timer = None
         if self.ended.called:
             return
-        exit_code = getattr(reason.value, "exitCode", None)
-        signal = getattr(reason.value, "signal", None)
         self.ended.callback(
             GitResult(
-                exit_code=exit_code,
-                signal=signal,
+                exit_code=getattr(reason.value, "exitCode", None),
+                signal=getattr(reason.value, "signal", None),
                 stdout=bytes(self._stdout),
                 stderr=bytes(self._stderr),
                 timed_out=self._timed_out,
@@ -387,19 +385,17 @@ class Git:
 
     @_deferred
     async def is_repository_root(self, path: str) -> bool:
-        """Whether ``path`` is a bare repository or the top of a work tree."""
-        result = await self._spawn(
-            [
-                "-C",
-                path,
-                "rev-parse",
-                "--is-bare-repository",
-                "--is-inside-git-dir",
-                "--show-prefix",
-            ]
-        )
+        """
+        Whether ``path`` is a bare repository or the top of a work tree.
+
+        A GitError when git cannot tell (say, it distrusts the directory's owner).
+        """
+        args = ["rev-parse", "--is-bare-repository", "--is-inside-git-dir", "--show-prefix"]
+        result = await self._spawn(["-C", path, *args])
         if result.exit_code != 0 or result.timed_out:
-            return False
+            if not result.timed_out and b"not a git repository" in result.stderr:
+                return False
+            raise self._error(result, "git rev-parse", self.timeout, ())
         lines = result.stdout.decode("utf-8", "replace").split("\n")
         if len(lines) < 3:
             return False

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.logger import formatEvent, globalLogPublisher
 
 from piserver.errors import GitError
 from piserver.git import Git, summarize_stderr, token_environment, token_header
@@ -203,7 +204,8 @@ async def test_repository_checks(git, source, tmp_path):
     assert not await git.is_repository_root(str(plain))
     assert not await git.is_repository_root(os.path.join(source, "sub"))
     assert not await git.is_repository_root(os.path.join(source, ".git"))
-    assert not await git.is_repository_root(str(tmp_path / "missing"))
+    with pytest.raises(GitError, match="cannot change to"):
+        await git.is_repository_root(str(tmp_path / "missing"))
     git_output("checkout", "--quiet", "--detach", cwd=source)
     assert await git.current_branch(source) is None
     assert await git.current_branch(bare) == "main"
@@ -212,8 +214,16 @@ async def test_repository_checks(git, source, tmp_path):
 # -- clones ----------------------------------------------------------------
 
 
+@pytest.fixture
+def log_text():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield lambda: "\n".join(formatEvent(event) for event in events)
+    globalLogPublisher.removeObserver(events.append)
+
+
 @pytest_twisted.ensureDeferred
-async def test_clone_over_http_with_token_then_branch(git, fake_github, tmp_path):
+async def test_clone_over_http_with_token_then_branch(git, fake_github, tmp_path, log_text):
     repo = fake_github.add_repo("octo/hello", files={"hello.py": "print('hi')\n"})
     url = fake_github.clone_url(repo)
     dest = str(tmp_path / "sessions" / "s1" / "repo")
@@ -232,6 +242,8 @@ async def test_clone_over_http_with_token_then_branch(git, fake_github, tmp_path
     assert git_output("remote", "get-url", "origin", cwd=dest).strip() == url
     assert progress, "clone reported no progress"
     assert all(TOKEN not in text for text in progress)
+    assert "cloned into" in log_text()
+    assert all(form.decode() not in log_text() for form in token_forms())
 
 
 @pytest_twisted.ensureDeferred
