@@ -200,9 +200,10 @@ class FakeGithub:
             if transport is not None and transport.connected:
                 transport.abortConnection()
         self._hanging.clear()
-        if self._port is None:
+        port, self._port = self._port, None
+        if port is None:
             return defer.succeed(None)
-        return defer.maybeDeferred(self._port.stopListening)
+        return defer.maybeDeferred(port.stopListening)
 
     # -- repositories ----------------------------------------------------
 
