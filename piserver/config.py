@@ -25,9 +25,18 @@ class ServerConfig:
     auth_token: str | None
     auth_token_source: str
     max_frame_size: int
+    github_api_url: str
+    clone_timeout: float
+    github_timeout: float
     # Environment for child processes: the server's own plus the data dir's .env.
     env: dict = attr.field(eq=False)
     dotenv_problems: tuple = ()
+    # Names defined in the data dir's .env (their values are secrets such as API keys).
+    dotenv_names: frozenset = frozenset()
+
+    @property
+    def github_token(self) -> str | None:
+        return self.env.get("GITHUB_TOKEN") or None
 
 
 def default_data_dir(environ) -> Path:

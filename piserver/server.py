@@ -6,18 +6,24 @@ everything it stands on, wired from a ``ServerConfig``.
 import socket
 
 from autobahn.twisted.resource import WebSocketResource
+from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import __version__
 from .auth import Authenticator
+from .checkouts import Checkouts
 from .config import SERVER_SECRET_ENV, ServerConfig
+from .git import Git
+from .github import GithubClient
 from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
 from .models import ModelCatalog
+from .repos import RepoCatalog
 from .sessions import SessionManager
 from .store import StateStore
 from .supervisor import AgentSupervisor
@@ -26,6 +32,21 @@ from .ws import RpcServerFactory
 # The agent runs whatever the model asks: it gets the LLM keys it needs, never the
 # server's own token or the GitHub token (git gets that per clone, see git.py).
 AGENT_FORBIDDEN_ENV = SERVER_SECRET_ENV | {"GITHUB_TOKEN"}
+
+
+def git_environment(config: ServerConfig) -> dict:
+    """
+    git runs the repository's hooks: give it the server's environment without any
+    secret. The GitHub token reaches a clone through that one process (git.py).
+    """
+    return {
+        name: value for name, value in config.env.items()
+        if name not in AGENT_FORBIDDEN_ENV and name not in config.dotenv_names
+        and not name.endswith(SECRET_NAME_SUFFIXES)
+    }
+
+
+SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 
 class ReportingEndpoint:
@@ -100,9 +121,18 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     supervisor.setServiceParent(top)
     store = StateStore(config.data_dir / "state.json", reactor)
     models = ModelCatalog(reactor, supervisor, config.data_dir / "models-helper")
-    sessions = SessionManager(reactor, config.data_dir, supervisor, store, models)
+    git = Git(reactor, env=git_environment(config), clone_timeout=config.clone_timeout)
+    github = None
+    if config.github_token:
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        github = GithubClient(http, config.github_api_url, config.github_token, reactor,
+                              timeout=config.github_timeout)
+    repos = RepoCatalog(str(config.data_dir), github, git)
+    checkouts = Checkouts(git, config.github_token)
+    sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
+                              checkouts=checkouts)
     sessions.setServiceParent(top)
-    methods = RpcMethods(sessions=sessions, models=models)
+    methods = RpcMethods(sessions=sessions, models=models, repos=repos)
     hub = Hub(methods.table())
     authenticator = Authenticator(config.auth_token)
     factory = RpcServerFactory(hub, authenticator, config.max_frame_size, reactor=reactor)

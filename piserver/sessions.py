@@ -195,10 +195,10 @@ class SessionManager(service.Service):
 
     # -- create / delete ----------------------------------------------------
 
-    async def create(self, connection, mode: str, repo_id: str | None = None,
+    async def create(self, connection, mode: str, repo: dict | None = None,
                      provider: str | None = None, model_id: str | None = None,
                      system_prompt: str | None = None,
-                     include_native_tools: bool = False, on_progress=None) -> Session:
+                     include_native_tools: bool = False) -> Session:
         if (provider is None) != (model_id is None):
             raise InvalidParams('"provider" and "modelId" go together')
         if provider is not None:
@@ -208,17 +208,25 @@ class SessionManager(service.Service):
         now = self._now()
         session = Session(
             id=session_id, mode=mode, directory=directory, cwd=directory / "workspace",
-            created_at=now, last_activity_at=now, repo_id=repo_id, provider=provider,
+            created_at=now, last_activity_at=now, repo_id=repo["id"] if repo else None,
+            provider=provider,
             model_id=model_id, system_prompt=system_prompt,
             include_native_tools=include_native_tools,
         )
         directory.mkdir(mode=0o700, parents=True)
+        if connection is not None:
+            # Attached from the start, so it sees session_progress while the checkout runs.
+            self.attach(connection, session, exclusive=True)
+        checked_out = False
         try:
             session.pi_session_dir.mkdir(mode=0o700)
             if mode == "code":
-                checkout = await self._checkouts.create(session, on_progress)
+                checkout = await self._checkouts.create(
+                    session, repo, lambda stage, text: self.publish(session, "session_progress", {
+                        "type": "session_progress", "stage": stage, "message": text}))
                 session.cwd = checkout.path
                 session.extra.update(checkout.record)
+                checked_out = True
             else:
                 session.cwd.mkdir(mode=0o700)
             self.sessions[session.id] = session
@@ -227,13 +235,16 @@ class SessionManager(service.Service):
         except BaseException:
             self.sessions.pop(session.id, None)
             session.deleted = True
+            session.subscribers.clear()
             self._store.remove(session.id)
+            if session.agent is not None:
+                await self._supervisor.stop(session.agent)
+            if checked_out:
+                await self._checkouts.remove(session)
             await self._remove_directory(directory)
             raise
         self.log.info("session {session_id} created ({mode}) in {cwd}",
                       session_id=session.id, mode=mode, cwd=str(session.cwd))
-        if connection is not None:
-            self.attach(connection, session, exclusive=True)
         return session
 
     async def delete(self, session: Session) -> dict:

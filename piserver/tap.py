@@ -19,6 +19,7 @@ from .config import (
     prepare_data_dir,
 )
 from .dotenv import load_dotenv
+from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .tokens import TokenError, load_or_create_server_token
 
 log = Logger()
@@ -59,6 +60,13 @@ class Options(usage.Options):
          "token clients must present [default: $PI_SERVER_AUTH_TOKEN or <data-dir>/server-token]"],
         ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
          "largest WebSocket frame accepted, in bytes", int],
+        ["clone-timeout", None, 300.0,
+         "seconds a git clone may take before it is stopped", float],
+        ["github-timeout", None, 30.0,
+         "seconds to wait for each GitHub API answer", float],
+        ["github-api-url", None, None,
+         f"GitHub API base URL, for GitHub Enterprise [default: $PI_SERVER_GITHUB_API_URL or "
+         f"{DEFAULT_GITHUB_API_URL}]"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
@@ -72,6 +80,9 @@ class Options(usage.Options):
         environ = self.environ
         port = self["port"] or environ.get("PI_SERVER_PORT") or str(DEFAULT_PORT)
         endpoint = endpoint_description(port, self["host"])
+        for name in ("clone-timeout", "github-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
         if self["max-frame-size"] < 1024:
             raise usage.UsageError("--max-frame-size must be at least 1024 bytes")
 
@@ -107,6 +118,11 @@ class Options(usage.Options):
             except (OSError, TokenError) as e:
                 raise usage.UsageError(f"cannot read or store the server token: {e}") from None
 
+        github_api_url = (self["github-api-url"] or environ.get("PI_SERVER_GITHUB_API_URL")
+                          or DEFAULT_GITHUB_API_URL).rstrip("/")
+        if not github_api_url.startswith(("http://", "https://")):
+            raise usage.UsageError(f"--github-api-url {github_api_url!r}: not an http(s) URL")
+
         try:
             serverFromString(_reactor(), endpoint)
         except (ValueError, KeyError, TypeError, OSError) as e:
@@ -119,6 +135,10 @@ class Options(usage.Options):
             auth_token=token,
             auth_token_source=source,
             max_frame_size=self["max-frame-size"],
+            github_api_url=github_api_url,
+            clone_timeout=self["clone-timeout"],
+            github_timeout=self["github-timeout"],
+            dotenv_names=frozenset(dotenv),
             env=env,
             dotenv_problems=tuple(problems),
         )
