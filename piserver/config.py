@@ -11,6 +11,12 @@ import attr
 
 DEFAULT_PORT = 3141
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+# Seconds a client may take to send its upgrade request (and the HTTP idle limit).
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+# A ping every 20 s, answered within 20 s: a phone that vanished is dropped in under a minute.
+DEFAULT_KEEPALIVE_INTERVAL = 20.0
+DEFAULT_KEEPALIVE_TIMEOUT = 20.0
+DEFAULT_MAX_CONNECTIONS = 100
 PI_PACKAGE = "@mariozechner/pi-coding-agent"
 
 # Server-side secrets that are never passed on to an agent process.
@@ -27,12 +33,23 @@ class ServerConfig:
     max_frame_size: int
     github_api_url: str
     clone_timeout: float
+    journal_limits: object
+    delta_merge_window: float
+    send_buffer_limit: int
     github_timeout: float
     # Environment for child processes: the server's own plus the data dir's .env.
     env: dict = attr.field(eq=False)
     dotenv_problems: tuple = ()
     # Names defined in the data dir's .env (their values are secrets such as API keys).
     dotenv_names: frozenset = frozenset()
+    # The endpoint is TLS (https/wss on the same port).
+    tls: bool = False
+    # Origins (origins.Origin) besides the server's own that browsers may open /rpc from.
+    allowed_origins: frozenset = frozenset()
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
     @property
     def github_token(self) -> str | None:

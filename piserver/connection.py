@@ -19,11 +19,49 @@ class FrameSink(Protocol):
         """Close the connection with a WebSocket close code."""
 
 
+# Close code for a client too slow to take its events (application range 4000-4999).
+CLOSE_TOO_SLOW = 4008
+DEFAULT_SEND_BUFFER_LIMIT = 16 * 1024 * 1024
+
+
+class Backpressure:
+    """
+    The socket's producer: the transport pauses it when its write buffer is full
+    and resumes it when drained. Bytes queued while paused are counted; past the
+    limit the connection is closed, so a stalled client never holds memory (or
+    anyone else) back. It may resume later.
+    """
+
+    def __init__(self, connection, limit: int):
+        self._connection = connection
+        self._limit = limit
+        self.paused = False
+        self.queued = 0
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.queued = 0
+
+    def stopProducing(self):
+        self.paused = False
+
+    def sent(self, size: int) -> None:
+        if not self.paused:
+            return
+        self.queued += size
+        if self.queued > self._limit:
+            self._connection.too_slow(self.queued)
+
+
 class Connection:
     log = Logger()
 
     def __init__(self, connection_id: str, dispatcher: Dispatcher, sink: FrameSink,
-                 peer: str = "", device: str | None = None):
+                 peer: str = "", device: str | None = None,
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT):
         self.connection_id = connection_id
         self.peer = peer
         # Name of the device token used to connect, if any (never the token).
@@ -31,9 +69,13 @@ class Connection:
         self._dispatcher = dispatcher
         self._sink = sink
         self.open = True
+        self._closing = False
         self.client: dict | None = None
+        # "full" or "delta", chosen by hello (see stream.py).
+        self.event_mode = "full"
         # Callbacks run when the connection goes away (sessions detach it).
         self._on_lost = []
+        self.backpressure = Backpressure(self, send_buffer_limit)
 
     def frame_received(self, payload: bytes) -> None:
         try:
@@ -57,11 +99,20 @@ class Connection:
             self.send(encode_error(request.id, value, request.session_id))
 
     def send(self, data: bytes) -> None:
-        if self.open:
+        if self.open and not self._closing:
             self._sink.send_frame(data)
+            self.backpressure.sent(len(data))
+
+    def too_slow(self, queued: int) -> None:
+        self.log.warn(
+            "closing connection {connection_id}: {queued} bytes wait for a client that does "
+            "not read; it can resume", connection_id=self.connection_id, queued=queued)
+        self.close(CLOSE_TOO_SLOW, "too slow: events are waiting; reconnect and resume")
 
     def close(self, code: int, reason: str) -> None:
-        if self.open:
+        if self.open and not self._closing:
+            # Nothing more is queued for it; sessions detach it once it is gone.
+            self._closing = True
             self._sink.close(code, reason)
 
     def on_lost(self, callback) -> None:

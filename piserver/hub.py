@@ -6,20 +6,23 @@ import uuid
 
 from twisted.logger import Logger
 
-from .connection import Connection
+from .connection import DEFAULT_SEND_BUFFER_LIMIT, Connection
 from .dispatch import Dispatcher
 
 
 class Hub:
     log = Logger()
 
-    def __init__(self, methods, new_id=lambda: str(uuid.uuid4())):
+    def __init__(self, methods, new_id=lambda: str(uuid.uuid4()),
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT):
         self.dispatcher = Dispatcher(methods)
         self._new_id = new_id
+        self._send_buffer_limit = send_buffer_limit
         self.connections: dict[str, Connection] = {}
 
     def connect(self, sink, peer: str = "", device: str | None = None) -> Connection:
-        connection = Connection(self._new_id(), self.dispatcher, sink, peer=peer, device=device)
+        connection = Connection(self._new_id(), self.dispatcher, sink, peer=peer, device=device,
+                                send_buffer_limit=self._send_buffer_limit)
         self.connections[connection.connection_id] = connection
         connection.on_lost(self._forget)
         self.log.info("connection {connection_id} opened from {peer} device={device}",

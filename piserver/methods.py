@@ -5,7 +5,8 @@ Handlers validate their params and return a result object.
 
 from . import __version__
 from .errors import InvalidParams
-from .models import public_model
+from .models import public_model, public_state
+from .stream import EVENT_MODES
 
 SERVER_NAME = "pi-server"
 
@@ -63,16 +64,42 @@ class RpcMethods:
             table["repos.list"] = self.repos_list
         return table
 
-    def hello(self, connection, request):
-        client = _object(request.params, "client")
+    async def hello(self, connection, request):
+        params = request.params
+        client = _object(params, "client")
         name = _string(client, "name", where="client")
         version = _string(client, "version", where="client")
+        event_mode = params.get("eventMode", "full")
+        if event_mode not in EVENT_MODES:
+            raise InvalidParams('"eventMode" must be "full" or "delta"')
+        resume = _object(params, "resume", required=False)
+        last_seqs = {}
+        if resume is not None:
+            by_session = _object(resume, "lastSeqBySession", required=False) or {}
+            for session_id, seq in by_session.items():
+                if type(seq) is not int or seq < 0:
+                    raise InvalidParams(
+                        f'"resume.lastSeqBySession" values must be non-negative integers '
+                        f'({session_id[:80]!r})')
+                last_seqs[session_id] = seq
         connection.client = {"name": name, "version": version}
-        return {
+        connection.event_mode = event_mode
+        result = {
             "connectionId": connection.connection_id,
             "server": {"name": SERVER_NAME, "version": __version__},
             "capabilities": dict(self._capabilities),
         }
+        if resume is not None:
+            resumed = {}
+            for session_id, seq in last_seqs.items():
+                session = self._sessions.sessions.get(session_id)
+                if session is None:
+                    resumed[session_id] = "not_found"
+                    continue
+                resumed[session_id] = await self._sessions.attach(
+                    connection, session, exclusive=False, last_seq=seq)
+            result["resumed"] = resumed
+        return result
 
     # -- sessions -----------------------------------------------------------
 
@@ -105,9 +132,12 @@ class RpcMethods:
     async def session_attach(self, connection, request):
         session = self._sessions.get(_session_id(request))
         exclusive = _bool(request.params, "exclusive", True)
+        last_seq = _seq(request.params, "lastSeq")
         await self._sessions.ensure_agent(session)
-        self._sessions.attach(connection, session, exclusive=exclusive)
-        return {"sessionId": session.id, "status": session.status()}
+        caught_up = await self._sessions.attach(connection, session, exclusive=exclusive,
+                                                last_seq=last_seq)
+        return {"sessionId": session.id, "status": session.status(),
+                "lastSeq": session.stream.seq, "catchUp": caught_up}
 
     def session_detach(self, connection, request):
         session_id = _session_id(request)
@@ -150,10 +180,7 @@ class RpcMethods:
 
     async def get_state(self, connection, request):
         session = self._sessions.get(_session_id(request))
-        state = await self._sessions.command(session, "get_state") or {}
-        if "model" in state:
-            state = {**state, "model": public_model(state["model"])}
-        return state
+        return public_state(await self._sessions.command(session, "get_state") or {})
 
     async def get_messages(self, connection, request):
         session = self._sessions.get(_session_id(request))
@@ -191,6 +218,15 @@ def _bool(params: dict, key: str, default: bool) -> bool:
         return default
     if not isinstance(value, bool):
         raise InvalidParams(f'"{key}" must be true or false')
+    return value
+
+
+def _seq(params: dict, key: str) -> int | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise InvalidParams(f'"{key}" must be a non-negative integer')
     return value
 
 

@@ -71,3 +71,10 @@ def public_model(model):
     if not isinstance(model, dict):
         return model
     return {k: v for k, v in model.items() if k not in PRIVATE_MODEL_FIELDS}
+
+
+def public_state(state: dict) -> dict:
+    """pi's get_state answer with its model made public."""
+    if isinstance(state.get("model"), dict):
+        return {**state, "model": public_model(state["model"])}
+    return state

@@ -26,6 +26,7 @@ from .models import ModelCatalog
 from .repos import RepoCatalog
 from .sessions import SessionManager
 from .store import StateStore
+from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
 from .ws import RpcServerFactory
 
@@ -73,6 +74,7 @@ class PiServerService(MultiService):
         super().__init__()
         self.config = config
         self.address = None
+        self.hub = None
 
     def startService(self):
         config = self.config
@@ -130,10 +132,18 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     repos = RepoCatalog(str(config.data_dir), github, git)
     checkouts = Checkouts(git, config.github_token)
     sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
-                              checkouts=checkouts)
+                              checkouts=checkouts, journal_limits=config.journal_limits,
+                              merge_window=config.delta_merge_window)
     sessions.setServiceParent(top)
-    methods = RpcMethods(sessions=sessions, models=models, repos=repos)
-    hub = Hub(methods.table())
+    limits = config.journal_limits
+    methods = RpcMethods(sessions=sessions, models=models, repos=repos, capabilities={
+        "eventModes": list(EVENT_MODES),
+        "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
+                    "maxAgeSec": limits.max_age},
+        # The seed's name for how far back a resume reaches.
+        "replayWindowSec": limits.max_age,
+    })
+    hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit)
     authenticator = Authenticator(config.auth_token)
     factory = RpcServerFactory(hub, authenticator, config.max_frame_size, reactor=reactor)
     site = make_site(WebSocketResource(factory), reactor=reactor)

@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .agent import AgentExit, AgentProtocol
-from .envelope import encode_event, encode_payload
 from .errors import (
     AgentCommandFailed,
     AgentFailed,
@@ -29,6 +28,9 @@ from .errors import (
     InvalidState,
     NotFound,
 )
+from .journal import Journal, JournalLimits
+from .models import public_state
+from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -63,8 +65,7 @@ class Session:
     agent: AgentProtocol | None = attr.ib(default=None)
     # Callers waiting for the agent being started, or None when not starting.
     starting: list | None = attr.ib(default=None)
-    subscribers: dict = attr.ib(factory=dict)  # connection id -> Connection, in attach order
-    seq: int = attr.ib(default=0)
+    stream: EventStream | None = attr.ib(default=None)
     streaming: bool = attr.ib(default=False)
     recent_exits: collections.deque = attr.ib(factory=collections.deque)
     deleted: bool = attr.ib(default=False)
@@ -129,8 +130,11 @@ class SessionManager(service.Service):
     log = Logger()
 
     def __init__(self, reactor, data_dir: Path, supervisor, store, models,
-                 new_id=lambda: str(uuid.uuid4()), checkouts=None):
+                 new_id=lambda: str(uuid.uuid4()), checkouts=None,
+                 journal_limits: JournalLimits | None = None, merge_window: float = 0.03):
         self._reactor = reactor
+        self._journal_limits = journal_limits or JournalLimits()
+        self._merge_window = merge_window
         self.sessions_dir = Path(data_dir) / "sessions"
         self._supervisor = supervisor
         self._store = store
@@ -157,6 +161,7 @@ class SessionManager(service.Service):
                 self.log.error("skipping unreadable session entry {session_id}: {error}",
                                session_id=session_id, error=repr(e))
                 continue
+            self._open_stream(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
         super().startService()
@@ -164,6 +169,13 @@ class SessionManager(service.Service):
     def stopService(self):
         super().stopService()
         self._store.flush()
+        for session in self.sessions.values():
+            session.stream.flush()
+
+    def _open_stream(self, session: Session) -> None:
+        journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
+        journal.open()
+        session.stream = EventStream(session.id, journal, self._reactor, self._merge_window)
 
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
@@ -214,9 +226,10 @@ class SessionManager(service.Service):
             include_native_tools=include_native_tools,
         )
         directory.mkdir(mode=0o700, parents=True)
+        self._open_stream(session)
         if connection is not None:
             # Attached from the start, so it sees session_progress while the checkout runs.
-            self.attach(connection, session, exclusive=True)
+            await self.attach(connection, session, exclusive=True)
         checked_out = False
         try:
             session.pi_session_dir.mkdir(mode=0o700)
@@ -235,7 +248,7 @@ class SessionManager(service.Service):
         except BaseException:
             self.sessions.pop(session.id, None)
             session.deleted = True
-            session.subscribers.clear()
+            session.stream.close()
             self._store.remove(session.id)
             if session.agent is not None:
                 await self._supervisor.stop(session.agent)
@@ -251,8 +264,7 @@ class SessionManager(service.Service):
         session.deleted = True
         self.sessions.pop(session.id, None)
         self._store.remove(session.id)
-        for connection in list(session.subscribers.values()):
-            self._unsubscribe(session, connection)
+        session.stream.close()
         if session.agent is not None:
             await self._supervisor.stop(session.agent)
         result = {}
@@ -270,24 +282,43 @@ class SessionManager(service.Service):
 
     # -- attach / detach ----------------------------------------------------
 
-    def attach(self, connection, session: Session, exclusive: bool = True) -> None:
+    async def attach(self, connection, session: Session, exclusive: bool = True,
+                     last_seq: int | None = None) -> str:
+        """
+        Attach a connection to a session's events. With ``last_seq`` it first gets every
+        event after it; when the journal no longer has them, a ``session_snapshot``.
+        Returns how it was caught up: ``live``, ``replayed`` or ``snapshot``.
+        """
         if exclusive:
             for other in list(self.sessions.values()):
-                if other is not session and connection.connection_id in other.subscribers:
-                    self._unsubscribe(other, connection)
-        session.subscribers[connection.connection_id] = connection
+                if other is not session:
+                    other.stream.detach(connection)
         if connection.connection_id not in self._watched_connections:
             self._watched_connections.add(connection.connection_id)
             connection.on_lost(self._connection_lost)
+        mode = connection.event_mode
+        if session.stream.attach(connection, mode, last_seq):
+            return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
+        reason = ("journal_trimmed" if last_seq <= session.stream.seq else "unknown_seq")
+        session.stream.hold(connection, mode)
+        try:
+            state = await self.command(session, "get_state")
+            messages = await self.command(session, "get_messages")
+        except BaseException:
+            session.stream.detach(connection)
+            raise
+        state = public_state(state or {})
+        session.stream.release(connection, {
+            "type": "session_snapshot", "reason": reason,
+            "messages": (messages or {}).get("messages", []), "state": state,
+            "streamingMessage": session.stream.streaming_message,
+        }, session.stream.seq)
+        return "snapshot"
 
     def detach(self, connection, session: Session | None = None) -> None:
         targets = [session] if session is not None else list(self.sessions.values())
         for target in targets:
-            if connection.connection_id in target.subscribers:
-                self._unsubscribe(target, connection)
-
-    def _unsubscribe(self, session: Session, connection) -> None:
-        session.subscribers.pop(connection.connection_id, None)
+            target.stream.detach(connection)
 
     def _connection_lost(self, connection) -> None:
         self._watched_connections.discard(connection.connection_id)
@@ -398,19 +429,14 @@ class SessionManager(service.Service):
             session.streaming = True
         elif event_type == "agent_end":
             session.streaming = False
-        self._publish_raw(session, event_type, raw)
+        self.publish(session, event_type, event, raw)
 
     # -- events -------------------------------------------------------------
 
-    def publish(self, session: Session, event_type: str, payload: dict) -> None:
-        """Send a server-made event to the session's connections."""
-        self._publish_raw(session, event_type, encode_payload(payload))
-
-    def _publish_raw(self, session: Session, event_type: str, payload_json: bytes) -> None:
-        session.seq += 1
-        data = encode_event(session.id, session.seq, event_type, payload_json)
-        for connection in list(session.subscribers.values()):
-            connection.send(data)
+    def publish(self, session: Session, event_type: str, payload: dict,
+                payload_json: bytes | None = None) -> None:
+        """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
+        session.stream.publish(event_type, payload, payload_json)
         session.last_activity_at = self._now()
         self._store.touch(session.id, session.last_activity_at)
 

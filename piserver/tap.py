@@ -5,11 +5,17 @@
 import os
 from pathlib import Path
 
+from OpenSSL import crypto
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.error import VerifyError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from .config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_PORT,
     PI_PACKAGE,
@@ -18,8 +24,12 @@ from .config import (
     find_pi,
     prepare_data_dir,
 )
+from .connection import DEFAULT_SEND_BUFFER_LIMIT
 from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
+from .journal import JournalLimits
+from .origins import parse_origin
+from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token
 
 log = Logger()
@@ -60,6 +70,17 @@ class Options(usage.Options):
          "token clients must present [default: $PI_SERVER_AUTH_TOKEN or <data-dir>/server-token]"],
         ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
          "largest WebSocket frame accepted, in bytes", int],
+        ["send-buffer-limit", None, DEFAULT_SEND_BUFFER_LIMIT,
+         "bytes that may wait for a slow client before its connection is closed", int],
+        ["journal-max-events", None, 100_000,
+         "events kept per session for resume", int],
+        ["journal-max-bytes", None, 128 * 1024 * 1024,
+         "bytes of journal kept per session for resume", int],
+        ["journal-max-age", None, 7 * 24 * 3600.0,
+         "seconds an event is kept for resume", float],
+        ["delta-merge-window", None, 0.03,
+         "seconds consecutive text deltas may be merged for delta-mode clients (0: never)",
+         float],
         ["clone-timeout", None, 300.0,
          "seconds a git clone may take before it is stopped", float],
         ["github-timeout", None, 30.0,
@@ -67,6 +88,17 @@ class Options(usage.Options):
         ["github-api-url", None, None,
          f"GitHub API base URL, for GitHub Enterprise [default: $PI_SERVER_GITHUB_API_URL or "
          f"{DEFAULT_GITHUB_API_URL}]"],
+        ["tls-cert", None, None,
+         "PEM certificate (its chain may follow): serve https and wss, with --tls-key"],
+        ["tls-key", None, None, "unencrypted PEM private key of --tls-cert"],
+        ["handshake-timeout", None, DEFAULT_HANDSHAKE_TIMEOUT,
+         "seconds a client may take to send its WebSocket upgrade request", float],
+        ["keepalive-interval", None, DEFAULT_KEEPALIVE_INTERVAL,
+         "seconds between WebSocket pings to each client", float],
+        ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT,
+         "seconds a client has to answer a ping before it is dropped", float],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "WebSocket connections served at once; more are refused with HTTP 503", int],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
@@ -75,16 +107,52 @@ class Options(usage.Options):
     def __init__(self, environ=None):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
+        self.allowed_origins = set()
+
+    def opt_allowed_origin(self, value):
+        """
+        a browser origin (scheme://host[:port]) besides the server's own that may open
+        /rpc; repeatable
+        """
+        try:
+            self.allowed_origins.add(parse_origin(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--allowed-origin {value!r}: {e}") from None
+
+    def _tls_endpoint(self, port: str) -> str:
+        cert, key = self["tls-cert"], self["tls-key"]
+        if not (cert and key):
+            raise usage.UsageError("--tls-cert and --tls-key go together: give both or neither")
+        if not port.isdigit():
+            raise usage.UsageError(
+                f"--port {port!r}: --tls-cert/--tls-key need a port number (an endpoint "
+                "string names its own files: ssl:PORT:privateKey=KEY:certKey=CERT)"
+            )
+        try:
+            check_tls_files(cert, key)
+        except TlsFilesError as e:
+            raise usage.UsageError(str(e)) from None
+        return tls_endpoint(int(port), self["host"], cert, key)
 
     def postOptions(self):
         environ = self.environ
         port = self["port"] or environ.get("PI_SERVER_PORT") or str(DEFAULT_PORT)
         endpoint = endpoint_description(port, self["host"])
-        for name in ("clone-timeout", "github-timeout"):
+        if self["tls-cert"] or self["tls-key"]:
+            endpoint = self._tls_endpoint(port)
+        for name in ("clone-timeout", "github-timeout", "journal-max-events", "send-buffer-limit",
+                     "journal-max-bytes", "journal-max-age"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if not 0 <= self["delta-merge-window"] <= 1:
+            raise usage.UsageError("--delta-merge-window is 0 to 1 seconds")
         if self["max-frame-size"] < 1024:
             raise usage.UsageError("--max-frame-size must be at least 1024 bytes")
+        for name in ("handshake-timeout", "keepalive-interval", "keepalive-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        if self["max-connections"] < 1:
+            raise usage.UsageError("--max-connections must be at least 1")
 
         data_dir = (
             Path(self["data-dir"]).expanduser() if self["data-dir"]
@@ -127,6 +195,9 @@ class Options(usage.Options):
             serverFromString(_reactor(), endpoint)
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise usage.UsageError(f"--port {port!r}: {e}") from None
+        except (VerifyError, crypto.Error) as e:
+            raise usage.UsageError(
+                f"--port {port!r}: the TLS certificate or key is not usable: {e}") from None
 
         self.config = ServerConfig(
             endpoint=endpoint,
@@ -137,10 +208,24 @@ class Options(usage.Options):
             max_frame_size=self["max-frame-size"],
             github_api_url=github_api_url,
             clone_timeout=self["clone-timeout"],
+            journal_limits=JournalLimits(
+                max_events=self["journal-max-events"], max_bytes=self["journal-max-bytes"],
+                max_age=self["journal-max-age"],
+                # Retention drops whole segments: keep them small beside the limits.
+                segment_events=max(1, min(10_000, self["journal-max-events"] // 8)),
+                segment_bytes=max(4096, min(4 * 1024 * 1024, self["journal-max-bytes"] // 8))),
+            delta_merge_window=self["delta-merge-window"],
+            send_buffer_limit=self["send-buffer-limit"],
             github_timeout=self["github-timeout"],
             dotenv_names=frozenset(dotenv),
             env=env,
             dotenv_problems=tuple(problems),
+            tls=is_tls_endpoint(endpoint),
+            allowed_origins=frozenset(self.allowed_origins),
+            handshake_timeout=self["handshake-timeout"],
+            keepalive_interval=self["keepalive-interval"],
+            keepalive_timeout=self["keepalive-timeout"],
+            max_connections=self["max-connections"],
         )
 
 

@@ -4,6 +4,7 @@ Thin Autobahn adapter: authenticates the upgrade, then hands frames to a
 """
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
@@ -32,6 +33,10 @@ class RpcServerProtocol(WebSocketServerProtocol):
         self.connection = self.factory.hub.connect(
             self, peer=self.peer, device=self._identity.device if self._identity else None
         )
+        # The HTTP channel registered itself as the socket's producer for the upgrade
+        # request; the socket is ours now, and its pause/resume tells us a client is slow.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self.connection.backpressure, True)
 
     def onMessage(self, payload, isBinary):
         self.connection.frame_received(payload)
@@ -46,6 +51,13 @@ class RpcServerProtocol(WebSocketServerProtocol):
 
     def close(self, code: int, reason: str) -> None:
         self.sendClose(code, reason)
+
+
+def _accept_deflate(offers):
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
 
 
 class RpcServerFactory(WebSocketServerFactory):
@@ -63,4 +75,6 @@ class RpcServerFactory(WebSocketServerFactory):
             # Refusing an oversize frame sends a close frame (1009) the client can read,
             # instead of dropping TCP.
             failByDrop=False,
+            # permessage-deflate when the client offers it: JSON events compress well.
+            perMessageCompressionAccept=_accept_deflate,
         )

@@ -136,7 +136,7 @@ async def test_attach_detach_delete(pi_server, fake_llm):
     one = await create_chat(first)
     two = await create_chat(first)  # attaching to two detaches first from one
     assert await second.call("session.attach", {"sessionId": one}) == {
-        "sessionId": one, "status": "running"}
+        "sessionId": one, "status": "running", "lastSeq": 0, "catchUp": "live"}
 
     await first.call("prompt", {"message": "to one"}, session_id=one)
     await second.wait_for_event(is_type("agent_end", one))

@@ -57,10 +57,15 @@ class RunningServer:
     def sessions(self):
         return self.service.getServiceNamed("sessions")
 
-    async def client(self, hello=True, **hello_params) -> RpcClient:
-        client = await RpcClient.connect(reactor, self.port, token=TOKEN)
+    @property
+    def hub(self):
+        return self.service.hub
+
+    async def client(self, hello=True, deflate=False, **hello_params) -> RpcClient:
+        client = await RpcClient.connect(reactor, self.port, token=TOKEN, deflate=deflate)
         self.clients.append(client)
         if hello:
-            await client.call("hello", {"client": {"name": "tests", "version": "1"},
-                                        **hello_params})
+            result = await client.call("hello", {"client": {"name": "tests", "version": "1"},
+                                                 **hello_params})
+            client.connection_id = result["connectionId"]
         return client

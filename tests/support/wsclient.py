@@ -8,10 +8,20 @@ import json
 from urllib.parse import urlencode
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
 from twisted.internet.defer import Deferred, DeferredQueue
 
 
 class RpcClientProtocol(WebSocketClientProtocol):
+    def dataReceived(self, data):
+        # Bytes as they came off the socket: compressed, when deflate is on.
+        self.factory.client.wire_bytes += len(data)
+        super().dataReceived(data)
+
     def onOpen(self):
         self.factory.client._opened(self)
 
@@ -28,6 +38,8 @@ class RpcClient:
     def __init__(self):
         self.protocol = None
         self.frames = []  # every decoded frame, in arrival order
+        self.payload_bytes = 0  # sum of frame payload sizes (uncompressed)
+        self.wire_bytes = 0  # bytes read from the socket, upgrade response included
         self.events = DeferredQueue()
         self.opened = Deferred()
         self.closed = Deferred()
@@ -39,7 +51,7 @@ class RpcClient:
 
     @classmethod
     def connect(cls, reactor, port, token=None, headers=None, query=None, path="/rpc",
-                host="127.0.0.1", **options):
+                host="127.0.0.1", deflate=False, **options):
         client = cls()
         params = dict(query or {})
         if token is not None:
@@ -48,6 +60,11 @@ class RpcClient:
         if params:
             url += "?" + urlencode(params)
         factory = WebSocketClientFactory(url, headers=headers or {}, reactor=reactor)
+        if deflate:
+            options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
+            options["perMessageCompressionAccept"] = (
+                lambda response: PerMessageDeflateResponseAccept(response)
+                if isinstance(response, PerMessageDeflateResponse) else None)
         factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0, **options)
         factory.protocol = RpcClientProtocol
         factory.client = client
@@ -63,6 +80,7 @@ class RpcClient:
         self.opened.callback(self)
 
     def _received(self, payload, is_binary):
+        self.payload_bytes += len(payload)
         frame = json.loads(payload)
         self.frames.append(frame)
         waiters, self._frame_waiters = self._frame_waiters, []

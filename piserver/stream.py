@@ -1,0 +1,251 @@
+"""
+One session's event stream: numbering, the journal, fan-out to the attached
+connections in their event mode, and catching a connection up on resume.
+
+Every event gets the next ``seq`` of its session (shared by all connections,
+continuing after a restart from the journal) and is journaled before it is
+sent, whether or not anyone is attached. Each event is encoded once per mode
+and the same bytes go to every connection in that mode.
+
+Event modes:
+
+- ``full``: pi's events unchanged.
+- ``delta``: ``message_update`` without ``message`` and
+  ``assistantMessageEvent.partial`` (the whole message so far, twice: the
+  complete message still arrives in ``message_end``), and consecutive
+  ``text_delta``/``thinking_delta`` events of one content block merged for up to
+  ``merge_window`` seconds. A merged event carries the ``seq`` of its last part,
+  so a delta-mode client may see ``seq`` skip numbers; resuming from it is exact.
+"""
+
+import json
+
+import attr
+from twisted.logger import Logger
+
+from .envelope import encode_event, encode_payload
+from .journal import JournalGap, strip_message_update
+
+EVENT_MODES = ("full", "delta")
+MERGEABLE_DELTAS = ("text_delta", "thinking_delta")
+
+
+@attr.s(eq=False)
+class _Subscriber:
+    connection: object = attr.ib()
+    mode: str = attr.ib()
+    # While a snapshot is being prepared: live events wait here, in order.
+    held: list | None = attr.ib(default=None)
+
+
+@attr.s(eq=False)
+class _MergedDeltas:
+    """Consecutive deltas of one content block, sent as one delta-mode event."""
+
+    key: tuple = attr.ib()
+    payload: dict = attr.ib()
+    pieces: list = attr.ib()
+    last_seq: int = attr.ib()
+
+    def encode(self, session_id: str) -> bytes:
+        event = self.payload["assistantMessageEvent"]
+        payload = {**self.payload,
+                   "assistantMessageEvent": {**event, "delta": "".join(self.pieces)}}
+        return encode_event(session_id, self.last_seq, "message_update",
+                            encode_payload(payload))
+
+
+def _merge_key(event_type: str, payload: dict):
+    if event_type != "message_update":
+        return None
+    event = payload.get("assistantMessageEvent")
+    if not isinstance(event, dict) or event.get("type") not in MERGEABLE_DELTAS:
+        return None
+    if not isinstance(event.get("delta"), str):
+        return None
+    return (event["type"], event.get("contentIndex"))
+
+
+def delta_payload(event_type: str, payload: dict) -> dict:
+    return strip_message_update(payload) if event_type == "message_update" else payload
+
+
+class EventStream:
+    log = Logger()
+
+    def __init__(self, session_id: str, journal, clock, merge_window: float = 0.03):
+        self.session_id = session_id
+        self._journal = journal
+        self._clock = clock
+        self._merge_window = merge_window
+        self.seq = journal.last_seq
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._merging: _MergedDeltas | None = None
+        self._merge_call = None
+        # The assistant message being streamed, for snapshots.
+        self.streaming_message: dict | None = None
+
+    # -- who is attached ----------------------------------------------------
+
+    def is_attached(self, connection) -> bool:
+        return connection.connection_id in self._subscribers
+
+    def connections(self) -> list:
+        return [s.connection for s in self._subscribers.values()]
+
+    def detach(self, connection) -> None:
+        self._subscribers.pop(connection.connection_id, None)
+
+    def detach_all(self) -> None:
+        self._subscribers.clear()
+        self._cancel_merge()
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish(self, event_type: str, payload: dict, payload_json: bytes | None = None) -> int:
+        """Number, journal and send one event; ``payload_json`` is pi's line when relayed."""
+        if payload_json is None:
+            payload_json = encode_payload(payload)
+        self.seq += 1
+        seq = self.seq
+        try:
+            self._journal.append(seq, event_type, payload, payload_json)
+        except Exception:
+            # A journal that cannot write (disk full…) must not stop the live stream.
+            self.log.failure("journal of {session_id}: cannot record event {seq}",
+                             session_id=self.session_id, seq=seq)
+        if event_type == "message_update":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                self.streaming_message = message
+        elif event_type in ("message_end", "agent_end", "agent_exit"):
+            self.streaming_message = None
+
+        full_frame = None
+        has_delta = False
+        for subscriber in self._subscribers.values():
+            if subscriber.mode == "full":
+                if full_frame is None:
+                    full_frame = encode_event(self.session_id, seq, event_type, payload_json)
+                self._deliver(subscriber, seq, full_frame)
+            else:
+                has_delta = True
+        if has_delta:
+            self._publish_delta(seq, event_type, payload)
+        return seq
+
+    def _publish_delta(self, seq: int, event_type: str, payload: dict) -> None:
+        key = _merge_key(event_type, payload)
+        if key is not None and self._merge_window > 0:
+            delta = payload["assistantMessageEvent"]["delta"]
+            if self._merging is not None and self._merging.key == key:
+                self._merging.pieces.append(delta)
+                self._merging.last_seq = seq
+                return
+            self.flush()
+            self._merging = _MergedDeltas(key, delta_payload(event_type, payload), [delta], seq)
+            self._merge_call = self._clock.callLater(self._merge_window, self.flush)
+            return
+        self.flush()
+        frame = encode_event(self.session_id, seq, event_type,
+                             encode_payload(delta_payload(event_type, payload)))
+        self._send_to_mode("delta", seq, frame)
+
+    def flush(self) -> None:
+        """Send merged deltas now (before any other event, attach or resume)."""
+        merging, self._merging = self._merging, None
+        self._cancel_merge_call()
+        if merging is not None:
+            self._send_to_mode("delta", merging.last_seq, merging.encode(self.session_id))
+
+    def _cancel_merge(self) -> None:
+        self._merging = None
+        self._cancel_merge_call()
+
+    def _cancel_merge_call(self) -> None:
+        if self._merge_call is not None and self._merge_call.active():
+            self._merge_call.cancel()
+        self._merge_call = None
+
+    def _send_to_mode(self, mode: str, seq: int, frame: bytes) -> None:
+        for subscriber in list(self._subscribers.values()):
+            if subscriber.mode == mode:
+                self._deliver(subscriber, seq, frame)
+
+    def _deliver(self, subscriber: _Subscriber, seq: int, frame: bytes) -> None:
+        if subscriber.held is not None:
+            subscriber.held.append((seq, frame))
+        else:
+            subscriber.connection.send(frame)
+
+    # -- attaching and catching up ------------------------------------------
+
+    def attach(self, connection, mode: str, last_seq: int | None = None) -> bool:
+        """
+        Attach a connection. With ``last_seq``, first send it every journaled event
+        after that seq, so it misses none and sees none twice. Returns False when the
+        journal no longer holds ``last_seq + 1``: the caller sends a snapshot instead
+        (see ``hold`` and ``release``).
+        """
+        self.flush()
+        if last_seq is not None and last_seq != self.seq:
+            if last_seq > self.seq:
+                return False
+            try:
+                events = self._journal.replay(last_seq, mode)
+            except JournalGap:
+                return False
+            for frame in self._replay_frames(events, mode):
+                connection.send(frame)
+        self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
+        return True
+
+    def _replay_frames(self, events, mode: str):
+        if mode == "full":
+            for seq, event_type, payload_json in events:
+                yield encode_event(self.session_id, seq, event_type, payload_json)
+            return
+        # Merge runs of deltas in a replay too: a resumed phone gets a few frames.
+        merging = None
+        for seq, event_type, payload_json in events:
+            key = None
+            payload = None
+            if event_type == "message_update":
+                payload = json.loads(payload_json)
+                key = _merge_key(event_type, payload)
+            if key is not None and merging is not None and merging.key == key:
+                merging.pieces.append(payload["assistantMessageEvent"]["delta"])
+                merging.last_seq = seq
+                continue
+            if merging is not None:
+                yield merging.encode(self.session_id)
+                merging = None
+            if key is not None:
+                merging = _MergedDeltas(key, payload,
+                                        [payload["assistantMessageEvent"]["delta"]], seq)
+                continue
+            yield encode_event(self.session_id, seq, event_type, payload_json)
+        if merging is not None:
+            yield merging.encode(self.session_id)
+
+    def hold(self, connection, mode: str) -> None:
+        """Attach, but keep live events back until ``release`` (a snapshot comes first)."""
+        self.flush()
+        self._subscribers[connection.connection_id] = _Subscriber(connection, mode, held=[])
+
+    def release(self, connection, snapshot: dict, snapshot_seq: int) -> None:
+        """Send the snapshot (which reflects every event up to ``snapshot_seq``), then
+        the events held back that came after it."""
+        subscriber = self._subscribers.get(connection.connection_id)
+        if subscriber is None or subscriber.held is None:
+            return
+        held, subscriber.held = subscriber.held, None
+        connection.send(encode_event(self.session_id, snapshot_seq, "session_snapshot",
+                                     encode_payload(snapshot)))
+        for seq, frame in held:
+            if seq > snapshot_seq:
+                connection.send(frame)
+
+    def close(self) -> None:
+        self.detach_all()
+        self._journal.close()
