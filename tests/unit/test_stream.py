@@ -1,0 +1,180 @@
+"""EventStream: numbering, fan-out per mode, delta merging, replay and snapshots."""
+
+import json
+
+import pytest
+from twisted.internet.task import Clock
+
+from piserver.journal import Journal, JournalLimits
+from piserver.stream import EventStream
+
+
+class FakeConnection:
+    def __init__(self, connection_id):
+        self.connection_id = connection_id
+        self.sent = []
+
+    def send(self, data):
+        self.sent.append(data)
+
+    def frames(self):
+        return [json.loads(d) for d in self.sent]
+
+
+def update(delta, index=0, kind="text_delta", message_text="whole message so far"):
+    message = {"role": "assistant", "content": [{"type": "text", "text": message_text}]}
+    return {"type": "message_update", "message": message,
+            "assistantMessageEvent": {"type": kind, "contentIndex": index, "delta": delta,
+                                      "partial": message}}
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def stream(tmp_path, clock):
+    journal = Journal(tmp_path / "journal", clock, JournalLimits())
+    journal.open()
+    return EventStream("s1", journal, clock, merge_window=0.03)
+
+
+def publish(stream, payload):
+    return stream.publish(payload["type"], payload, json.dumps(payload).encode())
+
+
+def test_same_bytes_to_every_full_connection(stream):
+    a, b = FakeConnection("a"), FakeConnection("b")
+    stream.attach(a, "full")
+    stream.attach(b, "full")
+    assert publish(stream, {"type": "agent_start"}) == 1
+    assert publish(stream, update("Hi")) == 2
+    assert a.sent == b.sent and a.sent[0] is b.sent[0]
+    frames = a.frames()
+    assert [f["seq"] for f in frames] == [1, 2]
+    assert frames[1]["payload"]["message"]["content"][0]["text"] == "whole message so far"
+
+
+def test_delta_mode_strips_and_merges_within_the_window(stream, clock):
+    phone = FakeConnection("phone")
+    stream.attach(phone, "delta")
+    publish(stream, {"type": "agent_start"})
+    publish(stream, update("Hel"))
+    publish(stream, update("lo "))
+    assert len(phone.sent) == 1  # the deltas wait for the window
+    clock.advance(0.03)
+    publish(stream, update("world"))
+    publish(stream, update("!", kind="thinking_delta"))  # another block: flushes
+    publish(stream, {"type": "message_end", "message": {"role": "assistant"}})
+    frames = phone.frames()
+    assert [f["seq"] for f in frames] == [1, 3, 4, 5, 6]
+    merged = frames[1]["payload"]
+    assert merged == {"type": "message_update", "assistantMessageEvent": {
+        "type": "text_delta", "contentIndex": 0, "delta": "Hello "}}
+    assert frames[2]["payload"]["assistantMessageEvent"]["delta"] == "world"
+    assert "message" not in frames[3]["payload"]
+    assert frames[4]["type"] == "message_end"
+
+
+def test_no_merging_with_a_zero_window(tmp_path, clock):
+    journal = Journal(tmp_path / "j", clock)
+    journal.open()
+    stream = EventStream("s1", journal, clock, merge_window=0)
+    phone = FakeConnection("phone")
+    stream.attach(phone, "delta")
+    publish(stream, update("a"))
+    publish(stream, update("b"))
+    assert [f["seq"] for f in phone.frames()] == [1, 2]
+
+
+def test_attach_replays_after_last_seq(stream):
+    for text in ("a", "b", "c"):
+        publish(stream, update(text))
+    late = FakeConnection("late")
+    assert stream.attach(late, "full", last_seq=1)
+    assert [f["seq"] for f in late.frames()] == [2, 3]
+    assert late.frames()[0]["payload"]["message"]["content"][0]["text"] == \
+        "whole message so far"
+    publish(stream, update("d"))
+    assert [f["seq"] for f in late.frames()] == [2, 3, 4]
+
+    phone = FakeConnection("phone")
+    assert stream.attach(phone, "delta", last_seq=0)
+    (merged,) = phone.frames()  # a replay merges runs of deltas too
+    assert merged["seq"] == 4
+    assert merged["payload"]["assistantMessageEvent"]["delta"] == "abcd"
+
+
+def test_attach_flushes_pending_deltas_first(stream):
+    phone = FakeConnection("phone")
+    stream.attach(phone, "delta")
+    publish(stream, update("x"))
+    other = FakeConnection("other")
+    stream.attach(other, "delta", last_seq=0)
+    assert [f["seq"] for f in phone.frames()] == [1]
+    assert [f["seq"] for f in other.frames()] == [1]
+    publish(stream, update("y"))
+    stream.flush()
+    assert [f["seq"] for f in other.frames()] == [1, 2]
+
+
+def test_gap_or_unknown_seq_asks_for_a_snapshot(tmp_path, clock):
+    journal = Journal(tmp_path / "j", clock,
+                      JournalLimits(max_events=4, segment_events=2))
+    journal.open()
+    stream = EventStream("s1", journal, clock)
+    for text in "abcdefgh":
+        publish(stream, {"type": "note", "text": text})
+    late = FakeConnection("late")
+    assert not stream.attach(late, "full", last_seq=1)
+    assert not stream.attach(late, "full", last_seq=99)
+    assert late.sent == []
+    assert stream.attach(late, "full", last_seq=8)  # up to date: nothing to replay
+
+
+def test_hold_and_release_around_a_snapshot(stream):
+    publish(stream, update("a"))
+    late = FakeConnection("late")
+    stream.hold(late, "full")
+    publish(stream, update("b"))  # reflected in the snapshot
+    snapshot_seq = stream.seq
+    publish(stream, update("c", message_text="abc"))  # after it
+    assert late.sent == []
+    stream.release(late, {"type": "session_snapshot", "messages": []}, snapshot_seq)
+    frames = late.frames()
+    assert [(f["type"], f["seq"]) for f in frames] == [("session_snapshot", 2),
+                                                         ("message_update", 3)]
+
+
+def test_streaming_message_follows_the_answer(stream):
+    publish(stream, update("a", message_text="a"))
+    assert stream.streaming_message["content"][0]["text"] == "a"
+    publish(stream, {"type": "message_end", "message": {}})
+    assert stream.streaming_message is None
+
+
+def test_seq_continues_from_the_journal(tmp_path, clock):
+    journal = Journal(tmp_path / "j", clock)
+    journal.open()
+    first = EventStream("s1", journal, clock)
+    publish(first, {"type": "a"})
+    publish(first, {"type": "b"})
+    first.close()
+    reopened = Journal(tmp_path / "j", clock)
+    reopened.open()
+    assert EventStream("s1", reopened, clock).seq == 2
+
+
+def test_a_failing_journal_does_not_stop_the_stream():
+    class Broken:
+        last_seq = 0
+
+        def append(self, *args):
+            raise OSError("disk full")
+
+    broken = EventStream("s1", Broken(), Clock())
+    live = FakeConnection("live")
+    broken.attach(live, "full")
+    publish(broken, {"type": "agent_start"})
+    assert [f["seq"] for f in live.frames()] == [1]
