@@ -123,5 +123,8 @@ def _message(words: list[str], final: bool = False) -> dict:
 
 
 def encode(payload: dict) -> bytes:
-    """Compact JSON, as pi writes it."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact JSON, as pi writes it (lone surrogates escaped, as JSON.stringify does)."""
+    try:
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode("ascii")

@@ -1,5 +1,6 @@
 """Record the streams of :data:`tests.support.events.RECORDED` again from the real pi:
-``python -m tests.support.events.record`` (from the repository root)."""
+``python -m tests.support.events.record`` (from the repository root). :func:`record`
+runs one scenario of :mod:`tests.support.events` and returns pi's event lines."""
 
 import tempfile
 from pathlib import Path
