@@ -9,6 +9,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from . import __version__
+from .config import DEFAULT_HANDSHAKE_TIMEOUT
 
 
 def _json(request, status: int, body: dict) -> bytes:
@@ -87,8 +88,13 @@ def _safe(value: bytes) -> str:
     return json.dumps(value.decode("latin-1"))[1:-1]
 
 
-def make_site(rpc: Resource, reactor=None) -> Site:
-    site = Site(RootResource(rpc), logFormatter=redacted_log_formatter, reactor=reactor)
+def make_site(rpc: Resource, reactor=None, idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> Site:
+    """
+    ``idle_timeout`` closes HTTP connections silent that long; it is what bounds a
+    client that connects and never completes its WebSocket upgrade request.
+    """
+    site = Site(RootResource(rpc), logFormatter=redacted_log_formatter, reactor=reactor,
+                timeout=idle_timeout)
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False
     return site

@@ -6,9 +6,17 @@ Thin Autobahn adapter: authenticates the upgrade, then hands frames to a
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
 from .auth import Unauthorized
+from .config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+)
+from .origins import origin_allowed
 
 # Close code for a frame over the size limit (RFC 6455 "message too big").
 CLOSE_TOO_BIG = 1009
@@ -20,14 +28,34 @@ class RpcServerProtocol(WebSocketServerProtocol):
     _identity = None
 
     def onConnect(self, request):
+        factory = self.factory
+        # Browsers send Origin: a page elsewhere must not drive this server through them.
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(
+                origin, request.headers.get("host"), self._secure(), factory.allowed_origins):
+            self.log.warn("refused /rpc upgrade from {peer}: origin {origin!r} is not allowed",
+                          peer=request.peer, origin=origin)
+            raise ConnectionDeny(
+                403, "cross-origin upgrade refused: this origin is not allowed "
+                     "(the server can list it with --allowed-origin)")
         try:
-            self._identity = self.factory.authenticator.authenticate(request.headers,
-                                                                     request.params)
+            self._identity = factory.authenticator.authenticate(request.headers,
+                                                                request.params)
         except Unauthorized as e:
             self.log.warn("refused /rpc upgrade from {peer}: {reason}", peer=request.peer,
                           reason=e.reason)
             raise ConnectionDeny(401, e.reason) from None
+        # The count includes this connection.
+        if factory.getConnectionCount() > factory.max_connections:
+            self.log.warn("refused /rpc upgrade from {peer}: {limit} connections are open",
+                          peer=request.peer, limit=factory.max_connections)
+            raise ConnectionDeny(
+                503, f"too many connections: this server accepts {factory.max_connections} "
+                     "at once; try again later")
         return None
+
+    def _secure(self) -> bool:
+        return ISSLTransport.providedBy(self.transport)
 
     def onOpen(self):
         self.connection = self.factory.hub.connect(
@@ -63,10 +91,20 @@ def _accept_deflate(offers):
 class RpcServerFactory(WebSocketServerFactory):
     protocol = RpcServerProtocol
 
-    def __init__(self, hub, authenticator, max_frame_size: int, reactor=None):
+    def __init__(self, hub, authenticator, max_frame_size: int, reactor=None, *,
+                 allowed_origins=frozenset(), max_connections=DEFAULT_MAX_CONNECTIONS,
+                 handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
+                 keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
+                 keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT):
         super().__init__(reactor=reactor)
         self.hub = hub
         self.authenticator = authenticator
+        # origins.Origin values, besides the server's own, that browsers may connect from.
+        self.allowed_origins = frozenset(allowed_origins)
+        self.max_connections = max_connections
+        # Autobahn schedules its timers (handshake, ping, close) on txaio's global reactor:
+        # route them through ours, so a fake clock drives them too.
+        self._batched_timer = ReactorTimer(self.reactor)
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame_size,
             maxMessagePayloadSize=max_frame_size,
@@ -77,4 +115,28 @@ class RpcServerFactory(WebSocketServerFactory):
             failByDrop=False,
             # permessage-deflate when the client offers it: JSON events compress well.
             perMessageCompressionAccept=_accept_deflate,
+            openHandshakeTimeout=handshake_timeout,
+            autoPingInterval=keepalive_interval,
+            autoPingTimeout=keepalive_timeout,
+            # "Origin: null" (sandboxed pages, files) reaches onConnect, refused there with 403.
+            allowNullOrigin=True,
         )
+
+
+class ReactorTimer:
+    """Autobahn's timer interface (``call_later`` and ``cancel``) on a given reactor."""
+
+    def __init__(self, clock):
+        self._clock = clock
+
+    def call_later(self, delay, func, *args, **kwargs):
+        return _Cancellable(self._clock.callLater(delay, func, *args, **kwargs))
+
+
+class _Cancellable:
+    def __init__(self, call):
+        self._call = call
+
+    def cancel(self):
+        if self._call.active():
+            self._call.cancel()
