@@ -1,18 +1,24 @@
 """
-``pi-server``: runs the service in the foreground, as ``twistd -n piserver`` does.
+``pi-server``: runs the service in the foreground, as ``twistd -n piserver`` does;
+``pi-server token ...`` manages device tokens (see tokencli.py).
 """
 
+import os
 import sys
+import time
 
 from twisted.scripts.twistd import run as run_twistd
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int | None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["token"]:
+        from .tokencli import run
+        return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
     # twistd's own logging to stdout, no daemon, no pidfile: a foreground program.
     sys.argv = ["pi-server", "--nodaemon", "--pidfile=", "piserver", *args]
     run_twistd()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

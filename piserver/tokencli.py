@@ -1,0 +1,141 @@
+"""
+``pi-server token add NAME | list | revoke NAME``: the device tokens in the data
+dir. ``add`` prints the new token once, on stdout alone (so that
+``TOKEN=$(pi-server token add phone)`` works); nothing ever prints a stored hash.
+A running server sees every change within a second (see devices.py).
+"""
+
+from pathlib import Path
+
+from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.python import usage
+
+from .config import default_data_dir, prepare_data_dir
+from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+SYNOPSIS = "Usage: pi-server token [--data-dir DIR] add NAME | list | revoke NAME"
+
+
+class AddOptions(usage.Options):
+    synopsis = "NAME"
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+
+class ListOptions(usage.Options):
+    synopsis = ""
+
+
+class RevokeOptions(usage.Options):
+    synopsis = "NAME"
+
+    def parseArgs(self, name):
+        self["name"] = name
+
+
+class TokenOptions(usage.Options):
+    synopsis = SYNOPSIS
+    longdesc = (
+        "Named tokens that open /rpc besides the server token, stored hashed in "
+        "<data-dir>/device-tokens.json. Revoking one closes that device's connections."
+    )
+    optParameters = [
+        ["data-dir", None, None,
+         "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
+         "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]"],
+    ]
+    subCommands = [
+        ["add", None, AddOptions, "create a token for device NAME and print it (once)"],
+        ["list", None, ListOptions, "list the devices that have a token, with creation times"],
+        ["revoke", None, RevokeOptions,
+         "remove the token of device NAME; a running server closes its connections"],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("give a command: add NAME, list or revoke NAME")
+
+    def data_dir(self, environ) -> Path:
+        chosen = self["data-dir"]
+        return (Path(chosen).expanduser() if chosen else default_data_dir(environ)).absolute()
+
+
+def run(argv, environ, clock, stdout, stderr) -> int:
+    """Run ``pi-server token ARGV``; return the exit status."""
+    options = TokenOptions()
+    try:
+        options.parseOptions(_data_dir_first(list(argv)))
+    except usage.UsageError as e:
+        stderr.write(f"pi-server token: {e}\n{SYNOPSIS}\n")
+        return EXIT_USAGE
+    data_dir = options.data_dir(environ)
+    command = options.subCommand
+    if command == "add":
+        try:
+            prepare_data_dir(data_dir)
+        except OSError as e:
+            stderr.write(f"pi-server token: data dir {data_dir} is not usable: "
+                         f"{e.strerror or e}\n")
+            return EXIT_FAILED
+    store = DeviceTokenStore(data_dir / DEVICE_TOKENS_FILE, clock, log=_stderr_logger(stderr))
+    name = options.subOptions.get("name")
+    try:
+        if command == "add":
+            token = store.add(name)
+            stdout.write(token + "\n")
+            stderr.write(
+                f"added device {name}. The token above is shown only this once: give it to the "
+                "device (Authorization: Bearer <token>, or ?token=<token> on the /rpc URL).\n")
+        elif command == "list":
+            devices = store.list()
+            if not devices:
+                stderr.write(f"no device tokens in {data_dir}\n")
+            width = max((len(device["name"]) for device in devices), default=0)
+            for device in devices:
+                stdout.write(f"{device['name']:<{width}}  {device['createdAt'] or '-'}\n")
+        elif not store.revoke(name):
+            stderr.write(f"pi-server token: there is no device named {name!r}\n")
+            return EXIT_FAILED
+        else:
+            stderr.write(f"revoked the token of device {name}; a running server closes its "
+                         "connections within a second\n")
+    except TokenError as e:
+        stderr.write(f"pi-server token {command}: {e}\n")
+        return EXIT_FAILED
+    except OSError as e:
+        stderr.write(f"pi-server token {command}: {e.filename or data_dir}: "
+                     f"{e.strerror or e}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _data_dir_first(argv: list[str]) -> list[str]:
+    """
+    ``add phone --data-dir DIR`` as well as ``--data-dir DIR add phone``: usage.Options
+    stops at the first argument, so the option is moved before the command.
+    """
+    moved, rest = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--data-dir" and argv:
+            moved += [arg, argv.pop(0)]
+        elif arg.startswith("--data-dir="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+    return moved + rest
+
+
+def _stderr_logger(stderr) -> Logger:
+    """The store's warnings (loose file modes, a corrupt file moved aside) for the user."""
+
+    def observer(event):
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            stderr.write(f"pi-server token: {formatEvent(event)}\n")
+
+    return Logger(observer=observer)

@@ -1,0 +1,135 @@
+"""
+Revoking a device token closes that device's connections within a second, also
+when another process (``pi-server token revoke``) did it.
+"""
+
+import attr
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+
+from piserver.auth import Authenticator
+from piserver.cli import main
+from piserver.devices import CLOSE_REVOKED, RevocationWatcher
+from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from tests.support.wsharness import MemoryServer, hello_frame
+
+
+@attr.s
+class FakeConnection:
+    connection_id: str = attr.ib()
+    device: str | None = attr.ib()
+    closed: list = attr.ib(factory=list)
+
+    def close(self, code, reason):
+        self.closed.append((code, reason))
+
+
+def make_store(tmp_path):
+    return DeviceTokenStore(tmp_path / DEVICE_TOKENS_FILE, clock=lambda: 1_700_000_000.0)
+
+
+def test_revoked_devices_lose_their_connections_within_a_second(tmp_path):
+    store = make_store(tmp_path)
+    store.add("phone")
+    store.add("tablet")
+    phone, phone_again = FakeConnection("c1", "phone"), FakeConnection("c2", "phone")
+    tablet, server_token = FakeConnection("c3", "tablet"), FakeConnection("c4", None)
+    connections = [phone, phone_again, tablet, server_token]
+    clock = Clock()
+    watcher = RevocationWatcher(store, lambda: connections, clock)
+    watcher.startService()
+    assert not any(c.closed for c in connections)
+
+    # Another process revokes: its own store instance writes the file.
+    assert make_store(tmp_path).revoke("phone")
+    clock.advance(0.5)
+    assert phone.closed == []
+    clock.advance(0.5)
+    assert phone.closed == [(CLOSE_REVOKED, "device token revoked")]
+    assert phone_again.closed == [(CLOSE_REVOKED, "device token revoked")]
+    assert tablet.closed == [] and server_token.closed == []
+
+    # A connection still closing is not told twice.
+    clock.advance(1)
+    assert len(phone.closed) == 1
+    watcher.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_check_closes_at_once_and_counts(tmp_path):
+    store = make_store(tmp_path)
+    store.add("phone")
+    connection = FakeConnection("c1", "phone")
+    watcher = RevocationWatcher(store, lambda: [connection], Clock())
+    assert watcher.check() == 0
+    store.revoke("phone")
+    assert watcher.check() == 1
+    assert watcher.check() == 0
+
+
+def test_corrupt_store_closes_every_device_connection(tmp_path):
+    # The store fails closed: a corrupt file means no device token is valid.
+    store = make_store(tmp_path)
+    store.add("phone")
+    connection = FakeConnection("c1", "phone")
+    watcher = RevocationWatcher(store, lambda: [connection], Clock())
+    (tmp_path / DEVICE_TOKENS_FILE).write_text("{not json")
+    assert watcher.check() == 1
+
+
+def test_a_failing_check_is_logged_and_the_watcher_keeps_going(tmp_path):
+    class BrokenStore:
+        calls = 0
+
+        def names(self):
+            self.calls += 1
+            raise OSError("disk on fire")
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        store = BrokenStore()
+        clock = Clock()
+        watcher = RevocationWatcher(store, lambda: [FakeConnection("c1", "phone")], clock)
+        watcher.startService()
+        clock.advance(1)
+        clock.advance(1)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert store.calls == 3
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(OSError)
+               for e in logged)
+    watcher.stopService()
+
+
+def test_device_token_from_the_cli_opens_rpc_and_revoke_drops_it(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    assert main(["token", "add", "phone", "--data-dir", str(data_dir)]) == 0
+    token = capsys.readouterr().out.strip()
+    store = DeviceTokenStore(data_dir / DEVICE_TOKENS_FILE, clock=lambda: 0.0)
+    server = MemoryServer(authenticator=Authenticator("server-token", store))
+
+    client = server.open(f"ws://localhost:3141/rpc?token={token}")
+    client.sendMessage(hello_frame())
+    server.flush()
+    assert client.received[-1]["ok"] is True
+    (connection,) = server.hub.connections.values()
+    assert connection.device == "phone"
+    other = server.open(headers={"Authorization": "Bearer server-token"})
+    assert other.opened
+
+    watcher = RevocationWatcher(store, lambda: list(server.hub.connections.values()),
+                                server.reactor)
+    watcher.startService()
+    assert main(["token", "revoke", "phone", "--data-dir", str(data_dir)]) == 0
+    server.advance(1)
+    assert client.close_info is not None
+    was_clean, code, reason = client.close_info
+    assert code == CLOSE_REVOKED and reason == "device token revoked"
+    assert [c.device for c in server.hub.connections.values()] == [None]
+    assert other.close_info is None
+
+    # The revoked token no longer opens /rpc.
+    refused = server.open(f"ws://localhost:3141/rpc?token={token}")
+    assert not refused.opened and "401" in refused.close_info[2]
+    watcher.stopService()
