@@ -27,6 +27,7 @@ from .errors import (
     InvalidParams,
     InvalidState,
     NotFound,
+    TooManySessions,
 )
 from .journal import Journal, JournalLimits
 from .models import public_state
@@ -35,6 +36,8 @@ from .stream import EventStream
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
+DEFAULT_MAX_AGENTS = 16
+DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 5
 # Restart delay after the n-th recent crash: 0.5 s, 1 s, 2 s, 4 s.
@@ -69,6 +72,8 @@ class Session:
     streaming: bool = attr.ib(default=False)
     recent_exits: collections.deque = attr.ib(factory=collections.deque)
     deleted: bool = attr.ib(default=False)
+    # Clock seconds of the last event or call, for stopping idle agents.
+    last_used: float = attr.ib(default=0.0)
 
     @property
     def pi_session_dir(self) -> Path:
@@ -113,6 +118,11 @@ class Session:
             extra={k: v for k, v in record.items() if k not in known},
         )
 
+    def idle(self) -> bool:
+        """Its agent could be stopped without anyone noticing (it restarts on demand)."""
+        return (self.agent is not None and self.agent.exit is None and self.starting is None
+                and not self.streaming and not self.stream.connections())
+
     def status(self) -> str:
         if self.agent is not None and self.agent.exit is None:
             return "starting" if self.starting is not None else "running"
@@ -131,8 +141,17 @@ class SessionManager(service.Service):
 
     def __init__(self, reactor, data_dir: Path, supervisor, store, models,
                  new_id=lambda: str(uuid.uuid4()), checkouts=None,
-                 journal_limits: JournalLimits | None = None, merge_window: float = 0.03):
+                 journal_limits: JournalLimits | None = None, merge_window: float = 0.03,
+                 in_thread=None, max_agents: int = DEFAULT_MAX_AGENTS,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT):
         self._reactor = reactor
+        self._max_agents = max_agents
+        self._idle_timeout = idle_timeout
+        self._idle_check = task.LoopingCall(self._stop_idle_agents)
+        self._idle_check.clock = reactor
+        # Runs blocking file work (removing a checkout) off the reactor thread.
+        self._in_thread = in_thread or (lambda f, *args, **kwargs: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), f, *args, **kwargs))
         self._journal_limits = journal_limits or JournalLimits()
         self._merge_window = merge_window
         self.sessions_dir = Path(data_dir) / "sessions"
@@ -164,10 +183,13 @@ class SessionManager(service.Service):
             self._open_stream(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
+        self._idle_check.start(min(60.0, self._idle_timeout), now=False)
         super().startService()
 
     def stopService(self):
         super().stopService()
+        if self._idle_check.running:
+            self._idle_check.stop()
         self._store.flush()
         for session in self.sessions.values():
             session.stream.flush()
@@ -276,9 +298,7 @@ class SessionManager(service.Service):
 
     def _remove_directory(self, path: Path) -> defer.Deferred:
         # A checkout can hold many files: remove it off the reactor thread.
-        return threads.deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), shutil.rmtree, path,
-            ignore_errors=True)
+        return self._in_thread(shutil.rmtree, path, ignore_errors=True)
 
     # -- attach / detach ----------------------------------------------------
 
@@ -383,6 +403,8 @@ class SessionManager(service.Service):
         old = session.agent
         if old is not None and old.exit is None:
             await self._supervisor.stop(old)
+        await self._make_room(session)
+        session.last_used = self._reactor.seconds()
         agent = self._supervisor.spawn(
             session.id, self.agent_args(session), str(session.cwd),
             lambda event, raw: self._agent_event(session, agent, event, raw))
@@ -397,6 +419,29 @@ class SessionManager(service.Service):
             session.provider, session.model_id = model["provider"], model["id"]
             self._save(session)
         return agent
+
+    async def _make_room(self, starting: Session) -> None:
+        """Keep within --max-agents: stop the longest-idle agent, or refuse."""
+        running = [s for s in self.sessions.values()
+                   if s is not starting and s.agent is not None and s.agent.exit is None]
+        if len(running) < self._max_agents:
+            return
+        idle = sorted((s for s in running if s.idle()), key=lambda s: s.last_used)
+        if not idle:
+            raise TooManySessions(
+                f"{len(running)} agents are running, the limit is {self._max_agents}: "
+                "detach from or delete a session, or wait for a run to end")
+        self.log.info("stopping the idle agent of {session_id} to start another",
+                      session_id=idle[0].id)
+        await self.stop_agent(idle[0])
+
+    def _stop_idle_agents(self) -> None:
+        horizon = self._reactor.seconds() - self._idle_timeout
+        for session in list(self.sessions.values()):
+            if session.idle() and session.last_used < horizon:
+                self.log.info("stopping the agent of {session_id}: idle for {seconds:.0f} s",
+                              session_id=session.id, seconds=self._idle_timeout)
+                self._supervisor.stop(session.agent)
 
     def _forget_old_exits(self, session: Session) -> None:
         horizon = self._reactor.seconds() - CRASH_WINDOW
@@ -437,6 +482,7 @@ class SessionManager(service.Service):
                 payload_json: bytes | None = None) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
         session.stream.publish(event_type, payload, payload_json)
+        session.last_used = self._reactor.seconds()
         session.last_activity_at = self._now()
         self._store.touch(session.id, session.last_activity_at)
 
@@ -444,6 +490,7 @@ class SessionManager(service.Service):
 
     async def command(self, session: Session, command: str, **fields):
         agent = await self.ensure_agent(session)
+        session.last_used = self._reactor.seconds()
         return await agent.command(command, **fields)
 
     async def prompt(self, session: Session, message: str, images=None,

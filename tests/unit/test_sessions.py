@@ -1,0 +1,229 @@
+"""
+SessionManager with fake processes and a fake clock: agent arguments, restarts,
+crash reports, crash-loop back-off and agent_failed, the model pin, failures
+during creation.
+"""
+
+import json
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import ensureDeferred, maybeDeferred
+
+from piserver.errors import AgentFailed, InvalidState, TooManySessions
+from piserver.sessions import SessionManager
+from piserver.store import StateStore
+from piserver.supervisor import AgentSupervisor
+from tests.support.fakeprocess import FakeProcessReactor
+
+
+class FakeConnection:
+    def __init__(self, connection_id="c1"):
+        self.connection_id = connection_id
+        self.event_mode = "full"
+        self.sent = []
+        self.lost_callbacks = []
+
+    def send(self, data):
+        self.sent.append(json.loads(data))
+
+    def on_lost(self, callback):
+        self.lost_callbacks.append(callback)
+
+
+class Models:
+    async def require(self, provider, model_id):
+        return {"provider": provider, "id": model_id}
+
+
+class Harness:
+    def __init__(self, tmp_path, **options):
+        self.reactor = FakeProcessReactor()
+        (tmp_path / "sessions").mkdir()
+        self.supervisor = AgentSupervisor(self.reactor, ["/bin/pi"], str(tmp_path), {},
+                                          forbidden_env=())
+        self.store = StateStore(tmp_path / "state.json", self.reactor)
+        ids = iter(f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 100))
+        self.sessions = SessionManager(self.reactor, tmp_path, self.supervisor, self.store,
+                                       Models(), new_id=lambda: next(ids),
+                                       in_thread=maybeDeferred, **options)
+        self.sessions.startService()
+
+    def process(self, n=-1):
+        return self.reactor.spawned[n].process
+
+    def answer_startup(self, n=-1, model=("fake", "fake-1")):
+        process = self.process(n)
+        (get_state,) = [c for c in process.lines() if c["type"] == "get_state"]
+        process.respond(get_state, {"model": {"provider": model[0], "id": model[1]},
+                                    "isStreaming": False})
+
+    def answer(self, command_type, data=None, n=-1, **kwargs):
+        process = self.process(n)
+        (command,) = [c for c in process.lines() if c["type"] == command_type][-1:]
+        process.respond(command, data, **kwargs)
+
+
+@pytest.fixture
+def harness(tmp_path):
+    return Harness(tmp_path)
+
+
+def create(harness, connection=None, **kwargs):
+    d = ensureDeferred(harness.sessions.create(connection, "chat", **kwargs))
+    harness.answer_startup()
+    return d
+
+
+def test_chat_agent_arguments_and_model_pin(harness, tmp_path):
+    d = create(harness, system_prompt="Be brief.")
+    session = d.result
+    spawn = harness.reactor.spawned[0]
+    assert spawn.path == str(tmp_path / "sessions" / session.id / "workspace")
+    assert spawn.args[:3] == ["/bin/pi", "--mode", "rpc"]
+    assert "--no-builtin-tools" in spawn.args
+    assert spawn.args[spawn.args.index("--session-dir") + 1] == \
+        str(tmp_path / "sessions" / session.id / "pi")
+    assert spawn.args[spawn.args.index("--system-prompt") + 1] == "Be brief."
+    # No model was asked for: the one pi started with is pinned for restarts.
+    assert (session.provider, session.model_id) == ("fake", "fake-1")
+    assert harness.store.get(session.id)["modelId"] == "fake-1"
+    restart_args = harness.sessions.agent_args(session)
+    position = restart_args.index("--provider")
+    assert restart_args[position:position + 4] == ["--provider", "fake", "--model", "fake-1"]
+
+
+def test_crash_reports_then_restart_with_backoff_then_agent_failed(harness):
+    connection = FakeConnection()
+    session = create(harness, connection).result
+    harness.process().stdout(b'{"type":"agent_start"}\n')
+    harness.process().stderr(b"boom\n")
+    harness.process().end(code=3)
+    types = [f["type"] for f in connection.sent]
+    assert types == ["agent_start", "agent_end", "agent_exit"]
+    end, exit_event = connection.sent[1]["payload"], connection.sent[2]["payload"]
+    assert end["error"] == "agent exited (code 3)"
+    assert exit_event["code"] == 3 and "boom" in exit_event["stderrTail"]
+
+    # Each restart waits longer: 0.5 s, 1 s, 2 s, 4 s.
+    for crashes, delay in enumerate([0.5, 1.0, 2.0, 4.0], start=1):
+        spawned = len(harness.reactor.spawned)
+        d = harness.sessions.ensure_agent(session)
+        harness.reactor.advance(delay - 0.01)
+        assert len(harness.reactor.spawned) == spawned
+        harness.reactor.advance(0.01)
+        assert len(harness.reactor.spawned) == spawned + 1
+        harness.answer_startup()
+        assert d.result is session.agent
+        if crashes < 4:
+            harness.process().end(code=1)
+    harness.process().stderr(b"still broken\n")
+    harness.process().end(code=1)  # the fifth exit within a minute
+    failed = harness.sessions.ensure_agent(session)
+    error = failed.result.value
+    failed.addErrback(lambda f: None)
+    assert isinstance(error, AgentFailed) and "still broken" in error.message
+    # A minute later the session may try again.
+    harness.reactor.advance(61)
+    retried = harness.sessions.ensure_agent(session)
+    assert not retried.called
+    retried.addErrback(lambda f: None)
+
+
+def test_callers_during_startup_share_one_agent(harness):
+    session = create(harness).result
+    harness.process().end(code=1)
+    first = harness.sessions.ensure_agent(session)
+    second = harness.sessions.ensure_agent(session)
+    harness.reactor.advance(0.5)
+    assert len(harness.reactor.spawned) == 2
+    harness.answer_startup()
+    assert first.result is second.result is session.agent
+    assert session.status() == "running"
+
+
+def test_a_stop_we_asked_for_is_not_a_crash(harness):
+    connection = FakeConnection()
+    session = create(harness, connection).result
+    d = ensureDeferred(harness.sessions.stop_agent(session))
+    harness.answer("abort")
+    harness.process().end(code=0)
+    assert d.called
+    assert connection.sent == []
+    assert session.status() == "stopped"
+
+
+def test_prompt_refusal_is_invalid_state(harness):
+    session = create(harness).result
+    d = ensureDeferred(harness.sessions.prompt(session, "hi"))
+    harness.answer("prompt", success=False, error_message="Agent is already processing")
+    failure = d.result
+    d.addErrback(lambda f: None)
+    assert isinstance(failure.value, InvalidState)
+    assert "already processing" in failure.value.message
+    assert session.name == "hi"
+
+
+def test_agent_that_fails_to_start_leaves_nothing(harness, tmp_path):
+    d = ensureDeferred(harness.sessions.create(None, "chat"))
+    harness.process().end(code=1)
+    assert d.called
+    d.addErrback(lambda f: None)
+    assert not (tmp_path / "sessions" / "00000000-0000-4000-8000-000000000001").exists()
+    assert harness.sessions.sessions == {}
+    assert harness.store.sessions() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_stops_the_agent_and_forgets_the_session(harness):
+    connection = FakeConnection()
+    session = create(harness, connection).result
+    deleting = ensureDeferred(harness.sessions.delete(session))
+    harness.answer("abort")
+    harness.process().end(code=0)
+    await deleting
+    assert session.id not in harness.sessions.sessions
+    assert harness.store.get(session.id) is None
+    assert not session.directory.exists()
+
+
+def test_idle_agents_are_stopped_and_restart_on_demand(tmp_path):
+    harness = Harness(tmp_path, idle_timeout=600)
+    connection = FakeConnection()
+    busy = create(harness, connection).result
+    idle = create(harness).result
+    assert idle.idle() and not busy.idle()
+    harness.reactor.advance(540)
+    assert harness.process(1).lines()[-1]["type"] != "abort"
+    harness.reactor.advance(120)  # idle for over 600 s now
+    assert harness.process(1).lines()[-1]["type"] == "abort"
+    harness.answer("abort", n=1)
+    harness.process(1).end(code=0)
+    assert idle.status() == "stopped" and busy.status() == "running"
+    assert [c["type"] for c in harness.process(0).lines()] == ["get_state"]
+    restarted = harness.sessions.ensure_agent(idle)
+    harness.answer_startup()
+    assert restarted.result is idle.agent
+
+
+def test_agent_limit_stops_the_longest_idle_one_or_refuses(tmp_path):
+    harness = Harness(tmp_path, max_agents=2)
+    first = create(harness).result
+    harness.reactor.advance(10)
+    second = create(harness).result
+    third = ensureDeferred(harness.sessions.create(None, "chat"))
+    # The longest idle agent (the first) is stopped to make room.
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    harness.answer_startup()
+    assert third.called and first.status() == "stopped"
+    assert second.status() == "running"
+
+    # Nobody is idle (both streaming): a fourth is refused.
+    for session in (second, third.result):
+        session.streaming = True
+    refused = ensureDeferred(harness.sessions.create(None, "chat"))
+    failure = refused.result
+    refused.addErrback(lambda f: None)
+    assert isinstance(failure.value, TooManySessions)
+    assert "limit is 2" in failure.value.message
