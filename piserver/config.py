@@ -21,6 +21,8 @@ PI_PACKAGE = "@mariozechner/pi-coding-agent"
 
 # Server-side secrets that are never passed on to an agent process.
 SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN"})
+# Environment variables named like these hold secrets (kept from git, redacted from logs).
+SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 
 @attr.frozen
@@ -36,6 +38,8 @@ class ServerConfig:
     journal_limits: object
     delta_merge_window: float
     send_buffer_limit: int
+    max_agents: int
+    agent_idle_timeout: float
     github_timeout: float
     # Environment for child processes: the server's own plus the data dir's .env.
     env: dict = attr.field(eq=False)

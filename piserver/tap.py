@@ -29,6 +29,7 @@ from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .journal import JournalLimits
 from .origins import parse_origin
+from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token
 
@@ -70,6 +71,12 @@ class Options(usage.Options):
          "token clients must present [default: $PI_SERVER_AUTH_TOKEN or <data-dir>/server-token]"],
         ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
          "largest WebSocket frame accepted, in bytes", int],
+        ["max-agents", None, DEFAULT_MAX_AGENTS,
+         "session agents running at once; the longest idle one is stopped to start another",
+         int],
+        ["agent-idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
+         "seconds after which the agent of a session nobody is attached to is stopped "
+         "(it restarts on demand)", float],
         ["send-buffer-limit", None, DEFAULT_SEND_BUFFER_LIMIT,
          "bytes that may wait for a slow client before its connection is closed", int],
         ["journal-max-events", None, 100_000,
@@ -141,6 +148,7 @@ class Options(usage.Options):
         if self["tls-cert"] or self["tls-key"]:
             endpoint = self._tls_endpoint(port)
         for name in ("clone-timeout", "github-timeout", "journal-max-events", "send-buffer-limit",
+                     "max-agents", "agent-idle-timeout",
                      "journal-max-bytes", "journal-max-age"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
@@ -216,6 +224,8 @@ class Options(usage.Options):
                 segment_bytes=max(4096, min(4 * 1024 * 1024, self["journal-max-bytes"] // 8))),
             delta_merge_window=self["delta-merge-window"],
             send_buffer_limit=self["send-buffer-limit"],
+            max_agents=self["max-agents"],
+            agent_idle_timeout=self["agent-idle-timeout"],
             github_timeout=self["github-timeout"],
             dotenv_names=frozenset(dotenv),
             env=env,
@@ -235,5 +245,9 @@ def _reactor():
 
 
 def makeService(options: Options):
+    from .redact import install_redaction
     from .server import build_service
-    return build_service(options.config, _reactor())
+    service = build_service(options.config, _reactor())
+    # Now, before twistd adds its log observer: the redaction must run before it.
+    install_redaction(service, options.config)
+    return service

@@ -149,3 +149,5 @@ def test_make_service_tree(base):
     root = site.resource
     assert set(root.children) >= {b"health", b"rpc"}
     assert isinstance(root.children[b"rpc"], WebSocketResource)
+    # Log redaction is installed with the tree and removed when it stops.
+    service.getServiceNamed("redaction").stopService()
