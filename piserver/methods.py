@@ -4,8 +4,9 @@ Handlers validate their params and return a result object.
 """
 
 from . import __version__
-from .errors import InvalidParams
+from .errors import InvalidParams, NotFound
 from .models import public_model, public_state
+from .nativetools import parse_tool_answer, validate_native_tools
 from .stream import EVENT_MODES
 
 SERVER_NAME = "pi-server"
@@ -59,6 +60,8 @@ class RpcMethods:
                 "get_available_models": self.get_available_models,
                 "set_model": self.set_model,
                 "clear_conversation": self.clear_conversation,
+                "native_tool_response": self.native_tool_response,
+                "extension_ui_response": self.extension_ui_response,
             })
         if self._repos is not None:
             table["repos.list"] = self.repos_list
@@ -82,8 +85,17 @@ class RpcMethods:
                         f'"resume.lastSeqBySession" values must be non-negative integers '
                         f'({session_id[:80]!r})')
                 last_seqs[session_id] = seq
+        native_tools = params.get("nativeTools")
+        if native_tools is not None:
+            native_tools = validate_native_tools(native_tools)
         connection.client = {"name": name, "version": version}
         connection.event_mode = event_mode
+        if native_tools is not None:
+            connection.native_tools = native_tools
+            # Sessions this device is attached to offer its tools from their next run.
+            for session in self._sessions.sessions.values():
+                if session.stream.is_attached(connection):
+                    self._sessions.use_native_tools_of(connection, session)
         result = {
             "connectionId": connection.connection_id,
             "server": {"name": SERVER_NAME, "version": __version__},
@@ -148,6 +160,34 @@ class RpcMethods:
     async def session_delete(self, connection, request):
         session = self._sessions.get(_session_id(request))
         return await self._sessions.delete(session)
+
+    # -- answers from devices -------------------------------------------------
+
+    def native_tool_response(self, connection, request):
+        answer = parse_tool_answer(request.params)
+        session = self._waiting_session(request, lambda s: s.calls.has_call(answer.call_id))
+        if session is None:
+            raise NotFound(f"no pending native tool call {answer.call_id[:80]!r}")
+        session.calls.answer_call(connection, answer)
+        return {}
+
+    def extension_ui_response(self, connection, request):
+        dialog_id = request.params.get("id")
+        if not isinstance(dialog_id, str) or not dialog_id:
+            raise InvalidParams('missing "id" (a string)')
+        session = self._waiting_session(request, lambda s: s.calls.has_dialog(dialog_id))
+        if session is None:
+            raise NotFound(f"no pending extension dialog {dialog_id[:80]!r}")
+        session.calls.answer_dialog(connection, request.params)
+        return {}
+
+    def _waiting_session(self, request, is_waiting):
+        """The session named in the request, else the one waiting for this answer."""
+        session_id = _session_id(request)
+        if session_id:
+            session = self._sessions.get(session_id)
+            return session if is_waiting(session) else None
+        return next((s for s in self._sessions.sessions.values() if is_waiting(s)), None)
 
     # -- repos --------------------------------------------------------------
 

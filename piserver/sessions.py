@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .agent import AgentExit, AgentProtocol
+from .devicecalls import DeviceCalls
 from .errors import (
     AgentCommandFailed,
     AgentFailed,
@@ -31,11 +32,13 @@ from .errors import (
 )
 from .journal import Journal, JournalLimits
 from .models import public_state
+from .nativetools import DEFAULT_CALL_TIMEOUT, extension_args, write_tools_file
 from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
+PROMPT_TIMEOUT = 600.0
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 CRASH_WINDOW = 60.0
@@ -69,6 +72,7 @@ class Session:
     # Callers waiting for the agent being started, or None when not starting.
     starting: list | None = attr.ib(default=None)
     stream: EventStream | None = attr.ib(default=None)
+    calls: DeviceCalls | None = attr.ib(default=None)
     streaming: bool = attr.ib(default=False)
     recent_exits: collections.deque = attr.ib(factory=collections.deque)
     deleted: bool = attr.ib(default=False)
@@ -78,6 +82,14 @@ class Session:
     @property
     def pi_session_dir(self) -> Path:
         return self.directory / "pi"
+
+    @property
+    def native_tools_file(self) -> Path:
+        return self.directory / "native-tools.json"
+
+    @property
+    def offers_native_tools(self) -> bool:
+        return self.mode == "chat" or self.include_native_tools
 
     def record(self) -> dict:
         return {
@@ -143,8 +155,10 @@ class SessionManager(service.Service):
                  new_id=lambda: str(uuid.uuid4()), checkouts=None,
                  journal_limits: JournalLimits | None = None, merge_window: float = 0.03,
                  in_thread=None, max_agents: int = DEFAULT_MAX_AGENTS,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT):
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT):
         self._reactor = reactor
+        self._native_tool_timeout = native_tool_timeout
         self._max_agents = max_agents
         self._idle_timeout = idle_timeout
         self._idle_check = task.LoopingCall(self._stop_idle_agents)
@@ -198,6 +212,12 @@ class SessionManager(service.Service):
         journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
         journal.open()
         session.stream = EventStream(session.id, journal, self._reactor, self._merge_window)
+        session.calls = DeviceCalls(
+            session.id, self._reactor,
+            lambda event_type, payload, to=None: self.publish(session, event_type, payload,
+                                                              to=to),
+            lambda message: session.agent.send(message) if session.agent else None,
+            session.stream.connections, self._native_tool_timeout)
 
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
@@ -264,6 +284,10 @@ class SessionManager(service.Service):
                 checked_out = True
             else:
                 session.cwd.mkdir(mode=0o700)
+            if session.offers_native_tools:
+                # The creating device's tools; a device attaching later brings its own.
+                write_tools_file(session.native_tools_file,
+                                 getattr(connection, "native_tools", None) or [])
             self.sessions[session.id] = session
             self._save(session)
             await self.ensure_agent(session)
@@ -316,8 +340,10 @@ class SessionManager(service.Service):
         if connection.connection_id not in self._watched_connections:
             self._watched_connections.add(connection.connection_id)
             connection.on_lost(self._connection_lost)
+        self.use_native_tools_of(connection, session)
         mode = connection.event_mode
         if session.stream.attach(connection, mode, last_seq):
+            session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
         reason = ("journal_trimmed" if last_seq <= session.stream.seq else "unknown_seq")
         session.stream.hold(connection, mode)
@@ -333,7 +359,15 @@ class SessionManager(service.Service):
             "messages": (messages or {}).get("messages", []), "state": state,
             "streamingMessage": session.stream.streaming_message,
         }, session.stream.seq)
+        session.calls.attached(connection)
         return "snapshot"
+
+    def use_native_tools_of(self, connection, session: Session) -> None:
+        """A device that declared tools attaches: the session offers its tools from the
+        next run on (the extension re-reads the file before each run)."""
+        tools = getattr(connection, "native_tools", None)
+        if tools is not None and session.offers_native_tools:
+            write_tools_file(session.native_tools_file, tools)
 
     def detach(self, connection, session: Session | None = None) -> None:
         targets = [session] if session is not None else list(self.sessions.values())
@@ -356,6 +390,8 @@ class SessionManager(service.Service):
             args += ["--system-prompt", session.system_prompt]
         if session.mode == "chat":
             args.append("--no-builtin-tools")
+        if session.offers_native_tools:
+            args += extension_args(session.native_tools_file)
         return args
 
     def ensure_agent(self, session: Session) -> defer.Deferred:
@@ -451,6 +487,7 @@ class SessionManager(service.Service):
     def _agent_exited(self, exit: AgentExit, session: Session, agent: AgentProtocol):
         if exit.stop_requested or session.deleted:
             return exit
+        session.calls.agent_exited()
         session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
         self._forget_old_exits(session)
         if session.streaming:
@@ -474,14 +511,16 @@ class SessionManager(service.Service):
             session.streaming = True
         elif event_type == "agent_end":
             session.streaming = False
+        if session.calls.agent_event(event):
+            return
         self.publish(session, event_type, event, raw)
 
     # -- events -------------------------------------------------------------
 
     def publish(self, session: Session, event_type: str, payload: dict,
-                payload_json: bytes | None = None) -> None:
+                payload_json: bytes | None = None, to=None) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
-        session.stream.publish(event_type, payload, payload_json)
+        session.stream.publish(event_type, payload, payload_json, to=to)
         session.last_used = self._reactor.seconds()
         session.last_activity_at = self._now()
         self._store.touch(session.id, session.last_activity_at)
@@ -504,7 +543,8 @@ class SessionManager(service.Service):
             session.name = _name_from(message)
             self._save(session)
         try:
-            await self.command(session, "prompt", **fields)
+            # An extension command answers only once its dialogs are answered.
+            await self.command(session, "prompt", timeout=PROMPT_TIMEOUT, **fields)
         except AgentCommandFailed as e:
             raise InvalidState(e.message) from None
 

@@ -102,8 +102,13 @@ class EventStream:
 
     # -- publishing ---------------------------------------------------------
 
-    def publish(self, event_type: str, payload: dict, payload_json: bytes | None = None) -> int:
-        """Number, journal and send one event; ``payload_json`` is pi's line when relayed."""
+    def publish(self, event_type: str, payload: dict, payload_json: bytes | None = None,
+                to=None) -> int:
+        """
+        Number, journal and send one event; ``payload_json`` is pi's line when relayed.
+        ``to``, a set of connection ids, limits who gets it live (a replay sends it to
+        whoever resumes: clients ignore what is not for them).
+        """
         if payload_json is None:
             payload_json = encode_payload(payload)
         self.seq += 1
@@ -124,6 +129,8 @@ class EventStream:
         full_frame = None
         has_delta = False
         for subscriber in self._subscribers.values():
+            if to is not None and subscriber.connection.connection_id not in to:
+                continue
             if subscriber.mode == "full":
                 if full_frame is None:
                     full_frame = encode_event(self.session_id, seq, event_type, payload_json)
@@ -131,10 +138,10 @@ class EventStream:
             else:
                 has_delta = True
         if has_delta:
-            self._publish_delta(seq, event_type, payload)
+            self._publish_delta(seq, event_type, payload, to)
         return seq
 
-    def _publish_delta(self, seq: int, event_type: str, payload: dict) -> None:
+    def _publish_delta(self, seq: int, event_type: str, payload: dict, to=None) -> None:
         key = _merge_key(event_type, payload)
         if key is not None and self._merge_window > 0:
             delta = payload["assistantMessageEvent"]["delta"]
@@ -149,7 +156,7 @@ class EventStream:
         self.flush()
         frame = encode_event(self.session_id, seq, event_type,
                              encode_payload(delta_payload(event_type, payload)))
-        self._send_to_mode("delta", seq, frame)
+        self._send_to_mode("delta", seq, frame, to)
 
     def flush(self) -> None:
         """Send merged deltas now (before any other event, attach or resume)."""
@@ -167,9 +174,10 @@ class EventStream:
             self._merge_call.cancel()
         self._merge_call = None
 
-    def _send_to_mode(self, mode: str, seq: int, frame: bytes) -> None:
+    def _send_to_mode(self, mode: str, seq: int, frame: bytes, to=None) -> None:
         for subscriber in list(self._subscribers.values()):
-            if subscriber.mode == mode:
+            if subscriber.mode == mode and (
+                    to is None or subscriber.connection.connection_id in to):
                 self._deliver(subscriber, seq, frame)
 
     def _deliver(self, subscriber: _Subscriber, seq: int, frame: bytes) -> None:
