@@ -40,6 +40,8 @@ class ServerConfig:
     send_buffer_limit: int
     max_agents: int
     agent_idle_timeout: float
+    native_tool_timeout: float
+    requests_per_second: float
     github_timeout: float
     # Environment for child processes: the server's own plus the data dir's .env.
     env: dict = attr.field(eq=False)

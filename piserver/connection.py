@@ -9,6 +9,8 @@ from twisted.logger import Logger
 
 from .dispatch import Dispatcher
 from .envelope import BadFrame, encode_error, encode_result, parse_request
+from .errors import RateLimited
+from .ratelimit import TokenBucket
 
 
 class FrameSink(Protocol):
@@ -61,7 +63,8 @@ class Connection:
 
     def __init__(self, connection_id: str, dispatcher: Dispatcher, sink: FrameSink,
                  peer: str = "", device: str | None = None,
-                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT):
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+                 requests: TokenBucket | None = None):
         self.connection_id = connection_id
         self.peer = peer
         # Name of the device token used to connect, if any (never the token).
@@ -73,20 +76,29 @@ class Connection:
         self.client: dict | None = None
         # "full" or "delta", chosen by hello (see stream.py).
         self.event_mode = "full"
+        # The tools this device can run (hello.params.nativeTools); None: never declared.
+        self.native_tools = None
         # Callbacks run when the connection goes away (sessions detach it).
         self._on_lost = []
         self.backpressure = Backpressure(self, send_buffer_limit)
+        # Requests allowed per second (None: no limit).
+        self._requests = requests
 
     def frame_received(self, payload: bytes) -> None:
         try:
             request = parse_request(payload)
         except BadFrame as bad:
-            self.log.info(
+            # Debug only: a hostile client must not be able to fill the log.
+            self.log.debug(
                 "refused frame from {connection_id}: {code}: {message}",
                 connection_id=self.connection_id, code=bad.error.code,
                 message=bad.error.message,
             )
             self.send(encode_error(bad.request_id, bad.error, bad.session_id))
+            return
+        if self._requests is not None and not self._requests.take():
+            self.send(encode_error(request.id, RateLimited(
+                "too many requests: slow down and retry"), request.session_id))
             return
         d = self._dispatcher.dispatch(self, request)
         d.addCallback(self._reply, request)

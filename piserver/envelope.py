@@ -116,7 +116,12 @@ def _json_type(value) -> str:
 
 
 def _dumps(obj) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (an id sent as "\ud800") has no UTF-8 form: escape everything.
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def encode_result(request_id: str, result: dict, session_id: str | None = None) -> bytes:

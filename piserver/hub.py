@@ -8,21 +8,30 @@ from twisted.logger import Logger
 
 from .connection import DEFAULT_SEND_BUFFER_LIMIT, Connection
 from .dispatch import Dispatcher
+from .ratelimit import TokenBucket
 
 
 class Hub:
     log = Logger()
 
     def __init__(self, methods, new_id=lambda: str(uuid.uuid4()),
-                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT):
+                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+                 clock=None, requests_per_second: float | None = None):
         self.dispatcher = Dispatcher(methods)
+        self._clock = clock
+        self._requests_per_second = requests_per_second
         self._new_id = new_id
         self._send_buffer_limit = send_buffer_limit
         self.connections: dict[str, Connection] = {}
 
     def connect(self, sink, peer: str = "", device: str | None = None) -> Connection:
+        requests = None
+        if self._requests_per_second:
+            # Bursts of twice the rate: a client catching up after a reconnect is not refused.
+            requests = TokenBucket(self._requests_per_second, 2 * self._requests_per_second,
+                                   self._clock)
         connection = Connection(self._new_id(), self.dispatcher, sink, peer=peer, device=device,
-                                send_buffer_limit=self._send_buffer_limit)
+                                send_buffer_limit=self._send_buffer_limit, requests=requests)
         self.connections[connection.connection_id] = connection
         connection.on_lost(self._forget)
         self.log.info("connection {connection_id} opened from {peer} device={device}",

@@ -16,18 +16,21 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from . import __version__
 from .auth import Authenticator
 from .checkouts import Checkouts
-from .config import SERVER_SECRET_ENV, ServerConfig
+from .config import SECRET_NAME_SUFFIXES, SERVER_SECRET_ENV, ServerConfig
+from .devices import RevocationWatcher
 from .git import Git
 from .github import GithubClient
 from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
 from .models import ModelCatalog
+from .redact import REVEAL_FIELD
 from .repos import RepoCatalog
 from .sessions import SessionManager
 from .store import StateStore
 from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
+from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from .ws import RpcServerFactory
 
 # The agent runs whatever the model asks: it gets the LLM keys it needs, never the
@@ -46,8 +49,6 @@ def git_environment(config: ServerConfig) -> dict:
         and not name.endswith(SECRET_NAME_SUFFIXES)
     }
 
-
-SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 
 class ReportingEndpoint:
@@ -99,15 +100,17 @@ class PiServerService(MultiService):
             self.log.info("listening on {address}", address=str(address))
             return
         shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-        self.log.info("listening on {host}:{port}; WebSocket at ws://{shown}:{port}/rpc",
-                      host=host, port=port, shown=shown)
+        scheme = "wss" if self.config.tls else "ws"
+        self.log.info("listening on {host}:{port}; WebSocket at {scheme}://{shown}:{port}/rpc",
+                      host=host, port=port, shown=shown, scheme=scheme)
         if self.config.auth_token_source == "generated":
-            # Shown once, when the token is made, so the user can paste it into a client.
+            # Shown once, when the token is made, so the user can paste it into a client;
+            # the only log line the redaction lets a secret through.
             self.log.info(
                 "new server token stored in {path}; connect with "
-                "ws://{shown}:{port}/rpc?token={token}",
+                "{scheme}://{shown}:{port}/rpc?token={token}",
                 path=str(self.config.data_dir / "server-token"), shown=shown, port=port,
-                token=self.config.auth_token,
+                token=self.config.auth_token, scheme=scheme, **{REVEAL_FIELD: True},
             )
         elif self.config.auth_token is not None:
             self.log.info("clients authenticate with the token from {source}",
@@ -133,20 +136,37 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     checkouts = Checkouts(git, config.github_token)
     sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
                               checkouts=checkouts, journal_limits=config.journal_limits,
-                              merge_window=config.delta_merge_window)
+                              merge_window=config.delta_merge_window,
+                              max_agents=config.max_agents,
+                              idle_timeout=config.agent_idle_timeout,
+                              native_tool_timeout=config.native_tool_timeout)
     sessions.setServiceParent(top)
     limits = config.journal_limits
     methods = RpcMethods(sessions=sessions, models=models, repos=repos, capabilities={
         "eventModes": list(EVENT_MODES),
+        "nativeTools": True,
+        "nativeToolTimeoutSec": config.native_tool_timeout,
         "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
                     "maxAgeSec": limits.max_age},
         # The seed's name for how far back a resume reaches.
         "replayWindowSec": limits.max_age,
     })
-    hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit)
-    authenticator = Authenticator(config.auth_token)
-    factory = RpcServerFactory(hub, authenticator, config.max_frame_size, reactor=reactor)
-    site = make_site(WebSocketResource(factory), reactor=reactor)
+    hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit,
+                        clock=reactor, requests_per_second=config.requests_per_second)
+    device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
+    authenticator = Authenticator(config.auth_token, device_tokens)
+    factory = RpcServerFactory(
+        hub, authenticator, config.max_frame_size, reactor=reactor,
+        allowed_origins=config.allowed_origins, max_connections=config.max_connections,
+        handshake_timeout=config.handshake_timeout,
+        keepalive_interval=config.keepalive_interval,
+        keepalive_timeout=config.keepalive_timeout)
+    site = make_site(WebSocketResource(factory), reactor=reactor,
+                     idle_timeout=config.handshake_timeout)
+    if config.auth_token is not None:
+        # `pi-server token revoke` from another process closes that device's connections.
+        RevocationWatcher(device_tokens, lambda: list(hub.connections.values()),
+                          reactor).setServiceParent(top)
     endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
     listener = StreamServerEndpointService(endpoint, site)
     listener.setName("listener")

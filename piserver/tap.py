@@ -28,6 +28,7 @@ from .connection import DEFAULT_SEND_BUFFER_LIMIT
 from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .journal import JournalLimits
+from .nativetools import DEFAULT_CALL_TIMEOUT
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
@@ -77,6 +78,11 @@ class Options(usage.Options):
         ["agent-idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
          "seconds after which the agent of a session nobody is attached to is stopped "
          "(it restarts on demand)", float],
+        ["requests-per-second", None, 50.0,
+         "requests a connection may send per second on average (bursts of twice that); "
+         "more are answered rate_limited", float],
+        ["native-tool-timeout", None, DEFAULT_CALL_TIMEOUT,
+         "seconds a native tool call waits for a device before it fails", float],
         ["send-buffer-limit", None, DEFAULT_SEND_BUFFER_LIMIT,
          "bytes that may wait for a slow client before its connection is closed", int],
         ["journal-max-events", None, 100_000,
@@ -148,7 +154,8 @@ class Options(usage.Options):
         if self["tls-cert"] or self["tls-key"]:
             endpoint = self._tls_endpoint(port)
         for name in ("clone-timeout", "github-timeout", "journal-max-events", "send-buffer-limit",
-                     "max-agents", "agent-idle-timeout",
+                     "max-agents", "agent-idle-timeout", "native-tool-timeout",
+                     "requests-per-second",
                      "journal-max-bytes", "journal-max-age"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
@@ -226,6 +233,8 @@ class Options(usage.Options):
             send_buffer_limit=self["send-buffer-limit"],
             max_agents=self["max-agents"],
             agent_idle_timeout=self["agent-idle-timeout"],
+            native_tool_timeout=self["native-tool-timeout"],
+            requests_per_second=self["requests-per-second"],
             github_timeout=self["github-timeout"],
             dotenv_names=frozenset(dotenv),
             env=env,

@@ -186,7 +186,8 @@ async def test_default_limit_is_16_mib(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_random_frames_each_answered_server_alive(tmp_path):
     service = build_service(
-        make_options(tmp_path, "--no-auth", "--max-frame-size", "4096").config, reactor)
+        make_options(tmp_path, "--no-auth", "--max-frame-size", "4096",
+                     "--requests-per-second", "100000").config, reactor)
     service.startService()
     rng = random.Random(1234)
     try:

@@ -1,0 +1,53 @@
+import json
+
+from twisted.internet.task import Clock
+
+from piserver.connection import Connection
+from piserver.dispatch import Dispatcher
+from piserver.ratelimit import TokenBucket
+
+
+class Sink:
+    def __init__(self):
+        self.frames = []
+
+    def send_frame(self, data):
+        self.frames.append(json.loads(data))
+
+    def close(self, code, reason):
+        pass
+
+
+def request(request_id):
+    return json.dumps({"v": 1, "kind": "request", "id": request_id,
+                       "method": "ping"}).encode()
+
+
+def test_requests_over_the_rate_are_answered_rate_limited():
+    clock = Clock()
+    sink = Sink()
+    connection = Connection("c", Dispatcher({"ping": lambda c, r: {"pong": True}}), sink,
+                            requests=TokenBucket(rate=2, burst=4, clock=clock))
+    for n in range(5):
+        connection.frame_received(request(f"r{n}"))
+    assert [f["ok"] for f in sink.frames] == [True] * 4 + [False]
+    assert sink.frames[4]["error"]["code"] == "rate_limited"
+    assert sink.frames[4]["id"] == "r4"
+    clock.advance(0.5)  # one more token
+    connection.frame_received(request("r5"))
+    connection.frame_received(request("r6"))
+    assert [f["ok"] for f in sink.frames[5:]] == [True, False]
+    clock.advance(10)  # the bucket refills up to the burst, no more
+    for n in range(5):
+        connection.frame_received(request(f"s{n}"))
+    assert [f["ok"] for f in sink.frames[7:]] == [True] * 4 + [False]
+
+
+def test_unparseable_frames_are_answered_without_spending_tokens():
+    clock = Clock()
+    sink = Sink()
+    connection = Connection("c", Dispatcher({"ping": lambda c, r: {}}), sink,
+                            requests=TokenBucket(rate=1, burst=1, clock=clock))
+    connection.frame_received(b"garbage")
+    connection.frame_received(request("r1"))
+    assert [f.get("error", {}).get("code") for f in sink.frames] == ["parse_error", None]
