@@ -30,6 +30,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+WAIT_TIMEOUT = 60.0
 COMPLETED = "completed"
 """Outcome of an exchange whose reply was sent in full."""
 CLIENT_DISCONNECTED = "client_disconnected"
@@ -403,7 +404,8 @@ class FakeLLM:
             return defer.succeed(self.requests[n - 1])
         waiter = defer.Deferred()
         self._request_waiters.setdefault(n, []).append(waiter)
-        return waiter
+        # A safety net against a hung test, not a synchronisation delay.
+        return waiter.addTimeout(WAIT_TIMEOUT, self._reactor)
 
     def wait_for_end(self, n: int) -> defer.Deferred:
         """Fires with the outcome of the ``n``-th request's reply once it is over:

@@ -32,10 +32,16 @@ class RpcClientProtocol(WebSocketClientProtocol):
         self.factory.client._closed(wasClean, code, reason)
 
 
+# A safety net, not a sleep: a wait that outlives it fails the test instead of hanging
+# the suite.
+WAIT_TIMEOUT = 60.0
+
+
 class RpcClient:
     """``yield RpcClient.connect(...)``, then ``yield client.call("hello", {...})``."""
 
-    def __init__(self):
+    def __init__(self, reactor=None):
+        self.reactor = reactor
         self.protocol = None
         self.frames = []  # every decoded frame, in arrival order
         self.payload_bytes = 0  # sum of frame payload sizes (uncompressed)
@@ -52,7 +58,7 @@ class RpcClient:
     @classmethod
     def connect(cls, reactor, port, token=None, headers=None, query=None, path="/rpc",
                 host="127.0.0.1", deflate=False, **options):
-        client = cls()
+        client = cls(reactor)
         params = dict(query or {})
         if token is not None:
             params["token"] = token
@@ -108,7 +114,7 @@ class RpcClient:
         """Fire with the next frame received, whatever its kind."""
         d = Deferred()
         self._frame_waiters.append(d)
-        return d
+        return self._limited(d)
 
     def send_raw(self, payload: bytes, binary=False):
         self.protocol.sendMessage(payload, isBinary=binary)
@@ -123,7 +129,7 @@ class RpcClient:
             envelope["sessionId"] = session_id
         d = self._waiting[request_id] = Deferred()
         self.send_raw(json.dumps(envelope).encode(), binary=binary)
-        return d
+        return self._limited(d)
 
     def call(self, method, params=None, session_id=None, binary=False):
         """Like request, but fire with ``result`` or fail with CallFailed."""
@@ -145,6 +151,11 @@ class RpcClient:
                 return d
         d = Deferred()
         self._event_waiters.append((predicate, d))
+        return self._limited(d)
+
+    def _limited(self, d):
+        if self.reactor is not None:
+            d.addTimeout(WAIT_TIMEOUT, self.reactor)
         return d
 
     def event_frames(self, session_id=None):

@@ -1,0 +1,132 @@
+"""
+Data safety: the server process is killed with SIGKILL in the middle of answers,
+again and again; each restart lists every session with its history and replays
+its journal.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from tests.support.fakellm import Text, Tokens
+from tests.support.wsclient import RpcClient
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+TOKEN = "crash-test-token"
+HELLO = {"client": {"name": "tests", "version": "1"}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+            return b'"ok": true' in s.recv(4096)
+    except OSError:
+        return False
+
+
+class ServerProcess:
+    def __init__(self, agent_dir, pi_binary, log_path):
+        self.agent_dir = agent_dir
+        self.pi_binary = pi_binary
+        self.log_path = log_path
+        self.port = None
+        self.process = None
+
+    def start(self):
+        self.port = free_port()
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "piserver", "--port",
+             f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
+             "--pi", str(self.pi_binary), "--auth-token", TOKEN],
+            env=self.agent_dir.environment(), stdout=self.log, stderr=subprocess.STDOUT)
+        # Another process: poll its health endpoint until it answers (bounded).
+        deadline = time.monotonic() + 60
+        while not health_ok(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.log.close()
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.log.close()
+
+
+@pytest.fixture
+def server_process(agent_dir, pi_binary, tmp_path):
+    server = ServerProcess(agent_dir, pi_binary, tmp_path / "server.log")
+    yield server
+    server.stop()
+
+
+async def connect(server):
+    client = await RpcClient.connect(reactor, server.port, token=TOKEN)
+    await client.call("hello", HELLO)
+    return client
+
+
+def is_type(event_type, session_id):
+    return lambda f: f["type"] == event_type and f["sessionId"] == session_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_llm):
+    completed = {}
+    for round_number in range(3):
+        server_process.start()
+        client = await connect(server_process)
+        listed = {s["sessionId"] for s in (await client.call("session.list"))["sessions"]}
+        assert listed == set(completed)
+        for session_id, texts in completed.items():
+            messages = (await client.call("get_messages", session_id=session_id))["messages"]
+            assistant = "".join(
+                part.get("text", "") for m in messages if m["role"] == "assistant"
+                for part in m["content"] if isinstance(part, dict))
+            for text in texts:
+                assert text in assistant
+            attached = await client.call("session.attach",
+                                         {"sessionId": session_id, "lastSeq": 0})
+            assert attached["catchUp"] == "replayed"
+            numbers = [f["seq"] for f in client.event_frames(session_id)]
+            assert numbers == list(range(1, attached["lastSeq"] + 1))
+
+        # A finished answer in a new session, then a long one cut by SIGKILL.
+        finished = f"answer number {round_number}"
+        fake_llm.script(Text(finished), Tokens(400, delay=0.01))
+        session_id = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
+        await client.call("prompt", {"message": "short"}, session_id=session_id)
+        await client.wait_for_event(is_type("agent_end", session_id))
+        completed[session_id] = [finished]
+        await client.call("prompt", {"message": "long"}, session_id=session_id)
+        await client.wait_for_event(
+            lambda f, sid=session_id: f["type"] == "message_update" and f["sessionId"] == sid
+            and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+        server_process.kill()
+        await client.closed
+
+    log = server_process.log_path.read_text()
+    assert "corrupt" not in log.lower()
+    assert TOKEN not in log
+    assert os.path.exists(server_process.agent_dir.path / "state.json")
