@@ -5,6 +5,7 @@ replies and events out. ``ws.py`` only adapts Autobahn to this.
 
 from typing import Protocol
 
+import attr
 from twisted.logger import Logger
 
 from .dispatch import Dispatcher
@@ -64,7 +65,7 @@ class Connection:
     def __init__(self, connection_id: str, dispatcher: Dispatcher, sink: FrameSink,
                  peer: str = "", device: str | None = None,
                  send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
-                 requests: TokenBucket | None = None):
+                 requests: TokenBucket | None = None, redact=None):
         self.connection_id = connection_id
         self.peer = peer
         # Name of the device token used to connect, if any (never the token).
@@ -83,6 +84,8 @@ class Connection:
         self.backpressure = Backpressure(self, send_buffer_limit)
         # Requests allowed per second (None: no limit).
         self._requests = requests
+        # Removes secret values from error messages (an agent's error may quote a key).
+        self._redact = redact
 
     def frame_received(self, payload: bytes) -> None:
         try:
@@ -108,6 +111,8 @@ class Connection:
         if ok:
             self.send(encode_result(request.id, value, request.session_id))
         else:
+            if self._redact is not None:
+                value = attr.evolve(value, message=self._redact(value.message))
             self.send(encode_error(request.id, value, request.session_id))
 
     def send(self, data: bytes) -> None:

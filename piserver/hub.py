@@ -16,10 +16,11 @@ class Hub:
 
     def __init__(self, methods, new_id=lambda: str(uuid.uuid4()),
                  send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
-                 clock=None, requests_per_second: float | None = None):
+                 clock=None, requests_per_second: float | None = None, redact=None):
         self.dispatcher = Dispatcher(methods)
         self._clock = clock
         self._requests_per_second = requests_per_second
+        self._redact = redact
         self._new_id = new_id
         self._send_buffer_limit = send_buffer_limit
         self.connections: dict[str, Connection] = {}
@@ -31,7 +32,8 @@ class Hub:
             requests = TokenBucket(self._requests_per_second, 2 * self._requests_per_second,
                                    self._clock)
         connection = Connection(self._new_id(), self.dispatcher, sink, peer=peer, device=device,
-                                send_buffer_limit=self._send_buffer_limit, requests=requests)
+                                send_buffer_limit=self._send_buffer_limit, requests=requests,
+                                redact=self._redact)
         self.connections[connection.connection_id] = connection
         connection.on_lost(self._forget)
         self.log.info("connection {connection_id} opened from {peer} device={device}",

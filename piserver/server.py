@@ -24,7 +24,7 @@ from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
 from .models import ModelCatalog
-from .redact import REVEAL_FIELD
+from .redact import REVEAL_FIELD, Redactor, secret_values
 from .repos import RepoCatalog
 from .sessions import SessionManager
 from .store import StateStore
@@ -152,7 +152,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         "replayWindowSec": limits.max_age,
     })
     hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit,
-                        clock=reactor, requests_per_second=config.requests_per_second)
+                        clock=reactor, requests_per_second=config.requests_per_second,
+                        redact=Redactor(secret_values(config)).redact)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(

@@ -1,3 +1,5 @@
+"""Connection: request rate limits and what error replies may say."""
+
 import json
 
 from twisted.internet.task import Clock
@@ -51,3 +53,18 @@ def test_unparseable_frames_are_answered_without_spending_tokens():
     connection.frame_received(b"garbage")
     connection.frame_received(request("r1"))
     assert [f.get("error", {}).get("code") for f in sink.frames] == ["parse_error", None]
+
+
+def test_error_messages_are_redacted_of_secrets():
+    from piserver.errors import AgentCommandFailed
+
+    def fails(connection, request):
+        raise AgentCommandFailed("401 Incorrect API key provided: sk-live-secret-123456")
+
+    sink = Sink()
+    connection = Connection("c", Dispatcher({"ping": fails}), sink,
+                            redact=lambda text: text.replace("sk-live-secret-123456", "[x]"))
+    connection.frame_received(request("r1"))
+    (reply,) = sink.frames
+    assert reply["error"] == {"code": "agent_error",
+                              "message": "401 Incorrect API key provided: [x]"}
