@@ -1,0 +1,205 @@
+"""
+Resume cost: 10,000 journaled events of real pi answers, replayed.
+
+The events are pi's own lines for a 2,000-token answer (read in the wire
+benchmark), over and over: the heavy case, every ``message_update`` carrying
+the whole message so far twice. In process, a journal with the server's
+default limits takes them with ``Journal.append`` (the baseline) and gives
+them back with ``Journal.replay`` in delta and full mode; reading the same
+events as pi wrote them from a file is the other reference. Over a socket, a
+client resumes from before the first of them (``hello.resume``) and is timed
+until the response, which comes after the replayed events.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from piserver.journal import Journal
+from piserver.tap import Options
+
+from . import report
+from .report import Table
+from .rig import TOKEN, ServerProcess, median, stub_command
+from .wsclient import CallFailed, connect
+
+RAISED_SEND_BUFFER_LIMIT = 1 << 30
+
+
+def server_limits(work: Path, pi: Path):
+    """The journal limits pi-server runs with by default."""
+    options = Options(environ={})
+    options.parseOptions(["--data-dir", str(work / "limits"), "--pi", str(pi),
+                          "--auth-token", TOKEN])
+    return options.config.journal_limits
+
+
+def cycled(lines: list[bytes], count: int) -> list[bytes]:
+    rounds, rest = divmod(count, len(lines))
+    return lines * rounds + lines[:rest]
+
+
+def timed(function, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
+def append_all(journal: Journal, events) -> None:
+    for seq, event_type, payload, line in events:
+        journal.append(seq, event_type, payload, line)
+
+
+def read_all(paths) -> None:
+    for path in paths:
+        path.read_bytes()
+
+
+def split_lines(path: Path) -> None:
+    path.read_bytes().split(b"\n")
+
+
+def journal_runs(reactor, work: Path, lines: list[bytes], limits, repeats: int) -> dict:
+    times = {"append": [], "delta": [], "full": [], "raw": [], "segments": []}
+    raw = work / "events.jsonl"
+    raw.write_bytes(b"".join(line + b"\n" for line in lines))
+    for number in range(repeats):
+        # Fresh dicts per event, as the server decodes each line it reads.
+        events = [(seq, payload["type"], payload, line) for seq, (payload, line)
+                  in enumerate(((json.loads(line), line) for line in lines), 1)]
+        journal = Journal(work / f"journal-{number}", reactor, limits)
+        journal.open()
+        times["append"].append(timed(append_all, journal, events))
+        del events
+        for mode in ("delta", "full"):
+            started = time.perf_counter()
+            replayed = journal.replay(0, mode)
+            times[mode].append(time.perf_counter() - started)
+            if len(replayed) != len(lines):
+                raise RuntimeError(f"{mode} replay gave {len(replayed)} events")
+            del replayed
+        times["segments"].append(timed(read_all, sorted(journal.directory.iterdir())))
+        times["raw"].append(timed(split_lines, raw))
+        disk = journal.disk_bytes
+        journal.close()
+    return {"times": times, "disk": disk, "raw": raw.stat().st_size}
+
+
+async def resume_once(reactor, port: int, mode: str, session_id: str, after: int) -> dict:
+    """One client resuming ``session_id`` after seq ``after``: time to the response, or
+    the close code when the server cut it off."""
+    client = await connect(reactor, port, TOKEN, None)
+    started = time.perf_counter()
+    try:
+        hello = await client.hello(mode, {"connectionId": "gone",
+                                          "lastSeqBySession": {session_id: after}})
+    except CallFailed:
+        await client.lost
+        return {"closed": client.close_code, "frames": client.event_frames,
+                "bytes": client.event_bytes}
+    took = time.perf_counter() - started
+    await client.close()
+    if hello["resumed"] != {session_id: "replayed"}:
+        raise RuntimeError(f"{mode} resume did not replay: {hello['resumed']}")
+    return {"time": took, "frames": client.event_frames, "bytes": client.event_bytes,
+            "last_seq": client.last_seq}
+
+
+async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: dict,
+                      repeats: int) -> dict:
+    """Journal ``events`` events through pi-server, then time resumes from before them:
+    with the default send buffer limit, then (full mode) with one large enough for the
+    whole replay."""
+    data_dir = work / "resume-data"
+    stub = stub_command(work, stream)
+    server = await ServerProcess.start(reactor, data_dir, stub, environ)
+    results = {}
+    try:
+        writer = await connect(reactor, server.port, TOKEN, "delta")
+        session_id = (await writer.call("session.create", {"mode": "chat"}))["sessionId"]
+        first = (await writer.call("session.attach", {"sessionId": session_id}))["lastSeq"]
+        last = first + events
+        done = writer.until_seq(last)
+        await writer.call("prompt", {"message": f"replay {events}"}, session_id=session_id)
+        await done
+        await writer.close()
+        for mode in ("delta", "full"):
+            runs = [await resume_once(reactor, server.port, mode, session_id, first)
+                    for _ in range(repeats)]
+            results[mode] = runs[-1]
+            if "time" in runs[-1]:
+                results[mode]["time"] = median(run["time"] for run in runs)
+        if "time" not in results["full"]:
+            await server.stop()
+            server = await ServerProcess.start(reactor, data_dir, stub, environ, [
+                "--send-buffer-limit", str(RAISED_SEND_BUFFER_LIMIT)])
+            runs = [await resume_once(reactor, server.port, "full", session_id, first)
+                    for _ in range(repeats)]
+            results["full raised"] = {**runs[-1], "time": median(run["time"] for run in runs)}
+    except Exception:
+        sys.stderr.write(server.stderr.decode(errors="replace")[-5000:])
+        raise
+    finally:
+        await server.stop()
+    for result in results.values():
+        if "last_seq" in result and result["last_seq"] != last:
+            raise RuntimeError(f"a resume ended at seq {result['last_seq']}, not {last}")
+    return results
+
+
+async def measure(reactor, work: Path, pi: Path, answer: list[bytes], events: int,
+                  repeats: int, environ: dict) -> tuple[Table, dict]:
+    work.mkdir(parents=True)
+    lines = cycled(answer, events)
+    journal = journal_runs(reactor, work, lines, server_limits(work, pi), repeats)
+    stream = work / "answer.jsonl"
+    stream.write_bytes(b"".join(line + b"\n" for line in answer))
+    over_socket = await socket_runs(reactor, work, stream, events, environ, repeats)
+    times = {name: median(values) for name, values in journal["times"].items()}
+    append, raw = times["append"], times["raw"]
+
+    def row(label, took, output=""):
+        return (label, output, report.duration(took), report.ratio(took / append),
+                report.ratio(took / raw))
+
+    rows = [
+        row("Journal.append of every event (baseline)", append, report.size(journal["disk"])),
+        row("reading pi's lines from a file, split", raw, report.size(journal["raw"])),
+        row("reading the journal's segment files", times["segments"],
+            report.size(journal["disk"])),
+        row("Journal.replay, delta mode", times["delta"]),
+        row("Journal.replay, full mode", times["full"]),
+    ]
+    notes = []
+    for name, result in over_socket.items():
+        label = f"resume over a socket, {name} mode"
+        if name == "full raised":
+            label = (f"resume over a socket, full mode, --send-buffer-limit "
+                     f"{RAISED_SEND_BUFFER_LIMIT}")
+        received = f"{report.count(result['frames'])} frames, {report.size(result['bytes'])}"
+        if "time" in result:
+            rows.append(row(label, result["time"], received))
+        else:
+            rows.append((label, received, f"cut off ({result['closed']})", "", ""))
+            notes.append(
+                f"With the default `--send-buffer-limit` a {name}-mode resume of these events "
+                f"fails: the server closes the connection with code {result['closed']} after "
+                f"{received}, because the replay is written in one go and more than the "
+                "limit waits in the send buffer.")
+    table = Table(
+        title=f"Resume cost: {events:,} journaled events of real pi answers",
+        columns=("Operation", "Bytes", "Time (median)", "vs append", "vs reading pi's lines"),
+        rows=tuple(rows),
+        notes=(
+            f"{events:,} events: pi's {len(answer):,} events of one 2,000-token answer, "
+            f"repeated ({report.size(journal['raw'])} as pi wrote them, "
+            f"{report.size(journal['disk'])} in the journal, "
+            f"{journal['raw'] / journal['disk']:.0f}x less). Journal limits as the server's "
+            f"defaults. Median of {repeats} runs. The socket resume is timed from `hello` "
+            "with `resume` sent to its response (after the replayed events), by a client "
+            "that splits frames without decoding them.",
+            *notes,
+        ),
+    )
+    return table, {"times": times, "journal": journal, "socket": over_socket}
