@@ -1,11 +1,34 @@
 import pytest_twisted
 
+from tests.support.fakegithub import TEST_TOKEN, FakeGithub
 from tests.support.server import RunningServer
 
 
 @pytest_twisted.async_yield_fixture
-async def pi_server(agent_dir, pi_binary):
-    """pi-server running the real pi agent against the scripted LLM (``fake_llm``)."""
-    server = RunningServer(agent_dir, pi_binary).start()
-    yield server
-    await server.stop()
+async def make_pi_server(agent_dir, pi_binary):
+    """Factory: ``make_pi_server(*options, environ={...})`` starts pi-server (the real pi
+    agent, the scripted LLM) with extra command-line options; all are stopped afterwards."""
+    started = []
+
+    def make(*extra_args, environ=None):
+        server = RunningServer(agent_dir, pi_binary, extra_args, environ).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def pi_server(make_pi_server):
+    """pi-server with its default options."""
+    yield make_pi_server()
+
+
+@pytest_twisted.async_yield_fixture
+async def fake_github(tmp_path):
+    """The GitHub stand-in on loopback, accepting ``TEST_TOKEN``."""
+    fake = FakeGithub(str(tmp_path / "github"), token=TEST_TOKEN).start()
+    yield fake
+    await fake.stop()

@@ -11,12 +11,11 @@ import pytest
 import pytest_twisted
 from twisted.logger import formatEvent, globalLogPublisher
 
-from tests.support.fakegithub import FakeGithub, make_repository, run_git
+from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
-from tests.support.server import RunningServer
 from tests.support.wsclient import CallFailed
 
-GITHUB_TOKEN = "ghp_SessionTestToken0123456789abcdef"
+GITHUB_TOKEN = TEST_TOKEN
 
 
 def is_type(event_type, session_id):
@@ -31,13 +30,6 @@ def write_repos(data_dir, entries):
 def local_repo(tmp_path):
     return make_repository(str(tmp_path / "source"), default_branch="trunk",
                            files={"README.md": "# source\n", "src/app.py": "x = 1\n"})
-
-
-@pytest_twisted.async_yield_fixture
-async def fake_github(tmp_path):
-    fake = FakeGithub(str(tmp_path / "github"), token=GITHUB_TOKEN).start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture
@@ -55,15 +47,10 @@ def captured_log():
     globalLogPublisher.removeObserver(observe)
 
 
-@pytest_twisted.async_yield_fixture
-async def github_server(agent_dir, pi_binary, fake_github):
-    server = RunningServer(
-        agent_dir, pi_binary,
-        extra_args=["--github-api-url", fake_github.api_url, "--clone-timeout", "3"],
-        environ={"GITHUB_TOKEN": GITHUB_TOKEN},
-    ).start()
-    yield server
-    await server.stop()
+@pytest.fixture
+def github_server(make_pi_server, fake_github):
+    return make_pi_server("--github-api-url", fake_github.api_url, "--clone-timeout", "3",
+                          environ={"GITHUB_TOKEN": GITHUB_TOKEN})
 
 
 def git_out(*args, cwd):
@@ -199,22 +186,18 @@ async def test_failed_clones_leave_nothing_behind(github_server, fake_github):
     ("hang", "did not answer"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_github_errors(agent_dir, pi_binary, fake_github, mode, fragment, local_repo):
+async def test_github_errors(make_pi_server, agent_dir, fake_github, mode, fragment,
+                            local_repo):
     environ = {"GITHUB_TOKEN": "wrong-token" if mode == "unauthorized" else GITHUB_TOKEN}
     if mode != "unauthorized":
         fake_github.mode = mode
-    server = RunningServer(agent_dir, pi_binary,
-                           extra_args=["--github-api-url", fake_github.api_url,
-                                       "--github-timeout", "1"],
-                           environ=environ).start()
-    try:
-        client = await server.client()
-        with pytest.raises(CallFailed) as failed:
-            await client.call("repos.list")
-        assert failed.value.code == "github_error" and fragment in failed.value.message
-        write_repos(agent_dir.path, [{"id": "src", "name": "Source", "path": local_repo}])
-        listing = await client.call("repos.list")
-        assert [r["id"] for r in listing["repos"]] == ["src"]
-        assert any(fragment in w for w in listing["warnings"])
-    finally:
-        await server.stop()
+    server = make_pi_server("--github-api-url", fake_github.api_url, "--github-timeout", "1",
+                            environ=environ)
+    client = await server.client()
+    with pytest.raises(CallFailed) as failed:
+        await client.call("repos.list")
+    assert failed.value.code == "github_error" and fragment in failed.value.message
+    write_repos(agent_dir.path, [{"id": "src", "name": "Source", "path": local_repo}])
+    listing = await client.call("repos.list")
+    assert [r["id"] for r in listing["repos"]] == ["src"]
+    assert any(fragment in w for w in listing["warnings"])

@@ -6,10 +6,8 @@ its journal.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,26 +15,12 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.support.fakellm import Text, Tokens
+from tests.support.processes import free_port, health_ok, wait_until
 from tests.support.wsclient import RpcClient
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 TOKEN = "crash-test-token"
 HELLO = {"client": {"name": "tests", "version": "1"}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def health_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
-            return b'"ok": true' in s.recv(4096)
-    except OSError:
-        return False
 
 
 class ServerProcess:
@@ -55,12 +39,10 @@ class ServerProcess:
              f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
              "--pi", str(self.pi_binary), "--auth-token", TOKEN],
             env=self.agent_dir.environment(), stdout=self.log, stderr=subprocess.STDOUT)
-        # Another process: poll its health endpoint until it answers (bounded).
-        deadline = time.monotonic() + 60
-        while not health_ok(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {self.log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
+        wait_until(lambda: health_ok(self.port) or self.process.poll() is not None, 60,
+                   "the server to start")
+        if self.process.poll() is not None:
+            pytest.fail(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)

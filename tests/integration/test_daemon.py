@@ -2,39 +2,13 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
+from tests.support.processes import free_port, health_ok, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str):
-    """Poll a condition the test cannot be notified of (another process's state)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def health_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
-            return b'"ok": true' in s.recv(4096)
-    except OSError:
-        return False
 
 
 def test_daemon_start_and_stop(tmp_path):

@@ -9,7 +9,6 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from tests.support.fakellm import Reply, Text, Tokens
-from tests.support.server import RunningServer
 
 HELLO = {"client": {"name": "tests", "version": "1"}}
 
@@ -44,13 +43,10 @@ async def new_session(client):
     return (await client.call("session.create", {"mode": "chat"}))["sessionId"]
 
 
-@pytest_twisted.async_yield_fixture
-async def small_journal_server(agent_dir, pi_binary):
+@pytest.fixture
+def small_journal_server(make_pi_server):
     # A journal too small for one answer, so an old position is soon gone.
-    server = RunningServer(agent_dir, pi_binary,
-                           extra_args=["--journal-max-events", "40"]).start()
-    yield server
-    await server.stop()
+    return make_pi_server("--journal-max-events", "40")
 
 
 @pytest_twisted.ensureDeferred
@@ -181,12 +177,9 @@ async def test_delta_mode_same_text_far_fewer_bytes(pi_server, fake_llm):
     assert delta_seqs[-1] == seqs(full, session_id)[-1]
 
 
-@pytest_twisted.async_yield_fixture
-async def tight_buffer_server(agent_dir, pi_binary):
-    server = RunningServer(agent_dir, pi_binary,
-                           extra_args=["--send-buffer-limit", "1048576"]).start()
-    yield server
-    await server.stop()
+@pytest.fixture
+def tight_buffer_server(make_pi_server):
+    return make_pi_server("--send-buffer-limit", "1048576")
 
 
 @pytest_twisted.ensureDeferred

@@ -15,10 +15,15 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from piserver.errors import GitError
 from piserver.git import Git, summarize_stderr, token_environment, token_header
-from tests.support.fakegithub import FakeGithub, git_env, make_bare_repository, make_repository
+from tests.support.fakegithub import (
+    TEST_TOKEN,
+    git_env,
+    make_bare_repository,
+    make_repository,
+)
 from tests.support.fakeprocess import FakeProcessReactor
 
-TOKEN = "ghp_SecretTokenValue0123456789abcdef"
+TOKEN = TEST_TOKEN
 
 
 def token_forms(token=TOKEN):
@@ -60,13 +65,6 @@ def git():
 @pytest.fixture
 def source(tmp_path):
     return make_repository(str(tmp_path / "source"), files={"README.md": "hello\n"})
-
-
-@pytest_twisted.async_yield_fixture
-async def fake_github(tmp_path):
-    fake = FakeGithub(str(tmp_path / "github"), token=TOKEN).start()
-    yield fake
-    await fake.stop()
 
 
 # -- worktrees -------------------------------------------------------------

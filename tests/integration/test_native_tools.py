@@ -12,7 +12,6 @@ import pytest_twisted
 
 from tests.support.fakegithub import make_repository
 from tests.support.fakellm import Hang, Reply, Text, ToolCall
-from tests.support.server import RunningServer
 from tests.support.wsclient import CallFailed
 
 HELLO = {"client": {"name": "phone", "version": "1"}}
@@ -42,12 +41,9 @@ async def new_chat(client):
     return (await client.call("session.create", {"mode": "chat"}))["sessionId"]
 
 
-@pytest_twisted.async_yield_fixture
-async def quick_timeout_server(agent_dir, pi_binary):
-    server = RunningServer(agent_dir, pi_binary,
-                           extra_args=["--native-tool-timeout", "1"]).start()
-    yield server
-    await server.stop()
+@pytest.fixture
+def quick_timeout_server(make_pi_server):
+    return make_pi_server("--native-tool-timeout", "1")
 
 
 @pytest_twisted.ensureDeferred

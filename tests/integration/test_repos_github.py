@@ -15,16 +15,9 @@ from piserver.errors import GithubError, NotFound
 from piserver.git import Git
 from piserver.github import GithubClient
 from piserver.repos import RepoCatalog
-from tests.support.fakegithub import FakeGithub, git_env, make_repository
+from tests.support.fakegithub import TEST_TOKEN, git_env, make_repository
 
-TOKEN = "ghp_IntegrationToken42424242424242"
-
-
-@pytest_twisted.async_yield_fixture
-async def fake_github(tmp_path):
-    fake = FakeGithub(str(tmp_path / "github"), token=TOKEN).start()
-    yield fake
-    await fake.stop()
+TOKEN = TEST_TOKEN
 
 
 @pytest.fixture

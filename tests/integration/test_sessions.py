@@ -221,29 +221,24 @@ async def test_agent_killed_mid_answer(pi_server, fake_llm):
 
 
 @pytest_twisted.ensureDeferred
-async def test_model_credentials_never_reach_clients(agent_dir, pi_binary, fake_llm):
+async def test_model_credentials_never_reach_clients(agent_dir, make_pi_server, fake_llm):
     import json
-
-    from tests.support.server import RunningServer
 
     models = json.loads(agent_dir.models_path.read_text())
     models["providers"]["fake"]["headers"] = {"X-Api-Secret": "header-secret-value"}
     for model in models["providers"]["fake"]["models"]:
         model["headers"] = {"X-Model-Secret": "header-secret-value"}
     agent_dir.models_path.write_text(json.dumps(models))
-    server = RunningServer(agent_dir, pi_binary).start()
-    try:
-        client = await server.client()
-        session_id = await create_chat(client)
-        await client.call("get_available_models")
-        await client.call("get_available_models", session_id=session_id)
-        await client.call("get_state", session_id=session_id)
-        await client.call("set_model", {"provider": "fake", "modelId": "fake-2"},
-                          session_id=session_id)
-        assert len(client.frames) >= 5
-        assert "header-secret-value" not in json.dumps(client.frames)
-    finally:
-        await server.stop()
+    server = make_pi_server()
+    client = await server.client()
+    session_id = await create_chat(client)
+    await client.call("get_available_models")
+    await client.call("get_available_models", session_id=session_id)
+    await client.call("get_state", session_id=session_id)
+    await client.call("set_model", {"provider": "fake", "modelId": "fake-2"},
+                      session_id=session_id)
+    assert len(client.frames) >= 5
+    assert "header-secret-value" not in json.dumps(client.frames)
 
 
 @pytest_twisted.ensureDeferred

@@ -24,6 +24,9 @@ import attr
 from twisted.internet import defer
 from twisted.web import resource, server
 
+TEST_TOKEN = "ghp_IntegrationToken42424242424242"
+"""The token the tests' stand-in accepts (see tests/integration/conftest.py)."""
+
 # Commits in fixtures must work on a machine without any git identity or config.
 GIT_TEST_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",
