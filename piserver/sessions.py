@@ -78,6 +78,8 @@ class Session:
     deleted: bool = attr.ib(default=False)
     # Clock seconds of the last event or call, for stopping idle agents.
     last_used: float = attr.ib(default=0.0)
+    # When last_activity_at was last updated.
+    activity_noted: float = attr.ib(default=float("-inf"))
 
     @property
     def pi_session_dir(self) -> Path:
@@ -342,10 +344,10 @@ class SessionManager(service.Service):
             connection.on_lost(self._connection_lost)
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
-        if session.stream.attach(connection, mode, last_seq):
+        reason = session.stream.attach(connection, mode, last_seq)
+        if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
-        reason = ("journal_trimmed" if last_seq <= session.stream.seq else "unknown_seq")
         session.stream.hold(connection, mode)
         try:
             state = await self.command(session, "get_state")
@@ -521,9 +523,12 @@ class SessionManager(service.Service):
                 payload_json: bytes | None = None, to=None) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
         session.stream.publish(event_type, payload, payload_json, to=to)
-        session.last_used = self._reactor.seconds()
-        session.last_activity_at = self._now()
-        self._store.touch(session.id, session.last_activity_at)
+        now = session.last_used = self._reactor.seconds()
+        # lastActivityAt has a resolution of seconds: format it once a second, not per event.
+        if now - session.activity_noted >= 1.0:
+            session.activity_noted = now
+            session.last_activity_at = iso_time(now)
+            self._store.touch(session.id, session.last_activity_at)
 
     # -- agent calls --------------------------------------------------------
 

@@ -27,6 +27,9 @@ from .envelope import encode_event, encode_payload
 from .journal import JournalGap, strip_message_update
 
 EVENT_MODES = ("full", "delta")
+# A full-mode catch-up bigger than this gets a snapshot instead (delta replays are small).
+DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
+MAX_FULL_REPLAY_EVENTS = 5000
 MERGEABLE_DELTAS = ("text_delta", "thinking_delta")
 
 
@@ -73,8 +76,10 @@ def delta_payload(event_type: str, payload: dict) -> dict:
 class EventStream:
     log = Logger()
 
-    def __init__(self, session_id: str, journal, clock, merge_window: float = 0.03):
+    def __init__(self, session_id: str, journal, clock, merge_window: float = 0.03,
+                 max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES):
         self.session_id = session_id
+        self._max_replay_bytes = max_replay_bytes
         self._journal = journal
         self._clock = clock
         self._merge_window = merge_window
@@ -188,25 +193,32 @@ class EventStream:
 
     # -- attaching and catching up ------------------------------------------
 
-    def attach(self, connection, mode: str, last_seq: int | None = None) -> bool:
+    def attach(self, connection, mode: str, last_seq: int | None = None) -> str | None:
         """
         Attach a connection. With ``last_seq``, first send it every journaled event
-        after that seq, so it misses none and sees none twice. Returns False when the
-        journal no longer holds ``last_seq + 1``: the caller sends a snapshot instead
-        (see ``hold`` and ``release``).
+        after that seq, so it misses none and sees none twice. Returns None, or why it
+        could not: ``journal_trimmed`` (the journal no longer holds ``last_seq + 1``),
+        ``unknown_seq`` (beyond the last seq) or ``replay_too_large`` (more full-mode
+        events than a connection should be sent at once); the caller then sends a
+        snapshot instead (see ``hold`` and ``release``).
         """
         self.flush()
         if last_seq is not None and last_seq != self.seq:
             if last_seq > self.seq:
-                return False
+                return "unknown_seq"
+            if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
+                return "replay_too_large"
             try:
                 events = self._journal.replay(last_seq, mode)
             except JournalGap:
-                return False
+                return "journal_trimmed"
+            if mode == "full" and sum(len(e[2]) for e in events) > self._max_replay_bytes:
+                # pi's full events repeat the whole message: a long answer is tens of MB.
+                return "replay_too_large"
             for frame in self._replay_frames(events, mode):
                 connection.send(frame)
         self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
-        return True
+        return None
 
     def _replay_frames(self, events, mode: str):
         if mode == "full":

@@ -99,11 +99,13 @@ async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_
         fake_llm.script(Text(finished), Tokens(400, delay=0.01))
         session_id = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
         await client.call("prompt", {"message": "short"}, session_id=session_id)
-        await client.wait_for_event(is_type("agent_end", session_id))
+        short_end = await client.wait_for_event(is_type("agent_end", session_id))
         completed[session_id] = [finished]
         await client.call("prompt", {"message": "long"}, session_id=session_id)
+        # The long answer is streaming (not just the short one's deltas seen before).
         await client.wait_for_event(
-            lambda f, sid=session_id: f["type"] == "message_update" and f["sessionId"] == sid
+            lambda f, sid=session_id, after=short_end["seq"]: f["type"] == "message_update"
+            and f["sessionId"] == sid and f["seq"] > after
             and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
         server_process.kill()
         await client.closed

@@ -92,7 +92,7 @@ def test_attach_replays_after_last_seq(stream):
     for text in ("a", "b", "c"):
         publish(stream, update(text))
     late = FakeConnection("late")
-    assert stream.attach(late, "full", last_seq=1)
+    assert stream.attach(late, "full", last_seq=1) is None
     assert [f["seq"] for f in late.frames()] == [2, 3]
     assert late.frames()[0]["payload"]["message"]["content"][0]["text"] == \
         "whole message so far"
@@ -100,7 +100,7 @@ def test_attach_replays_after_last_seq(stream):
     assert [f["seq"] for f in late.frames()] == [2, 3, 4]
 
     phone = FakeConnection("phone")
-    assert stream.attach(phone, "delta", last_seq=0)
+    assert stream.attach(phone, "delta", last_seq=0) is None
     (merged,) = phone.frames()  # a replay merges runs of deltas too
     assert merged["seq"] == 4
     assert merged["payload"]["assistantMessageEvent"]["delta"] == "abcd"
@@ -127,10 +127,24 @@ def test_gap_or_unknown_seq_asks_for_a_snapshot(tmp_path, clock):
     for text in "abcdefgh":
         publish(stream, {"type": "note", "text": text})
     late = FakeConnection("late")
-    assert not stream.attach(late, "full", last_seq=1)
-    assert not stream.attach(late, "full", last_seq=99)
+    assert stream.attach(late, "full", last_seq=1) == "journal_trimmed"
+    assert stream.attach(late, "full", last_seq=99) == "unknown_seq"
     assert late.sent == []
-    assert stream.attach(late, "full", last_seq=8)  # up to date: nothing to replay
+    assert stream.attach(late, "full", last_seq=8) is None  # up to date: nothing to replay
+
+
+def test_a_huge_full_replay_becomes_a_snapshot(tmp_path, clock):
+    journal = Journal(tmp_path / "j", clock)
+    journal.open()
+    stream = EventStream("s1", journal, clock, max_replay_bytes=2000)
+    for n in range(20):
+        publish(stream, update("x", message_text="y" * 50 * n))
+    phone, desktop = FakeConnection("phone"), FakeConnection("desktop")
+    assert stream.attach(desktop, "full", last_seq=0) == "replay_too_large"
+    assert desktop.sent == []
+    # The same events in delta mode are small: replayed.
+    assert stream.attach(phone, "delta", last_seq=0) is None
+    assert phone.frames()[-1]["seq"] == 20
 
 
 def test_hold_and_release_around_a_snapshot(stream):
