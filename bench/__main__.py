@@ -114,6 +114,12 @@ def findings(real_pi: dict, relayed: dict, resumed: dict) -> list[str]:
             f"{report.duration(each['delta'])} in delta mode (a WebSocket frame written for "
             "each client).")
     for name, result in resumed["socket"].items():
+        if result.get("caught_up") == "snapshot":
+            lines.append(
+                f"A {name}-mode resume of {resumed['events']:,} events of long answers gets a "
+                "`session_snapshot` instead of the replay (a full-mode catch-up is capped at "
+                "4 MiB): what the client needs to redraw, in "
+                f"{report.duration(result['time'])}. Delta mode replays every event.")
         if "closed" in result:
             lines.append(
                 f"A {name}-mode resume of {resumed['events']:,} events of long answers is cut "
