@@ -50,7 +50,6 @@ def git_environment(config: ServerConfig) -> dict:
     }
 
 
-
 class ReportingEndpoint:
     """Wraps a server endpoint to learn the address it actually listens on."""
 
@@ -76,8 +75,21 @@ class PiServerService(MultiService):
         self.config = config
         self.address = None
         self.hub = None
+        self._announced = False
+
+    def privilegedStartService(self):
+        # twistd binds the port here, before startService: announce first.
+        self._announce()
+        super().privilegedStartService()
 
     def startService(self):
+        self._announce()
+        super().startService()
+
+    def _announce(self):
+        if self._announced:
+            return
+        self._announced = True
         config = self.config
         self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi}",
                       version=__version__, data_dir=str(config.data_dir),
@@ -90,7 +102,6 @@ class PiServerService(MultiService):
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
                 "shell commands as this user"
             )
-        super().startService()
 
     def listening(self, address):
         self.address = address

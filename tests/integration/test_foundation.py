@@ -11,6 +11,7 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from piserver.server import build_service
 from piserver.tap import Options
@@ -88,8 +89,15 @@ async def test_missing_or_wrong_token_refused_before_upgrade(server, token):
 
 @pytest_twisted.ensureDeferred
 async def test_no_auth(tmp_path):
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
     service = build_service(make_options(tmp_path, "--no-auth").config, reactor)
-    service.startService()
+    try:
+        service.startService()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    warnings = [e for e in logged if e.get("log_level") == LogLevel.critical]
+    assert any("AUTHENTICATION IS OFF" in formatEvent(e) for e in warnings)
     try:
         client = await RpcClient.connect(reactor, port_of(service))
         assert "connectionId" in await hello(client)
