@@ -123,15 +123,15 @@ class RpcMethods:
         repo_id = _optional_string(params, "repoId")
         if mode == "code" and repo_id is None:
             raise InvalidParams('a code session needs "repoId" (see repos.list)')
+        system_prompt = _optional_string(params, "systemPrompt")
+        provider = _optional_string(params, "provider")
+        model_id = _optional_string(params, "modelId")
+        include_native_tools = _bool(params, "includeNativeTools", False)
         repo = None
         if mode == "code":
             if self._repos is None:
                 raise InvalidParams("code sessions are not available on this server")
             repo = await self._repos.lookup(repo_id)
-        system_prompt = _optional_string(params, "systemPrompt")
-        provider = _optional_string(params, "provider")
-        model_id = _optional_string(params, "modelId")
-        include_native_tools = _bool(params, "includeNativeTools", False)
         session = await self._sessions.create(
             connection, mode, repo=repo, provider=provider, model_id=model_id,
             system_prompt=system_prompt, include_native_tools=include_native_tools)
