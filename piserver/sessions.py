@@ -33,11 +33,13 @@ from .errors import (
 from .journal import Journal, JournalLimits
 from .models import public_state
 from .nativetools import DEFAULT_CALL_TIMEOUT, extension_args, write_tools_file
+from .store import CorruptFileError, load_json, write_json_atomic
 from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
+SESSION_RECORD = "session.json"
 PROMPT_TIMEOUT = 600.0
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
@@ -186,9 +188,15 @@ class SessionManager(service.Service):
         loaded = self._store.load()
         if loaded.corrupt is not None:
             self.log.critical(
-                "state.json was unreadable and was moved to {moved_to}; sessions it listed "
-                "are not restored", moved_to=str(loaded.corrupt.moved_to))
-        for session_id, record in loaded.sessions.items():
+                "state.json was unreadable and was moved to {moved_to}; sessions are "
+                "recovered from their directories", moved_to=str(loaded.corrupt.moved_to))
+        records = dict(loaded.sessions)
+        for session_id, record in self._records_in_directories(set(records)):
+            self.log.warn("session {session_id} recovered from its directory",
+                          session_id=session_id)
+            records[session_id] = record
+            self._store.put(session_id, record)
+        for session_id, record in records.items():
             try:
                 session = Session.from_record(self.sessions_dir, {**record,
                                                                   "sessionId": session_id})
@@ -226,7 +234,26 @@ class SessionManager(service.Service):
 
     def _save(self, session: Session) -> None:
         if not session.deleted:
-            self._store.put(session.id, session.record())
+            record = session.record()
+            self._store.put(session.id, record)
+            # A copy beside the session's files: state.json can be rebuilt from these.
+            write_json_atomic(session.directory / SESSION_RECORD, record)
+
+    def _records_in_directories(self, known: set):
+        """Session records kept in ``sessions/<id>/`` that state.json does not list."""
+        if not self.sessions_dir.is_dir():
+            return
+        for directory in sorted(self.sessions_dir.iterdir()):
+            if directory.name in known or not SESSION_ID.match(directory.name):
+                continue
+            try:
+                record = load_json(directory / SESSION_RECORD, self.log)
+            except (CorruptFileError, OSError) as e:
+                self.log.error("session directory {path} has no readable record: {error}",
+                               path=str(directory), error=str(e))
+                continue
+            if isinstance(record, dict) and record.get("sessionId") == directory.name:
+                yield directory.name, record
 
     # -- lookup -------------------------------------------------------------
 
@@ -297,6 +324,7 @@ class SessionManager(service.Service):
             self.sessions.pop(session.id, None)
             session.deleted = True
             session.stream.close()
+            (directory / SESSION_RECORD).unlink(missing_ok=True)
             self._store.remove(session.id)
             if session.agent is not None:
                 await self._supervisor.stop(session.agent)
@@ -311,6 +339,8 @@ class SessionManager(service.Service):
     async def delete(self, session: Session) -> dict:
         session.deleted = True
         self.sessions.pop(session.id, None)
+        # First, so a crash before the directory is gone cannot bring the session back.
+        (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
         session.stream.close()
         if session.agent is not None:

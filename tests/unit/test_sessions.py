@@ -39,7 +39,7 @@ class Models:
 class Harness:
     def __init__(self, tmp_path, **options):
         self.reactor = FakeProcessReactor()
-        (tmp_path / "sessions").mkdir()
+        (tmp_path / "sessions").mkdir(exist_ok=True)
         self.supervisor = AgentSupervisor(self.reactor, ["/bin/pi"], str(tmp_path), {},
                                           forbidden_env=())
         self.store = StateStore(tmp_path / "state.json", self.reactor)
@@ -227,3 +227,21 @@ def test_agent_limit_stops_the_longest_idle_one_or_refuses(tmp_path):
     refused.addErrback(lambda f: None)
     assert isinstance(failure.value, TooManySessions)
     assert "limit is 2" in failure.value.message
+
+
+def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
+    first = Harness(tmp_path)
+    kept = create(first, system_prompt="keep me").result
+    doomed = create(first).result
+    deleting = ensureDeferred(first.sessions.delete(doomed))
+    first.answer("abort")
+    first.process().end(code=0)
+    assert deleting.called
+    (tmp_path / "state.json").write_text("{ this is not json")
+
+    second = Harness(tmp_path)
+    assert list(second.sessions.sessions) == [kept.id]
+    recovered = second.sessions.sessions[kept.id]
+    assert recovered.system_prompt == "keep me" and recovered.mode == "chat"
+    assert second.store.get(kept.id)["sessionId"] == kept.id  # state.json written anew
+    assert list(tmp_path.glob("state.json.corrupt-*"))
