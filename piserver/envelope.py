@@ -154,5 +154,5 @@ def encode_event(session_id: str, seq: int, event_type: str, payload_json: bytes
     return head[:-1] + b',"payload":' + payload_json + b"}"
 
 
-def encode_payload(payload: dict) -> bytes:
+def encode_payload(payload) -> bytes:
     return _dumps(payload)

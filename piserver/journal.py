@@ -98,6 +98,7 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from .envelope import encode_payload
 from .store import move_aside
 
 _log = Logger()
@@ -186,20 +187,12 @@ def _split_update(payload: dict):
     return event, message_at, message, partial_at, partial
 
 
-def _dumps(value) -> bytes:
-    """Compact JSON as UTF-8; lone surrogates (valid in JSON input) are escaped."""
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
-
-
 _SHARED = "\x00pi-journal:shared message\x00"
 _SHARED_JSON = json.dumps(_SHARED)
 
 
 def _dumps_sharing(event: dict, shared) -> bytes | None:
-    """:func:`_dumps` of ``event`` whose two :data:`_SHARED` placeholders stand for
+    """``encode_payload`` of ``event`` whose two :data:`_SHARED` placeholders stand for
     ``shared``, encoding ``shared`` once; None when that cannot be done safely (the
     placeholder's text also occurs in the event, a lone surrogate)."""
     text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
@@ -392,10 +385,10 @@ def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str,
                 )
             if message_slot is not None:
                 event = _inserted(event, message_slot[0], "message", _SHARED if shared else message)
-            encoded = _dumps_sharing(event, message) if shared else _dumps(event)
+            encoded = _dumps_sharing(event, message) if shared else encode_payload(event)
             if encoded is None:
                 event["message"] = event["assistantMessageEvent"]["partial"] = message
-                encoded = _dumps(event)
+                encoded = encode_payload(event)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
             raise _CorruptRecord(f"undecodable message update {seq}: {error!r}") from None
         out.append((seq, event_type, encoded))
@@ -605,11 +598,10 @@ class Journal:
                     partial_slot = [partial_at, None if same else [_SET, partial]]
                     if message_at is None:
                         base = partial
-                delta = _dumps(event)
+                delta = encode_payload(event)
                 kind = _UPDATE
-                rest = b"".join(
-                    (_DELTA_LENGTH.pack(len(delta)), delta, _dumps([message_slot, partial_slot]))
-                )
+                rebuild = encode_payload([message_slot, partial_slot])
+                rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, rebuild))
         data = _record(seq, now, kind, event_type.encode("utf-8"), rest)
         try:
             if current is None:
