@@ -75,6 +75,8 @@ class Session:
     starting: list | None = attr.ib(default=None)
     stream: EventStream | None = attr.ib(default=None)
     calls: DeviceCalls | None = attr.ib(default=None)
+    # The native tools last written for the agent; None: not known since start.
+    native_tools: list | None = attr.ib(default=None)
     streaming: bool = attr.ib(default=False)
     recent_exits: collections.deque = attr.ib(factory=collections.deque)
     deleted: bool = attr.ib(default=False)
@@ -315,8 +317,8 @@ class SessionManager(service.Service):
                 session.cwd.mkdir(mode=0o700)
             if session.offers_native_tools:
                 # The creating device's tools; a device attaching later brings its own.
-                write_tools_file(session.native_tools_file,
-                                 getattr(connection, "native_tools", None) or [])
+                self._offer_native_tools(session,
+                                         getattr(connection, "native_tools", None) or [])
             self.sessions[session.id] = session
             self._save(session)
             await self.ensure_agent(session)
@@ -399,7 +401,13 @@ class SessionManager(service.Service):
         next run on (the extension re-reads the file before each run)."""
         tools = getattr(connection, "native_tools", None)
         if tools is not None and session.offers_native_tools:
+            self._offer_native_tools(session, tools)
+
+    def _offer_native_tools(self, session: Session, tools: list) -> None:
+        # Attach and resume happen often; rewrite (and fsync) the file only on a change.
+        if tools != session.native_tools:
             write_tools_file(session.native_tools_file, tools)
+            session.native_tools = list(tools)
 
     def detach(self, connection, session: Session | None = None) -> None:
         targets = [session] if session is not None else list(self.sessions.values())
