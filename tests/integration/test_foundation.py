@@ -10,7 +10,7 @@ import random
 import pytest
 import pytest_twisted
 import treq
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from piserver.server import build_service
@@ -28,12 +28,24 @@ def make_options(data_dir, *extra):
 
 
 @pytest_twisted.async_yield_fixture
-async def server(tmp_path):
-    service = build_service(make_options(tmp_path / "data", "--auth-token", TOKEN).config,
-                            reactor)
-    service.startService()
-    yield service
-    await service.stopService()
+async def start_server(tmp_path):
+    """Factory: ``start_server(*options)`` runs a server on loopback; stopped afterwards."""
+    started = []
+
+    def start(*extra):
+        service = build_service(make_options(tmp_path / "data", *extra).config, reactor)
+        started.append(service)
+        service.startService()
+        return service
+
+    yield start
+    for service in started:
+        await service.stopService()
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server("--auth-token", TOKEN)
 
 
 def port_of(service):
@@ -88,22 +100,18 @@ async def test_missing_or_wrong_token_refused_before_upgrade(server, token):
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_auth(tmp_path):
+async def test_no_auth(start_server):
     logged = []
     globalLogPublisher.addObserver(logged.append)
-    service = build_service(make_options(tmp_path, "--no-auth").config, reactor)
     try:
-        service.startService()
+        service = start_server("--no-auth")
     finally:
         globalLogPublisher.removeObserver(logged.append)
     warnings = [e for e in logged if e.get("log_level") == LogLevel.critical]
     assert any("AUTHENTICATION IS OFF" in formatEvent(e) for e in warnings)
-    try:
-        client = await RpcClient.connect(reactor, port_of(service))
-        assert "connectionId" in await hello(client)
-        await client.disconnect()
-    finally:
-        await service.stopService()
+    client = await RpcClient.connect(reactor, port_of(service))
+    assert "connectionId" in await hello(client)
+    await client.disconnect()
 
 
 @pytest_twisted.ensureDeferred
@@ -153,77 +161,63 @@ async def test_unknown_params_keys_are_ignored(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_frame_over_limit_closes_with_1009(tmp_path):
-    service = build_service(
-        make_options(tmp_path, "--no-auth", "--max-frame-size", "65536").config, reactor)
-    service.startService()
-    try:
-        client = await RpcClient.connect(reactor, port_of(service))
-        await hello(client)
-        client.send_raw(b" " * 70000)
-        was_clean, code, reason = await client.closed
-        assert code == 1009
-        again = await RpcClient.connect(reactor, port_of(service))
-        assert "connectionId" in await hello(again)
-        await again.disconnect()
-    finally:
-        await service.stopService()
+async def test_frame_over_limit_closes_with_1009(start_server):
+    service = start_server("--no-auth", "--max-frame-size", "65536")
+    client = await RpcClient.connect(reactor, port_of(service))
+    await hello(client)
+    client.send_raw(b" " * 70000)
+    was_clean, code, reason = await client.closed
+    assert code == 1009
+    again = await RpcClient.connect(reactor, port_of(service))
+    assert "connectionId" in await hello(again)
+    await again.disconnect()
 
 
 @pytest_twisted.ensureDeferred
-async def test_default_limit_is_16_mib(tmp_path):
-    service = build_service(make_options(tmp_path, "--no-auth").config, reactor)
-    service.startService()
-    try:
-        client = await RpcClient.connect(reactor, port_of(service))
-        padding = "x" * (16 * 1024 * 1024 - 200)
-        big_but_allowed = json.dumps({"v": 1, "kind": "request", "id": "big", "method": "hello",
-                                      "params": {"client": {"name": "t", "version": "1"},
-                                                 "pad": padding}}).encode()
-        assert len(big_but_allowed) <= 16 * 1024 * 1024
-        d = client._waiting["big"] = defer.Deferred()
-        client.send_raw(big_but_allowed)
-        assert (await d)["ok"] is True
-        client.send_raw(b" " * (16 * 1024 * 1024 + 1))
-        was_clean, code, reason = await client.closed
-        assert code == 1009
-    finally:
-        await service.stopService()
+async def test_default_limit_is_16_mib(start_server):
+    service = start_server("--no-auth")
+    client = await RpcClient.connect(reactor, port_of(service))
+    padding = "x" * (16 * 1024 * 1024 - 200)
+    big_but_allowed = json.dumps({"v": 1, "kind": "request", "id": "big", "method": "hello",
+                                  "params": {"client": {"name": "t", "version": "1"},
+                                             "pad": padding}}).encode()
+    assert len(big_but_allowed) <= 16 * 1024 * 1024
+    d = client.expect_reply("big")
+    client.send_raw(big_but_allowed)
+    assert (await d)["ok"] is True
+    client.send_raw(b" " * (16 * 1024 * 1024 + 1))
+    was_clean, code, reason = await client.closed
+    assert code == 1009
 
 
 @pytest_twisted.ensureDeferred
-async def test_random_frames_each_answered_server_alive(tmp_path):
-    service = build_service(
-        make_options(tmp_path, "--no-auth", "--max-frame-size", "4096",
-                     "--requests-per-second", "100000").config, reactor)
-    service.startService()
+async def test_random_frames_each_answered_server_alive(start_server):
+    service = start_server("--no-auth", "--max-frame-size", "4096",
+                           "--requests-per-second", "100000")
     rng = random.Random(1234)
-    try:
-        client = await RpcClient.connect(reactor, port_of(service))
-        oversize = 0
-        for i in range(500):
-            size = rng.choice([0, 1, 5, 50, 500, 3000, 5000])
-            frame = bytes(rng.getrandbits(8) for _ in range(size))
-            if size > 4096:
-                oversize += 1
-                client.send_raw(frame, binary=bool(i % 2))
-                was_clean, code, reason = await client.closed
-                assert code == 1009
-                client = await RpcClient.connect(reactor, port_of(service))
-                continue
-            before = len(client.frames)
-            probe = f"probe-{i}"
-            d = client._waiting[probe] = defer.Deferred()
+    client = await RpcClient.connect(reactor, port_of(service))
+    oversize = 0
+    for i in range(500):
+        size = rng.choice([0, 1, 5, 50, 500, 3000, 5000])
+        frame = bytes(rng.getrandbits(8) for _ in range(size))
+        if size > 4096:
+            oversize += 1
             client.send_raw(frame, binary=bool(i % 2))
-            client.send_raw(json.dumps({"v": 1, "kind": "request", "id": probe,
-                                        "method": "no.such"}).encode())
-            reply = await d
-            assert reply["error"]["code"] == "unknown_method"
-            # Exactly one reply for the random frame, then the probe's.
-            assert len(client.frames) == before + 2, client.frames[before:]
-            assert client.frames[before]["ok"] is False
-        assert oversize > 0
-        assert "connectionId" in await hello(client)
-        await client.disconnect()
-    finally:
-        await service.stopService()
+            was_clean, code, reason = await client.closed
+            assert code == 1009
+            client = await RpcClient.connect(reactor, port_of(service))
+            continue
+        before = len(client.frames)
+        probe = f"probe-{i}"
+        d = client.expect_reply(probe)
+        client.send_raw(frame, binary=bool(i % 2))
+        client.send_raw(json.dumps({"v": 1, "kind": "request", "id": probe,
+                                    "method": "no.such"}).encode())
+        reply = await d
+        assert reply["error"]["code"] == "unknown_method"
+        # Exactly one reply for the random frame, then the probe's.
+        assert len(client.frames) == before + 2, client.frames[before:]
+        assert client.frames[before]["ok"] is False
+    assert oversize > 0
+    assert "connectionId" in await hello(client)
+    await client.disconnect()

@@ -156,8 +156,8 @@ async def test_attach_detach_delete(pi_server, fake_llm):
     await second.call("prompt", {"message": "nobody listens"}, session_id=one)
     await fake_llm.wait_for_end(4)
     await first.call("get_state", session_id=one)  # a round trip after the answer
-    assert [f for f in first.event_frames() if f["seq"] > 0 and
-            f["payload"].get("type") == "agent_start"][2:] == []
+    # Detached from everything: the third run's events did not reach it.
+    assert len([f for f in first.event_frames() if f["type"] == "agent_start"]) == 2
 
     assert await first.call("session.delete", {"sessionId": two}) == {}
     with pytest.raises(CallFailed) as gone:

@@ -116,6 +116,11 @@ class RpcClient:
         self._frame_waiters.append(d)
         return self._limited(d)
 
+    def expect_reply(self, request_id):
+        """Fire with the response to ``request_id``, for a request sent with send_raw."""
+        d = self._waiting[request_id] = Deferred()
+        return self._limited(d)
+
     def send_raw(self, payload: bytes, binary=False):
         self.protocol.sendMessage(payload, isBinary=binary)
 
@@ -127,9 +132,9 @@ class RpcClient:
             envelope["params"] = params
         if session_id is not None:
             envelope["sessionId"] = session_id
-        d = self._waiting[request_id] = Deferred()
+        d = self.expect_reply(request_id)
         self.send_raw(json.dumps(envelope).encode(), binary=binary)
-        return self._limited(d)
+        return d
 
     def call(self, method, params=None, session_id=None, binary=False):
         """Like request, but fire with ``result`` or fail with CallFailed."""

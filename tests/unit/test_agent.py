@@ -15,6 +15,7 @@ from piserver.agent import (
     LineSplitter,
 )
 from piserver.errors import AgentCommandFailed, AgentExited, AgentTimeout
+from tests.support.deferreds import outcome_of
 from tests.support.fakeprocess import FakeProcessReactor
 
 
@@ -51,11 +52,6 @@ def make_agent(**kwargs):
     return agent, reactor.spawned[0].process, reactor, events
 
 
-def result_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    return results[0]
 
 
 def still_waiting(d):
@@ -203,7 +199,7 @@ def test_a_failing_event_callback_does_not_break_the_protocol(logged):
     process.stdout(b'{"type":"one"}\n{"type":"two"}\n')
     process.respond(process.lines()[0], data={"ok": 1})
     assert seen == ["one", "two"]
-    assert result_of(answered) == {"ok": 1}
+    assert outcome_of(answered) == {"ok": 1}
     failures = [e for e in logged if e.get("log_failure") is not None]
     assert len(failures) == 2
     assert all(e["log_failure"].check(RuntimeError) for e in failures)
@@ -237,9 +233,9 @@ def test_responses_are_matched_by_id_in_any_order():
     state, messages = process.lines()
     process.respond(messages, data={"messages": []})
     assert still_waiting(first)
-    assert result_of(second) == {"messages": []}
+    assert outcome_of(second) == {"messages": []}
     process.respond(state, data={"isStreaming": False})
-    assert result_of(first) == {"isStreaming": False}
+    assert outcome_of(first) == {"isStreaming": False}
     assert events.received == []
 
 
@@ -247,23 +243,23 @@ def test_a_response_without_data_fires_with_none():
     agent, process, _, _ = make_agent()
     aborted = agent.command("abort")
     process.respond(process.lines()[0])
-    assert result_of(aborted) is None
+    assert outcome_of(aborted) is None
 
 
 def test_a_failed_response_carries_pis_message():
     agent, process, _, _ = make_agent()
     prompted = agent.command("prompt", message="x")
     process.respond(process.lines()[0], success=False, error_message="Agent is already processing.")
-    failure = result_of(prompted)
+    failure = outcome_of(prompted)
     assert failure.check(AgentCommandFailed)
     assert failure.value.message == "Agent is already processing."
 
 
 def test_command_fields_may_not_override_id_or_type():
     agent, process, _, _ = make_agent()
-    assert result_of(agent.command("prompt", id="x")).check(ValueError)
-    assert result_of(agent.command("prompt", type="x")).check(ValueError)
-    assert result_of(agent.command("prompt", message=float("nan"))).check(ValueError)
+    assert outcome_of(agent.command("prompt", id="x")).check(ValueError)
+    assert outcome_of(agent.command("prompt", type="x")).check(ValueError)
+    assert outcome_of(agent.command("prompt", message=float("nan"))).check(ValueError)
     assert process.written == b""
 
 
@@ -272,12 +268,12 @@ def test_a_command_times_out_and_its_late_answer_is_dropped(logged):
     slow = agent.command("get_state")
     quick = agent.command("compact", timeout=5)
     reactor.advance(5)
-    failure = result_of(quick)
+    failure = outcome_of(quick)
     assert failure.check(AgentTimeout)
     assert "compact" in failure.value.message
     assert still_waiting(slow)
     reactor.advance(25)
-    assert result_of(slow).check(AgentTimeout)
+    assert outcome_of(slow).check(AgentTimeout)
     process.respond(process.lines()[1], data={})
     assert events.received == []
     assert any("late answer" in f for f in formats(logged))
@@ -287,7 +283,7 @@ def test_an_answered_command_cancels_its_timer():
     agent, process, reactor, _ = make_agent()
     answered = agent.command("get_state")
     process.respond(process.lines()[0], data={})
-    assert result_of(answered) == {}
+    assert outcome_of(answered) == {}
     assert reactor.getDelayedCalls() == []
 
 
@@ -295,7 +291,7 @@ def test_a_cancelled_command_is_forgotten():
     agent, process, reactor, events = make_agent()
     answered = agent.command("get_state")
     answered.cancel()
-    assert result_of(answered).check(defer.CancelledError)
+    assert outcome_of(answered).check(defer.CancelledError)
     assert reactor.getDelayedCalls() == []
     process.respond(process.lines()[0], data={})
     assert events.received == []
@@ -328,15 +324,15 @@ def test_ready_fires_with_the_handshake_data():
     [command] = process.lines()
     assert command["type"] == "get_state"
     process.respond(command, data={"sessionId": "abc"})
-    assert result_of(before) == {"sessionId": "abc"}
-    assert result_of(agent.ready) == {"sessionId": "abc"}
+    assert outcome_of(before) == {"sessionId": "abc"}
+    assert outcome_of(agent.ready) == {"sessionId": "abc"}
 
 
 def test_ready_fails_when_the_handshake_times_out():
     agent, _, reactor, _ = make_agent()
     ready = agent.handshake(timeout=10)
     reactor.advance(10)
-    assert result_of(ready).check(AgentTimeout)
+    assert outcome_of(ready).check(AgentTimeout)
 
 
 def test_exit_fails_pending_commands_and_later_ones():
@@ -347,13 +343,13 @@ def test_exit_fails_pending_commands_and_later_ones():
     process.stderr(b"boom\n")
     process.end(code=1)
     for d in (ready, pending):
-        failure = result_of(d)
+        failure = outcome_of(d)
         assert failure.check(AgentExited)
         assert failure.value.message == "agent exited (code 1)"
-    assert result_of(exited) == AgentExit(code=1, signal=None, stderr_tail="boom\n")
-    assert result_of(agent.exited) == agent.exit
+    assert outcome_of(exited) == AgentExit(code=1, signal=None, stderr_tail="boom\n")
+    assert outcome_of(agent.exited) == agent.exit
     assert reactor.getDelayedCalls() == []
-    later = result_of(agent.command("get_state"))
+    later = outcome_of(agent.command("get_state"))
     assert later.check(AgentExited)
     assert later.value.message == "agent exited (code 1)"
 
@@ -362,7 +358,7 @@ def test_exit_by_signal_is_described_by_its_signal():
     agent, process, _, _ = make_agent()
     pending = agent.command("get_state")
     process.end(code=None, signal=9)
-    assert result_of(pending).value.message == "agent exited (signal 9)"
+    assert outcome_of(pending).value.message == "agent exited (signal 9)"
     assert agent.exit.code is None
     assert agent.exit.signal == 9
 
@@ -385,7 +381,7 @@ def test_closing_stdin_makes_later_commands_fail():
     agent, process, _, _ = make_agent()
     agent.close_stdin()
     assert process.stdin_closed
-    failure = result_of(agent.command("get_state"))
+    failure = outcome_of(agent.command("get_state"))
     assert failure.check(AgentExited)
     agent.send({"type": "extension_ui_response", "id": "1", "cancelled": True})
     assert process.written == b""

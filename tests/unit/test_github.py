@@ -13,6 +13,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from piserver.errors import GithubError
 from piserver.github import GithubClient, map_repo, parse_link_header
+from tests.support.deferreds import result_of
 from tests.support.fakegithub import FakeGithub
 
 TOKEN = "ghp_UnitTestToken000111222333444"
@@ -44,13 +45,6 @@ def client_for(fake, clock, token=TOKEN, **kwargs):
     return GithubClient(StubTreq(fake.resource()), API, token, clock, **kwargs)
 
 
-def result_of(deferred):
-    results = []
-    deferred.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def github_error(deferred) -> str:

@@ -6,10 +6,10 @@ import os
 import pytest
 from twisted.internet import defer
 from twisted.logger import Logger, formatEvent
-from twisted.python.failure import Failure
 
 from piserver.errors import GitError, GithubError, NotFound
 from piserver.repos import RepoCatalog
+from tests.support.deferreds import result_of
 
 
 class FakeGit:
@@ -62,13 +62,6 @@ def github_repo(full_name):
     }
 
 
-def result_of(deferred):
-    results = []
-    deferred.addBoth(results.append)
-    assert results, "the Deferred has not fired"
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ import pytest
 from piserver.agent import AgentExit
 from piserver.errors import AgentExited, AgentTimeout, InvalidState
 from piserver.supervisor import AgentSupervisor
+from tests.support.deferreds import outcome_of
 from tests.support.fakeprocess import FakeProcessReactor
 
 BASE_ENV = {
@@ -28,11 +29,6 @@ def no_events(event, raw):
     raise AssertionError(f"unexpected event {event}")
 
 
-def result_of(d):
-    results = []
-    d.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    return results[0]
 
 
 def spawn(supervisor, reactor, key="s1"):
@@ -83,7 +79,7 @@ def test_ready_fires_with_the_startup_state():
     ready = agent.ready
     assert not ready.called
     answer_handshake(process, {"sessionId": "abc", "isStreaming": False})
-    assert result_of(ready) == {"sessionId": "abc", "isStreaming": False}
+    assert outcome_of(ready) == {"sessionId": "abc", "isStreaming": False}
 
 
 def test_an_agent_that_does_not_answer_at_startup_is_stopped():
@@ -91,7 +87,7 @@ def test_an_agent_that_does_not_answer_at_startup_is_stopped():
     agent, process = spawn(supervisor, reactor)
     ready = agent.ready
     reactor.advance(20)
-    assert result_of(ready).check(AgentTimeout)
+    assert outcome_of(ready).check(AgentTimeout)
     assert [c["type"] for c in process.lines()] == ["get_state", "abort"]
     assert agent.stop_requested
 
@@ -114,7 +110,7 @@ def test_an_ended_agent_frees_its_key_before_the_owner_hears_of_it():
     process.end(code=1)
     assert seen == [(AgentExit(1, None, "fatal\n"), False)]
     assert supervisor.get("s1") is None
-    assert result_of(agent.ready).check(AgentExited)
+    assert outcome_of(agent.ready).check(AgentExited)
     spawn(supervisor, reactor)
     assert supervisor.is_running("s1")
 
@@ -140,7 +136,7 @@ def test_stop_sequence_abort_then_stdin_then_term_then_kill():
     assert process.signals == ["TERM", "KILL"]
     assert not stopped.called
     process.end(code=None, signal=9)
-    assert result_of(stopped) == AgentExit(None, 9, "", stop_requested=True)
+    assert outcome_of(stopped) == AgentExit(None, 9, "", stop_requested=True)
     assert reactor.getDelayedCalls() == []
     assert not supervisor.is_running("s1")
 
@@ -153,7 +149,7 @@ def test_an_answered_abort_closes_stdin_at_once_and_exit_cancels_the_signals():
     process.respond(process.lines()[-1])
     assert process.stdin_closed
     process.end(code=0)
-    assert result_of(stopped) == AgentExit(0, None, "", stop_requested=True)
+    assert outcome_of(stopped) == AgentExit(0, None, "", stop_requested=True)
     reactor.advance(60)
     assert process.signals == []
     assert reactor.getDelayedCalls() == []
@@ -167,7 +163,7 @@ def test_term_is_enough_for_an_agent_that_honours_it():
     reactor.advance(1)
     reactor.advance(3)
     assert process.signals == ["TERM"]
-    assert result_of(stopped).signal == 15
+    assert outcome_of(stopped).signal == 15
     reactor.advance(60)
     assert process.signals == ["TERM"]
 
@@ -177,7 +173,7 @@ def test_exit_during_the_abort_ends_the_stop_without_signals():
     agent, process = spawn(supervisor, reactor)
     stopped = supervisor.stop("s1")
     process.end(code=0)
-    assert result_of(stopped).code == 0
+    assert outcome_of(stopped).code == 0
     assert not process.stdin_closed
     reactor.advance(60)
     assert process.signals == []
@@ -190,10 +186,10 @@ def test_stop_is_idempotent():
     second = supervisor.stop(agent)
     assert [c["type"] for c in process.lines()].count("abort") == 1
     process.end(code=0)
-    assert result_of(first) == result_of(second) == agent.exit
-    assert result_of(supervisor.stop(agent)) == agent.exit
-    assert result_of(supervisor.stop("s1")) is None
-    assert result_of(supervisor.stop("unknown")) is None
+    assert outcome_of(first) == outcome_of(second) == agent.exit
+    assert outcome_of(supervisor.stop(agent)) == agent.exit
+    assert outcome_of(supervisor.stop("s1")) is None
+    assert outcome_of(supervisor.stop("unknown")) is None
 
 
 def test_stop_service_stops_every_agent_within_ten_seconds():
@@ -207,7 +203,7 @@ def test_stop_service_stops_every_agent_within_ten_seconds():
     stubborn.dies_of.add("KILL")
     assert not stopped.called
     reactor.pump([0.5] * 20)
-    assert result_of(stopped) is None
+    assert outcome_of(stopped) is None
     assert agents[1][1].signals == ["TERM"]
     assert stubborn.signals == ["TERM", "KILL"]
     assert supervisor.agents() == {}
@@ -217,4 +213,4 @@ def test_stop_service_stops_every_agent_within_ten_seconds():
 
 def test_stop_service_with_no_agents_fires_at_once():
     supervisor, _ = make_supervisor()
-    assert result_of(supervisor.stopService()) is None
+    assert outcome_of(supervisor.stopService()) is None
