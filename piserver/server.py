@@ -164,7 +164,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
                     "maxAgeSec": limits.max_age},
         # The seed's name for how far back a resume reaches.
-        "replayWindowSec": limits.max_age,
+        "replayWindowSec": int(limits.max_age),
     })
     hub = top.hub = Hub(methods.table(), fallback=methods.pass_through,
                         send_buffer_limit=config.send_buffer_limit,

@@ -52,6 +52,16 @@ CRASH_BACKOFF_BASE = 0.5
 NAME_LENGTH = 60
 
 
+# Closed connections whose tools and sessions a resuming client can take over.
+REMEMBERED_CONNECTIONS = 1000
+
+
+@attr.frozen
+class PreviousConnection:
+    native_tools: list | None
+    attached: frozenset
+
+
 def iso_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -190,7 +200,11 @@ class SessionManager(service.Service):
         # Creates and removes code sessions' checkouts (repos issue); None: chat only.
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
-        self._watched_connections: set[str] = set()
+        # Connections seen by hello or attach, and what recently closed ones left behind,
+        # so that a client resuming its connection gets its tools and sessions back.
+        self._connections: dict[str, object] = {}
+        self._departed: collections.OrderedDict[str, PreviousConnection] = \
+            collections.OrderedDict()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -443,12 +457,11 @@ class SessionManager(service.Service):
             for other in list(self.sessions.values()):
                 if other is not session:
                     other.stream.detach(connection)
-        if connection.connection_id not in self._watched_connections:
-            self._watched_connections.add(connection.connection_id)
-            connection.on_lost(self._connection_lost)
+        self.watch(connection)
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
-        reason = session.stream.attach(connection, mode, last_seq)
+        reason = session.stream.attach(connection, mode, last_seq,
+                                       snapshots="snapshots" in connection.features)
         if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
@@ -486,8 +499,30 @@ class SessionManager(service.Service):
         for target in targets:
             target.stream.detach(connection)
 
+    def watch(self, connection) -> None:
+        """Keep track of ``connection`` (see ``previous``)."""
+        if connection.connection_id not in self._connections:
+            self._connections[connection.connection_id] = connection
+            connection.on_lost(self._connection_lost)
+
+    def previous(self, connection_id: str) -> "PreviousConnection | None":
+        """What connection ``connection_id`` had (its device's tools, the sessions it was
+        attached to), closed or still open (a phone often reconnects before its old
+        socket is noticed dead); None for a connection this server never saw."""
+        live = self._connections.get(connection_id)
+        if live is not None:
+            return PreviousConnection(live.native_tools, self._attached_to(live))
+        return self._departed.get(connection_id)
+
+    def _attached_to(self, connection) -> frozenset:
+        return frozenset(s.id for s in self.sessions.values() if s.stream.is_attached(connection))
+
     def _connection_lost(self, connection) -> None:
-        self._watched_connections.discard(connection.connection_id)
+        self._connections.pop(connection.connection_id, None)
+        self._departed[connection.connection_id] = PreviousConnection(
+            connection.native_tools, self._attached_to(connection))
+        while len(self._departed) > REMEMBERED_CONNECTIONS:
+            self._departed.popitem(last=False)
         self.detach(connection)
 
     # -- the agent ----------------------------------------------------------

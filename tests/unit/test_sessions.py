@@ -21,6 +21,8 @@ class FakeConnection:
     def __init__(self, connection_id="c1"):
         self.connection_id = connection_id
         self.event_mode = "full"
+        self.features = frozenset({"snapshots"})
+        self.native_tools = None
         self.sent = []
         self.lost_callbacks = []
 
