@@ -370,6 +370,34 @@ class Git:
             result, what or f"git {args[2] if args[0] == '-C' else args[0]}", timeout, secrets
         )
 
+    @_deferred
+    async def run(
+        self,
+        repo: str,
+        args: Sequence[str],
+        what: str,
+        extra_env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        token: str | None = None,
+        token_url: str | None = None,
+        exit_codes: Sequence[int] = (0,),
+    ) -> tuple[int, bytes]:
+        """
+        ``git -C repo args``: ``(exit code, stdout)`` for an exit in ``exit_codes``,
+        else a GitError with git's stderr.  ``token`` (for ``token_url``'s origin) is
+        given to this one process through its environment, as :meth:`clone` does.
+        """
+        secrets = _secrets_of(token)
+        env = dict(extra_env or {})
+        if token and token_url:
+            env.update(token_environment(token_url, token))
+        timeout = self.timeout if timeout is None else timeout
+        result = await self._spawn(["-C", repo, *args], timeout, env, on_progress, secrets)
+        if result.exit_code in exit_codes and not result.timed_out:
+            return result.exit_code, result.stdout
+        raise self._error(result, what, timeout, secrets)
+
     @staticmethod
     def _error(result: GitResult, what: str, timeout: float, secrets: Sequence[str]) -> GitError:
         detail = redact(summarize_stderr(result.stderr), secrets)
