@@ -38,8 +38,11 @@ def _string(params: dict, key: str, required: bool = True, where: str = "") -> s
 class RpcMethods:
     """Handlers are ``handler(connection, request)``; see ``table()`` for wire names."""
 
-    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None):
+    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None,
+                 workspace=None):
         self._sessions = sessions
+        # The session.diff/files/commit/push/... handlers (piserver.workspace.methods).
+        self._workspace = workspace
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -65,6 +68,8 @@ class RpcMethods:
             })
         if self._repos is not None:
             table["repos.list"] = self.repos_list
+        if self._workspace is not None:
+            table.update(self._workspace.table())
         return table
 
     async def hello(self, connection, request):
