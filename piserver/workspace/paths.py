@@ -64,12 +64,13 @@ def list_directory(checkout: Path, path: str) -> dict:
     for name in names[:MAX_LISTING]:
         try:
             info = os.lstat(directory / name)
+            target = os.readlink(directory / name) if stat.S_ISLNK(info.st_mode) else None
         except OSError:
             continue  # gone since the listing: the agent may be at work
         entry = {"name": name, "path": f"{relative}/{name}" if relative else name}
-        if stat.S_ISLNK(info.st_mode):
+        if target is not None:
             entry["type"] = "symlink"
-            entry["target"] = os.readlink(directory / name)
+            entry["target"] = target
         elif stat.S_ISDIR(info.st_mode):
             entry["type"] = "directory"
         elif stat.S_ISREG(info.st_mode):
@@ -92,12 +93,13 @@ def read_file(checkout: Path, path: str, max_bytes: int = DEFAULT_READ_BYTES) ->
         raise NotFound(f"no file {relative!r} in the checkout") from None
     except OSError as e:
         raise InvalidParams(f"{relative!r} cannot be read: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise InvalidParams(f"{relative!r} is a directory (see session.files)")
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidParams(f"{relative!r} is not a regular file")
+        raise InvalidParams(f"{relative!r} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
         data = f.read(max_bytes + 1)
     size = info.st_size
     truncated = len(data) > max_bytes

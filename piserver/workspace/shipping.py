@@ -194,6 +194,8 @@ class Shipping:
         if self._token is None:
             raise InvalidState("pushing needs GITHUB_TOKEN, which this server does not have")
         repo = await self._repos.lookup(session.repo_id)
+        if repo.get("source") != "github":
+            raise InvalidState(f"GitHub no longer offers {session.repo_id!r} to this server")
         url = repo["cloneUrl"]
         self._progress(
             session, "push", f"pushing {branch} to {repo['fullName']} as {remote_branch}"

@@ -182,6 +182,8 @@ class Snapshots:
         )
 
     def _report_failed(self, failure, session) -> None:
+        if session.deleted:
+            return  # its checkout went away under the snapshot
         if failure.check(GitError, InvalidParams):
             self.log.warn(
                 "session {session_id}: could not tell what the run changed: {error}",

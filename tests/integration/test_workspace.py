@@ -360,3 +360,32 @@ async def test_commit_push_and_pull_request_on_a_github_session(
     assert TEST_TOKEN not in git_out("remote", "-v", cwd=checkout)
     assert captured_log and not any(TEST_TOKEN in line for line in captured_log)
     assert TEST_TOKEN not in json.dumps(client.frames)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_that_hangs_times_out(make_pi_server, fake_github):
+    server = make_pi_server(
+        "--github-api-url",
+        fake_github.api_url,
+        "--clone-timeout",
+        "3",
+        environ={"GITHUB_TOKEN": TEST_TOKEN},
+    )
+    repo = fake_github.add_repo("octo/app")
+    client = await server.client()
+    created = await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
+    session_id = created["sessionId"]
+    checkout = server.sessions.sessions[session_id].cwd
+    (checkout / "change.txt").write_text("a change\n")
+    await client.call("session.commit", {"message": "A change"}, session_id=session_id)
+
+    fake_github.git_mode = "hang"
+    with pytest.raises(CallFailed) as hung:
+        await client.call("session.push", session_id=session_id)
+    assert hung.value.code == "git_error" and "git push timed out after 3 s" in hung.value.message
+    assert TEST_TOKEN not in hung.value.message
+    progress = events(client, "session_progress", session_id)
+    assert progress[-1]["payload"]["stage"] == "push"
+    assert "octo/app" in progress[-1]["payload"]["message"]
+    branch = f"pi/session-{session_id}"
+    assert run_git("branch", "--list", branch, cwd=repo.bare_path) == ""
