@@ -49,7 +49,7 @@ class Snapshots:
         self._in_thread = in_thread
         self._publish = publish
         # The checkout's tree at the end of its last run (in memory: after a restart
-        # the first run end compares with HEAD's).
+        # the first run end compares with the base's).
         self._last_trees = weakref.WeakKeyDictionary()
         self._run_end_locks = weakref.WeakKeyDictionary()
 
@@ -152,6 +152,8 @@ class Snapshots:
                 *pathspec,
             ],
             "git diff",
+            # One byte more than is shown tells that there was more.
+            stdout_limit=max_bytes + 1,
         )
         diff, truncated = cut(text, max_bytes)
         return {"base": base_commit, "files": files, "diff": diff, "truncated": truncated}
@@ -167,15 +169,19 @@ class Snapshots:
     async def _report_changes(self, session) -> None:
         if session.deleted:
             return
+        now = await self.tree(session)
+        base_commit = await self.merge_base(session)
         before = self._last_trees.get(session)
         if before is None:
-            _, out = await self._git_in(session, ["rev-parse", "HEAD^{tree}"], "git rev-parse")
+            # The first run end seen: a checkout that is not its base has changed (even
+            # if the agent committed its edits itself).
+            _, out = await self._git_in(
+                session, ["rev-parse", f"{base_commit}^{{tree}}"], "git rev-parse"
+            )
             before = out.decode().strip()
-        now = await self.tree(session)
         self._last_trees[session] = now
         if now == before or session.deleted:
             return
-        base_commit = await self.merge_base(session)
         files = await self.files(session, base_commit, now)
         self._publish(
             session, "files_changed", {"type": "files_changed", "base": base_commit, "files": files}

@@ -162,6 +162,19 @@ async def test_files_changed_follows_runs_that_wrote_and_only_those(local_sessio
 
 
 @pytest_twisted.ensureDeferred
+async def test_files_changed_after_a_run_that_committed_its_edits(local_session, fake_llm):
+    client, session_id, checkout = local_session
+    commit = "git add -A && git -c user.name=pi -c user.email=pi@x commit -qm mine"
+    fake_llm.script(
+        Reply(ToolCall("bash", {"command": f"echo c > c.txt && {commit}"})), Text("committed")
+    )
+    await client.call("prompt", {"message": "write and commit c"}, session_id=session_id)
+    changed = await event_after(client, "files_changed", session_id)
+    assert run_git("status", "--porcelain", cwd=checkout) == ""
+    assert [f["path"] for f in changed["payload"]["files"]] == ["c.txt"]
+
+
+@pytest_twisted.ensureDeferred
 async def test_files_and_read_file_stay_inside_the_checkout(local_session, pi_server, tmp_path):
     client, session_id, checkout = local_session
     outside = tmp_path / "outside"
