@@ -108,16 +108,11 @@ class Shipping:
             exit_codes=(0, 1),
         )
         if code == 0:
-            raise InvalidState(
-                "nothing to commit: "
-                + (
-                    "those paths have no changes"
-                    if paths
-                    else "the checkout has no changes"
-                    if everything
-                    else "nothing is staged"
-                )
-            )
+            if paths:
+                raise InvalidState("nothing to commit: those paths have no changes")
+            if everything:
+                raise InvalidState("nothing to commit: the checkout has no changes")
+            raise InvalidState("nothing to commit: nothing is staged")
         await self._git_in(
             session,
             ["--literal-pathspecs", "commit", "--quiet", "--no-edit", "-m", message, *pathspec],
