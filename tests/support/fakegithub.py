@@ -76,11 +76,10 @@ def make_repository(
 def make_bare_repository(
     path: str, default_branch: str = "main", files: dict[str, str] | None = None
 ) -> str:
-    """A bare repository at ``path`` (ready for dumb HTTP) with one commit of ``files``."""
+    """A bare repository at ``path`` with one commit of ``files``."""
     work = path + ".work"
     make_repository(work, default_branch, files)
     run_git("clone", "--quiet", "--bare", work, path)
-    run_git("update-server-info", cwd=path)
     return path
 
 
