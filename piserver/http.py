@@ -40,8 +40,9 @@ class HealthResource(Resource):
 class RootResource(Resource):
     """``/`` itself answers server info; its children are ``health`` and ``rpc``."""
 
-    def __init__(self, rpc: Resource):
+    def __init__(self, rpc: Resource, agent: dict):
         super().__init__()
+        self._agent = agent
         self.putChild(b"health", HealthResource())
         self.putChild(b"rpc", rpc)
 
@@ -57,6 +58,7 @@ class RootResource(Resource):
             "name": "pi-server",
             "version": __version__,
             "endpoints": {"websocket": "/rpc", "health": "/health"},
+            "agent": self._agent,
         })
 
 
@@ -88,12 +90,14 @@ def _safe(value: bytes) -> str:
     return json.dumps(value.decode("latin-1"))[1:-1]
 
 
-def make_site(rpc: Resource, reactor=None, idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> Site:
+def make_site(rpc: Resource, agent: dict, reactor=None,
+              idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> Site:
     """
-    ``idle_timeout`` closes HTTP connections silent that long; it is what bounds a
-    client that connects and never completes its WebSocket upgrade request.
+    ``agent`` describes the pi agent for ``GET /``. ``idle_timeout`` closes HTTP
+    connections silent that long; it is what bounds a client that connects and never
+    completes its WebSocket upgrade request.
     """
-    site = Site(RootResource(rpc), logFormatter=redacted_log_formatter, reactor=reactor,
+    site = Site(RootResource(rpc, agent), logFormatter=redacted_log_formatter, reactor=reactor,
                 timeout=idle_timeout)
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False

@@ -95,9 +95,11 @@ class PiServerService(MultiService):
             return
         self._announced = True
         config = self.config
-        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi}",
+        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi} "
+                      "(pi {pi_version} on Node.js {node_version})",
                       version=__version__, data_dir=str(config.data_dir),
-                      pi=" ".join(config.pi_command))
+                      pi=" ".join(config.pi_command), pi_version=config.agent_version.pi,
+                      node_version=config.agent_version.node or "unknown")
         for problem in config.dotenv_problems:
             self.log.warn("{file}: {problem}", file=str(config.data_dir / ".env"),
                           problem=str(problem))
@@ -171,7 +173,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
                         author=config.git_author, push_timeout=config.clone_timeout)
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     limits = config.journal_limits
-    methods = RpcMethods(sessions=sessions, models=models, repos=repos, capabilities={
+    agent = config.agent_version.public()
+    methods = RpcMethods(sessions=sessions, models=models, repos=repos, agent=agent,
+                         capabilities={
         "eventModes": list(EVENT_MODES),
         "nativeTools": True,
         "nativeToolTimeoutSec": config.native_tool_timeout,
@@ -180,7 +184,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         # The seed's name for how far back a resume reaches.
         "replayWindowSec": limits.max_age,
     }, workspace=workspace)
-    hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit,
+    hub = top.hub = Hub(methods.table(), fallback=methods.pass_through,
+                        send_buffer_limit=config.send_buffer_limit,
                         clock=reactor, requests_per_second=config.requests_per_second,
                         redact=Redactor(secret_values(config)).redact)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
@@ -191,7 +196,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout)
-    site = make_site(WebSocketResource(factory), reactor=reactor,
+    site = make_site(WebSocketResource(factory), agent, reactor=reactor,
                      idle_timeout=config.handshake_timeout)
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.

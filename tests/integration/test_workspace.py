@@ -153,7 +153,7 @@ async def test_files_changed_follows_runs_that_wrote_and_only_those(local_sessio
     assert [f["path"] for f in first["payload"]["files"]] == ["a.txt"]
 
     await client.call("prompt", {"message": "just talk"}, session_id=session_id)
-    quiet_end = await event_after(client, "agent_end", session_id, first["seq"])
+    quiet_end = await event_after(client, "agent_settled", session_id, first["seq"])
     await client.call("prompt", {"message": "write b"}, session_id=session_id)
     second = await event_after(client, "files_changed", session_id, quiet_end["seq"])
     assert [f["path"] for f in second["payload"]["files"]] == ["a.txt", "b.txt"]

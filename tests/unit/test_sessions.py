@@ -101,9 +101,11 @@ def test_crash_reports_then_restart_with_backoff_then_agent_failed(harness):
     harness.process().stderr(b"boom\n")
     harness.process().end(code=3)
     types = [f["type"] for f in connection.sent]
-    assert types == ["agent_start", "agent_end", "agent_exit"]
-    end, exit_event = connection.sent[1]["payload"], connection.sent[2]["payload"]
-    assert end["error"] == "agent exited (code 3)"
+    assert types == ["agent_start", "agent_end", "agent_settled", "agent_exit"]
+    end, exit_event = connection.sent[1]["payload"], connection.sent[3]["payload"]
+    assert end["success"] is False
+    assert end["error"] == {"code": "agent_exited", "message": "agent exited (code 3)"}
+    assert connection.sent[2]["payload"]["error"] == end["error"]
     assert exit_event["code"] == 3 and "boom" in exit_event["stderrTail"]
 
     # Each restart waits longer: 0.5 s, 1 s, 2 s, 4 s.
@@ -264,11 +266,15 @@ def test_the_end_of_a_code_sessions_run_is_passed_on(tmp_path):
     d = ensureDeferred(harness.sessions.create(None, "code", repo={"id": "src"}))
     harness.answer_startup()
     code = d.result
-    harness.process().stdout(b'{"type":"agent_start"}\n')
+    harness.process().stdout(b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n')
+    # pi may go on after agent_end (a retry, compaction): the run ends when pi settles.
     assert ended == []
-    harness.process().stdout(b'{"type":"agent_end","messages":[]}\n')
+    harness.process().stdout(b'{"type":"agent_settled","aborted":false}\n')
     assert ended == [code]
 
     chat = create(harness).result
-    harness.process().stdout(b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n')
+    harness.process().stdout(
+        b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n'
+        b'{"type":"agent_settled","aborted":false}\n'
+    )
     assert chat.mode == "chat" and ended == [code]
