@@ -55,9 +55,11 @@ class RpcMethods:
     log = Logger()
 
     def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None,
-                 agent: dict | None = None):
+                 agent: dict | None = None, workspace=None):
         self._sessions = sessions
         self._agent = agent
+        # The session.diff/files/commit/push/... handlers (piserver.workspace.methods).
+        self._workspace = workspace
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -93,6 +95,8 @@ class RpcMethods:
                 table[command.name] = self._typed(command)
         if self._repos is not None:
             table["repos.list"] = self.repos_list
+        if self._workspace is not None:
+            table.update(self._workspace.table())
         return table
 
     async def hello(self, connection, request):

@@ -179,8 +179,10 @@ class SessionManager(service.Service):
                  journal_limits: JournalLimits | None = None, merge_window: float = 0.03,
                  in_thread=None, max_agents: int = DEFAULT_MAX_AGENTS,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT):
+                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT, on_run_end=None):
         self._reactor = reactor
+        # Called with a code session whose run has ended (files_changed, piserver.workspace).
+        self._on_run_end = on_run_end
         self._native_tool_timeout = native_tool_timeout
         self._max_agents = max_agents
         self._idle_timeout = idle_timeout
@@ -673,6 +675,12 @@ class SessionManager(service.Service):
         if session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
+        if event_type == "agent_settled":
+            self._run_ended(session)
+
+    def _run_ended(self, session: Session) -> None:
+        if self._on_run_end is not None and session.mode == "code":
+            self._on_run_end(session)
 
     # -- events -------------------------------------------------------------
 
