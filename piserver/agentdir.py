@@ -32,6 +32,11 @@ def _is_server_entry(name: str) -> bool:
     return name in SERVER_ENTRIES or any(name.startswith(f"{entry}.") for entry in SERVER_ENTRIES)
 
 
+def shared_paths(data_dir: Path) -> list[Path]:
+    """The data dir's entries an agent dir links to: pi's files, none of the server's."""
+    return [entry for entry in data_dir.iterdir() if not _is_server_entry(entry.name)]
+
+
 def prepare(data_dir: Path, session_agent_dir: Path) -> None:
     """Make or refresh ``session_agent_dir``: links to pi's files in ``data_dir`` (new ones
     appear, removed ones go), and the first time a copy of its ``settings.json``."""
@@ -42,7 +47,7 @@ def prepare(data_dir: Path, session_agent_dir: Path) -> None:
         temporary = settings.with_name(SETTINGS + ".tmp")
         shutil.copyfile(shared_settings, temporary)
         os.replace(temporary, settings)
-    wanted = {entry.name for entry in data_dir.iterdir() if not _is_server_entry(entry.name)}
+    wanted = {entry.name for entry in shared_paths(data_dir)}
     for entry in session_agent_dir.iterdir():
         if entry.is_symlink() and entry.name not in wanted:
             entry.unlink()

@@ -60,6 +60,13 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     # (name, mail) of session.commit's author; None: git's config, else pi-server's own.
     git_author: tuple | None = None
+    # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
+    sandbox: str = "none"
+    # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.
+    sandbox_problem: str | None = None
+    bwrap: str | None = None
+    # --launcher-command's words (launchers.template.parse_template).
+    launcher_command: tuple | None = None
 
     @property
     def github_token(self) -> str | None:

@@ -3,6 +3,7 @@
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from OpenSSL import crypto
@@ -28,6 +29,8 @@ from .connection import DEFAULT_SEND_BUFFER_LIMIT
 from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .journal import JournalLimits
+from .launchers.bwrap import BwrapUnusable, check_bwrap
+from .launchers.template import BadTemplate, parse_template
 from .nativetools import DEFAULT_CALL_TIMEOUT
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
@@ -51,6 +54,9 @@ def endpoint_description(port: str, host: str) -> str:
             f"--port {port!r}: give a port number or an endpoint such as tcp:3141 or unix:/path"
         )
     return port
+
+
+SANDBOX_CHOICES = ("auto", "bwrap", "none")
 
 
 class Options(usage.Options):
@@ -117,15 +123,23 @@ class Options(usage.Options):
         ["git-author", None, None,
          'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
          "and user.email, else pi-server <pi-server@localhost>]"],
+        ["sandbox", None, "auto",
+         "where agents run: bwrap (a bubblewrap sandbox per agent), none, or auto (bwrap "
+         "when it works here, else none with a warning)"],
+        ["bwrap", None, "bwrap", "the bubblewrap program (a path, or a name on PATH)"],
+        ["launcher-command", None, None,
+         "run each agent behind this command prefix (docker run -i ..., kubectl exec -i "
+         "..., ssh ...), with {cwd}, {session} and {uid} filled in; replaces the sandbox"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
     ]
 
-    def __init__(self, environ=None, probe_agent=probe):
+    def __init__(self, environ=None, probe_agent=probe, check_sandbox=check_bwrap):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
         self._probe_agent = probe_agent
+        self._check_sandbox = check_sandbox
         self.allowed_origins = set()
 
     def opt_allowed_origin(self, value):
@@ -152,6 +166,34 @@ class Options(usage.Options):
         except TlsFilesError as e:
             raise usage.UsageError(str(e)) from None
         return tls_endpoint(int(port), self["host"], cert, key)
+
+    def _launcher(self) -> dict:
+        """The config fields saying how agents are started (see launchers)."""
+        sandbox = self["sandbox"]
+        if sandbox not in SANDBOX_CHOICES:
+            raise usage.UsageError(f"--sandbox {sandbox!r}: choose auto, bwrap or none")
+        path = self.environ.get("PATH", os.defpath)
+        if self["launcher-command"] is not None:
+            if sandbox == "bwrap":
+                raise usage.UsageError(
+                    "--launcher-command replaces the sandbox: give it or --sandbox bwrap")
+            try:
+                words = parse_template(self["launcher-command"], path)
+            except BadTemplate as e:
+                raise usage.UsageError(f"--launcher-command: {e}") from None
+            return {"sandbox": "command", "launcher_command": words}
+        if sandbox == "none":
+            return {"sandbox": "none"}
+        bwrap = shutil.which(os.path.expanduser(self["bwrap"]), path=path)
+        try:
+            if bwrap is None:
+                raise BwrapUnusable(f"{self['bwrap']} not found (install bubblewrap)")
+            self._check_sandbox(bwrap, self.environ)
+        except BwrapUnusable as e:
+            if sandbox == "bwrap":
+                raise usage.UsageError(f"--sandbox bwrap: {e}") from None
+            return {"sandbox": "none", "sandbox_problem": str(e)}
+        return {"sandbox": "bwrap", "bwrap": bwrap}
 
     def postOptions(self):
         environ = self.environ
@@ -261,6 +303,7 @@ class Options(usage.Options):
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
             git_author=git_author,
+            **self._launcher(),
         )
 
 
