@@ -23,7 +23,7 @@ SETTINGS = "settings.json"
 # The data dir's entries that are the server's, not pi's configuration.
 SERVER_ENTRIES = frozenset({
     ".env", "server-token", "device-tokens.json", "state.json", "repos.json", "sessions",
-    "models-helper", SETTINGS,
+    "models-helper", "node-compile-cache", SETTINGS,
 })
 
 

@@ -65,6 +65,8 @@ class ServerConfig:
     # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.
     sandbox_problem: str | None = None
     bwrap: str | None = None
+    # Node's compile cache for sandboxed agents (read-only to them), in the data dir.
+    compile_cache: Path | None = None
     # --launcher-command's words (launchers.template.parse_template).
     launcher_command: tuple | None = None
 

@@ -45,7 +45,8 @@ class ModelCatalog:
                 agentdir.prepare(self._data_dir, agent_dir)
                 own = {"agent_dir": str(agent_dir), "files": SessionFiles(
                     directory=str(self._workspace), writable=(str(agent_dir),),
-                    readable=tuple(str(p) for p in agentdir.shared_paths(self._data_dir)))}
+                    readable=tuple(str(p) for p in agentdir.shared_paths(self._data_dir)),
+                    cache=str(self._workspace / "cache"))}
             # No session file and no tools: it only answers questions about models.
             agent = self._agent = self._supervisor.spawn(
                 HELPER_KEY, ["--no-session", "--no-tools"], str(self._workspace),

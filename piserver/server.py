@@ -147,7 +147,8 @@ class PiServerService(MultiService):
 
 def make_launcher(config: ServerConfig, reactor) -> Launcher:
     if config.sandbox == "bwrap":
-        return BwrapLauncher(reactor, config.bwrap, install_paths(config.pi_command))
+        return BwrapLauncher(reactor, config.bwrap, install_paths(config.pi_command),
+                             cache=config.compile_cache)
     if config.sandbox == "command":
         return CommandTemplateLauncher(reactor, config.launcher_command)
     return LocalLauncher(reactor)

@@ -555,7 +555,8 @@ class SessionManager(service.Service):
             directory=str(session.directory),
             writable=(str(session.cwd), str(session.pi_session_dir), str(session.agent_dir)),
             readable=(str(EXTENSION_PATH.parent),
-                      *(str(path) for path in agentdir.shared_paths(self._data_dir))))
+                      *(str(path) for path in agentdir.shared_paths(self._data_dir))),
+            cache=str(session.directory / "cache"))
 
     def ensure_agent(self, session: Session) -> defer.Deferred:
         """Fire with the session's running agent, starting it if needed."""

@@ -4,6 +4,7 @@
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from OpenSSL import crypto
@@ -30,8 +31,10 @@ from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .journal import JournalLimits
 from .launchers.bwrap import BwrapUnusable, check_bwrap
+from .launchers.caches import COMPILE_CACHE
+from .launchers.caches import fill as fill_cache
 from .launchers.template import BadTemplate, parse_template
-from .nativetools import DEFAULT_CALL_TIMEOUT
+from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
@@ -135,11 +138,13 @@ class Options(usage.Options):
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
     ]
 
-    def __init__(self, environ=None, probe_agent=probe, check_sandbox=check_bwrap):
+    def __init__(self, environ=None, probe_agent=probe, check_sandbox=check_bwrap,
+                 fill_cache=fill_cache):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
         self._probe_agent = probe_agent
         self._check_sandbox = check_sandbox
+        self._fill_cache = fill_cache
         self.allowed_origins = set()
 
     def opt_allowed_origin(self, value):
@@ -195,6 +200,15 @@ class Options(usage.Options):
             return {"sandbox": "none", "sandbox_problem": str(e)}
         return {"sandbox": "bwrap", "bwrap": bwrap}
 
+    def _fill_compile_cache(self, cache: Path, pi, env, agent_version) -> Path | None:
+        try:
+            self._fill_cache(cache, pi, env, agent_version.pi, EXTENSION_PATH, TOOLS_FILE_FLAG)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warn("sandboxed agents will start slower: cannot fill {cache}: {error}",
+                     cache=str(cache), error=str(e))
+            return None
+        return cache
+
     def postOptions(self):
         environ = self.environ
         port = self["port"] or environ.get("PI_SERVER_PORT") or str(DEFAULT_PORT)
@@ -243,10 +257,14 @@ class Options(usage.Options):
         except OSError as e:
             raise usage.UsageError(f"cannot read {data_dir / '.env'}: {e.strerror or e}") from None
         env = {**environ, **dotenv}
+        launcher = self._launcher()
         try:
             agent_version = self._probe_agent(pi, env)
         except UnsupportedAgent as e:
             raise usage.UsageError(str(e)) from None
+        if launcher["sandbox"] == "bwrap":
+            launcher["compile_cache"] = self._fill_compile_cache(
+                data_dir / COMPILE_CACHE, pi, env, agent_version)
 
         if self["no-auth"]:
             token, source = None, "disabled"
@@ -303,7 +321,7 @@ class Options(usage.Options):
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
             git_author=git_author,
-            **self._launcher(),
+            **launcher,
         )
 
 

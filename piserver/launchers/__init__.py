@@ -27,12 +27,15 @@ class SessionFiles:
     so files the server rewrites there, such as the native tools declarations, stay
     current); ``writable`` the directories the agent writes (its working directory, pi's
     session dir, its agent dir); ``readable`` further files and directories it reads (the
-    bundled extension, the data dir's pi configuration its agent dir links to).
+    bundled extension, the data dir's pi configuration its agent dir links to); ``cache``
+    a directory of the session's own where the agent may keep what it compiles from one
+    start to the next (made when needed).
     """
 
     directory: str
     writable: tuple[str, ...]
     readable: tuple[str, ...] = ()
+    cache: str | None = None
 
 
 @attr.frozen

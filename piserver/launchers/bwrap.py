@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 
 from . import AgentLaunch
+from .caches import node_cache, session_jiti
 
 # Top-level system directories shown read-only (or as the symlinks they are on merged-/usr
 # systems).  /etc is shown too, without the files below.
@@ -105,10 +106,20 @@ def git_binds(checkout: str) -> list[tuple[str, str]]:
     return binds
 
 
-def session_args(cwd: str, files, install: Iterable[str]) -> list[str]:
+def cache_args(files, cache: Path | None) -> list[str]:
+    """pi compiles TypeScript extensions (the bundled one) with jiti, which keeps the
+    result in ``$TMPDIR/jiti`` if it may write there: show it the session's own cache
+    dir there (see launchers.caches)."""
+    if files is None or files.cache is None:
+        return []
+    return ["--bind", session_jiti(cache, files.cache), "/tmp/jiti"]
+
+
+def session_args(cwd: str, files, readable: Iterable[str]) -> list[str]:
     """bwrap options showing one agent its own files (``files``: launchers.SessionFiles,
-    or None for an agent of no session: its working directory only)."""
-    binds: list[tuple[str, str]] = [("ro", path) for path in install]
+    or None for an agent of no session: its working directory only) and the read-only
+    ``readable`` (the pi install...)."""
+    binds: list[tuple[str, str]] = [("ro", path) for path in readable]
     if files is None:
         binds.append(("rw", cwd))
     else:
@@ -134,19 +145,27 @@ class BwrapLauncher:
 
     description = "bubblewrap sandbox"
 
-    def __init__(self, reactor, bwrap: str, install: Iterable[str]) -> None:
+    def __init__(self, reactor, bwrap: str, install: Iterable[str],
+                 cache: Path | None = None) -> None:
         self._reactor = reactor
         self._bwrap = bwrap
         self._install = tuple(install)
+        # What the agents would otherwise compile at every start (launchers.caches).
+        self._cache = cache
+        self._node_cache = node_cache(cache)
 
     def argv(self, launch: AgentLaunch) -> list[str]:
+        cache = () if self._node_cache is None else (self._node_cache,)
         return [self._bwrap, *system_args(launch.env.get("HOME")),
-                *session_args(launch.cwd, launch.files, self._install),
+                *cache_args(launch.files, self._cache),
+                *session_args(launch.cwd, launch.files, (*self._install, *cache)),
                 "--", launch.executable, *launch.argv[1:]]
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         # The private /tmp is the agent's temporary directory, wherever the server's is.
         env = {**launch.env, "TMPDIR": "/tmp"}
+        if self._node_cache is not None:
+            env["NODE_COMPILE_CACHE"] = self._node_cache
         return self._reactor.spawnProcess(
             protocol, self._bwrap, self.argv(launch), env=env, path=launch.cwd)
 

@@ -76,6 +76,8 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
 
     chat = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
     other = server.sessions.sessions[chat]
+    # The bundled extension, compiled at the agent's first start, is kept for its next.
+    assert os.listdir(other.directory / "cache" / "jiti")
     (other.cwd / "secret.txt").write_text(OTHER_SESSION_SECRET)
     neighbour = (await client.call("session.create", {"mode": "code", "repoId": "src"}))
     neighbour_checkout = server.sessions.sessions[neighbour["sessionId"]].cwd

@@ -16,6 +16,7 @@ from piserver.launchers.bwrap import (
     install_paths,
     session_args,
 )
+from piserver.launchers.caches import fill, session_jiti
 from piserver.launchers.template import BadTemplate, CommandTemplateLauncher, parse_template
 from piserver.supervisor import AgentSupervisor
 from tests.support.fakeprocess import FakeProcessReactor
@@ -124,6 +125,57 @@ def test_the_bwrap_launcher_wraps_the_agent_and_gives_it_a_private_tmp_and_home(
     assert "--unshare-net" not in args  # the model API needs the network
     assert (str(tmp_path), str(tmp_path)) in pairs(args, "--bind")  # an agent of no session
     assert spawned.env == {"HOME": "/home/me", "PATH": "/usr/bin", "TMPDIR": "/tmp"}
+
+
+FAKE_PI = """#!/bin/sh
+# Notes its arguments and what it was given to compile into, as pi with jiti would.
+echo "$@" >> "{calls}"
+mkdir -p "$TMPDIR/jiti" "$NODE_COMPILE_CACHE/v22"
+echo compiled > "$TMPDIR/jiti/extensions-native_tools.0123.mjs"
+echo code > "$NODE_COMPILE_CACHE/v22/entry"
+"""
+
+
+def test_the_server_fills_the_caches_once_per_pi_and_extension(tmp_path):
+    calls = tmp_path / "calls"
+    pi = executable(tmp_path / "pi", FAKE_PI.replace("{calls}", str(calls)))
+    extension = tmp_path / "native_tools.ts"
+    extension.write_text("export default 1\n")
+    cache = tmp_path / "node-compile-cache"
+    env = {"PATH": "/usr/bin:/bin", "SECRET_TOKEN": "x"}
+    fill(cache, [str(pi)], env, "1.6.0", extension, "tools-file")
+    fill(cache, [str(pi)], env, "1.6.0", extension, "tools-file")
+    [call] = calls.read_text().splitlines()
+    assert call.startswith(f"--mode rpc --no-session --no-tools -e {extension} --tools-file=")
+    assert (cache / "jiti" / "extensions-native_tools.0123.mjs").read_text() == "compiled\n"
+    extension.write_text("export default 2\n")
+    fill(cache, [str(pi)], env, "1.6.0", extension, "tools-file")
+    assert len(calls.read_text().splitlines()) == 2  # a new extension: filled again
+
+
+def test_sandboxed_agents_read_node_s_cache_and_get_their_own_copy_of_jiti_s(tmp_path):
+    cache = tmp_path / "node-compile-cache"
+    (cache / "node").mkdir(parents=True)
+    (cache / "jiti").mkdir()
+    (cache / "jiti" / "ext.mjs").write_text("compiled")
+    session = tmp_path / "sessions" / "s1"
+    (session / "workspace").mkdir(parents=True)
+    files = SessionFiles(str(session), (str(session / "workspace"),),
+                         cache=str(session / "cache"))
+    reactor = FakeProcessReactor()
+    BwrapLauncher(reactor, "/usr/bin/bwrap", [], cache=cache).launch(
+        ProcessProtocol(), launch(cwd=str(session / "workspace"), files=files))
+    [spawned] = reactor.spawned
+    assert (str(cache / "node"), str(cache / "node")) in pairs(spawned.args, "--ro-bind")
+    assert spawned.env["NODE_COMPILE_CACHE"] == str(cache / "node")
+    own = session / "cache" / "jiti"
+    assert (str(own), "/tmp/jiti") in pairs(spawned.args, "--bind")
+    assert (own / "ext.mjs").read_text() == "compiled"
+    # The session's copy is its own from then on.
+    (own / "ext.mjs").write_text("the agent's")
+    assert session_jiti(cache, str(session / "cache")) == str(own)
+    assert (own / "ext.mjs").read_text() == "the agent's"
+    assert (cache / "jiti" / "ext.mjs").read_text() == "compiled"
 
 
 def test_check_bwrap_says_why_bubblewrap_is_not_usable(tmp_path):
