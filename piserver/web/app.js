@@ -125,6 +125,11 @@ function start(token) {
     },
     onEvent: received,
     onHello: (result, resumed) => connected(result, resumed),
+    onHeartbeat: ({ sessions }) => {
+      app.sessions = sessions;
+      renderList();
+      showSessionTitle();
+    },
   });
   app.rpc.connect();
 }

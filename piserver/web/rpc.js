@@ -3,6 +3,10 @@
 
 const RETRY_DELAYS_MS = [250, 1000, 2000, 5000, 10000];
 const CALL_TIMEOUT_MS = 60000;
+// A phone that changes networks can leave a socket open that carries nothing: a cheap
+// request now and then notices, and the resume that follows misses nothing.
+const HEARTBEAT_MS = 20000;
+const HEARTBEAT_TIMEOUT_MS = 10000;
 
 export class RpcError extends Error {
   constructor(code, message) {
@@ -22,13 +26,15 @@ export async function checkToken(token) {
 
 export class RpcConnection {
   // onEvent(envelope), onState(state, detail), onHello(helloResult, resumed): after
-  // every hello, the first one included.
-  constructor({ token, client, onEvent, onState, onHello }) {
+  // every hello, the first one included; onHeartbeat(session.list's result).
+  constructor({ token, client, onEvent, onState, onHello, onHeartbeat }) {
     this.token = token;
     this.client = client;
     this.onEvent = onEvent;
     this.onState = onState;
     this.onHello = onHello;
+    this.onHeartbeat = onHeartbeat;
+    this.heartbeat = null;
     this.connectionId = null;
     // The last seq seen per session: what a resume asks to continue from.
     this.lastSeq = new Map();
@@ -96,13 +102,26 @@ export class RpcConnection {
     this.connectionId = result.connectionId;
     this.attempt = 0;
     this.setState("online");
+    this.startHeartbeat(socket);
     this.onHello(result, resumed);
+  }
+
+  startHeartbeat(socket) {
+    clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(async () => {
+      try {
+        this.onHeartbeat(await this.send(socket, "session.list", {}, null, HEARTBEAT_TIMEOUT_MS));
+      } catch (error) {
+        if (this.socket === socket && error.code === "timeout") this.dropSocket("stalled");
+      }
+    }, HEARTBEAT_MS);
   }
 
   async dropSocket(reason) {
     const socket = this.socket;
     if (!socket) return;
     this.socket = null;
+    clearInterval(this.heartbeat);
     // Whatever the old socket still delivers is ignored: the resume replays it.
     socket.onmessage = null;
     socket.onclose = null;
@@ -178,7 +197,7 @@ export class RpcConnection {
     this.lastSeq.clear();
   }
 
-  send(socket, method, params, sessionId) {
+  send(socket, method, params, sessionId, timeoutMs = CALL_TIMEOUT_MS) {
     const id = `w${this.nextId++}`;
     const envelope = { v: 1, kind: "request", id, method, params: params || {} };
     if (sessionId) envelope.sessionId = sessionId;
@@ -186,7 +205,7 @@ export class RpcConnection {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new RpcError("timeout", `no answer to ${method}`));
-      }, CALL_TIMEOUT_MS);
+      }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       socket.send(JSON.stringify(envelope));
     });
