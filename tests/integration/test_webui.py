@@ -229,6 +229,19 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
     assert await browser.run(page.locator(".message.user").last.inner_text()) == "and then?"
     await wait_idle(browser, page)
 
+    # Enter while an answer streams steers it.
+    script(
+        Reply(Text(" ".join(f"more{i}" for i in range(40)), delay=0.05)),
+        Text("Steered."),
+    )
+    await send(browser, page, "write more")
+    await browser.run(page.locator("#send").filter(has_text="Steer").wait_for())
+    await send(browser, page, "go left")
+    await browser.run(last_answer(page).filter(has_text="Steered.").wait_for())
+    steered = await llm.wait_for_request(len(llm.requests))
+    assert "go left" in json.dumps(steered["messages"][-1])
+    await wait_idle(browser, page)
+
     # A slow answer is stopped.
     script(Reply(Text("slow " * 50, delay=0.1), Hang()))
     await send(browser, page, "take your time")
@@ -255,7 +268,7 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
     await browser.run(
         other.locator(".message.assistant").filter(has_text="Follow-up answered.").wait_for()
     )
-    assert await browser.run(other.locator(".message.user").count()) == 5
+    assert await browser.run(other.locator(".message.user").count()) == 7
     await browser.run(other.close())
 
     # Deleting asks first.
@@ -376,6 +389,7 @@ async def test_code_session_tools_and_its_changes_where_offered(browser, server,
     assert run_git("log", "-1", "--format=%s", branch, cwd=source).strip() == "Take a note"
     await browser.run(page.click("#push"))
     await browser.run(page.locator("#git-result").filter(has_text="no push").wait_for())
+    await browser.run(page.screenshot(path=str(screenshot_dir() / "changes.png")))
 
 
 @pytest_twisted.ensureDeferred
