@@ -21,7 +21,7 @@ from .auth import Unauthorized
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
 CONTENT_TYPES = {
@@ -30,7 +30,6 @@ CONTENT_TYPES = {
     ".mjs": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
-    ".webmanifest": "application/manifest+json",
 }
 PAGE = "index.html"
 
@@ -129,9 +128,6 @@ class WebUiResource(Resource):
             if asset is not None:
                 return _serve(request, asset)
         return _not_found(request)
-
-    def render_HEAD(self, request):
-        return self.render_GET(request)
 
     def _check_token(self, request) -> bytes:
         _secure_headers(request)
