@@ -318,7 +318,12 @@ async def test_offline_mid_answer_shows_the_full_answer_once(browser, server, ll
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_answer_is_shown_inert(browser, server, script):
-    page = await signed_in(browser, server, viewport=DESKTOP)
+    # Signed in by pasting the token this time.
+    page = await open_page(browser, f"http://127.0.0.1:{server.port}/", viewport=DESKTOP)
+    await browser.run(page.fill("#token", server.token))
+    await browser.run(page.click("#sign-in-form button[type=submit]"))
+    await browser.run(page.locator("html[data-ready=true]").wait_for(state="attached"))
+    assert page.url.endswith("/ui")
     await new_chat(browser, page)
     script(
         Text(
@@ -430,6 +435,22 @@ async def test_phone_viewport(browser, server, script):
         await browser.run(page.evaluate("document.documentElement.scrollWidth")) <= PHONE["width"]
     )
     await browser.run(page.screenshot(path=str(screenshot_dir() / "phone.png")))
+
+    # The other kinds of extension dialog (the test extension's /dialog command).
+    dialog = page.locator("dialog#dialog")
+    await send(browser, page, "/dialog select")
+    await browser.run(dialog.get_by_role("button", name="green").click())
+    await browser.run(page.locator(".toast").filter(has_text='select answered "green"').wait_for())
+    await send(browser, page, "/dialog input")
+    await browser.run(dialog.locator("input").fill("Ada"))
+    await browser.run(dialog.get_by_role("button", name="OK").click())
+    await browser.run(page.locator(".toast").filter(has_text='input answered "Ada"').wait_for())
+    await send(browser, page, "/dialog editor")
+    editor = dialog.locator("textarea")
+    assert await browser.run(editor.input_value()) == "line 1\nline 2"
+    await browser.run(editor.fill("edited"))
+    await browser.run(dialog.get_by_role("button", name="OK").click())
+    await browser.run(page.locator(".toast").filter(has_text='editor answered "edited"').wait_for())
     await browser.run(page.click("#back"))
     await browser.run(page.locator("#new-chat").wait_for())
 
