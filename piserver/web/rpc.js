@@ -56,12 +56,13 @@ export class RpcConnection {
     this.onState(state, detail);
   }
 
-  connect() {
+  // `anyway`: try even though the browser says it is offline (it can be wrong).
+  connect(anyway = false) {
     clearTimeout(this.retryTimer);
     this.retryTimer = null;
     if (this.stopped || this.socket) return;
-    if (!navigator.onLine) {
-      this.setState("offline", "no network: waiting for it to come back");
+    if (!navigator.onLine && !anyway) {
+      this.waitForNetwork();
       return;
     }
     this.setState(this.connectionId ? "reconnecting" : "connecting");
@@ -137,7 +138,7 @@ export class RpcConnection {
     this.pending.clear();
     if (this.stopped) return;
     if (reason === "offline" || !navigator.onLine) {
-      this.setState("offline", "no network: waiting for it to come back");
+      this.waitForNetwork();
       return;
     }
     if (reason === "refused" && !this.connectionId) {
@@ -155,6 +156,13 @@ export class RpcConnection {
     this.attempt += 1;
     this.setState("waiting", `reconnecting in ${Math.round(delay / 100) / 10} s`);
     this.retryTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  // Reconnects on the browser's "online" event, and every so often in case it never comes.
+  waitForNetwork() {
+    this.setState("offline", "no network: waiting for it to come back");
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.connect(true), RETRY_DELAYS_MS.at(-1));
   }
 
   stop() {
