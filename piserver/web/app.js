@@ -151,8 +151,13 @@ async function connected(result, resumed) {
 }
 
 function received(envelope) {
-  if (envelope.sessionId !== app.sessionId || !app.conversation) return;
   const { type, payload } = envelope;
+  if (type === "session_progress" && envelope.sessionId !== app.sessionId) {
+    // A code session's checkout being made for session.create.
+    $("create-status").textContent = payload.message || "";
+    return;
+  }
+  if (envelope.sessionId !== app.sessionId || !app.conversation) return;
   if (type === "extension_ui_request") return dialogRequested(payload);
   if (type === "extension_ui_resolved") return dialogResolved(payload.id);
   if (type === "files_changed") return filesChanged(payload);
@@ -222,14 +227,17 @@ function renderList() {
 }
 
 async function createSession(params) {
+  const status = $("create-status");
+  status.textContent = params.mode === "code" ? "Preparing the checkout…" : "Starting…";
   try {
-    $("status-line").textContent = "";
     const { sessionId } = await app.rpc.call("session.create", params);
     await refreshList();
     navigate(sessionId);
     $("prompt").focus();
   } catch (error) {
     failed(error);
+  } finally {
+    status.textContent = "";
   }
 }
 

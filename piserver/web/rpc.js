@@ -2,7 +2,10 @@
 // reconnecting with hello.resume so that no event is missed or seen twice.
 
 const RETRY_DELAYS_MS = [250, 1000, 2000, 5000, 10000];
-const CALL_TIMEOUT_MS = 60000;
+// The server answers every request (a clone may take minutes, a prompt that opens an
+// extension dialog waits for it); a dead connection is the heartbeat's business. This
+// only bounds a request that is never answered.
+const CALL_TIMEOUT_MS = 600000;
 // A phone that changes networks can leave a socket open that carries nothing: a cheap
 // request now and then notices, and the resume that follows misses nothing.
 const HEARTBEAT_MS = 20000;
