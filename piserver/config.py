@@ -4,6 +4,7 @@ data directory say, checked once at start.
 """
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_INTERVAL = 20.0
 DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 DEFAULT_MAX_CONNECTIONS = 100
-PI_PACKAGE = "@mariozechner/pi-coding-agent"
 
 # Server-side secrets that are never passed on to an agent process.
 SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN"})
@@ -30,6 +30,8 @@ class ServerConfig:
     endpoint: str
     data_dir: Path
     pi_command: tuple[str, ...]
+    # What `pi --version` said at start (agentversion.AgentVersion).
+    agent_version: object
     auth_token: str | None
     auth_token_source: str
     max_frame_size: int
@@ -78,18 +80,32 @@ def project_dir(environ) -> Path:
 
 
 def find_pi(explicit: str | None, environ) -> tuple[str, ...] | None:
-    """The agent command: --pi, $PI_SERVER_PI, `pi` on PATH, then the project-local install."""
+    """The agent command: --pi, $PI_SERVER_PI, `pi` on PATH, then the project-local install
+    (run by the project-local Node.js when there is one). --pi and $PI_SERVER_PI are a path
+    or a command line (``node /opt/pi/cli.js``), split as a shell would."""
     for candidate in (explicit, environ.get("PI_SERVER_PI")):
         if candidate:
-            found = shutil.which(os.path.expanduser(candidate))
-            return (found,) if found else None
+            words = shlex.split(candidate)
+            found = shutil.which(os.path.expanduser(words[0]), path=environ.get("PATH")) \
+                if words else None
+            return (found, *words[1:]) if found else None
     on_path = shutil.which("pi", path=environ.get("PATH"))
     if on_path:
         return (on_path,)
-    local = project_dir(environ) / "node_modules" / ".bin" / "pi"
-    if os.access(local, os.X_OK):
-        return (str(local),)
-    return None
+    return project_pi(project_dir(environ))
+
+
+def project_pi(project: Path) -> tuple[str, ...] | None:
+    """The pi that scripts/install-pi put into ``project``'s node_modules/, with the Node.js
+    it installed beside it where the machine's own is too old for pi."""
+    bin_dir = project / "node_modules" / ".bin"
+    pi = bin_dir / "pi"
+    if not os.access(pi, os.X_OK):
+        return None
+    node = bin_dir / "node"
+    if os.access(node, os.X_OK):
+        return (str(node), str(pi))
+    return (str(pi),)
 
 
 def prepare_data_dir(path: Path) -> None:

@@ -54,8 +54,9 @@ class RootResource(Resource):
     """``/`` itself answers server info (browsers are sent to ``/ui``); its children are
     ``health``, ``rpc`` and ``ui``."""
 
-    def __init__(self, rpc: Resource, ui: Resource | None = None):
+    def __init__(self, rpc: Resource, agent: dict, ui: Resource | None = None):
         super().__init__()
+        self._agent = agent
         self.putChild(b"health", HealthResource())
         self.putChild(b"rpc", rpc)
         self._ui = ui
@@ -82,6 +83,7 @@ class RootResource(Resource):
                 "name": "pi-server",
                 "version": __version__,
                 "endpoints": {"websocket": "/rpc", "health": "/health"},
+                "agent": self._agent,
             },
         )
 
@@ -116,17 +118,19 @@ def _safe(value: bytes) -> str:
 
 def make_site(
     rpc: Resource,
+    agent: dict,
     reactor=None,
     idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ui: Resource | None = None,
 ) -> Site:
     """
-    ``ui`` is the web client, served at ``/ui`` (none without it).
-    ``idle_timeout`` closes HTTP connections silent that long; it is what bounds a
-    client that connects and never completes its WebSocket upgrade request.
+    ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
+    ``/ui`` (none without it). ``idle_timeout`` closes HTTP connections silent that long;
+    it is what bounds a client that connects and never completes its WebSocket upgrade
+    request.
     """
     site = Site(
-        RootResource(rpc, ui),
+        RootResource(rpc, agent, ui),
         logFormatter=redacted_log_formatter,
         reactor=reactor,
         timeout=idle_timeout,

@@ -3,10 +3,13 @@ The method table: what each wire method does, in terms of the session manager.
 Handlers validate their params and return a result object.
 """
 
+import re
+
 from . import __version__
-from .errors import InvalidParams, NotFound
+from .errors import AgentCommandFailed, InvalidParams, InvalidRequest, NotFound, UnknownMethod
 from .models import public_model, public_state
 from .nativetools import parse_tool_answer, validate_native_tools
+from .picommands import SERVER_OWNED, TYPED, PiCommand, passthrough_fields
 from .stream import EVENT_MODES
 
 SERVER_NAME = "pi-server"
@@ -38,8 +41,10 @@ def _string(params: dict, key: str, required: bool = True, where: str = "") -> s
 class RpcMethods:
     """Handlers are ``handler(connection, request)``; see ``table()`` for wire names."""
 
-    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None):
+    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None,
+                 agent: dict | None = None):
         self._sessions = sessions
+        self._agent = agent
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -62,7 +67,17 @@ class RpcMethods:
                 "clear_conversation": self.clear_conversation,
                 "native_tool_response": self.native_tool_response,
                 "extension_ui_response": self.extension_ui_response,
+                # pi's commands that the server gives its own meaning.
+                "new_session": self.clear_conversation,
+                "switch_session": self.switch_session,
+                "fork": self.fork,
+                "clone": self.clone,
+                "export_html": self.export_html,
+                "set_session_name": self.set_session_name,
+                "cycle_model": self.cycle_model,
             })
+            for command in TYPED.values():
+                table[command.name] = self._typed(command)
         if self._repos is not None:
             table["repos.list"] = self.repos_list
         return table
@@ -101,6 +116,8 @@ class RpcMethods:
             "server": {"name": SERVER_NAME, "version": __version__},
             "capabilities": dict(self._capabilities),
         }
+        if self._agent is not None:
+            result["agent"] = self._agent
         if resume is not None:
             resumed = {}
             for session_id, seq in last_seqs.items():
@@ -247,8 +264,88 @@ class RpcMethods:
         data = await self._sessions.command(session, "new_session") or {}
         return {"cancelled": bool(data.get("cancelled", False))}
 
+    def _typed(self, command: PiCommand):
+        async def handler(connection, request):
+            session = self._sessions.get(_session_id(request))
+            fields = command.fields_from(request.params)
+            data = await self._sessions.command(session, command.name,
+                                                timeout=command.timeout, **fields)
+            return _result(data)
+
+        handler.__name__ = command.name
+        return handler
+
+    async def pass_through(self, connection, request):
+        """A method the server does not know: pi's command of that name, for a session."""
+        name = request.method
+        session_id = _session_id(request)
+        if not session_id or name in SERVER_OWNED or not PI_COMMAND_NAME.match(name):
+            raise UnknownMethod(f"unknown method {name[:80]!r}")
+        session = self._sessions.get(session_id)
+        try:
+            data = await self._sessions.command(session, name,
+                                                **passthrough_fields(request.params))
+        except AgentCommandFailed as e:
+            if e.message.startswith("Unknown command"):
+                raise UnknownMethod(f"unknown method {name!r} (pi: {e.message})") from None
+            raise
+        return _result(data)
+
+    def switch_session(self, connection, request):
+        raise InvalidRequest(
+            "switch_session would bind this session to another conversation: create a "
+            "session (session.create), or copy this one with fork or clone")
+
+    async def fork(self, connection, request):
+        source = self._sessions.get(_session_id(request))
+        entry_id = _string(request.params, "entryId")
+        return await self._copy(connection, source, "fork", {"entryId": entry_id})
+
+    async def clone(self, connection, request):
+        source = self._sessions.get(_session_id(request))
+        return await self._copy(connection, source, "clone", {})
+
+    async def _copy(self, connection, source, command: str, fields: dict) -> dict:
+        repo = None
+        if source.mode == "code":
+            repo = await self._repos.lookup(source.repo_id)
+        session, data = await self._sessions.copy(connection, source, repo, command, fields)
+        result = {"sessionId": session.id, "cancelled": False}
+        if "text" in data:
+            result["text"] = data["text"]
+        return result
+
+    async def export_html(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        return {"html": await self._sessions.export_html(session)}
+
+    async def set_session_name(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        name = _string(request.params, "name")
+        if not name.strip() or "\x00" in name:
+            raise InvalidParams('"name" must be a non-empty string without NUL')
+        await self._sessions.command(session, "set_session_name", name=name)
+        self._sessions.rename(session, name.strip())
+        return {}
+
+    async def cycle_model(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        data = await self._sessions.cycle_model(session)
+        if data is None:
+            return {"model": None}
+        return {**data, "model": public_model(data.get("model") or {})}
+
 
 SESSION_MODES = ("chat", "code")
+# pi names its commands in snake_case; anything else is no pi command.
+PI_COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+
+
+def _result(data) -> dict:
+    """pi's answer data as a result object (``{}`` when pi sent none)."""
+    if data is None:
+        return {}
+    return data if isinstance(data, dict) else {"data": data}
 STREAMING_BEHAVIORS = ("steer", "followUp")
 
 

@@ -95,10 +95,13 @@ class PiServerService(MultiService):
         self._announced = True
         config = self.config
         self.log.info(
-            "pi-server {version} starting; data dir {data_dir}; agent {pi}",
+            "pi-server {version} starting; data dir {data_dir}; agent {pi} "
+            "(pi {pi_version} on Node.js {node_version})",
             version=__version__,
             data_dir=str(config.data_dir),
             pi=" ".join(config.pi_command),
+            pi_version=config.agent_version.pi,
+            node_version=config.agent_version.node or "unknown",
         )
         for problem in config.dotenv_problems:
             self.log.warn(
@@ -190,10 +193,12 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     )
     sessions.setServiceParent(top)
     limits = config.journal_limits
+    agent = config.agent_version.public()
     methods = RpcMethods(
         sessions=sessions,
         models=models,
         repos=repos,
+        agent=agent,
         capabilities={
             "eventModes": list(EVENT_MODES),
             "nativeTools": True,
@@ -209,6 +214,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     )
     hub = top.hub = Hub(
         methods.table(),
+        fallback=methods.pass_through,
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,
@@ -229,6 +235,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     )
     site = make_site(
         WebSocketResource(factory),
+        agent,
         reactor=reactor,
         idle_timeout=config.handshake_timeout,
         ui=WebUiResource(authenticator),

@@ -8,6 +8,7 @@ agent call, so the conversation resumes where it was.
 """
 
 import collections
+import json
 import re
 import shutil
 import uuid
@@ -20,6 +21,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import agentdir
 from .agent import AgentExit, AgentProtocol
 from .devicecalls import DeviceCalls
 from .errors import (
@@ -88,6 +90,11 @@ class Session:
     @property
     def pi_session_dir(self) -> Path:
         return self.directory / "pi"
+
+    @property
+    def agent_dir(self) -> Path:
+        """pi's agent dir for this session (see agentdir)."""
+        return self.directory / "agent"
 
     @property
     def native_tools_file(self) -> Path:
@@ -174,7 +181,8 @@ class SessionManager(service.Service):
             reactor, reactor.getThreadPool(), f, *args, **kwargs))
         self._journal_limits = journal_limits or JournalLimits()
         self._merge_window = merge_window
-        self.sessions_dir = Path(data_dir) / "sessions"
+        self._data_dir = Path(data_dir)
+        self.sessions_dir = self._data_dir / "sessions"
         self._supervisor = supervisor
         self._store = store
         self._models = models
@@ -283,7 +291,9 @@ class SessionManager(service.Service):
     async def create(self, connection, mode: str, repo: dict | None = None,
                      provider: str | None = None, model_id: str | None = None,
                      system_prompt: str | None = None,
-                     include_native_tools: bool = False) -> Session:
+                     include_native_tools: bool = False, seed=None) -> Session:
+        """A new session, attached to ``connection``. ``seed(session)``, when given, runs in a
+        thread before the agent starts (to give it files of its own)."""
         if (provider is None) != (model_id is None):
             raise InvalidParams('"provider" and "modelId" go together')
         if provider is not None:
@@ -319,6 +329,9 @@ class SessionManager(service.Service):
                 # The creating device's tools; a device attaching later brings its own.
                 self._offer_native_tools(session,
                                          getattr(connection, "native_tools", None) or [])
+            if seed is not None:
+                session.agent_dir.mkdir(mode=0o700)
+                await self._in_thread(seed, session)
             self.sessions[session.id] = session
             self._save(session)
             await self.ensure_agent(session)
@@ -337,6 +350,65 @@ class SessionManager(service.Service):
         self.log.info("session {session_id} created ({mode}) in {cwd}",
                       session_id=session.id, mode=mode, cwd=str(session.cwd))
         return session
+
+    async def copy(self, connection, source: Session, repo: dict | None, command: str,
+                   fields: dict) -> tuple[Session, dict]:
+        """A new session holding ``source``'s conversation as pi's ``fork`` or ``clone``
+        makes it: pi's files of ``source`` are copied, the new agent forks from them, and
+        the copies are removed. A code session gets a checkout of its own."""
+
+        def seed(session: Session) -> None:
+            for path in source.pi_session_dir.glob("*.jsonl"):
+                _copy_conversation(path, session.pi_session_dir / path.name, session.cwd)
+            settings = source.agent_dir / agentdir.SETTINGS
+            if settings.is_file():
+                shutil.copy2(settings, session.agent_dir / agentdir.SETTINGS)
+
+        session = await self.create(
+            connection, source.mode, repo=repo, provider=source.provider,
+            model_id=source.model_id, system_prompt=source.system_prompt,
+            include_native_tools=source.include_native_tools, seed=seed)
+        try:
+            data = await self.command(session, command, **fields) or {}
+            if data.get("cancelled"):
+                raise InvalidState(f"a pi extension cancelled the {command}")
+            state = await self.command(session, "get_state") or {}
+            forked = Path(state.get("sessionFile") or "").name
+            for path in session.pi_session_dir.glob("*.jsonl"):
+                if path.name != forked:
+                    path.unlink()
+        except BaseException:
+            await self.delete(session)
+            raise
+        session.name = source.name
+        session.extra["forkedFrom"] = source.id
+        self._save(session)
+        self.log.info("session {session_id} made from {source} by {command}",
+                      session_id=session.id, source=source.id, command=command)
+        return session, data
+
+    async def export_html(self, session: Session) -> str:
+        """The conversation as pi's HTML export. pi writes it into the session's own pi dir
+        (no checkout, nothing a page of ours serves), from where it is read and removed."""
+        target = session.pi_session_dir / f".export-{uuid.uuid4().hex}.html"
+        try:
+            await self.command(session, "export_html", outputPath=str(target),
+                               timeout=PROMPT_TIMEOUT)
+            return await self._in_thread(target.read_text, encoding="utf-8", errors="replace")
+        finally:
+            target.unlink(missing_ok=True)
+
+    def rename(self, session: Session, name: str | None) -> None:
+        session.name = name
+        self._save(session)
+
+    async def cycle_model(self, session: Session) -> dict | None:
+        data = await self.command(session, "cycle_model")
+        model = (data or {}).get("model") or {}
+        if model.get("provider") and model.get("id"):
+            session.provider, session.model_id = model["provider"], model["id"]
+            self._save(session)
+        return data
 
     async def delete(self, session: Session) -> dict:
         session.deleted = True
@@ -481,9 +553,11 @@ class SessionManager(service.Service):
             await self._supervisor.stop(old)
         await self._make_room(session)
         session.last_used = self._reactor.seconds()
+        agentdir.prepare(self._data_dir, session.agent_dir)
         agent = self._supervisor.spawn(
             session.id, self.agent_args(session), str(session.cwd),
-            lambda event, raw: self._agent_event(session, agent, event, raw))
+            lambda event, raw: self._agent_event(session, agent, event, raw),
+            agent_dir=str(session.agent_dir))
         session.agent = agent
         session.streaming = False
         agent.exited.addCallback(self._agent_exited, session, agent)
@@ -531,9 +605,13 @@ class SessionManager(service.Service):
         session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
         self._forget_old_exits(session)
         if session.streaming:
+            # The run ends here for the client as it would have: agent_end, agent_settled.
             session.streaming = False
+            error = {"code": "agent_exited", "message": exit.describe()}
             self.publish(session, "agent_end", {
-                "type": "agent_end", "messages": [], "error": exit.describe()})
+                "type": "agent_end", "messages": [], "success": False, "error": error})
+            self.publish(session, "agent_settled", {
+                "type": "agent_settled", "aborted": False, "error": error})
         self.publish(session, "agent_exit", {
             "type": "agent_exit", "code": exit.code, "signal": exit.signal,
             "stderrTail": exit.stderr_tail})
@@ -549,8 +627,14 @@ class SessionManager(service.Service):
             return
         if event_type == "agent_start":
             session.streaming = True
-        elif event_type == "agent_end":
+        elif event_type == "agent_settled":
+            # pi may go on after agent_end (retries, compaction, queued messages): a run is
+            # over once pi says it will not continue by itself.
             session.streaming = False
+        elif event_type == "session_info_changed":
+            name = event.get("name")
+            self.rename(session, name.strip() if isinstance(name, str) and name.strip()
+                        else None)
         if session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
@@ -570,10 +654,11 @@ class SessionManager(service.Service):
 
     # -- agent calls --------------------------------------------------------
 
-    async def command(self, session: Session, command: str, **fields):
+    async def command(self, session: Session, command: str, /, timeout: float | None = None,
+                      **fields):
         agent = await self.ensure_agent(session)
         session.last_used = self._reactor.seconds()
-        return await agent.command(command, **fields)
+        return await agent.command(command, timeout=timeout, **fields)
 
     async def prompt(self, session: Session, message: str, images=None,
                      streaming_behavior=None) -> None:
@@ -601,6 +686,18 @@ class SessionManager(service.Service):
     async def stop_agent(self, session: Session) -> None:
         if session.agent is not None:
             await self._supervisor.stop(session.agent)
+
+
+def _copy_conversation(source: Path, target: Path, cwd: Path) -> None:
+    """Copy a pi session file for a session working in ``cwd``: pi resumes (``--continue``)
+    only the conversations its header says belong to the working directory."""
+    with source.open("rb") as lines, target.open("wb") as copy:
+        header = json.loads(lines.readline())
+        if not isinstance(header, dict) or header.get("type") != "session":
+            raise InvalidState(f"{source.name} is no pi session file")
+        header["cwd"] = str(cwd)
+        copy.write(json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n")
+        shutil.copyfileobj(lines, copy)
 
 
 def _name_from(message: str) -> str | None:

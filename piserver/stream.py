@@ -10,9 +10,9 @@ and the same bytes go to every connection in that mode.
 Event modes:
 
 - ``full``: pi's events unchanged.
-- ``delta``: ``message_update`` without ``message`` and
-  ``assistantMessageEvent.partial`` (the whole message so far, twice: the
-  complete message still arrives in ``message_end``), and consecutive
+- ``delta``: ``message_update`` without ``usage`` (pi 1.x repeats the usage so far
+  on every update; ``message_end`` has the final one) and, from older pi, without
+  ``message`` and ``assistantMessageEvent.partial``, and consecutive
   ``text_delta``/``thinking_delta`` events of one content block merged for up to
   ``merge_window`` seconds. A merged event carries the ``seq`` of its last part,
   so a delta-mode client may see ``seq`` skip numbers; resuming from it is exact.
@@ -25,12 +25,14 @@ from twisted.logger import Logger
 
 from .envelope import encode_event, encode_payload
 from .journal import JournalGap, strip_message_update
+from .streaming import StreamingMessage
 
 EVENT_MODES = ("full", "delta")
 # A full-mode catch-up bigger than this gets a snapshot instead (delta replays are small).
 DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
 MAX_FULL_REPLAY_EVENTS = 5000
 MERGEABLE_DELTAS = ("text_delta", "thinking_delta")
+ENDS_OF_MESSAGE = ("message_end", "agent_end", "agent_settled", "agent_exit")
 
 
 @attr.s(eq=False)
@@ -88,7 +90,7 @@ class EventStream:
         self._merging: _MergedDeltas | None = None
         self._merge_call = None
         # The assistant message being streamed, for snapshots.
-        self.streaming_message: dict | None = None
+        self._streaming: StreamingMessage | None = None
 
     # -- who is attached ----------------------------------------------------
 
@@ -124,12 +126,7 @@ class EventStream:
             # A journal that cannot write (disk full…) must not stop the live stream.
             self.log.failure("journal of {session_id}: cannot record event {seq}",
                              session_id=self.session_id, seq=seq)
-        if event_type == "message_update":
-            message = payload.get("message")
-            if isinstance(message, dict):
-                self.streaming_message = message
-        elif event_type in ("message_end", "agent_end", "agent_exit"):
-            self.streaming_message = None
+        self._follow_message(event_type, payload)
 
         full_frame = None
         has_delta = False
@@ -145,6 +142,28 @@ class EventStream:
         if has_delta:
             self._publish_delta(seq, event_type, payload, to)
         return seq
+
+    def _follow_message(self, event_type: str, payload: dict) -> None:
+        if event_type == "message_update":
+            if self._streaming is not None:
+                update = payload.get("assistantMessageEvent")
+                if isinstance(update, dict):
+                    self._streaming.apply(update, payload.get("usage"))
+        elif event_type == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                self._streaming = StreamingMessage(message)
+        elif event_type in ENDS_OF_MESSAGE:
+            self._streaming = None
+
+    @property
+    def streaming_message(self) -> dict | None:
+        """The assistant message being streamed (as far as it has come), or None."""
+        return self._streaming.message() if self._streaming is not None else None
+
+    def streaming_block(self, index: int) -> dict | None:
+        """Content block ``index`` of the message being streamed, or None."""
+        return self._streaming.block(index) if self._streaming is not None else None
 
     def _publish_delta(self, seq: int, event_type: str, payload: dict, to=None) -> None:
         key = _merge_key(event_type, payload)

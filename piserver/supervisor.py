@@ -88,8 +88,10 @@ class AgentSupervisor(service.Service):
         self._agents: dict[str, AgentProtocol] = {}
         self._shutting_down = False
 
-    def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback) -> AgentProtocol:
+    def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback,
+              agent_dir: str | None = None) -> AgentProtocol:
         """Start ``pi --mode rpc *args`` in ``cwd`` for ``key`` and return its protocol at once.
+        ``agent_dir``, when given, is its ``PI_CODING_AGENT_DIR`` instead of the shared one.
 
         The start-up ``get_state`` is already sent: ``agent.ready`` fires with
         its data, or fails (an agent that doesn't answer within the start-up
@@ -110,7 +112,10 @@ class AgentSupervisor(service.Service):
             max_line_bytes=self._max_line_bytes,
         )
         argv = [*self._pi_argv, "--mode", "rpc", *args]
-        self._reactor.spawnProcess(agent, self._executable, argv, env=dict(self._env), path=cwd)
+        env = dict(self._env)
+        if agent_dir is not None:
+            env["PI_CODING_AGENT_DIR"] = agent_dir
+        self._reactor.spawnProcess(agent, self._executable, argv, env=env, path=cwd)
         self._agents[key] = agent
         log.info(
             "agent {agent_key} started pid={pid} cwd={cwd}", agent_key=key, pid=agent.pid, cwd=cwd

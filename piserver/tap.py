@@ -11,6 +11,7 @@ from twisted.internet.error import VerifyError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .agentversion import INSTALL_HINT, UnsupportedAgent, probe
 from .config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
@@ -18,7 +19,6 @@ from .config import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_PORT,
-    PI_PACKAGE,
     ServerConfig,
     default_data_dir,
     find_pi,
@@ -66,8 +66,9 @@ class Options(usage.Options):
          "data directory [default: $PI_SERVER_DATA_DIR, $XDG_DATA_HOME/pi-server or "
          "~/.local/share/pi-server]"],
         ["pi", None, None,
-         "the pi agent command [default: $PI_SERVER_PI, pi on PATH, or the project's "
-         "node_modules/.bin/pi]"],
+         "the pi agent command: a path, or a command line such as 'node /opt/pi/cli.js' "
+         "[default: $PI_SERVER_PI, pi on PATH, or the project's node_modules/.bin/pi run by "
+         "its node_modules/.bin/node]"],
         ["auth-token", None, None,
          "token clients must present [default: $PI_SERVER_AUTH_TOKEN or <data-dir>/server-token]"],
         ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
@@ -117,9 +118,10 @@ class Options(usage.Options):
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
     ]
 
-    def __init__(self, environ=None):
+    def __init__(self, environ=None, probe_agent=probe):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
+        self._probe_agent = probe_agent
         self.allowed_origins = set()
 
     def opt_allowed_origin(self, value):
@@ -181,16 +183,17 @@ class Options(usage.Options):
 
         pi = find_pi(self["pi"], environ)
         if pi is None:
-            raise usage.UsageError(
-                "the pi agent was not found. Install it with scripts/install-pi (project-local) "
-                f"or `npm install -g {PI_PACKAGE}`, or name it with --pi or $PI_SERVER_PI"
-            )
+            raise usage.UsageError(f"the pi agent was not found: {INSTALL_HINT}")
 
         try:
             dotenv, problems = load_dotenv(data_dir / ".env")
         except OSError as e:
             raise usage.UsageError(f"cannot read {data_dir / '.env'}: {e.strerror or e}") from None
         env = {**environ, **dotenv}
+        try:
+            agent_version = self._probe_agent(pi, env)
+        except UnsupportedAgent as e:
+            raise usage.UsageError(str(e)) from None
 
         if self["no-auth"]:
             token, source = None, "disabled"
@@ -218,6 +221,7 @@ class Options(usage.Options):
             endpoint=endpoint,
             data_dir=data_dir,
             pi_command=pi,
+            agent_version=agent_version,
             auth_token=token,
             auth_token_source=source,
             max_frame_size=self["max-frame-size"],

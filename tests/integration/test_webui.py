@@ -25,7 +25,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from tests.support.browser import Browser
 from tests.support.fakegithub import make_repository, run_git
 from tests.support.fakellm import FakeLLM, Hang, Reply, Text, ToolCall
-from tests.support.piagent import repository_root, write_agent_dir
+from tests.support.piagent import VERSION_ONLY_PI, repository_root, write_agent_dir
 from tests.support.processes import free_port, health_ok, wait_until
 from tests.support.server import RunningServer
 from tests.support.wsclient import CallFailed
@@ -474,7 +474,7 @@ def test_the_logged_link_is_the_only_place_the_token_shows(tmp_path):
             "--data-dir",
             str(tmp_path / "data"),
             "--pi",
-            "/bin/true",
+            VERSION_ONLY_PI,
         ],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,

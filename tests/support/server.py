@@ -7,6 +7,7 @@ from twisted.internet import reactor
 
 from piserver.server import build_service
 from piserver.tap import Options
+from tests.support.piagent import pi_option
 from tests.support.wsclient import RpcClient
 
 TOKEN = "integration-test-token"
@@ -34,7 +35,7 @@ class RunningServer:
                 "--data-dir",
                 str(self.agent_dir.path),
                 "--pi",
-                str(self.pi_binary),
+                pi_option(self.pi_binary),
                 *self.extra_args,
                 *(["--auth-token", self.auth_token] if self.auth_token else []),
             ]

@@ -100,9 +100,11 @@ def test_crash_reports_then_restart_with_backoff_then_agent_failed(harness):
     harness.process().stderr(b"boom\n")
     harness.process().end(code=3)
     types = [f["type"] for f in connection.sent]
-    assert types == ["agent_start", "agent_end", "agent_exit"]
-    end, exit_event = connection.sent[1]["payload"], connection.sent[2]["payload"]
-    assert end["error"] == "agent exited (code 3)"
+    assert types == ["agent_start", "agent_end", "agent_settled", "agent_exit"]
+    end, exit_event = connection.sent[1]["payload"], connection.sent[3]["payload"]
+    assert end["success"] is False
+    assert end["error"] == {"code": "agent_exited", "message": "agent exited (code 3)"}
+    assert connection.sent[2]["payload"]["error"] == end["error"]
     assert exit_event["code"] == 3 and "boom" in exit_event["stderrTail"]
 
     # Each restart waits longer: 0.5 s, 1 s, 2 s, 4 s.

@@ -162,10 +162,30 @@ def test_hold_and_release_around_a_snapshot(stream):
 
 
 def test_streaming_message_follows_the_answer(stream):
-    publish(stream, update("a", message_text="a"))
-    assert stream.streaming_message["content"][0]["text"] == "a"
+    publish(stream, {"type": "message_start",
+                     "message": {"role": "assistant", "content": [], "model": "m"}})
+    for event in ({"type": "text_start", "contentIndex": 0},
+                  {"type": "text_delta", "contentIndex": 0, "delta": "a"},
+                  {"type": "text_delta", "contentIndex": 0, "delta": "b"}):
+        publish(stream, {"type": "message_update", "usage": {"output": 2},
+                         "assistantMessageEvent": event})
+    assert stream.streaming_message == {"role": "assistant", "model": "m",
+                                        "usage": {"output": 2},
+                                        "content": [{"type": "text", "text": "ab"}]}
     publish(stream, {"type": "message_end", "message": {}})
     assert stream.streaming_message is None
+
+
+def test_delta_mode_leaves_out_the_usage_of_every_update(stream, clock):
+    phone = FakeConnection("phone")
+    stream.attach(phone, "delta")
+    publish(stream, {"type": "message_update", "usage": {"input": 1, "output": 1},
+                     "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0,
+                                               "delta": "x"}})
+    clock.advance(1)
+    [frame] = phone.frames()
+    assert "usage" not in frame["payload"]
+    assert frame["payload"]["assistantMessageEvent"]["delta"] == "x"
 
 
 def test_seq_continues_from_the_journal(tmp_path, clock):

@@ -109,7 +109,7 @@ def test_auth_answers_whether_the_token_is_right(ui):
     ],
 )
 def test_root_sends_browsers_to_ui(accept, redirected):
-    root = RootResource(rpc=Resource(), ui=Resource())
+    root = RootResource(rpc=Resource(), agent={}, ui=Resource())
     request = DummyRequest([b""])
     if accept:
         request.requestHeaders.setRawHeaders(b"accept", [accept])
