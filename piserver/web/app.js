@@ -613,9 +613,12 @@ function wire() {
       })
       .catch(failed);
   });
-  $("thinking").addEventListener("change", () =>
-    app.rpc.call("set_thinking_level", { level: $("thinking").value }, app.sessionId)
-      .catch(failed));
+  $("thinking").addEventListener("change", () => {
+    const level = $("thinking").value;
+    app.rpc.call("set_thinking_level", { level }, app.sessionId)
+      .then(() => toast(`Thinking: ${level}`))
+      .catch(failed);
+  });
 
   $("delete").addEventListener("click", () => {
     const sessionId = app.sessionId;

@@ -251,13 +251,18 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
     assert await llm.wait_for_end(len(llm.requests)) == "client_disconnected"
     await wait_idle(browser, page)
 
-    # The model can be picked; thinking levels only where the server offers them.
+    # The model can be picked, and the thinking level of a model that reasons.
     assert await browser.run(page.locator("#model").input_value()) == "fake/fake-1"
+    assert not await browser.run(page.is_visible("#thinking"))
     await browser.run(page.select_option("#model", "fake/fake-2"))
     await browser.run(page.locator(".toast").filter(has_text="Model: fake-2").wait_for())
+    # fake-2 reasons: the thinking levels pi offers for it can be picked.
+    await browser.run(page.locator("#thinking option[value=high]").wait_for(state="attached"))
+    await browser.run(page.select_option("#thinking", "high"))
+    await browser.run(page.locator(".toast").filter(has_text="Thinking: high").wait_for())
     observer = await server.client()
     state = await observer.call("get_state", session_id=session_id)
-    assert state["model"]["id"] == "fake-2"
+    assert (state["model"]["id"], state["thinkingLevel"]) == ("fake-2", "high")
 
     # The session's own link (a bookmark) opens it with its history.
     other = await browser.run(page.context.new_page())
