@@ -163,7 +163,8 @@ function received(envelope) {
   if (type === "files_changed") return filesChanged(payload);
   if (type === "session_progress") return ($("status-line").textContent = payload.message || "");
   app.conversation.apply(type, payload);
-  if (type === "agent_end") {
+  if (type === "thinking_level_changed") $("thinking").value = payload.level;
+  if (type === "agent_settled") {
     $("status-line").textContent = "";
     // The first prompt names the session.
     refreshList({ repos: false }).then(showSessionTitle);

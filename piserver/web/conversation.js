@@ -148,6 +148,11 @@ export class Conversation {
         this.setRunning(true);
         break;
       case "agent_end":
+        // One low-level run is over; pi may still retry, compact or take a queued message.
+        this.finishStreaming(null);
+        // The server's own agent_end when the agent died mid-run carries why.
+        if (payload.error && payload.error.message) this.notice(payload.error.message);
+        break;
       case "agent_settled":
         this.finishStreaming(null);
         this.setRunning(false);
