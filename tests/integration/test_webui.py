@@ -218,7 +218,7 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
 
     # While an answer streams, a follow-up is queued for after it.
     script(
-        Reply(Text(" ".join(f"long{i}" for i in range(40)), delay=0.05)),
+        Reply(Text(" ".join(f"long{i}" for i in range(80)), delay=0.05)),
         Text("Follow-up answered."),
     )
     await send(browser, page, "write a lot")
@@ -231,7 +231,7 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
 
     # Enter while an answer streams steers it.
     script(
-        Reply(Text(" ".join(f"more{i}" for i in range(40)), delay=0.05)),
+        Reply(Text(" ".join(f"more{i}" for i in range(80)), delay=0.05)),
         Text("Steered."),
     )
     await send(browser, page, "write more")
@@ -294,7 +294,7 @@ async def test_offline_mid_answer_shows_the_full_answer_once(browser, server, ll
     await observer.call("session.attach", {"sessionId": session_id, "exclusive": False})
     words = [f"w{i}" for i in range(60)]
     # Hang: no message_end ever comes, so what the page shows is built from deltas alone.
-    script(Reply(Text(" ".join(words), delay=0.04), Hang()))
+    script(Reply(Text(" ".join(words), delay=0.06), Hang()))
     await send(browser, page, "count")
     await browser.run(last_answer(page).filter(has_text="w3").wait_for())
 
