@@ -33,6 +33,7 @@ from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token
+from .workspace.shipping import parse_author
 
 log = Logger()
 
@@ -113,6 +114,9 @@ class Options(usage.Options):
          "seconds a client has to answer a ping before it is dropped", float],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "WebSocket connections served at once; more are refused with HTTP 503", int],
+        ["git-author", None, None,
+         'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
+         "and user.email, else pi-server <pi-server@localhost>]"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
@@ -170,6 +174,13 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
+
+        git_author = None
+        if self["git-author"] is not None:
+            try:
+                git_author = parse_author(self["git-author"])
+            except ValueError as e:
+                raise usage.UsageError(f"--git-author: {e}") from None
 
         data_dir = (
             Path(self["data-dir"]).expanduser() if self["data-dir"]
@@ -249,6 +260,7 @@ class Options(usage.Options):
             keepalive_interval=self["keepalive-interval"],
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
+            git_author=git_author,
         )
 
 
