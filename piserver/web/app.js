@@ -544,6 +544,7 @@ async function gitCall(method, params, describe) {
     $("git-result").textContent = error.message;
   } finally {
     $("status-line").textContent = "";
+    $("git-result").scrollIntoView({ block: "nearest" });
   }
 }
 
@@ -647,7 +648,10 @@ function wire() {
     event.preventDefault();
     gitCall("session.pull_request", {
       title: $("pr-title").value, body: $("pr-body").value, draft: $("pr-draft").checked,
-    }, (result) => safeLink(result.url, `Pull request #${result.number}`));
+    }, (result) => {
+      $("pr-title").value = $("pr-body").value = "";
+      return safeLink(result.url, `Pull request #${result.number}`);
+    });
   });
 }
 
