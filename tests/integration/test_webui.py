@@ -23,7 +23,7 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.support.browser import Browser
-from tests.support.fakegithub import make_repository, run_git
+from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import FakeLLM, Hang, Reply, Text, ToolCall
 from tests.support.piagent import VERSION_ONLY_PI, repository_root, write_agent_dir
 from tests.support.processes import free_port, health_ok, wait_until
@@ -400,6 +400,60 @@ async def test_code_session_tools_and_its_changes_where_offered(browser, server,
     await browser.run(page.click("#push"))
     await browser.run(page.locator("#git-result").filter(has_text="no push").wait_for())
     await browser.run(page.screenshot(path=str(screenshot_dir() / "changes.png")))
+
+
+@pytest_twisted.ensureDeferred
+async def test_github_session_commit_push_and_pull_request(
+    browser, make_pi_server, fake_github, fake_llm
+):
+    # A server of its own: one that lists GitHub repositories (the stand-in).
+    github_server = make_pi_server(
+        "--github-api-url", fake_github.api_url, environ={"GITHUB_TOKEN": TEST_TOKEN}
+    )
+    repo = fake_github.add_repo("octo/app", files={"README.md": "# app\n"})
+    base = f"http://127.0.0.1:{github_server.port}"
+    page = await open_page(browser, f"{base}/ui#token={github_server.token}", viewport=DESKTOP)
+    await browser.run(page.locator("html[data-ready=true]").wait_for(state="attached"))
+    await browser.run(page.select_option("#repo-select", "octo/app"))
+    await browser.run(page.click("#new-code"))
+    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
+    session_id = page.url.rsplit("/", 1)[1]
+    branch = f"pi/session-{session_id}"
+    fake_llm.script(
+        Reply(ToolCall("write", {"path": "hello.txt", "content": "hello\n"})),
+        Text("Wrote hello.txt."),
+    )
+    await send(browser, page, "say hello in a file")
+    await browser.run(last_answer(page).filter(has_text="Wrote hello.txt.").wait_for())
+    changes = page.locator("#changes")
+    await browser.run(changes.filter(has_text="(1)").wait_for())
+    await browser.run(changes.click())
+    await browser.run(page.fill("#commit-message", "Say hello"))
+    await browser.run(page.click("#commit-form button"))
+    result = page.locator("#git-result")
+    await browser.run(result.filter(has_text="Committed").wait_for())
+    await browser.run(page.click("#push"))
+    await browser.run(result.filter(has_text=f"Pushed {branch} to octo/app").wait_for())
+    assert run_git("log", "-1", "--format=%s", branch, cwd=repo.bare_path).strip() == "Say hello"
+
+    await browser.run(page.fill("#pr-title", "Say hello"))
+    await browser.run(page.fill("#pr-body", "Made in the web client"))
+    await browser.run(page.check("#pr-draft"))
+    await browser.run(page.click("#pr-form button"))
+    link = result.get_by_role("link", name="Pull request #1")
+    await browser.run(link.wait_for())
+    assert await browser.run(link.get_attribute("href")) == (
+        "https://github.example/octo/app/pull/1"
+    )
+    (opened,) = fake_github.pull_requests
+    assert opened.fields == {
+        "title": "Say hello",
+        "head": branch,
+        "base": "main",
+        "body": "Made in the web client",
+        "draft": True,
+    }
+    await browser.run(page.screenshot(path=str(screenshot_dir() / "pull-request.png")))
 
 
 @pytest_twisted.ensureDeferred
