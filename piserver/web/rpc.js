@@ -88,7 +88,8 @@ export class RpcConnection {
   }
 
   async hello(socket) {
-    const params = { client: this.client, eventMode: "delta" };
+    // This page reads snapshots and pi's own messages (docs/protocol.md, hello.features).
+    const params = { client: this.client, eventMode: "delta", features: ["snapshots", "piMessages"] };
     if (this.connectionId && this.lastSeq.size) {
       params.resume = {
         connectionId: this.connectionId,
