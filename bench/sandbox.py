@@ -60,8 +60,8 @@ async def measure(reactor, work: Path, pi: tuple[str, ...], rounds: int, warmup:
         for mode in MODES:
             agent_dir = write_agent_dir(work / mode, llm.base_url)
             servers[mode] = await ServerProcess.start(
-                reactor, agent_dir.path, pi, agent_dir.environment(),
-                extra_args=["--sandbox", mode])
+                reactor, agent_dir.path, pi, agent_dir.environment(), extra_args=["--sandbox", mode]
+            )
             clients[mode] = await connect(reactor, servers[mode].port, TOKEN)
         runs = {mode: [] for mode in MODES}
         for number in range(warmup + rounds):
@@ -85,26 +85,34 @@ def table(runs: dict, machine: Machine, rounds: int) -> Table:
     for what in ("create", "first prompt", "warm prompt"):
         plain = [r[what] for r in runs["none"]]
         boxed = [r[what] for r in runs["bwrap"]]
-        rows.append((
-            what, duration(median(plain)), duration(percentile(plain, 0.9)),
-            duration(median(boxed)), duration(percentile(boxed, 0.9)),
-            f"{(median(boxed) - median(plain)) * 1e3:+.1f} ms",
-        ))
+        rows.append(
+            (
+                what,
+                duration(median(plain)),
+                duration(percentile(plain, 0.9)),
+                duration(median(boxed)),
+                duration(percentile(boxed, 0.9)),
+                f"{(median(boxed) - median(plain)) * 1e3:+.1f} ms",
+            )
+        )
     return Table(
         title="Sandboxed agents: session start and a short prompt, bwrap against none",
         columns=("step", "none p50", "none p90", "bwrap p50", "bwrap p90", "p50 difference"),
         rows=tuple(rows),
-        notes=(f"{rounds} rounds per server, taking turns, on {machine.cores} cores "
-               f"({machine.cpu}), pi {machine.pi_version}, {machine.date}, load "
-               f"{machine.load}. `create` is `session.create` of a chat session (a cold pi "
-               "started and answering); a prompt is timed from the request to "
-               "`agent_settled` (the scripted LLM answers `OK`).",),
+        notes=(
+            f"{rounds} rounds per server, taking turns, on {machine.cores} cores "
+            f"({machine.cpu}), pi {machine.pi_version}, {machine.date}, load "
+            f"{machine.load}. `create` is `session.create` of a chat session (a cold pi "
+            "started and answering); a prompt is timed from the request to "
+            "`agent_settled` (the scripted LLM answers `OK`).",
+        ),
     )
 
 
 async def main(reactor, argv) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.sandbox",
-                                     description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.sandbox", description=__doc__.strip().splitlines()[0]
+    )
     parser.add_argument("--rounds", type=int, default=20, help="measured rounds [%(default)s]")
     parser.add_argument("--warmup", type=int, default=2, help="rounds before them [%(default)s]")
     parser.add_argument("--output", help="a Markdown file to append the table to")

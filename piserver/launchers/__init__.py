@@ -74,5 +74,5 @@ class LocalLauncher:
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         return self._reactor.spawnProcess(
-            protocol, launch.executable, list(launch.argv), env=dict(launch.env),
-            path=launch.cwd)
+            protocol, launch.executable, list(launch.argv), env=dict(launch.env), path=launch.cwd
+        )

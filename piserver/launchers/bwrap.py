@@ -25,8 +25,7 @@ from .caches import node_cache, session_jiti
 # systems).  /etc is shown too, without the files below.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 # Secrets of the machine in /etc, hidden even though the agent runs as the server's user.
-HIDDEN_ETC_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-",
-                    "/etc/sudoers")
+HIDDEN_ETC_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
 HIDDEN_ETC_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
 # The parts of a source repository's git dir a worktree's git writes to when it commits
 # (new objects, its branch and that branch's reflog); the rest (config, hooks, other
@@ -59,8 +58,14 @@ def install_paths(pi_command: Sequence[str]) -> tuple[str, ...]:
 def system_args(home: str | None) -> list[str]:
     """bwrap options for the system part of every sandbox: read-only system, minimal
     /proc and /dev, a private /tmp and (empty) ``home``."""
-    args = ["--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
-            "--cap-drop", "ALL"]
+    args = [
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--cap-drop",
+        "ALL",
+    ]
     for directory in SYSTEM_DIRS:
         if os.path.islink(directory):
             args += ["--symlink", os.readlink(directory), directory]
@@ -101,8 +106,11 @@ def git_binds(checkout: str) -> list[tuple[str, str]]:
     except OSError:
         return []
     binds = [("ro", common), ("tmpfs", os.path.join(common, "worktrees")), ("rw", gitdir)]
-    binds += [("rw", os.path.join(common, part)) for part in GIT_WRITABLE
-              if os.path.isdir(os.path.join(common, part))]
+    binds += [
+        ("rw", os.path.join(common, part))
+        for part in GIT_WRITABLE
+        if os.path.isdir(os.path.join(common, part))
+    ]
     return binds
 
 
@@ -145,8 +153,9 @@ class BwrapLauncher:
 
     description = "bubblewrap sandbox"
 
-    def __init__(self, reactor, bwrap: str, install: Iterable[str],
-                 cache: Path | None = None) -> None:
+    def __init__(
+        self, reactor, bwrap: str, install: Iterable[str], cache: Path | None = None
+    ) -> None:
         self._reactor = reactor
         self._bwrap = bwrap
         self._install = tuple(install)
@@ -156,10 +165,15 @@ class BwrapLauncher:
 
     def argv(self, launch: AgentLaunch) -> list[str]:
         cache = () if self._node_cache is None else (self._node_cache,)
-        return [self._bwrap, *system_args(launch.env.get("HOME")),
-                *cache_args(launch.files, self._cache),
-                *session_args(launch.cwd, launch.files, (*self._install, *cache)),
-                "--", launch.executable, *launch.argv[1:]]
+        return [
+            self._bwrap,
+            *system_args(launch.env.get("HOME")),
+            *cache_args(launch.files, self._cache),
+            *session_args(launch.cwd, launch.files, (*self._install, *cache)),
+            "--",
+            launch.executable,
+            *launch.argv[1:],
+        ]
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         # The private /tmp is the agent's temporary directory, wherever the server's is.
@@ -167,7 +181,8 @@ class BwrapLauncher:
         if self._node_cache is not None:
             env["NODE_COMPILE_CACHE"] = self._node_cache
         return self._reactor.spawnProcess(
-            protocol, self._bwrap, self.argv(launch), env=env, path=launch.cwd)
+            protocol, self._bwrap, self.argv(launch), env=env, path=launch.cwd
+        )
 
 
 def check_bwrap(bwrap: str, env: Mapping[str, str]) -> None:
@@ -175,8 +190,14 @@ def check_bwrap(bwrap: str, env: Mapping[str, str]) -> None:
     saying why when bubblewrap is missing or fails here (no user namespaces...)."""
     argv = [bwrap, *system_args(env.get("HOME")), "--", "true"]
     try:
-        done = subprocess.run(argv, env=dict(env), capture_output=True, timeout=PROBE_TIMEOUT,
-                              stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            argv,
+            env=dict(env),
+            capture_output=True,
+            timeout=PROBE_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except FileNotFoundError:
         raise BwrapUnusable(f"{bwrap} not found (install the bubblewrap package)") from None
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -34,8 +34,14 @@ def stamp(pi_version: str, extension: Path) -> str:
     return f"pi {pi_version}, extension {hashlib.sha256(extension.read_bytes()).hexdigest()}\n"
 
 
-def fill(cache: Path, pi_command: Sequence[str], env: Mapping[str, str], pi_version: str,
-         extension: Path, tools_flag: str) -> None:
+def fill(
+    cache: Path,
+    pi_command: Sequence[str],
+    env: Mapping[str, str],
+    pi_version: str,
+    extension: Path,
+    tools_flag: str,
+) -> None:
     """Make ``cache`` (its ``node/`` and ``jiti/``) hold what this pi and this extension
     compile to, unless it already does. Raises OSError or subprocess.SubprocessError when
     pi could not be run; a cache left unfilled only makes agents start slower."""
@@ -54,15 +60,34 @@ def fill(cache: Path, pi_command: Sequence[str], env: Mapping[str, str], pi_vers
         tools = empty / "tools.json"
         tools.write_text("[]")
         # Nothing of the server's environment but where programs are: no keys, no home.
-        run_env = {"PATH": env.get("PATH", os.defpath), "HOME": str(empty / "cwd"),
-                   "NODE_COMPILE_CACHE": str(cache / NODE), "TMPDIR": str(cache),
-                   "PI_CODING_AGENT_DIR": str(empty / "agent"), "PI_OFFLINE": "1",
-                   "PI_SKIP_VERSION_CHECK": "1"}
+        run_env = {
+            "PATH": env.get("PATH", os.defpath),
+            "HOME": str(empty / "cwd"),
+            "NODE_COMPILE_CACHE": str(cache / NODE),
+            "TMPDIR": str(cache),
+            "PI_CODING_AGENT_DIR": str(empty / "agent"),
+            "PI_OFFLINE": "1",
+            "PI_SKIP_VERSION_CHECK": "1",
+        }
         # pi loads its extensions, then reads its input: at once the end of it.
-        subprocess.run([*pi_command, "--mode", "rpc", "--no-session", "--no-tools",
-                        "-e", str(extension), f"--{tools_flag}={tools}"],
-                       env=run_env, cwd=empty / "cwd", input=b"", capture_output=True,
-                       timeout=WARM_UP_TIMEOUT, check=False)
+        subprocess.run(
+            [
+                *pi_command,
+                "--mode",
+                "rpc",
+                "--no-session",
+                "--no-tools",
+                "-e",
+                str(extension),
+                f"--{tools_flag}={tools}",
+            ],
+            env=run_env,
+            cwd=empty / "cwd",
+            input=b"",
+            capture_output=True,
+            timeout=WARM_UP_TIMEOUT,
+            check=False,
+        )
     (cache / STAMP).write_text(wanted)
 
 

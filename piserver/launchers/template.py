@@ -44,8 +44,10 @@ def parse_template(template: str, path: str | None) -> tuple[str, ...]:
             raise BadTemplate(f"{word!r}: {e}") from None
         unknown = set(fields) - PLACEHOLDERS
         if unknown:
-            raise BadTemplate(f"{word!r}: unknown placeholder {{{sorted(unknown)[0]}}}; "
-                              "known are {cwd}, {session} and {uid}")
+            raise BadTemplate(
+                f"{word!r}: unknown placeholder {{{sorted(unknown)[0]}}}; "
+                "known are {cwd}, {session} and {uid}"
+            )
     if "{" in words[0]:
         raise BadTemplate("its first word, the program, cannot be a placeholder")
     program = shutil.which(os.path.expanduser(words[0]), path=path)
@@ -71,4 +73,5 @@ class CommandTemplateLauncher:
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         return self._reactor.spawnProcess(
-            protocol, self._words[0], self.argv(launch), env=dict(launch.env), path=launch.cwd)
+            protocol, self._words[0], self.argv(launch), env=dict(launch.env), path=launch.cwd
+        )

@@ -66,10 +66,14 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
 ):
     data_dir = agent_dir.path
     write_server_files(data_dir)
-    source = make_repository(str(tmp_path / "source"), default_branch="trunk",
-                             files={"README.md": f"# {SOURCE_MARKER}\n"})
-    (data_dir / "repos.json").write_text(json.dumps(
-        {"repos": [{"id": "src", "name": "Source", "path": source}]}))
+    source = make_repository(
+        str(tmp_path / "source"),
+        default_branch="trunk",
+        files={"README.md": f"# {SOURCE_MARKER}\n"},
+    )
+    (data_dir / "repos.json").write_text(
+        json.dumps({"repos": [{"id": "src", "name": "Source", "path": source}]})
+    )
     server = make_pi_server()
     assert server.service.config.sandbox == "bwrap"  # --sandbox auto picked it here
     client = await server.client()
@@ -79,11 +83,12 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
     # The bundled extension, compiled at the agent's first start, is kept for its next.
     assert os.listdir(other.directory / "cache" / "jiti")
     (other.cwd / "secret.txt").write_text(OTHER_SESSION_SECRET)
-    neighbour = (await client.call("session.create", {"mode": "code", "repoId": "src"}))
+    neighbour = await client.call("session.create", {"mode": "code", "repoId": "src"})
     neighbour_checkout = server.sessions.sessions[neighbour["sessionId"]].cwd
     (neighbour_checkout / "draft.txt").write_text(OTHER_SESSION_SECRET)
     session_id = (await client.call("session.create", {"mode": "code", "repoId": "src"}))[
-        "sessionId"]
+        "sessionId"
+    ]
     checkout = server.sessions.sessions[session_id].cwd
 
     refused = {
@@ -96,13 +101,17 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
         "source-worktree": f"cat {source}/README.md",
         "root-home": "ls -A /root",
     }
-    commit = ("echo made > made.txt && sed -i s/marker/edited/ README.md && git add -A"
-              " && git -c user.name=pi -c user.email=pi@x commit -qm 'agent commit'"
-              " && git log --format=%s -1")
+    commit = (
+        "echo made > made.txt && sed -i s/marker/edited/ README.md && git add -A"
+        " && git -c user.name=pi -c user.email=pi@x commit -qm 'agent commit'"
+        " && git log --format=%s -1"
+    )
     fake_llm.script(
-        Reply(*(labelled(label, command) for label, command in refused.items()),
-              labelled("worktrees", f"ls {source}/.git/worktrees"),
-              labelled("commit", commit)),
+        Reply(
+            *(labelled(label, command) for label, command in refused.items()),
+            labelled("worktrees", f"ls {source}/.git/worktrees"),
+            labelled("commit", commit),
+        ),
         Text("looked around"),
         Text("still here"),
     )
@@ -120,8 +129,11 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
     assert results["worktrees"].split("\n")[1:3] == [own, ""]
     assert "agent commit" in results["commit"]
     # Each refusal was an ordinary failed tool call; the commit worked.
-    ends = {f["payload"]["toolCallId"]: f["payload"]["isError"] for f in
-            client.event_frames(session_id) if f["type"] == "tool_execution_end"}
+    ends = {
+        f["payload"]["toolCallId"]: f["payload"]["isError"]
+        for f in client.event_frames(session_id)
+        if f["type"] == "tool_execution_end"
+    }
     assert list(ends.values()) == [True] * len(refused) + [False, False]
 
     branch = f"pi/session-{session_id}"
@@ -131,15 +143,17 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
 
     await client.call("prompt", {"message": "and now?"}, session_id=session_id)
     settled = await client.wait_for_event(
-        lambda f: is_event("agent_settled", session_id)(f) and len(fake_llm.requests) == 3)
+        lambda f: is_event("agent_settled", session_id)(f) and len(fake_llm.requests) == 3
+    )
     assert settled
 
 
 def failing_bwrap(tmp_path) -> str:
     stand_in = tmp_path / "bin" / "bwrap"
     stand_in.parent.mkdir()
-    stand_in.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\n"
-                        "exit 1\n")
+    stand_in.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"
+    )
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IXUSR)
     return str(stand_in)
 
@@ -152,8 +166,7 @@ async def test_auto_runs_agents_unsandboxed_with_a_warning_when_bwrap_fails(
     config = server.service.config
     assert config.sandbox == "none"
     assert "No permissions to create new namespace" in config.sandbox_problem
-    assert any("AGENTS ARE NOT SANDBOXED" in line and "namespace" in line
-               for line in captured_log)
+    assert any("AGENTS ARE NOT SANDBOXED" in line and "namespace" in line for line in captured_log)
     client = await server.client()
     session_id = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
     fake_llm.script(Text("unsandboxed but working"))
@@ -184,7 +197,8 @@ async def test_the_command_template_launcher_runs_agents_through_a_wrapper(
     wrapper.write_text(WRAPPER.replace("{record}", str(record)))
     wrapper.chmod(0o755)
     server = make_pi_server(
-        "--launcher-command", f"{wrapper} --cwd {{cwd}} --session {{session}} --uid {{uid}}")
+        "--launcher-command", f"{wrapper} --cwd {{cwd}} --session {{session}} --uid {{uid}}"
+    )
     assert server.service.config.sandbox == "command"
     client = await server.client()
     session_id = (await client.call("session.create", {"mode": "chat"}))["sessionId"]

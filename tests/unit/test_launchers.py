@@ -23,9 +23,14 @@ from tests.support.fakeprocess import FakeProcessReactor
 
 
 def launch(cwd="/data/sessions/s1/workspace", files=None, env=None):
-    return AgentLaunch(key="s1", executable="/opt/node", argv=("node", "/opt/pi.js", "--mode",
-                       "rpc"), cwd=cwd, env=env or {"HOME": "/home/me", "PATH": "/usr/bin"},
-                       files=files)
+    return AgentLaunch(
+        key="s1",
+        executable="/opt/node",
+        argv=("node", "/opt/pi.js", "--mode", "rpc"),
+        cwd=cwd,
+        env=env or {"HOME": "/home/me", "PATH": "/usr/bin"},
+        files=files,
+    )
 
 
 def pairs(args, flag):
@@ -59,7 +64,8 @@ def test_a_session_sees_its_directory_read_only_and_its_own_dirs_read_write(tmp_
     files = SessionFiles(
         directory=str(session),
         writable=(str(session / "workspace"), str(session / "pi"), str(session / "agent")),
-        readable=(str(auth), str(tmp_path / "gone.json")))
+        readable=(str(auth), str(tmp_path / "gone.json")),
+    )
     args = session_args(str(session / "workspace"), files, ["/opt/pi"])
     ro, rw = pairs(args, "--ro-bind"), pairs(args, "--bind")
     assert (str(session), str(session)) in ro and (str(auth), str(auth)) in ro
@@ -73,8 +79,14 @@ def test_a_session_sees_its_directory_read_only_and_its_own_dirs_read_write(tmp_
 
 def make_worktree(tmp_path):
     common = tmp_path / "source" / ".git"
-    for part in ("objects", "refs/heads/pi", "logs/refs/heads/pi", "worktrees/repo1",
-                 "worktrees/repo2", "hooks"):
+    for part in (
+        "objects",
+        "refs/heads/pi",
+        "logs/refs/heads/pi",
+        "worktrees/repo1",
+        "worktrees/repo2",
+        "hooks",
+    ):
         (common / part).mkdir(parents=True)
     (common / "worktrees" / "repo1" / "commondir").write_text("../..\n")
     checkout = tmp_path / "sessions" / "s1" / "repo"
@@ -116,7 +128,7 @@ def test_the_bwrap_launcher_wraps_the_agent_and_gives_it_a_private_tmp_and_home(
     assert spawned.executable == "/usr/bin/bwrap"
     args = spawned.args
     assert args[0] == "/usr/bin/bwrap"
-    assert args[args.index("--") + 1:] == ["/opt/node", "/opt/pi.js", "--mode", "rpc"]
+    assert args[args.index("--") + 1 :] == ["/opt/node", "/opt/pi.js", "--mode", "rpc"]
     assert ("/usr", "/usr") in pairs(args, "--ro-bind")
     tmpfs = [args[i + 1] for i, word in enumerate(args) if word == "--tmpfs"]
     assert "/tmp" in tmpfs and "/home/me" in tmpfs
@@ -160,11 +172,11 @@ def test_sandboxed_agents_read_node_s_cache_and_get_their_own_copy_of_jiti_s(tmp
     (cache / "jiti" / "ext.mjs").write_text("compiled")
     session = tmp_path / "sessions" / "s1"
     (session / "workspace").mkdir(parents=True)
-    files = SessionFiles(str(session), (str(session / "workspace"),),
-                         cache=str(session / "cache"))
+    files = SessionFiles(str(session), (str(session / "workspace"),), cache=str(session / "cache"))
     reactor = FakeProcessReactor()
     BwrapLauncher(reactor, "/usr/bin/bwrap", [], cache=cache).launch(
-        ProcessProtocol(), launch(cwd=str(session / "workspace"), files=files))
+        ProcessProtocol(), launch(cwd=str(session / "workspace"), files=files)
+    )
     [spawned] = reactor.spawned
     assert (str(cache / "node"), str(cache / "node")) in pairs(spawned.args, "--ro-bind")
     assert spawned.env["NODE_COMPILE_CACHE"] == str(cache / "node")
@@ -188,27 +200,41 @@ def test_check_bwrap_says_why_bubblewrap_is_not_usable(tmp_path):
 
 
 def test_a_template_fills_in_its_placeholders_before_the_agent_command():
-    words = parse_template("sh -c 'exec \"$@\"' {session}-x --uid={uid} {cwd} {{literal}}",
-                           "/usr/bin:/bin")
+    words = parse_template(
+        "sh -c 'exec \"$@\"' {session}-x --uid={uid} {cwd} {{literal}}", "/usr/bin:/bin"
+    )
     assert words[0].endswith("/sh")
     reactor = FakeProcessReactor()
     CommandTemplateLauncher(reactor, words, uid=1234).launch(ProcessProtocol(), launch())
     [spawned] = reactor.spawned
     assert spawned.executable == words[0]
-    assert spawned.args == [words[0], "-c", 'exec "$@"', "s1-x", "--uid=1234",
-                            "/data/sessions/s1/workspace", "{literal}", "/opt/node",
-                            "/opt/pi.js", "--mode", "rpc"]
+    assert spawned.args == [
+        words[0],
+        "-c",
+        'exec "$@"',
+        "s1-x",
+        "--uid=1234",
+        "/data/sessions/s1/workspace",
+        "{literal}",
+        "/opt/node",
+        "/opt/pi.js",
+        "--mode",
+        "rpc",
+    ]
     assert spawned.path == "/data/sessions/s1/workspace"
 
 
-@pytest.mark.parametrize(("template", "problem"), [
-    ("", "empty"),
-    ("sh 'unclosed", "cannot split"),
-    ("sh {home}", r"unknown placeholder \{home\}"),
-    ("sh {cwd", "expected '}'"),
-    ("{cwd}/run", "cannot be a placeholder"),
-    ("no-such-program-here {cwd}", "not found"),
-])
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("", "empty"),
+        ("sh 'unclosed", "cannot split"),
+        ("sh {home}", r"unknown placeholder \{home\}"),
+        ("sh {cwd", "expected '}'"),
+        ("{cwd}/run", "cannot be a placeholder"),
+        ("no-such-program-here {cwd}", "not found"),
+    ],
+)
 def test_a_bad_template_is_refused_saying_why(template, problem):
     with pytest.raises(BadTemplate, match=problem):
         parse_template(template, "/usr/bin:/bin")
@@ -227,20 +253,35 @@ class RecordingLauncher(LocalLauncher):
 def test_the_supervisor_starts_agents_through_its_launcher():
     reactor = FakeProcessReactor()
     launcher = RecordingLauncher(reactor)
-    supervisor = AgentSupervisor(reactor, ["/opt/node", "/opt/pi.js"], "/data",
-                                 {"PATH": "/usr/bin", "SECRET": "x"}, {"SECRET"},
-                                 launcher=launcher)
+    supervisor = AgentSupervisor(
+        reactor,
+        ["/opt/node", "/opt/pi.js"],
+        "/data",
+        {"PATH": "/usr/bin", "SECRET": "x"},
+        {"SECRET"},
+        launcher=launcher,
+    )
     supervisor.startService()
     files = SessionFiles("/data/sessions/s1", ("/data/sessions/s1/workspace",))
-    agent = supervisor.spawn("s1", ["--no-session"], "/data/sessions/s1/workspace",
-                             lambda event, raw: None, agent_dir="/data/sessions/s1/agent",
-                             files=files)
+    agent = supervisor.spawn(
+        "s1",
+        ["--no-session"],
+        "/data/sessions/s1/workspace",
+        lambda event, raw: None,
+        agent_dir="/data/sessions/s1/agent",
+        files=files,
+    )
     [launched] = launcher.launched
     assert launched == AgentLaunch(
-        key="s1", executable="/opt/node",
+        key="s1",
+        executable="/opt/node",
         argv=("/opt/node", "/opt/pi.js", "--mode", "rpc", "--no-session"),
         cwd="/data/sessions/s1/workspace",
-        env={"PATH": "/usr/bin", "PI_CODING_AGENT_DIR": "/data/sessions/s1/agent",
-             "PI_SKIP_VERSION_CHECK": "1"},
-        files=files)
+        env={
+            "PATH": "/usr/bin",
+            "PI_CODING_AGENT_DIR": "/data/sessions/s1/agent",
+            "PI_SKIP_VERSION_CHECK": "1",
+        },
+        files=files,
+    )
     assert agent.pid == reactor.spawned[0].process.pid
