@@ -556,7 +556,9 @@ class SessionManager(service.Service):
             writable=(str(session.cwd), str(session.pi_session_dir), str(session.agent_dir)),
             readable=(str(EXTENSION_PATH.parent),
                       *(str(path) for path in agentdir.shared_paths(self._data_dir))),
-            cache=str(session.directory / "cache"))
+            cache=str(session.directory / "cache"),
+            repository=session.extra.get("repoPath")
+            if session.extra.get("repoSource") == "local" else None)
 
     def ensure_agent(self, session: Session) -> defer.Deferred:
         """Fire with the session's running agent, starting it if needed."""

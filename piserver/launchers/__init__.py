@@ -29,13 +29,15 @@ class SessionFiles:
     session dir, its agent dir); ``readable`` further files and directories it reads (the
     bundled extension, the data dir's pi configuration its agent dir links to); ``cache``
     a directory of the session's own where the agent may keep what it compiles from one
-    start to the next (made when needed).
+    start to the next (made when needed); ``repository`` the local repository a
+    worktree checkout belongs to (its git dir is shown as far as git needs it).
     """
 
     directory: str
     writable: tuple[str, ...]
     readable: tuple[str, ...] = ()
     cache: str | None = None
+    repository: str | None = None
 
 
 @attr.frozen

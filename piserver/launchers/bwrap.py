@@ -87,13 +87,17 @@ def system_args(home: str | None) -> list[str]:
     return args
 
 
-def git_binds(checkout: str) -> list[tuple[str, str]]:
-    """For a git worktree (its ``.git`` is a file naming its git dir in the source
-    repository): the source's common git dir read-only with the parts a commit writes
-    read-write, its own worktree metadata read-write, and the other worktrees' hidden.
-    Nothing for a clone (its ``.git`` is inside the checkout) or a non-repository."""
+def git_binds(checkout: str, repository: str | None) -> list[tuple[str, str]]:
+    """For a git worktree of ``repository`` (its ``.git`` is a file naming its git dir in
+    that repository): the repository's common git dir read-only with the parts a commit
+    writes read-write, its own worktree metadata read-write, the other worktrees' hidden,
+    and the files that tie the checkout to its metadata read-only (so that the agent
+    cannot point them, or the server's own git runs there, elsewhere). Nothing for a
+    clone (its ``.git`` is inside the checkout), nor when the checkout's ``.git`` does
+    not lead where git itself would have put it: the agent's files name what is shown
+    only as far as the server can check them."""
     dot_git = os.path.join(checkout, ".git")
-    if not os.path.isfile(dot_git):
+    if repository is None or not os.path.isfile(dot_git):
         return []
     try:
         with open(dot_git, encoding="utf-8") as f:
@@ -103,13 +107,27 @@ def git_binds(checkout: str) -> list[tuple[str, str]]:
         gitdir = os.path.normpath(os.path.join(checkout, first.removeprefix("gitdir:").strip()))
         with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as f:
             common = os.path.normpath(os.path.join(gitdir, f.read().strip()))
+        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8") as f:
+            back = os.path.normpath(f.read().strip())
     except OSError:
+        return []
+    known = {os.path.realpath(repository), os.path.realpath(os.path.join(repository, ".git"))}
+    if (
+        os.path.realpath(common) not in known
+        or os.path.dirname(gitdir) != os.path.join(common, "worktrees")
+        or os.path.realpath(back) != os.path.realpath(dot_git)
+    ):
         return []
     binds = [("ro", common), ("tmpfs", os.path.join(common, "worktrees")), ("rw", gitdir)]
     binds += [
         ("rw", os.path.join(common, part))
         for part in GIT_WRITABLE
         if os.path.isdir(os.path.join(common, part))
+    ]
+    binds += [
+        ("ro", dot_git),
+        ("ro", os.path.join(gitdir, "commondir")),
+        ("ro", os.path.join(gitdir, "gitdir")),
     ]
     return binds
 
@@ -135,7 +153,7 @@ def session_args(cwd: str, files, readable: Iterable[str]) -> list[str]:
         binds += [("rw", path) for path in files.writable]
         binds += [("ro", path) for path in files.readable]
         for path in files.writable:
-            binds += git_binds(path)
+            binds += git_binds(path, files.repository)
     # Parents before children, so a read-write directory inside a read-only one stays so.
     binds.sort(key=lambda bind: len(Path(bind[1]).parts))
     args = []

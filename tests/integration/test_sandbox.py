@@ -51,7 +51,7 @@ def tool_results(request) -> dict[str, str]:
 
 def labelled(label: str, command: str) -> ToolCall:
     # The label first, then the command: the call's exit status is the command's.
-    return ToolCall("bash", {"command": f"echo {label}; {command}"})
+    return ToolCall("bash", {"command": f"echo {label}; {command}"}, id=f"call-{label}")
 
 
 def write_server_files(data_dir):
@@ -111,6 +111,7 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
             *(labelled(label, command) for label, command in refused.items()),
             labelled("worktrees", f"ls {source}/.git/worktrees"),
             labelled("commit", commit),
+            labelled("repoint", "echo 'gitdir: /elsewhere' > .git"),
         ),
         Text("looked around"),
         Text("still here"),
@@ -127,14 +128,19 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
     # Only its own worktree's metadata is in the source repository's git dir.
     own = os.path.basename((checkout / ".git").read_text().split(":", 1)[1].strip())
     assert results["worktrees"].split("\n")[1:3] == [own, ""]
-    assert "agent commit" in results["commit"]
+    assert "agent commit" in results["commit"], results["commit"]
+    # What ties the checkout to the source repository cannot be pointed elsewhere.
+    assert "Read-only file system" in results["repoint"]
     # Each refusal was an ordinary failed tool call; the commit worked.
     ends = {
         f["payload"]["toolCallId"]: f["payload"]["isError"]
         for f in client.event_frames(session_id)
         if f["type"] == "tool_execution_end"
     }
-    assert list(ends.values()) == [True] * len(refused) + [False, False]
+    failed = {
+        label for label in [*refused, "worktrees", "commit", "repoint"] if ends[f"call-{label}"]
+    }
+    assert failed == {*refused, "repoint"}
 
     branch = f"pi/session-{session_id}"
     assert run_git("log", "--format=%s", "-1", branch, cwd=source).strip() == "agent commit"

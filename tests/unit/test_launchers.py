@@ -78,7 +78,8 @@ def test_a_session_sees_its_directory_read_only_and_its_own_dirs_read_write(tmp_
 
 
 def make_worktree(tmp_path):
-    common = tmp_path / "source" / ".git"
+    source = tmp_path / "source"
+    common = source / ".git"
     for part in (
         "objects",
         "refs/heads/pi",
@@ -88,36 +89,61 @@ def make_worktree(tmp_path):
         "hooks",
     ):
         (common / part).mkdir(parents=True)
-    (common / "worktrees" / "repo1" / "commondir").write_text("../..\n")
     checkout = tmp_path / "sessions" / "s1" / "repo"
     checkout.mkdir(parents=True)
     (checkout / ".git").write_text(f"gitdir: {common / 'worktrees' / 'repo1'}\n")
-    return common, checkout
+    for name, owner in (("repo1", checkout), ("repo2", tmp_path / "sessions" / "s2" / "repo")):
+        (common / "worktrees" / name / "commondir").write_text("../..\n")
+        (common / "worktrees" / name / "gitdir").write_text(f"{owner / '.git'}\n")
+    return str(source), common, checkout
 
 
 def test_a_worktree_gets_what_a_commit_writes_and_not_the_other_worktrees(tmp_path):
-    common, checkout = make_worktree(tmp_path)
-    assert git_binds(str(checkout)) == [
+    source, common, checkout = make_worktree(tmp_path)
+    own = common / "worktrees" / "repo1"
+    assert git_binds(str(checkout), source) == [
         ("ro", str(common)),
         ("tmpfs", str(common / "worktrees")),
-        ("rw", str(common / "worktrees" / "repo1")),
+        ("rw", str(own)),
         ("rw", str(common / "objects")),
         ("rw", str(common / "refs/heads/pi")),
         ("rw", str(common / "logs/refs/heads/pi")),
+        # What ties the checkout to its metadata cannot be pointed elsewhere.
+        ("ro", str(checkout / ".git")),
+        ("ro", str(own / "commondir")),
+        ("ro", str(own / "gitdir")),
     ]
-    args = session_args(str(checkout), SessionFiles(str(checkout.parent), (str(checkout),)), [])
+    files = SessionFiles(str(checkout.parent), (str(checkout),), repository=source)
+    args = session_args(str(checkout), files, [])
     # Hidden first, then its own metadata shown again over the hiding tmpfs.
-    assert args.index("--tmpfs") < args.index(str(common / "worktrees" / "repo1"))
+    assert args.index("--tmpfs") < args.index(str(own))
+    assert args.index(str(own)) < args.index(str(own / "commondir"))
     assert str(common / "hooks") not in args
+
+
+def test_a_worktree_s_git_dir_is_shown_only_where_the_server_can_check_it(tmp_path):
+    source, common, checkout = make_worktree(tmp_path)
+    assert git_binds(str(checkout), None) == []  # no local repository on record
+    assert git_binds(str(checkout), str(tmp_path / "elsewhere")) == []
+    # Pointed at another session's worktree metadata: it names another checkout.
+    (checkout / ".git").write_text(f"gitdir: {common / 'worktrees' / 'repo2'}\n")
+    assert git_binds(str(checkout), source) == []
+    # Pointed at metadata of its own making, whose common dir is the data dir.
+    fake = checkout / "fake" / "worktrees" / "x"
+    fake.mkdir(parents=True)
+    (fake / "commondir").write_text(str(tmp_path) + "\n")
+    (fake / "gitdir").write_text(f"{checkout / '.git'}\n")
+    (checkout / ".git").write_text(f"gitdir: {fake}\n")
+    assert git_binds(str(checkout), source) == []
 
 
 def test_a_clone_or_a_plain_directory_needs_no_git_binds(tmp_path):
     (tmp_path / "clone" / ".git").mkdir(parents=True)
-    assert git_binds(str(tmp_path / "clone")) == []
-    assert git_binds(str(tmp_path)) == []
+    assert git_binds(str(tmp_path / "clone"), str(tmp_path)) == []
+    assert git_binds(str(tmp_path), str(tmp_path)) == []
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / ".git").write_text("not a gitdir line\n")
-    assert git_binds(str(tmp_path / "odd")) == []
+    assert git_binds(str(tmp_path / "odd"), str(tmp_path)) == []
 
 
 def test_the_bwrap_launcher_wraps_the_agent_and_gives_it_a_private_tmp_and_home(tmp_path):
