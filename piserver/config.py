@@ -58,6 +58,8 @@ class ServerConfig:
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # GET /health requests appear in the access log.
+    log_health: bool = True
 
     @property
     def github_token(self) -> str | None:

@@ -10,7 +10,7 @@ from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import __version__
@@ -69,6 +69,8 @@ class ReportingEndpoint:
 
 class PiServerService(MultiService):
     log = Logger()
+    # The observer twistd is to log to (logconfig.py), set by tap.makeService.
+    log_observer = None
 
     def __init__(self, config: ServerConfig):
         super().__init__()
@@ -76,6 +78,13 @@ class PiServerService(MultiService):
         self.address = None
         self.hub = None
         self._announced = False
+
+    def setServiceParent(self, parent):
+        # twistd adds the service to its Application, then starts logging to the
+        # Application's ILogObserver component when it has one.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self):
         # twistd binds the port here, before startService: announce first.
@@ -179,7 +188,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout)
     site = make_site(WebSocketResource(factory), agent, reactor=reactor,
-                     idle_timeout=config.handshake_timeout)
+                     idle_timeout=config.handshake_timeout, log_health=config.log_health)
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(device_tokens, lambda: list(hub.connections.values()),
