@@ -23,7 +23,9 @@ from .github import GithubClient
 from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
+from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
+from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .repos import RepoCatalog
 from .sessions import SessionManager
@@ -77,6 +79,7 @@ class PiServerService(MultiService):
         self.config = config
         self.address = None
         self.hub = None
+        self.metrics = None
         self._announced = False
 
     def setServiceParent(self, parent):
@@ -175,7 +178,11 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         # The seed's name for how far back a resume reaches.
         "replayWindowSec": limits.max_age,
     })
-    hub = top.hub = Hub(methods.table(), fallback=methods.pass_through,
+    metrics = top.metrics = ServerMetrics(reactor)
+    sessions.listeners.append(metrics.happened)
+    sessions.on_event_sent = metrics.event_sent
+    table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
+    hub = top.hub = Hub(table, fallback=fallback,
                         send_buffer_limit=config.send_buffer_limit,
                         clock=reactor, requests_per_second=config.requests_per_second,
                         redact=Redactor(secret_values(config)).redact)
@@ -189,6 +196,10 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         keepalive_timeout=config.keepalive_timeout)
     site = make_site(WebSocketResource(factory), agent, reactor=reactor,
                      idle_timeout=config.handshake_timeout, log_health=config.log_health)
+    metrics.watch(hub, sessions)
+    site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))
+    site.resource.putChild(b"ready", ReadyResource(config.pi_command, config.data_dir,
+                                                   config.env.get("PATH")))
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(device_tokens, lambda: list(hub.connections.values()),

@@ -119,6 +119,9 @@ class Options(usage.Options):
          "WebSocket frame)"],
         ["log-format", None, DEFAULT_LOG_FORMAT,
          "text, or json: one JSON object per line with the event's fields"],
+        ["metrics-token", None, None,
+         "token scrapers present (Authorization: Bearer) for GET /metrics "
+         "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
@@ -264,6 +267,8 @@ class Options(usage.Options):
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
             log_health=not self["no-health-log"],
+            metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN")
+            or None,
         )
 
     def twistd_options(self):
