@@ -25,6 +25,7 @@ from .hub import Hub
 from .methods import RpcMethods
 from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
+from .notify import ATTEMPT_TIMEOUT, Notifier
 from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .repos import RepoCatalog
@@ -178,6 +179,15 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         # The seed's name for how far back a resume reaches.
         "replayWindowSec": limits.max_age,
     })
+    redact = Redactor(secret_values(config)).redact
+    if config.notify_urls:
+        notifier = Notifier(
+            config.notify_urls,
+            HTTPClient(Agent(reactor, connectTimeout=ATTEMPT_TIMEOUT,
+                             pool=HTTPConnectionPool(reactor, persistent=False))),
+            reactor, secret=config.notify_secret, redact=redact)
+        notifier.setServiceParent(top)
+        sessions.listeners.append(notifier.happened)
     metrics = top.metrics = ServerMetrics(reactor)
     sessions.listeners.append(metrics.happened)
     sessions.on_event_sent = metrics.event_sent
@@ -185,7 +195,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     hub = top.hub = Hub(table, fallback=fallback,
                         send_buffer_limit=config.send_buffer_limit,
                         clock=reactor, requests_per_second=config.requests_per_second,
-                        redact=Redactor(secret_values(config)).redact)
+                        redact=redact)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(

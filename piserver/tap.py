@@ -119,6 +119,9 @@ class Options(usage.Options):
          "WebSocket frame)"],
         ["log-format", None, DEFAULT_LOG_FORMAT,
          "text, or json: one JSON object per line with the event's fields"],
+        ["notify-secret", None, None,
+         "key of the HMAC-SHA256 signature (X-Pi-Server-Signature) of each notification "
+         "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]"],
         ["metrics-token", None, None,
          "token scrapers present (Authorization: Bearer) for GET /metrics "
          "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]"],
@@ -133,6 +136,7 @@ class Options(usage.Options):
         self.environ = dict(os.environ if environ is None else environ)
         self._probe_agent = probe_agent
         self.allowed_origins = set()
+        self.notify_urls = []
 
     def opt_allowed_origin(self, value):
         """
@@ -143,6 +147,15 @@ class Options(usage.Options):
             self.allowed_origins.add(parse_origin(value))
         except ValueError as e:
             raise usage.UsageError(f"--allowed-origin {value!r}: {e}") from None
+
+    def opt_notify_url(self, value):
+        """
+        POST a JSON notification here when a run ends, the agent waits for an answer or
+        fails; repeatable
+        """
+        if not value.startswith(("http://", "https://")):
+            raise usage.UsageError(f"--notify-url {value!r}: not an http(s) URL")
+        self.notify_urls.append(value)
 
     def _tls_endpoint(self, port: str) -> str:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -268,6 +281,9 @@ class Options(usage.Options):
             max_connections=self["max-connections"],
             log_health=not self["no-health-log"],
             metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN")
+            or None,
+            notify_urls=tuple(self.notify_urls),
+            notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET")
             or None,
         )
 
