@@ -29,6 +29,7 @@ from .notify import ATTEMPT_TIMEOUT, Notifier
 from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .repos import RepoCatalog
+from .schema import SchemaResource
 from .sessions import SessionManager
 from .store import StateStore
 from .stream import EVENT_MODES
@@ -210,6 +211,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))
     site.resource.putChild(b"ready", ReadyResource(config.pi_command, config.data_dir,
                                                    config.env.get("PATH")))
+    site.resource.putChild(b"schema.json", SchemaResource())
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(device_tokens, lambda: list(hub.connections.values()),
