@@ -59,6 +59,8 @@ class ServerConfig:
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # (name, mail) of session.commit's author; None: git's config, else pi-server's own.
+    git_author: tuple | None = None
     # GET /health requests appear in the access log.
     log_health: bool = True
     # Scrapers of /metrics present it as a bearer token; None: /metrics is open.

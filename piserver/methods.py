@@ -5,8 +5,19 @@ Handlers validate their params and return a result object.
 
 import re
 
+from twisted.logger import Logger
+
 from . import __version__
-from .errors import AgentCommandFailed, InvalidParams, InvalidRequest, NotFound, UnknownMethod
+from .compat import seed_messages
+from .errors import (
+    AgentCommandFailed,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    NotFound,
+    RpcError,
+    UnknownMethod,
+)
 from .models import public_model, public_state
 from .nativetools import parse_tool_answer, validate_native_tools
 from .picommands import SERVER_OWNED, TYPED, PiCommand, passthrough_fields
@@ -41,10 +52,14 @@ def _string(params: dict, key: str, required: bool = True, where: str = "") -> s
 class RpcMethods:
     """Handlers are ``handler(connection, request)``; see ``table()`` for wire names."""
 
+    log = Logger()
+
     def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None,
-                 agent: dict | None = None):
+                 agent: dict | None = None, workspace=None):
         self._sessions = sessions
         self._agent = agent
+        # The session.diff/files/commit/push/... handlers (piserver.workspace.methods).
+        self._workspace = workspace
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -80,6 +95,8 @@ class RpcMethods:
                 table[command.name] = self._typed(command)
         if self._repos is not None:
             table["repos.list"] = self.repos_list
+        if self._workspace is not None:
+            table.update(self._workspace.table())
         return table
 
     async def hello(self, connection, request):
@@ -90,8 +107,12 @@ class RpcMethods:
         event_mode = params.get("eventMode", "full")
         if event_mode not in EVENT_MODES:
             raise InvalidParams('"eventMode" must be "full" or "delta"')
+        features = params.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise InvalidParams('"features" must be a list of strings')
         resume = _object(params, "resume", required=False)
         last_seqs = {}
+        previous = None
         if resume is not None:
             by_session = _object(resume, "lastSeqBySession", required=False) or {}
             for session_id, seq in by_session.items():
@@ -100,11 +121,20 @@ class RpcMethods:
                         f'"resume.lastSeqBySession" values must be non-negative integers '
                         f'({session_id[:80]!r})')
                 last_seqs[session_id] = seq
+            previous_id = _string(resume, "connectionId", required=False, where="resume")
+            if previous_id and self._sessions is not None:
+                previous = self._sessions.previous(previous_id)
         native_tools = params.get("nativeTools")
         if native_tools is not None:
             native_tools = validate_native_tools(native_tools)
+        elif previous is not None:
+            # The seed's app reconnects without declaring its tools again: it still has them.
+            native_tools = previous.native_tools
         connection.client = {"name": name, "version": version}
         connection.event_mode = event_mode
+        connection.features = frozenset(features) & FEATURES
+        if self._sessions is not None:
+            self._sessions.watch(connection)
         if native_tools is not None:
             connection.native_tools = native_tools
             # Sessions this device is attached to offer its tools from their next run.
@@ -119,16 +149,38 @@ class RpcMethods:
         if self._agent is not None:
             result["agent"] = self._agent
         if resume is not None:
-            resumed = {}
-            for session_id, seq in last_seqs.items():
-                session = self._sessions.sessions.get(session_id)
-                if session is None:
-                    resumed[session_id] = "not_found"
-                    continue
+            result["resumed"], errors = await self._resume(connection, last_seqs, previous)
+            if errors:
+                result["resumeErrors"] = errors
+        return result
+
+    async def _resume(self, connection, last_seqs: dict, previous) -> tuple[dict, dict]:
+        """Attach ``connection`` to the sessions it resumes; one that cannot be resumed is
+        reported, and the others still are."""
+        resumed, errors = {}, {}
+        if previous is not None:
+            # What the old connection was attached to comes back, seen events or not.
+            last_seqs = {**dict.fromkeys(sorted(previous.attached)), **last_seqs}
+        for session_id, seq in last_seqs.items():
+            session = self._sessions.sessions.get(session_id)
+            if session is None:
+                resumed[session_id] = "not_found"
+                continue
+            if previous is not None and session_id not in previous.attached:
+                # The client remembers every session it saw; only re-attach what it was on.
+                resumed[session_id] = "not_attached"
+                continue
+            try:
                 resumed[session_id] = await self._sessions.attach(
                     connection, session, exclusive=False, last_seq=seq)
-            result["resumed"] = resumed
-        return result
+            except RpcError as e:
+                resumed[session_id] = "failed"
+                errors[session_id] = e.to_dict()
+            except Exception:
+                self.log.failure("resuming {session_id} failed", session_id=session_id)
+                resumed[session_id] = "failed"
+                errors[session_id] = InternalError("internal error: see the server log").to_dict()
+        return resumed, errors
 
     # -- sessions -----------------------------------------------------------
 
@@ -159,7 +211,7 @@ class RpcMethods:
         return {"sessions": self._sessions.summaries(repo_id)}
 
     async def session_attach(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(_target_session_id(request))
         exclusive = _bool(request.params, "exclusive", True)
         last_seq = _seq(request.params, "lastSeq")
         await self._sessions.ensure_agent(session)
@@ -169,13 +221,16 @@ class RpcMethods:
                 "lastSeq": session.stream.seq, "catchUp": caught_up}
 
     def session_detach(self, connection, request):
-        session_id = _session_id(request)
-        session = self._sessions.get(session_id) if session_id else None
-        self._sessions.detach(connection, session)
+        # Never fails: a client clears its current session only once this succeeds.
+        session_id = _target_session_id(request)
+        if session_id is None:
+            self._sessions.detach(connection)
+        elif (session := self._sessions.sessions.get(session_id)) is not None:
+            self._sessions.detach(connection, session)
         return {}
 
     async def session_delete(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(_target_session_id(request))
         return await self._sessions.delete(session)
 
     # -- answers from devices -------------------------------------------------
@@ -242,11 +297,16 @@ class RpcMethods:
     async def get_messages(self, connection, request):
         session = self._sessions.get(_session_id(request))
         data = await self._sessions.command(session, "get_messages") or {}
-        return {"messages": data.get("messages", [])}
+        messages = data.get("messages", [])
+        if "piMessages" not in connection.features:
+            messages = seed_messages(messages)
+        return {"messages": messages}
 
     async def get_available_models(self, connection, request):
         session_id = _session_id(request)
-        if session_id:
+        # The seed's app names its current session, which may be gone: the models are
+        # the same.
+        if session_id and session_id in self._sessions.sessions:
             data = await self._sessions.command(self._sessions.get(session_id),
                                                 "get_available_models") or {}
             return {"models": [public_model(m) for m in data.get("models", [])]}
@@ -337,6 +397,9 @@ class RpcMethods:
 
 
 SESSION_MODES = ("chat", "code")
+# hello.features a client may declare: it reads session_snapshot events; it reads pi's
+# messages as pi sends them (else get_messages maps them onto the seed's kinds).
+FEATURES = frozenset({"snapshots", "piMessages"})
 # pi names its commands in snake_case; anything else is no pi command.
 PI_COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
 
@@ -370,6 +433,15 @@ def _seq(params: dict, key: str) -> int | None:
 def _session_id(request) -> str | None:
     """Agent calls take the session from the envelope; params.sessionId also works."""
     return request.session_id or request.params.get("sessionId")
+
+
+def _target_session_id(request) -> str | None:
+    """``session.*`` methods name their target in params; the envelope names the client's
+    current session, which can be another one (the seed's app does so)."""
+    target = request.params.get("sessionId")
+    if target is not None and not isinstance(target, str):
+        raise InvalidParams('"sessionId" must be a string')
+    return target or request.session_id
 
 
 def _optional_string(params: dict, key: str) -> str | None:

@@ -9,6 +9,7 @@ from autobahn.twisted.resource import WebSocketResource
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet import threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -35,6 +36,9 @@ from .store import StateStore
 from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from .workspace.methods import WorkspaceMethods
+from .workspace.shipping import Shipping
+from .workspace.snapshot import Snapshots
 from .ws import RpcServerFactory
 
 # The agent runs whatever the model asks: it gets the LLM keys it needs, never the
@@ -146,6 +150,11 @@ class PiServerService(MultiService):
 
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
+
+    def in_thread(f, *args, **kwargs):
+        # Blocking file work (reading a checkout's files) off the reactor thread.
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
     supervisor = AgentSupervisor(
         reactor, list(config.pi_command), str(config.data_dir), config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV,
@@ -161,13 +170,22 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
                               timeout=config.github_timeout)
     repos = RepoCatalog(str(config.data_dir), github, git)
     checkouts = Checkouts(git, config.github_token)
+
+    def publish(session, event_type, payload):
+        sessions.publish(session, event_type, payload)
+
+    snapshots = Snapshots(git, in_thread, publish)
     sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
                               checkouts=checkouts, journal_limits=config.journal_limits,
                               merge_window=config.delta_merge_window,
                               max_agents=config.max_agents,
                               idle_timeout=config.agent_idle_timeout,
-                              native_tool_timeout=config.native_tool_timeout)
+                              native_tool_timeout=config.native_tool_timeout,
+                              on_run_end=snapshots.run_ended)
     sessions.setServiceParent(top)
+    shipping = Shipping(git, snapshots, repos, github, config.github_token, publish,
+                        author=config.git_author, push_timeout=config.clone_timeout)
+    workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(sessions=sessions, models=models, repos=repos, agent=agent,
@@ -178,8 +196,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
                     "maxAgeSec": limits.max_age},
         # The seed's name for how far back a resume reaches.
-        "replayWindowSec": limits.max_age,
-    })
+        "replayWindowSec": int(limits.max_age),
+    }, workspace=workspace)
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
         notifier = Notifier(

@@ -52,6 +52,16 @@ CRASH_BACKOFF_BASE = 0.5
 NAME_LENGTH = 60
 
 
+# Closed connections whose tools and sessions a resuming client can take over.
+REMEMBERED_CONNECTIONS = 1000
+
+
+@attr.frozen
+class PreviousConnection:
+    native_tools: list | None
+    attached: frozenset
+
+
 def iso_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -169,8 +179,10 @@ class SessionManager(service.Service):
                  journal_limits: JournalLimits | None = None, merge_window: float = 0.03,
                  in_thread=None, max_agents: int = DEFAULT_MAX_AGENTS,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT):
+                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT, on_run_end=None):
         self._reactor = reactor
+        # Called with a code session whose run has ended (files_changed, piserver.workspace).
+        self._on_run_end = on_run_end
         self._native_tool_timeout = native_tool_timeout
         self._max_agents = max_agents
         self._idle_timeout = idle_timeout
@@ -190,7 +202,11 @@ class SessionManager(service.Service):
         # Creates and removes code sessions' checkouts (repos issue); None: chat only.
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
-        self._watched_connections: set[str] = set()
+        # Connections seen by hello or attach, and what recently closed ones left behind,
+        # so that a client resuming its connection gets its tools and sessions back.
+        self._connections: dict[str, object] = {}
+        self._departed: collections.OrderedDict[str, PreviousConnection] = \
+            collections.OrderedDict()
         # listener(happening, session, fields) for "event" (event_type, payload),
         # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
         self.listeners = []
@@ -450,12 +466,11 @@ class SessionManager(service.Service):
             for other in list(self.sessions.values()):
                 if other is not session:
                     other.stream.detach(connection)
-        if connection.connection_id not in self._watched_connections:
-            self._watched_connections.add(connection.connection_id)
-            connection.on_lost(self._connection_lost)
+        self.watch(connection)
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
-        reason = session.stream.attach(connection, mode, last_seq)
+        reason = session.stream.attach(connection, mode, last_seq,
+                                       snapshots="snapshots" in connection.features)
         if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
@@ -493,8 +508,30 @@ class SessionManager(service.Service):
         for target in targets:
             target.stream.detach(connection)
 
+    def watch(self, connection) -> None:
+        """Keep track of ``connection`` (see ``previous``)."""
+        if connection.connection_id not in self._connections:
+            self._connections[connection.connection_id] = connection
+            connection.on_lost(self._connection_lost)
+
+    def previous(self, connection_id: str) -> "PreviousConnection | None":
+        """What connection ``connection_id`` had (its device's tools, the sessions it was
+        attached to), closed or still open (a phone often reconnects before its old
+        socket is noticed dead); None for a connection this server never saw."""
+        live = self._connections.get(connection_id)
+        if live is not None:
+            return PreviousConnection(live.native_tools, self._attached_to(live))
+        return self._departed.get(connection_id)
+
+    def _attached_to(self, connection) -> frozenset:
+        return frozenset(s.id for s in self.sessions.values() if s.stream.is_attached(connection))
+
     def _connection_lost(self, connection) -> None:
-        self._watched_connections.discard(connection.connection_id)
+        self._connections.pop(connection.connection_id, None)
+        self._departed[connection.connection_id] = PreviousConnection(
+            connection.native_tools, self._attached_to(connection))
+        while len(self._departed) > REMEMBERED_CONNECTIONS:
+            self._departed.popitem(last=False)
         self.detach(connection)
 
     # -- the agent ----------------------------------------------------------
@@ -646,6 +683,12 @@ class SessionManager(service.Service):
         if session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
+        if event_type == "agent_settled":
+            self._run_ended(session)
+
+    def _run_ended(self, session: Session) -> None:
+        if self._on_run_end is not None and session.mode == "code":
+            self._on_run_end(session)
 
     # -- events -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import json
 import attr
 from twisted.logger import Logger
 
+from . import compat
 from .envelope import encode_event, encode_payload
 from .journal import JournalGap, strip_message_update
 from .streaming import StreamingMessage
@@ -32,6 +33,9 @@ EVENT_MODES = ("full", "delta")
 DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
 MAX_FULL_REPLAY_EVENTS = 5000
 MERGEABLE_DELTAS = ("text_delta", "thinking_delta")
+# Merged deltas of a replay are cut into frames of at most this much text: the seed's
+# client (URLSession) drops its socket on a message over 1 MiB.
+MAX_MERGED_DELTA_CHARS = 256 * 1024
 ENDS_OF_MESSAGE = ("message_end", "agent_end", "agent_settled", "agent_exit")
 
 
@@ -51,6 +55,7 @@ class _MergedDeltas:
     payload: dict = attr.ib()
     pieces: list = attr.ib()
     last_seq: int = attr.ib()
+    size: int = attr.ib(default=0)
 
     def encode(self, session_id: str) -> bytes:
         event = self.payload["assistantMessageEvent"]
@@ -127,6 +132,10 @@ class EventStream:
         ``to``, a set of connection ids, limits who gets it live (a replay sends it to
         whoever resumes: clients ignore what is not for them).
         """
+        self._follow_message(event_type, payload)
+        enriched = compat.enrich(event_type, payload, self._streaming)
+        if enriched is not None:
+            payload, payload_json = enriched, None
         if payload_json is None:
             payload_json = encode_payload(payload)
         self.seq += 1
@@ -137,7 +146,6 @@ class EventStream:
             # A journal that cannot write (disk full…) must not stop the live stream.
             self.log.failure("journal of {session_id}: cannot record event {seq}",
                              session_id=self.session_id, seq=seq)
-        self._follow_message(event_type, payload)
 
         full_frame = None
         has_delta = False
@@ -223,7 +231,8 @@ class EventStream:
 
     # -- attaching and catching up ------------------------------------------
 
-    def attach(self, connection, mode: str, last_seq: int | None = None) -> str | None:
+    def attach(self, connection, mode: str, last_seq: int | None = None,
+               snapshots: bool = True) -> str | None:
         """
         Attach a connection. With ``last_seq``, first send it every journaled event
         after that seq, so it misses none and sees none twice. Returns None, or why it
@@ -231,27 +240,49 @@ class EventStream:
         ``unknown_seq`` (beyond the last seq) or ``replay_too_large`` (more full-mode
         events than a connection should be sent at once); the caller then sends a
         snapshot instead (see ``hold`` and ``release``).
+
+        A connection that reads no snapshots (``snapshots=False``: the seed's client
+        ignores them) is never answered with a reason: a long gap is replayed compacted
+        (runs of deltas merged into frames of at most ``MAX_MERGED_DELTA_CHARS``), a
+        trimmed one from the oldest event kept, and an unknown seq is caught up live.
         """
         self.flush()
         if last_seq is not None and last_seq != self.seq:
-            if last_seq > self.seq:
-                return "unknown_seq"
-            if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
-                return "replay_too_large"
-            try:
-                events = self._journal.replay(last_seq, mode)
-            except JournalGap:
-                return "journal_trimmed"
-            if mode == "full" and sum(len(e[2]) for e in events) > self._max_replay_bytes:
-                # pi's full events repeat the whole message: a long answer is tens of MB.
-                return "replay_too_large"
-            for frame in self._replay_frames(events, mode):
-                self._send(connection, mode, frame)
+            reason = self._replay(connection, mode, last_seq, snapshots)
+            if reason is not None:
+                return reason
         self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
         return None
 
-    def _replay_frames(self, events, mode: str):
-        if mode == "full":
+    def _replay(self, connection, mode: str, last_seq: int, snapshots: bool) -> str | None:
+        if last_seq > self.seq:
+            return "unknown_seq" if snapshots else None
+        merge = mode == "delta"
+        if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
+            if snapshots:
+                return "replay_too_large"
+            merge = True
+        try:
+            events = self._journal.replay(last_seq, mode)
+        except JournalGap:
+            if snapshots:
+                return "journal_trimmed"
+            # All that is left: the client sees the seqs jump over what was trimmed.
+            first = self._journal.first_seq
+            events = [] if first is None else self._journal.replay(max(last_seq, first - 1),
+                                                                   mode)
+            merge = True
+        if mode == "full" and not merge and \
+                sum(len(e[2]) for e in events) > self._max_replay_bytes:
+            if snapshots:
+                return "replay_too_large"
+            merge = True
+        for frame in self._replay_frames(events, merge):
+            self._send(connection, mode, frame)
+        return None
+
+    def _replay_frames(self, events, merge: bool):
+        if not merge:
             for seq, event_type, payload_json in events:
                 yield encode_event(self.session_id, seq, event_type, payload_json)
             return
@@ -263,16 +294,19 @@ class EventStream:
             if event_type == "message_update":
                 payload = json.loads(payload_json)
                 key = _merge_key(event_type, payload)
-            if key is not None and merging is not None and merging.key == key:
-                merging.pieces.append(payload["assistantMessageEvent"]["delta"])
+            if key is not None and merging is not None and merging.key == key \
+                    and merging.size < MAX_MERGED_DELTA_CHARS:
+                delta = payload["assistantMessageEvent"]["delta"]
+                merging.pieces.append(delta)
+                merging.size += len(delta)
                 merging.last_seq = seq
                 continue
             if merging is not None:
                 yield merging.encode(self.session_id)
                 merging = None
             if key is not None:
-                merging = _MergedDeltas(key, payload,
-                                        [payload["assistantMessageEvent"]["delta"]], seq)
+                delta = payload["assistantMessageEvent"]["delta"]
+                merging = _MergedDeltas(key, payload, [delta], seq, len(delta))
                 continue
             yield encode_event(self.session_id, seq, event_type, payload_json)
         if merging is not None:

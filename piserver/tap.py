@@ -34,6 +34,7 @@ from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token
+from .workspace.shipping import parse_author
 
 log = Logger()
 
@@ -125,6 +126,9 @@ class Options(usage.Options):
         ["metrics-token", None, None,
          "token scrapers present (Authorization: Bearer) for GET /metrics "
          "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]"],
+        ["git-author", None, None,
+         'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
+         "and user.email, else pi-server <pi-server@localhost>]"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
@@ -200,6 +204,13 @@ class Options(usage.Options):
         twistd = self.twistd_options()
         if twistd is not None and twistd.get("logfile") == "-" and not twistd.get("nodaemon"):
             raise usage.UsageError("a daemon cannot log to standard output (--logfile -)")
+
+        git_author = None
+        if self["git-author"] is not None:
+            try:
+                git_author = parse_author(self["git-author"])
+            except ValueError as e:
+                raise usage.UsageError(f"--git-author: {e}") from None
 
         data_dir = (
             Path(self["data-dir"]).expanduser() if self["data-dir"]
@@ -285,6 +296,7 @@ class Options(usage.Options):
             notify_urls=tuple(self.notify_urls),
             notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET")
             or None,
+            git_author=git_author,
         )
 
     def twistd_options(self):

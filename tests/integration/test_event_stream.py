@@ -11,6 +11,8 @@ from twisted.internet.defer import Deferred
 from tests.support.fakellm import Reply, Text, Tokens
 
 HELLO = {"client": {"name": "tests", "version": "1"}}
+# A client that reads snapshots and pi's messages as they are (the web and script clients).
+SNAPSHOT_HELLO = {**HELLO, "features": ["snapshots", "piMessages"]}
 
 
 def is_type(event_type, session_id):
@@ -82,7 +84,7 @@ async def test_drop_and_resume_loses_nothing(small_journal_server, fake_llm):
 
     # The journal holds only the last 40 events: resuming from seq 1 needs a snapshot.
     late = await server.client(hello=False)
-    hello = await late.call("hello", {**HELLO, "resume": {
+    hello = await late.call("hello", {**SNAPSHOT_HELLO, "resume": {
         "connectionId": "older", "lastSeqBySession": {session_id: 1}}})
     assert hello["resumed"] == {session_id: "snapshot"}
     (snapshot,) = late.event_frames(session_id)
@@ -187,7 +189,7 @@ def tight_buffer_server(make_pi_server):
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_never_reads_is_cut_off(tight_buffer_server, fake_llm):
     server = tight_buffer_server
-    answer = Tokens(2000)  # ~30 MB of full-mode events
+    answer = Tokens(2000)
     fake_llm.script(Reply(answer))
     reader = await server.client()
     session_id = await new_session(reader)

@@ -323,7 +323,7 @@ async def test_a_snapshot_mid_answer_shows_the_message_so_far(pi_server, fake_ll
     await client.wait_for_event(
         lambda f: f["type"] == "message_update" and f["sessionId"] == session_id
         and f["payload"]["assistantMessageEvent"]["type"] == "toolcall_delta")
-    late = await pi_server.client()
+    late = await pi_server.client(features=["snapshots"])
     # A seq beyond the journal cannot be replayed: the late client gets a snapshot.
     await late.call("session.attach", {"sessionId": session_id, "lastSeq": 10**9,
                                        "exclusive": False})

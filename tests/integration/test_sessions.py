@@ -63,8 +63,9 @@ async def test_prompt_streams_the_answer(pi_server, fake_llm):
     assert not tool_names & {"bash", "read", "write", "edit"}
 
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
-    # pi 1.x lists its system prompt first.
-    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    # pi 1.x lists its system prompt first; clients that do not ask for pi's messages as
+    # they are get the conversation without it (docs/protocol.md, get_messages).
+    assert [m["role"] for m in messages] == ["user", "assistant"]
     state = await client.call("get_state", session_id=session_id)
     assert state["isStreaming"] is False and state["messageCount"] == 3
 
@@ -185,7 +186,7 @@ async def test_restart_resumes_the_conversation(pi_server, fake_llm):
     (entry,) = (await client.call("session.list"))["sessions"]
     assert entry["sessionId"] == session_id and entry["status"] == "stopped"
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
-    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
     await client.call("session.attach", {"sessionId": session_id})
     await client.call("prompt", {"message": "second question"}, session_id=session_id)
     request = await fake_llm.wait_for_request(2)

@@ -12,6 +12,7 @@ import piserver.errors as errors
 from piserver.methods import RpcMethods
 from piserver.picommands import TYPED
 from piserver.schema import SchemaResource, load, schema_bytes
+from piserver.workspace.methods import WorkspaceMethods
 from tests.support.piagent import repository_root
 from tests.support.schema import SCHEMA, frame_problems, params_problems
 
@@ -26,6 +27,11 @@ HELLO_RESULT = {
         "node": None,
     },
 }
+
+
+class _Workspace:
+    def table(self):
+        return WorkspaceMethods(None, None, None, None).table()
 
 
 def response(result, request_id="r1"):
@@ -52,7 +58,7 @@ def test_the_schema_is_valid_json_schema():
 
 
 def test_every_method_of_the_table_has_a_schema_and_no_other():
-    table = RpcMethods(sessions=object(), repos=object()).table()
+    table = RpcMethods(sessions=object(), repos=object(), workspace=_Workspace()).table()
     assert sorted(table) == sorted(SCHEMA["methods"])
     for entry in SCHEMA["methods"].values():
         assert set(entry) == {"params", "result"}

@@ -10,6 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred, maybeDeferred
 
+from piserver.checkouts import Checkout
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
 from piserver.sessions import SessionManager
 from piserver.store import StateStore
@@ -21,6 +22,8 @@ class FakeConnection:
     def __init__(self, connection_id="c1"):
         self.connection_id = connection_id
         self.event_mode = "full"
+        self.features = frozenset({"snapshots"})
+        self.native_tools = None
         self.sent = []
         self.lost_callbacks = []
 
@@ -247,3 +250,33 @@ def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
     assert recovered.system_prompt == "keep me" and recovered.mode == "chat"
     assert second.store.get(kept.id)["sessionId"] == kept.id  # state.json written anew
     assert list(tmp_path.glob("state.json.corrupt-*"))
+
+
+class FakeCheckouts:
+    async def create(self, session, repo, on_progress):
+        path = session.directory / "repo"
+        path.mkdir()
+        return Checkout(path=path, record={"branch": f"pi/session-{session.id}"})
+
+    async def remove(self, session):
+        return {}
+
+
+def test_the_end_of_a_code_sessions_run_is_passed_on(tmp_path):
+    ended = []
+    harness = Harness(tmp_path, checkouts=FakeCheckouts(), on_run_end=ended.append)
+    d = ensureDeferred(harness.sessions.create(None, "code", repo={"id": "src"}))
+    harness.answer_startup()
+    code = d.result
+    harness.process().stdout(b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n')
+    # pi may go on after agent_end (a retry, compaction): the run ends when pi settles.
+    assert ended == []
+    harness.process().stdout(b'{"type":"agent_settled","aborted":false}\n')
+    assert ended == [code]
+
+    chat = create(harness).result
+    harness.process().stdout(
+        b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n'
+        b'{"type":"agent_settled","aborted":false}\n'
+    )
+    assert chat.mode == "chat" and ended == [code]

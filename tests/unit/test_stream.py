@@ -212,3 +212,50 @@ def test_a_failing_journal_does_not_stop_the_stream():
     broken.attach(live, "full")
     publish(broken, {"type": "agent_start"})
     assert [f["seq"] for f in live.frames()] == [1]
+
+
+def delta_update(text):
+    return {"type": "message_update", "usage": {"output": 1},
+            "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": text}}
+
+
+def test_a_client_without_snapshots_gets_a_long_gap_compacted(stream, monkeypatch):
+    import piserver.stream
+
+    monkeypatch.setattr(piserver.stream, "MAX_FULL_REPLAY_EVENTS", 10)
+    monkeypatch.setattr(piserver.stream, "MAX_MERGED_DELTA_CHARS", 12)
+    publish(stream, {"type": "agent_start"})
+    for index in range(30):
+        publish(stream, delta_update(f"w{index:02d} "))
+    publish(stream, {"type": "message_end", "message": {"role": "assistant"}})
+    reader = FakeConnection("seed")
+    # A client that reads snapshots would get one.
+    assert stream.attach(FakeConnection("web"), "full", 1) == "replay_too_large"
+
+    assert stream.attach(reader, "full", 1, snapshots=False) is None
+
+    frames = reader.frames()
+    updates = [f for f in frames if f["type"] == "message_update"]
+    text = "".join(f["payload"]["assistantMessageEvent"]["delta"] for f in updates)
+    assert text == "".join(f"w{index:02d} " for index in range(30))
+    # Merged, three 4-character pieces at a time: no frame's text goes past the cap.
+    assert [len(f["payload"]["assistantMessageEvent"]["delta"]) for f in updates] == [12] * 10
+    assert [f["seq"] for f in frames] == sorted({f["seq"] for f in frames})
+    assert frames[-1]["type"] == "message_end" and frames[-1]["seq"] == stream.seq
+
+
+def test_a_client_without_snapshots_resumes_past_a_trim_or_an_unknown_seq(tmp_path, clock):
+    journal = Journal(tmp_path / "j", clock, JournalLimits(max_events=5, segment_events=5))
+    journal.open()
+    stream = EventStream("s1", journal, clock)
+    for index in range(20):
+        publish(stream, {"type": f"e{index}"})
+    trimmed = FakeConnection("a")
+    assert stream.attach(trimmed, "full", 1, snapshots=False) is None
+    seqs = [f["seq"] for f in trimmed.frames()]
+    assert seqs[-1] == 20 and seqs == list(range(seqs[0], 21)) and seqs[0] > 2
+    ahead = FakeConnection("b")
+    assert stream.attach(ahead, "full", 999, snapshots=False) is None
+    assert ahead.sent == []
+    publish(stream, {"type": "live"})
+    assert [f["type"] for f in ahead.frames()] == ["live"]

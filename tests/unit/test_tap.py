@@ -64,10 +64,17 @@ def test_port_from_environment(base):
     (["--port", "bogus:1234"], "--port"),
     (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
     (["--max-frame-size", "10"], "at least 1024"),
+    (["--git-author", "just a name"], 'of the form "Name <mail>"'),
 ])
 def test_bad_values_are_usage_errors(base, args, fragment):
     with pytest.raises(usage.UsageError, match=fragment.replace("-", r"\-")):
         parse(base + args)
+
+
+def test_git_author(base):
+    assert parse(base).config.git_author is None
+    config = parse(base + ["--git-author", " Pi Bot <bot@example.invalid> "]).config
+    assert config.git_author == ("Pi Bot", "bot@example.invalid")
 
 
 def test_unknown_option(base):
