@@ -1,6 +1,7 @@
 """
-The HTTP side of the one port: ``/`` (server info), ``/health``, ``/rpc`` (the
-WebSocket) and JSON 404s for everything else.
+The HTTP side of the one port: ``/`` (server info, or a redirect to the web client
+for browsers), ``/health``, ``/rpc`` (the WebSocket), ``/ui`` (the web client) and
+JSON 404s for everything else.
 """
 
 import json
@@ -23,11 +24,17 @@ class NotFoundResource(Resource):
     isLeaf = True
 
     def render(self, request):
-        return _json(request, 404, {
-            "ok": False,
-            "error": {"code": "not_found",
-                      "message": f"no such path: {request.path.decode('utf-8', 'replace')}"},
-        })
+        return _json(
+            request,
+            404,
+            {
+                "ok": False,
+                "error": {
+                    "code": "not_found",
+                    "message": f"no such path: {request.path.decode('utf-8', 'replace')}",
+                },
+            },
+        )
 
 
 class HealthResource(Resource):
@@ -37,14 +44,24 @@ class HealthResource(Resource):
         return _json(request, 200, {"ok": True, "version": __version__})
 
 
-class RootResource(Resource):
-    """``/`` itself answers server info; its children are ``health`` and ``rpc``."""
+def wants_html(request) -> bool:
+    """A browser navigating here (it asks for HTML), not a client asking for JSON."""
+    accept = (request.getHeader(b"accept") or b"").lower()
+    return b"text/html" in accept and b"application/json" not in accept
 
-    def __init__(self, rpc: Resource, agent: dict):
+
+class RootResource(Resource):
+    """``/`` itself answers server info (browsers are sent to ``/ui``); its children are
+    ``health``, ``rpc`` and ``ui``."""
+
+    def __init__(self, rpc: Resource, agent: dict, ui: Resource | None = None):
         super().__init__()
         self._agent = agent
         self.putChild(b"health", HealthResource())
         self.putChild(b"rpc", rpc)
+        self._ui = ui
+        if ui is not None:
+            self.putChild(b"ui", ui)
 
     def getChild(self, path, request):
         if path == b"":
@@ -54,12 +71,21 @@ class RootResource(Resource):
     def render_GET(self, request):
         if request.postpath and request.postpath != [b""]:
             return NotFoundResource().render(request)
-        return _json(request, 200, {
-            "name": "pi-server",
-            "version": __version__,
-            "endpoints": {"websocket": "/rpc", "health": "/health"},
-            "agent": self._agent,
-        })
+        if self._ui is not None and wants_html(request):
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"/ui")
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
+        return _json(
+            request,
+            200,
+            {
+                "name": "pi-server",
+                "version": __version__,
+                "endpoints": {"websocket": "/rpc", "health": "/health"},
+                "agent": self._agent,
+            },
+        )
 
 
 def redacted_log_formatter(timestamp, request):
@@ -102,15 +128,26 @@ class PiSite(Site):
         super().log(request)
 
 
-def make_site(rpc: Resource, agent: dict, reactor=None,
-              idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT, log_health: bool = True) -> Site:
+def make_site(
+    rpc: Resource,
+    agent: dict,
+    reactor=None,
+    idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ui: Resource | None = None,
+    log_health: bool = True,
+) -> Site:
     """
-    ``agent`` describes the pi agent for ``GET /``. ``idle_timeout`` closes HTTP
-    connections silent that long; it is what bounds a client that connects and never
-    completes its WebSocket upgrade request.
+    ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
+    ``/ui`` (none without it). ``idle_timeout`` closes HTTP connections silent that long;
+    it is what bounds a client that connects and never completes its WebSocket upgrade
+    request.
     """
-    site = PiSite(RootResource(rpc, agent), logFormatter=redacted_log_formatter, reactor=reactor,
-                  timeout=idle_timeout)
+    site = PiSite(
+        RootResource(rpc, agent, ui),
+        logFormatter=redacted_log_formatter,
+        reactor=reactor,
+        timeout=idle_timeout,
+    )
     site.log_health = log_health
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False

@@ -36,6 +36,7 @@ from .store import StateStore
 from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from .webui import WebUiResource
 from .workspace.methods import WorkspaceMethods
 from .workspace.shipping import Shipping
 from .workspace.snapshot import Snapshots
@@ -52,8 +53,10 @@ def git_environment(config: ServerConfig) -> dict:
     secret. The GitHub token reaches a clone through that one process (git.py).
     """
     return {
-        name: value for name, value in config.env.items()
-        if name not in AGENT_FORBIDDEN_ENV and name not in config.dotenv_names
+        name: value
+        for name, value in config.env.items()
+        if name not in AGENT_FORBIDDEN_ENV
+        and name not in config.dotenv_names
         and not name.endswith(SECRET_NAME_SUFFIXES)
     }
 
@@ -109,14 +112,19 @@ class PiServerService(MultiService):
             return
         self._announced = True
         config = self.config
-        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi} "
-                      "(pi {pi_version} on Node.js {node_version})",
-                      version=__version__, data_dir=str(config.data_dir),
-                      pi=" ".join(config.pi_command), pi_version=config.agent_version.pi,
-                      node_version=config.agent_version.node or "unknown")
+        self.log.info(
+            "pi-server {version} starting; data dir {data_dir}; agent {pi} "
+            "(pi {pi_version} on Node.js {node_version})",
+            version=__version__,
+            data_dir=str(config.data_dir),
+            pi=" ".join(config.pi_command),
+            pi_version=config.agent_version.pi,
+            node_version=config.agent_version.node or "unknown",
+        )
         for problem in config.dotenv_problems:
-            self.log.warn("{file}: {problem}", file=str(config.data_dir / ".env"),
-                          problem=str(problem))
+            self.log.warn(
+                "{file}: {problem}", file=str(config.data_dir / ".env"), problem=str(problem)
+            )
         if config.auth_token is None:
             self.log.critical(
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
@@ -131,21 +139,40 @@ class PiServerService(MultiService):
             self.log.info("listening on {address}", address=str(address))
             return
         shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
         scheme = "wss" if self.config.tls else "ws"
-        self.log.info("listening on {host}:{port}; WebSocket at {scheme}://{shown}:{port}/rpc",
-                      host=host, port=port, shown=shown, scheme=scheme)
+        web = f"{'https' if self.config.tls else 'http'}://{shown}:{port}/ui"
+        self.log.info(
+            "listening on {host}:{port}; WebSocket at {scheme}://{shown}:{port}/rpc",
+            host=host,
+            port=port,
+            shown=shown,
+            scheme=scheme,
+        )
         if self.config.auth_token_source == "generated":
             # Shown once, when the token is made, so the user can paste it into a client;
-            # the only log line the redaction lets a secret through.
+            # the only log line the redaction lets a secret through. The web link carries
+            # it in the fragment, which browsers never send to a server.
             self.log.info(
-                "new server token stored in {path}; connect with "
-                "{scheme}://{shown}:{port}/rpc?token={token}",
-                path=str(self.config.data_dir / "server-token"), shown=shown, port=port,
-                token=self.config.auth_token, scheme=scheme, **{REVEAL_FIELD: True},
+                "new server token stored in {path}; open the web client at {web}#token={token} "
+                "or connect with {scheme}://{shown}:{port}/rpc?token={token}",
+                path=str(self.config.data_dir / "server-token"),
+                shown=shown,
+                port=port,
+                web=web,
+                token=self.config.auth_token,
+                scheme=scheme,
+                **{REVEAL_FIELD: True},
             )
         elif self.config.auth_token is not None:
-            self.log.info("clients authenticate with the token from {source}",
-                          source=self.config.auth_token_source)
+            self.log.info(
+                "web client at {web}; clients authenticate with the token from {source}",
+                web=web,
+                source=self.config.auth_token_source,
+            )
+        else:
+            self.log.info("web client at {web}", web=web)
 
 
 def build_service(config: ServerConfig, reactor) -> PiServerService:
@@ -156,7 +183,10 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
 
     supervisor = AgentSupervisor(
-        reactor, list(config.pi_command), str(config.data_dir), config.env,
+        reactor,
+        list(config.pi_command),
+        str(config.data_dir),
+        config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV,
     )
     supervisor.setServiceParent(top)
@@ -166,8 +196,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     github = None
     if config.github_token:
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        github = GithubClient(http, config.github_api_url, config.github_token, reactor,
-                              timeout=config.github_timeout)
+        github = GithubClient(
+            http, config.github_api_url, config.github_token, reactor, timeout=config.github_timeout
+        )
     repos = RepoCatalog(str(config.data_dir), github, git)
     checkouts = Checkouts(git, config.github_token)
 
@@ -175,65 +206,114 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         sessions.publish(session, event_type, payload)
 
     snapshots = Snapshots(git, in_thread, publish)
-    sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
-                              checkouts=checkouts, journal_limits=config.journal_limits,
-                              merge_window=config.delta_merge_window,
-                              max_agents=config.max_agents,
-                              idle_timeout=config.agent_idle_timeout,
-                              native_tool_timeout=config.native_tool_timeout,
-                              on_run_end=snapshots.run_ended)
+    sessions = SessionManager(
+        reactor,
+        config.data_dir,
+        supervisor,
+        store,
+        models,
+        checkouts=checkouts,
+        journal_limits=config.journal_limits,
+        merge_window=config.delta_merge_window,
+        max_agents=config.max_agents,
+        idle_timeout=config.agent_idle_timeout,
+        native_tool_timeout=config.native_tool_timeout,
+        on_run_end=snapshots.run_ended,
+    )
     sessions.setServiceParent(top)
-    shipping = Shipping(git, snapshots, repos, github, config.github_token, publish,
-                        author=config.git_author, push_timeout=config.clone_timeout)
+    shipping = Shipping(
+        git,
+        snapshots,
+        repos,
+        github,
+        config.github_token,
+        publish,
+        author=config.git_author,
+        push_timeout=config.clone_timeout,
+    )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     limits = config.journal_limits
     agent = config.agent_version.public()
-    methods = RpcMethods(sessions=sessions, models=models, repos=repos, agent=agent,
-                         capabilities={
-        "eventModes": list(EVENT_MODES),
-        "nativeTools": True,
-        "nativeToolTimeoutSec": config.native_tool_timeout,
-        "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
-                    "maxAgeSec": limits.max_age},
-        # The seed's name for how far back a resume reaches.
-        "replayWindowSec": int(limits.max_age),
-    }, workspace=workspace)
+    methods = RpcMethods(
+        sessions=sessions,
+        models=models,
+        repos=repos,
+        agent=agent,
+        capabilities={
+            "eventModes": list(EVENT_MODES),
+            "nativeTools": True,
+            "nativeToolTimeoutSec": config.native_tool_timeout,
+            "journal": {
+                "maxEvents": limits.max_events,
+                "maxBytes": limits.max_bytes,
+                "maxAgeSec": limits.max_age,
+            },
+            # The seed's name for how far back a resume reaches.
+            "replayWindowSec": int(limits.max_age),
+        },
+        workspace=workspace,
+    )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
         notifier = Notifier(
             config.notify_urls,
-            HTTPClient(Agent(reactor, connectTimeout=ATTEMPT_TIMEOUT,
-                             pool=HTTPConnectionPool(reactor, persistent=False))),
-            reactor, secret=config.notify_secret, redact=redact)
+            HTTPClient(
+                Agent(
+                    reactor,
+                    connectTimeout=ATTEMPT_TIMEOUT,
+                    pool=HTTPConnectionPool(reactor, persistent=False),
+                )
+            ),
+            reactor,
+            secret=config.notify_secret,
+            redact=redact,
+        )
         notifier.setServiceParent(top)
         sessions.listeners.append(notifier.happened)
     metrics = top.metrics = ServerMetrics(reactor)
     sessions.listeners.append(metrics.happened)
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
-    hub = top.hub = Hub(table, fallback=fallback,
-                        send_buffer_limit=config.send_buffer_limit,
-                        clock=reactor, requests_per_second=config.requests_per_second,
-                        redact=redact)
+    hub = top.hub = Hub(
+        table,
+        fallback=fallback,
+        send_buffer_limit=config.send_buffer_limit,
+        clock=reactor,
+        requests_per_second=config.requests_per_second,
+        redact=redact,
+    )
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(
-        hub, authenticator, config.max_frame_size, reactor=reactor,
-        allowed_origins=config.allowed_origins, max_connections=config.max_connections,
+        hub,
+        authenticator,
+        config.max_frame_size,
+        reactor=reactor,
+        allowed_origins=config.allowed_origins,
+        max_connections=config.max_connections,
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
-        keepalive_timeout=config.keepalive_timeout)
-    site = make_site(WebSocketResource(factory), agent, reactor=reactor,
-                     idle_timeout=config.handshake_timeout, log_health=config.log_health)
+        keepalive_timeout=config.keepalive_timeout,
+    )
+    site = make_site(
+        WebSocketResource(factory),
+        agent,
+        reactor=reactor,
+        idle_timeout=config.handshake_timeout,
+        ui=WebUiResource(authenticator),
+        log_health=config.log_health,
+    )
     metrics.watch(hub, sessions)
     site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))
-    site.resource.putChild(b"ready", ReadyResource(config.pi_command, config.data_dir,
-                                                   config.env.get("PATH")))
+    site.resource.putChild(
+        b"ready", ReadyResource(config.pi_command, config.data_dir, config.env.get("PATH"))
+    )
     site.resource.putChild(b"schema.json", SchemaResource())
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
-        RevocationWatcher(device_tokens, lambda: list(hub.connections.values()),
-                          reactor).setServiceParent(top)
+        RevocationWatcher(
+            device_tokens, lambda: list(hub.connections.values()), reactor
+        ).setServiceParent(top)
     endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
     listener = StreamServerEndpointService(endpoint, site)
     listener.setName("listener")
