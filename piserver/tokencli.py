@@ -3,7 +3,8 @@
 dir. ``add`` prints the new token once, on stdout alone (so that
 ``TOKEN=$(pi-server token add phone)`` works); nothing ever prints a stored hash.
 ``add NAME --qr`` prints after it the URL to connect with and that URL as a QR code
-(segno), for a phone camera to pick up. A running server sees every change within a
+(segno), for a phone camera to pick up; ``--qr --web`` the web client's sign-in link
+(``…/ui#token=…``) instead, for a phone's browser. A running server sees every change within a
 second (see devices.py).
 """
 
@@ -22,8 +23,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-SYNOPSIS = ("Usage: pi-server token [--data-dir DIR] add NAME [--qr [--url URL]] | list | "
-            "revoke NAME")
+SYNOPSIS = ("Usage: pi-server token [--data-dir DIR] add NAME [--qr [--web] [--url URL]] | "
+            "list | revoke NAME")
 
 
 def connect_url(server_url: str, token: str) -> str:
@@ -39,6 +40,15 @@ def connect_url(server_url: str, token: str) -> str:
     return f"{scheme}://{parts.netloc}{path}?token={quote(token, safe='')}"
 
 
+def web_url(server_url: str, token: str) -> str:
+    """The web client's sign-in link carrying ``token`` in its fragment (which a browser
+    never sends to a server), from the same server address as ``connect_url``."""
+    rpc = urlsplit(connect_url(server_url, token))
+    scheme = {"ws": "http", "wss": "https"}[rpc.scheme]
+    base = rpc.path.removesuffix("/rpc")
+    return f"{scheme}://{rpc.netloc}{base}/ui#token={quote(token, safe='')}"
+
+
 def default_server_url(environ) -> str:
     return f"ws://{socket.gethostname()}:{environ.get('PI_SERVER_PORT') or DEFAULT_PORT}"
 
@@ -49,9 +59,10 @@ def write_qr(text: str, out) -> None:
 
 
 class AddOptions(usage.Options):
-    synopsis = "NAME [--qr [--url URL]]"
+    synopsis = "NAME [--qr [--web] [--url URL]]"
     optFlags = [
         ["qr", None, "also print the URL to connect with, and it as a QR code for a phone"],
+        ["web", None, "with --qr: the web client's sign-in link (/ui#token=...) instead"],
     ]
     optParameters = [
         ["url", None, None,
@@ -81,6 +92,8 @@ class AddOptions(usage.Options):
             if not self["qr"]:
                 raise usage.UsageError("--url goes with --qr")
             connect_url(self["url"], "check")
+        if self["web"] and not self["qr"]:
+            raise usage.UsageError("--web goes with --qr")
 
 
 class ListOptions(usage.Options):
@@ -148,8 +161,8 @@ def run(argv, environ, clock, stdout, stderr) -> int:
                 f"added device {name}. The token above is shown only this once: give it to the "
                 "device (Authorization: Bearer <token>, or ?token=<token> on the /rpc URL).\n")
             if options.subOptions["qr"]:
-                url = connect_url(options.subOptions["url"] or default_server_url(environ),
-                                  token)
+                link = web_url if options.subOptions["web"] else connect_url
+                url = link(options.subOptions["url"] or default_server_url(environ), token)
                 stdout.write(url + "\n")
                 write_qr(url, stdout)
         elif command == "list":

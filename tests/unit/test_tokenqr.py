@@ -79,3 +79,15 @@ def test_bad_qr_options(capsys, tmp_path, args):
 def test_connect_url_refuses_other_schemes():
     with pytest.raises(usage.UsageError):
         connect_url("gopher://h", "T")
+
+
+def test_qr_code_of_the_web_clients_sign_in_link(capsys, tmp_path):
+    status, out, _ = token_cli(capsys, "add", "phone", "--qr", "--web", "--url",
+                               "wss://pi.example/base", "--data-dir", str(tmp_path))
+    assert status == 0
+    token, url, *qr_lines = out.splitlines()
+    assert url == f"https://pi.example/base/ui#token={token}"
+    expected = io.StringIO()
+    segno.make(url, error="m").terminal(out=expected, compact=True)
+    assert qr_lines == expected.getvalue().splitlines()
+    assert token_cli(capsys, "add", "tablet", "--web", "--data-dir", str(tmp_path))[0] == 2
