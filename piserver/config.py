@@ -20,7 +20,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 DEFAULT_MAX_CONNECTIONS = 100
 
 # Server-side secrets that are never passed on to an agent process.
-SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN"})
+SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN",
+                               "PI_SERVER_NOTIFY_SECRET"})
 # Environment variables named like these hold secrets (kept from git, redacted from logs).
 SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
@@ -60,6 +61,14 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     # (name, mail) of session.commit's author; None: git's config, else pi-server's own.
     git_author: tuple | None = None
+    # GET /health requests appear in the access log.
+    log_health: bool = True
+    # Scrapers of /metrics present it as a bearer token; None: /metrics is open.
+    metrics_token: str | None = None
+    # URLs notified of finished runs, waiting input and failed agents (notify.py).
+    notify_urls: tuple = ()
+    # Key of the notifications' HMAC signature; None: unsigned.
+    notify_secret: str | None = None
     # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
     sandbox: str = "none"
     # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.

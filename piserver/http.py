@@ -116,12 +116,25 @@ def _safe(value: bytes) -> str:
     return json.dumps(value.decode("latin-1"))[1:-1]
 
 
+class PiSite(Site):
+    """A ``Site`` whose access log can leave out the health probes (``--no-health-log``):
+    a load balancer asking every few seconds would fill it."""
+
+    log_health = True
+
+    def log(self, request):
+        if not self.log_health and request.path == b"/health":
+            return
+        super().log(request)
+
+
 def make_site(
     rpc: Resource,
     agent: dict,
     reactor=None,
     idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ui: Resource | None = None,
+    log_health: bool = True,
 ) -> Site:
     """
     ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
@@ -129,12 +142,13 @@ def make_site(
     it is what bounds a client that connects and never completes its WebSocket upgrade
     request.
     """
-    site = Site(
+    site = PiSite(
         RootResource(rpc, agent, ui),
         logFormatter=redacted_log_formatter,
         reactor=reactor,
         timeout=idle_timeout,
     )
+    site.log_health = log_health
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False
     return site

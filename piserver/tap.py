@@ -34,6 +34,7 @@ from .launchers.bwrap import BwrapUnusable, check_bwrap
 from .launchers.caches import COMPILE_CACHE
 from .launchers.caches import fill as fill_cache
 from .launchers.template import BadTemplate, parse_template
+from .logconfig import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
 from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
@@ -123,6 +124,17 @@ class Options(usage.Options):
          "seconds a client has to answer a ping before it is dropped", float],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "WebSocket connections served at once; more are refused with HTTP 503", int],
+        ["log-level", None, DEFAULT_LOG_LEVEL,
+         f"least severe events logged: {', '.join(LOG_LEVELS)} (debug shows every "
+         "WebSocket frame)"],
+        ["log-format", None, DEFAULT_LOG_FORMAT,
+         "text, or json: one JSON object per line with the event's fields"],
+        ["notify-secret", None, None,
+         "key of the HMAC-SHA256 signature (X-Pi-Server-Signature) of each notification "
+         "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]"],
+        ["metrics-token", None, None,
+         "token scrapers present (Authorization: Bearer) for GET /metrics "
+         "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]"],
         ["git-author", None, None,
          'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
          "and user.email, else pi-server <pi-server@localhost>]"],
@@ -136,6 +148,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
+        ["no-health-log", None, "leave GET /health requests out of the access log"],
     ]
 
     def __init__(self, environ=None, probe_agent=probe, check_sandbox=check_bwrap,
@@ -146,6 +159,7 @@ class Options(usage.Options):
         self._check_sandbox = check_sandbox
         self._fill_cache = fill_cache
         self.allowed_origins = set()
+        self.notify_urls = []
 
     def opt_allowed_origin(self, value):
         """
@@ -156,6 +170,15 @@ class Options(usage.Options):
             self.allowed_origins.add(parse_origin(value))
         except ValueError as e:
             raise usage.UsageError(f"--allowed-origin {value!r}: {e}") from None
+
+    def opt_notify_url(self, value):
+        """
+        POST a JSON notification here when a run ends, the agent waits for an answer or
+        fails; repeatable
+        """
+        if not value.startswith(("http://", "https://")):
+            raise usage.UsageError(f"--notify-url {value!r}: not an http(s) URL")
+        self.notify_urls.append(value)
 
     def _tls_endpoint(self, port: str) -> str:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -230,6 +253,13 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
+        if self["log-level"] not in LOG_LEVELS:
+            raise usage.UsageError(f"--log-level is one of {', '.join(LOG_LEVELS)}")
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format is one of {', '.join(LOG_FORMATS)}")
+        twistd = self.twistd_options()
+        if twistd is not None and twistd.get("logfile") == "-" and not twistd.get("nodaemon"):
+            raise usage.UsageError("a daemon cannot log to standard output (--logfile -)")
 
         git_author = None
         if self["git-author"] is not None:
@@ -320,9 +350,20 @@ class Options(usage.Options):
             keepalive_interval=self["keepalive-interval"],
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
+            log_health=not self["no-health-log"],
+            metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN")
+            or None,
+            notify_urls=tuple(self.notify_urls),
+            notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET")
+            or None,
             git_author=git_author,
             **launcher,
         )
+
+    def twistd_options(self):
+        """twistd's own options (``--logfile``, ``--nodaemon``...) when twistd parses these
+        as its subcommand, else None."""
+        return getattr(self, "parent", None)
 
 
 def _reactor():
@@ -331,9 +372,14 @@ def _reactor():
 
 
 def makeService(options: Options):
+    from .logconfig import twistd_observer
     from .redact import install_redaction
     from .server import build_service
     service = build_service(options.config, _reactor())
     # Now, before twistd adds its log observer: the redaction must run before it.
     install_redaction(service, options.config)
+    twistd = options.twistd_options()
+    if twistd is not None:
+        service.log_observer = twistd_observer(twistd, options["log-level"],
+                                               options["log-format"])
     return service
