@@ -23,13 +23,18 @@ SETTINGS = "settings.json"
 # The data dir's entries that are the server's, not pi's configuration.
 SERVER_ENTRIES = frozenset({
     ".env", "server-token", "device-tokens.json", "state.json", "repos.json", "sessions",
-    "models-helper", SETTINGS,
+    "models-helper", "node-compile-cache", SETTINGS,
 })
 
 
 def _is_server_entry(name: str) -> bool:
     # state.json.corrupt-1, server-token.tmp…: set-asides and temporaries are the server's too.
     return name in SERVER_ENTRIES or any(name.startswith(f"{entry}.") for entry in SERVER_ENTRIES)
+
+
+def shared_paths(data_dir: Path) -> list[Path]:
+    """The data dir's entries an agent dir links to: pi's files, none of the server's."""
+    return [entry for entry in data_dir.iterdir() if not _is_server_entry(entry.name)]
 
 
 def prepare(data_dir: Path, session_agent_dir: Path) -> None:
@@ -42,7 +47,7 @@ def prepare(data_dir: Path, session_agent_dir: Path) -> None:
         temporary = settings.with_name(SETTINGS + ".tmp")
         shutil.copyfile(shared_settings, temporary)
         os.replace(temporary, settings)
-    wanted = {entry.name for entry in data_dir.iterdir() if not _is_server_entry(entry.name)}
+    wanted = {entry.name for entry in shared_paths(data_dir)}
     for entry in session_agent_dir.iterdir():
         if entry.is_symlink() and entry.name not in wanted:
             entry.unlink()

@@ -69,6 +69,15 @@ class ServerConfig:
     notify_urls: tuple = ()
     # Key of the notifications' HMAC signature; None: unsigned.
     notify_secret: str | None = None
+    # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
+    sandbox: str = "none"
+    # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.
+    sandbox_problem: str | None = None
+    bwrap: str | None = None
+    # Node's compile cache for sandboxed agents (read-only to them), in the data dir.
+    compile_cache: Path | None = None
+    # --launcher-command's words (launchers.template.parse_template).
+    launcher_command: tuple | None = None
 
     @property
     def github_token(self) -> str | None:

@@ -8,7 +8,9 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from . import agentdir
 from .errors import InvalidParams
+from .launchers import SessionFiles
 
 HELPER_KEY = "models-helper"
 # Fields of pi's model objects that can hold credentials from models.json.
@@ -20,10 +22,13 @@ class ModelCatalog:
     log = Logger()
 
     def __init__(self, reactor, supervisor, workspace: Path,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT):
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, data_dir: Path | None = None):
         self._reactor = reactor
         self._supervisor = supervisor
         self._workspace = Path(workspace)
+        # With a data dir, the helper gets an agent dir of its own (see agentdir), which
+        # a sandbox can show it without the data dir's server files.
+        self._data_dir = data_dir
         self._idle_timeout = idle_timeout
         self._agent = None
         self._idle_call = None
@@ -34,10 +39,18 @@ class ModelCatalog:
             await agent.exited  # stopping for idleness just now: wait, then start anew
         if agent is None or agent.exit is not None or agent.stop_requested:
             self._workspace.mkdir(mode=0o700, parents=True, exist_ok=True)
+            own = {}
+            if self._data_dir is not None:
+                agent_dir = self._workspace / "agent"
+                agentdir.prepare(self._data_dir, agent_dir)
+                own = {"agent_dir": str(agent_dir), "files": SessionFiles(
+                    directory=str(self._workspace), writable=(str(agent_dir),),
+                    readable=tuple(str(p) for p in agentdir.shared_paths(self._data_dir)),
+                    cache=str(self._workspace / "cache"))}
             # No session file and no tools: it only answers questions about models.
             agent = self._agent = self._supervisor.spawn(
                 HELPER_KEY, ["--no-session", "--no-tools"], str(self._workspace),
-                lambda event, raw: None)
+                lambda event, raw: None, **own)
             self.log.info("started the models helper agent")
         self._touch()
         await agent.ready

@@ -23,6 +23,9 @@ from .git import Git
 from .github import GithubClient
 from .http import make_site
 from .hub import Hub
+from .launchers import Launcher, LocalLauncher
+from .launchers.bwrap import BwrapLauncher, install_paths
+from .launchers.template import CommandTemplateLauncher
 from .methods import RpcMethods
 from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
@@ -125,6 +128,15 @@ class PiServerService(MultiService):
             self.log.warn(
                 "{file}: {problem}", file=str(config.data_dir / ".env"), problem=str(problem)
             )
+        if config.sandbox_problem is not None:
+            self.log.critical(
+                "AGENTS ARE NOT SANDBOXED: {problem}. Every agent runs with this server's "
+                "rights and can read its token, other sessions and your files; install "
+                "bubblewrap, or give --sandbox none to run without one knowingly",
+                problem=config.sandbox_problem,
+            )
+        else:
+            self.log.info("agents run as {launcher}", launcher=describe_launcher(config))
         if config.auth_token is None:
             self.log.critical(
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
@@ -175,6 +187,24 @@ class PiServerService(MultiService):
             self.log.info("web client at {web}", web=web)
 
 
+def make_launcher(config: ServerConfig, reactor) -> Launcher:
+    if config.sandbox == "bwrap":
+        return BwrapLauncher(
+            reactor, config.bwrap, install_paths(config.pi_command), cache=config.compile_cache
+        )
+    if config.sandbox == "command":
+        return CommandTemplateLauncher(reactor, config.launcher_command)
+    return LocalLauncher(reactor)
+
+
+def describe_launcher(config: ServerConfig) -> str:
+    if config.sandbox == "bwrap":
+        return f"bubblewrap sandboxes ({config.bwrap})"
+    if config.sandbox == "command":
+        return f"--launcher-command {' '.join(config.launcher_command)}"
+    return "local processes, not sandboxed (--sandbox none)"
+
+
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
 
@@ -188,10 +218,13 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         str(config.data_dir),
         config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV,
+        launcher=make_launcher(config, reactor),
     )
     supervisor.setServiceParent(top)
     store = StateStore(config.data_dir / "state.json", reactor)
-    models = ModelCatalog(reactor, supervisor, config.data_dir / "models-helper")
+    models = ModelCatalog(
+        reactor, supervisor, config.data_dir / "models-helper", data_dir=config.data_dir
+    )
     git = Git(reactor, env=git_environment(config), clone_timeout=config.clone_timeout)
     github = None
     if config.github_token:

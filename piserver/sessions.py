@@ -33,8 +33,14 @@ from .errors import (
     TooManySessions,
 )
 from .journal import Journal, JournalLimits
+from .launchers import SessionFiles
 from .models import public_state
-from .nativetools import DEFAULT_CALL_TIMEOUT, extension_args, write_tools_file
+from .nativetools import (
+    DEFAULT_CALL_TIMEOUT,
+    EXTENSION_PATH,
+    extension_args,
+    write_tools_file,
+)
 from .store import CorruptFileError, load_json, write_json_atomic
 from .stream import EventStream
 
@@ -550,6 +556,17 @@ class SessionManager(service.Service):
             args += extension_args(session.native_tools_file)
         return args
 
+    def agent_files(self, session: Session) -> SessionFiles:
+        """What of the server's files the session's agent may see (when sandboxed)."""
+        return SessionFiles(
+            directory=str(session.directory),
+            writable=(str(session.cwd), str(session.pi_session_dir), str(session.agent_dir)),
+            readable=(str(EXTENSION_PATH.parent),
+                      *(str(path) for path in agentdir.shared_paths(self._data_dir))),
+            cache=str(session.directory / "cache"),
+            repository=session.extra.get("repoPath")
+            if session.extra.get("repoSource") == "local" else None)
+
     def ensure_agent(self, session: Session) -> defer.Deferred:
         """Fire with the session's running agent, starting it if needed."""
         if session.deleted:
@@ -602,7 +619,7 @@ class SessionManager(service.Service):
         agent = self._supervisor.spawn(
             session.id, self.agent_args(session), str(session.cwd),
             lambda event, raw: self._agent_event(session, agent, event, raw),
-            agent_dir=str(session.agent_dir))
+            agent_dir=str(session.agent_dir), files=self.agent_files(session))
         session.agent = agent
         session.streaming = False
         agent.exited.addCallback(self._agent_exited, session, agent)

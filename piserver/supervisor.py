@@ -26,6 +26,7 @@ from piserver.agent import (
     EventCallback,
 )
 from piserver.errors import AgentExited, InvalidState
+from piserver.launchers import AgentLaunch, Launcher, LocalLauncher, SessionFiles
 
 log = Logger()
 
@@ -43,7 +44,8 @@ class AgentSupervisor(service.Service):
     a bare first word is looked up on the PATH of ``base_env``).  ``agent_dir``
     becomes ``PI_CODING_AGENT_DIR``.  ``base_env`` is the agent's environment
     (server env plus ``.env``) from which every name in ``forbidden_env`` is
-    removed.  With the default timings a stop takes at most
+    removed.  ``launcher`` starts the processes (a ``LocalLauncher`` unless
+    given: see piserver/launchers).  With the default timings a stop takes at most
     ``abort_timeout + term_grace + kill_grace`` = 7 s.
     """
 
@@ -63,6 +65,7 @@ class AgentSupervisor(service.Service):
         term_grace: float = DEFAULT_TERM_GRACE,
         kill_grace: float = DEFAULT_KILL_GRACE,
         max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
+        launcher: Launcher | None = None,
     ) -> None:
         if not pi_command:
             raise ValueError("pi_command is empty")
@@ -73,6 +76,7 @@ class AgentSupervisor(service.Service):
                 raise ValueError(f"{executable!r} not found on PATH")
             executable = found
         self._reactor = reactor
+        self._launcher = launcher if launcher is not None else LocalLauncher(reactor)
         self._executable = executable
         self._pi_argv = list(pi_command)
         forbidden = set(forbidden_env)
@@ -89,9 +93,10 @@ class AgentSupervisor(service.Service):
         self._shutting_down = False
 
     def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback,
-              agent_dir: str | None = None) -> AgentProtocol:
+              agent_dir: str | None = None, files: SessionFiles | None = None) -> AgentProtocol:
         """Start ``pi --mode rpc *args`` in ``cwd`` for ``key`` and return its protocol at once.
-        ``agent_dir``, when given, is its ``PI_CODING_AGENT_DIR`` instead of the shared one.
+        ``agent_dir``, when given, is its ``PI_CODING_AGENT_DIR`` instead of the shared one;
+        ``files`` what of the server's files a sandboxing launcher lets it see.
 
         The start-up ``get_state`` is already sent: ``agent.ready`` fires with
         its data, or fails (an agent that doesn't answer within the start-up
@@ -115,7 +120,8 @@ class AgentSupervisor(service.Service):
         env = dict(self._env)
         if agent_dir is not None:
             env["PI_CODING_AGENT_DIR"] = agent_dir
-        self._reactor.spawnProcess(agent, self._executable, argv, env=env, path=cwd)
+        self._launcher.launch(agent, AgentLaunch(key=key, executable=self._executable,
+                                                 argv=tuple(argv), cwd=cwd, env=env, files=files))
         self._agents[key] = agent
         log.info(
             "agent {agent_key} started pid={pid} cwd={cwd}", agent_key=key, pid=agent.pid, cwd=cwd

@@ -3,6 +3,8 @@
 """
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 from OpenSSL import crypto
@@ -28,8 +30,12 @@ from .connection import DEFAULT_SEND_BUFFER_LIMIT
 from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .journal import JournalLimits
+from .launchers.bwrap import BwrapUnusable, check_bwrap
+from .launchers.caches import COMPILE_CACHE
+from .launchers.caches import fill as fill_cache
+from .launchers.template import BadTemplate, parse_template
 from .logconfig import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
-from .nativetools import DEFAULT_CALL_TIMEOUT
+from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
@@ -52,6 +58,9 @@ def endpoint_description(port: str, host: str) -> str:
             f"--port {port!r}: give a port number or an endpoint such as tcp:3141 or unix:/path"
         )
     return port
+
+
+SANDBOX_CHOICES = ("auto", "bwrap", "none")
 
 
 class Options(usage.Options):
@@ -129,16 +138,26 @@ class Options(usage.Options):
         ["git-author", None, None,
          'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
          "and user.email, else pi-server <pi-server@localhost>]"],
+        ["sandbox", None, "auto",
+         "where agents run: bwrap (a bubblewrap sandbox per agent), none, or auto (bwrap "
+         "when it works here, else none with a warning)"],
+        ["bwrap", None, "bwrap", "the bubblewrap program (a path, or a name on PATH)"],
+        ["launcher-command", None, None,
+         "run each agent behind this command prefix (docker run -i ..., kubectl exec -i "
+         "..., ssh ...), with {cwd}, {session} and {uid} filled in; replaces the sandbox"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
         ["no-health-log", None, "leave GET /health requests out of the access log"],
     ]
 
-    def __init__(self, environ=None, probe_agent=probe):
+    def __init__(self, environ=None, probe_agent=probe, check_sandbox=check_bwrap,
+                 fill_cache=fill_cache):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
         self._probe_agent = probe_agent
+        self._check_sandbox = check_sandbox
+        self._fill_cache = fill_cache
         self.allowed_origins = set()
         self.notify_urls = []
 
@@ -175,6 +194,43 @@ class Options(usage.Options):
         except TlsFilesError as e:
             raise usage.UsageError(str(e)) from None
         return tls_endpoint(int(port), self["host"], cert, key)
+
+    def _launcher(self) -> dict:
+        """The config fields saying how agents are started (see launchers)."""
+        sandbox = self["sandbox"]
+        if sandbox not in SANDBOX_CHOICES:
+            raise usage.UsageError(f"--sandbox {sandbox!r}: choose auto, bwrap or none")
+        path = self.environ.get("PATH", os.defpath)
+        if self["launcher-command"] is not None:
+            if sandbox == "bwrap":
+                raise usage.UsageError(
+                    "--launcher-command replaces the sandbox: give it or --sandbox bwrap")
+            try:
+                words = parse_template(self["launcher-command"], path)
+            except BadTemplate as e:
+                raise usage.UsageError(f"--launcher-command: {e}") from None
+            return {"sandbox": "command", "launcher_command": words}
+        if sandbox == "none":
+            return {"sandbox": "none"}
+        bwrap = shutil.which(os.path.expanduser(self["bwrap"]), path=path)
+        try:
+            if bwrap is None:
+                raise BwrapUnusable(f"{self['bwrap']} not found (install bubblewrap)")
+            self._check_sandbox(bwrap, self.environ)
+        except BwrapUnusable as e:
+            if sandbox == "bwrap":
+                raise usage.UsageError(f"--sandbox bwrap: {e}") from None
+            return {"sandbox": "none", "sandbox_problem": str(e)}
+        return {"sandbox": "bwrap", "bwrap": bwrap}
+
+    def _fill_compile_cache(self, cache: Path, pi, env, agent_version) -> Path | None:
+        try:
+            self._fill_cache(cache, pi, env, agent_version.pi, EXTENSION_PATH, TOOLS_FILE_FLAG)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.warn("sandboxed agents will start slower: cannot fill {cache}: {error}",
+                     cache=str(cache), error=str(e))
+            return None
+        return cache
 
     def postOptions(self):
         environ = self.environ
@@ -231,10 +287,14 @@ class Options(usage.Options):
         except OSError as e:
             raise usage.UsageError(f"cannot read {data_dir / '.env'}: {e.strerror or e}") from None
         env = {**environ, **dotenv}
+        launcher = self._launcher()
         try:
             agent_version = self._probe_agent(pi, env)
         except UnsupportedAgent as e:
             raise usage.UsageError(str(e)) from None
+        if launcher["sandbox"] == "bwrap":
+            launcher["compile_cache"] = self._fill_compile_cache(
+                data_dir / COMPILE_CACHE, pi, env, agent_version)
 
         if self["no-auth"]:
             token, source = None, "disabled"
@@ -297,6 +357,7 @@ class Options(usage.Options):
             notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET")
             or None,
             git_author=git_author,
+            **launcher,
         )
 
     def twistd_options(self):

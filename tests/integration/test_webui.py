@@ -282,7 +282,8 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
     await browser.run(page.wait_for_url(base + "/ui"))
     sessions = (await observer.call("session.list"))["sessions"]
     assert session_id not in [s["sessionId"] for s in sessions]
-    assert await browser.run(page.locator(f"[data-session-id='{session_id}']").count()) == 0
+    # The list is fetched again after the page has moved on: wait for it to drop the session.
+    await browser.run(page.locator(f"[data-session-id='{session_id}']").wait_for(state="detached"))
     assert await browser.run(page.evaluate("window.__violations")) == []
 
 
