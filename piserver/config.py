@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import attr
+from twisted.logger import LogLevel
 
 DEFAULT_PORT = 3141
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -56,6 +57,8 @@ class ServerConfig:
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Events below this level are not logged (debug events of libraries hold raw requests).
+    log_level: LogLevel = LogLevel.info
 
     @property
     def github_token(self) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from OpenSSL import crypto
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.error import VerifyError
-from twisted.logger import Logger
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python import usage
 
 from .config import (
@@ -112,6 +112,9 @@ class Options(usage.Options):
          "seconds a client has to answer a ping before it is dropped", float],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "WebSocket connections served at once; more are refused with HTTP 503", int],
+        ["log-level", None, "info",
+         "least severe events logged: debug, info, warn, error or critical (credentials "
+         "are redacted at every level)"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
@@ -168,6 +171,11 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-connections"] < 1:
             raise usage.UsageError("--max-connections must be at least 1")
+        try:
+            log_level = LogLevel.levelWithName(self["log-level"])
+        except InvalidLogLevelError:
+            raise usage.UsageError(
+                "--log-level is one of debug, info, warn, error, critical") from None
 
         data_dir = (
             Path(self["data-dir"]).expanduser() if self["data-dir"]
@@ -245,6 +253,7 @@ class Options(usage.Options):
             keepalive_interval=self["keepalive-interval"],
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
+            log_level=log_level,
         )
 
 

@@ -21,9 +21,13 @@ from .origins import origin_allowed
 # Close code for a frame over the size limit (RFC 6455 "message too big").
 CLOSE_TOO_BIG = 1009
 
+# Not the protocol's ``log`` attribute: that is Autobahn's own (txaio) logger, whose debug
+# events (raw upgrade requests, with their tokens) stay off; a twisted Logger there would
+# write them.
+log = Logger()
+
 
 class RpcServerProtocol(WebSocketServerProtocol):
-    log = Logger()
     connection = None
     _identity = None
 
@@ -33,7 +37,7 @@ class RpcServerProtocol(WebSocketServerProtocol):
         origin = request.headers.get("origin")
         if origin is not None and not origin_allowed(
                 origin, request.headers.get("host"), self._secure(), factory.allowed_origins):
-            self.log.warn("refused /rpc upgrade from {peer}: origin {origin!r} is not allowed",
+            log.warn("refused /rpc upgrade from {peer}: origin {origin!r} is not allowed",
                           peer=request.peer, origin=origin)
             raise ConnectionDeny(
                 403, "cross-origin upgrade refused: this origin is not allowed "
@@ -42,12 +46,12 @@ class RpcServerProtocol(WebSocketServerProtocol):
             self._identity = factory.authenticator.authenticate(request.headers,
                                                                 request.params)
         except Unauthorized as e:
-            self.log.warn("refused /rpc upgrade from {peer}: {reason}", peer=request.peer,
+            log.warn("refused /rpc upgrade from {peer}: {reason}", peer=request.peer,
                           reason=e.reason)
             raise ConnectionDeny(401, e.reason) from None
         # The count includes this connection.
         if factory.getConnectionCount() > factory.max_connections:
-            self.log.warn("refused /rpc upgrade from {peer}: {limit} connections are open",
+            log.warn("refused /rpc upgrade from {peer}: {limit} connections are open",
                           peer=request.peer, limit=factory.max_connections)
             raise ConnectionDeny(
                 503, f"too many connections: this server accepts {factory.max_connections} "

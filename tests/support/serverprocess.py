@@ -1,0 +1,129 @@
+"""
+pi-server as a process of its own (``twistd -n piserver``), for attacks made the
+way an outsider makes them: over raw sockets, against a server that writes its
+log file and can be killed.
+"""
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.processes import free_port, health_ok, wait_until
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+PI_SERVER = str(Path(sys.executable).parent / "pi-server")
+
+
+class ServerProcess:
+    """``twistd -n piserver`` on a free loopback port, logging to ``log_file``."""
+
+    def __init__(self, directory: Path, *args, pi: str = "/bin/true", environ=None):
+        self.directory = directory
+        self.data_dir = directory / "data"
+        self.log_file = directory / "piserver.log"
+        self.port = free_port()
+        self.args = list(args)
+        self.pi = pi
+        self.environ = {**os.environ, "HOME": str(directory), **(environ or {})}
+        self.process = None
+
+    def start(self) -> "ServerProcess":
+        self.process = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--logfile",
+                str(self.log_file),
+                "piserver",
+                "--port",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                "--data-dir",
+                str(self.data_dir),
+                "--pi",
+                self.pi,
+                *self.args,
+            ],
+            cwd=self.directory,
+            env=self.environ,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: health_ok(self.port) or self.process.poll() is not None,
+            60,
+            "pi-server to answer /health",
+        )
+        assert self.process.poll() is None, self.log()
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM, and wait until the log is complete."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(60)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(60)
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def token_add(self, name: str) -> str:
+        """``pi-server token add``, in another process as a user would run it."""
+        made = subprocess.run(
+            [PI_SERVER, "token", "add", "--data-dir", str(self.data_dir), name],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+            env=self.environ,
+        )
+        return made.stdout.split()[0]
+
+    def token_revoke(self, name: str) -> None:
+        subprocess.run(
+            [PI_SERVER, "token", "revoke", "--data-dir", str(self.data_dir), name],
+            capture_output=True,
+            check=True,
+            timeout=60,
+            env=self.environ,
+        )
+
+
+def upgrade_request(path: str = "/rpc", host: str = "127.0.0.1", headers=()) -> bytes:
+    """A WebSocket upgrade request as a client writes it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send ``request`` on a new socket; the answer's head (until a blank line or close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def status_of(answer: bytes) -> int | None:
+    parts = answer.split(b" ", 2)
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
