@@ -33,7 +33,7 @@ from .errors import (
 from .journal import Journal, JournalLimits
 from .models import public_state
 from .nativetools import DEFAULT_CALL_TIMEOUT, extension_args, write_tools_file
-from .store import CorruptFileError, load_json, write_json_atomic
+from .store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
 from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
@@ -92,6 +92,10 @@ class Session:
     @property
     def native_tools_file(self) -> Path:
         return self.directory / "native-tools.json"
+
+    @property
+    def system_prompt_file(self) -> Path:
+        return self.directory / "system-prompt.md"
 
     @property
     def offers_native_tools(self) -> bool:
@@ -427,7 +431,9 @@ class SessionManager(service.Service):
         if session.provider is not None:
             args += ["--provider", session.provider, "--model", session.model_id]
         if session.system_prompt is not None:
-            args += ["--system-prompt", session.system_prompt]
+            # pi reads --system-prompt as a file when a file of that name exists: it gets the
+            # name of our own file holding the text, never the client's text itself.
+            args += ["--system-prompt", str(session.system_prompt_file)]
         if session.mode == "chat":
             args.append("--no-builtin-tools")
         if session.offers_native_tools:
@@ -481,6 +487,8 @@ class SessionManager(service.Service):
             await self._supervisor.stop(old)
         await self._make_room(session)
         session.last_used = self._reactor.seconds()
+        if session.system_prompt is not None:
+            write_bytes_atomic(session.system_prompt_file, session.system_prompt.encode("utf-8"))
         agent = self._supervisor.spawn(
             session.id, self.agent_args(session), str(session.cwd),
             lambda event, raw: self._agent_event(session, agent, event, raw))
