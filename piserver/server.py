@@ -177,8 +177,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
                      idle_timeout=config.handshake_timeout)
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
-        RevocationWatcher(device_tokens, lambda: list(hub.connections.values()),
-                          reactor).setServiceParent(top)
+        RevocationWatcher(device_tokens, lambda: list(hub.connections.values()), reactor,
+                          token_file=config.data_dir / DEVICE_TOKENS_FILE,
+                          reactor=reactor).setServiceParent(top)
     endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
     listener = StreamServerEndpointService(endpoint, site)
     listener.setName("listener")

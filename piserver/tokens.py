@@ -164,7 +164,13 @@ class DeviceTokenStore:
         return True
 
     def verify(self, presented: str) -> str | None:
-        """The name of the device whose token ``presented`` is, or None.
+        """The name of the device whose token ``presented`` is, or None."""
+        found = self.identify(presented)
+        return found[0] if found is not None else None
+
+    def identify(self, presented: str) -> tuple[str, str] | None:
+        """``(name, token id)`` of the device token ``presented`` is, or None. The id (the
+        stored hash) tells a revoked token from a new one of the same name.
 
         Every entry is compared, in constant time, whichever matches.
         """
@@ -175,8 +181,13 @@ class DeviceTokenStore:
             if not isinstance(stored, str):
                 continue
             if hmac.compare_digest(presented_hash, stored.encode("ascii", "replace")):
-                matched = name
+                matched = (name, stored)
         return matched
+
+    def token_ids(self) -> frozenset[str]:
+        """The ids (see ``identify``) of the device tokens that are valid now."""
+        return frozenset(device["hash"] for device in self._current().values()
+                         if isinstance(device.get("hash"), str))
 
     def _current(self) -> dict[str, dict]:
         """The devices, re-read if the file changed since it was last read."""

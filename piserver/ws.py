@@ -62,8 +62,10 @@ class RpcServerProtocol(WebSocketServerProtocol):
         return ISSLTransport.providedBy(self.transport)
 
     def onOpen(self):
+        identity = self._identity
         self.connection = self.factory.hub.connect(
-            self, peer=self.peer, device=self._identity.device if self._identity else None
+            self, peer=self.peer, device=identity.device if identity else None,
+            device_token_id=identity.token_id if identity else None,
         )
         # The HTTP channel registered itself as the socket's producer for the upgrade
         # request; the socket is ours now, and its pause/resume tells us a client is slow.

@@ -7,7 +7,16 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.serverprocess import ServerProcess, http_exchange, status_of, upgrade_request
+from piserver.devices import CLOSE_REVOKED
+from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from tests.support.serverprocess import (
+    ServerProcess,
+    http_exchange,
+    open_websocket,
+    read_close,
+    status_of,
+    upgrade_request,
+)
 
 SERVER_TOKEN = "attack-test-server-token"
 
@@ -59,3 +68,20 @@ def test_no_credential_of_an_upgrade_reaches_the_log(server, tmp_path):
     ):
         assert secret not in log
     assert "#debug]" not in log
+
+
+def test_a_revoked_token_loses_its_connection_when_its_name_is_given_again(server, tmp_path):
+    process = server("--auth-token", SERVER_TOKEN)
+    old_token = process.token_add("phone")
+    old = open_websocket(process.port, headers=[f"Authorization: Bearer {old_token}"])
+    # Revoked and added again at once, from outside the server, as two quick commands would.
+    store = DeviceTokenStore(process.data_dir / DEVICE_TOKENS_FILE, clock=lambda: 0.0)
+    assert store.revoke("phone")
+    new_token = store.add("phone")
+    new = open_websocket(process.port, headers=[f"Authorization: Bearer {new_token}"])
+    assert read_close(old) == CLOSE_REVOKED
+    new.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        new.recv(1)
+    old.close()
+    new.close()

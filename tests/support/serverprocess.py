@@ -127,3 +127,43 @@ def http_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
 def status_of(answer: bytes) -> int | None:
     parts = answer.split(b" ", 2)
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+
+def open_websocket(port: int, path: str = "/rpc", headers=(), timeout: float = 30):
+    """A socket on which the upgrade was answered 101, ready for frames."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(upgrade_request(path, headers=headers))
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = s.recv(1)
+        if not chunk:
+            raise ConnectionError(f"closed during the upgrade: {answer!r}")
+        answer += chunk
+    assert status_of(answer) == 101, answer
+    return s
+
+
+def read_close(s: socket.socket) -> int | None:
+    """Read server frames until a close frame; its code (None if the socket just closed)."""
+    while True:
+        head = _read_exactly(s, 2)
+        if head is None:
+            return None
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(_read_exactly(s, 2), "big")
+        elif length == 127:
+            length = int.from_bytes(_read_exactly(s, 8), "big")
+        payload = _read_exactly(s, length) if length else b""
+        if head[0] & 0x0F == 0x8:
+            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+
+
+def _read_exactly(s: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
