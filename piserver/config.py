@@ -18,6 +18,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_INTERVAL = 20.0
 DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 DEFAULT_MAX_CONNECTIONS = 100
+# Connections one source address may have open that are still sending their request.
+DEFAULT_MAX_PENDING_PER_ADDRESS = 16
 PI_PACKAGE = "@mariozechner/pi-coding-agent"
 
 # Server-side secrets that are never passed on to an agent process.
@@ -59,6 +61,9 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     # Events below this level are not logged (debug events of libraries hold raw requests).
     log_level: LogLevel = LogLevel.info
+    max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
+    # Host names the server is reached by (--server-name and a specific --host).
+    server_names: frozenset = frozenset()
 
     @property
     def github_token(self) -> str | None:

@@ -1,15 +1,30 @@
 """
 The HTTP side of the one port: ``/`` (server info), ``/health``, ``/rpc`` (the
 WebSocket) and JSON 404s for everything else.
+
+Before a client has authenticated it can only send a request head, and what it
+may hold that way is bounded: each request (head and body) must arrive within
+the handshake timeout however slowly it trickles in, heads are at most
+``MAX_HEAD_BYTES``, bodies at most ``MAX_BODY_BYTES`` (refused with 413 from
+their declared length, before a byte of them is read: no endpoint takes one),
+and one source address may have at most ``max_pending_per_address``
+connections whose request is still arriving.
 """
 
+import collections
 import json
 
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from . import __version__
-from .config import DEFAULT_HANDSHAKE_TIMEOUT
+from .config import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_PER_ADDRESS
+
+# The request line and all headers of one request; a browser's upgrade is under 2 kB.
+MAX_HEAD_BYTES = 16 * 1024
+# No endpoint takes a body: a few kB for clients that send an empty form or the like.
+MAX_BODY_BYTES = 4 * 1024
 
 
 def _json(request, status: int, body: dict) -> bytes:
@@ -30,6 +45,28 @@ class NotFoundResource(Resource):
         })
 
 
+class RpcResource(Resource):
+    """``/rpc``: the WebSocket upgrade, or a JSON error for a request that is not one."""
+
+    isLeaf = True
+
+    def __init__(self, websocket: Resource):
+        super().__init__()
+        self._websocket = websocket
+
+    def render(self, request):
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if upgrade != b"websocket":
+            request.setHeader(b"upgrade", b"websocket")
+            return _json(request, 426, {
+                "ok": False,
+                "error": {"code": "upgrade_required",
+                          "message": "/rpc is a WebSocket endpoint: open it with a WebSocket "
+                                     "upgrade request"},
+            })
+        return self._websocket.render(request)
+
+
 class HealthResource(Resource):
     isLeaf = True
 
@@ -40,10 +77,12 @@ class HealthResource(Resource):
 class RootResource(Resource):
     """``/`` itself answers server info; its children are ``health`` and ``rpc``."""
 
-    def __init__(self, rpc: Resource):
+    def __init__(self, rpc: Resource, metrics: Resource | None = None):
         super().__init__()
         self.putChild(b"health", HealthResource())
-        self.putChild(b"rpc", rpc)
+        self.putChild(b"rpc", RpcResource(rpc))
+        if metrics is not None:
+            self.putChild(b"metrics", metrics)
 
     def getChild(self, path, request):
         if path == b"":
@@ -88,13 +127,130 @@ def _safe(value: bytes) -> str:
     return json.dumps(value.decode("latin-1"))[1:-1]
 
 
-def make_site(rpc: Resource, reactor=None, idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT) -> Site:
+class GuardedChannel(HTTPChannel):
+    """An HTTP channel whose requests are bounded in time and size (see the module)."""
+
+    totalHeadersSize = MAX_HEAD_BYTES
+    MAX_LENGTH = MAX_HEAD_BYTES
+    _deadline = None
+    _pending_key = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        key = _address_key(self.transport.getPeer())
+        if not self.site.request_started(key):
+            message = ("too many connections from this address are still sending their "
+                       "request; try again later")
+            self.site.refused("too_many_pending", key, message)
+            self._refuse(503, "too_many_connections", message)
+            return
+        self._pending_key = key
+        self._start_deadline()
+
+    def _start_deadline(self):
+        self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
+
+    def _too_slow(self):
+        self._deadline = None
+        self.site.refused("request_timeout", self._pending_key,
+                          f"the request took longer than {self.site.request_timeout:g} s")
+        self.transport.abortConnection()
+
+    def _request_arrived(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self._pending_key is not None:
+            self.site.request_finished(self._pending_key)
+            self._pending_key = None
+
+    def headerReceived(self, line):
+        if not super().headerReceived(line):
+            return False
+        # A chunked body (length None) has no size before it is read: refused too.
+        if self.length is None or self.length > MAX_BODY_BYTES:
+            message = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
+            self.site.refused("body_too_large", _address_key(self.transport.getPeer()), message)
+            self._refuse(413, "body_too_large", message)
+            return False
+        return True
+
+    def allContentReceived(self):
+        self._request_arrived()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self.persistent and self.transport is not None:
+            # The next request on this connection is bounded like the first.
+            key = _address_key(self.transport.getPeer())
+            self.site.request_started(key, refuse=False)
+            self._pending_key = key
+            self._start_deadline()
+
+    def connectionLost(self, reason):
+        self._request_arrived()
+        super().connectionLost(reason)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._request_arrived()
+        # Whatever else the client sends is not looked at.
+        self.dataReceived = lambda data: None
+        body = json.dumps({"ok": False, "error": {"code": code, "message": message}}).encode()
+        reason = {413: b"Content Too Large", 503: b"Service Unavailable"}[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s\n"
+            % (status, reason, len(body) + 1, body))
+        self.loseConnection()
+
+
+class GuardedSite(Site):
+    """A Site of ``GuardedChannel``s, counting per source address the connections whose
+    request is still arriving. ``on_refused(kind, address, message)`` hears of each
+    refusal."""
+
+    protocol = GuardedChannel
+
+    def __init__(self, resource, *, request_timeout: float, max_pending_per_address: int,
+                 on_refused=None, **kwargs):
+        super().__init__(resource, **kwargs)
+        self.request_timeout = request_timeout
+        self.max_pending_per_address = max_pending_per_address
+        self._on_refused = on_refused
+        self.pending = collections.Counter()
+
+    def request_started(self, key: str, refuse: bool = True) -> bool:
+        if refuse and self.pending[key] >= self.max_pending_per_address:
+            return False
+        self.pending[key] += 1
+        return True
+
+    def request_finished(self, key: str) -> None:
+        self.pending[key] -= 1
+        if self.pending[key] <= 0:
+            del self.pending[key]
+
+    def refused(self, kind: str, key: str | None, message: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(kind, key or "-", message)
+
+
+def _address_key(address) -> str:
+    return getattr(address, "host", None) or type(address).__name__
+
+
+def make_site(rpc: Resource, reactor=None, idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+              max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
+              on_refused=None, metrics: Resource | None = None) -> Site:
     """
-    ``idle_timeout`` closes HTTP connections silent that long; it is what bounds a
-    client that connects and never completes its WebSocket upgrade request.
+    ``idle_timeout`` closes HTTP connections silent that long and bounds each
+    request, head and body, in total (see ``GuardedChannel``).
     """
-    site = Site(RootResource(rpc), logFormatter=redacted_log_formatter, reactor=reactor,
-                timeout=idle_timeout)
+    site = GuardedSite(RootResource(rpc, metrics), logFormatter=redacted_log_formatter,
+                       reactor=reactor, timeout=idle_timeout, request_timeout=idle_timeout,
+                       max_pending_per_address=max_pending_per_address,
+                       on_refused=on_refused)
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False
     return site

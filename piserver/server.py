@@ -23,8 +23,10 @@ from .github import GithubClient
 from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
+from .metrics import Metrics
 from .models import ModelCatalog
 from .redact import REVEAL_FIELD, Redactor, secret_values
+from .refusals import Refusals
 from .repos import RepoCatalog
 from .sessions import SessionManager
 from .store import StateStore
@@ -75,6 +77,7 @@ class PiServerService(MultiService):
         self.config = config
         self.address = None
         self.hub = None
+        self.metrics = None
         self._announced = False
 
     def privilegedStartService(self):
@@ -165,16 +168,21 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit,
                         clock=reactor, requests_per_second=config.requests_per_second,
                         redact=Redactor(secret_values(config)).redact)
+    metrics = top.metrics = Metrics()
+    refusals = Refusals(metrics, reactor)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(
-        hub, authenticator, config.max_frame_size, reactor=reactor,
+        hub, authenticator, config.max_frame_size, reactor=reactor, refusals=refusals,
         allowed_origins=config.allowed_origins, max_connections=config.max_connections,
+        server_names=config.server_names,
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout)
     site = make_site(WebSocketResource(factory), reactor=reactor,
-                     idle_timeout=config.handshake_timeout)
+                     idle_timeout=config.handshake_timeout,
+                     max_pending_per_address=config.max_pending_per_address,
+                     on_refused=refusals.refused, metrics=metrics.resource())
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(device_tokens, lambda: list(hub.connections.values()), reactor,

@@ -17,6 +17,7 @@ from .config import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
     PI_PACKAGE,
     ServerConfig,
@@ -112,6 +113,9 @@ class Options(usage.Options):
          "seconds a client has to answer a ping before it is dropped", float],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "WebSocket connections served at once; more are refused with HTTP 503", int],
+        ["max-pending-per-address", None, DEFAULT_MAX_PENDING_PER_ADDRESS,
+         "connections one address may have open that are still sending their request "
+         "(before any authentication); more are refused with HTTP 503", int],
         ["log-level", None, "info",
          "least severe events logged: debug, info, warn, error or critical (credentials "
          "are redacted at every level)"],
@@ -124,6 +128,7 @@ class Options(usage.Options):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
         self.allowed_origins = set()
+        self.server_names = set()
 
     def opt_allowed_origin(self, value):
         """
@@ -134,6 +139,17 @@ class Options(usage.Options):
             self.allowed_origins.add(parse_origin(value))
         except ValueError as e:
             raise usage.UsageError(f"--allowed-origin {value!r}: {e}") from None
+
+    def opt_server_name(self, value):
+        """
+        a host name clients reach this server by, besides its addresses, localhost and the
+        machine's host name (browser origins and, on loopback, Host headers must name one);
+        repeatable
+        """
+        name = value.strip()
+        if not name or any(c in name for c in "/:?#@ ") and not name.startswith("["):
+            raise usage.UsageError(f"--server-name {value!r}: give a host name or address")
+        self.server_names.add(name)
 
     def _tls_endpoint(self, port: str) -> str:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -169,8 +185,9 @@ class Options(usage.Options):
         for name in ("handshake-timeout", "keepalive-interval", "keepalive-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be at least 1")
+        for name in ("max-connections", "max-pending-per-address"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
         try:
             log_level = LogLevel.levelWithName(self["log-level"])
         except InvalidLogLevelError:
@@ -254,6 +271,10 @@ class Options(usage.Options):
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
             log_level=log_level,
+            max_pending_per_address=self["max-pending-per-address"],
+            server_names=frozenset(self.server_names
+                                   | ({self["host"]} if self["host"] not in ("0.0.0.0", "::")
+                                      else set())),
         )
 
 

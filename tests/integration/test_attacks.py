@@ -3,6 +3,8 @@ Attacks on a running ``twistd piserver`` made as an outsider or a token holder
 makes them: raw sockets, real requests, the server's real log file.
 """
 
+import json
+import socket
 from urllib.parse import quote
 
 import pytest
@@ -85,3 +87,120 @@ def test_a_revoked_token_loses_its_connection_when_its_name_is_given_again(serve
         new.recv(1)
     old.close()
     new.close()
+
+
+def connect_from(source: str, port: int, timeout: float = 10) -> socket.socket:
+    """A socket to the server from another loopback address (all of 127/8 is loopback)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+    return s
+
+
+def test_a_trickled_upgrade_request_is_cut_off_after_the_handshake_timeout(server):
+    process = server("--auth-token", SERVER_TOKEN, "--handshake-timeout", "2")
+    trickling = socket.create_connection(("127.0.0.1", process.port), timeout=0.25)
+    trickling.sendall(b"GET /rpc HTTP/1.1\r\n")
+    # A byte every 0.25 s keeps an idle timer from ever firing; the request as a whole is
+    # still cut off after the 2 s the handshake may take.
+    sent = 0
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        while sent < 80:  # 20 s: ten times the limit
+            trickling.sendall(b"X")
+            sent += 1
+            try:
+                if trickling.recv(1) == b"":
+                    raise ConnectionResetError("closed by the server")
+            except TimeoutError:
+                pass
+    assert sent < 40
+    trickling.close()
+
+
+def test_one_address_cannot_hold_more_than_its_share_of_pending_requests(server):
+    process = server("--auth-token", SERVER_TOKEN, "--max-pending-per-address", "8")
+    # A slowloris from 127.0.0.2: sockets that never finish their upgrade request.
+    slow = [connect_from("127.0.0.2", process.port) for _ in range(8)]
+    for s in slow:
+        s.sendall(b"GET /rpc HTTP/1.1\r\n")
+    # More from that address are refused at once.
+    extra = connect_from("127.0.0.2", process.port)
+    answer = extra.recv(65536)
+    assert status_of(answer) == 503 and b"too_many_connections" in answer
+    # Meanwhile a real client from another address gets in.
+    real = open_websocket(process.port, headers=[f"Authorization: Bearer {SERVER_TOKEN}"])
+    for s in [*slow, extra, real]:
+        s.close()
+
+
+@pytest.mark.parametrize("path", ["/", "/rpc", "/health", "/nowhere"])
+def test_request_bodies_are_refused_before_they_are_read(server, path):
+    process = server("--auth-token", SERVER_TOKEN)
+    for framing in ("content-length: 200000000", "transfer-encoding: chunked"):
+        with socket.create_connection(("127.0.0.1", process.port), timeout=10) as s:
+            s.sendall(
+                f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{framing}\r\n\r\n".encode()
+                + b"x" * 65536
+            )
+            # Answered without the server waiting for (or storing) the 200 MB.
+            answer = s.recv(65536)
+        assert status_of(answer) == 413, answer
+        assert b'"body_too_large"' in answer
+
+
+def test_refusals_and_bad_frames_are_counted_not_logged_one_by_one(server):
+    process = server("--auth-token", SERVER_TOKEN)
+    before = len(process.log().splitlines())
+    for _ in range(100):
+        assert status_of(http_exchange(process.port, upgrade_request("/rpc?token=wrong"))) == 401
+    for _ in range(50):
+        s = open_websocket(process.port, headers=[f"Authorization: Bearer {SERVER_TOKEN}"])
+        s.sendall(b"\x81\x05hello")  # unmasked: a protocol violation
+        assert read_close(s) == 1002
+        s.close()
+    metrics = socket_rest(process.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert b'pi_server_refusals_total{kind="unauthorized"} 100.0' in metrics
+    assert b'pi_server_refusals_total{kind="bad_frame"} 50.0' in metrics
+    process.stop()
+    lines = process.log().splitlines()[before:]
+    refusal_lines = [line for line in lines if "refus" in line or "failing" in line]
+    # A few lines per kind, not one (or three) per attempt; the 50 accepted connections
+    # still log their opening and closing.
+    assert len(refusal_lines) <= 25, "\n".join(refusal_lines)
+    assert len(lines) < 150 + 25
+
+
+def socket_rest(port: int, request: bytes) -> bytes:
+    """The whole answer to an HTTP/1.0 request (until the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_a_dns_rebinding_page_cannot_open_rpc(server):
+    process = server("--no-auth")
+    port = process.port
+    rebound = f"rebind.evil.example:{port}"
+    # The browser of someone visiting the attacker's page, whose name now points to 127.0.0.1.
+    attack = upgrade_request(host=rebound, headers=[f"Origin: http://{rebound}"])
+    assert status_of(http_exchange(port, attack)) == 403
+    # No Origin at all (not a browser), but a Host this server is not known by, on loopback.
+    assert status_of(http_exchange(port, upgrade_request(host=rebound))) == 403
+    # The server's own names still work.
+    for name in ("localhost", "127.0.0.1"):
+        own = upgrade_request(host=f"{name}:{port}", headers=[f"Origin: http://{name}:{port}"])
+        assert status_of(http_exchange(port, own)) == 101
+
+
+def test_get_rpc_without_upgrade_answers_the_json_error(server):
+    process = server("--auth-token", SERVER_TOKEN)
+    answer = socket_rest(process.port, b"GET /rpc HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert status_of(head) == 426
+    assert json.loads(body)["error"]["code"] == "upgrade_required"
+    assert b"autobahn" not in answer.lower()
+    upgraded = http_exchange(
+        process.port, upgrade_request(headers=[f"Authorization: Bearer {SERVER_TOKEN}"])
+    )
+    assert b"autobahn" not in upgraded.lower()

@@ -5,6 +5,7 @@ during creation.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -84,7 +85,10 @@ def test_chat_agent_arguments_and_model_pin(harness, tmp_path):
     assert "--no-builtin-tools" in spawn.args
     assert spawn.args[spawn.args.index("--session-dir") + 1] == \
         str(tmp_path / "sessions" / session.id / "pi")
-    assert spawn.args[spawn.args.index("--system-prompt") + 1] == "Be brief."
+    # The text reaches pi in a file of the session's (pi reads a path it is given).
+    prompt_file = spawn.args[spawn.args.index("--system-prompt") + 1]
+    assert prompt_file == str(tmp_path / "sessions" / session.id / "system-prompt.md")
+    assert Path(prompt_file).read_text() == "Be brief."
     # No model was asked for: the one pi started with is pinned for restarts.
     assert (session.provider, session.model_id) == ("fake", "fake-1")
     assert harness.store.get(session.id)["modelId"] == "fake-1"

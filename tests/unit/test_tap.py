@@ -147,7 +147,7 @@ def test_make_service_tree(base):
     assert isinstance(listener, StreamServerEndpointService)
     site = listener.factory
     root = site.resource
-    assert set(root.children) >= {b"health", b"rpc"}
-    assert isinstance(root.children[b"rpc"], WebSocketResource)
+    assert set(root.children) >= {b"health", b"rpc", b"metrics"}
+    assert isinstance(root.children[b"rpc"]._websocket, WebSocketResource)
     # Log redaction is installed with the tree and removed when it stops.
     service.getServiceNamed("redaction").stopService()
