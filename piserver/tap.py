@@ -33,7 +33,7 @@ from .nativetools import DEFAULT_CALL_TIMEOUT
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
-from .tokens import TokenError, load_or_create_server_token
+from .tokens import TokenError, load_or_create_server_token, read_token_file
 
 log = Logger()
 
@@ -70,7 +70,10 @@ class Options(usage.Options):
          "the pi agent command [default: $PI_SERVER_PI, pi on PATH, or the project's "
          "node_modules/.bin/pi]"],
         ["auth-token", None, None,
-         "token clients must present [default: $PI_SERVER_AUTH_TOKEN or <data-dir>/server-token]"],
+         "token clients must present; every local user can read a command line: prefer "
+         "--auth-token-file or $PI_SERVER_AUTH_TOKEN [default: <data-dir>/server-token]"],
+        ["auth-token-file", None, None,
+         "file holding the token clients must present (keep it 0600)"],
         ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
          "largest WebSocket frame accepted, in bytes", int],
         ["max-agents", None, DEFAULT_MAX_AGENTS,
@@ -222,6 +225,11 @@ class Options(usage.Options):
         else:
             explicit = self["auth-token"] or environ.get("PI_SERVER_AUTH_TOKEN")
             try:
+                if self["auth-token-file"]:
+                    if self["auth-token"]:
+                        raise usage.UsageError(
+                            "--auth-token and --auth-token-file: give one of them")
+                    explicit = read_token_file(Path(self["auth-token-file"]).expanduser())
                 token, source = load_or_create_server_token(data_dir, explicit)
             except (OSError, TokenError) as e:
                 raise usage.UsageError(f"cannot read or store the server token: {e}") from None

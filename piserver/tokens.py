@@ -98,6 +98,25 @@ def load_or_create_server_token(
     return token, "generated"
 
 
+def read_token_file(path: str | os.PathLike, log: Logger | None = None) -> str:
+    """The token in ``path`` (``--auth-token-file``), stripped; TokenError if it has none.
+    A file that group or others can read is used, with a warning."""
+    log = log or _log
+    with open(path, "rb") as token_file:
+        mode = loose_mode(token_file.fileno())
+        data = token_file.read()
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise TokenError(f"{os.fspath(path)} is not UTF-8 text") from None
+    if not token:
+        raise TokenError(f"{os.fspath(path)} is empty")
+    if mode is not None:
+        log.warn("{path} has mode {mode} which is looser than 0600: run chmod 600 on it",
+                 path=os.fspath(path), mode=f"{mode:04o}")
+    return token
+
+
 class DeviceTokenStore:
     """
     Named device tokens in ``device-tokens.json``:
