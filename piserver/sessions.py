@@ -187,6 +187,8 @@ class SessionManager(service.Service):
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
         self._watched_connections: set[str] = set()
+        # Sessions whose agent is being stopped to make room for one starting (_make_room).
+        self._freeing_for_start: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -505,19 +507,33 @@ class SessionManager(service.Service):
         return agent
 
     async def _make_room(self, starting: Session) -> None:
-        """Keep within --max-agents: stop the longest-idle agent, or refuse."""
-        running = [s for s in self.sessions.values()
-                   if s is not starting and s.agent is not None and s.agent.exit is None]
-        if len(running) < self._max_agents:
-            return
-        idle = sorted((s for s in running if s.idle()), key=lambda s: s.last_used)
-        if not idle:
-            raise TooManySessions(
-                f"{len(running)} agents are running, the limit is {self._max_agents}: "
-                "detach from or delete a session, or wait for a run to end")
-        self.log.info("stopping the idle agent of {session_id} to start another",
-                      session_id=idle[0].id)
-        await self.stop_agent(idle[0])
+        """Keep within --max-agents: stop the longest-idle agent, or refuse.
+
+        A session whose agent is starting holds a place, and an agent being stopped holds
+        its place until it has exited, unless it is stopped to make room for a starting one
+        (which holds that place then): creates that arrive together cannot take the same
+        place twice."""
+        while True:
+            running = [s for s in self.sessions.values() if s is not starting
+                       and s.id not in self._freeing_for_start and (
+                           s.starting is not None
+                           or (s.agent is not None and s.agent.exit is None))]
+            if len(running) < self._max_agents:
+                return
+            idle = sorted((s for s in running if s.idle() and not s.agent.stop_requested),
+                          key=lambda s: s.last_used)
+            if not idle:
+                raise TooManySessions(
+                    f"{len(running)} agents are running, the limit is {self._max_agents}: "
+                    "detach from or delete a session, or wait for a run to end")
+            victim = idle[0]
+            self.log.info("stopping the idle agent of {session_id} to start another",
+                          session_id=victim.id)
+            self._freeing_for_start.add(victim.id)
+            try:
+                await self.stop_agent(victim)
+            finally:
+                self._freeing_for_start.discard(victim.id)
 
     def _stop_idle_agents(self) -> None:
         horizon = self._reactor.seconds() - self._idle_timeout

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.python.failure import Failure
 
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
 from piserver.sessions import SessionManager
@@ -231,6 +232,27 @@ def test_agent_limit_stops_the_longest_idle_one_or_refuses(tmp_path):
     refused.addErrback(lambda f: None)
     assert isinstance(failure.value, TooManySessions)
     assert "limit is 2" in failure.value.message
+
+
+def test_the_agent_limit_holds_when_creates_arrive_together(tmp_path):
+    harness = Harness(tmp_path, max_agents=2)
+    assert create(harness).called
+    harness.reactor.advance(10)
+    assert create(harness).called
+    # Four creates at once, while both running agents are idle.
+    creates = [ensureDeferred(harness.sessions.create(None, "chat")) for _ in range(4)]
+    for spawn in list(harness.reactor.spawned[:2]):
+        if any(c["type"] == "abort" for c in spawn.process.lines()):
+            harness.answer("abort", n=harness.reactor.spawned.index(spawn))
+            spawn.process.end(code=0)
+    for n in range(2, len(harness.reactor.spawned)):
+        harness.answer_startup(n)
+    alive = [s for s in harness.reactor.spawned if not s.process.ended]
+    assert len(alive) <= 2
+    refused = [d.result for d in creates if isinstance(d.result, Failure)]
+    for failure in refused:
+        assert failure.check(TooManySessions)
+    assert len(creates) - len(refused) == len(alive) == 2
 
 
 def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
