@@ -62,6 +62,8 @@ class ServerConfig:
     # Events below this level are not logged (debug events of libraries hold raw requests).
     log_level: LogLevel = LogLevel.info
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
+    # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
+    agent_probe_interval: float = 30.0
     # Host names the server is reached by (--server-name and a specific --host).
     server_names: frozenset = frozenset()
 

@@ -135,7 +135,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
     supervisor = AgentSupervisor(
         reactor, list(config.pi_command), str(config.data_dir), config.env,
-        forbidden_env=AGENT_FORBIDDEN_ENV,
+        forbidden_env=AGENT_FORBIDDEN_ENV, probe_interval=config.agent_probe_interval,
+        own_process_group=True,
     )
     supervisor.setServiceParent(top)
     store = StateStore(config.data_dir / "state.json", reactor)

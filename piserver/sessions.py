@@ -552,6 +552,10 @@ class SessionManager(service.Service):
         if exit.stop_requested or session.deleted:
             return exit
         session.calls.agent_exited()
+        if agent.hung:
+            self.publish(session, "agent_hung", {
+                "type": "agent_hung",
+                "message": "the agent stopped answering and was killed; it restarts"})
         session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
         self._forget_old_exits(session)
         if session.streaming:
@@ -561,6 +565,11 @@ class SessionManager(service.Service):
         self.publish(session, "agent_exit", {
             "type": "agent_exit", "code": exit.code, "signal": exit.signal,
             "stderrTail": exit.stderr_tail})
+        if agent.hung and session.stream.connections():
+            # Someone is waiting for this session: bring its conversation back at once.
+            self.ensure_agent(session).addErrback(
+                lambda f: self.log.error("the agent of {session_id} did not restart: {error}",
+                                         session_id=session.id, error=f.getErrorMessage()))
         return exit
 
     def _agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
@@ -572,9 +581,9 @@ class SessionManager(service.Service):
                           session_id=session.id)
             return
         if event_type == "agent_start":
-            session.streaming = True
+            session.streaming = agent.expect_output = True
         elif event_type == "agent_end":
-            session.streaming = False
+            session.streaming = agent.expect_output = False
         if session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)

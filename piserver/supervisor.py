@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Collection, Mapping
 
 from twisted.application import service
@@ -63,6 +64,8 @@ class AgentSupervisor(service.Service):
         term_grace: float = DEFAULT_TERM_GRACE,
         kill_grace: float = DEFAULT_KILL_GRACE,
         max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
+        probe_interval: float | None = None,
+        own_process_group: bool = False,
     ) -> None:
         if not pi_command:
             raise ValueError("pi_command is empty")
@@ -85,6 +88,10 @@ class AgentSupervisor(service.Service):
         self._term_grace = term_grace
         self._kill_grace = kill_grace
         self._max_line_bytes = max_line_bytes
+        self._probe_interval = probe_interval
+        # Each agent leads a process group of its own (setsid), so that stopping it stops
+        # what it started too (shells, tools), and a terminal's signals reach the server only.
+        self._setsid = shutil.which("setsid") if own_process_group else None
         self._agents: dict[str, AgentProtocol] = {}
         self._shutting_down = False
 
@@ -108,9 +115,15 @@ class AgentSupervisor(service.Service):
             on_event,
             command_timeout=self._command_timeout,
             max_line_bytes=self._max_line_bytes,
+            probe_interval=self._probe_interval,
+            on_hung=self._hung,
         )
         argv = [*self._pi_argv, "--mode", "rpc", *args]
-        self._reactor.spawnProcess(agent, self._executable, argv, env=dict(self._env), path=cwd)
+        executable = self._executable
+        if self._setsid is not None:
+            # setsid execs pi in its own place: the agent's pid leads the new group.
+            executable, argv = self._setsid, [self._setsid, self._executable, *argv[1:]]
+        self._reactor.spawnProcess(agent, executable, argv, env=dict(self._env), path=cwd)
         self._agents[key] = agent
         log.info(
             "agent {agent_key} started pid={pid} cwd={cwd}", agent_key=key, pid=agent.pid, cwd=cwd
@@ -172,7 +185,7 @@ class AgentSupervisor(service.Service):
                 agent_key=agent.key,
                 signal_name=signal_name,
             )
-            agent.signal(signal_name)
+            self._signal(agent, signal_name)
 
         timers.append(self._reactor.callLater(self._term_grace, send, "TERM"))
         timers.append(self._reactor.callLater(self._term_grace + self._kill_grace, send, "KILL"))
@@ -185,9 +198,29 @@ class AgentSupervisor(service.Service):
 
         agent.exited.addCallback(cancel_timers)
 
+    def _signal(self, agent: AgentProtocol, signal_name: str) -> None:
+        """Signal the agent's whole process group when it has one, else the agent."""
+        if self._setsid is not None and agent.exit is None and agent.pid:
+            try:
+                os.killpg(agent.pid, getattr(signal, f"SIG{signal_name}"))
+                return
+            except ProcessLookupError:
+                pass
+        agent.signal(signal_name)
+
+    def _hung(self, agent: AgentProtocol) -> None:
+        # Nothing polite reaches a process that does not run: kill it (its exit is a crash).
+        self._signal(agent, "KILL")
+
     def _forget(self, exit: AgentExit, key: str, agent: AgentProtocol) -> AgentExit:
         if self._agents.get(key) is agent:
             del self._agents[key]
+        if self._setsid is not None and agent.pid:
+            # What the agent started and left behind (a shell, a tool) goes with it.
+            try:
+                os.killpg(agent.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         return exit
 
     def _start_failed(self, failure: Failure, agent: AgentProtocol) -> None:

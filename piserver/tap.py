@@ -11,6 +11,7 @@ from twisted.internet.error import VerifyError
 from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python import usage
 
+from .agent import DEFAULT_PROBE_INTERVAL
 from .config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
@@ -85,6 +86,10 @@ class Options(usage.Options):
         ["requests-per-second", None, 50.0,
          "requests a connection may send per second on average (bursts of twice that); "
          "more are answered rate_limited", float],
+        ["agent-probe-interval", None, DEFAULT_PROBE_INTERVAL,
+         "seconds an agent may be silent while a command waits or a run goes on before it "
+         "is asked for its state; no answer within 10 s more: it is hung, killed and "
+         "restarted", float],
         ["native-tool-timeout", None, DEFAULT_CALL_TIMEOUT,
          "seconds a native tool call waits for a device before it fails", float],
         ["send-buffer-limit", None, DEFAULT_SEND_BUFFER_LIMIT,
@@ -177,6 +182,7 @@ class Options(usage.Options):
             endpoint = self._tls_endpoint(port)
         for name in ("clone-timeout", "github-timeout", "journal-max-events", "send-buffer-limit",
                      "max-agents", "agent-idle-timeout", "native-tool-timeout",
+                     "agent-probe-interval",
                      "requests-per-second",
                      "journal-max-bytes", "journal-max-age"):
             if self[name] <= 0:
@@ -279,6 +285,7 @@ class Options(usage.Options):
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
             log_level=log_level,
+            agent_probe_interval=self["agent-probe-interval"],
             max_pending_per_address=self["max-pending-per-address"],
             server_names=frozenset(self.server_names
                                    | ({self["host"]} if self["host"] not in ("0.0.0.0", "::")
