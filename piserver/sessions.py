@@ -40,6 +40,10 @@ from .stream import EventStream
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 SESSION_RECORD = "session.json"
+# Written before a create or delete acts outside the session's own files (a worktree and
+# a branch in the user's repository), removed once it is done: a kill -9 in between is
+# undone (create) or finished (delete) at the next start.
+INTENT_RECORD = "intent.json"
 PROMPT_TIMEOUT = 600.0
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
@@ -187,19 +191,26 @@ class SessionManager(service.Service):
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
         self._watched_connections: set[str] = set()
+        # Fires once what a crash interrupted (creates, deletes) is undone or finished.
+        self.recovered = defer.succeed(None)
         # Sessions whose agent is being stopped to make room for one starting (_make_room).
         self._freeing_for_start: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------
 
     def startService(self):
+        interrupted = self._interrupted()
         loaded = self._store.load()
         if loaded.corrupt is not None:
             self.log.critical(
                 "state.json was unreadable and was moved to {moved_to}; sessions are "
                 "recovered from their directories", moved_to=str(loaded.corrupt.moved_to))
         records = dict(loaded.sessions)
-        for session_id, record in self._records_in_directories(set(records)):
+        doomed = {record["sessionId"] for _action, record in interrupted}
+        for session_id in doomed:
+            records.pop(session_id, None)
+            self._store.remove(session_id)
+        for session_id, record in self._records_in_directories(set(records) | doomed):
             self.log.warn("session {session_id} recovered from its directory",
                           session_id=session_id)
             records[session_id] = record
@@ -215,6 +226,9 @@ class SessionManager(service.Service):
             self._open_stream(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
+        if interrupted:
+            self.recovered = defer.Deferred.fromCoroutine(
+                self._finish_interrupted(interrupted))
         self._idle_check.start(min(60.0, self._idle_timeout), now=False)
         super().startService()
 
@@ -313,6 +327,7 @@ class SessionManager(service.Service):
         try:
             session.pi_session_dir.mkdir(mode=0o700)
             if mode == "code":
+                self._write_intent(session, "create", self._checkouts.planned(session, repo))
                 checkout = await self._checkouts.create(
                     session, repo, lambda stage, text: self.publish(session, "session_progress", {
                         "type": "session_progress", "stage": stage, "message": text}))
@@ -327,6 +342,7 @@ class SessionManager(service.Service):
                                          getattr(connection, "native_tools", None) or [])
             self.sessions[session.id] = session
             self._save(session)
+            (directory / INTENT_RECORD).unlink(missing_ok=True)
             await self.ensure_agent(session)
         except BaseException:
             self.sessions.pop(session.id, None)
@@ -347,7 +363,9 @@ class SessionManager(service.Service):
     async def delete(self, session: Session) -> dict:
         session.deleted = True
         self.sessions.pop(session.id, None)
-        # First, so a crash before the directory is gone cannot bring the session back.
+        # First, so a crash before the directory is gone finishes the delete at start...
+        self._write_intent(session, "delete")
+        # ...and cannot bring the session back.
         (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
         session.stream.close()
@@ -359,6 +377,51 @@ class SessionManager(service.Service):
         await self._remove_directory(session.directory)
         self.log.info("session {session_id} deleted", session_id=session.id)
         return result
+
+    def _write_intent(self, session: Session, action: str, extra: dict | None = None) -> None:
+        write_json_atomic(session.directory / INTENT_RECORD,
+                          {"action": action, "record": {**session.record(), **(extra or {})}})
+
+    def _interrupted(self) -> list[tuple[str, dict]]:
+        """``(action, record)`` of the creates and deletes a crash interrupted."""
+        found = []
+        if not self.sessions_dir.is_dir():
+            return found
+        for directory in sorted(self.sessions_dir.iterdir()):
+            if not SESSION_ID.match(directory.name) or not (directory / INTENT_RECORD).exists():
+                continue
+            try:
+                intent = load_json(directory / INTENT_RECORD, self.log)
+                action, record = intent["action"], intent["record"]
+                if record.get("sessionId") != directory.name:
+                    raise ValueError("the intent names another session")
+            except (CorruptFileError, OSError, KeyError, TypeError, ValueError,
+                    AttributeError) as e:
+                self.log.error("session directory {path}: unreadable intent: {error}",
+                               path=str(directory), error=repr(e))
+                continue
+            if action == "create" and (directory / SESSION_RECORD).exists():
+                # The create got as far as recording the session: it stands.
+                (directory / INTENT_RECORD).unlink(missing_ok=True)
+                continue
+            found.append((action, record))
+        return found
+
+    async def _finish_interrupted(self, interrupted: list[tuple[str, dict]]) -> None:
+        for action, record in interrupted:
+            session = Session.from_record(self.sessions_dir, record)
+            self.log.warn("session {session_id}: {what} after an interrupted {action}",
+                          session_id=session.id, action=action,
+                          what="undoing the create" if action == "create"
+                          else "finishing the delete")
+            try:
+                if self._checkouts is not None and session.mode == "code":
+                    await self._checkouts.remove(session)
+                (session.directory / SESSION_RECORD).unlink(missing_ok=True)
+                await self._remove_directory(session.directory)
+            except Exception:
+                self.log.failure("session {session_id}: could not clean up",
+                                 session_id=session.id)
 
     def _remove_directory(self, path: Path) -> defer.Deferred:
         # A checkout can hold many files: remove it off the reactor thread.

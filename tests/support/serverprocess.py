@@ -5,7 +5,9 @@ log file and can be killed.
 """
 
 import base64
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +72,14 @@ class ServerProcess:
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(60)
+
+    def kill_agents(self) -> None:
+        """Kill the agents a killed server left behind (each leads its process group)."""
+        for pid in re.findall(r"started pid=(\d+)", self.log()):
+            try:
+                os.killpg(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
@@ -167,3 +177,65 @@ def _read_exactly(s: socket.socket, n: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+class RawRpc:
+    """A minimal blocking /rpc client on a raw socket: requests out, frames in."""
+
+    def __init__(self, port: int, token: str, timeout: float = 60):
+        self.socket = open_websocket(
+            port, headers=[f"Authorization: Bearer {token}"], timeout=timeout
+        )
+        self._ids = iter(range(1, 1_000_000))
+
+    def send(self, method: str, params=None, session_id=None) -> str:
+        request_id = f"r{next(self._ids)}"
+        envelope = {
+            "v": 1,
+            "kind": "request",
+            "id": request_id,
+            "method": method,
+            "params": params or {},
+        }
+        if session_id is not None:
+            envelope["sessionId"] = session_id
+        data = json.dumps(envelope).encode()
+        mask = os.urandom(4)
+        n = len(data)
+        if n < 126:
+            head = bytes([0x81, 0x80 | n])
+        elif n < 65536:
+            head = bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            head = bytes([0x81, 0x80 | 127]) + n.to_bytes(8, "big")
+        self.socket.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        return request_id
+
+    def response(self, request_id: str) -> dict:
+        """Read frames until the response to ``request_id``."""
+        while True:
+            frame = self._frame()
+            if frame.get("kind") == "response" and frame.get("id") == request_id:
+                return frame
+
+    def call(self, method: str, params=None, session_id=None) -> dict:
+        answer = self.response(self.send(method, params, session_id))
+        assert answer["ok"], answer
+        return answer["result"]
+
+    def _frame(self) -> dict:
+        head = _read_exactly(self.socket, 2)
+        if head is None:
+            raise ConnectionError("the server closed the connection")
+        length = head[1] & 0x7F
+        if length == 126:
+            length = int.from_bytes(_read_exactly(self.socket, 2), "big")
+        elif length == 127:
+            length = int.from_bytes(_read_exactly(self.socket, 8), "big")
+        payload = _read_exactly(self.socket, length) if length else b""
+        if head[0] & 0x0F == 0x1:
+            return json.loads(payload)
+        return {}
+
+    def close(self) -> None:
+        self.socket.close()
