@@ -52,6 +52,9 @@ CRASH_LIMIT = 5
 # Restart delay after the n-th recent crash: 0.5 s, 1 s, 2 s, 4 s.
 CRASH_BACKOFF_BASE = 0.5
 NAME_LENGTH = 60
+# A session with no event for this long closes its journal's write descriptor: a thousand
+# sessions that streamed once must not hold a thousand files open.
+JOURNAL_IDLE = 60.0
 
 
 def iso_time(seconds: float) -> str:
@@ -78,6 +81,7 @@ class Session:
     # Callers waiting for the agent being started, or None when not starting.
     starting: list | None = attr.ib(default=None)
     stream: EventStream | None = attr.ib(default=None)
+    journal: Journal | None = attr.ib(default=None)
     calls: DeviceCalls | None = attr.ib(default=None)
     # The native tools last written for the agent; None: not known since start.
     native_tools: list | None = attr.ib(default=None)
@@ -175,7 +179,7 @@ class SessionManager(service.Service):
         self._native_tool_timeout = native_tool_timeout
         self._max_agents = max_agents
         self._idle_timeout = idle_timeout
-        self._idle_check = task.LoopingCall(self._stop_idle_agents)
+        self._idle_check = task.LoopingCall(self._sweep)
         self._idle_check.clock = reactor
         # Runs blocking file work (removing a checkout) off the reactor thread.
         self._in_thread = in_thread or (lambda f, *args, **kwargs: threads.deferToThreadPool(
@@ -243,6 +247,7 @@ class SessionManager(service.Service):
     def _open_stream(self, session: Session) -> None:
         journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
         journal.open()
+        session.journal = journal
         session.stream = EventStream(session.id, journal, self._reactor, self._merge_window)
         session.calls = DeviceCalls(
             session.id, self._reactor,
@@ -597,6 +602,16 @@ class SessionManager(service.Service):
                 await self.stop_agent(victim)
             finally:
                 self._freeing_for_start.discard(victim.id)
+
+    def _sweep(self) -> None:
+        self._stop_idle_agents()
+        self._release_idle_journals()
+
+    def _release_idle_journals(self) -> None:
+        horizon = self._reactor.seconds() - JOURNAL_IDLE
+        for session in self.sessions.values():
+            if session.last_used < horizon:
+                session.journal.release_writer()
 
     def _stop_idle_agents(self) -> None:
         horizon = self._reactor.seconds() - self._idle_timeout

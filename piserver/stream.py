@@ -24,7 +24,7 @@ import attr
 from twisted.logger import Logger
 
 from .envelope import encode_event, encode_payload
-from .journal import JournalGap, strip_message_update
+from .journal import JournalGap, JournalStopped, strip_message_update
 
 EVENT_MODES = ("full", "delta")
 # A full-mode catch-up bigger than this gets a snapshot instead (delta replays are small).
@@ -118,10 +118,13 @@ class EventStream:
             payload_json = encode_payload(payload)
         self.seq += 1
         seq = self.seq
+        stopped = None
         try:
             self._journal.append(seq, event_type, payload, payload_json)
+        except JournalStopped as e:
+            # Disk full…: the journal said so in the log; the live stream goes on.
+            stopped = e
         except Exception:
-            # A journal that cannot write (disk full…) must not stop the live stream.
             self.log.failure("journal of {session_id}: cannot record event {seq}",
                              session_id=self.session_id, seq=seq)
         if event_type == "message_update":
@@ -144,6 +147,11 @@ class EventStream:
                 has_delta = True
         if has_delta:
             self._publish_delta(seq, event_type, payload, to)
+        if stopped is not None:
+            self.publish("journal_stopped", {
+                "type": "journal_stopped", "reason": stopped.strerror,
+                "message": "this session's events can no longer be stored (the server's disk "
+                           "is full?): a resume gets a snapshot"})
         return seq
 
     def _publish_delta(self, seq: int, event_type: str, payload: dict, to=None) -> None:

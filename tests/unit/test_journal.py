@@ -15,7 +15,13 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from piserver import journal as journal_module
-from piserver.journal import Journal, JournalGap, JournalLimits, strip_message_update
+from piserver.journal import (
+    Journal,
+    JournalGap,
+    JournalLimits,
+    JournalStopped,
+    strip_message_update,
+)
 from tests.support import events
 
 
@@ -595,32 +601,38 @@ class FailingWrites:
     def write(self, descriptor, data):
         if not self.armed:
             return self._write(descriptor, data)
-        self.armed = False
         if self._short:
+            # Half of it fits; writing the rest fails as a full disk does.
+            self._short = False
             return self._write(descriptor, data[: len(data) // 2])
+        self.armed = False
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
 @pytest.mark.parametrize("short", [False, True])
-def test_a_failed_write_loses_that_event_only(make_journal, directory, monkeypatch, short):
+def test_a_failed_write_keeps_what_was_written_and_stops_journaling(
+        make_journal, directory, monkeypatch, short):
     stream = synthetic(1, 20)
     journal = make_journal()
     append_all(journal, stream[:10])
     FailingWrites(monkeypatch, short)
 
-    with pytest.raises(OSError):
+    with pytest.raises(JournalStopped):
         journal.append(11, *stream[10])
 
-    assert journal.last_seq == 11
-    assert journal.first_seq is None
+    assert journal.last_seq == 11 and journal.stopped == "No space left on device"
+    # Counted, not written, and no second error: the disk is still full.
+    append_all(journal, stream[11:])
+    assert journal.last_seq == 20
+    # A resume would miss the events not journaled: it gets a gap (a snapshot).
     with pytest.raises(JournalGap):
         journal.replay(5)
-    append_all(journal, stream[11:])
-    assert_replays(journal, stream[11:], after_seq=11, first_seq=12)
+    assert journal.replay(20) == []
     journal.close()
+    # What was written before is all there.
     reopened = make_journal()
-    assert (reopened.first_seq, reopened.last_seq) == (12, 20)
-    assert_replays(reopened, stream[11:], after_seq=11, first_seq=12)
+    assert (reopened.first_seq, reopened.last_seq) == (1, 10)
+    assert_replays(reopened, stream[:10], after_seq=0, first_seq=1)
 
 
 # -- replay in a thread -----------------------------------------------------

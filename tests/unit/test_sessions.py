@@ -5,6 +5,7 @@ during creation.
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,27 @@ def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
     assert recovered.system_prompt == "keep me" and recovered.mode == "chat"
     assert second.store.get(kept.id)["sessionId"] == kept.id  # state.json written anew
     assert list(tmp_path.glob("state.json.corrupt-*"))
+
+
+def journal_descriptors(directory) -> int:
+    """Descriptors of this process open on files in ``directory``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += target.startswith(str(directory))
+    return count
+
+
+def test_an_idle_session_holds_no_journal_descriptor(harness):
+    session = create(harness).result
+    journal_dir = session.directory / "journal"
+    harness.sessions.publish(session, "note", {"type": "note", "n": 1})
+    assert journal_descriptors(journal_dir) == 1
+    harness.reactor.advance(121)
+    assert journal_descriptors(journal_dir) == 0
+    # It writes again when it has something to write, and replays across the pause.
+    harness.sessions.publish(session, "note", {"type": "note", "n": 2})
+    assert [event_type for _, event_type, _ in session.journal.replay(0)] == ["note", "note"]
