@@ -132,6 +132,15 @@ class Session:
             raise ValueError("bad session id")
         known = {"sessionId", "mode", "repoId", "worktreePath", "createdAt", "lastActivityAt",
                  "name", "provider", "modelId", "systemPrompt", "includeNativeTools"}
+        # One wrong entry must not break listing everyone's sessions.
+        if record.get("mode") not in ("chat", "code"):
+            raise ValueError(f"bad mode {record.get('mode')!r:.40}")
+        for key in ("worktreePath", "createdAt"):
+            if not isinstance(record.get(key), str) or not record[key]:
+                raise ValueError(f"{key} is not a string")
+        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise ValueError(f"{key} is not a string")
         return cls(
             id=session_id,
             mode=record["mode"],
@@ -224,9 +233,9 @@ class SessionManager(service.Service):
                 session = Session.from_record(self.sessions_dir, {**record,
                                                                   "sessionId": session_id})
             except (KeyError, TypeError, ValueError) as e:
-                self.log.error("skipping unreadable session entry {session_id}: {error}",
-                               session_id=session_id, error=repr(e))
-                continue
+                session = self._from_directory(session_id, e)
+                if session is None:
+                    continue
             self._open_stream(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
@@ -265,6 +274,26 @@ class SessionManager(service.Service):
             self._store.put(session.id, record)
             # A copy beside the session's files: state.json can be rebuilt from these.
             write_json_atomic(session.directory / SESSION_RECORD, record)
+
+    def _from_directory(self, session_id, error: Exception) -> "Session | None":
+        """The session of a bad state.json entry, from its directory's session.json."""
+        try:
+            if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+                raise ValueError("bad session id")
+            record = load_json(self.sessions_dir / session_id / SESSION_RECORD, self.log)
+            if not isinstance(record, dict) or record.get("sessionId") != session_id:
+                raise ValueError("no session.json of that session")
+            session = Session.from_record(self.sessions_dir, record)
+        except (CorruptFileError, OSError, KeyError, TypeError, ValueError) as e:
+            self.log.error("skipping unreadable session entry {session_id}: {error}; "
+                           "its directory has none either ({other})",
+                           session_id=str(session_id)[:80], error=repr(error), other=repr(e))
+            return None
+        self.log.warn("session {session_id}: its state.json entry is unusable ({error}); "
+                      "restored from its session.json", session_id=session_id,
+                      error=repr(error))
+        self._store.put(session_id, record)
+        return session
 
     def _records_in_directories(self, known: set):
         """Session records kept in ``sessions/<id>/`` that state.json does not list."""

@@ -193,6 +193,9 @@ class StateStore:
             document = load_json(self.path, self._log)
         except CorruptFileError as corrupt:
             return LoadedState(sessions={}, corrupt=corrupt)
+        except IsADirectoryError:
+            corrupt = move_aside(self.path, "a directory, not a file", self._log)
+            return LoadedState(sessions={}, corrupt=corrupt)
         if document is None:
             return LoadedState(sessions={}, corrupt=None)
         version = document.get("version")

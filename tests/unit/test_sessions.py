@@ -298,3 +298,30 @@ def test_an_idle_session_holds_no_journal_descriptor(harness):
     # It writes again when it has something to write, and replays across the pause.
     harness.sessions.publish(session, "note", {"type": "note", "n": 2})
     assert [event_type for _, event_type, _ in session.journal.replay(0)] == ["note", "note"]
+
+
+def test_bad_state_entries_fall_back_to_session_json_one_by_one(tmp_path):
+    first = Harness(tmp_path)
+    wrong, empty, fine = (create(first).result for _ in range(3))
+    first.sessions.stopService()
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["sessions"][wrong.id]["createdAt"] = 5
+    state["sessions"][empty.id] = {}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+
+    second = Harness(tmp_path)
+    listed = second.sessions.summaries()
+    assert {s["sessionId"] for s in listed} == {wrong.id, empty.id, fine.id}
+    assert second.store.get(empty.id)["mode"] == "chat"  # rewritten from session.json
+
+
+def test_a_state_json_that_is_a_directory_does_not_stop_the_start(tmp_path):
+    first = Harness(tmp_path)
+    kept = create(first).result
+    first.sessions.stopService()
+    (tmp_path / "state.json").unlink()
+    (tmp_path / "state.json").mkdir()
+
+    second = Harness(tmp_path)
+    assert list(second.sessions.sessions) == [kept.id]
+    assert (tmp_path / "state.json").is_file() or second.store.get(kept.id) is not None
