@@ -509,7 +509,14 @@ class Journal:
         )
 
     def _load_segment(self, first_seq: int, path: Path, last: bool) -> None:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            # Its name says its first event was numbered (and sent): never number it again.
+            self._log.critical("journal segment {path} is unreadable ({error})",
+                               path=str(path), error=error.strerror)
+            self._raise_last_seq(first_seq)
+            return
         last_seq, last_time, end = first_seq - 1, None, len(_MAGIC)
         problem = None
         try:
@@ -521,7 +528,8 @@ class Journal:
         torn_tail = problem is not None and last and _MAGIC.startswith(data[: len(_MAGIC)])
         if problem is not None and not torn_tail:
             move_aside(path, f"journal segment: {problem}", self._log)
-            self._raise_last_seq(last_seq)
+            # Its first event at least was numbered and sent, whatever could be read of it.
+            self._raise_last_seq(max(last_seq, first_seq))
             return
         if last_time is None:
             path.unlink()
@@ -663,6 +671,18 @@ class Journal:
             directory=str(self.directory), seq=seq, reason=self.stopped,
             kept=self._segments[-1].last_seq if self._segments else 0,
         )
+
+    def continue_after(self, seq: int) -> None:
+        """Number the next event after ``seq`` at least (the highest seq known elsewhere,
+        e.g. the session's record): events up to it were sent, even if this journal lost
+        them. The events it holds before such a hole can no longer be replayed."""
+        self._require_open()
+        if seq <= self._last_seq:
+            return
+        self._close_descriptor()
+        self._forget_all(f"seqs up to {seq} were used, beyond the {self._last_seq} it holds")
+        self._last_seq = seq
+        self._base = _NO_BASE
 
     def release_writer(self) -> None:
         """Close the write descriptor (an idle session should not hold one); the next

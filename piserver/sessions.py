@@ -76,6 +76,8 @@ class Session:
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
     extra: dict = attr.ib(factory=dict)
+    # The last event seq its record knows of (the stream's seq once it is open).
+    last_seq: int = attr.ib(default=0)
 
     agent: AgentProtocol | None = attr.ib(default=None)
     # Callers waiting for the agent being started, or None when not starting.
@@ -122,6 +124,7 @@ class Session:
             "modelId": self.model_id,
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
+            "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **self.extra,
         }
 
@@ -131,7 +134,8 @@ class Session:
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
             raise ValueError("bad session id")
         known = {"sessionId", "mode", "repoId", "worktreePath", "createdAt", "lastActivityAt",
-                 "name", "provider", "modelId", "systemPrompt", "includeNativeTools"}
+                 "name", "provider", "modelId", "systemPrompt", "includeNativeTools",
+                 "lastSeq"}
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
             raise ValueError(f"bad mode {record.get('mode')!r:.40}")
@@ -155,6 +159,7 @@ class Session:
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
             extra={k: v for k, v in record.items() if k not in known},
+            last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )
 
     def idle(self) -> bool:
@@ -256,6 +261,7 @@ class SessionManager(service.Service):
     def _open_stream(self, session: Session) -> None:
         journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
         journal.open()
+        journal.continue_after(session.last_seq)
         session.journal = journal
         session.stream = EventStream(session.id, journal, self._reactor, self._merge_window)
         session.calls = DeviceCalls(
@@ -701,6 +707,8 @@ class SessionManager(service.Service):
                 payload_json: bytes | None = None, to=None) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
         session.stream.publish(event_type, payload, payload_json, to=to)
+        # The stream's seq, not the event's: publishing can add one (journal_stopped).
+        self._store.note_last_seq(session.id, session.stream.seq)
         now = session.last_used = self._reactor.seconds()
         # lastActivityAt has a resolution of seconds: format it once a second, not per event.
         if now - session.activity_noted >= 1.0:

@@ -259,6 +259,17 @@ class StateStore:
             self._pending_flush = self._clock.callLater(self._flush_delay, self._scheduled_flush)
         return True
 
+    def note_last_seq(self, session_id: str, seq: int) -> None:
+        """Keep a session's last event seq in its record (written with the next batch), so
+        numbering continues after it even if the journal loses its last events."""
+        record = self._sessions.get(session_id)
+        if record is None or record.get("lastSeq") == seq:
+            return
+        record["lastSeq"] = seq
+        self._dirty = True
+        if self._pending_flush is None:
+            self._pending_flush = self._clock.callLater(self._flush_delay, self._scheduled_flush)
+
     def flush(self) -> None:
         """Write now if anything changed since the last write."""
         self._cancel_pending_flush()

@@ -572,9 +572,13 @@ def test_a_last_segment_that_is_not_a_journal_is_moved_aside(make_journal, direc
 
     assert (directory / f"{11:020d}.jrnl.corrupt-1").exists()
     assert logs.at("critical")
-    assert (reopened.first_seq, reopened.last_seq) == (1, 10)
-    append_all(reopened, stream[10:])
-    assert_replays(reopened, stream)
+    # Seq 11 at least was sent: numbering goes on after it, and nothing before the lost
+    # events can be replayed across them.
+    assert (reopened.first_seq, reopened.last_seq) == (None, 11)
+    with pytest.raises(JournalGap):
+        reopened.replay(5)
+    append_all(reopened, stream[11:])
+    assert_replays(reopened, stream[11:], after_seq=11, first_seq=12)
 
 
 def test_a_corrupt_record_found_while_replaying_is_a_gap(make_journal, directory, logs):
@@ -663,3 +667,25 @@ async def test_replay_in_a_thread_reports_gaps(make_journal):
 
     with pytest.raises(JournalGap):
         await journal.replay_in_thread(reactor, 0)
+
+
+def test_an_unreadable_segment_keeps_its_first_seq_used(make_journal, directory):
+    journal = make_journal(segment_events=4)
+    append_all(journal, synthetic(1, 10))
+    journal.close()
+    last = sorted(directory.glob("*.jrnl"))[-1]
+    first_seq_of_last = int(last.name.split(".")[0])
+    last.write_bytes(b"not a journal segment at all")
+    reopened = make_journal(segment_events=4)
+    assert reopened.last_seq >= first_seq_of_last
+
+
+def test_continue_after_a_seq_known_elsewhere(make_journal):
+    journal = make_journal()
+    append_all(journal, synthetic(1, 5))
+    journal.continue_after(9)
+    assert journal.last_seq == 9
+    with pytest.raises(JournalGap):
+        journal.replay(3)
+    journal.append(10, *synthetic(10, 10)[0])
+    assert [seq for seq, _, _ in journal.replay(9)] == [10]

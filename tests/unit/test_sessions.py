@@ -14,6 +14,7 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
+from piserver.journal import JournalLimits
 from piserver.sessions import SessionManager
 from piserver.store import StateStore
 from piserver.supervisor import AgentSupervisor
@@ -325,3 +326,20 @@ def test_a_state_json_that_is_a_directory_does_not_stop_the_start(tmp_path):
     second = Harness(tmp_path)
     assert list(second.sessions.sessions) == [kept.id]
     assert (tmp_path / "state.json").is_file() or second.store.get(kept.id) is not None
+
+
+def test_numbering_continues_after_an_unreadable_last_journal_segment(tmp_path):
+    limits = JournalLimits(segment_events=3)
+    first = Harness(tmp_path, journal_limits=limits)
+    session = create(first).result
+    for n in range(10):
+        first.sessions.publish(session, "note", {"type": "note", "n": n})
+    sent = session.stream.seq
+    first.sessions.stopService()
+    segments = sorted((session.directory / "journal").glob("*.jrnl"))
+    segments[-1].write_bytes(b"garbage, not a journal segment")
+
+    second = Harness(tmp_path, journal_limits=limits)
+    again = second.sessions.sessions[session.id]
+    second.sessions.publish(again, "note", {"type": "note", "n": 10})
+    assert again.stream.seq == sent + 1
