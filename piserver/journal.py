@@ -732,6 +732,20 @@ class Journal:
         except _CorruptRecord as corrupt:
             raise self._unreadable(after_seq, corrupt) from None
 
+    def prepared_replay(self, after_seq: int, mode: str = FULL):
+        """:meth:`replay` in two steps: the segments it needs are opened now (it returns
+        the events journaled now, even if trimmed meanwhile), and the returned function
+        reads and decodes them when called, from any thread. Raises JournalGap now."""
+        plan = self._plan(after_seq, mode)
+
+        def read() -> list[tuple[int, str, bytes]]:
+            try:
+                return _read_segments(plan, after_seq, mode)
+            except _CorruptRecord as corrupt:
+                raise self._unreadable(after_seq, corrupt) from None
+
+        return read
+
     def replay_in_thread(self, reactor, after_seq: int, mode: str = FULL):
         """:meth:`replay` with the reading and decoding done in ``reactor``'s thread
         pool; returns a Deferred firing with the list (or failing with JournalGap).

@@ -485,7 +485,8 @@ class SessionManager(service.Service):
             connection.on_lost(self._connection_lost)
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
-        reason = session.stream.attach(connection, mode, last_seq)
+        reason = await session.stream.attach_catching_up(connection, mode, last_seq,
+                                                         self._in_thread)
         if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"

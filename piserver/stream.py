@@ -228,6 +228,52 @@ class EventStream:
         self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
         return None
 
+    async def attach_catching_up(self, connection, mode: str, last_seq: int | None,
+                                 in_thread) -> str | None:
+        """
+        ``attach``, with the catch-up read, decoded and encoded by ``in_thread(f)`` (a
+        thread pool): a long replay never stalls the reactor, nor other sessions. Live
+        events are held back meanwhile and follow the catch-up.
+        """
+        self.flush()
+        if last_seq is None or last_seq >= self.seq or (
+                mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS):
+            return self.attach(connection, mode, last_seq)
+        try:
+            read = self._journal.prepared_replay(last_seq, mode)
+        except JournalGap:
+            return "journal_trimmed"
+        caught_up_to = self.seq
+        self.hold(connection, mode)
+        try:
+            frames = await in_thread(self._catch_up_frames, read, mode)
+        except JournalGap:
+            self.detach(connection)
+            return "journal_trimmed"
+        except BaseException:
+            self.detach(connection)
+            raise
+        subscriber = self._subscribers.get(connection.connection_id)
+        if subscriber is None or subscriber.held is None:
+            return None  # detached meanwhile
+        if frames is None:
+            self.detach(connection)
+            return "replay_too_large"
+        held, subscriber.held = subscriber.held, None
+        for frame in frames:
+            connection.send(frame)
+        for seq, frame in held:
+            if seq > caught_up_to:
+                connection.send(frame)
+        return None
+
+    def _catch_up_frames(self, read, mode: str) -> list[bytes] | None:
+        """The catch-up frames (None when too large to send): runs in a thread."""
+        events = read()
+        if mode == "full" and sum(len(e[2]) for e in events) > self._max_replay_bytes:
+            return None
+        return list(self._replay_frames(events, mode))
+
     def _replay_frames(self, events, mode: str):
         if mode == "full":
             for seq, event_type, payload_json in events:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
@@ -50,7 +50,7 @@ class Harness:
         ids = iter(f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 100))
         self.sessions = SessionManager(self.reactor, tmp_path, self.supervisor, self.store,
                                        Models(), new_id=lambda: next(ids),
-                                       in_thread=maybeDeferred, **options)
+                                       **{"in_thread": maybeDeferred, **options})
         self.sessions.startService()
 
     def process(self, n=-1):
@@ -343,3 +343,47 @@ def test_numbering_continues_after_an_unreadable_last_journal_segment(tmp_path):
     again = second.sessions.sessions[session.id]
     second.sessions.publish(again, "note", {"type": "note", "n": 10})
     assert again.stream.seq == sent + 1
+
+
+class LaterThreads:
+    """``in_thread`` that runs the work only when the test says so."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def __call__(self, f, *args, **kwargs):
+        d = Deferred()
+        self.waiting.append((d, f, args, kwargs))
+        return d
+
+    def run_all(self):
+        waiting, self.waiting = self.waiting, []
+        for d, f, args, kwargs in waiting:
+            maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
+
+def event_seqs(connection, session_id):
+    return [f["seq"] for f in connection.sent
+            if f.get("kind") == "event" and f["sessionId"] == session_id]
+
+
+def test_a_catch_up_is_built_off_the_reactor_and_stalls_no_other_session(tmp_path):
+    threads = LaterThreads()
+    harness = Harness(tmp_path, in_thread=threads)
+    resumed, other = create(harness).result, create(harness).result
+    for n in range(20):
+        harness.sessions.publish(resumed, "note", {"type": "note", "n": n})
+    late, watcher = FakeConnection("late"), FakeConnection("watcher")
+    attaching = ensureDeferred(harness.sessions.attach(late, resumed, exclusive=False,
+                                                       last_seq=5))
+    ensureDeferred(harness.sessions.attach(watcher, other, exclusive=False))
+    # The catch-up waits for its thread; meanwhile everything else goes on.
+    assert not attaching.called and len(threads.waiting) == 1
+    harness.sessions.publish(resumed, "note", {"type": "note", "n": 20})
+    harness.sessions.publish(other, "note", {"type": "note", "n": 0})
+    assert event_seqs(watcher, other.id) == [other.stream.seq]
+    assert event_seqs(late, resumed.id) == []
+    threads.run_all()
+    assert attaching.result == "replayed"
+    # Every event after 5, once, in order: the catch-up, then what came meanwhile.
+    assert event_seqs(late, resumed.id) == list(range(6, resumed.stream.seq + 1))
