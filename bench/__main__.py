@@ -14,6 +14,7 @@ from pathlib import Path
 from twisted.internet import defer, task
 
 from piserver.connection import DEFAULT_SEND_BUFFER_LIMIT
+from piserver.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
 from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 
 from . import document, realpi, relay, report, resume
@@ -93,7 +94,8 @@ def findings(real_pi: dict, relayed: dict, resumed: dict) -> list[str]:
                      "share the cores with the client.")
         paced_base = typical(paced["direct"], 0)
         lines.append(
-            f"Streamed without delay, pi alone answers 2,000 tokens (30 MB of events) in "
+            f"Streamed without delay, pi alone answers 2,000 tokens "
+            f"({report.size(real_pi['pi_bytes'][0])} of events) in "
             f"{report.duration(base)}, and the relay's throughput, not its latency, sets the "
             f"end: {report.percent(added['full'])} (full mode), "
             f"{report.percent(added['delta'])} (delta mode).{spent} Paced at "
@@ -113,21 +115,26 @@ def findings(real_pi: dict, relayed: dict, resumed: dict) -> list[str]:
             f"relay {report.duration(each['full'])} per event in full mode and "
             f"{report.duration(each['delta'])} in delta mode (a WebSocket frame written for "
             "each client).")
-    for name, result in resumed["socket"].items():
+    for result in resumed["socket"].values():
+        mode, count = result["mode"], result["events"]
         if result.get("caught_up") == "snapshot":
             lines.append(
-                f"A {name}-mode resume of {resumed['events']:,} events of long answers gets a "
-                "`session_snapshot` instead of the replay (a full-mode catch-up is capped at "
-                "4 MiB): what the client needs to redraw, in "
-                f"{report.duration(result['time'])}. Delta mode replays every event.")
+                f"A {mode}-mode resume of {count:,} events of long answers gets a "
+                "`session_snapshot` instead of the replay (the server replays at most "
+                f"{MAX_FULL_REPLAY_EVENTS:,} events or "
+                f"{DEFAULT_MAX_REPLAY_BYTES // (1 << 20)} MiB in full mode): what the client "
+                f"needs to redraw, in {report.duration(result['time'])}.")
+        elif result.get("caught_up") == "replayed":
+            lines.append(
+                f"A {mode}-mode resume replaying {count:,} events of long answers takes "
+                f"{report.duration(result['time'])} to the `hello` response: "
+                f"{report.count(result['frames'])} frames, {report.size(result['bytes'])}.")
         if "closed" in result:
             lines.append(
-                f"A {name}-mode resume of {resumed['events']:,} events of long answers is cut "
+                f"A {mode}-mode resume of {count:,} events of long answers is cut "
                 f"off with close code {result['closed']} under the default "
                 f"`--send-buffer-limit` ({DEFAULT_SEND_BUFFER_LIMIT // (1 << 20)} MiB): the replay "
-                "is sent in one go, so more than the "
-                "limit waits in the send buffer. It completes with a larger limit (see the "
-                "resume table). Delta mode, the mode for mobile links, is not affected.")
+                "is sent in one go, so more than the limit waits in the send buffer.")
     return lines
 
 
@@ -159,15 +166,17 @@ async def run(reactor, options: argparse.Namespace) -> None:
         resume_table, resumed = await resume.measure(
             reactor, work / "resume", pi, answer, options.resume_events, options.repeats,
             environ)
-        resumed["events"] = options.resume_events
         show(resume_table)
+    mode_lines = document.event_modes(real_pi)
     goal_lines = document.goals(real_pi)
     found = findings(real_pi, relayed, resumed)
-    print("\n".join(goal_lines + found))
-    print(f"\n{time.perf_counter() - started:.0f} s in all")
+    print("\n".join(mode_lines + goal_lines + found))
+    took = time.perf_counter() - started
+    print(f"\n{took:.0f} s in all")
     if options.output != "-":
         Path(options.output).write_text(document.markdown(
-            machine, shown_command(sys.argv[1:]), tables, goal_lines, found), encoding="utf-8")
+            machine, shown_command(sys.argv[1:]), took, Machine.load_average(), tables,
+            goal_lines, mode_lines, found), encoding="utf-8")
         print(f"written to {options.output}")
 
 

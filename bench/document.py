@@ -1,5 +1,7 @@
 """docs/performance.md, from one run's tables and figures."""
 
+from piserver.agentversion import PI_PACKAGE
+
 from . import report
 from .rig import Machine, median
 
@@ -32,24 +34,72 @@ def goals(real_pi: dict) -> list[str]:
     return lines
 
 
-def markdown(machine: Machine, command: str, tables, goal_lines, findings) -> str:
+def event_modes(real_pi: dict) -> list[str]:
+    """What each event mode sends for pi 1.x's answers in this run, and why."""
+    events, pi_bytes = real_pi["pi_events"][0], real_pi["pi_bytes"][0]
+    updates, update_bytes = real_pi["updates"][0], real_pi["update_bytes"][0]
+    usage = real_pi["usage_bytes"][0]
+    fast, paced = real_pi["wire"]
+    full, delta = fast["full"], fast["delta"]
+    envelope = (full["payload"] - pi_bytes) / full["frames"]
+    others = pi_bytes - update_bytes
+    share = "most" if others > delta["payload"] / 2 else "less than half"
+    return [
+        f"pi writes a 2,000-token answer as {events:,} events, "
+        f"{report.size(pi_bytes)}: {updates:,} delta-only `message_update`s (one per token, "
+        f"{report.size(update_bytes)}) and the rest, the messages at their start and end, "
+        f"`turn_end` and `agent_end` ({report.size(others)}). Every update "
+        f"repeats the usage so far: {report.size(usage)}, "
+        f"{report.percent(usage / pi_bytes).lstrip('+')} of pi's bytes.",
+        f"Full mode sends pi's events unchanged, each in the server's envelope (`v`, `kind`, "
+        f"`sessionId`, `seq`, `type`, `payload`): {report.size(full['payload'])} in "
+        f"{full['frames']:,} frames, {report.ratio(full['payload'] / pi_bytes)} the bytes of "
+        "pi's stdout. "
+        f"The envelope adds about {envelope:.0f} bytes to each event, against "
+        f"{pi_bytes / events:.0f} bytes for pi's average event.",
+        f"Delta mode drops that usage from every update and merges the text deltas of each "
+        f"30 ms window: streamed without delay, {delta['frames']:,} frames, "
+        f"{report.size(delta['payload'])}, {report.ratio(full['payload'] / delta['payload'])} "
+        f"fewer bytes than full mode ({report.ratio(pi_bytes / delta['payload'])} fewer than "
+        f"pi's stdout). The {events - updates} events that are not updates go unchanged, "
+        f"{report.size(others)} of pi's bytes, {share} of what delta mode sends: they carry "
+        "whole messages (the answer in `message_end`, `turn_end` and `agent_end`, the system "
+        "prompt in its own `message_start`/`message_end` and in `agent_end`). Paced at "
+        f"{real_pi['paced_rate']:.0f} tokens a second a window holds only a few tokens: "
+        f"{paced['delta']['frames']:,} frames, {report.size(paced['delta']['payload'])}, "
+        f"{report.ratio(paced['full']['payload'] / paced['delta']['payload'])} fewer than "
+        "full mode.",
+        f"permessage-deflate alone brings full mode to "
+        f"{report.size(fast['full + deflate']['socket'])} on the "
+        f"socket ({report.ratio(full['payload'] / fast['full + deflate']['socket'])} fewer), "
+        f"delta mode with it to {report.size(fast['delta + deflate']['socket'])} "
+        f"({report.ratio(full['payload'] / fast['delta + deflate']['socket'])} fewer than "
+        "full mode uncompressed).",
+    ]
+
+
+def markdown(machine: Machine, command: str, took: float, load_at_end: str, tables,
+             goal_lines, mode_lines, findings) -> str:
     parts = [
         "# Performance",
         "",
-        "Measured by the benchmarks in `bench/` (issue 5): bytes on the wire per event mode,",
-        "what the relay costs in time, and what a resume costs. Every figure is a ratio",
-        "against a baseline measured in the same run, on the same machine. This file is",
-        "written by the benchmark run; the figures below are from the machine described",
-        f"here, on {machine.date}. Another machine gives other absolute times; the ratios",
-        "are what to compare.",
+        "Measured by the benchmarks in `bench/` (issue 5), on pi 1.6 since issue 10: bytes on",
+        "the wire per event mode, what the relay costs in time, and what a resume costs. Every",
+        "figure is a ratio against a baseline measured in the same run, on the same machine.",
+        "This file is written by the benchmark run; the figures below are from the machine",
+        f"described here, on {machine.date}. Another machine gives other absolute times; the",
+        "ratios are what to compare.",
         "",
         "## Machine",
         "",
         f"- {machine.cores} cores ({machine.cpu}), {machine.system}; load average "
-        f"{machine.load} (1, 5, 15 min) when the run began",
+        f"{machine.load} (1, 5, 15 min) when the run began, {load_at_end} when it ended",
+        "  (the cores are shared: other work running at the same time slows every route,",
+        "  and the busier the machine the more the relay's own CPU time shows in its times)",
         f"- {machine.python}",
-        f"- pi {machine.pi_version} (`@mariozechner/pi-coding-agent`), the scripted LLM of",
-        "  `tests/support/fakellm.py` on loopback",
+        f"- pi {machine.pi_version} (`{PI_PACKAGE}`, on the Node.js that",
+        "  `scripts/install-pi` installs), the scripted LLM of `tests/support/fakellm.py` on",
+        "  loopback",
         "",
         "## Reproduce",
         "",
@@ -59,9 +109,18 @@ def markdown(machine: Machine, command: str, tables, goal_lines, findings) -> st
         "```",
         "",
         "`python -m bench --help` lists the sizes (events, clients, rounds) it can be run with;",
-        "the figures here are from the defaults. The whole run takes a few minutes on 2 cores.",
+        f"the figures here are from the command above. This run took {took / 60:.1f} minutes.",
+        "",
+        f"## Event modes on pi {machine.pi_version}",
+        "",
+        *[f"- {line}" for line in mode_lines],
         "",
         "## Goals of issue 5",
+        "",
+        "Issue 5 set these goals on pi 0.73, whose every `message_update` carried the whole",
+        "message so far twice (its figure: 30.3 MB of events for a 2,000-token answer, 0.29 MB",
+        "without those two fields). pi 1.x no longer sends them, so there is far less for delta",
+        f"mode to drop; the goals stay as they were, measured on {machine.pi_version}:",
         "",
         *[f"- {line}" for line in goal_lines],
         "",
@@ -79,15 +138,15 @@ def markdown(machine: Machine, command: str, tables, goal_lines, findings) -> st
         "  pacing timers must not run late because a client is busy. The WebSocket clients and",
         "  the direct readers used as baselines run in the bench process, so the relay is",
         "  never charged with their work. Times are `time.perf_counter()` in the bench",
-        "  process, from the prompt written to the last event read; CPU times come from",
-        "  `/proc`.",
+        "  process, from the prompt written to the last event read (`agent_settled`, with",
+        "  which pi 1.x ends a run, for a real answer); CPU times come from `/proc`.",
         "- **Bytes.** One session answers while four clients are attached (full, delta, delta",
         "  with permessage-deflate, full with permessage-deflate). Payload bytes are the",
         "  WebSocket messages' uncompressed sizes; socket bytes are what the client read from",
         "  TCP (frame headers, compression). pi's stdout is read directly from a pi started",
         "  with the same scripted answer. Each client checks that it got the whole text.",
         "- **Relay cost.** `bench/stubpi.py` is a fake `pi --mode rpc` that answers a prompt",
-        "  with N events of a recorded real pi stream in one write. The baseline reads its",
+        "  with N events of a recorded real pi 1.6 stream in one write. The baseline reads its",
         "  stdout and splits lines; the relayed runs time the same stub behind pi-server until",
         "  every attached client has the N-th event. The clients (`bench/wsclient.py`) split",
         "  frames and read only each event's `seq`, so a hundred of them cost the bench",
@@ -99,9 +158,10 @@ def markdown(machine: Machine, command: str, tables, goal_lines, findings) -> st
         "  answers are much slower). Once with the answer streamed without delay, where the",
         "  relay's throughput decides, once paced, where its latency does.",
         "- **Resume.** The events are pi's own lines for a 2,000-token answer, repeated to",
-        "  10,000: `Journal.append` them (the baseline), read them back with `Journal.replay`",
-        "  in both modes, and resume a client over a socket (`hello` with `resume`) from",
-        "  before the first of them.",
+        "  the number of events in the resume table: `Journal.append` them (the baseline),",
+        "  read them back with `Journal.replay` in both modes, and resume a client over a",
+        "  socket (`hello` with `resume`) from before the first of them, and in full mode also",
+        "  from before the last events the server replays in full mode.",
         "",
     ]
     return "\n".join(parts)

@@ -9,7 +9,8 @@ permessage-deflate. Payload bytes are the WebSocket messages' (uncompressed)
 sizes, socket bytes what the client read from TCP. Once with the answer
 streamed without delay (nearly all text deltas merge), once paced.
 
-Time: from the prompt written to ``agent_end`` read, pi alone through a
+Time: from the prompt written to ``agent_settled`` read (pi 1.x's end of a
+run), pi alone through a
 direct JSON-lines reader against pi behind pi-server with one WebSocket
 client, both decoding every event; the routes take turns, after warm-up
 rounds (pi gets much faster over its first answers). Once streamed without
@@ -47,7 +48,7 @@ class Setup:
     """The scripted LLM (in a process of its own) and the hermetic pi agent dir shared
     by these benchmarks."""
 
-    def __init__(self, reactor, work: Path, pi: Path, environ: dict):
+    def __init__(self, reactor, work: Path, pi: tuple[str, ...], environ: dict):
         self.reactor = reactor
         self.work = work
         self.pi = pi
@@ -64,7 +65,7 @@ class Setup:
         session_dir = self.work / name
         session_dir.mkdir(mode=0o700)
         return spawn_reader(self.reactor, time.perf_counter,
-                            [str(self.pi), *chat_agent_args(session_dir)],
+                            [*self.pi, *chat_agent_args(session_dir)],
                             self.agent_dir.environment(), self.agent_dir.project, **options)
 
     def start_server(self):
@@ -89,11 +90,31 @@ async def pi_stdout(setup: Setup, answers) -> list[list[bytes]]:
         await setup.llm.script(answer)
         start = len(pi.captured)
         pi.send({"id": f"p{number}", "type": "prompt", "message": "write a lot"})
-        await pi.until_event("agent_end", number)
+        await pi.until_event("agent_settled", number)
         streams.append([line for line in pi.captured[start:]
                         if json.loads(line)["type"] != "response"])
     await pi.stop()
     return streams
+
+
+UPDATE = b'{"type":"message_update"'
+
+
+def updates_of(lines: list[bytes]) -> list[bytes]:
+    """pi's ``message_update`` lines (the others are the messages at their start and end,
+    the turn and the run)."""
+    return [line for line in lines if line.startswith(UPDATE)]
+
+
+def usage_bytes(updates: list[bytes]) -> int:
+    """Bytes of the ``usage`` objects pi 1.x repeats on every ``message_update`` (what delta
+    mode drops from each), as pi wrote them."""
+    total = 0
+    for line in updates:
+        usage = json.loads(line).get("usage")
+        if usage is not None:
+            total += len(',"usage":') + len(json.dumps(usage, separators=(",", ":")))
+    return total
 
 
 def text_of(frames) -> str:
@@ -120,8 +141,8 @@ async def wire_bytes(setup: Setup, port: int, answers) -> list[dict]:
     for answer in answers:
         before = {name: (len(c.frames), c.payload_bytes, c.wire_bytes)
                   for name, c in clients.items()}
-        # Each answer's frames are dropped once counted: any agent_end seen is this one's.
-        ends = [c.wait_for_event(lambda frame: frame["type"] == "agent_end")
+        # Each answer's frames are dropped once counted: any agent_settled seen is this one's.
+        ends = [c.wait_for_event(lambda frame: frame["type"] == "agent_settled")
                 for c in clients.values()]
         await setup.llm.script(answer)
         await control.call("prompt", {"message": "write a lot"}, session_id=session_id)
@@ -184,7 +205,7 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 class Routes:
-    """The same answer, prompt to agent_end: pi read directly (decoding every line, or
+    """The same answer, prompt to agent_settled: pi read directly (decoding every line, or
     only splitting them) and pi behind pi-server with a full- or delta-mode client that
     decodes every event. Each route has its own pi process and keeps it, warm."""
 
@@ -218,13 +239,13 @@ class Routes:
         started = time.perf_counter()
         reader.send({"id": f"p{self.answers[name]}", "type": "prompt",
                      "message": "write a lot"})
-        took = await reader.until_event("agent_end", self.answers[name]) - started
+        took = await reader.until_event("agent_settled", self.answers[name]) - started
         return took, _used(cpu, cpu_seconds(reader.transport.pid))
 
     async def _relayed(self, mode: str, answer) -> tuple[float, float | None]:
         client, session_id = self.clients[mode]
         await self.setup.llm.script(answer)
-        ended = client.until_type("agent_end")
+        ended = client.until_type("agent_settled")
         cpu = cpu_seconds(self.server.pid)
         started = time.perf_counter()
         await client.call("prompt", {"message": "write a lot"}, session_id=session_id)
@@ -272,7 +293,7 @@ def time_table(title: str, runs: dict, note: str) -> Table:
                        for name, values in runs.items())
     return Table(
         title=title,
-        columns=("Route", "Prompt to agent_end (median)", "vs baseline", "Difference",
+        columns=("Route", "Prompt to agent_settled (median)", "vs baseline", "Difference",
                  "CPU of pi / of pi-server"),
         rows=tuple(rows),
         notes=(note, f"Every run, in ms: {spread}.",
@@ -281,8 +302,8 @@ def time_table(title: str, runs: dict, note: str) -> Table:
     )
 
 
-async def measure(reactor, work: Path, pi: Path, environ: dict, rounds: int, warmup: int,
-                  paced_delay: float, paced_rounds: int):
+async def measure(reactor, work: Path, pi: tuple[str, ...], environ: dict, rounds: int,
+                  warmup: int, paced_delay: float, paced_rounds: int):
     """Returns (tables, figures, pi's event lines of one unpaced answer)."""
     setup = await Setup(reactor, work, pi, environ).start()
     answers = (Tokens(TOKENS), Tokens(TOKENS, delay=paced_delay))
@@ -300,6 +321,12 @@ async def measure(reactor, work: Path, pi: Path, environ: dict, rounds: int, war
             await server.stop()
     finally:
         await setup.stop()
+    figures = {"wire": wire, "pi_bytes": [sum(len(x) + 1 for x in s) for s in streams],
+               "pi_events": [len(s) for s in streams],
+               "updates": [len(updates_of(s)) for s in streams],
+               "update_bytes": [sum(len(x) + 1 for x in updates_of(s)) for s in streams],
+               "usage_bytes": [usage_bytes(updates_of(s)) for s in streams],
+               "times": {"fast": fast, "paced": paced}, "paced_rate": 1 / paced_delay}
     tables = [
         wire_table(f"Bytes on the wire: a {TOKENS:,}-token answer streamed without delay",
                    streams[0], wire[0],
@@ -312,13 +339,12 @@ async def measure(reactor, work: Path, pi: Path, environ: dict, rounds: int, war
                    "time."),
         time_table(f"Relay time end to end: a real {TOKENS:,}-token answer streamed without "
                    "delay", fast,
-                   f"`Tokens({TOKENS})`: pi writes its 30 MB of events as fast as it can. Median "
+                   f"`Tokens({TOKENS})`: pi writes its {report.size(figures['pi_bytes'][0])} of "
+                   "events as fast as it can. Median "
                    f"of {rounds} rounds, the routes taking turns, after {warmup} warm-up "
                    "rounds."),
         time_table(f"Relay time end to end: a real {TOKENS:,}-token answer, paced", paced,
                    f"`Tokens({TOKENS}, delay={paced_delay})`: {1 / paced_delay:.0f} tokens a "
                    f"second. Median of {paced_rounds} rounds, the routes taking turns."),
     ]
-    figures = {"wire": wire, "pi_bytes": [sum(len(x) + 1 for x in s) for s in streams],
-               "times": {"fast": fast, "paced": paced}, "paced_rate": 1 / paced_delay}
     return tables, figures, streams[0]

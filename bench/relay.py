@@ -25,12 +25,12 @@ from .wsclient import connect
 STREAM = RECORDED_EVENTS / "text_and_tools.jsonl"
 
 
-async def direct_runs(reactor, stub: Path, work: Path, environ: dict, events: int,
+async def direct_runs(reactor, stub: tuple[str, ...], work: Path, environ: dict, events: int,
                       repeats: int, parse: bool) -> list[float]:
     """Time ``repeats`` runs of the stub's N events read straight off its stdout."""
     session_dir = work / f"direct-{'parse' if parse else 'split'}"
     session_dir.mkdir()
-    reader = spawn_reader(reactor, time.perf_counter, [str(stub), *chat_agent_args(session_dir)],
+    reader = spawn_reader(reactor, time.perf_counter, [*stub, *chat_agent_args(session_dir)],
                           environ, work, parse=parse)
     reader.send({"id": "1", "type": "get_state"})
     await reader.until_lines(1)
@@ -75,7 +75,7 @@ async def relay_runs(reactor, port: int, mode: str, clients: int, events: int,
 async def measure(reactor, work: Path, environ: dict, events: int, client_counts,
                   repeats: int) -> tuple[Table, dict]:
     work.mkdir(parents=True)
-    stub = stub_command(work, STREAM)
+    stub = stub_command(STREAM)
     recorded = STREAM.read_bytes().splitlines()
     split = median(await direct_runs(reactor, stub, work, environ, events, repeats, False))
     parsed = median(await direct_runs(reactor, stub, work, environ, events, repeats, True))

@@ -2,13 +2,14 @@
 Resume cost: 10,000 journaled events of real pi answers, replayed.
 
 The events are pi's own lines for a 2,000-token answer (read in the wire
-benchmark), over and over: the heavy case, every ``message_update`` carrying
-the whole message so far twice. In process, a journal with the server's
+benchmark), over and over: pi 1.6 sends one delta-only ``message_update`` per
+token, each with the usage so far. In process, a journal with the server's
 default limits takes them with ``Journal.append`` (the baseline) and gives
 them back with ``Journal.replay`` in delta and full mode; reading the same
 events as pi wrote them from a file is the other reference. Over a socket, a
 client resumes from before the first of them (``hello.resume``) and is timed
-until the response, which comes after the replayed events.
+until the response, which comes after the replayed events; a full-mode client
+also resumes from before the last events the server replays in full mode.
 """
 
 import json
@@ -17,7 +18,9 @@ import time
 from pathlib import Path
 
 from piserver.journal import Journal
+from piserver.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
 from piserver.tap import Options
+from tests.support.piagent import pi_option
 
 from . import report
 from .report import Table
@@ -25,10 +28,10 @@ from .rig import TOKEN, ServerProcess, median, stub_command
 from .wsclient import CallFailed, connect
 
 
-def server_limits(work: Path, pi: Path):
+def server_limits(work: Path, pi: tuple[str, ...]):
     """The journal limits pi-server runs with by default."""
     options = Options(environ={})
-    options.parseOptions(["--data-dir", str(work / "limits"), "--pi", str(pi),
+    options.parseOptions(["--data-dir", str(work / "limits"), "--pi", pi_option(pi),
                           "--auth-token", TOKEN])
     return options.config.journal_limits
 
@@ -110,12 +113,16 @@ async def resume_once(reactor, port: int, mode: str, session_id: str, after: int
 
 async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: dict,
                       repeats: int) -> dict:
-    """Journal ``events`` events through pi-server, then time resumes from before them:
-    with the default send buffer limit, then (full mode) with one large enough for the
-    whole replay."""
+    """Journal ``events`` events through pi-server, then time resumes: in both modes from
+    before all of them, and in full mode also from before the last
+    ``MAX_FULL_REPLAY_EVENTS`` (the most the server replays in full mode) when there are
+    more. Keyed by label, each with its ``mode`` and the ``events`` it resumes over."""
     data_dir = work / "resume-data"
-    stub = stub_command(work, stream)
-    server = await ServerProcess.start(reactor, data_dir, stub, environ)
+    server = await ServerProcess.start(reactor, data_dir, stub_command(stream), environ)
+    resumes = [("delta", "delta", events), ("full", "full", events)]
+    if events > MAX_FULL_REPLAY_EVENTS:
+        resumes.append((f"full, last {MAX_FULL_REPLAY_EVENTS:,}", "full",
+                        MAX_FULL_REPLAY_EVENTS))
     results = {}
     try:
         writer = await connect(reactor, server.port, TOKEN, "delta")
@@ -126,12 +133,12 @@ async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: d
         await writer.call("prompt", {"message": f"replay {events}"}, session_id=session_id)
         await done
         await writer.close()
-        for mode in ("delta", "full"):
-            runs = [await resume_once(reactor, server.port, mode, session_id, first)
+        for label, mode, count in resumes:
+            runs = [await resume_once(reactor, server.port, mode, session_id, last - count)
                     for _ in range(repeats)]
-            results[mode] = runs[-1]
+            results[label] = {**runs[-1], "mode": mode, "events": count}
             if "time" in runs[-1]:
-                results[mode]["time"] = median(run["time"] for run in runs)
+                results[label]["time"] = median(run["time"] for run in runs)
     except Exception:
         sys.stderr.write(server.stderr.decode(errors="replace")[-5000:])
         raise
@@ -143,7 +150,16 @@ async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: d
     return results
 
 
-async def measure(reactor, work: Path, pi: Path, answer: list[bytes], events: int,
+def snapshot_reason(events: int, full_bytes: float) -> str:
+    """Why the server answers a full-mode resume over ``events`` events of ``full_bytes``
+    with a snapshot (the limits of ``piserver.stream``)."""
+    if events > MAX_FULL_REPLAY_EVENTS:
+        return f"more than the {MAX_FULL_REPLAY_EVENTS:,} events the server replays in full mode"
+    return (f"{report.size(full_bytes)} of pi's events, more than the "
+            f"{DEFAULT_MAX_REPLAY_BYTES // (1 << 20)} MiB the server replays in full mode")
+
+
+async def measure(reactor, work: Path, pi: tuple[str, ...], answer: list[bytes], events: int,
                   repeats: int, environ: dict) -> tuple[Table, dict]:
     work.mkdir(parents=True)
     lines = cycled(answer, events)
@@ -167,24 +183,27 @@ async def measure(reactor, work: Path, pi: Path, answer: list[bytes], events: in
         row("Journal.replay, full mode", times["full"]),
     ]
     notes = []
-    for name, result in over_socket.items():
-        label = f"resume over a socket, {name} mode"
+    for label, result in over_socket.items():
+        mode, count = result["mode"], result["events"]
+        shown = f"resume over a socket, {label} mode" if label == mode \
+            else f"resume over a socket, {mode} mode, the last {count:,} events"
         if result.get("caught_up") == "snapshot":
-            label += " (a session_snapshot instead of the replay)"
+            shown += " (a session_snapshot instead of the replay)"
+            full_bytes = sum(len(line) + 1 for line in lines[len(lines) - count:])
             notes.append(
-                f"A {name}-mode resume of these events gets one `session_snapshot` instead of "
-                "the replay: pi's full events repeat the whole message, so the catch-up would "
-                "be tens of MB (the server replays at most 4 MiB in full mode).")
+                f"A {mode}-mode resume of {count:,} of these events gets one "
+                "`session_snapshot` instead of the replay: the catch-up would be "
+                f"{snapshot_reason(count, full_bytes)}.")
         received = f"{report.count(result['frames'])} frames, {report.size(result['bytes'])}"
         if "time" in result:
-            rows.append(row(label, result["time"], received))
+            rows.append(row(shown, result["time"], received))
         else:
-            rows.append((label, received, f"cut off ({result['closed']})", "", ""))
+            rows.append((shown, received, f"cut off ({result['closed']})", "", ""))
             notes.append(
-                f"With the default `--send-buffer-limit` a {name}-mode resume of these events "
-                f"fails: the server closes the connection with code {result['closed']} after "
-                f"{received}, because the replay is written in one go and more than the "
-                "limit waits in the send buffer.")
+                f"With the default `--send-buffer-limit` a {mode}-mode resume of {count:,} of "
+                f"these events fails: the server closes the connection with code "
+                f"{result['closed']} after {received}, because the replay is written in one "
+                "go and more than the limit waits in the send buffer.")
     table = Table(
         title=f"Resume cost: {events:,} journaled events of real pi answers",
         columns=("Operation", "Bytes", "Time (median)", "vs append", "vs reading pi's lines"),
@@ -193,10 +212,10 @@ async def measure(reactor, work: Path, pi: Path, answer: list[bytes], events: in
             f"{events:,} events: pi's {len(answer):,} events of one 2,000-token answer, "
             f"repeated ({report.size(journal['raw'])} as pi wrote them, "
             f"{report.size(journal['disk'])} in the journal, "
-            f"{journal['raw'] / journal['disk']:.0f}x less). Journal limits as the server's "
-            f"defaults. Median of {repeats} runs. The socket resume is timed from `hello` "
-            "with `resume` sent to its response (after the replayed events), by a client "
-            "that splits frames without decoding them.",
+            f"{report.ratio(journal['raw'] / journal['disk'])} fewer bytes). Journal limits "
+            f"as the server's defaults. Median of {repeats} runs. The socket resume is timed "
+            "from `hello` with `resume` sent to its response (after the replayed events), by "
+            "a client that splits frames without decoding them.",
             *notes,
         ),
     )

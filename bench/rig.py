@@ -16,7 +16,7 @@ from pathlib import Path
 import attr
 from twisted.internet import defer, error, protocol
 
-from tests.support.piagent import repository_root
+from tests.support.piagent import pi_option, repository_root
 
 TOKEN = "bench-token"
 STUB = Path(__file__).with_name("stubpi.py")
@@ -89,10 +89,11 @@ class ServerProcess:
         self.port = port
 
     @classmethod
-    async def start(cls, reactor, data_dir: Path, pi: Path, environ: dict, extra_args=()):
+    async def start(cls, reactor, data_dir: Path, pi: tuple[str, ...], environ: dict,
+                    extra_args=()):
         child = Child.spawn(reactor, "bench.serve", [
             "--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir),
-            "--pi", str(pi), "--auth-token", TOKEN, *extra_args], environ)
+            "--pi", pi_option(pi), "--auth-token", TOKEN, *extra_args], environ)
         return cls(child, (await child.started("pi-server"))["port"])
 
     @property
@@ -136,14 +137,14 @@ class LineReader(protocol.ProcessProtocol):
     Reads an agent's stdout as JSON lines, as a client of ``pi --mode rpc``
     would. ``parse``: decode every line; else only split them, and count the
     events of the ``watch`` types by how their line starts (pi writes
-    ``{"type":...`` first in an event). ``capture``: keep every line.
-    Commands go out with ``send``; ``until_lines(n)`` and ``until_event(type,
-    n)`` fire with ``clock()`` once the n-th line / the n-th event of that type
-    has been read.
+    ``{"type":...`` first in an event; pi 1.x ends a run with ``agent_settled``).
+    ``capture``: keep every line. Commands go out with ``send``;
+    ``until_lines(n)`` and ``until_event(type, n)`` fire with ``clock()`` once
+    the n-th line / the n-th event of that type has been read.
     """
 
     def __init__(self, clock, parse: bool = True, capture: bool = False,
-                 watch=("agent_end",)):
+                 watch=("agent_settled",)):
         self._clock = clock
         self.parse = parse
         self.captured: list[bytes] | None = [] if capture else None
@@ -216,6 +217,7 @@ class LineReader(protocol.ProcessProtocol):
 
 
 def spawn_reader(reactor, clock, argv: list[str], environ: dict, cwd: Path, **options):
+    """Start ``argv`` (an agent and its arguments) read by a :class:`LineReader`."""
     reader = LineReader(clock, **options)
     reactor.spawnProcess(reader, argv[0], argv, env=environ, path=str(cwd))
     return reader
@@ -227,13 +229,10 @@ def chat_agent_args(session_dir: Path) -> list[str]:
             "--no-builtin-tools"]
 
 
-def stub_command(directory: Path, stream: Path) -> Path:
-    """An executable that runs the stub agent replaying ``stream`` (``--pi`` wants one)."""
-    command = directory / f"stub-pi-{stream.stem}"
-    command.write_text(
-        f'#!/bin/sh\nexec "{sys.executable}" "{STUB}" --stream "{stream}" "$@"\n')
-    command.chmod(0o755)
-    return command
+def stub_command(stream: Path) -> tuple[str, ...]:
+    """The command of the stub agent replaying ``stream`` (an agent command, as
+    :func:`tests.support.piagent.locate_pi` gives the real one)."""
+    return (sys.executable, str(STUB), "--stream", str(stream))
 
 
 # -- the machine ---------------------------------------------------------------
@@ -250,7 +249,7 @@ class Machine:
     load: str
 
     @classmethod
-    def describe(cls, pi: Path) -> "Machine":
+    def describe(cls, pi: tuple[str, ...]) -> "Machine":
         cpu = platform.processor() or platform.machine()
         try:
             for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -259,10 +258,9 @@ class Machine:
                     break
         except OSError:
             pass
-        shown = subprocess.run([str(pi), "--version"], capture_output=True, text=True,
+        shown = subprocess.run([*pi, "--version"], capture_output=True, text=True,
                                timeout=60)
-        # pi 0.73 prints its version on stderr.
-        version = (shown.stdout.strip() or shown.stderr.strip()).splitlines()[-1:]
+        version = shown.stdout.strip().splitlines()[-1:]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else os.cpu_count()
         return cls(
@@ -272,5 +270,9 @@ class Machine:
             pi_version=version[0] if version else "unknown",
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             # Anything else running shares the cores with the benchmarks.
-            load=" ".join(f"{value:.2f}" for value in os.getloadavg()),
+            load=cls.load_average(),
         )
+
+    @staticmethod
+    def load_average() -> str:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())

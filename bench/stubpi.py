@@ -3,14 +3,18 @@ A fake ``pi --mode rpc`` that replays a recorded pi event stream as fast as it
 can: ``python stubpi.py --stream FILE --mode rpc [pi's arguments, ignored]``.
 
 ``FILE`` holds pi's event lines (JSON lines, as pi wrote them). The prompt
-``{"type": "prompt", "message": "replay N"}`` is answered at once, then the
-stream's lines are written over and over until N events are out, in one
-write. ``get_state`` and ``get_messages`` answer like an idle pi with no
-conversation; ``abort`` succeeds; anything else fails like an unknown command.
+``{"type": "prompt", "message": "replay N"}`` is answered at once (as pi 1.6
+answers a prompt that starts a run), then the stream's lines are written over
+and over until N events are out, in one write. ``get_state`` and
+``get_messages`` answer like an idle pi with no conversation; ``abort``
+succeeds; anything else fails like an unknown command. ``--version`` prints the
+version of pi the recordings come from, which pi-server checks at start.
 """
 
 import json
 import sys
+
+VERSION = "1.6.0"
 
 stdin = sys.stdin.buffer
 stdout = sys.stdout.buffer
@@ -34,6 +38,9 @@ def events(lines: list[bytes], count: int) -> bytes:
 
 
 def main(argv: list[str]) -> int:
+    if "--version" in argv:
+        stdout.write(f"{VERSION}\n".encode())
+        return 0
     with open(argv[argv.index("--stream") + 1], "rb") as stream:
         lines = stream.read().splitlines()
     state = {"model": {"provider": "fake", "id": "fake-1"}, "isStreaming": False,
@@ -52,7 +59,7 @@ def main(argv: list[str]) -> int:
         elif kind == "prompt":
             count = int(command["message"].split()[1])
             output = events(lines, count)
-            answer(command)
+            answer(command, {"disposition": "started"})
             stdout.write(output)
             stdout.flush()
         else:

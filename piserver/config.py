@@ -4,6 +4,7 @@ data directory say, checked once at start.
 """
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,6 @@ DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 DEFAULT_MAX_CONNECTIONS = 100
 # Connections one source address may have open that are still sending their request.
 DEFAULT_MAX_PENDING_PER_ADDRESS = 16
-PI_PACKAGE = "@mariozechner/pi-coding-agent"
 
 # Server-side secrets that are never passed on to an agent process.
 SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN"})
@@ -33,6 +33,8 @@ class ServerConfig:
     endpoint: str
     data_dir: Path
     pi_command: tuple[str, ...]
+    # What `pi --version` said at start (agentversion.AgentVersion).
+    agent_version: object
     auth_token: str | None
     auth_token_source: str
     max_frame_size: int
@@ -59,6 +61,8 @@ class ServerConfig:
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # (name, mail) of session.commit's author; None: git's config, else pi-server's own.
+    git_author: tuple | None = None
     # Events below this level are not logged (debug events of libraries hold raw requests).
     log_level: LogLevel = LogLevel.info
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
@@ -88,18 +92,32 @@ def project_dir(environ) -> Path:
 
 
 def find_pi(explicit: str | None, environ) -> tuple[str, ...] | None:
-    """The agent command: --pi, $PI_SERVER_PI, `pi` on PATH, then the project-local install."""
+    """The agent command: --pi, $PI_SERVER_PI, `pi` on PATH, then the project-local install
+    (run by the project-local Node.js when there is one). --pi and $PI_SERVER_PI are a path
+    or a command line (``node /opt/pi/cli.js``), split as a shell would."""
     for candidate in (explicit, environ.get("PI_SERVER_PI")):
         if candidate:
-            found = shutil.which(os.path.expanduser(candidate))
-            return (found,) if found else None
+            words = shlex.split(candidate)
+            found = shutil.which(os.path.expanduser(words[0]), path=environ.get("PATH")) \
+                if words else None
+            return (found, *words[1:]) if found else None
     on_path = shutil.which("pi", path=environ.get("PATH"))
     if on_path:
         return (on_path,)
-    local = project_dir(environ) / "node_modules" / ".bin" / "pi"
-    if os.access(local, os.X_OK):
-        return (str(local),)
-    return None
+    return project_pi(project_dir(environ))
+
+
+def project_pi(project: Path) -> tuple[str, ...] | None:
+    """The pi that scripts/install-pi put into ``project``'s node_modules/, with the Node.js
+    it installed beside it where the machine's own is too old for pi."""
+    bin_dir = project / "node_modules" / ".bin"
+    pi = bin_dir / "pi"
+    if not os.access(pi, os.X_OK):
+        return None
+    node = bin_dir / "node"
+    if os.access(node, os.X_OK):
+        return (str(node), str(pi))
+    return (str(pi),)
 
 
 def prepare_data_dir(path: Path) -> None:

@@ -81,6 +81,8 @@ class Connection:
         self.event_mode = "full"
         # The tools this device can run (hello.params.nativeTools); None: never declared.
         self.native_tools = None
+        # What the client reads beyond the seed's protocol (hello.params.features).
+        self.features: frozenset = frozenset()
         # Callbacks run when the connection goes away (sessions detach it).
         self._on_lost = []
         self.backpressure = Backpressure(self, send_buffer_limit)

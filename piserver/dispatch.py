@@ -20,10 +20,13 @@ Handler = Callable[[object, Request], object]
 
 
 class Dispatcher:
+    """``fallback``, when given, handles the methods that are not in ``methods``."""
+
     log = Logger()
 
-    def __init__(self, methods: Mapping[str, Handler]):
+    def __init__(self, methods: Mapping[str, Handler], fallback: Handler | None = None):
         self._methods = dict(methods)
+        self._fallback = fallback
 
     @property
     def method_names(self) -> list[str]:
@@ -33,7 +36,7 @@ class Dispatcher:
         """
         Fire with ``(True, result_dict)`` or ``(False, RpcError)``; never errback.
         """
-        handler = self._methods.get(request.method)
+        handler = self._methods.get(request.method, self._fallback)
         if handler is None:
             error = UnknownMethod(f"unknown method {request.method!r}")
             return succeed((False, error))

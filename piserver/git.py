@@ -178,8 +178,10 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         on_progress: Callable[[str], None] | None,
         secrets: Sequence[str],
         signal_group: bool,
+        stdout_limit: int | None = None,
     ):
         self._clock = clock
+        self._stdout_limit = stdout_limit
         self._signal_group = signal_group
         self._timeout = timeout
         self._kill_grace = kill_grace
@@ -200,7 +202,11 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         self._timers.append(self._clock.callLater(self._timeout, self._expire))
 
     def outReceived(self, data):
-        self._stdout += data
+        if self._stdout_limit is None:
+            self._stdout += data
+        elif len(self._stdout) < self._stdout_limit:
+            # The rest is read and dropped: git must not block on a full pipe.
+            self._stdout += data[: self._stdout_limit - len(self._stdout)]
 
     def errReceived(self, data):
         self._stderr += data
@@ -320,6 +326,7 @@ class Git:
         extra_env: Mapping[str, str] | None = None,
         on_progress: Callable[[str], None] | None = None,
         secrets: Sequence[str] = (),
+        stdout_limit: int | None = None,
     ) -> GitResult:
         timeout = self.timeout if timeout is None else timeout
         env = dict(self._env)
@@ -327,7 +334,13 @@ class Git:
             env.update(extra_env)
         command = redact(" ".join(args), secrets)
         process = _GitProcessProtocol(
-            self._reactor, timeout, self._kill_grace, on_progress, secrets, self._process_group
+            self._reactor,
+            timeout,
+            self._kill_grace,
+            on_progress,
+            secrets,
+            self._process_group,
+            stdout_limit,
         )
         if self._process_group:
             executable = sys.executable
@@ -369,6 +382,38 @@ class Git:
         raise self._error(
             result, what or f"git {args[2] if args[0] == '-C' else args[0]}", timeout, secrets
         )
+
+    @_deferred
+    async def run(
+        self,
+        repo: str,
+        args: Sequence[str],
+        what: str,
+        extra_env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        token: str | None = None,
+        token_url: str | None = None,
+        exit_codes: Sequence[int] = (0,),
+        stdout_limit: int | None = None,
+    ) -> tuple[int, bytes]:
+        """
+        ``git -C repo args``: ``(exit code, stdout)`` for an exit in ``exit_codes``,
+        else a GitError with git's stderr.  ``token`` (for ``token_url``'s origin) is
+        given to this one process through its environment, as :meth:`clone` does.
+        Only the first ``stdout_limit`` bytes of stdout are kept, when given.
+        """
+        secrets = _secrets_of(token)
+        env = dict(extra_env or {})
+        if token and token_url:
+            env.update(token_environment(token_url, token))
+        timeout = self.timeout if timeout is None else timeout
+        result = await self._spawn(
+            ["-C", repo, *args], timeout, env, on_progress, secrets, stdout_limit
+        )
+        if result.exit_code in exit_codes and not result.timed_out:
+            return result.exit_code, result.stdout
+        raise self._error(result, what, timeout, secrets)
 
     @staticmethod
     def _error(result: GitResult, what: str, timeout: float, secrets: Sequence[str]) -> GitError:

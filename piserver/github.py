@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from twisted.internet import defer, error
 from twisted.logger import Logger
@@ -281,13 +281,48 @@ class GithubClient:
         )
         return repos
 
-    async def _fetch_page(self, url: str) -> tuple[list, str | None]:
-        request = defer.Deferred.fromCoroutine(self._request(url))
+    def create_pull_request(
+        self, full_name: str, title: str, head: str, base: str, body: str | None, draft: bool
+    ) -> defer.Deferred:
+        """
+        Deferred ``{"number", "url"}`` of the pull request opened on ``full_name``
+        (``owner/repo``) from branch ``head`` into ``base``.
+        """
+        return defer.Deferred.fromCoroutine(
+            self._create_pull_request(full_name, title, head, base, body, draft)
+        )
+
+    async def _create_pull_request(self, full_name, title, head, base, body, draft) -> dict:
+        fields = {"title": title, "head": head, "base": base, "draft": draft}
+        if body is not None:
+            fields["body"] = body
+        url = f"{self._api_url}/repos/{quote(full_name, safe='/')}/pulls"
+        response, answer = await self._call("POST", url, fields)
+        if response.code != 201:
+            raise self._fail(self._status_message(response, answer))
+        try:
+            pull = json.loads(answer)
+            number, html_url = pull["number"], pull["html_url"]
+        except (ValueError, KeyError, TypeError):
+            raise self._fail(
+                f"GitHub ({self._api_url}) sent an unexpected answer to a pull request"
+            ) from None
+        log.info(
+            "GitHub: opened pull request #{number} on {repo} from {head} into {base}",
+            number=number,
+            repo=full_name,
+            head=head,
+            base=base,
+        )
+        return {"number": number, "url": html_url}
+
+    async def _call(self, method: str, url: str, fields: dict | None = None):
+        request = defer.Deferred.fromCoroutine(self._request(url, method, fields))
         # Cancelling may surface as the agent's own error (ResponseNeverReceived
         # wrapping CancelledError); whatever it is, a timeout is a timeout.
         request.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
         try:
-            response, body = await request
+            return await request
         except defer.TimeoutError:
             raise self._fail(
                 f"GitHub ({self._api_url}) did not answer within {self._timeout:g} s"
@@ -296,6 +331,9 @@ class GithubClient:
             raise self._fail(
                 f"could not reach GitHub at {self._api_url}: {self._describe(e)}"
             ) from None
+
+    async def _fetch_page(self, url: str) -> tuple[list, str | None]:
+        response, body = await self._call("GET", url)
         if response.code != 200:
             raise self._fail(self._status_message(response, body))
         try:
@@ -313,16 +351,20 @@ class GithubClient:
                 raise self._fail("GitHub's next-page link points to another host")
         return page, next_url
 
-    async def _request(self, url: str) -> tuple[IResponse, bytes]:
-        response = await self._http.get(
-            url,
-            headers={
-                "Authorization": f"Bearer {self._token}",
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": "2022-11-28",
-                "User-Agent": f"pi-server/{__version__}",
-            },
-        )
+    async def _request(
+        self, url: str, method: str = "GET", fields: dict | None = None
+    ) -> tuple[IResponse, bytes]:
+        """``GET url``, or ``POST`` (a treq client has both) of ``fields`` as JSON."""
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Accept": "application/vnd.github+json",
+            "X-GitHub-Api-Version": "2022-11-28",
+            "User-Agent": f"pi-server/{__version__}",
+        }
+        if method == "GET":
+            response = await self._http.get(url, headers=headers)
+        else:
+            response = await self._http.post(url, headers=headers, json=fields)
         body = await response.content()
         return response, body
 
@@ -366,6 +408,14 @@ class GithubClient:
             answer = None
         if isinstance(answer, dict) and isinstance(answer.get("message"), str):
             text = answer["message"]
+            # A 422's reasons ("A pull request already exists for …") are in "errors".
+            reasons = [
+                reason["message"]
+                for reason in answer.get("errors") or ()
+                if isinstance(reason, dict) and isinstance(reason.get("message"), str)
+            ]
+            if reasons:
+                text = f"{text}: {'; '.join(reasons)}"
         else:
             text = body.decode("utf-8", "replace")
         text = " ".join(text.split())

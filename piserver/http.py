@@ -77,8 +77,9 @@ class HealthResource(Resource):
 class RootResource(Resource):
     """``/`` itself answers server info; its children are ``health`` and ``rpc``."""
 
-    def __init__(self, rpc: Resource, metrics: Resource | None = None):
+    def __init__(self, rpc: Resource, agent: dict, metrics: Resource | None = None):
         super().__init__()
+        self._agent = agent
         self.putChild(b"health", HealthResource())
         self.putChild(b"rpc", RpcResource(rpc))
         if metrics is not None:
@@ -96,6 +97,7 @@ class RootResource(Resource):
             "name": "pi-server",
             "version": __version__,
             "endpoints": {"websocket": "/rpc", "health": "/health"},
+            "agent": self._agent,
         })
 
 
@@ -240,14 +242,16 @@ def _address_key(address) -> str:
     return getattr(address, "host", None) or type(address).__name__
 
 
-def make_site(rpc: Resource, reactor=None, idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+def make_site(rpc: Resource, agent: dict, reactor=None,
+              idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
               max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
               on_refused=None, metrics: Resource | None = None) -> Site:
     """
-    ``idle_timeout`` closes HTTP connections silent that long and bounds each
-    request, head and body, in total (see ``GuardedChannel``).
+    ``agent`` describes the pi agent for ``GET /``. ``idle_timeout`` closes HTTP
+    connections silent that long and bounds each request, head and body, in total
+    (see ``GuardedChannel``).
     """
-    site = GuardedSite(RootResource(rpc, metrics), logFormatter=redacted_log_formatter,
+    site = GuardedSite(RootResource(rpc, agent, metrics), logFormatter=redacted_log_formatter,
                        reactor=reactor, timeout=idle_timeout, request_timeout=idle_timeout,
                        max_pending_per_address=max_pending_per_address,
                        on_refused=on_refused)

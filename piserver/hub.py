@@ -16,8 +16,9 @@ class Hub:
 
     def __init__(self, methods, new_id=lambda: str(uuid.uuid4()),
                  send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
-                 clock=None, requests_per_second: float | None = None, redact=None):
-        self.dispatcher = Dispatcher(methods)
+                 clock=None, requests_per_second: float | None = None, redact=None,
+                 fallback=None):
+        self.dispatcher = Dispatcher(methods, fallback)
         self._clock = clock
         self._requests_per_second = requests_per_second
         self._redact = redact

@@ -18,20 +18,24 @@ age). ``kind`` says what ``rest`` holds:
 
 Compact message updates
 -----------------------
-pi sends every ``message_update`` with the whole message so far, twice
-(``message`` and ``assistantMessageEvent.partial``): a 2,000-token answer is
-about 30 MB of events for 0.3 MB of news. A message update is therefore stored
-as its *delta form* (the event without those two fields, see
+pi 0.x sent every ``message_update`` with the whole message so far, twice
+(``message`` and ``assistantMessageEvent.partial``): a 2,000-token answer was
+about 30 MB of events for 0.3 MB of news. pi 1.x sends deltas only, but with the
+``usage`` so far on every update, which is most of its bytes. A message update
+is therefore stored as its *delta form* (the event without those fields, see
 :func:`strip_message_update`), kept as ready-to-send JSON for delta-mode
-replay, plus a *rebuild* JSON ``[message slot, partial slot]``. A slot is
-``null`` when the field is absent, else ``[key position, op]``:
+replay, plus a *rebuild* JSON ``[message slot, partial slot]`` or ``[message
+slot, partial slot, usage slot]``. A slot is ``null`` when the field is absent,
+else ``[key position, op]``:
 
 - the ``message`` op is a structural diff against the message of the previous
   message update of the same segment (``null``: unchanged);
 - the ``partial`` op is ``null`` when ``partial`` equals that message (what pi
-  always sends), else ``[0, value]``.
+  always sent), else ``[0, value]``;
+- the ``usage`` op is a structural diff against the usage of the previous
+  message update of the same segment (``null``: unchanged, as it mostly is).
 
-A ``message_update`` with neither field is stored verbatim.
+A ``message_update`` with none of these fields is stored verbatim.
 
 Diff ops: ``[0, value]`` replaces; ``[1, suffix]`` appends to a string;
 ``[2, {key: op}, [removed keys]]`` patches an object (new keys last, in order);
@@ -39,7 +43,7 @@ Diff ops: ``[0, value]`` replaces; ``[1, suffix]`` appends to a string;
 compare strictly (``true`` is not ``1``) and an object whose key order a patch
 could not reproduce is replaced whole, so replay gives back equal JSON with the
 same key order (not byte-identical: replayed updates are compact JSON). The
-first message update of a segment holds the whole message (a keyframe), so
+first message update of a segment holds the whole message and usage (a keyframe), so
 every segment decodes on its own. All other events are stored verbatim and
 replayed byte for byte.
 
@@ -168,20 +172,26 @@ class _CorruptRecord(Exception):
 
 
 def strip_message_update(payload: dict) -> dict:
-    """The delta form of a ``message_update`` event: without ``message`` and
-    ``assistantMessageEvent.partial``. A new dict (and a new
+    """The delta form of a ``message_update`` event: without ``message``,
+    ``assistantMessageEvent.partial`` and ``usage``. A new dict (and a new
     ``assistantMessageEvent`` when one was stripped); ``payload`` is not changed."""
     return _split_update(payload)[0]
 
 
 def _split_update(payload: dict):
-    """(delta form, message position or None, message, partial position or None, partial)."""
-    message_at = partial_at = None
-    message = partial = None
+    """(delta form, message position or None, message, partial position or None, partial,
+    usage position or None, usage)."""
+    message_at = partial_at = usage_at = None
+    message = partial = usage = None
+    keys = list(payload)
     if "message" in payload:
-        message_at = list(payload).index("message")
+        message_at = keys.index("message")
         message = payload["message"]
-    event = {key: value for key, value in payload.items() if key != "message"}
+    if "usage" in payload:
+        # pi 1.x repeats the usage so far on every update; message_end has the final one.
+        usage_at = keys.index("usage")
+        usage = payload["usage"]
+    event = {key: value for key, value in payload.items() if key not in ("message", "usage")}
     inner = payload.get("assistantMessageEvent")
     if isinstance(inner, dict) and "partial" in inner:
         partial_at = list(inner).index("partial")
@@ -189,7 +199,7 @@ def _split_update(payload: dict):
         event["assistantMessageEvent"] = {
             key: value for key, value in inner.items() if key != "partial"
         }
-    return event, message_at, message, partial_at, partial
+    return event, message_at, message, partial_at, partial, usage_at, usage
 
 
 _SHARED = "\x00pi-journal:shared message\x00"
@@ -347,7 +357,7 @@ def _records(data: memoryview, first_seq: int):
 
 def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str, out: list):
     """Append ``(seq, type, payload JSON)`` for each record after ``after_seq`` to ``out``."""
-    base = _NO_BASE
+    base = usage_base = _NO_BASE
     for seq, _, kind, event_type, rest, _ in _records(data, first_seq):
         if kind == _VERBATIM:
             if seq > after_seq:
@@ -361,7 +371,11 @@ def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str,
                 out.append((seq, event_type, bytes(rest[delta_start:delta_end])))
             continue
         try:
-            message_slot, partial_slot = json.loads(bytes(rest[delta_end:]))
+            slots = json.loads(bytes(rest[delta_end:]))
+            message_slot, partial_slot = slots[0], slots[1]
+            usage_slot = slots[2] if len(slots) > 2 else None
+            if usage_slot is not None and usage_slot[1] is not None:
+                usage_base = _patched(usage_base, usage_slot[1])
             message = partial = None
             reference = base
             if message_slot is not None:
@@ -388,8 +402,16 @@ def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str,
                     "partial",
                     _SHARED if shared else partial,
                 )
+            put_back = []
             if message_slot is not None:
-                event = _inserted(event, message_slot[0], "message", _SHARED if shared else message)
+                put_back.append((message_slot[0], "message", _SHARED if shared else message))
+            if usage_slot is not None:
+                if usage_base is _NO_BASE:
+                    raise _CorruptRecord("usage diff without a base")
+                put_back.append((usage_slot[0], "usage", usage_base))
+            # Positions count the original keys: the earlier one goes back first.
+            for position, key, value in sorted(put_back, key=lambda item: item[0]):
+                event = _inserted(event, position, key, value)
             encoded = _dumps_sharing(event, message) if shared else encode_payload(event)
             if encoded is None:
                 event["message"] = event["assistantMessageEvent"]["partial"] = message
@@ -457,6 +479,7 @@ class Journal:
         self._descriptor: int | None = None
         """Write descriptor of the last segment, or None before its first append."""
         self._base = _NO_BASE
+        self._usage_base = _NO_BASE
         self._last_seq = 0
         self._disk_bytes = 0
         self._open = False
@@ -487,6 +510,7 @@ class Journal:
         self._segments = []
         self._descriptor = None
         self._base = _NO_BASE
+        self._usage_base = _NO_BASE
         self._last_seq = 0
         found = sorted(
             (int(match.group(1)), entry)
@@ -603,10 +627,12 @@ class Journal:
             current = None
         # A new segment starts without a base: its first update is a keyframe.
         base = self._base if current is not None else _NO_BASE
+        usage_base = self._usage_base if current is not None else _NO_BASE
         kind, rest = _VERBATIM, payload_json
         if event_type == "message_update":
-            event, message_at, message, partial_at, partial = _split_update(payload)
-            if message_at is not None or partial_at is not None:
+            event, message_at, message, partial_at, partial, usage_at, usage = \
+                _split_update(payload)
+            if message_at is not None or partial_at is not None or usage_at is not None:
                 reference = base
                 message_slot = partial_slot = None
                 if message_at is not None:
@@ -617,10 +643,13 @@ class Journal:
                     partial_slot = [partial_at, None if same else [_SET, partial]]
                     if message_at is None:
                         base = partial
+                slots = [message_slot, partial_slot]
+                if usage_at is not None:
+                    slots.append([usage_at, _diff(usage_base, usage)])
+                    usage_base = usage
                 delta = encode_payload(event)
                 kind = _UPDATE
-                rebuild = encode_payload([message_slot, partial_slot])
-                rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, rebuild))
+                rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, encode_payload(slots)))
         data = _record(seq, now, kind, event_type.encode("utf-8"), rest)
         try:
             if current is None:
@@ -639,6 +668,7 @@ class Journal:
         self._disk_bytes += len(data)
         self._last_seq = seq
         self._base = base
+        self._usage_base = usage_base
         self._trim(now)
 
     def _start_segment(self, seq: int, now: float) -> _Segment:
@@ -664,6 +694,7 @@ class Journal:
         self.stopped = error.strerror or str(error)
         self._last_seq = seq
         self._base = _NO_BASE
+        self._usage_base = _NO_BASE
         self._log.error(
             "journal {directory}: cannot write event {seq} ({reason}); this session's "
             "events are no longer journaled (those up to seq {kept} are kept) until the "
@@ -683,6 +714,7 @@ class Journal:
         self._forget_all(f"seqs up to {seq} were used, beyond the {self._last_seq} it holds")
         self._last_seq = seq
         self._base = _NO_BASE
+        self._usage_base = _NO_BASE
 
     def release_writer(self) -> None:
         """Close the write descriptor (an idle session should not hold one); the next

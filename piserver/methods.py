@@ -3,10 +3,24 @@ The method table: what each wire method does, in terms of the session manager.
 Handlers validate their params and return a result object.
 """
 
+import re
+
+from twisted.logger import Logger
+
 from . import __version__
-from .errors import InvalidParams, NotFound
+from .compat import seed_messages
+from .errors import (
+    AgentCommandFailed,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    NotFound,
+    RpcError,
+    UnknownMethod,
+)
 from .models import public_model, public_state
 from .nativetools import parse_tool_answer, validate_native_tools
+from .picommands import SERVER_OWNED, TYPED, PiCommand, passthrough_fields
 from .stream import EVENT_MODES
 
 SERVER_NAME = "pi-server"
@@ -38,8 +52,14 @@ def _string(params: dict, key: str, required: bool = True, where: str = "") -> s
 class RpcMethods:
     """Handlers are ``handler(connection, request)``; see ``table()`` for wire names."""
 
-    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None):
+    log = Logger()
+
+    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None,
+                 agent: dict | None = None, workspace=None):
         self._sessions = sessions
+        self._agent = agent
+        # The session.diff/files/commit/push/... handlers (piserver.workspace.methods).
+        self._workspace = workspace
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -62,9 +82,21 @@ class RpcMethods:
                 "clear_conversation": self.clear_conversation,
                 "native_tool_response": self.native_tool_response,
                 "extension_ui_response": self.extension_ui_response,
+                # pi's commands that the server gives its own meaning.
+                "new_session": self.clear_conversation,
+                "switch_session": self.switch_session,
+                "fork": self.fork,
+                "clone": self.clone,
+                "export_html": self.export_html,
+                "set_session_name": self.set_session_name,
+                "cycle_model": self.cycle_model,
             })
+            for command in TYPED.values():
+                table[command.name] = self._typed(command)
         if self._repos is not None:
             table["repos.list"] = self.repos_list
+        if self._workspace is not None:
+            table.update(self._workspace.table())
         return table
 
     async def hello(self, connection, request):
@@ -75,8 +107,12 @@ class RpcMethods:
         event_mode = params.get("eventMode", "full")
         if event_mode not in EVENT_MODES:
             raise InvalidParams('"eventMode" must be "full" or "delta"')
+        features = params.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise InvalidParams('"features" must be a list of strings')
         resume = _object(params, "resume", required=False)
         last_seqs = {}
+        previous = None
         if resume is not None:
             by_session = _object(resume, "lastSeqBySession", required=False) or {}
             for session_id, seq in by_session.items():
@@ -85,11 +121,20 @@ class RpcMethods:
                         f'"resume.lastSeqBySession" values must be non-negative integers '
                         f'({session_id[:80]!r})')
                 last_seqs[session_id] = seq
+            previous_id = _string(resume, "connectionId", required=False, where="resume")
+            if previous_id and self._sessions is not None:
+                previous = self._sessions.previous(previous_id)
         native_tools = params.get("nativeTools")
         if native_tools is not None:
             native_tools = validate_native_tools(native_tools)
+        elif previous is not None:
+            # The seed's app reconnects without declaring its tools again: it still has them.
+            native_tools = previous.native_tools
         connection.client = {"name": name, "version": version}
         connection.event_mode = event_mode
+        connection.features = frozenset(features) & FEATURES
+        if self._sessions is not None:
+            self._sessions.watch(connection)
         if native_tools is not None:
             connection.native_tools = native_tools
             # Sessions this device is attached to offer its tools from their next run.
@@ -101,17 +146,41 @@ class RpcMethods:
             "server": {"name": SERVER_NAME, "version": __version__},
             "capabilities": dict(self._capabilities),
         }
+        if self._agent is not None:
+            result["agent"] = self._agent
         if resume is not None:
-            resumed = {}
-            for session_id, seq in last_seqs.items():
-                session = self._sessions.sessions.get(session_id)
-                if session is None:
-                    resumed[session_id] = "not_found"
-                    continue
+            result["resumed"], errors = await self._resume(connection, last_seqs, previous)
+            if errors:
+                result["resumeErrors"] = errors
+        return result
+
+    async def _resume(self, connection, last_seqs: dict, previous) -> tuple[dict, dict]:
+        """Attach ``connection`` to the sessions it resumes; one that cannot be resumed is
+        reported, and the others still are."""
+        resumed, errors = {}, {}
+        if previous is not None:
+            # What the old connection was attached to comes back, seen events or not.
+            last_seqs = {**dict.fromkeys(sorted(previous.attached)), **last_seqs}
+        for session_id, seq in last_seqs.items():
+            session = self._sessions.sessions.get(session_id)
+            if session is None:
+                resumed[session_id] = "not_found"
+                continue
+            if previous is not None and session_id not in previous.attached:
+                # The client remembers every session it saw; only re-attach what it was on.
+                resumed[session_id] = "not_attached"
+                continue
+            try:
                 resumed[session_id] = await self._sessions.attach(
                     connection, session, exclusive=False, last_seq=seq)
-            result["resumed"] = resumed
-        return result
+            except RpcError as e:
+                resumed[session_id] = "failed"
+                errors[session_id] = e.to_dict()
+            except Exception:
+                self.log.failure("resuming {session_id} failed", session_id=session_id)
+                resumed[session_id] = "failed"
+                errors[session_id] = InternalError("internal error: see the server log").to_dict()
+        return resumed, errors
 
     # -- sessions -----------------------------------------------------------
 
@@ -142,7 +211,7 @@ class RpcMethods:
         return {"sessions": self._sessions.summaries(repo_id)}
 
     async def session_attach(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(_target_session_id(request))
         exclusive = _bool(request.params, "exclusive", True)
         last_seq = _seq(request.params, "lastSeq")
         await self._sessions.ensure_agent(session)
@@ -152,13 +221,16 @@ class RpcMethods:
                 "lastSeq": session.stream.seq, "catchUp": caught_up}
 
     def session_detach(self, connection, request):
-        session_id = _session_id(request)
-        session = self._sessions.get(session_id) if session_id else None
-        self._sessions.detach(connection, session)
+        # Never fails: a client clears its current session only once this succeeds.
+        session_id = _target_session_id(request)
+        if session_id is None:
+            self._sessions.detach(connection)
+        elif (session := self._sessions.sessions.get(session_id)) is not None:
+            self._sessions.detach(connection, session)
         return {}
 
     async def session_delete(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(_target_session_id(request))
         return await self._sessions.delete(session)
 
     # -- answers from devices -------------------------------------------------
@@ -225,11 +297,16 @@ class RpcMethods:
     async def get_messages(self, connection, request):
         session = self._sessions.get(_session_id(request))
         data = await self._sessions.command(session, "get_messages") or {}
-        return {"messages": data.get("messages", [])}
+        messages = data.get("messages", [])
+        if "piMessages" not in connection.features:
+            messages = seed_messages(messages)
+        return {"messages": messages}
 
     async def get_available_models(self, connection, request):
         session_id = _session_id(request)
-        if session_id:
+        # The seed's app names its current session, which may be gone: the models are
+        # the same.
+        if session_id and session_id in self._sessions.sessions:
             data = await self._sessions.command(self._sessions.get(session_id),
                                                 "get_available_models") or {}
             return {"models": [public_model(m) for m in data.get("models", [])]}
@@ -247,8 +324,91 @@ class RpcMethods:
         data = await self._sessions.command(session, "new_session") or {}
         return {"cancelled": bool(data.get("cancelled", False))}
 
+    def _typed(self, command: PiCommand):
+        async def handler(connection, request):
+            session = self._sessions.get(_session_id(request))
+            fields = command.fields_from(request.params)
+            data = await self._sessions.command(session, command.name,
+                                                timeout=command.timeout, **fields)
+            return _result(data)
+
+        handler.__name__ = command.name
+        return handler
+
+    async def pass_through(self, connection, request):
+        """A method the server does not know: pi's command of that name, for a session."""
+        name = request.method
+        session_id = _session_id(request)
+        if not session_id or name in SERVER_OWNED or not PI_COMMAND_NAME.match(name):
+            raise UnknownMethod(f"unknown method {name[:80]!r}")
+        session = self._sessions.get(session_id)
+        try:
+            data = await self._sessions.command(session, name,
+                                                **passthrough_fields(request.params))
+        except AgentCommandFailed as e:
+            if e.message.startswith("Unknown command"):
+                raise UnknownMethod(f"unknown method {name!r} (pi: {e.message})") from None
+            raise
+        return _result(data)
+
+    def switch_session(self, connection, request):
+        raise InvalidRequest(
+            "switch_session would bind this session to another conversation: create a "
+            "session (session.create), or copy this one with fork or clone")
+
+    async def fork(self, connection, request):
+        source = self._sessions.get(_session_id(request))
+        entry_id = _string(request.params, "entryId")
+        return await self._copy(connection, source, "fork", {"entryId": entry_id})
+
+    async def clone(self, connection, request):
+        source = self._sessions.get(_session_id(request))
+        return await self._copy(connection, source, "clone", {})
+
+    async def _copy(self, connection, source, command: str, fields: dict) -> dict:
+        repo = None
+        if source.mode == "code":
+            repo = await self._repos.lookup(source.repo_id)
+        session, data = await self._sessions.copy(connection, source, repo, command, fields)
+        result = {"sessionId": session.id, "cancelled": False}
+        if "text" in data:
+            result["text"] = data["text"]
+        return result
+
+    async def export_html(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        return {"html": await self._sessions.export_html(session)}
+
+    async def set_session_name(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        name = _string(request.params, "name")
+        if not name.strip() or "\x00" in name:
+            raise InvalidParams('"name" must be a non-empty string without NUL')
+        await self._sessions.command(session, "set_session_name", name=name)
+        self._sessions.rename(session, name.strip())
+        return {}
+
+    async def cycle_model(self, connection, request):
+        session = self._sessions.get(_session_id(request))
+        data = await self._sessions.cycle_model(session)
+        if data is None:
+            return {"model": None}
+        return {**data, "model": public_model(data.get("model") or {})}
+
 
 SESSION_MODES = ("chat", "code")
+# hello.features a client may declare: it reads session_snapshot events; it reads pi's
+# messages as pi sends them (else get_messages maps them onto the seed's kinds).
+FEATURES = frozenset({"snapshots", "piMessages"})
+# pi names its commands in snake_case; anything else is no pi command.
+PI_COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}\Z")
+
+
+def _result(data) -> dict:
+    """pi's answer data as a result object (``{}`` when pi sent none)."""
+    if data is None:
+        return {}
+    return data if isinstance(data, dict) else {"data": data}
 STREAMING_BEHAVIORS = ("steer", "followUp")
 
 
@@ -286,6 +446,15 @@ def _seq(params: dict, key: str) -> int | None:
 def _session_id(request) -> str | None:
     """Agent calls take the session from the envelope; params.sessionId also works."""
     return request.session_id or request.params.get("sessionId")
+
+
+def _target_session_id(request) -> str | None:
+    """``session.*`` methods name their target in params; the envelope names the client's
+    current session, which can be another one (the seed's app does so)."""
+    target = request.params.get("sessionId")
+    if target is not None and not isinstance(target, str):
+        raise InvalidParams('"sessionId" must be a string')
+    return target or request.session_id
 
 
 def _optional_string(params: dict, key: str) -> str | None:

@@ -9,6 +9,7 @@ from autobahn.twisted.resource import WebSocketResource
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet import threads
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -33,6 +34,9 @@ from .store import StateStore
 from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from .workspace.methods import WorkspaceMethods
+from .workspace.shipping import Shipping
+from .workspace.snapshot import Snapshots
 from .ws import RpcServerFactory
 
 # The agent runs whatever the model asks: it gets the LLM keys it needs, never the
@@ -94,9 +98,11 @@ class PiServerService(MultiService):
             return
         self._announced = True
         config = self.config
-        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi}",
+        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi} "
+                      "(pi {pi_version} on Node.js {node_version})",
                       version=__version__, data_dir=str(config.data_dir),
-                      pi=" ".join(config.pi_command))
+                      pi=" ".join(config.pi_command), pi_version=config.agent_version.pi,
+                      node_version=config.agent_version.node or "unknown")
         for problem in config.dotenv_problems:
             self.log.warn("{file}: {problem}", file=str(config.data_dir / ".env"),
                           problem=str(problem))
@@ -133,6 +139,11 @@ class PiServerService(MultiService):
 
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
+
+    def in_thread(f, *args, **kwargs):
+        # Blocking file work (reading a checkout's files) off the reactor thread.
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
     supervisor = AgentSupervisor(
         reactor, list(config.pi_command), str(config.data_dir), config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV, probe_interval=config.agent_probe_interval,
@@ -149,24 +160,36 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
                               timeout=config.github_timeout)
     repos = RepoCatalog(str(config.data_dir), github, git)
     checkouts = Checkouts(git, config.github_token)
+
+    def publish(session, event_type, payload):
+        sessions.publish(session, event_type, payload)
+
+    snapshots = Snapshots(git, in_thread, publish)
     sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
                               checkouts=checkouts, journal_limits=config.journal_limits,
                               merge_window=config.delta_merge_window,
                               max_agents=config.max_agents,
                               idle_timeout=config.agent_idle_timeout,
-                              native_tool_timeout=config.native_tool_timeout)
+                              native_tool_timeout=config.native_tool_timeout,
+                              on_run_end=snapshots.run_ended)
     sessions.setServiceParent(top)
+    shipping = Shipping(git, snapshots, repos, github, config.github_token, publish,
+                        author=config.git_author, push_timeout=config.clone_timeout)
+    workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     limits = config.journal_limits
-    methods = RpcMethods(sessions=sessions, models=models, repos=repos, capabilities={
+    agent = config.agent_version.public()
+    methods = RpcMethods(sessions=sessions, models=models, repos=repos, agent=agent,
+                         capabilities={
         "eventModes": list(EVENT_MODES),
         "nativeTools": True,
         "nativeToolTimeoutSec": config.native_tool_timeout,
         "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
                     "maxAgeSec": limits.max_age},
         # The seed's name for how far back a resume reaches.
-        "replayWindowSec": limits.max_age,
-    })
-    hub = top.hub = Hub(methods.table(), send_buffer_limit=config.send_buffer_limit,
+        "replayWindowSec": int(limits.max_age),
+    }, workspace=workspace)
+    hub = top.hub = Hub(methods.table(), fallback=methods.pass_through,
+                        send_buffer_limit=config.send_buffer_limit,
                         clock=reactor, requests_per_second=config.requests_per_second,
                         redact=Redactor(secret_values(config)).redact)
     metrics = top.metrics = Metrics()
@@ -180,7 +203,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout)
-    site = make_site(WebSocketResource(factory), reactor=reactor,
+    site = make_site(WebSocketResource(factory), agent, reactor=reactor,
                      idle_timeout=config.handshake_timeout,
                      max_pending_per_address=config.max_pending_per_address,
                      on_refused=refusals.refused, metrics=metrics.resource())

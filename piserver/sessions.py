@@ -8,6 +8,7 @@ agent call, so the conversation resumes where it was.
 """
 
 import collections
+import json
 import re
 import shutil
 import uuid
@@ -20,6 +21,7 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import agentdir
 from .agent import AgentExit, AgentProtocol
 from .devicecalls import DeviceCalls
 from .errors import (
@@ -55,6 +57,16 @@ NAME_LENGTH = 60
 # A session with no event for this long closes its journal's write descriptor: a thousand
 # sessions that streamed once must not hold a thousand files open.
 JOURNAL_IDLE = 60.0
+
+
+# Closed connections whose tools and sessions a resuming client can take over.
+REMEMBERED_CONNECTIONS = 1000
+
+
+@attr.frozen
+class PreviousConnection:
+    native_tools: list | None
+    attached: frozenset
 
 
 def iso_time(seconds: float) -> str:
@@ -98,6 +110,11 @@ class Session:
     @property
     def pi_session_dir(self) -> Path:
         return self.directory / "pi"
+
+    @property
+    def agent_dir(self) -> Path:
+        """pi's agent dir for this session (see agentdir)."""
+        return self.directory / "agent"
 
     @property
     def native_tools_file(self) -> Path:
@@ -188,8 +205,10 @@ class SessionManager(service.Service):
                  journal_limits: JournalLimits | None = None, merge_window: float = 0.03,
                  in_thread=None, max_agents: int = DEFAULT_MAX_AGENTS,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT):
+                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT, on_run_end=None):
         self._reactor = reactor
+        # Called with a code session whose run has ended (files_changed, piserver.workspace).
+        self._on_run_end = on_run_end
         self._native_tool_timeout = native_tool_timeout
         self._max_agents = max_agents
         self._idle_timeout = idle_timeout
@@ -200,7 +219,8 @@ class SessionManager(service.Service):
             reactor, reactor.getThreadPool(), f, *args, **kwargs))
         self._journal_limits = journal_limits or JournalLimits()
         self._merge_window = merge_window
-        self.sessions_dir = Path(data_dir) / "sessions"
+        self._data_dir = Path(data_dir)
+        self.sessions_dir = self._data_dir / "sessions"
         self._supervisor = supervisor
         self._store = store
         self._models = models
@@ -208,7 +228,11 @@ class SessionManager(service.Service):
         # Creates and removes code sessions' checkouts (repos issue); None: chat only.
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
-        self._watched_connections: set[str] = set()
+        # Connections seen by hello or attach, and what recently closed ones left behind,
+        # so that a client resuming its connection gets its tools and sessions back.
+        self._connections: dict[str, object] = {}
+        self._departed: collections.OrderedDict[str, PreviousConnection] = \
+            collections.OrderedDict()
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
         # Sessions whose agent is being stopped to make room for one starting (_make_room).
@@ -343,7 +367,9 @@ class SessionManager(service.Service):
     async def create(self, connection, mode: str, repo: dict | None = None,
                      provider: str | None = None, model_id: str | None = None,
                      system_prompt: str | None = None,
-                     include_native_tools: bool = False) -> Session:
+                     include_native_tools: bool = False, seed=None) -> Session:
+        """A new session, attached to ``connection``. ``seed(session)``, when given, runs in a
+        thread before the agent starts (to give it files of its own)."""
         if (provider is None) != (model_id is None):
             raise InvalidParams('"provider" and "modelId" go together')
         if provider is not None:
@@ -380,6 +406,9 @@ class SessionManager(service.Service):
                 # The creating device's tools; a device attaching later brings its own.
                 self._offer_native_tools(session,
                                          getattr(connection, "native_tools", None) or [])
+            if seed is not None:
+                session.agent_dir.mkdir(mode=0o700)
+                await self._in_thread(seed, session)
             self.sessions[session.id] = session
             self._save(session)
             (directory / INTENT_RECORD).unlink(missing_ok=True)
@@ -399,6 +428,65 @@ class SessionManager(service.Service):
         self.log.info("session {session_id} created ({mode}) in {cwd}",
                       session_id=session.id, mode=mode, cwd=str(session.cwd))
         return session
+
+    async def copy(self, connection, source: Session, repo: dict | None, command: str,
+                   fields: dict) -> tuple[Session, dict]:
+        """A new session holding ``source``'s conversation as pi's ``fork`` or ``clone``
+        makes it: pi's files of ``source`` are copied, the new agent forks from them, and
+        the copies are removed. A code session gets a checkout of its own."""
+
+        def seed(session: Session) -> None:
+            for path in source.pi_session_dir.glob("*.jsonl"):
+                _copy_conversation(path, session.pi_session_dir / path.name, session.cwd)
+            settings = source.agent_dir / agentdir.SETTINGS
+            if settings.is_file():
+                shutil.copy2(settings, session.agent_dir / agentdir.SETTINGS)
+
+        session = await self.create(
+            connection, source.mode, repo=repo, provider=source.provider,
+            model_id=source.model_id, system_prompt=source.system_prompt,
+            include_native_tools=source.include_native_tools, seed=seed)
+        try:
+            data = await self.command(session, command, **fields) or {}
+            if data.get("cancelled"):
+                raise InvalidState(f"a pi extension cancelled the {command}")
+            state = await self.command(session, "get_state") or {}
+            forked = Path(state.get("sessionFile") or "").name
+            for path in session.pi_session_dir.glob("*.jsonl"):
+                if path.name != forked:
+                    path.unlink()
+        except BaseException:
+            await self.delete(session)
+            raise
+        session.name = source.name
+        session.extra["forkedFrom"] = source.id
+        self._save(session)
+        self.log.info("session {session_id} made from {source} by {command}",
+                      session_id=session.id, source=source.id, command=command)
+        return session, data
+
+    async def export_html(self, session: Session) -> str:
+        """The conversation as pi's HTML export. pi writes it into the session's own pi dir
+        (no checkout, nothing a page of ours serves), from where it is read and removed."""
+        target = session.pi_session_dir / f".export-{uuid.uuid4().hex}.html"
+        try:
+            await self.command(session, "export_html", outputPath=str(target),
+                               timeout=PROMPT_TIMEOUT)
+            return await self._in_thread(target.read_text, encoding="utf-8", errors="replace")
+        finally:
+            target.unlink(missing_ok=True)
+
+    def rename(self, session: Session, name: str | None) -> None:
+        session.name = name
+        self._save(session)
+
+    async def cycle_model(self, session: Session) -> dict | None:
+        data = await self.command(session, "cycle_model")
+        model = (data or {}).get("model") or {}
+        if model.get("provider") and model.get("id"):
+            session.provider, session.model_id = model["provider"], model["id"]
+            self._save(session)
+        return data
 
     async def delete(self, session: Session) -> dict:
         session.deleted = True
@@ -480,13 +568,12 @@ class SessionManager(service.Service):
             for other in list(self.sessions.values()):
                 if other is not session:
                     other.stream.detach(connection)
-        if connection.connection_id not in self._watched_connections:
-            self._watched_connections.add(connection.connection_id)
-            connection.on_lost(self._connection_lost)
+        self.watch(connection)
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
-        reason = await session.stream.attach_catching_up(connection, mode, last_seq,
-                                                         self._in_thread)
+        reason = await session.stream.attach_catching_up(
+            connection, mode, last_seq, self._in_thread,
+            snapshots="snapshots" in connection.features)
         if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
@@ -524,8 +611,30 @@ class SessionManager(service.Service):
         for target in targets:
             target.stream.detach(connection)
 
+    def watch(self, connection) -> None:
+        """Keep track of ``connection`` (see ``previous``)."""
+        if connection.connection_id not in self._connections:
+            self._connections[connection.connection_id] = connection
+            connection.on_lost(self._connection_lost)
+
+    def previous(self, connection_id: str) -> "PreviousConnection | None":
+        """What connection ``connection_id`` had (its device's tools, the sessions it was
+        attached to), closed or still open (a phone often reconnects before its old
+        socket is noticed dead); None for a connection this server never saw."""
+        live = self._connections.get(connection_id)
+        if live is not None:
+            return PreviousConnection(live.native_tools, self._attached_to(live))
+        return self._departed.get(connection_id)
+
+    def _attached_to(self, connection) -> frozenset:
+        return frozenset(s.id for s in self.sessions.values() if s.stream.is_attached(connection))
+
     def _connection_lost(self, connection) -> None:
-        self._watched_connections.discard(connection.connection_id)
+        self._connections.pop(connection.connection_id, None)
+        self._departed[connection.connection_id] = PreviousConnection(
+            connection.native_tools, self._attached_to(connection))
+        while len(self._departed) > REMEMBERED_CONNECTIONS:
+            self._departed.popitem(last=False)
         self.detach(connection)
 
     # -- the agent ----------------------------------------------------------
@@ -593,11 +702,13 @@ class SessionManager(service.Service):
             await self._supervisor.stop(old)
         await self._make_room(session)
         session.last_used = self._reactor.seconds()
+        agentdir.prepare(self._data_dir, session.agent_dir)
         if session.system_prompt is not None:
             write_bytes_atomic(session.system_prompt_file, session.system_prompt.encode("utf-8"))
         agent = self._supervisor.spawn(
             session.id, self.agent_args(session), str(session.cwd),
-            lambda event, raw: self._agent_event(session, agent, event, raw))
+            lambda event, raw: self._agent_event(session, agent, event, raw),
+            agent_dir=str(session.agent_dir))
         session.agent = agent
         session.streaming = False
         agent.exited.addCallback(self._agent_exited, session, agent)
@@ -673,9 +784,13 @@ class SessionManager(service.Service):
         session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
         self._forget_old_exits(session)
         if session.streaming:
+            # The run ends here for the client as it would have: agent_end, agent_settled.
             session.streaming = False
+            error = {"code": "agent_exited", "message": exit.describe()}
             self.publish(session, "agent_end", {
-                "type": "agent_end", "messages": [], "error": exit.describe()})
+                "type": "agent_end", "messages": [], "success": False, "error": error})
+            self.publish(session, "agent_settled", {
+                "type": "agent_settled", "aborted": False, "error": error})
         self.publish(session, "agent_exit", {
             "type": "agent_exit", "code": exit.code, "signal": exit.signal,
             "stderrTail": exit.stderr_tail})
@@ -696,11 +811,23 @@ class SessionManager(service.Service):
             return
         if event_type == "agent_start":
             session.streaming = agent.expect_output = True
-        elif event_type == "agent_end":
+        elif event_type == "agent_settled":
+            # pi may go on after agent_end (retries, compaction, queued messages): a run is
+            # over once pi says it will not continue by itself.
             session.streaming = agent.expect_output = False
+        elif event_type == "session_info_changed":
+            name = event.get("name")
+            self.rename(session, name.strip() if isinstance(name, str) and name.strip()
+                        else None)
         if session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
+        if event_type == "agent_settled":
+            self._run_ended(session)
+
+    def _run_ended(self, session: Session) -> None:
+        if self._on_run_end is not None and session.mode == "code":
+            self._on_run_end(session)
 
     # -- events -------------------------------------------------------------
 
@@ -719,10 +846,11 @@ class SessionManager(service.Service):
 
     # -- agent calls --------------------------------------------------------
 
-    async def command(self, session: Session, command: str, **fields):
+    async def command(self, session: Session, command: str, /, timeout: float | None = None,
+                      **fields):
         agent = await self.ensure_agent(session)
         session.last_used = self._reactor.seconds()
-        return await agent.command(command, **fields)
+        return await agent.command(command, timeout=timeout, **fields)
 
     async def prompt(self, session: Session, message: str, images=None,
                      streaming_behavior=None) -> None:
@@ -750,6 +878,18 @@ class SessionManager(service.Service):
     async def stop_agent(self, session: Session) -> None:
         if session.agent is not None:
             await self._supervisor.stop(session.agent)
+
+
+def _copy_conversation(source: Path, target: Path, cwd: Path) -> None:
+    """Copy a pi session file for a session working in ``cwd``: pi resumes (``--continue``)
+    only the conversations its header says belong to the working directory."""
+    with source.open("rb") as lines, target.open("wb") as copy:
+        header = json.loads(lines.readline())
+        if not isinstance(header, dict) or header.get("type") != "session":
+            raise InvalidState(f"{source.name} is no pi session file")
+        header["cwd"] = str(cwd)
+        copy.write(json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n")
+        shutil.copyfileobj(lines, copy)
 
 
 def _name_from(message: str) -> str | None:

@@ -10,9 +10,9 @@ and the same bytes go to every connection in that mode.
 Event modes:
 
 - ``full``: pi's events unchanged.
-- ``delta``: ``message_update`` without ``message`` and
-  ``assistantMessageEvent.partial`` (the whole message so far, twice: the
-  complete message still arrives in ``message_end``), and consecutive
+- ``delta``: ``message_update`` without ``usage`` (pi 1.x repeats the usage so far
+  on every update; ``message_end`` has the final one) and, from older pi, without
+  ``message`` and ``assistantMessageEvent.partial``, and consecutive
   ``text_delta``/``thinking_delta`` events of one content block merged for up to
   ``merge_window`` seconds. A merged event carries the ``seq`` of its last part,
   so a delta-mode client may see ``seq`` skip numbers; resuming from it is exact.
@@ -23,14 +23,20 @@ import json
 import attr
 from twisted.logger import Logger
 
+from . import compat
 from .envelope import encode_event, encode_payload
 from .journal import JournalGap, JournalStopped, strip_message_update
+from .streaming import StreamingMessage
 
 EVENT_MODES = ("full", "delta")
 # A full-mode catch-up bigger than this gets a snapshot instead (delta replays are small).
 DEFAULT_MAX_REPLAY_BYTES = 4 * 1024 * 1024
 MAX_FULL_REPLAY_EVENTS = 5000
 MERGEABLE_DELTAS = ("text_delta", "thinking_delta")
+# Merged deltas of a replay are cut into frames of at most this much text: the seed's
+# client (URLSession) drops its socket on a message over 1 MiB.
+MAX_MERGED_DELTA_CHARS = 256 * 1024
+ENDS_OF_MESSAGE = ("message_end", "agent_end", "agent_settled", "agent_exit")
 
 
 @attr.s(eq=False)
@@ -49,6 +55,7 @@ class _MergedDeltas:
     payload: dict = attr.ib()
     pieces: list = attr.ib()
     last_seq: int = attr.ib()
+    size: int = attr.ib(default=0)
 
     def encode(self, session_id: str) -> bytes:
         event = self.payload["assistantMessageEvent"]
@@ -88,7 +95,7 @@ class EventStream:
         self._merging: _MergedDeltas | None = None
         self._merge_call = None
         # The assistant message being streamed, for snapshots.
-        self.streaming_message: dict | None = None
+        self._streaming: StreamingMessage | None = None
 
     # -- who is attached ----------------------------------------------------
 
@@ -114,6 +121,10 @@ class EventStream:
         ``to``, a set of connection ids, limits who gets it live (a replay sends it to
         whoever resumes: clients ignore what is not for them).
         """
+        self._follow_message(event_type, payload)
+        enriched = compat.enrich(event_type, payload, self._streaming)
+        if enriched is not None:
+            payload, payload_json = enriched, None
         if payload_json is None:
             payload_json = encode_payload(payload)
         self.seq += 1
@@ -127,12 +138,6 @@ class EventStream:
         except Exception:
             self.log.failure("journal of {session_id}: cannot record event {seq}",
                              session_id=self.session_id, seq=seq)
-        if event_type == "message_update":
-            message = payload.get("message")
-            if isinstance(message, dict):
-                self.streaming_message = message
-        elif event_type in ("message_end", "agent_end", "agent_exit"):
-            self.streaming_message = None
 
         full_frame = None
         has_delta = False
@@ -153,6 +158,28 @@ class EventStream:
                 "message": "this session's events can no longer be stored (the server's disk "
                            "is full?): a resume gets a snapshot"})
         return seq
+
+    def _follow_message(self, event_type: str, payload: dict) -> None:
+        if event_type == "message_update":
+            if self._streaming is not None:
+                update = payload.get("assistantMessageEvent")
+                if isinstance(update, dict):
+                    self._streaming.apply(update, payload.get("usage"))
+        elif event_type == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                self._streaming = StreamingMessage(message)
+        elif event_type in ENDS_OF_MESSAGE:
+            self._streaming = None
+
+    @property
+    def streaming_message(self) -> dict | None:
+        """The assistant message being streamed (as far as it has come), or None."""
+        return self._streaming.message() if self._streaming is not None else None
+
+    def streaming_block(self, index: int) -> dict | None:
+        """Content block ``index`` of the message being streamed, or None."""
+        return self._streaming.block(index) if self._streaming is not None else None
 
     def _publish_delta(self, seq: int, event_type: str, payload: dict, to=None) -> None:
         key = _merge_key(event_type, payload)
@@ -201,7 +228,8 @@ class EventStream:
 
     # -- attaching and catching up ------------------------------------------
 
-    def attach(self, connection, mode: str, last_seq: int | None = None) -> str | None:
+    def attach(self, connection, mode: str, last_seq: int | None = None,
+               snapshots: bool = True) -> str | None:
         """
         Attach a connection. With ``last_seq``, first send it every journaled event
         after that seq, so it misses none and sees none twice. Returns None, or why it
@@ -209,47 +237,55 @@ class EventStream:
         ``unknown_seq`` (beyond the last seq) or ``replay_too_large`` (more full-mode
         events than a connection should be sent at once); the caller then sends a
         snapshot instead (see ``hold`` and ``release``).
+
+        A connection that reads no snapshots (``snapshots=False``: the seed's client
+        ignores them) is never answered with a reason: a long gap is replayed compacted
+        (runs of deltas merged into frames of at most ``MAX_MERGED_DELTA_CHARS``), a
+        trimmed one from the oldest event kept, and an unknown seq is caught up live.
         """
         self.flush()
         if last_seq is not None and last_seq != self.seq:
-            if last_seq > self.seq:
-                return "unknown_seq"
-            if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
-                return "replay_too_large"
-            try:
-                events = self._journal.replay(last_seq, mode)
-            except JournalGap:
-                return "journal_trimmed"
-            if mode == "full" and sum(len(e[2]) for e in events) > self._max_replay_bytes:
-                # pi's full events repeat the whole message: a long answer is tens of MB.
-                return "replay_too_large"
-            for frame in self._replay_frames(events, mode):
-                connection.send(frame)
+            reason = self._replay(connection, mode, last_seq, snapshots)
+            if reason is not None:
+                return reason
         self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
         return None
 
     async def attach_catching_up(self, connection, mode: str, last_seq: int | None,
-                                 in_thread) -> str | None:
+                                 in_thread, snapshots: bool = True) -> str | None:
         """
         ``attach``, with the catch-up read, decoded and encoded by ``in_thread(f)`` (a
         thread pool): a long replay never stalls the reactor, nor other sessions. Live
         events are held back meanwhile and follow the catch-up.
         """
         self.flush()
-        if last_seq is None or last_seq >= self.seq or (
-                mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS):
-            return self.attach(connection, mode, last_seq)
+        if last_seq is None or last_seq >= self.seq:
+            return self.attach(connection, mode, last_seq, snapshots)
+        merge = mode == "delta"
+        if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
+            if snapshots:
+                return "replay_too_large"
+            merge = True
         try:
             read = self._journal.prepared_replay(last_seq, mode)
         except JournalGap:
-            return "journal_trimmed"
+            if snapshots:
+                return "journal_trimmed"
+            # All that is left: the client sees the seqs jump over what was trimmed.
+            first = self._journal.first_seq
+            read = (lambda: []) if first is None else \
+                self._journal.prepared_replay(max(last_seq, first - 1), mode)
+            merge = True
         caught_up_to = self.seq
         self.hold(connection, mode)
         try:
-            frames = await in_thread(self._catch_up_frames, read, mode)
+            frames = await in_thread(self._catch_up_frames, read, mode, merge, snapshots)
         except JournalGap:
-            self.detach(connection)
-            return "journal_trimmed"
+            # A record found unreadable while reading.
+            if snapshots:
+                self.detach(connection)
+                return "journal_trimmed"
+            frames = []
         except BaseException:
             self.detach(connection)
             raise
@@ -267,15 +303,46 @@ class EventStream:
                 connection.send(frame)
         return None
 
-    def _catch_up_frames(self, read, mode: str) -> list[bytes] | None:
-        """The catch-up frames (None when too large to send): runs in a thread."""
+    def _catch_up_frames(self, read, mode: str, merge: bool,
+                         snapshots: bool) -> list[bytes] | None:
+        """The catch-up frames (None: too large, send a snapshot): runs in a thread."""
         events = read()
-        if mode == "full" and sum(len(e[2]) for e in events) > self._max_replay_bytes:
-            return None
-        return list(self._replay_frames(events, mode))
+        if mode == "full" and not merge and \
+                sum(len(e[2]) for e in events) > self._max_replay_bytes:
+            if snapshots:
+                return None
+            merge = True
+        return list(self._replay_frames(events, merge))
 
-    def _replay_frames(self, events, mode: str):
-        if mode == "full":
+    def _replay(self, connection, mode: str, last_seq: int, snapshots: bool) -> str | None:
+        if last_seq > self.seq:
+            return "unknown_seq" if snapshots else None
+        merge = mode == "delta"
+        if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
+            if snapshots:
+                return "replay_too_large"
+            merge = True
+        try:
+            events = self._journal.replay(last_seq, mode)
+        except JournalGap:
+            if snapshots:
+                return "journal_trimmed"
+            # All that is left: the client sees the seqs jump over what was trimmed.
+            first = self._journal.first_seq
+            events = [] if first is None else self._journal.replay(max(last_seq, first - 1),
+                                                                   mode)
+            merge = True
+        if mode == "full" and not merge and \
+                sum(len(e[2]) for e in events) > self._max_replay_bytes:
+            if snapshots:
+                return "replay_too_large"
+            merge = True
+        for frame in self._replay_frames(events, merge):
+            connection.send(frame)
+        return None
+
+    def _replay_frames(self, events, merge: bool):
+        if not merge:
             for seq, event_type, payload_json in events:
                 yield encode_event(self.session_id, seq, event_type, payload_json)
             return
@@ -287,16 +354,19 @@ class EventStream:
             if event_type == "message_update":
                 payload = json.loads(payload_json)
                 key = _merge_key(event_type, payload)
-            if key is not None and merging is not None and merging.key == key:
-                merging.pieces.append(payload["assistantMessageEvent"]["delta"])
+            if key is not None and merging is not None and merging.key == key \
+                    and merging.size < MAX_MERGED_DELTA_CHARS:
+                delta = payload["assistantMessageEvent"]["delta"]
+                merging.pieces.append(delta)
+                merging.size += len(delta)
                 merging.last_seq = seq
                 continue
             if merging is not None:
                 yield merging.encode(self.session_id)
                 merging = None
             if key is not None:
-                merging = _MergedDeltas(key, payload,
-                                        [payload["assistantMessageEvent"]["delta"]], seq)
+                delta = payload["assistantMessageEvent"]["delta"]
+                merging = _MergedDeltas(key, payload, [delta], seq, len(delta))
                 continue
             yield encode_event(self.session_id, seq, event_type, payload_json)
         if merging is not None:

@@ -95,8 +95,10 @@ class AgentSupervisor(service.Service):
         self._agents: dict[str, AgentProtocol] = {}
         self._shutting_down = False
 
-    def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback) -> AgentProtocol:
+    def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback,
+              agent_dir: str | None = None) -> AgentProtocol:
         """Start ``pi --mode rpc *args`` in ``cwd`` for ``key`` and return its protocol at once.
+        ``agent_dir``, when given, is its ``PI_CODING_AGENT_DIR`` instead of the shared one.
 
         The start-up ``get_state`` is already sent: ``agent.ready`` fires with
         its data, or fails (an agent that doesn't answer within the start-up
@@ -119,11 +121,14 @@ class AgentSupervisor(service.Service):
             on_hung=self._hung,
         )
         argv = [*self._pi_argv, "--mode", "rpc", *args]
+        env = dict(self._env)
+        if agent_dir is not None:
+            env["PI_CODING_AGENT_DIR"] = agent_dir
         executable = self._executable
         if self._setsid is not None:
             # setsid execs pi in its own place: the agent's pid leads the new group.
             executable, argv = self._setsid, [self._setsid, self._executable, *argv[1:]]
-        self._reactor.spawnProcess(agent, executable, argv, env=dict(self._env), path=cwd)
+        self._reactor.spawnProcess(agent, executable, argv, env=env, path=cwd)
         self._agents[key] = agent
         log.info(
             "agent {agent_key} started pid={pid} cwd={cwd}", agent_key=key, pid=agent.pid, cwd=cwd

@@ -12,6 +12,7 @@ from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python import usage
 
 from .agent import DEFAULT_PROBE_INTERVAL
+from .agentversion import INSTALL_HINT, UnsupportedAgent, probe
 from .config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
@@ -20,7 +21,6 @@ from .config import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
-    PI_PACKAGE,
     ServerConfig,
     default_data_dir,
     find_pi,
@@ -35,6 +35,7 @@ from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token, read_token_file
+from .workspace.shipping import parse_author
 
 log = Logger()
 
@@ -68,8 +69,9 @@ class Options(usage.Options):
          "data directory [default: $PI_SERVER_DATA_DIR, $XDG_DATA_HOME/pi-server or "
          "~/.local/share/pi-server]"],
         ["pi", None, None,
-         "the pi agent command [default: $PI_SERVER_PI, pi on PATH, or the project's "
-         "node_modules/.bin/pi]"],
+         "the pi agent command: a path, or a command line such as 'node /opt/pi/cli.js' "
+         "[default: $PI_SERVER_PI, pi on PATH, or the project's node_modules/.bin/pi run by "
+         "its node_modules/.bin/node]"],
         ["auth-token", None, None,
          "token clients must present; every local user can read a command line: prefer "
          "--auth-token-file or $PI_SERVER_AUTH_TOKEN [default: <data-dir>/server-token]"],
@@ -127,14 +129,18 @@ class Options(usage.Options):
         ["log-level", None, "info",
          "least severe events logged: debug, info, warn, error or critical (credentials "
          "are redacted at every level)"],
+        ["git-author", None, None,
+         'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
+         "and user.email, else pi-server <pi-server@localhost>]"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
     ]
 
-    def __init__(self, environ=None):
+    def __init__(self, environ=None, probe_agent=probe):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
+        self._probe_agent = probe_agent
         self.allowed_origins = set()
         self.server_names = set()
 
@@ -203,6 +209,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--log-level is one of debug, info, warn, error, critical") from None
 
+        git_author = None
+        if self["git-author"] is not None:
+            try:
+                git_author = parse_author(self["git-author"])
+            except ValueError as e:
+                raise usage.UsageError(f"--git-author: {e}") from None
+
         data_dir = (
             Path(self["data-dir"]).expanduser() if self["data-dir"]
             else default_data_dir(environ)
@@ -215,16 +228,17 @@ class Options(usage.Options):
 
         pi = find_pi(self["pi"], environ)
         if pi is None:
-            raise usage.UsageError(
-                "the pi agent was not found. Install it with scripts/install-pi (project-local) "
-                f"or `npm install -g {PI_PACKAGE}`, or name it with --pi or $PI_SERVER_PI"
-            )
+            raise usage.UsageError(f"the pi agent was not found: {INSTALL_HINT}")
 
         try:
             dotenv, problems = load_dotenv(data_dir / ".env")
         except OSError as e:
             raise usage.UsageError(f"cannot read {data_dir / '.env'}: {e.strerror or e}") from None
         env = {**environ, **dotenv}
+        try:
+            agent_version = self._probe_agent(pi, env)
+        except UnsupportedAgent as e:
+            raise usage.UsageError(str(e)) from None
 
         if self["no-auth"]:
             token, source = None, "disabled"
@@ -257,6 +271,7 @@ class Options(usage.Options):
             endpoint=endpoint,
             data_dir=data_dir,
             pi_command=pi,
+            agent_version=agent_version,
             auth_token=token,
             auth_token_source=source,
             max_frame_size=self["max-frame-size"],
@@ -290,6 +305,7 @@ class Options(usage.Options):
             server_names=frozenset(self.server_names
                                    | ({self["host"]} if self["host"] not in ("0.0.0.0", "::")
                                       else set())),
+            git_author=git_author,
         )
 
 

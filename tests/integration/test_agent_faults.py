@@ -201,7 +201,7 @@ async def test_stop_service_stops_everything(supervisor, tmp_path):
 async def test_the_real_pi_answers_the_handshake_and_stops(pi_binary, agent_dir):
     agents = AgentSupervisor(
         reactor,
-        [str(pi_binary)],
+        list(pi_binary),
         str(agent_dir.path),
         dict(agent_dir.environment(), PI_SERVER_AUTH_TOKEN="must-not-leak"),
         {"PI_SERVER_AUTH_TOKEN"},

@@ -89,7 +89,7 @@ async def test_local_code_session_writes_in_its_own_checkout(pi_server, fake_llm
     assert (await client.call("session.list", {"repoId": "other"}))["sessions"] == []
 
     await client.call("prompt", {"message": "write a note"}, session_id=session_id)
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     # Code sessions get pi's built-in tools.
     tools = {t["function"]["name"] for t in fake_llm.requests[0]["tools"]}
     assert {"bash", "read", "write", "edit"} <= tools
@@ -140,7 +140,7 @@ async def test_github_code_session_keeps_the_token_off_disk(github_server, fake_
     assert progress and progress[0]["payload"]["stage"] == "clone"
 
     await client.call("prompt", {"message": "look around"}, session_id=session_id)
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     tool_result = json.dumps(fake_llm.requests[1]["messages"][-1])
     assert f"pi/session-{session_id}" in tool_result
     assert "README.md" in tool_result and "lib" in tool_result

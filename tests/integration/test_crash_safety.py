@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.support.fakellm import Text, Tokens
+from tests.support.piagent import pi_option
 from tests.support.processes import free_port, health_ok, wait_until
 from tests.support.wsclient import RpcClient
 
@@ -37,7 +38,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "piserver", "--port",
              f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
-             "--pi", str(self.pi_binary), "--auth-token", TOKEN],
+             "--pi", pi_option(self.pi_binary), "--auth-token", TOKEN],
             env=self.agent_dir.environment(), stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(lambda: health_ok(self.port) or self.process.poll() is not None, 60,
                    "the server to start")
@@ -99,7 +100,7 @@ async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_
         fake_llm.script(Text(finished), Tokens(400, delay=0.01))
         session_id = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
         await client.call("prompt", {"message": "short"}, session_id=session_id)
-        short_end = await client.wait_for_event(is_type("agent_end", session_id))
+        short_end = await client.wait_for_event(is_type("agent_settled", session_id))
         completed[session_id] = [finished]
         await client.call("prompt", {"message": "long"}, session_id=session_id)
         # The long answer is streaming (not just the short one's deltas seen before).

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.processes import free_port, health_ok, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -19,7 +20,7 @@ def test_daemon_start_and_stop(tmp_path):
     started = subprocess.run(
         [TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "piserver",
          "--port", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
-         "--pi", "/bin/true", "--auth-token", token],
+         "--pi", VERSION_ONLY_PI, "--auth-token", token],
         capture_output=True, timeout=60, cwd=tmp_path,
     )
     # twistd returns once the daemon has detached.
@@ -47,7 +48,7 @@ def _alive(pid: int) -> bool:
 def test_usage_error_exits_nonzero_without_traceback(tmp_path):
     result = subprocess.run(
         [TWISTD, "-n", "piserver", "--port", "99999", "--data-dir", str(tmp_path),
-         "--pi", "/bin/true"],
+         "--pi", VERSION_ONLY_PI],
         capture_output=True, timeout=60, cwd=tmp_path,
     )
     output = (result.stdout + result.stderr).decode()

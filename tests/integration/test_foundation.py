@@ -15,6 +15,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from piserver.server import build_service
 from piserver.tap import Options
+from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.wsclient import ConnectionRefusedByServer, RpcClient
 
 TOKEN = "test-token-0123456789"
@@ -23,7 +24,7 @@ TOKEN = "test-token-0123456789"
 def make_options(data_dir, *extra):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(data_dir)})
     options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir),
-                          "--pi", "/bin/true", *extra])
+                          "--pi", VERSION_ONLY_PI, *extra])
     return options
 
 

@@ -12,6 +12,7 @@ from twisted.internet import reactor
 
 from piserver.server import build_service
 from piserver.tap import Options
+from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.tls import connect_wss, write_self_signed
 from tests.support.wsclient import ConnectionRefusedByServer, RpcClient
 
@@ -21,7 +22,7 @@ TOKEN = "hardening-test-token"
 def start_server(data_dir, *extra):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(data_dir)})
     options.parseOptions(["--port", "0", "--host", "127.0.0.1", "--data-dir", str(data_dir),
-                          "--pi", "/bin/true", "--auth-token", TOKEN, *extra])
+                          "--pi", VERSION_ONLY_PI, "--auth-token", TOKEN, *extra])
     service = build_service(options.config, reactor)
     service.startService()
     return service

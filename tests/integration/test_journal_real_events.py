@@ -70,9 +70,11 @@ async def test_a_long_answer_is_journaled_near_its_delta_size(
     assert len(updates) > 2000
     full_size = sum(len(line) for line in stream)
     delta_size = sum(len(payload) for payload in delta)
-    assert full_size > 20_000_000  # pi's two copies of the message in every update
+    # pi 1.x streams deltas only (0.x repeated the whole message twice: 30 MB here), but
+    # with the usage so far on every update, which the journal keeps as a diff.
+    assert full_size < 2_000_000
     assert journal.disk_bytes <= 3 * delta_size
-    assert journal.disk_bytes < full_size / 20
+    assert journal.disk_bytes < full_size * 0.75
     journal.close()
 
 
@@ -85,7 +87,7 @@ async def test_pi_streams_replay_exactly(spawn_pi_rpc, fake_llm, agent_dir, tmp_
     assert_replays_exactly(journal, stream)
 
     types = [json.loads(line)["type"] for line in stream]
-    assert types[-1] == "agent_end"
+    assert types[-2:] == ["agent_end", "agent_settled"]
     assert "message_update" in types
     journal.close()
     reopened = Journal(tmp_path / "journal", Clock(), JournalLimits())

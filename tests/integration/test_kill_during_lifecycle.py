@@ -44,7 +44,10 @@ def setup(tmp_path):
     make_repository(str(repo))
     # An agent slow to stop (it ignores end of input and SIGTERM): a delete takes seconds.
     agent = tmp_path / "agent"
-    agent.write_text(f'#!/bin/sh\nexec {sys.executable} {STUB} --ignore-eof --ignore-term "$@"\n')
+    agent.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && exec echo 1.6.0\n'
+        f'exec {sys.executable} {STUB} --ignore-eof --ignore-term "$@"\n'
+    )
     agent.chmod(0o755)
     data = tmp_path / "data"
     data.mkdir(mode=0o700)

@@ -65,7 +65,7 @@ async def test_tool_offered_called_and_answered(pi_server, fake_llm):
     assert await client.call("native_tool_response", {
         "callId": payload["callId"], "result": {"lat": 52.5, "lon": 13.4}},
         session_id=session_id) == {}
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     assert json.loads(tool_message(fake_llm.requests[1])["content"]) == {"lat": 52.5,
                                                                          "lon": 13.4}
     # Answering twice: the call is no longer pending.
@@ -79,7 +79,7 @@ async def test_tool_offered_called_and_answered(pi_server, fake_llm):
         payload["callId"])
     await client.call("native_tool_response", {"callId": second["payload"]["callId"],
                                                "error": {"message": "location services off"}})
-    await client.wait_for_event(lambda f: f["type"] == "agent_end" and f["seq"] > second["seq"])
+    await client.wait_for_event(lambda f: f["type"] == "agent_settled" and f["seq"] > second["seq"])
     assert "location services off" in tool_message(fake_llm.requests[3])["content"]
 
 
@@ -93,10 +93,10 @@ async def test_abort_while_a_call_is_pending(pi_server, fake_llm):
     await client.call("abort", session_id=session_id)
     cancel = await client.wait_for_event(is_type("native_tool_cancel", session_id))
     assert cancel["payload"]["callId"] == request["payload"]["callId"]
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
 
     await client.call("prompt", {"message": "hello again"}, session_id=session_id)
-    await client.wait_for_event(lambda f: f["type"] == "agent_end" and f["seq"] > cancel["seq"])
+    await client.wait_for_event(lambda f: f["type"] == "agent_settled" and f["seq"] > cancel["seq"])
     texts = json.dumps((await client.call("get_messages", session_id=session_id))["messages"])
     assert "hello again" in texts
 
@@ -117,7 +117,7 @@ async def test_a_device_that_drops_gets_the_call_again(pi_server, fake_llm):
     call_id = resent["payload"]["callId"]
     assert call_id == first["payload"]["callId"]
     await again.call("native_tool_response", {"callId": call_id, "result": "Berlin"})
-    await again.wait_for_event(is_type("agent_end", session_id))
+    await again.wait_for_event(is_type("agent_settled", session_id))
     assert tool_message(fake_llm.requests[1])["content"] == "Berlin"
     assert len(fake_llm.requests) == 2  # answered once
 
@@ -141,7 +141,7 @@ async def test_two_devices_first_answer_wins(pi_server, fake_llm):
     with pytest.raises(CallFailed) as late:
         await first.call("native_tool_response", {"callId": call_id, "result": "Rome"})
     assert late.value.code == "not_found"
-    await watcher.wait_for_event(is_type("agent_end", session_id))
+    await watcher.wait_for_event(is_type("agent_settled", session_id))
     assert not any(f["type"] == "native_tool_request" for f in watcher.event_frames())
     assert tool_message(fake_llm.requests[1])["content"] == "Paris"
 
@@ -156,7 +156,7 @@ async def test_no_device_answers_in_time(quick_timeout_server, fake_llm):
     await client.call("prompt", {"message": "where?"}, session_id=session_id)
     await fake_llm.wait_for_end(2)
     await client.call("session.attach", {"sessionId": session_id, "lastSeq": 0})
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     types = [f["type"] for f in client.event_frames(session_id)]
     assert "native_tool_cancel" in types
     assert "no connected device answered get_location" in \
@@ -182,7 +182,7 @@ async def test_extension_confirm_dialog_round_trip(pi_server, fake_llm):
                                                "confirmed": True}, session_id=session_id)
     resolved = await second.wait_for_event(is_type("extension_ui_resolved", session_id))
     assert resolved["payload"]["id"] == dialog["payload"]["id"]
-    await first.wait_for_event(is_type("agent_end", session_id))
+    await first.wait_for_event(is_type("agent_settled", session_id))
     assert tool_message(fake_llm.requests[1])["content"] == "confirmed"
     with pytest.raises(CallFailed) as answered:
         await second.call("extension_ui_response", {"id": dialog["payload"]["id"],
@@ -200,11 +200,11 @@ async def test_native_tools_only_where_offered(pi_server, fake_llm, tmp_path):
     plain = (await client.call("session.create", {"mode": "code", "repoId": "src"}))[
         "sessionId"]
     await client.call("prompt", {"message": "tools?"}, session_id=plain)
-    await client.wait_for_event(is_type("agent_end", plain))
+    await client.wait_for_event(is_type("agent_settled", plain))
     with_tools = (await client.call("session.create", {
         "mode": "code", "repoId": "src", "includeNativeTools": True}))["sessionId"]
     await client.call("prompt", {"message": "tools?"}, session_id=with_tools)
-    await client.wait_for_event(is_type("agent_end", with_tools))
+    await client.wait_for_event(is_type("agent_settled", with_tools))
     names = [{t["function"]["name"] for t in r["tools"]} for r in fake_llm.requests]
     assert "get_location" not in names[0] and "bash" in names[0]
     assert {"get_location", "bash"} <= names[1]
@@ -230,7 +230,7 @@ async def test_a_new_declaration_applies_before_the_next_run(pi_server, fake_llm
     client = await phone(pi_server)
     session_id = await new_chat(client)
     await client.call("prompt", {"message": "one"}, session_id=session_id)
-    first_end = await client.wait_for_event(is_type("agent_end", session_id))
+    first_end = await client.wait_for_event(is_type("agent_settled", session_id))
     photos = {"name": "pick_photo", "description": "Pick a photo",
               "parameters": {"type": "object"}}
     await client.call("hello", {**HELLO, "nativeTools": [LOCATION, photos]})
@@ -238,5 +238,5 @@ async def test_a_new_declaration_applies_before_the_next_run(pi_server, fake_llm
     await fake_llm.wait_for_request(2)
     names = {t["function"]["name"] for t in fake_llm.requests[1]["tools"]}
     assert {"get_location", "pick_photo"} <= names
-    await client.wait_for_event(lambda f: f["type"] == "agent_end" and
+    await client.wait_for_event(lambda f: f["type"] == "agent_settled" and
                                 f["seq"] > first_end["seq"])

@@ -47,7 +47,7 @@ def test_the_llm_sees_the_declared_tool(spawn_pi_rpc, fake_llm, tmp_path):
     pi = start_pi(spawn_pi_rpc, tmp_path / "tools.json", [GET_LOCATION])
 
     yield pi.send({"type": "prompt", "message": "where am I?"})
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     tools = offered_tools(fake_llm.requests[0])
     assert tools["get_location"]["description"] == "Where the phone is now."
@@ -68,7 +68,7 @@ def test_a_call_is_asked_over_the_ui_channel_and_the_result_reaches_the_llm(
     request = yield pi.wait_for_event("extension_ui_request")
     call = nativetools.parse_tool_call(request)
     answer(pi, nativetools.tool_result_response(call, result={"lat": 48.86, "lon": 2.35}))
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     assert (request["method"], request["title"]) == ("input", nativetools.CALL_TITLE)
     assert "timeout" not in request
@@ -95,7 +95,7 @@ def test_a_string_result_is_passed_as_it_is(spawn_pi_rpc, fake_llm, tmp_path):
     yield pi.send({"type": "prompt", "message": "battery?"})
     request = yield pi.wait_for_event("extension_ui_request")
     answer(pi, nativetools.tool_result_response(nativetools.parse_tool_call(request), "87 %"))
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     assert fake_llm.requests[1]["messages"][-1]["content"] == "87 %"
 
@@ -109,7 +109,7 @@ def test_an_error_answer_becomes_an_error_result(spawn_pi_rpc, fake_llm, tmp_pat
     request = yield pi.wait_for_event("extension_ui_request")
     call = nativetools.parse_tool_call(request)
     answer(pi, nativetools.tool_result_response(call, error="location permission denied"))
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     (tool_end,) = pi.events_of("tool_execution_end")
     assert tool_end["isError"] is True
@@ -127,7 +127,7 @@ def test_a_cancelled_answer_fails_the_tool(spawn_pi_rpc, fake_llm, tmp_path):
     yield pi.send({"type": "prompt", "message": "where am I?"})
     request = yield pi.wait_for_event("extension_ui_request")
     answer(pi, nativetools.cancelled_response(nativetools.parse_tool_call(request)))
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     (tool_end,) = pi.events_of("tool_execution_end")
     assert tool_end["isError"] is True
@@ -148,7 +148,7 @@ def test_abort_ends_the_run_and_the_pending_call_is_recognised_as_cancelled(
     call = nativetools.parse_tool_call(request)
     pending.add(call, timed_out.append)
     yield pi.send({"type": "abort"})
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     cancelled = [
         pending.end_tool_call(tool_call_id)
@@ -168,7 +168,8 @@ def test_abort_ends_the_run_and_the_pending_call_is_recognised_as_cancelled(
     # A late answer is ignored and the agent keeps working.
     answer(pi, nativetools.tool_result_response(call, result="too late"))
     yield pi.send({"type": "prompt", "message": "still there?"})
-    agent_end = yield pi.wait_for_event("agent_end", 2)
+    yield pi.wait_for_event("agent_settled", 2)
+    agent_end = pi.events_of("agent_end")[1]
     assert agent_end["messages"][-1]["content"] == [{"type": "text", "text": "Still here."}]
     assert pi.events_of("tool_execution_end") == [tool_end]
 
@@ -183,13 +184,13 @@ def test_a_changed_tool_set_applies_from_the_next_run(spawn_pi_rpc, fake_llm, tm
     pi = start_pi(spawn_pi_rpc, tools_file, [GET_LOCATION])
 
     yield pi.send({"type": "prompt", "message": "first"})
-    yield pi.wait_for_event("agent_end", 1)
+    yield pi.wait_for_event("agent_settled", 1)
     nativetools.write_tools_file(tools_file, [GET_BATTERY, renamed])
     yield pi.send({"type": "prompt", "message": "second"})
-    yield pi.wait_for_event("agent_end", 2)
+    yield pi.wait_for_event("agent_settled", 2)
     tools_file.unlink()
     yield pi.send({"type": "prompt", "message": "third"})
-    yield pi.wait_for_event("agent_end", 3)
+    yield pi.wait_for_event("agent_settled", 3)
 
     first, second, third = (offered_tools(request) for request in fake_llm.requests)
     assert set(first) == {"read", "bash", "edit", "write", "get_location"}
@@ -204,7 +205,7 @@ def test_native_tools_come_alone_without_builtin_tools(spawn_pi_rpc, fake_llm, t
     pi = start_pi(spawn_pi_rpc, tmp_path / "tools.json", [GET_BATTERY], "--no-builtin-tools")
 
     yield pi.send({"type": "prompt", "message": "hi"})
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     assert set(offered_tools(fake_llm.requests[0])) == {"get_battery"}
 
@@ -267,7 +268,7 @@ def test_a_dialog_and_a_native_call_in_one_run_are_told_apart(spawn_pi_rpc, fake
     (dialog,) = filter(None, map(nativetools.parse_dialog, requests))
     answer(pi, nativetools.dialog_response({"id": dialog.id, "confirmed": False}))
     answer(pi, nativetools.tool_result_response(call, result="Lyon"))
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     assert dialog.request["message"] == "Share your location?"
     tool_messages = {
@@ -284,10 +285,10 @@ def test_native_tools_stay_after_new_session(spawn_pi_rpc, fake_llm, tmp_path):
     pi = start_pi(spawn_pi_rpc, tmp_path / "tools.json", [GET_LOCATION])
 
     yield pi.send({"type": "prompt", "message": "first"})
-    yield pi.wait_for_event("agent_end", 1)
+    yield pi.wait_for_event("agent_settled", 1)
     reset = yield pi.send({"type": "new_session"})
     yield pi.send({"type": "prompt", "message": "second"})
-    yield pi.wait_for_event("agent_end", 2)
+    yield pi.wait_for_event("agent_settled", 2)
 
     assert reset["success"] is True
     assert "get_location" in offered_tools(fake_llm.requests[1])
@@ -302,10 +303,10 @@ def test_an_unreadable_tools_file_is_reported_and_keeps_the_previous_set(
     pi = start_pi(spawn_pi_rpc, tools_file, [GET_LOCATION])
 
     yield pi.send({"type": "prompt", "message": "first"})
-    yield pi.wait_for_event("agent_end", 1)
+    yield pi.wait_for_event("agent_settled", 1)
     tools_file.write_text('{"not": "a list"}')
     yield pi.send({"type": "prompt", "message": "second"})
-    yield pi.wait_for_event("agent_end", 2)
+    yield pi.wait_for_event("agent_settled", 2)
 
     (error,) = pi.events_of("extension_error")
     assert error["event"] == "before_agent_start"

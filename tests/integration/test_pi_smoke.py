@@ -15,7 +15,8 @@ def test_prompt_streams_the_scripted_text_back(spawn_pi_rpc, fake_llm):
     pi = spawn_pi_rpc("--no-session")
 
     response = yield pi.send({"type": "prompt", "message": "say hello"})
-    agent_end = yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
+    agent_end = pi.events_of("agent_end")[0]
 
     assert response["success"] is True
     assert pi.text_deltas() == ["Hello ", "from ", "the ", "fake ", "model"]
@@ -37,7 +38,7 @@ def test_a_tool_call_runs_the_real_tool(spawn_pi_rpc, fake_llm, agent_dir):
     pi = spawn_pi_rpc("--no-session")
 
     yield pi.send({"type": "prompt", "message": "what is in notes.txt?"})
-    yield pi.wait_for_event("agent_end")
+    yield pi.wait_for_event("agent_settled")
 
     (tool_end,) = pi.events_of("tool_execution_end")
     assert tool_end["toolName"] == "read"
@@ -86,4 +87,4 @@ def test_pi_server_pi_overrides_the_location(tmp_path):
     fake_pi.write_text("#!/bin/sh\n")
     fake_pi.chmod(0o755)
 
-    assert locate_pi({"PI_SERVER_PI": str(fake_pi)}) == fake_pi
+    assert locate_pi({"PI_SERVER_PI": str(fake_pi)}) == (str(fake_pi),)

@@ -49,11 +49,11 @@ async def test_prompt_streams_the_answer(pi_server, fake_llm):
     session_id = await create_chat(client)
     assert await client.call("prompt", {"type": "prompt", "message": "Hi"},
                              session_id=session_id) == {}
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     events = client.event_frames(session_id)
     types = [f["type"] for f in events]
     assert types[0] == "agent_start"
-    assert "message_update" in types and types[-1] == "agent_end"
+    assert "message_update" in types and types[-2:] == ["agent_end", "agent_settled"]
     assert [f["seq"] for f in events] == list(range(1, len(events) + 1))
     assert text_of(events) == "Hello from the scripted model"
     request = fake_llm.requests[0]
@@ -63,9 +63,11 @@ async def test_prompt_streams_the_answer(pi_server, fake_llm):
     assert not tool_names & {"bash", "read", "write", "edit"}
 
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
+    # pi 1.x lists its system prompt first; clients that do not ask for pi's messages as
+    # they are get the conversation without it (docs/protocol.md, get_messages).
     assert [m["role"] for m in messages] == ["user", "assistant"]
     state = await client.call("get_state", session_id=session_id)
-    assert state["isStreaming"] is False and state["messageCount"] == 2
+    assert state["isStreaming"] is False and state["messageCount"] == 3
 
     listed = (await client.call("session.list"))["sessions"]
     (entry,) = listed
@@ -96,7 +98,7 @@ async def test_models_and_set_model(pi_server, fake_llm):
     request = await fake_llm.wait_for_request(1)
     assert request["model"] == "fake-2"
     assert "You are terse." in str(request["messages"][0])
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
 
 
 @pytest_twisted.ensureDeferred
@@ -112,8 +114,9 @@ async def test_abort_ends_a_slow_answer(pi_server, fake_llm):
         await client.call("prompt", {"message": "again"}, session_id=session_id)
     assert busy.value.code == "invalid_state"
     await client.call("abort", session_id=session_id)
-    end = await client.wait_for_event(is_type("agent_end", session_id))
-    assert end["payload"]["type"] == "agent_end"
+    end = await client.wait_for_event(is_type("agent_settled", session_id))
+    assert end["payload"]["type"] == "agent_settled"
+    assert end["payload"]["aborted"] is True
     state = await client.call("get_state", session_id=session_id)
     assert state["isStreaming"] is False
 
@@ -123,7 +126,7 @@ async def test_clear_conversation(pi_server, fake_llm):
     client = await pi_server.client()
     session_id = await create_chat(client)
     await client.call("prompt", {"message": "remember me"}, session_id=session_id)
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     assert (await client.call("clear_conversation", session_id=session_id)) == {
         "cancelled": False}
     assert (await client.call("get_messages", session_id=session_id))["messages"] == []
@@ -139,16 +142,16 @@ async def test_attach_detach_delete(pi_server, fake_llm):
         "sessionId": one, "status": "running", "lastSeq": 0, "catchUp": "live"}
 
     await first.call("prompt", {"message": "to one"}, session_id=one)
-    await second.wait_for_event(is_type("agent_end", one))
+    await second.wait_for_event(is_type("agent_settled", one))
     assert first.event_frames(one) == []
 
     # Non-exclusive attach keeps the other session.
     await first.call("session.attach", {"sessionId": one, "exclusive": False})
     await first.call("session.attach", {"sessionId": two, "exclusive": False})
     await first.call("prompt", {"message": "to two"}, session_id=two)
-    await first.wait_for_event(is_type("agent_end", two))
+    await first.wait_for_event(is_type("agent_settled", two))
     await first.call("prompt", {"message": "to one again"}, session_id=one)
-    await first.wait_for_event(is_type("agent_end", one))
+    await first.wait_for_event(is_type("agent_settled", one))
 
     # session.detach with no params (as the iOS client sends it) detaches from all.
     assert await first.call("session.detach") == {}
@@ -176,7 +179,7 @@ async def test_restart_resumes_the_conversation(pi_server, fake_llm):
     client = await pi_server.client()
     session_id = await create_chat(client)
     await client.call("prompt", {"message": "first question"}, session_id=session_id)
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
 
     await pi_server.restart()
     client = await pi_server.client()
@@ -190,7 +193,7 @@ async def test_restart_resumes_the_conversation(pi_server, fake_llm):
     contents = str(request["messages"])
     assert "first question" in contents and "first answer" in contents
     assert "second question" in contents
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
 
 
 @pytest_twisted.ensureDeferred
@@ -199,7 +202,7 @@ async def test_agent_killed_mid_answer(pi_server, fake_llm):
     client = await pi_server.client()
     session_id = await create_chat(client)
     await client.call("prompt", {"message": "one"}, session_id=session_id)
-    await client.wait_for_event(is_type("agent_end", session_id))
+    await client.wait_for_event(is_type("agent_settled", session_id))
     await client.call("prompt", {"message": "two"}, session_id=session_id)
     await client.wait_for_event(
         lambda f: f["type"] == "message_update"
@@ -209,12 +212,17 @@ async def test_agent_killed_mid_answer(pi_server, fake_llm):
     exit_event = await client.wait_for_event(is_type("agent_exit", session_id))
     assert exit_event["payload"]["signal"] == signal.SIGKILL
     ends = [f for f in client.event_frames(session_id) if f["type"] == "agent_end"]
-    assert ends[-1]["payload"]["error"] == "agent exited (signal 9)"
+    # As the seed's client reads it: success false and an error object it can show.
+    assert ends[-1]["payload"]["success"] is False
+    assert ends[-1]["payload"]["error"] == {"code": "agent_exited",
+                                            "message": "agent exited (signal 9)"}
+    settled = [f for f in client.event_frames(session_id) if f["type"] == "agent_settled"]
+    assert settled[-1]["seq"] == ends[-1]["seq"] + 1
     assert ends[-1]["seq"] < exit_event["seq"]
 
     fake_llm.script(Text("after the crash"))
     await client.call("prompt", {"message": "three"}, session_id=session_id)
-    await client.wait_for_event(nth(3, "agent_end", session_id))
+    await client.wait_for_event(nth(3, "agent_settled", session_id))
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
     texts = str(messages)
     assert "kept answer" in texts and "after the crash" in texts
@@ -253,4 +261,4 @@ async def test_a_session_keeps_its_model_when_another_changes_the_default(pi_ser
     await client.call("session.attach", {"sessionId": first})
     await client.call("prompt", {"message": "which model now?"}, session_id=first)
     assert (await fake_llm.wait_for_request(1))["model"] == "fake-1"
-    await client.wait_for_event(is_type("agent_end", first))
+    await client.wait_for_event(is_type("agent_settled", first))

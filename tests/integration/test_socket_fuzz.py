@@ -91,7 +91,7 @@ async def test_hostile_frames_while_an_answer_streams(pi_server, fake_llm):
     assert {"parse_error", "invalid_request"} <= codes
 
     end = await reader.wait_for_event(
-        lambda f: f["type"] == "agent_end" and f["sessionId"] == session_id)
+        lambda f: f["type"] == "agent_settled" and f["sessionId"] == session_id)
     events = reader.event_frames(session_id)
     assert [f["seq"] for f in events] == list(range(1, end["seq"] + 1))
     text = "".join(f["payload"]["assistantMessageEvent"]["delta"] for f in events

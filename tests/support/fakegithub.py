@@ -3,13 +3,17 @@ A GitHub stand-in on loopback (twisted.web), for integration tests; its
 :meth:`FakeGithub.resource` also serves unit tests through ``StubTreq``.
 
 It serves ``GET /user/repos`` the way GitHub does (bearer token, pagination by
-``page``/``per_page`` with ``Link`` headers, sorted by full name) and the
-repositories' git data under ``/git/<owner>/<name>.git`` over git's "dumb" HTTP
-protocol, from local bare repositories it creates.  Both demand the token.
+``page``/``per_page`` with ``Link`` headers, sorted by full name),
+``POST /repos/<owner>/<name>/pulls`` (opens a pull request; 422 when one for that
+head exists or the head branch is missing) and the repositories' git data under
+``/git/<owner>/<name>.git`` over git's smart HTTP protocol, clone and push, by
+``git http-backend`` behind twisted.web's CGI support, from local bare
+repositories it creates.  All demand the token.
 
-``mode`` makes the API misbehave: ``"ok"``, ``"rate_limited"`` (403 with
+``mode`` makes the repo listing misbehave: ``"ok"``, ``"rate_limited"`` (403 with
 ``x-ratelimit-remaining: 0``), ``"server_error"`` (500) or ``"hang"`` (never
-answers).  ``git_mode`` ``"hang"`` makes the git endpoint never answer.
+answers); ``pulls_mode`` does the same for pull requests (plus ``"forbidden"``,
+403).  ``git_mode`` ``"hang"`` makes the git endpoint never answer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from urllib.parse import urlencode
 
 import attr
 from twisted.internet import defer
-from twisted.web import resource, server
+from twisted.web import resource, server, twcgi
 
 TEST_TOKEN = "ghp_IntegrationToken42424242424242"
 """The token the tests' stand-in accepts (see tests/integration/conftest.py)."""
@@ -72,11 +76,10 @@ def make_repository(
 def make_bare_repository(
     path: str, default_branch: str = "main", files: dict[str, str] | None = None
 ) -> str:
-    """A bare repository at ``path`` (ready for dumb HTTP) with one commit of ``files``."""
+    """A bare repository at ``path`` with one commit of ``files``."""
     work = path + ".work"
     make_repository(work, default_branch, files)
     run_git("clone", "--quiet", "--bare", work, path)
-    run_git("update-server-info", cwd=path)
     return path
 
 
@@ -89,6 +92,18 @@ class FakeRepo:
     bare_path: str | None = attr.ib()
     clone_url: str = attr.ib()
     number: int = attr.ib()
+
+
+@attr.s
+class PullRequest:
+    full_name: str = attr.ib()
+    number: int = attr.ib()
+    fields: dict = attr.ib()
+    authorization: str | None = attr.ib()
+
+    @property
+    def html_url(self) -> str:
+        return f"https://github.example/{self.full_name}/pull/{self.number}"
 
 
 @attr.s
@@ -151,6 +166,8 @@ class FakeGithub:
         self.repos: list[FakeRepo] = []
         self.requests: list[RecordedRequest] = []
         self.git_authorizations: list[str | None] = []
+        self.pulls_mode = "ok"
+        self.pull_requests: list[PullRequest] = []
         self._hanging: list = []
         self._channels: list = []
         self._idle_waiters: list[defer.Deferred] = []
@@ -163,6 +180,7 @@ class FakeGithub:
         root = resource.Resource()
         root.putChild(b"user", _UserResource(self))
         root.putChild(b"git", _GitResource(self))
+        root.putChild(b"repos", _PullsResource(self))
         return root
 
     def start(self) -> FakeGithub:
@@ -375,8 +393,8 @@ class _ReposResource(resource.Resource):
         return f"{self._fake.api_url}/user/repos?{urlencode(query)}"
 
 
-class _GitResource(resource.Resource):
-    """Static files of the bare repositories, behind the token."""
+class _PullsResource(resource.Resource):
+    """``POST /repos/<owner>/<name>/pulls``: open a pull request."""
 
     isLeaf = True
 
@@ -384,7 +402,121 @@ class _GitResource(resource.Resource):
         super().__init__()
         self._fake = fake
 
-    def render_GET(self, request):
+    def render_POST(self, request):
+        fake = self._fake
+        segments = [segment.decode() for segment in request.postpath]
+        authorization = _header(request, "authorization")
+        if fake.pulls_mode == "hang":
+            return fake._hang(request)
+        if not fake._token_valid(authorization):
+            return _json(request, 401, {"message": "Bad credentials"})
+        if fake.pulls_mode == "rate_limited":
+            return _json(
+                request,
+                403,
+                {"message": "API rate limit exceeded for user ID 1."},
+                {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(fake.rate_limit_reset)},
+            )
+        if fake.pulls_mode == "forbidden":
+            return _json(
+                request, 403, {"message": "Resource not accessible by personal access token"}
+            )
+        full_name = "/".join(segments[:2])
+        repo = next((r for r in fake.repos if r.full_name == full_name), None)
+        if len(segments) != 3 or segments[2] != "pulls" or repo is None:
+            return _json(request, 404, {"message": "Not Found"})
+        try:
+            fields = json.loads(request.content.read())
+        except ValueError:
+            return _json(request, 400, {"message": "Problems parsing JSON"})
+        head, base = fields.get("head"), fields.get("base")
+        problems = [
+            f"{name} is invalid"
+            for name, branch in (("head", head), ("base", base))
+            if not isinstance(branch, str) or not _branch_exists(repo, branch)
+        ]
+        if any(
+            p.fields.get("head") == head and p.full_name == full_name for p in fake.pull_requests
+        ):
+            owner = full_name.split("/", 1)[0]
+            problems.append(f"A pull request already exists for {owner}:{head}.")
+        if problems:
+            return _json(
+                request,
+                422,
+                {
+                    "message": "Validation Failed",
+                    "errors": [
+                        {"resource": "PullRequest", "code": "custom", "message": problem}
+                        for problem in problems
+                    ],
+                },
+            )
+        pull = PullRequest(full_name, len(fake.pull_requests) + 1, fields, authorization)
+        fake.pull_requests.append(pull)
+        return _json(
+            request,
+            201,
+            {
+                "number": pull.number,
+                "html_url": pull.html_url,
+                "url": f"{fake.api_url}/repos/{full_name}/pulls/{pull.number}",
+                "state": "open",
+                "title": fields.get("title"),
+                "draft": bool(fields.get("draft")),
+                "head": {"ref": head},
+                "base": {"ref": base},
+            },
+        )
+
+
+def _branch_exists(repo: FakeRepo, branch: str) -> bool:
+    if repo.bare_path is None:
+        return False
+    completed = subprocess.run(
+        ["git", "-C", repo.bare_path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+        env=git_env(),
+        capture_output=True,
+    )
+    return completed.returncode == 0
+
+
+class _GitHttpBackend(twcgi.CGIScript):
+    """``git http-backend`` over the stand-in's bare repositories, pushes allowed."""
+
+    def __init__(self, project_root: str, reactor=None):
+        exec_path = subprocess.run(
+            ["git", "--exec-path"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        super().__init__(os.path.join(exec_path, "git-http-backend"), reactor=reactor)
+        self._project_root = project_root
+
+    def runProcess(self, env, request, qargs=()):
+        # Our own GIT_* (a test's GIT_DIR, ...) must not redirect the backend.
+        env = {
+            key: value
+            for key, value in env.items()
+            if not (key if isinstance(key, str) else key.decode("latin-1")).startswith("GIT_")
+        }
+        env.update(GIT_TEST_ENV)
+        env["GIT_PROJECT_ROOT"] = self._project_root
+        env["GIT_HTTP_EXPORT_ALL"] = "1"
+        # http-backend serves receive-pack (pushes) to authenticated users only.
+        env["REMOTE_USER"] = "x-access-token"
+        super().runProcess(env, request, [])
+
+
+class _GitResource(resource.Resource):
+    """The bare repositories over smart HTTP (clone and push), behind the token."""
+
+    isLeaf = True
+
+    def __init__(self, fake: FakeGithub):
+        super().__init__()
+        self._fake = fake
+        self._backend = None
+
+    def render(self, request):
         fake = self._fake
         authorization = _header(request, "authorization")
         fake.git_authorizations.append(authorization)
@@ -397,15 +529,18 @@ class _GitResource(resource.Resource):
         path = "/".join(segment.decode() for segment in request.postpath)
         for repo in fake.repos:
             prefix = repo.full_name + ".git/"
-            if repo.bare_path is not None and path.startswith(prefix):
-                relative = path[len(prefix) :]
-                if ".." in relative.split("/"):
-                    break
-                target = os.path.join(repo.bare_path, relative)
-                if os.path.isfile(target):
-                    request.setHeader(b"content-type", b"application/octet-stream")
-                    with open(target, "rb") as f:
-                        return f.read()
-                break
+            if (
+                repo.bare_path is not None
+                and path.startswith(prefix)
+                and os.path.isdir(repo.bare_path)
+                and ".." not in path.split("/")
+            ):
+                if self._backend is None:
+                    self._backend = _GitHttpBackend(
+                        os.path.join(fake._root_dir, "bare"), reactor=fake._reactor
+                    )
+                # twcgi joins postpath into PATH_INFO as text (a bytes postpath breaks it).
+                request.postpath = path.split("/")
+                return self._backend.render(request)
         request.setResponseCode(404)
         return b"not found\n"

@@ -10,18 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import attr
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
 
+from piserver.config import project_pi
+
 INSTALL_HINT = (
     "run scripts/install-pi from the repository root (it installs the pinned "
-    "@mariozechner/pi-coding-agent into node_modules/), or set PI_SERVER_PI to a pi binary"
+    "@earendil-works/pi-coding-agent and a Node.js 22 into node_modules/), or set "
+    "PI_SERVER_PI to a pi binary"
 )
 FAKE_PROVIDER = "fake"
 FAKE_MODELS = ("fake-1", "fake-2")
+SCRIPTS = Path(__file__).resolve().parent / "bin"
+VERSION_ONLY_PI = str(SCRIPTS / "pi-1.6.0")
+"""A stand-in for pi that only answers ``--version`` (1.6.0): for tests of option parsing."""
+OLD_PI = str(SCRIPTS / "pi-0.73.1")
+"""A stand-in answering ``--version`` as the last pi of the old npm scope does."""
 DEFAULT_TIMEOUT = 20.0
 """Seconds a wait may take before it fails: a safety net against hangs, not a sleep."""
 
@@ -38,17 +47,27 @@ def repository_root() -> Path:
     raise RuntimeError(f"no tox.ini above {__file__}")
 
 
-def locate_pi(environ=os.environ) -> Path:
-    """``$PI_SERVER_PI``, else ``node_modules/.bin/pi`` in ``$PI_SERVER_PROJECT_DIR`` or the
-    repository root. Raises :class:`PiNotInstalled` (saying how to install it) when missing."""
+def locate_pi(environ=os.environ) -> tuple[str, ...]:
+    """The pi command: ``$PI_SERVER_PI`` (a path), else the pi (and the Node.js) that
+    scripts/install-pi put into ``$PI_SERVER_PROJECT_DIR`` or the repository root, found as
+    the server finds it. Raises :class:`PiNotInstalled` (saying how to install it) when
+    missing."""
     if environ.get("PI_SERVER_PI"):
         candidate = Path(environ["PI_SERVER_PI"])
-    else:
-        project = Path(environ.get("PI_SERVER_PROJECT_DIR") or repository_root())
-        candidate = project / "node_modules" / ".bin" / "pi"
-    if not (candidate.is_file() and os.access(candidate, os.X_OK)):
-        raise PiNotInstalled(f"pi agent not found at {candidate}: {INSTALL_HINT}")
-    return candidate
+        if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+            raise PiNotInstalled(f"pi agent not found at {candidate}: {INSTALL_HINT}")
+        return (str(candidate),)
+    project = Path(environ.get("PI_SERVER_PROJECT_DIR") or repository_root())
+    command = project_pi(project)
+    if command is None:
+        raise PiNotInstalled(
+            f"pi agent not found in {project / 'node_modules'}: {INSTALL_HINT}")
+    return command
+
+
+def pi_option(command: tuple[str, ...]) -> str:
+    """``command`` as the value of pi-server's ``--pi``."""
+    return shlex.join(command)
 
 
 @attr.frozen
@@ -93,7 +112,7 @@ class AgentDir:
 
 def models_config(base_url: str) -> dict:
     """models.json content: provider ``fake`` (OpenAI completions at ``base_url``) with the
-    models ``fake-1`` and ``fake-2``."""
+    models ``fake-1`` and ``fake-2`` (a reasoning model: it has thinking levels)."""
     return {
         "providers": {
             FAKE_PROVIDER: {
@@ -101,7 +120,7 @@ def models_config(base_url: str) -> dict:
                 "api": "openai-completions",
                 "apiKey": "x",
                 "compat": {"supportsDeveloperRole": False, "supportsReasoningEffort": False},
-                "models": [{"id": model_id} for model_id in FAKE_MODELS],
+                "models": [{"id": FAKE_MODELS[0]}, {"id": FAKE_MODELS[1], "reasoning": True}],
             }
         }
     }
@@ -281,11 +300,12 @@ class PiRpc(ProcessProtocol):
         return waiter.addTimeout(self.timeout, self._reactor).addErrback(explain)
 
 
-def spawn_pi(reactor, pi: Path, agent_dir: AgentDir, args=(), timeout: float = DEFAULT_TIMEOUT):
+def spawn_pi(reactor, pi: tuple[str, ...], agent_dir: AgentDir, args=(),
+             timeout: float = DEFAULT_TIMEOUT):
     """Start ``pi --mode rpc *args`` in ``agent_dir.project`` with its hermetic environment.
     Returns the :class:`PiRpc`; commands can be sent at once (pi reads them when ready)."""
     protocol = PiRpc(reactor, timeout=timeout)
-    argv = [str(pi), "--mode", "rpc", *args]
+    argv = [*pi, "--mode", "rpc", *args]
     reactor.spawnProcess(
         protocol, argv[0], argv, env=agent_dir.environment(), path=str(agent_dir.project)
     )

@@ -7,6 +7,7 @@ from twisted.internet import reactor
 
 from piserver.server import build_service
 from piserver.tap import Options
+from tests.support.piagent import pi_option
 from tests.support.wsclient import RpcClient
 
 TOKEN = "integration-test-token"
@@ -27,7 +28,7 @@ class RunningServer:
         options = Options(environ=self.environ)
         options.parseOptions([
             "--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
-            "--pi", str(self.pi_binary), "--auth-token", TOKEN, *self.extra_args,
+            "--pi", pi_option(self.pi_binary), "--auth-token", TOKEN, *self.extra_args,
         ])
         return options
 

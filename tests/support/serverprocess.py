@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.processes import free_port, health_ok, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -23,7 +24,7 @@ PI_SERVER = str(Path(sys.executable).parent / "pi-server")
 class ServerProcess:
     """``twistd -n piserver`` on a free loopback port, logging to ``log_file``."""
 
-    def __init__(self, directory: Path, *args, pi: str = "/bin/true", environ=None):
+    def __init__(self, directory: Path, *args, pi: str = VERSION_ONLY_PI, environ=None):
         self.directory = directory
         self.data_dir = directory / "data"
         self.log_file = directory / "piserver.log"

@@ -14,7 +14,7 @@ from twisted.web.client import ResponseNeverReceived
 from piserver.errors import GithubError
 from piserver.github import GithubClient, map_repo, parse_link_header
 from tests.support.deferreds import result_of
-from tests.support.fakegithub import FakeGithub
+from tests.support.fakegithub import FakeGithub, run_git
 
 TOKEN = "ghp_UnitTestToken000111222333444"
 API = "https://api.github.test"
@@ -345,3 +345,63 @@ def test_parse_link_header_handles_quoted_commas_several_rels_and_junk():
     assert parse_link_header(header) == {"prev": "a", "first": "a", "next": "b"}
     assert parse_link_header("") == {}
     assert parse_link_header("<unterminated") == {}
+
+
+# -- pull requests -----------------------------------------------------------
+
+
+@pytest.fixture
+def repo_with_branch(fake):
+    repo = fake.add_repo("octo/app")
+    run_git("branch", "feature", "main", cwd=repo.bare_path)
+    return repo
+
+
+def open_pull(fake, clock, **kwargs):
+    return client_for(fake, clock, **kwargs).create_pull_request(
+        "octo/app", "Add a feature", "feature", "main", "Why and how", draft=True
+    )
+
+
+def test_opens_a_pull_request(fake, clock, repo_with_branch):
+    assert result_of(open_pull(fake, clock)) == {
+        "number": 1,
+        "url": "https://github.example/octo/app/pull/1",
+    }
+    (pull,) = fake.pull_requests
+    assert pull.fields == {
+        "title": "Add a feature",
+        "head": "feature",
+        "base": "main",
+        "body": "Why and how",
+        "draft": True,
+    }
+    assert pull.authorization == f"Bearer {TOKEN}"
+
+
+def test_a_second_pull_request_for_the_same_head_gives_githubs_reason(
+    fake, clock, repo_with_branch
+):
+    result_of(open_pull(fake, clock))
+    message = github_error(open_pull(fake, clock))
+    assert "422" in message and "A pull request already exists for octo:feature." in message
+
+
+@pytest.mark.parametrize(
+    "mode, fragment",
+    [
+        ("forbidden", "403 Forbidden: Resource not accessible by personal access token"),
+        ("rate_limited", "rate limit exceeded; it resets at"),
+    ],
+)
+def test_pull_request_refusals(fake, clock, repo_with_branch, mode, fragment):
+    fake.pulls_mode = mode
+    assert fragment in github_error(open_pull(fake, clock))
+    assert fake.pull_requests == []
+
+
+def test_a_pull_request_that_gets_no_answer_times_out(fake, clock, repo_with_branch):
+    fake.pulls_mode = "hang"
+    pending = open_pull(fake, clock, timeout=5)
+    clock.advance(5)
+    assert "did not answer within 5 s" in github_error(pending)

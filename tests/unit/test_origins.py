@@ -7,6 +7,7 @@ from twisted.python import usage
 
 from piserver.origins import Origin, host_allowed, host_origin, origin_allowed, parse_origin
 from piserver.tap import Options
+from tests.support.piagent import VERSION_ONLY_PI
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -111,7 +112,7 @@ def test_host_allowed():
 
 def parse(tmp_path, *args):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)})
-    options.parseOptions(["--data-dir", str(tmp_path / "data"), "--pi", "/bin/true", *args])
+    options.parseOptions(["--data-dir", str(tmp_path / "data"), "--pi", VERSION_ONLY_PI, *args])
     return options.config
 
 

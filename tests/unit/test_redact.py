@@ -25,6 +25,7 @@ from piserver.redact import (
     secret_values,
 )
 from piserver.tap import Options, makeService
+from tests.support.piagent import VERSION_ONLY_PI
 
 TOKEN = "server-token-0123456789abcdef"
 API_KEY = "sk-live-abcdefghijklmnop"
@@ -150,7 +151,7 @@ def options(tmp_path):
         "GITHUB_TOKEN": "ghp_0123456789abcdefghij", "ANTHROPIC_API_KEY": "sk-ant-0123456789",
         "EDITOR": "vim-and-more-vim",
     })
-    options.parseOptions(["--data-dir", str(data), "--pi", "/bin/true", "--auth-token", TOKEN,
+    options.parseOptions(["--data-dir", str(data), "--pi", VERSION_ONLY_PI, "--auth-token", TOKEN,
                           "--port", "tcp:0:interface=127.0.0.1"])
     return options
 

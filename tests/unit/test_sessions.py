@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.python.failure import Failure
 
+from piserver.checkouts import Checkout
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
 from piserver.journal import JournalLimits
 from piserver.sessions import SessionManager
@@ -25,6 +26,8 @@ class FakeConnection:
     def __init__(self, connection_id="c1"):
         self.connection_id = connection_id
         self.event_mode = "full"
+        self.features = frozenset({"snapshots"})
+        self.native_tools = None
         self.sent = []
         self.lost_callbacks = []
 
@@ -107,9 +110,11 @@ def test_crash_reports_then_restart_with_backoff_then_agent_failed(harness):
     harness.process().stderr(b"boom\n")
     harness.process().end(code=3)
     types = [f["type"] for f in connection.sent]
-    assert types == ["agent_start", "agent_end", "agent_exit"]
-    end, exit_event = connection.sent[1]["payload"], connection.sent[2]["payload"]
-    assert end["error"] == "agent exited (code 3)"
+    assert types == ["agent_start", "agent_end", "agent_settled", "agent_exit"]
+    end, exit_event = connection.sent[1]["payload"], connection.sent[3]["payload"]
+    assert end["success"] is False
+    assert end["error"] == {"code": "agent_exited", "message": "agent exited (code 3)"}
+    assert connection.sent[2]["payload"]["error"] == end["error"]
     assert exit_event["code"] == 3 and "boom" in exit_event["stderrTail"]
 
     # Each restart waits longer: 0.5 s, 1 s, 2 s, 4 s.
@@ -275,6 +280,39 @@ def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
     assert recovered.system_prompt == "keep me" and recovered.mode == "chat"
     assert second.store.get(kept.id)["sessionId"] == kept.id  # state.json written anew
     assert list(tmp_path.glob("state.json.corrupt-*"))
+
+
+class FakeCheckouts:
+    def planned(self, session, repo):
+        return {"worktreePath": str(session.directory / "repo")}
+
+    async def create(self, session, repo, on_progress):
+        path = session.directory / "repo"
+        path.mkdir()
+        return Checkout(path=path, record={"branch": f"pi/session-{session.id}"})
+
+    async def remove(self, session):
+        return {}
+
+
+def test_the_end_of_a_code_sessions_run_is_passed_on(tmp_path):
+    ended = []
+    harness = Harness(tmp_path, checkouts=FakeCheckouts(), on_run_end=ended.append)
+    d = ensureDeferred(harness.sessions.create(None, "code", repo={"id": "src"}))
+    harness.answer_startup()
+    code = d.result
+    harness.process().stdout(b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n')
+    # pi may go on after agent_end (a retry, compaction): the run ends when pi settles.
+    assert ended == []
+    harness.process().stdout(b'{"type":"agent_settled","aborted":false}\n')
+    assert ended == [code]
+
+    chat = create(harness).result
+    harness.process().stdout(
+        b'{"type":"agent_start"}\n{"type":"agent_end","messages":[]}\n'
+        b'{"type":"agent_settled","aborted":false}\n'
+    )
+    assert chat.mode == "chat" and ended == [code]
 
 
 def journal_descriptors(directory) -> int:

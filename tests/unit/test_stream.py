@@ -162,10 +162,30 @@ def test_hold_and_release_around_a_snapshot(stream):
 
 
 def test_streaming_message_follows_the_answer(stream):
-    publish(stream, update("a", message_text="a"))
-    assert stream.streaming_message["content"][0]["text"] == "a"
+    publish(stream, {"type": "message_start",
+                     "message": {"role": "assistant", "content": [], "model": "m"}})
+    for event in ({"type": "text_start", "contentIndex": 0},
+                  {"type": "text_delta", "contentIndex": 0, "delta": "a"},
+                  {"type": "text_delta", "contentIndex": 0, "delta": "b"}):
+        publish(stream, {"type": "message_update", "usage": {"output": 2},
+                         "assistantMessageEvent": event})
+    assert stream.streaming_message == {"role": "assistant", "model": "m",
+                                        "usage": {"output": 2},
+                                        "content": [{"type": "text", "text": "ab"}]}
     publish(stream, {"type": "message_end", "message": {}})
     assert stream.streaming_message is None
+
+
+def test_delta_mode_leaves_out_the_usage_of_every_update(stream, clock):
+    phone = FakeConnection("phone")
+    stream.attach(phone, "delta")
+    publish(stream, {"type": "message_update", "usage": {"input": 1, "output": 1},
+                     "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0,
+                                               "delta": "x"}})
+    clock.advance(1)
+    [frame] = phone.frames()
+    assert "usage" not in frame["payload"]
+    assert frame["payload"]["assistantMessageEvent"]["delta"] == "x"
 
 
 def test_seq_continues_from_the_journal(tmp_path, clock):
@@ -192,3 +212,50 @@ def test_a_failing_journal_does_not_stop_the_stream():
     broken.attach(live, "full")
     publish(broken, {"type": "agent_start"})
     assert [f["seq"] for f in live.frames()] == [1]
+
+
+def delta_update(text):
+    return {"type": "message_update", "usage": {"output": 1},
+            "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": text}}
+
+
+def test_a_client_without_snapshots_gets_a_long_gap_compacted(stream, monkeypatch):
+    import piserver.stream
+
+    monkeypatch.setattr(piserver.stream, "MAX_FULL_REPLAY_EVENTS", 10)
+    monkeypatch.setattr(piserver.stream, "MAX_MERGED_DELTA_CHARS", 12)
+    publish(stream, {"type": "agent_start"})
+    for index in range(30):
+        publish(stream, delta_update(f"w{index:02d} "))
+    publish(stream, {"type": "message_end", "message": {"role": "assistant"}})
+    reader = FakeConnection("seed")
+    # A client that reads snapshots would get one.
+    assert stream.attach(FakeConnection("web"), "full", 1) == "replay_too_large"
+
+    assert stream.attach(reader, "full", 1, snapshots=False) is None
+
+    frames = reader.frames()
+    updates = [f for f in frames if f["type"] == "message_update"]
+    text = "".join(f["payload"]["assistantMessageEvent"]["delta"] for f in updates)
+    assert text == "".join(f"w{index:02d} " for index in range(30))
+    # Merged, three 4-character pieces at a time: no frame's text goes past the cap.
+    assert [len(f["payload"]["assistantMessageEvent"]["delta"]) for f in updates] == [12] * 10
+    assert [f["seq"] for f in frames] == sorted({f["seq"] for f in frames})
+    assert frames[-1]["type"] == "message_end" and frames[-1]["seq"] == stream.seq
+
+
+def test_a_client_without_snapshots_resumes_past_a_trim_or_an_unknown_seq(tmp_path, clock):
+    journal = Journal(tmp_path / "j", clock, JournalLimits(max_events=5, segment_events=5))
+    journal.open()
+    stream = EventStream("s1", journal, clock)
+    for index in range(20):
+        publish(stream, {"type": f"e{index}"})
+    trimmed = FakeConnection("a")
+    assert stream.attach(trimmed, "full", 1, snapshots=False) is None
+    seqs = [f["seq"] for f in trimmed.frames()]
+    assert seqs[-1] == 20 and seqs == list(range(seqs[0], 21)) and seqs[0] > 2
+    ahead = FakeConnection("b")
+    assert stream.attach(ahead, "full", 999, snapshots=False) is None
+    assert ahead.sent == []
+    publish(stream, {"type": "live"})
+    assert [f["type"] for f in ahead.frames()] == ["live"]

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from piserver.config import DEFAULT_MAX_FRAME_SIZE
 from piserver.tap import Options, makeService
+from tests.support.piagent import OLD_PI, VERSION_ONLY_PI
 
 
 def parse(args, environ=None, home=None):
@@ -24,14 +25,14 @@ def parse(args, environ=None, home=None):
 
 @pytest.fixture
 def base(tmp_path):
-    return ["--data-dir", str(tmp_path / "data"), "--pi", "/bin/true"]
+    return ["--data-dir", str(tmp_path / "data"), "--pi", VERSION_ONLY_PI]
 
 
 def test_defaults(tmp_path, base):
     config = parse(base).config
     assert config.endpoint == "tcp:3141:interface=0.0.0.0"
     assert config.max_frame_size == DEFAULT_MAX_FRAME_SIZE
-    assert config.pi_command == ("/bin/true",)
+    assert config.pi_command == (VERSION_ONLY_PI,)
     assert config.auth_token_source == "generated"
     token_file = tmp_path / "data" / "server-token"
     assert token_file.read_text().strip() == config.auth_token
@@ -63,10 +64,17 @@ def test_port_from_environment(base):
     (["--port", "bogus:1234"], "--port"),
     (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
     (["--max-frame-size", "10"], "at least 1024"),
+    (["--git-author", "just a name"], 'of the form "Name <mail>"'),
 ])
 def test_bad_values_are_usage_errors(base, args, fragment):
     with pytest.raises(usage.UsageError, match=fragment.replace("-", r"\-")):
         parse(base + args)
+
+
+def test_git_author(base):
+    assert parse(base).config.git_author is None
+    config = parse(base + ["--git-author", " Pi Bot <bot@example.invalid> "]).config
+    assert config.git_author == ("Pi Bot", "bot@example.invalid")
 
 
 def test_unknown_option(base):
@@ -78,16 +86,16 @@ def test_unusable_data_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(usage.UsageError, match="data dir"):
-        parse(["--data-dir", str(blocker / "data"), "--pi", "/bin/true"])
+        parse(["--data-dir", str(blocker / "data"), "--pi", VERSION_ONLY_PI])
 
 
 def test_data_dir_defaults(tmp_path):
     home = tmp_path / "home"
-    assert parse(["--pi", "/bin/true"], home=home).config.data_dir == \
+    assert parse(["--pi", VERSION_ONLY_PI], home=home).config.data_dir == \
         home / ".local" / "share" / "pi-server"
-    xdg = parse(["--pi", "/bin/true"], {"XDG_DATA_HOME": str(tmp_path / "xdg")}, home=home)
+    xdg = parse(["--pi", VERSION_ONLY_PI], {"XDG_DATA_HOME": str(tmp_path / "xdg")}, home=home)
     assert xdg.config.data_dir == tmp_path / "xdg" / "pi-server"
-    explicit = parse(["--pi", "/bin/true"], {"XDG_DATA_HOME": str(tmp_path / "xdg"),
+    explicit = parse(["--pi", VERSION_ONLY_PI], {"XDG_DATA_HOME": str(tmp_path / "xdg"),
                                              "PI_SERVER_DATA_DIR": str(tmp_path / "d")},
                      home=home)
     assert explicit.config.data_dir == tmp_path / "d"
@@ -104,7 +112,7 @@ def test_missing_agent_names_the_installer(tmp_path):
 def test_agent_lookup_order(tmp_path):
     def executable(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("#!/bin/sh\n")
+        path.write_text("#!/bin/sh\necho 1.6.0\n")
         path.chmod(0o755)
         return str(path)
 
@@ -167,3 +175,31 @@ def test_make_service_tree(base):
     assert isinstance(root.children[b"rpc"]._websocket, WebSocketResource)
     # Log redaction is installed with the tree and removed when it stops.
     service.getServiceNamed("redaction").stopService()
+
+
+def test_agent_version_is_checked_at_start(tmp_path):
+    data = ["--data-dir", str(tmp_path / "d")]
+    with pytest.raises(usage.UsageError) as old:
+        parse(data + ["--pi", OLD_PI])
+    message = str(old.value)
+    assert "pi 0.73.1" in message
+    assert ">= 1.6.0" in message
+    assert "scripts/install-pi" in message
+    config = parse(data + ["--pi", VERSION_ONLY_PI]).config
+    assert config.agent_version.pi == "1.6.0"
+
+
+def test_an_agent_that_does_not_answer_its_version_stops_the_start(tmp_path):
+    broken = tmp_path / "pi"
+    broken.write_text("#!/bin/sh\necho 'SyntaxError: no enableCompileCache' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    with pytest.raises(usage.UsageError) as failed:
+        parse(["--data-dir", str(tmp_path / "d"), "--pi", str(broken)])
+    assert "--version failed (exit 1)" in str(failed.value)
+    assert "enableCompileCache" in str(failed.value)
+
+
+def test_pi_option_takes_a_command_line(tmp_path):
+    config = parse(["--data-dir", str(tmp_path / "d"),
+                    "--pi", f"/bin/sh {VERSION_ONLY_PI}"]).config
+    assert config.pi_command == ("/bin/sh", VERSION_ONLY_PI)

@@ -8,6 +8,7 @@ from twisted.python import usage
 
 from piserver.tap import Options
 from piserver.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
+from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.tls import write_self_signed
 
 
@@ -23,7 +24,7 @@ def other_pair(tmp_path):
 
 def parse(tmp_path, *args):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)})
-    options.parseOptions(["--data-dir", str(tmp_path / "data"), "--pi", "/bin/true", *args])
+    options.parseOptions(["--data-dir", str(tmp_path / "data"), "--pi", VERSION_ONLY_PI, *args])
     return options.config
 
 

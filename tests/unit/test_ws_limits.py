@@ -18,6 +18,7 @@ from piserver.config import (
 from piserver.http import make_site
 from piserver.origins import parse_origin
 from piserver.tap import Options
+from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.wsharness import MemoryServer, SilentClient, hello_frame
 
 
@@ -90,7 +91,7 @@ def test_http_side_idle_timeout_is_the_handshake_timeout():
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.resource import Resource
     clock = MemoryReactorClock()
-    site = make_site(Resource(), reactor=clock, idle_timeout=7)
+    site = make_site(Resource(), {}, reactor=clock, idle_timeout=7)
     channel = site.buildProtocol(None)
     transport = StringTransport()
     channel.makeConnection(transport)
@@ -156,7 +157,7 @@ def test_origin_is_checked_before_the_token():
 
 def parse(tmp_path, *args):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)})
-    options.parseOptions(["--data-dir", str(tmp_path / "data"), "--pi", "/bin/true", *args])
+    options.parseOptions(["--data-dir", str(tmp_path / "data"), "--pi", VERSION_ONLY_PI, *args])
     return options.config
 
 

@@ -1,6 +1,6 @@
 """pi event streams for tests: recorded from the real pi, recordable again, and synthetic.
 
-``text_and_tools.jsonl`` and ``aborted.jsonl`` are pi 0.73.1's stdout events (responses
+``text_and_tools.jsonl`` and ``aborted.jsonl`` are pi 1.6.0's stdout events (responses
 left out), byte for byte, for the scenarios :func:`text_and_tools` and :func:`aborted`
 below, recorded against the scripted LLM by ``python -m tests.support.events.record``.
 :func:`synthetic_event` makes pi-like events from a seq alone, for tests that must know
@@ -49,7 +49,7 @@ async def long_answer(pi, fake_llm, agent_dir, tokens: int = 2000) -> None:
     """One answer of ``tokens`` one-token chunks."""
     fake_llm.script(Tokens(tokens))
     await pi.send({"type": "prompt", "message": "write a lot"})
-    await pi.wait_for_event("agent_end")
+    await pi.wait_for_event("agent_settled")
 
 
 async def text_and_tools(pi, fake_llm, agent_dir) -> None:
@@ -64,7 +64,7 @@ async def text_and_tools(pi, fake_llm, agent_dir) -> None:
         Text("Done."),
     )
     await pi.send({"type": "prompt", "message": "look at f.txt"})
-    await pi.wait_for_event("agent_end")
+    await pi.wait_for_event("agent_settled")
 
 
 async def aborted(pi, fake_llm, agent_dir) -> None:
@@ -74,7 +74,7 @@ async def aborted(pi, fake_llm, agent_dir) -> None:
     # text_start and the 20 deltas: everything the LLM sent has arrived.
     await pi.wait_for_event("message_update", 21)
     await pi.send({"type": "abort"})
-    await pi.wait_for_event("agent_end")
+    await pi.wait_for_event("agent_settled")
 
 
 ANSWER_LENGTH = 40
@@ -83,7 +83,8 @@ ANSWER_LENGTH = 40
 
 def synthetic_event(seq: int) -> tuple[str, dict]:
     """The pi-like event for ``seq``: answers of :data:`ANSWER_LENGTH` events
-    (``message_start``, growing ``message_update``s, ``message_end``, a tool result)."""
+    (``message_start``, delta-only ``message_update``s, ``message_end``, a tool result),
+    shaped as pi 1.x sends them."""
     answer, position = divmod(seq - 1, ANSWER_LENGTH)
     words = [f"w{answer}.{index} " for index in range(position)]
     if position == 0:
@@ -101,14 +102,17 @@ def synthetic_event(seq: int) -> tuple[str, dict]:
         }
     return "message_update", {
         "type": "message_update",
-        "assistantMessageEvent": {
-            "type": "text_delta",
-            "contentIndex": 0,
-            "delta": words[-1],
-            "partial": _message(words),
-        },
-        "message": _message(words),
+        "usage": _usage(len(words)),
+        "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": words[-1]},
     }
+
+
+def _usage(output: int) -> dict:
+    """pi 1.6's cumulative usage, as it repeats it on every update."""
+    return {"input": 595, "output": output, "cacheRead": 0, "cacheWrite": 0, "reasoning": 0,
+            "totalTokens": 595 + output,
+            "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0,
+                     "totalFromProvider": False}}
 
 
 def _message(words: list[str], final: bool = False) -> dict:

@@ -1,0 +1,59 @@
+"""
+Each session's own pi agent dir, so that one session's settings stay its own.
+
+pi keeps its configuration in one agent dir (``PI_CODING_AGENT_DIR``), and its
+RPC commands ``set_model``, ``set_thinking_level``, ``set_steering_mode``,
+``set_follow_up_mode``, ``set_auto_compaction`` and ``set_auto_retry`` write
+their value into that dir's ``settings.json`` as the default for every later
+start. With one shared dir a client changing one session would change every
+other session's next restart. So each session's agent runs on
+``sessions/<id>/agent/``: a ``settings.json`` of its own (the data dir's, copied
+when the session is made) and links to everything else pi reads from the data
+dir (``auth.json``, ``models.json``, skills, prompts, extensions…), but never to
+the server's own files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+SETTINGS = "settings.json"
+# The data dir's entries that are the server's, not pi's configuration.
+SERVER_ENTRIES = frozenset({
+    ".env", "server-token", "device-tokens.json", "state.json", "repos.json", "sessions",
+    "models-helper", SETTINGS,
+})
+
+
+def _is_server_entry(name: str) -> bool:
+    # state.json.corrupt-1, server-token.tmp…: set-asides and temporaries are the server's too.
+    return name in SERVER_ENTRIES or any(name.startswith(f"{entry}.") for entry in SERVER_ENTRIES)
+
+
+def prepare(data_dir: Path, session_agent_dir: Path) -> None:
+    """Make or refresh ``session_agent_dir``: links to pi's files in ``data_dir`` (new ones
+    appear, removed ones go), and the first time a copy of its ``settings.json``."""
+    session_agent_dir.mkdir(mode=0o700, exist_ok=True)
+    settings = session_agent_dir / SETTINGS
+    shared_settings = data_dir / SETTINGS
+    if not settings.exists() and shared_settings.is_file():
+        temporary = settings.with_name(SETTINGS + ".tmp")
+        shutil.copyfile(shared_settings, temporary)
+        os.replace(temporary, settings)
+    wanted = {entry.name for entry in data_dir.iterdir() if not _is_server_entry(entry.name)}
+    for entry in session_agent_dir.iterdir():
+        if entry.is_symlink() and entry.name not in wanted:
+            entry.unlink()
+    for name in wanted:
+        link = session_agent_dir / name
+        target = data_dir / name
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            # pi replaced a link by a file of its own (an atomic rewrite): keep pi's file.
+            continue
+        link.symlink_to(target)

@@ -1,0 +1,34 @@
+"""A session's own agent dir: its settings.json, links to pi's files, none to the server's."""
+
+import json
+
+from piserver import agentdir
+
+
+def test_a_session_gets_pi_files_and_its_own_settings(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("auth.json", "models.json", "server-token", "device-tokens.json", ".env",
+                 "state.json", "state.json.corrupt-1", "repos.json"):
+        (data / name).write_text("{}")
+    (data / "skills").mkdir()
+    (data / "sessions").mkdir()
+    (data / "settings.json").write_text(json.dumps({"defaultModel": "m"}))
+    own = tmp_path / "session" / "agent"
+    own.parent.mkdir()
+
+    agentdir.prepare(data, own)
+
+    assert sorted(p.name for p in own.iterdir()) == [
+        "auth.json", "models.json", "settings.json", "skills"]
+    assert (own / "auth.json").resolve() == data / "auth.json"
+    assert not (own / "settings.json").is_symlink()
+    # pi writes the session's settings; the data dir's stay as they were.
+    (own / "settings.json").write_text(json.dumps({"defaultModel": "other"}))
+    (data / "auth.json").unlink()
+    (data / "prompts").mkdir()
+    agentdir.prepare(data, own)
+    assert json.loads((own / "settings.json").read_text()) == {"defaultModel": "other"}
+    assert json.loads((data / "settings.json").read_text()) == {"defaultModel": "m"}
+    assert sorted(p.name for p in own.iterdir()) == [
+        "models.json", "prompts", "settings.json", "skills"]
