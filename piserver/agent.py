@@ -3,9 +3,10 @@ One ``pi --mode rpc`` process, driven over its stdin/stdout JSONL protocol.
 
 pi's framing (docs/rpc.md, "Framing"): records are separated by LF only, a
 trailing CR is stripped, and U+2028/U+2029 may appear inside JSON strings, so
-lines are split as bytes and decoded whole.  Single lines can be tens of MB
-(every ``message_update`` repeats the whole message so far), so a partial line
-is kept as a list of chunks and joined once when its newline arrives.
+lines are split as bytes and decoded whole.  Single lines can be many MB (a
+``message_end`` or ``agent_end`` carries whole messages, tool output included),
+so a partial line is kept as a list of chunks and joined once when its newline
+arrives.
 """
 
 from __future__ import annotations

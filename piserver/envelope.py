@@ -145,7 +145,7 @@ def encode_error(request_id: str | None, error: RpcError, session_id: str | None
 def encode_event(session_id: str, seq: int, event_type: str, payload_json: bytes) -> bytes:
     """
     Build an event envelope around an already-encoded payload, so that pi's
-    event lines (which can be tens of MB) are relayed without re-encoding.
+    event lines (which can be many MB) are relayed without re-encoding.
     """
     head = _dumps(
         {"v": PROTOCOL_VERSION, "kind": "event", "sessionId": session_id, "seq": seq,

@@ -1,6 +1,7 @@
 """
-The HTTP side of the one port: ``/`` (server info), ``/health``, ``/rpc`` (the
-WebSocket) and JSON 404s for everything else.
+The HTTP side of the one port: ``/`` (server info, or a redirect to the web client
+for browsers), ``/health``, ``/rpc`` (the WebSocket), ``/ui`` (the web client) and
+JSON 404s for everything else.
 
 Before a client has authenticated it can only send a request head, and what it
 may hold that way is bounded: each request (head and body) must arrive within
@@ -38,11 +39,17 @@ class NotFoundResource(Resource):
     isLeaf = True
 
     def render(self, request):
-        return _json(request, 404, {
-            "ok": False,
-            "error": {"code": "not_found",
-                      "message": f"no such path: {request.path.decode('utf-8', 'replace')}"},
-        })
+        return _json(
+            request,
+            404,
+            {
+                "ok": False,
+                "error": {
+                    "code": "not_found",
+                    "message": f"no such path: {request.path.decode('utf-8', 'replace')}",
+                },
+            },
+        )
 
 
 class RpcResource(Resource):
@@ -74,14 +81,25 @@ class HealthResource(Resource):
         return _json(request, 200, {"ok": True, "version": __version__})
 
 
-class RootResource(Resource):
-    """``/`` itself answers server info; its children are ``health`` and ``rpc``."""
+def wants_html(request) -> bool:
+    """A browser navigating here (it asks for HTML), not a client asking for JSON."""
+    accept = (request.getHeader(b"accept") or b"").lower()
+    return b"text/html" in accept and b"application/json" not in accept
 
-    def __init__(self, rpc: Resource, agent: dict, metrics: Resource | None = None):
+
+class RootResource(Resource):
+    """``/`` itself answers server info (browsers are sent to ``/ui``); its children are
+    ``health``, ``rpc``, ``ui`` and ``metrics``."""
+
+    def __init__(self, rpc: Resource, agent: dict, ui: Resource | None = None,
+                 metrics: Resource | None = None):
         super().__init__()
         self._agent = agent
         self.putChild(b"health", HealthResource())
         self.putChild(b"rpc", RpcResource(rpc))
+        self._ui = ui
+        if ui is not None:
+            self.putChild(b"ui", ui)
         if metrics is not None:
             self.putChild(b"metrics", metrics)
 
@@ -93,12 +111,21 @@ class RootResource(Resource):
     def render_GET(self, request):
         if request.postpath and request.postpath != [b""]:
             return NotFoundResource().render(request)
-        return _json(request, 200, {
-            "name": "pi-server",
-            "version": __version__,
-            "endpoints": {"websocket": "/rpc", "health": "/health"},
-            "agent": self._agent,
-        })
+        if self._ui is not None and wants_html(request):
+            request.setResponseCode(302)
+            request.setHeader(b"location", b"/ui")
+            request.setHeader(b"cache-control", b"no-store")
+            return b""
+        return _json(
+            request,
+            200,
+            {
+                "name": "pi-server",
+                "version": __version__,
+                "endpoints": {"websocket": "/rpc", "health": "/health"},
+                "agent": self._agent,
+            },
+        )
 
 
 def redacted_log_formatter(timestamp, request):
@@ -242,19 +269,31 @@ def _address_key(address) -> str:
     return getattr(address, "host", None) or type(address).__name__
 
 
-def make_site(rpc: Resource, agent: dict, reactor=None,
-              idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-              max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
-              on_refused=None, metrics: Resource | None = None) -> Site:
+def make_site(
+    rpc: Resource,
+    agent: dict,
+    reactor=None,
+    idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ui: Resource | None = None,
+    max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
+    on_refused=None,
+    metrics: Resource | None = None,
+) -> Site:
     """
-    ``agent`` describes the pi agent for ``GET /``. ``idle_timeout`` closes HTTP
-    connections silent that long and bounds each request, head and body, in total
-    (see ``GuardedChannel``).
+    ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
+    ``/ui`` (none without it); ``metrics`` is ``/metrics``. ``idle_timeout`` closes HTTP
+    connections silent that long and bounds each request, head and body, in total (see
+    ``GuardedChannel``).
     """
-    site = GuardedSite(RootResource(rpc, agent, metrics), logFormatter=redacted_log_formatter,
-                       reactor=reactor, timeout=idle_timeout, request_timeout=idle_timeout,
-                       max_pending_per_address=max_pending_per_address,
-                       on_refused=on_refused)
+    site = GuardedSite(
+        RootResource(rpc, agent, ui, metrics),
+        logFormatter=redacted_log_formatter,
+        reactor=reactor,
+        timeout=idle_timeout,
+        request_timeout=idle_timeout,
+        max_pending_per_address=max_pending_per_address,
+        on_refused=on_refused,
+    )
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False
     return site

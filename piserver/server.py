@@ -34,6 +34,7 @@ from .store import StateStore
 from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from .webui import WebUiResource
 from .workspace.methods import WorkspaceMethods
 from .workspace.shipping import Shipping
 from .workspace.snapshot import Snapshots
@@ -50,8 +51,10 @@ def git_environment(config: ServerConfig) -> dict:
     secret. The GitHub token reaches a clone through that one process (git.py).
     """
     return {
-        name: value for name, value in config.env.items()
-        if name not in AGENT_FORBIDDEN_ENV and name not in config.dotenv_names
+        name: value
+        for name, value in config.env.items()
+        if name not in AGENT_FORBIDDEN_ENV
+        and name not in config.dotenv_names
         and not name.endswith(SECRET_NAME_SUFFIXES)
     }
 
@@ -98,14 +101,19 @@ class PiServerService(MultiService):
             return
         self._announced = True
         config = self.config
-        self.log.info("pi-server {version} starting; data dir {data_dir}; agent {pi} "
-                      "(pi {pi_version} on Node.js {node_version})",
-                      version=__version__, data_dir=str(config.data_dir),
-                      pi=" ".join(config.pi_command), pi_version=config.agent_version.pi,
-                      node_version=config.agent_version.node or "unknown")
+        self.log.info(
+            "pi-server {version} starting; data dir {data_dir}; agent {pi} "
+            "(pi {pi_version} on Node.js {node_version})",
+            version=__version__,
+            data_dir=str(config.data_dir),
+            pi=" ".join(config.pi_command),
+            pi_version=config.agent_version.pi,
+            node_version=config.agent_version.node or "unknown",
+        )
         for problem in config.dotenv_problems:
-            self.log.warn("{file}: {problem}", file=str(config.data_dir / ".env"),
-                          problem=str(problem))
+            self.log.warn(
+                "{file}: {problem}", file=str(config.data_dir / ".env"), problem=str(problem)
+            )
         if config.auth_token is None:
             self.log.critical(
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
@@ -120,21 +128,40 @@ class PiServerService(MultiService):
             self.log.info("listening on {address}", address=str(address))
             return
         shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
         scheme = "wss" if self.config.tls else "ws"
-        self.log.info("listening on {host}:{port}; WebSocket at {scheme}://{shown}:{port}/rpc",
-                      host=host, port=port, shown=shown, scheme=scheme)
+        web = f"{'https' if self.config.tls else 'http'}://{shown}:{port}/ui"
+        self.log.info(
+            "listening on {host}:{port}; WebSocket at {scheme}://{shown}:{port}/rpc",
+            host=host,
+            port=port,
+            shown=shown,
+            scheme=scheme,
+        )
         if self.config.auth_token_source == "generated":
             # Shown once, when the token is made, so the user can paste it into a client;
-            # the only log line the redaction lets a secret through.
+            # the only log line the redaction lets a secret through. The web link carries
+            # it in the fragment, which browsers never send to a server.
             self.log.info(
-                "new server token stored in {path}; connect with "
-                "{scheme}://{shown}:{port}/rpc?token={token}",
-                path=str(self.config.data_dir / "server-token"), shown=shown, port=port,
-                token=self.config.auth_token, scheme=scheme, **{REVEAL_FIELD: True},
+                "new server token stored in {path}; open the web client at {web}#token={token} "
+                "or connect with {scheme}://{shown}:{port}/rpc?token={token}",
+                path=str(self.config.data_dir / "server-token"),
+                shown=shown,
+                port=port,
+                web=web,
+                token=self.config.auth_token,
+                scheme=scheme,
+                **{REVEAL_FIELD: True},
             )
         elif self.config.auth_token is not None:
-            self.log.info("clients authenticate with the token from {source}",
-                          source=self.config.auth_token_source)
+            self.log.info(
+                "web client at {web}; clients authenticate with the token from {source}",
+                web=web,
+                source=self.config.auth_token_source,
+            )
+        else:
+            self.log.info("web client at {web}", web=web)
 
 
 def build_service(config: ServerConfig, reactor) -> PiServerService:
@@ -145,8 +172,12 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
 
     supervisor = AgentSupervisor(
-        reactor, list(config.pi_command), str(config.data_dir), config.env,
-        forbidden_env=AGENT_FORBIDDEN_ENV, probe_interval=config.agent_probe_interval,
+        reactor,
+        list(config.pi_command),
+        str(config.data_dir),
+        config.env,
+        forbidden_env=AGENT_FORBIDDEN_ENV,
+        probe_interval=config.agent_probe_interval,
         own_process_group=True,
     )
     supervisor.setServiceParent(top)
@@ -156,8 +187,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     github = None
     if config.github_token:
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        github = GithubClient(http, config.github_api_url, config.github_token, reactor,
-                              timeout=config.github_timeout)
+        github = GithubClient(
+            http, config.github_api_url, config.github_token, reactor, timeout=config.github_timeout
+        )
     repos = RepoCatalog(str(config.data_dir), github, git)
     checkouts = Checkouts(git, config.github_token)
 
@@ -165,53 +197,97 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         sessions.publish(session, event_type, payload)
 
     snapshots = Snapshots(git, in_thread, publish)
-    sessions = SessionManager(reactor, config.data_dir, supervisor, store, models,
-                              checkouts=checkouts, journal_limits=config.journal_limits,
-                              merge_window=config.delta_merge_window,
-                              max_agents=config.max_agents,
-                              idle_timeout=config.agent_idle_timeout,
-                              native_tool_timeout=config.native_tool_timeout,
-                              on_run_end=snapshots.run_ended)
+    sessions = SessionManager(
+        reactor,
+        config.data_dir,
+        supervisor,
+        store,
+        models,
+        checkouts=checkouts,
+        journal_limits=config.journal_limits,
+        merge_window=config.delta_merge_window,
+        max_agents=config.max_agents,
+        idle_timeout=config.agent_idle_timeout,
+        native_tool_timeout=config.native_tool_timeout,
+        on_run_end=snapshots.run_ended,
+    )
     sessions.setServiceParent(top)
-    shipping = Shipping(git, snapshots, repos, github, config.github_token, publish,
-                        author=config.git_author, push_timeout=config.clone_timeout)
+    shipping = Shipping(
+        git,
+        snapshots,
+        repos,
+        github,
+        config.github_token,
+        publish,
+        author=config.git_author,
+        push_timeout=config.clone_timeout,
+    )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     limits = config.journal_limits
     agent = config.agent_version.public()
-    methods = RpcMethods(sessions=sessions, models=models, repos=repos, agent=agent,
-                         capabilities={
-        "eventModes": list(EVENT_MODES),
-        "nativeTools": True,
-        "nativeToolTimeoutSec": config.native_tool_timeout,
-        "journal": {"maxEvents": limits.max_events, "maxBytes": limits.max_bytes,
-                    "maxAgeSec": limits.max_age},
-        # The seed's name for how far back a resume reaches.
-        "replayWindowSec": int(limits.max_age),
-    }, workspace=workspace)
-    hub = top.hub = Hub(methods.table(), fallback=methods.pass_through,
-                        send_buffer_limit=config.send_buffer_limit,
-                        clock=reactor, requests_per_second=config.requests_per_second,
-                        redact=Redactor(secret_values(config)).redact)
+    methods = RpcMethods(
+        sessions=sessions,
+        models=models,
+        repos=repos,
+        agent=agent,
+        capabilities={
+            "eventModes": list(EVENT_MODES),
+            "nativeTools": True,
+            "nativeToolTimeoutSec": config.native_tool_timeout,
+            "journal": {
+                "maxEvents": limits.max_events,
+                "maxBytes": limits.max_bytes,
+                "maxAgeSec": limits.max_age,
+            },
+            # The seed's name for how far back a resume reaches.
+            "replayWindowSec": int(limits.max_age),
+        },
+        workspace=workspace,
+    )
+    hub = top.hub = Hub(
+        methods.table(),
+        fallback=methods.pass_through,
+        send_buffer_limit=config.send_buffer_limit,
+        clock=reactor,
+        requests_per_second=config.requests_per_second,
+        redact=Redactor(secret_values(config)).redact,
+    )
     metrics = top.metrics = Metrics()
     refusals = Refusals(metrics, reactor)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(
-        hub, authenticator, config.max_frame_size, reactor=reactor, refusals=refusals,
-        allowed_origins=config.allowed_origins, max_connections=config.max_connections,
+        hub,
+        authenticator,
+        config.max_frame_size,
+        reactor=reactor,
+        refusals=refusals,
+        allowed_origins=config.allowed_origins,
+        max_connections=config.max_connections,
         server_names=config.server_names,
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
-        keepalive_timeout=config.keepalive_timeout)
-    site = make_site(WebSocketResource(factory), agent, reactor=reactor,
-                     idle_timeout=config.handshake_timeout,
-                     max_pending_per_address=config.max_pending_per_address,
-                     on_refused=refusals.refused, metrics=metrics.resource())
+        keepalive_timeout=config.keepalive_timeout,
+    )
+    site = make_site(
+        WebSocketResource(factory),
+        agent,
+        reactor=reactor,
+        idle_timeout=config.handshake_timeout,
+        ui=WebUiResource(authenticator),
+        max_pending_per_address=config.max_pending_per_address,
+        on_refused=refusals.refused,
+        metrics=metrics.resource(),
+    )
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
-        RevocationWatcher(device_tokens, lambda: list(hub.connections.values()), reactor,
-                          token_file=config.data_dir / DEVICE_TOKENS_FILE,
-                          reactor=reactor).setServiceParent(top)
+        RevocationWatcher(
+            device_tokens,
+            lambda: list(hub.connections.values()),
+            reactor,
+            token_file=config.data_dir / DEVICE_TOKENS_FILE,
+            reactor=reactor,
+        ).setServiceParent(top)
     endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
     listener = StreamServerEndpointService(endpoint, site)
     listener.setName("listener")

@@ -6,7 +6,7 @@ answered ``invalid_state``.
 """
 
 from ..errors import InvalidParams, InvalidState
-from ..methods import _bool, _session_id, _string
+from ..methods import _bool, _string, _target_session_id
 from .paths import DEFAULT_READ_BYTES, list_directory, read_file, relative_path
 from .snapshot import DEFAULT_CONTEXT_LINES, DEFAULT_MAX_BYTES
 
@@ -63,7 +63,7 @@ class WorkspaceMethods:
         }
 
     def _code_session(self, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(_target_session_id(request))
         if session.mode != "code":
             raise InvalidState(
                 f"{request.method} works on code sessions; {session.id} is a "

@@ -189,7 +189,7 @@ def tight_buffer_server(make_pi_server):
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_never_reads_is_cut_off(tight_buffer_server, fake_llm):
     server = tight_buffer_server
-    answer = Tokens(2000)  # ~30 MB of full-mode events
+    answer = Tokens(2000)
     fake_llm.script(Reply(answer))
     reader = await server.client()
     session_id = await new_session(reader)

@@ -14,22 +14,32 @@ TOKEN = "integration-test-token"
 
 
 class RunningServer:
-    """One pi-server service over ``agent_dir`` (its data dir); restartable."""
+    """One pi-server service over ``agent_dir`` (its data dir); restartable. With
+    ``auth_token=None`` the server generates its token (see :attr:`token`)."""
 
-    def __init__(self, agent_dir, pi_binary, extra_args=(), environ=None):
+    def __init__(self, agent_dir, pi_binary, extra_args=(), environ=None, auth_token=TOKEN):
         self.agent_dir = agent_dir
         self.pi_binary = pi_binary
         self.extra_args = list(extra_args)
+        self.auth_token = auth_token
         self.environ = {**agent_dir.environment(), **(environ or {})}
         self.service = None
         self.clients = []
 
     def options(self) -> Options:
         options = Options(environ=self.environ)
-        options.parseOptions([
-            "--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
-            "--pi", pi_option(self.pi_binary), "--auth-token", TOKEN, *self.extra_args,
-        ])
+        options.parseOptions(
+            [
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--data-dir",
+                str(self.agent_dir.path),
+                "--pi",
+                pi_option(self.pi_binary),
+                *self.extra_args,
+                *(["--auth-token", self.auth_token] if self.auth_token else []),
+            ]
+        )
         return options
 
     def start(self):
@@ -51,6 +61,10 @@ class RunningServer:
         return self.start()
 
     @property
+    def token(self) -> str:
+        return self.service.config.auth_token
+
+    @property
     def port(self) -> int:
         return self.service.address.port
 
@@ -63,10 +77,11 @@ class RunningServer:
         return self.service.hub
 
     async def client(self, hello=True, deflate=False, **hello_params) -> RpcClient:
-        client = await RpcClient.connect(reactor, self.port, token=TOKEN, deflate=deflate)
+        client = await RpcClient.connect(reactor, self.port, token=self.token, deflate=deflate)
         self.clients.append(client)
         if hello:
-            result = await client.call("hello", {"client": {"name": "tests", "version": "1"},
-                                                 **hello_params})
+            result = await client.call(
+                "hello", {"client": {"name": "tests", "version": "1"}, **hello_params}
+            )
             client.connection_id = result["connectionId"]
         return client

@@ -1,0 +1,673 @@
+// The web client: sign-in, the session list, one open session at a time (/ui/sessions/<id>),
+// the prompt box, dialogs of pi extensions, models, and the git workflow where the server
+// offers it.
+
+import { checkToken, RpcConnection } from "./rpc.js";
+import { Conversation } from "./conversation.js";
+
+const TOKEN_KEY = "pi-server.token";
+const $ = (id) => document.getElementById(id);
+const el = (tag, className, text) => {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+};
+
+const app = {
+  rpc: null,
+  sessionId: null,
+  session: null,
+  sessions: [],
+  repos: [],
+  conversation: null,
+  dialogs: [],
+  gitOffered: false,
+};
+
+// -- small page helpers -------------------------------------------------------
+
+function toast(text, kind = "info") {
+  const node = el("div", `toast ${kind}`, text);
+  $("toasts").append(node);
+  setTimeout(() => node.remove(), kind === "error" ? 8000 : 4000);
+}
+
+function failed(error) {
+  toast(error && error.message ? error.message : String(error), "error");
+}
+
+const CONNECTION_TEXT = {
+  starting: "Starting…",
+  connecting: "Connecting…",
+  reconnecting: "Reconnecting…",
+  online: "Online",
+  offline: "Offline",
+  waiting: "Disconnected",
+  unauthorized: "Signed out",
+  error: "Error",
+};
+
+function showConnection(state, detail) {
+  const node = $("connection");
+  node.dataset.state = state;
+  node.textContent = CONNECTION_TEXT[state] || state;
+  node.title = detail || "";
+}
+
+function sessionIdFromPath() {
+  const match = location.pathname.match(/^\/ui\/sessions\/([^/]+)$/);
+  return match ? decodeURIComponent(match[1]) : null;
+}
+
+function navigate(sessionId) {
+  const path = sessionId ? `/ui/sessions/${encodeURIComponent(sessionId)}` : "/ui";
+  if (location.pathname !== path) history.pushState({}, "", path);
+  route();
+}
+
+// -- signing in ---------------------------------------------------------------
+
+function tokenFromFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get("token");
+  if (token === null) return null;
+  // The token leaves the address bar and the history at once.
+  history.replaceState(history.state, "", location.pathname + location.search);
+  return token;
+}
+
+function showSignIn(message) {
+  $("sign-in").hidden = false;
+  $("app").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in-error").textContent = message || "";
+  $("token").focus();
+}
+
+async function signIn(token, fromLink) {
+  let accepted;
+  try {
+    accepted = await checkToken(token);
+  } catch (error) {
+    showSignIn(`Cannot reach the server: ${error.message}`);
+    return;
+  }
+  if (!accepted) {
+    localStorage.removeItem(TOKEN_KEY);
+    showSignIn(fromLink ? "The token in that link is wrong." : "That token is wrong.");
+    return;
+  }
+  if (token) localStorage.setItem(TOKEN_KEY, token);
+  start(token);
+}
+
+function signOut() {
+  localStorage.removeItem(TOKEN_KEY);
+  if (app.rpc) app.rpc.stop();
+  app.rpc = null;
+  showConnection("unauthorized");
+  showSignIn("");
+}
+
+// -- the connection -----------------------------------------------------------
+
+function start(token) {
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("sign-out").hidden = !token;
+  app.rpc = new RpcConnection({
+    token,
+    client: { name: "pi-server web", version: "1" },
+    onState: (state, detail) => {
+      showConnection(state, detail);
+      if (state === "unauthorized") showSignIn("The server no longer accepts this token.");
+    },
+    onEvent: received,
+    onHello: (result, resumed) => connected(result, resumed),
+    onHeartbeat: ({ sessions }) => {
+      app.sessions = sessions;
+      renderList();
+      showSessionTitle();
+    },
+  });
+  app.rpc.connect();
+}
+
+async function connected(result, resumed) {
+  if (!resumed) {
+    await refreshList();
+    route();
+    performance.mark("pi-interactive");
+    document.documentElement.dataset.ready = "true";
+    return;
+  }
+  const how = result.resumed && app.sessionId ? result.resumed[app.sessionId] : null;
+  if (how === "not_found") {
+    toast("This session no longer exists.", "error");
+    navigate(null);
+  }
+  refreshList();
+}
+
+function received(envelope) {
+  const { type, payload } = envelope;
+  if (type === "session_progress" && envelope.sessionId !== app.sessionId) {
+    // A code session's checkout being made for session.create.
+    $("create-status").textContent = payload.message || "";
+    return;
+  }
+  if (envelope.sessionId !== app.sessionId || !app.conversation) return;
+  if (type === "extension_ui_request") return dialogRequested(payload);
+  if (type === "extension_ui_resolved") return dialogResolved(payload.id);
+  if (type === "files_changed") return filesChanged(payload);
+  if (type === "session_progress") return ($("status-line").textContent = payload.message || "");
+  app.conversation.apply(type, payload);
+  if (type === "thinking_level_changed") $("thinking").value = payload.level;
+  if (type === "agent_settled") {
+    $("status-line").textContent = "";
+    // The first prompt names the session.
+    refreshList({ repos: false }).then(showSessionTitle);
+  }
+}
+
+// -- the session list ---------------------------------------------------------
+
+async function refreshList({ repos = true } = {}) {
+  try {
+    const [{ sessions }, offered] = await Promise.all([
+      app.rpc.call("session.list"),
+      repos ? app.rpc.call("repos.list").catch(() => ({ repos: [], warnings: [] })) : null,
+    ]);
+    app.sessions = sessions;
+    if (offered) {
+      app.repos = offered.repos || [];
+      renderRepos(offered.warnings || []);
+    }
+    renderList();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+function renderRepos(warnings) {
+  const select = $("repo-select");
+  select.replaceChildren(...app.repos.map((repo) => {
+    const option = el("option", "", repo.name || repo.id);
+    option.value = repo.id;
+    return option;
+  }));
+  select.hidden = $("new-code").hidden = app.repos.length === 0;
+  const text = warnings.map((w) => (typeof w === "string" ? w : w.message || JSON.stringify(w)));
+  $("repo-warnings").hidden = text.length === 0;
+  $("repo-warnings").textContent = text.join("; ");
+}
+
+function sessionTitle(session) {
+  return session.name || (session.mode === "code" ? `Code: ${session.repoId}` : "New chat");
+}
+
+function renderList() {
+  const list = $("sessions");
+  const items = [...app.sessions]
+    .sort((a, b) => String(b.lastActivityAt).localeCompare(String(a.lastActivityAt)))
+    .map((session) => {
+      const item = el("li");
+      const link = el("a", "session-link");
+      link.href = `/ui/sessions/${encodeURIComponent(session.sessionId)}`;
+      link.dataset.sessionId = session.sessionId;
+      if (session.sessionId === app.sessionId) link.setAttribute("aria-current", "page");
+      link.append(el("span", "session-title", sessionTitle(session)));
+      const when = session.lastActivityAt ? new Date(session.lastActivityAt).toLocaleString() : "";
+      link.append(el("span", "session-meta", `${session.mode} · ${when}`));
+      item.append(link);
+      return item;
+    });
+  list.replaceChildren(...items);
+  $("no-sessions").hidden = items.length > 0;
+}
+
+async function createSession(params) {
+  const status = $("create-status");
+  status.textContent = params.mode === "code" ? "Preparing the checkout…" : "Starting…";
+  try {
+    const { sessionId } = await app.rpc.call("session.create", params);
+    await refreshList();
+    navigate(sessionId);
+    $("prompt").focus();
+  } catch (error) {
+    failed(error);
+  } finally {
+    status.textContent = "";
+  }
+}
+
+// -- one session --------------------------------------------------------------
+
+function route() {
+  const sessionId = sessionIdFromPath();
+  document.body.className = sessionId ? "view-session" : "view-list";
+  if (sessionId !== app.sessionId) openSession(sessionId);
+  renderList();
+}
+
+async function openSession(sessionId) {
+  app.sessionId = sessionId;
+  app.session = app.sessions.find((s) => s.sessionId === sessionId) || null;
+  closeDialogs();
+  $("git").hidden = true;
+  $("changes").hidden = true;
+  app.gitOffered = false;
+  $("placeholder").hidden = Boolean(sessionId);
+  $("session-view").hidden = !sessionId;
+  if (!sessionId) {
+    app.rpc.unfollow();
+    app.conversation = null;
+    $("title").textContent = "pi-server";
+    return;
+  }
+  showSessionTitle();
+  app.conversation = new Conversation($("conversation"), {
+    onRunning: showRunning,
+    onChange: scrollToEnd,
+  });
+  // Every event of the session from its start: the history, then the live run.
+  app.rpc.follow(sessionId, 0);
+  try {
+    await app.rpc.call("session.attach", { sessionId, exclusive: true, lastSeq: 0 });
+  } catch (error) {
+    if (app.sessionId !== sessionId) return;
+    if (error.code === "not_found") {
+      toast("No such session.", "error");
+      navigate(null);
+    } else {
+      failed(error);
+    }
+    return;
+  }
+  if (app.sessionId !== sessionId) return;
+  loadModels(sessionId);
+  if (app.session && app.session.mode === "code") probeGit(sessionId);
+}
+
+function showSessionTitle() {
+  app.session = app.sessions.find((s) => s.sessionId === app.sessionId) || app.session;
+  if (!app.sessionId) return;
+  $("title").textContent = app.session ? sessionTitle(app.session) : "Session";
+  $("session-name").textContent = $("title").textContent;
+}
+
+function showRunning(running) {
+  $("run-state").dataset.running = String(running);
+  $("run-state").textContent = running ? "Working…" : "";
+  $("send").textContent = running ? "Steer" : "Send";
+  $("send").title = running ? "Send now, to steer the current run" : "";
+  $("follow-up").hidden = !running;
+  $("abort").hidden = !running;
+}
+
+function scrollToEnd() {
+  const box = $("conversation");
+  if (box.scrollHeight - box.scrollTop - box.clientHeight < 160) box.scrollTop = box.scrollHeight;
+}
+
+async function sendPrompt(behavior) {
+  const box = $("prompt");
+  const message = box.value;
+  if (!message.trim() || !app.sessionId) return;
+  const params = { message };
+  if (app.conversation && app.conversation.running) params.streamingBehavior = behavior || "steer";
+  box.value = "";
+  try {
+    await app.rpc.call("prompt", params, app.sessionId);
+    if (params.streamingBehavior) {
+      toast(params.streamingBehavior === "steer" ? "Steering message sent." : "Queued.");
+    }
+  } catch (error) {
+    if (!box.value) box.value = message;
+    failed(error);
+  }
+}
+
+async function loadModels(sessionId) {
+  const modelSelect = $("model");
+  const thinkingSelect = $("thinking");
+  try {
+    const [state, { models }] = await Promise.all([
+      app.rpc.call("get_state", {}, sessionId),
+      app.rpc.call("get_available_models", {}, sessionId),
+    ]);
+    if (app.sessionId !== sessionId) return;
+    const current = state.model ? `${state.model.provider}/${state.model.id}` : "";
+    modelSelect.replaceChildren(...models.map((model) => {
+      const option = el("option", "", model.name || model.id);
+      option.value = `${model.provider}/${model.id}`;
+      option.selected = option.value === current;
+      return option;
+    }));
+    modelSelect.hidden = models.length === 0;
+    if (state.isStreaming) showRunning(true);
+    loadThinking(sessionId, state.thinkingLevel);
+  } catch (error) {
+    modelSelect.hidden = thinkingSelect.hidden = true;
+  }
+}
+
+async function loadThinking(sessionId, current) {
+  const select = $("thinking");
+  try {
+    const result = await app.rpc.call("get_available_thinking_levels", {}, sessionId);
+    if (app.sessionId !== sessionId) return;
+    const levels = Array.isArray(result) ? result : result.levels || [];
+    select.replaceChildren(...levels.map((level) => {
+      const option = el("option", "", `thinking: ${level}`);
+      option.value = level;
+      option.selected = level === current;
+      return option;
+    }));
+    select.hidden = levels.length < 2;
+  } catch {
+    // Servers without the method (unknown_method) offer no thinking levels.
+    select.hidden = true;
+  }
+}
+
+// -- extension dialogs --------------------------------------------------------
+
+function dialogRequested(request) {
+  if (!["confirm", "select", "input", "editor"].includes(request.method)) {
+    if (request.method === "notify") toast(request.message || "", request.notifyType || "info");
+    if (request.method === "setStatus") $("status-line").textContent = request.statusText || "";
+    return;
+  }
+  if (app.dialogs.some((d) => d.id === request.id)) return;
+  app.dialogs.push(request);
+  if (app.dialogs.length === 1) showDialog();
+}
+
+function dialogResolved(id) {
+  const wasShown = app.dialogs.length && app.dialogs[0].id === id;
+  app.dialogs = app.dialogs.filter((d) => d.id !== id);
+  if (wasShown) showDialog();
+}
+
+function closeDialogs() {
+  app.dialogs = [];
+  showDialog();
+}
+
+function showDialog() {
+  const dialog = $("dialog");
+  const request = app.dialogs[0];
+  if (!request) {
+    if (dialog.open) dialog.close();
+    return;
+  }
+  $("dialog-title").textContent = request.title || "The agent asks";
+  $("dialog-message").textContent = request.message || "";
+  const body = $("dialog-body");
+  const buttons = $("dialog-buttons");
+  body.replaceChildren();
+  buttons.replaceChildren();
+  const button = (text, answer, className = "") => {
+    const node = el("button", className, text);
+    node.type = "button";
+    node.addEventListener("click", () => answerDialog(request, answer()));
+    buttons.append(node);
+    return node;
+  };
+  if (request.method === "confirm") {
+    button("No", () => ({ confirmed: false }), "quiet");
+    button("Yes", () => ({ confirmed: true })).dataset.default = "true";
+  } else if (request.method === "select") {
+    for (const option of request.options || []) {
+      const node = el("button", "choice", String(option));
+      node.type = "button";
+      node.addEventListener("click", () => answerDialog(request, { value: String(option) }));
+      body.append(node);
+    }
+    button("Cancel", () => ({ cancelled: true }), "quiet");
+  } else {
+    const field = el(request.method === "editor" ? "textarea" : "input", "dialog-field");
+    field.setAttribute("aria-label", request.title || "Answer");
+    if (request.method === "editor") {
+      field.rows = 8;
+      field.value = request.prefill || "";
+    } else {
+      field.placeholder = request.placeholder || "";
+    }
+    body.append(field);
+    button("Cancel", () => ({ cancelled: true }), "quiet");
+    button("OK", () => ({ value: field.value }));
+  }
+  if (!dialog.open) dialog.showModal();
+}
+
+async function answerDialog(request, answer) {
+  if (request.local) return answerLocalDialog(request, answer);
+  try {
+    await app.rpc.call("extension_ui_response", { id: request.id, ...answer }, app.sessionId);
+  } catch (error) {
+    if (error.code !== "not_found") {
+      failed(error);
+      return;
+    }
+  }
+  dialogResolved(request.id);
+}
+
+// Dialogs the page itself asks (deleting a session) are answered here, not by the server.
+async function answerLocalDialog(request, answer) {
+  dialogResolved(request.id);
+  if (!answer.confirmed) return;
+  const sessionId = request.id.slice("delete-".length);
+  try {
+    await app.rpc.call("session.delete", { sessionId });
+    toast("Session deleted.");
+    if (app.sessionId === sessionId) navigate(null);
+    refreshList();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+// -- the git workflow (where the server offers it) ----------------------------
+
+async function probeGit(sessionId) {
+  try {
+    const diff = await app.rpc.call("session.diff", { maxBytes: 262144 }, sessionId);
+    if (app.sessionId !== sessionId) return;
+    app.gitOffered = true;
+    $("changes").hidden = false;
+    showFileCount(diff.files.length);
+  } catch {
+    // unknown_method (a server without the git workflow) or invalid_state: no such feature.
+    app.gitOffered = false;
+  }
+}
+
+function showFileCount(count) {
+  $("changes").textContent = count ? `Changes (${count})` : "Changes";
+}
+
+function filesChanged(payload) {
+  if (!app.gitOffered) return;
+  showFileCount((payload.files || []).length);
+  if (!$("git").hidden) loadDiff();
+}
+
+async function loadDiff() {
+  const sessionId = app.sessionId;
+  try {
+    const diff = await app.rpc.call("session.diff", { maxBytes: 262144 }, sessionId);
+    if (app.sessionId !== sessionId) return;
+    showFileCount(diff.files.length);
+    $("git-files").replaceChildren(...diff.files.map((file) => {
+      const item = el("li", `file ${file.status}`);
+      item.append(el("span", "file-status", file.status));
+      item.append(el("span", "file-path", file.oldPath ? `${file.oldPath} → ${file.path}` : file.path));
+      item.append(el("span", "file-counts", `+${file.additions} −${file.deletions}`));
+      return item;
+    }));
+    renderDiff(diff.diff || "");
+    $("git-note").textContent = diff.files.length
+      ? (diff.truncated ? "The diff is truncated." : "")
+      : "No changes.";
+    $("commit-form").hidden = diff.files.length === 0;
+    const github = app.session && app.repos.some((r) => r.id === app.session.repoId && r.source === "github");
+    $("push").hidden = false;
+    $("pr-form").hidden = !github;
+  } catch (error) {
+    failed(error);
+  }
+}
+
+function renderDiff(text) {
+  const lines = text.split("\n").map((line) => {
+    let kind = "";
+    if (line.startsWith("+++") || line.startsWith("---") || line.startsWith("diff ")) kind = "meta";
+    else if (line.startsWith("@@")) kind = "hunk";
+    else if (line.startsWith("+")) kind = "add";
+    else if (line.startsWith("-")) kind = "del";
+    return el("span", `line ${kind}`, `${line}\n`);
+  });
+  $("git-diff").replaceChildren(...lines);
+}
+
+async function gitCall(method, params, describe) {
+  $("git-result").textContent = "";
+  try {
+    const result = await app.rpc.call(method, params, app.sessionId);
+    $("git-result").replaceChildren(describe(result));
+    loadDiff();
+  } catch (error) {
+    $("git-result").textContent = error.message;
+  } finally {
+    $("status-line").textContent = "";
+    $("git-result").scrollIntoView({ block: "nearest" });
+  }
+}
+
+function safeLink(url, text) {
+  const link = el("a", "", text);
+  try {
+    const parsed = new URL(url);
+    if (parsed.protocol === "https:" || parsed.protocol === "http:") {
+      link.href = parsed.href;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+    }
+  } catch {
+    // Not a URL: shown as text.
+  }
+  return link;
+}
+
+// -- wiring -------------------------------------------------------------------
+
+function wire() {
+  $("sign-in-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    signIn($("token").value.trim(), false);
+  });
+  $("sign-out").addEventListener("click", signOut);
+  $("back").addEventListener("click", () => navigate(null));
+  $("new-chat").addEventListener("click", () => createSession({ mode: "chat" }));
+  $("new-code").addEventListener("click", () =>
+    createSession({ mode: "code", repoId: $("repo-select").value }));
+  $("sessions").addEventListener("click", (event) => {
+    const link = event.target.closest("a.session-link");
+    if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    navigate(link.dataset.sessionId);
+  });
+  window.addEventListener("popstate", route);
+  // A token link opened in a tab that shows the page already.
+  window.addEventListener("hashchange", () => {
+    const token = tokenFromFragment();
+    if (token === null) return;
+    if (app.rpc) app.rpc.stop();
+    app.rpc = null;
+    signIn(token, true);
+  });
+
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendPrompt("steer");
+  });
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      sendPrompt("steer");
+    }
+  });
+  $("follow-up").addEventListener("click", () => sendPrompt("followUp"));
+  $("abort").addEventListener("click", () =>
+    app.rpc.call("abort", {}, app.sessionId).catch(failed));
+
+  $("model").addEventListener("change", () => {
+    const [provider, ...rest] = $("model").value.split("/");
+    const modelId = rest.join("/");
+    app.rpc.call("set_model", { provider, modelId }, app.sessionId)
+      .then(() => {
+        toast(`Model: ${modelId}`);
+        loadThinking(app.sessionId, null);
+      })
+      .catch(failed);
+  });
+  $("thinking").addEventListener("change", () => {
+    const level = $("thinking").value;
+    app.rpc.call("set_thinking_level", { level }, app.sessionId)
+      .then(() => toast(`Thinking: ${level}`))
+      .catch(failed);
+  });
+
+  $("delete").addEventListener("click", () => {
+    const sessionId = app.sessionId;
+    dialogRequested({
+      id: `delete-${sessionId}`, method: "confirm", title: "Delete this session?",
+      message: "Its conversation and working directory are removed.", local: true,
+    });
+  });
+  $("changes").addEventListener("click", () => {
+    $("git").hidden = !$("git").hidden;
+    if (!$("git").hidden) loadDiff();
+  });
+  $("commit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    gitCall("session.commit", { message: $("commit-message").value, all: true }, (result) => {
+      $("commit-message").value = "";
+      return el("span", "", `Committed ${String(result.commit).slice(0, 10)} (${(result.files || []).length} files).`);
+    });
+  });
+  $("push").addEventListener("click", () =>
+    gitCall("session.push", {}, (result) => el("span", "", result.pushed
+      ? `Pushed ${result.branch} to ${result.repository} as ${result.remoteBranch}.`
+      : result.message || `The branch ${result.branch} needs no push.`)));
+  $("pr-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    gitCall("session.pull_request", {
+      title: $("pr-title").value, body: $("pr-body").value, draft: $("pr-draft").checked,
+    }, (result) => {
+      $("pr-title").value = $("pr-body").value = "";
+      return safeLink(result.url, `Pull request #${result.number}`);
+    });
+  });
+}
+
+async function main() {
+  wire();
+  const fromLink = tokenFromFragment();
+  if (fromLink !== null) return signIn(fromLink, true);
+  const stored = localStorage.getItem(TOKEN_KEY);
+  if (stored) return start(stored);
+  // A server without authentication (--no-auth) takes no token at all.
+  try {
+    if (await checkToken("")) return start("");
+  } catch {
+    // Unreachable: the form says so when used.
+  }
+  showSignIn("");
+}
+
+main();

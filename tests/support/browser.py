@@ -1,0 +1,112 @@
+"""Debian's headless Chromium driven through Playwright, beside the Twisted reactor.
+
+Playwright's API is asyncio; the tests run on Twisted's reactor (the server under test is in
+the same process). :class:`Browser` runs Playwright's own event loop in a thread of its own
+and :meth:`Browser.run` hands it a coroutine, answering with a Deferred the reactor waits on::
+
+    browser = Browser.start()
+    page = await browser.run(browser.new_page(viewport={"width": 375, "height": 812}))
+    await browser.run(page.goto(url))
+    browser.stop()
+
+No browser is downloaded: the system's ``chromium`` (``scripts/install-chromium`` installs
+it) or ``$PI_SERVER_TEST_CHROMIUM`` is launched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+
+from twisted.internet import defer, reactor
+
+CHROMIUM_FLAGS = [
+    # The network here is closed: Chromium's own background connections only fail.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-gpu",
+    # Tests run as root in CI.
+    "--no-sandbox",
+]
+
+# Runs before the page's own scripts (Playwright injects it; the page's CSP does not apply).
+RECORD_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", (e) => window.__violations.push(
+    [e.violatedDirective, e.blockedURI, e.sourceFile, e.lineNumber].join(" ")));
+"""
+
+
+def chromium_path() -> str:
+    path = os.environ.get("PI_SERVER_TEST_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        raise RuntimeError("chromium not found: run scripts/install-chromium (tox does)")
+    return path
+
+
+class Browser:
+    def __init__(self):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="playwright", daemon=True
+        )
+        self._playwright = None
+        self.chromium = None
+
+    @classmethod
+    def start(cls) -> Browser:
+        browser = cls()
+        browser._thread.start()
+        browser._wait(browser._launch())
+        return browser
+
+    async def _launch(self):
+        from playwright.async_api import async_playwright
+
+        self._playwright = await async_playwright().start()
+        self.chromium = await self._playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
+        )
+
+    def _wait(self, coroutine):
+        """Runs ``coroutine`` on Playwright's loop and blocks until it is done (set-up and
+        tear-down only, when the reactor has nothing to do)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=120)
+
+    def run(self, coroutine) -> defer.Deferred:
+        """Runs ``coroutine`` on Playwright's loop; fires with its result in the reactor."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        result = defer.Deferred()
+
+        def done(finished):
+            error = finished.exception()
+            if error is not None:
+                reactor.callFromThread(result.errback, error)
+            else:
+                reactor.callFromThread(result.callback, finished.result())
+
+        future.add_done_callback(done)
+        return result
+
+    async def new_page(self, **context_options):
+        """A page in a fresh context (its own storage), which records CSP violations and
+        dialogs of its own in ``window.__violations``."""
+        context = await self.chromium.new_context(**context_options)
+        await context.add_init_script(RECORD_VIOLATIONS)
+        return await context.new_page()
+
+    def stop(self) -> None:
+        async def close():
+            await self.chromium.close()
+            await self._playwright.stop()
+
+        try:
+            self._wait(close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)

@@ -1,0 +1,120 @@
+"""The /ui resource with fake requests: which paths answer the page or a file, the headers,
+compression and the token check (revalidation is in tests/integration/test_webui.py: the
+fake request does not do ETags)."""
+
+import gzip
+import re
+
+import pytest
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
+
+from piserver.auth import Authenticator
+from piserver.http import RootResource
+from piserver.webui import CONTENT_SECURITY_POLICY, WebUiResource, load_assets
+
+TOKEN = "unit-test-token-value"
+
+
+@pytest.fixture(scope="module")
+def assets():
+    return load_assets()
+
+
+@pytest.fixture
+def ui(assets):
+    return WebUiResource(Authenticator(TOKEN), assets)
+
+
+def get(resource, path: str, headers=None):
+    # What twisted.web leaves below /ui: "/ui/" is [b""], "/ui" is [].
+    request = DummyRequest([segment.encode() for segment in path.split("/")[2:]])
+    request.path = path.encode()
+    for name, value in (headers or {}).items():
+        request.requestHeaders.setRawHeaders(name, [value])
+    body = resource.render(request)
+    request.body = body
+    return request
+
+
+def header(request, name):
+    values = request.responseHeaders.getRawHeaders(name)
+    return values[0] if values else None
+
+
+def test_everything_the_page_names_is_package_data(assets):
+    page = assets["index.html"].body.decode()
+    named = re.findall(r'(?:src|href)="/ui/assets/([^"]+)"', page)
+    assert "app.js" in named and "style.css" in named
+    assert set(named) <= set(assets)
+    # The modules import each other by relative paths.
+    for name, asset in assets.items():
+        if name.endswith(".js") and not name.startswith("vendor/"):
+            for imported in re.findall(r'from "\./([^"]+)"', asset.body.decode()):
+                assert imported in assets, (name, imported)
+
+
+@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/sessions/abc-123"])
+def test_the_page_at_ui_and_each_session(ui, path):
+    request = get(ui, path)
+    assert request.responseCode in (None, 200)
+    assert request.body.startswith(b"<!doctype html>")
+    assert header(request, b"content-security-policy") == CONTENT_SECURITY_POLICY.encode()
+    assert header(request, b"x-content-type-options") == b"nosniff"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/assets/nope.js",
+        "/ui/assets/../webui.py",
+        "/ui/assets/vendor/",
+        "/ui/assets/",
+        "/ui/sessions/",
+        "/ui/sessions/a/b",
+        "/ui/other",
+    ],
+)
+def test_anything_else_is_a_json_404(ui, path):
+    request = get(ui, path)
+    assert request.responseCode == 404
+    assert b'"not_found"' in request.body
+    assert header(request, b"content-security-policy") is not None
+
+
+def test_files_are_compressed_when_accepted(ui, assets):
+    plain = get(ui, "/ui/assets/app.js")
+    assert plain.body == assets["app.js"].body
+    assert header(plain, b"content-type") == b"text/javascript; charset=utf-8"
+    zipped = get(ui, "/ui/assets/app.js", {"accept-encoding": "gzip, br"})
+    assert header(zipped, b"content-encoding") == b"gzip"
+    assert gzip.decompress(zipped.body) == assets["app.js"].body
+
+
+def test_auth_answers_whether_the_token_is_right(ui):
+    assert get(ui, "/ui/auth", {"authorization": f"Bearer {TOKEN}"}).responseCode in (None, 200)
+    wrong = get(ui, "/ui/auth", {"authorization": "Bearer nope-nope-nope"})
+    assert wrong.responseCode == 401
+    assert TOKEN.encode() not in wrong.body
+    assert get(ui, "/ui/auth").responseCode == 401
+
+
+@pytest.mark.parametrize(
+    "accept, redirected",
+    [
+        ("text/html,application/xhtml+xml,*/*;q=0.8", True),
+        ("application/json", False),
+        ("*/*", False),
+        (None, False),
+    ],
+)
+def test_root_sends_browsers_to_ui(accept, redirected):
+    root = RootResource(rpc=Resource(), agent={}, ui=Resource())
+    request = DummyRequest([b""])
+    if accept:
+        request.requestHeaders.setRawHeaders(b"accept", [accept])
+    body = root.render(request)
+    if redirected:
+        assert (request.responseCode, header(request, b"location")) == (302, b"/ui")
+    else:
+        assert b'"pi-server"' in body
