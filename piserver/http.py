@@ -208,14 +208,14 @@ class GuardedChannel(HTTPChannel):
         self._request_arrived()
         super().allContentReceived()
 
-    def requestDone(self, request):
-        super().requestDone(request)
-        if self.persistent and self.transport is not None:
-            # The next request on this connection is bounded like the first.
-            key = _address_key(self.transport.getPeer())
-            self.site.request_started(key, refuse=False)
-            self._pending_key = key
+    def dataReceived(self, data):
+        if data and self._pending_key is None and self.transport is not None:
+            # The first bytes of another request on a kept-alive connection: it is bounded
+            # like the first (between requests only the idle timeout applies).
+            self._pending_key = _address_key(self.transport.getPeer())
+            self.site.request_started(self._pending_key, refuse=False)
             self._start_deadline()
+        super().dataReceived(data)
 
     def connectionLost(self, reason):
         self._request_arrived()

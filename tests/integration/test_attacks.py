@@ -204,3 +204,33 @@ def test_get_rpc_without_upgrade_answers_the_json_error(server):
         process.port, upgrade_request(headers=[f"Authorization: Bearer {SERVER_TOKEN}"])
     )
     assert b"autobahn" not in upgraded.lower()
+
+
+def test_kept_alive_connections_are_bounded_per_request_not_while_idle(server):
+    process = server(
+        "--auth-token", SERVER_TOKEN, "--handshake-timeout", "2", "--max-pending-per-address", "4"
+    )
+    # A browser's idle kept-alive connections are not requests still arriving.
+    idle = []
+    for _ in range(8):
+        s = socket.create_connection(("127.0.0.1", process.port), timeout=10)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status_of(s.recv(65536)) == 200
+        idle.append(s)
+    assert status_of(http_exchange(process.port, b"GET /health HTTP/1.0\r\n\r\n")) == 200
+    # The next request on a kept-alive connection is bounded in time like the first.
+    trickling = idle[0]
+    trickling.settimeout(0.25)
+    sent = 0
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        while sent < 80:
+            trickling.sendall(b"G" if sent == 0 else b"X")
+            sent += 1
+            try:
+                if trickling.recv(1) == b"":
+                    raise ConnectionResetError("closed by the server")
+            except TimeoutError:
+                pass
+    assert sent < 40
+    for s in idle:
+        s.close()
