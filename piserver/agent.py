@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from piserver.errors import AgentCommandFailed, AgentExited, AgentTimeout
+from piserver.outcome import SharedOutcome
 
 log = Logger()
 
@@ -120,41 +121,6 @@ class LineSplitter:
         return line, cut
 
 
-class _Outcome:
-    """A result that arrives once and can be awaited by any number of callers.
-
-    Each ``observe()`` returns a new Deferred, so callers never disturb each
-    other's callback chains, and a failure nobody asked about is never reported
-    as an unhandled error.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: list[defer.Deferred] = []
-        self.settled = False
-        self._result: Any = None
-
-    def observe(self) -> defer.Deferred:
-        if self.settled:
-            if isinstance(self._result, Failure):
-                return defer.fail(self._result)
-            return defer.succeed(self._result)
-        waiting: defer.Deferred = defer.Deferred()
-        self._waiting.append(waiting)
-        return waiting
-
-    def settle(self, result: Any) -> None:
-        if self.settled:
-            return
-        self.settled = True
-        self._result = result
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-
-
 class _StdinBackpressure:
     """The producer of an agent's stdin: the pipe pauses it when pi stops reading, and
     what is written meanwhile is counted (``queued``)."""
@@ -227,8 +193,8 @@ class AgentProtocol(protocol.ProcessProtocol):
         self._pending: dict[str, _PendingCommand] = {}
         # Ids of commands that timed out or were cancelled: their late answer is dropped.
         self._abandoned: set[str] = set()
-        self._ready = _Outcome()
-        self._exited = _Outcome()
+        self._ready = SharedOutcome()
+        self._exited = SharedOutcome()
         self._stdin_closed = False
         self.pid: int | None = None
         self.exit: AgentExit | None = None

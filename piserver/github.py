@@ -22,6 +22,7 @@ from twisted.web.iweb import IResponse
 
 from piserver import __version__
 from piserver.errors import GithubError
+from piserver.outcome import SharedOutcome
 
 log = Logger()
 
@@ -215,8 +216,8 @@ class GithubClient:
         self._cache_seconds = cache_seconds
         self._cached: list[dict] | None = None
         self._cached_at = 0.0
-        self._waiters: list[defer.Deferred] = []
-        self._listing = False
+        # The listing under way, which callers arriving meanwhile share; None when idle.
+        self._listing: SharedOutcome | None = None
 
     @property
     def api_url(self) -> str:
@@ -229,28 +230,22 @@ class GithubClient:
             and self._clock.seconds() - self._cached_at < self._cache_seconds
         ):
             return defer.succeed([dict(repo) for repo in self._cached])
-        # Callers arriving while a listing is under way share it.
-        waiter = defer.Deferred(self._waiters.remove)
-        self._waiters.append(waiter)
-        if not self._listing:
-            self._listing = True
+        outcome = self._listing
+        if outcome is None:
+            outcome = self._listing = SharedOutcome()
             listing = defer.Deferred.fromCoroutine(self._list_all())
-            listing.addBoth(self._listed)
-        return waiter
+            listing.addBoth(self._listed, outcome)
+        # Each caller gets copies: one changing its list changes nobody else's.
+        return outcome.observe().addCallback(lambda repos: [dict(r) for r in repos])
 
-    def _listed(self, result) -> None:
-        waiters, self._waiters = self._waiters, []
-        self._listing = False
+    def _listed(self, result, outcome: SharedOutcome) -> None:
+        self._listing = None
         if isinstance(result, list):
             self._cached = result
             self._cached_at = self._clock.seconds()
-            for waiter in waiters:
-                waiter.callback([dict(repo) for repo in result])
-        elif waiters:
-            for waiter in waiters:
-                waiter.errback(result)
-        elif not result.check(GithubError):
+        elif not outcome.waiting and not result.check(GithubError):
             log.failure("GitHub listing failed with nobody waiting", result)
+        outcome.settle(result)
 
     async def _list_all(self) -> list[dict]:
         started = self._clock.seconds()
