@@ -23,7 +23,8 @@ DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_MAX_PENDING_PER_ADDRESS = 16
 
 # Server-side secrets that are never passed on to an agent process.
-SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN"})
+SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN",
+                               "PI_SERVER_NOTIFY_SECRET"})
 # Environment variables named like these hold secrets (kept from git, redacted from logs).
 SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
@@ -70,6 +71,14 @@ class ServerConfig:
     agent_probe_interval: float = 30.0
     # Host names the server is reached by (--server-name and a specific --host).
     server_names: frozenset = frozenset()
+    # GET /health requests appear in the access log.
+    log_health: bool = True
+    # Scrapers of /metrics present it as a bearer token; None: /metrics is open.
+    metrics_token: str | None = None
+    # URLs notified of finished runs, waiting input and failed agents (notify.py).
+    notify_urls: tuple = ()
+    # Key of the notifications' HMAC signature; None: unsigned.
+    notify_secret: str | None = None
 
     @property
     def github_token(self) -> str | None:

@@ -34,13 +34,16 @@ class DeviceCalls:
     log = Logger()
 
     def __init__(self, session_id: str, clock, publish, send_to_agent, connections,
-                 call_timeout: float):
+                 call_timeout: float, tell=None):
         """
         ``publish(event_type, payload, to=None)`` sends an event to the session's
         connections (``to``: only those ids); ``send_to_agent(message)`` writes to
-        pi's stdin; ``connections()`` lists the attached connections.
+        pi's stdin; ``connections()`` lists the attached connections;
+        ``tell(happening, **fields)`` hears of ``native_tool_call``,
+        ``native_tool_timeout`` and ``dialog`` (metrics, notifications).
         """
         self._session_id = session_id
+        self._tell = tell or (lambda happening, **fields: None)
         self._publish = publish
         self._send_to_agent = send_to_agent
         self._connections = connections
@@ -60,6 +63,7 @@ class DeviceCalls:
             dialog = parse_dialog(event)
             if dialog is not None:
                 self.dialogs.add(dialog, self._dialog_expired)
+                self._tell("dialog", method=dialog.method, title=event.get("title"))
             # Dialogs and notices (notify, setStatus, …) go to every client as pi sent them.
             return False
         if event_type == "tool_execution_end":
@@ -75,6 +79,7 @@ class DeviceCalls:
         self.log.info("session {session_id}: native tool {tool} called ({call_id})",
                       session_id=self._session_id, tool=call.tool_name, call_id=call.call_id)
         self.calls.add(call, self._call_expired)
+        self._tell("native_tool_call", tool=call.tool_name, call_id=call.call_id)
         self._send_call(call)
 
     def _send_call(self, call, connections=None) -> None:
@@ -89,6 +94,7 @@ class DeviceCalls:
         self.log.warn("session {session_id}: {message}", session_id=self._session_id,
                       message=message)
         self._send_to_agent(tool_result_response(call, error=message))
+        self._tell("native_tool_timeout", tool=call.tool_name, call_id=call.call_id)
         self._publish("native_tool_cancel", {"type": "native_tool_cancel",
                                              "callId": call.call_id})
 

@@ -89,10 +89,9 @@ def wants_html(request) -> bool:
 
 class RootResource(Resource):
     """``/`` itself answers server info (browsers are sent to ``/ui``); its children are
-    ``health``, ``rpc``, ``ui`` and ``metrics``."""
+    ``health``, ``rpc`` and ``ui``."""
 
-    def __init__(self, rpc: Resource, agent: dict, ui: Resource | None = None,
-                 metrics: Resource | None = None):
+    def __init__(self, rpc: Resource, agent: dict, ui: Resource | None = None):
         super().__init__()
         self._agent = agent
         self.putChild(b"health", HealthResource())
@@ -100,8 +99,6 @@ class RootResource(Resource):
         self._ui = ui
         if ui is not None:
             self.putChild(b"ui", ui)
-        if metrics is not None:
-            self.putChild(b"metrics", metrics)
 
     def getChild(self, path, request):
         if path == b"":
@@ -154,6 +151,18 @@ def redacted_log_formatter(timestamp, request):
 def _safe(value: bytes) -> str:
     # Escapes quotes and control characters so a client cannot forge log lines.
     return json.dumps(value.decode("latin-1"))[1:-1]
+
+
+class PiSite(Site):
+    """A ``Site`` whose access log can leave out the health probes (``--no-health-log``):
+    a load balancer asking every few seconds would fill it."""
+
+    log_health = True
+
+    def log(self, request):
+        if not self.log_health and request.path == b"/health":
+            return
+        super().log(request)
 
 
 class GuardedChannel(HTTPChannel):
@@ -234,7 +243,7 @@ class GuardedChannel(HTTPChannel):
         self.loseConnection()
 
 
-class GuardedSite(Site):
+class GuardedSite(PiSite):
     """A Site of ``GuardedChannel``s, counting per source address the connections whose
     request is still arriving. ``on_refused(kind, address, message)`` hears of each
     refusal."""
@@ -275,18 +284,17 @@ def make_site(
     reactor=None,
     idle_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     ui: Resource | None = None,
+    log_health: bool = True,
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
     on_refused=None,
-    metrics: Resource | None = None,
 ) -> Site:
     """
     ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
-    ``/ui`` (none without it); ``metrics`` is ``/metrics``. ``idle_timeout`` closes HTTP
-    connections silent that long and bounds each request, head and body, in total (see
-    ``GuardedChannel``).
+    ``/ui`` (none without it). ``idle_timeout`` closes HTTP connections silent that long
+    and bounds each request, head and body, in total (see ``GuardedChannel``).
     """
     site = GuardedSite(
-        RootResource(rpc, agent, ui, metrics),
+        RootResource(rpc, agent, ui),
         logFormatter=redacted_log_formatter,
         reactor=reactor,
         timeout=idle_timeout,
@@ -294,6 +302,7 @@ def make_site(
         max_pending_per_address=max_pending_per_address,
         on_refused=on_refused,
     )
+    site.log_health = log_health
     # A traceback page would show internals to whoever asks.
     site.displayTracebacks = False
     return site

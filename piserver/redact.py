@@ -54,7 +54,8 @@ _SYSTEM_FIELDS = frozenset({
 
 def secret_values(config) -> set[str]:
     """The secrets a ``ServerConfig`` knows of, long enough to be redacted."""
-    values = {config.auth_token, config.github_token}
+    values = {config.auth_token, config.github_token, config.metrics_token,
+              config.notify_secret}
     for name, value in config.env.items():
         if (name in config.dotenv_names or name in SERVER_SECRET_ENV
                 or name.endswith(SECRET_NAME_SUFFIXES)):

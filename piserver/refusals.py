@@ -16,7 +16,8 @@ DEFAULT_BURST = 10
 
 
 class Refusals:
-    """``metrics`` is a ``metrics.Metrics`` (its ``refusals`` counter), ``clock`` IReactorTime."""
+    """``metrics`` is a ``metrics.ServerMetrics`` (its ``refusals`` counter), ``clock``
+    IReactorTime."""
 
     def __init__(self, metrics, clock, window: float = DEFAULT_WINDOW,
                  burst: int = DEFAULT_BURST):

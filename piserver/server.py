@@ -11,7 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import threads
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import __version__
@@ -24,11 +24,14 @@ from .github import GithubClient
 from .http import make_site
 from .hub import Hub
 from .methods import RpcMethods
-from .metrics import Metrics
+from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
+from .notify import ATTEMPT_TIMEOUT, Notifier
+from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .refusals import Refusals
 from .repos import RepoCatalog
+from .schema import SchemaResource
 from .sessions import SessionManager
 from .store import StateStore
 from .stream import EVENT_MODES
@@ -78,6 +81,8 @@ class ReportingEndpoint:
 
 class PiServerService(MultiService):
     log = Logger()
+    # The observer twistd is to log to (logconfig.py), set by tap.makeService.
+    log_observer = None
 
     def __init__(self, config: ServerConfig):
         super().__init__()
@@ -86,6 +91,13 @@ class PiServerService(MultiService):
         self.hub = None
         self.metrics = None
         self._announced = False
+
+    def setServiceParent(self, parent):
+        # twistd adds the service to its Application, then starts logging to the
+        # Application's ILogObserver component when it has one.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self):
         # twistd binds the port here, before startService: announce first.
@@ -244,15 +256,35 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         },
         workspace=workspace,
     )
+    redact = Redactor(secret_values(config)).redact
+    if config.notify_urls:
+        notifier = Notifier(
+            config.notify_urls,
+            HTTPClient(
+                Agent(
+                    reactor,
+                    connectTimeout=ATTEMPT_TIMEOUT,
+                    pool=HTTPConnectionPool(reactor, persistent=False),
+                )
+            ),
+            reactor,
+            secret=config.notify_secret,
+            redact=redact,
+        )
+        notifier.setServiceParent(top)
+        sessions.listeners.append(notifier.happened)
+    metrics = top.metrics = ServerMetrics(reactor)
+    sessions.listeners.append(metrics.happened)
+    sessions.on_event_sent = metrics.event_sent
+    table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
     hub = top.hub = Hub(
-        methods.table(),
-        fallback=methods.pass_through,
+        table,
+        fallback=fallback,
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,
-        redact=Redactor(secret_values(config)).redact,
+        redact=redact,
     )
-    metrics = top.metrics = Metrics()
     refusals = Refusals(metrics, reactor)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
@@ -265,6 +297,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         allowed_origins=config.allowed_origins,
         max_connections=config.max_connections,
         server_names=config.server_names,
+        library_log_level="debug" if config.log_level == LogLevel.debug else "error",
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout,
@@ -275,10 +308,16 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         reactor=reactor,
         idle_timeout=config.handshake_timeout,
         ui=WebUiResource(authenticator),
+        log_health=config.log_health,
         max_pending_per_address=config.max_pending_per_address,
         on_refused=refusals.refused,
-        metrics=metrics.resource(),
     )
+    metrics.watch(hub, sessions)
+    site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))
+    site.resource.putChild(
+        b"ready", ReadyResource(config.pi_command, config.data_dir, config.env.get("PATH"))
+    )
+    site.resource.putChild(b"schema.json", SchemaResource())
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(

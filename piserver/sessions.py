@@ -237,6 +237,11 @@ class SessionManager(service.Service):
         self.recovered = defer.succeed(None)
         # Sessions whose agent is being stopped to make room for one starting (_make_room).
         self._freeing_for_start: set[str] = set()
+        # listener(happening, session, fields) for "event" (event_type, payload),
+        # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
+        self.listeners = []
+        # on_sent(mode, size) for every event frame sent (metrics).
+        self.on_event_sent = None
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -287,13 +292,15 @@ class SessionManager(service.Service):
         journal.open()
         journal.continue_after(session.last_seq)
         session.journal = journal
-        session.stream = EventStream(session.id, journal, self._reactor, self._merge_window)
+        session.stream = EventStream(session.id, journal, self._reactor, self._merge_window,
+                                     on_sent=self._event_sent)
         session.calls = DeviceCalls(
             session.id, self._reactor,
             lambda event_type, payload, to=None: self.publish(session, event_type, payload,
                                                               to=to),
             lambda message: session.agent.send(message) if session.agent else None,
-            session.stream.connections, self._native_tool_timeout)
+            session.stream.connections, self._native_tool_timeout,
+            tell=lambda happening, **fields: self._tell(happening, session, fields))
 
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
@@ -694,6 +701,7 @@ class SessionManager(service.Service):
         if delay:
             self.log.info("restarting the agent of {session_id} in {delay} s",
                           session_id=session.id, delay=delay)
+            self._tell("agent_restarted", session, {})
             await task.deferLater(self._reactor, delay)
         if session.deleted:
             raise NotFound(f"session {session.id} was deleted")
@@ -837,12 +845,26 @@ class SessionManager(service.Service):
         session.stream.publish(event_type, payload, payload_json, to=to)
         # The stream's seq, not the event's: publishing can add one (journal_stopped).
         self._store.note_last_seq(session.id, session.stream.seq)
+        if self.listeners:
+            self._tell("event", session, {"event_type": event_type, "payload": payload})
         now = session.last_used = self._reactor.seconds()
         # lastActivityAt has a resolution of seconds: format it once a second, not per event.
         if now - session.activity_noted >= 1.0:
             session.activity_noted = now
             session.last_activity_at = iso_time(now)
             self._store.touch(session.id, session.last_activity_at)
+
+    def _tell(self, happening: str, session: Session, fields: dict) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(happening, session, fields)
+            except Exception:
+                self.log.failure("error in a listener of {happening} ({session_id})",
+                                 happening=happening, session_id=session.id)
+
+    def _event_sent(self, mode: str, size: int) -> None:
+        if self.on_event_sent is not None:
+            self.on_event_sent(mode, size)
 
     # -- agent calls --------------------------------------------------------
 

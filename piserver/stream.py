@@ -84,8 +84,10 @@ class EventStream:
     log = Logger()
 
     def __init__(self, session_id: str, journal, clock, merge_window: float = 0.03,
-                 max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES):
+                 max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES, on_sent=None):
         self.session_id = session_id
+        # on_sent(mode, size) for each event frame sent to a connection (metrics).
+        self._on_sent = on_sent
         self._max_replay_bytes = max_replay_bytes
         self._journal = journal
         self._clock = clock
@@ -98,6 +100,15 @@ class EventStream:
         self._streaming: StreamingMessage | None = None
 
     # -- who is attached ----------------------------------------------------
+
+    @property
+    def journal_bytes(self) -> int:
+        return self._journal.disk_bytes
+
+    def _send(self, connection, mode: str, frame: bytes) -> None:
+        connection.send(frame)
+        if self._on_sent is not None:
+            self._on_sent(mode, len(frame))
 
     def is_attached(self, connection) -> bool:
         return connection.connection_id in self._subscribers
@@ -224,7 +235,7 @@ class EventStream:
         if subscriber.held is not None:
             subscriber.held.append((seq, frame))
         else:
-            subscriber.connection.send(frame)
+            self._send(subscriber.connection, subscriber.mode, frame)
 
     # -- attaching and catching up ------------------------------------------
 
@@ -338,7 +349,7 @@ class EventStream:
                 return "replay_too_large"
             merge = True
         for frame in self._replay_frames(events, merge):
-            connection.send(frame)
+            self._send(connection, mode, frame)
         return None
 
     def _replay_frames(self, events, merge: bool):
@@ -384,11 +395,12 @@ class EventStream:
         if subscriber is None or subscriber.held is None:
             return
         held, subscriber.held = subscriber.held, None
-        connection.send(encode_event(self.session_id, snapshot_seq, "session_snapshot",
-                                     encode_payload(snapshot)))
+        self._send(connection, subscriber.mode,
+                   encode_event(self.session_id, snapshot_seq, "session_snapshot",
+                                encode_payload(snapshot)))
         for seq, frame in held:
             if seq > snapshot_seq:
-                connection.send(frame)
+                self._send(connection, subscriber.mode, frame)
 
     def close(self) -> None:
         self.detach_all()

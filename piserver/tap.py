@@ -8,7 +8,7 @@ from pathlib import Path
 from OpenSSL import crypto
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.error import VerifyError
-from twisted.logger import InvalidLogLevelError, Logger, LogLevel
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from .agent import DEFAULT_PROBE_INTERVAL
@@ -30,6 +30,7 @@ from .connection import DEFAULT_SEND_BUFFER_LIMIT
 from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from .journal import JournalLimits
+from .logconfig import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
 from .nativetools import DEFAULT_CALL_TIMEOUT
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
@@ -126,15 +127,24 @@ class Options(usage.Options):
         ["max-pending-per-address", None, DEFAULT_MAX_PENDING_PER_ADDRESS,
          "connections one address may have open that are still sending their request "
          "(before any authentication); more are refused with HTTP 503", int],
-        ["log-level", None, "info",
-         "least severe events logged: debug, info, warn, error or critical (credentials "
-         "are redacted at every level)"],
+        ["log-level", None, DEFAULT_LOG_LEVEL,
+         f"least severe events logged: {', '.join(LOG_LEVELS)} (debug shows every "
+         "WebSocket frame; credentials are redacted at every level)"],
+        ["log-format", None, DEFAULT_LOG_FORMAT,
+         "text, or json: one JSON object per line with the event's fields"],
+        ["notify-secret", None, None,
+         "key of the HMAC-SHA256 signature (X-Pi-Server-Signature) of each notification "
+         "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]"],
+        ["metrics-token", None, None,
+         "token scrapers present (Authorization: Bearer) for GET /metrics "
+         "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]"],
         ["git-author", None, None,
          'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
          "and user.email, else pi-server <pi-server@localhost>]"],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
+        ["no-health-log", None, "leave GET /health requests out of the access log"],
     ]
 
     def __init__(self, environ=None, probe_agent=probe):
@@ -143,6 +153,7 @@ class Options(usage.Options):
         self._probe_agent = probe_agent
         self.allowed_origins = set()
         self.server_names = set()
+        self.notify_urls = []
 
     def opt_allowed_origin(self, value):
         """
@@ -164,6 +175,15 @@ class Options(usage.Options):
         if not name or any(c in name for c in "/:?#@ ") and not name.startswith("["):
             raise usage.UsageError(f"--server-name {value!r}: give a host name or address")
         self.server_names.add(name)
+
+    def opt_notify_url(self, value):
+        """
+        POST a JSON notification here when a run ends, the agent waits for an answer or
+        fails; repeatable
+        """
+        if not value.startswith(("http://", "https://")):
+            raise usage.UsageError(f"--notify-url {value!r}: not an http(s) URL")
+        self.notify_urls.append(value)
 
     def _tls_endpoint(self, port: str) -> str:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -203,11 +223,13 @@ class Options(usage.Options):
         for name in ("max-connections", "max-pending-per-address"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
-        try:
-            log_level = LogLevel.levelWithName(self["log-level"])
-        except InvalidLogLevelError:
-            raise usage.UsageError(
-                "--log-level is one of debug, info, warn, error, critical") from None
+        if self["log-level"] not in LOG_LEVELS:
+            raise usage.UsageError(f"--log-level is one of {', '.join(LOG_LEVELS)}")
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(f"--log-format is one of {', '.join(LOG_FORMATS)}")
+        twistd = self.twistd_options()
+        if twistd is not None and twistd.get("logfile") == "-" and not twistd.get("nodaemon"):
+            raise usage.UsageError("a daemon cannot log to standard output (--logfile -)")
 
         git_author = None
         if self["git-author"] is not None:
@@ -299,14 +321,25 @@ class Options(usage.Options):
             keepalive_interval=self["keepalive-interval"],
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
-            log_level=log_level,
+            log_level=LogLevel.levelWithName(self["log-level"]),
             agent_probe_interval=self["agent-probe-interval"],
             max_pending_per_address=self["max-pending-per-address"],
             server_names=frozenset(self.server_names
                                    | ({self["host"]} if self["host"] not in ("0.0.0.0", "::")
                                       else set())),
+            log_health=not self["no-health-log"],
+            metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN")
+            or None,
+            notify_urls=tuple(self.notify_urls),
+            notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET")
+            or None,
             git_author=git_author,
         )
+
+    def twistd_options(self):
+        """twistd's own options (``--logfile``, ``--nodaemon``...) when twistd parses these
+        as its subcommand, else None."""
+        return getattr(self, "parent", None)
 
 
 def _reactor():
@@ -315,9 +348,14 @@ def _reactor():
 
 
 def makeService(options: Options):
+    from .logconfig import twistd_observer
     from .redact import install_redaction
     from .server import build_service
     service = build_service(options.config, _reactor())
     # Now, before twistd adds its log observer: the redaction must run before it.
     install_redaction(service, options.config)
+    twistd = options.twistd_options()
+    if twistd is not None:
+        service.log_observer = twistd_observer(twistd, options["log-level"],
+                                               options["log-format"])
     return service

@@ -2,29 +2,98 @@
 ``pi-server token add NAME | list | revoke NAME``: the device tokens in the data
 dir. ``add`` prints the new token once, on stdout alone (so that
 ``TOKEN=$(pi-server token add phone)`` works); nothing ever prints a stored hash.
-A running server sees every change within a second (see devices.py).
+``add NAME --qr`` prints after it the URL to connect with and that URL as a QR code
+(segno), for a phone camera to pick up; ``--qr --web`` the web client's sign-in link
+(``…/ui#token=…``) instead, for a phone's browser. A running server sees every change within a
+second (see devices.py).
 """
 
+import socket
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
+import segno
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 
-from .config import default_data_dir, prepare_data_dir
+from .config import DEFAULT_PORT, default_data_dir, prepare_data_dir
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-SYNOPSIS = "Usage: pi-server token [--data-dir DIR] add NAME | list | revoke NAME"
+SYNOPSIS = ("Usage: pi-server token [--data-dir DIR] add NAME [--qr [--web] [--url URL]] | "
+            "list | revoke NAME")
+
+
+def connect_url(server_url: str, token: str) -> str:
+    """The /rpc URL carrying ``token``, from the server's address as a device reaches it
+    (``ws://host:3141``; an ``http(s)`` URL becomes ``ws(s)``)."""
+    parts = urlsplit(server_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.hostname or parts.query or parts.fragment:
+        raise usage.UsageError(f"--url {server_url!r}: give ws://HOST:PORT or wss://HOST:PORT")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/rpc"):
+        path += "/rpc"
+    return f"{scheme}://{parts.netloc}{path}?token={quote(token, safe='')}"
+
+
+def web_url(server_url: str, token: str) -> str:
+    """The web client's sign-in link carrying ``token`` in its fragment (which a browser
+    never sends to a server), from the same server address as ``connect_url``."""
+    rpc = urlsplit(connect_url(server_url, token))
+    scheme = {"ws": "http", "wss": "https"}[rpc.scheme]
+    base = rpc.path.removesuffix("/rpc")
+    return f"{scheme}://{rpc.netloc}{base}/ui#token={quote(token, safe='')}"
+
+
+def default_server_url(environ) -> str:
+    return f"ws://{socket.gethostname()}:{environ.get('PI_SERVER_PORT') or DEFAULT_PORT}"
+
+
+def write_qr(text: str, out) -> None:
+    # Half blocks: two rows of modules a line, readable by a phone camera off a terminal.
+    segno.make(text, error="m").terminal(out=out, compact=True)
 
 
 class AddOptions(usage.Options):
-    synopsis = "NAME"
+    synopsis = "NAME [--qr [--web] [--url URL]]"
+    optFlags = [
+        ["qr", None, "also print the URL to connect with, and it as a QR code for a phone"],
+        ["web", None, "with --qr: the web client's sign-in link (/ui#token=...) instead"],
+    ]
+    optParameters = [
+        ["url", None, None,
+         "the server as the device reaches it, for --qr [default: ws://<this host's name>:"
+         f"<$PI_SERVER_PORT or {DEFAULT_PORT}>]"],
+    ]
+
+    def parseOptions(self, options=None):
+        # ``add phone --qr`` as well as ``add --qr phone``: getopt stops at the name.
+        names, flags = [], []
+        args = list(options or [])
+        while args:
+            arg = args.pop(0)
+            if arg == "--url" and args:
+                flags += [arg, args.pop(0)]
+            elif arg.startswith("-"):
+                flags.append(arg)
+            else:
+                names.append(arg)
+        super().parseOptions(flags + names)
 
     def parseArgs(self, name):
         self["name"] = name
+
+    def postOptions(self):
+        if self["url"] is not None:
+            if not self["qr"]:
+                raise usage.UsageError("--url goes with --qr")
+            connect_url(self["url"], "check")
+        if self["web"] and not self["qr"]:
+            raise usage.UsageError("--web goes with --qr")
 
 
 class ListOptions(usage.Options):
@@ -91,6 +160,11 @@ def run(argv, environ, clock, stdout, stderr) -> int:
             stderr.write(
                 f"added device {name}. The token above is shown only this once: give it to the "
                 "device (Authorization: Bearer <token>, or ?token=<token> on the /rpc URL).\n")
+            if options.subOptions["qr"]:
+                link = web_url if options.subOptions["web"] else connect_url
+                url = link(options.subOptions["url"] or default_server_url(environ), token)
+                stdout.write(url + "\n")
+                write_qr(url, stdout)
         elif command == "list":
             devices = store.list()
             if not devices:

@@ -19,7 +19,7 @@ from .config import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from .metrics import Metrics
+from .metrics import ServerMetrics
 from .origins import host_allowed, is_loopback, normal_name, origin_allowed
 from .refusals import Refusals
 
@@ -119,15 +119,17 @@ class RpcServerFactory(WebSocketServerFactory):
                  handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
                  keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
                  keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT, refusals=None,
-                 server_names=()):
+                 server_names=(), library_log_level="error"):
         # No version in the Server header of upgrade answers.
         super().__init__(reactor=reactor, server="pi-server")
         # Autobahn writes a line or more (info, warn) for every refused upgrade and broken
         # frame a stranger sends; the refusals are counted and logged here, rate-limited.
-        txaio.set_global_log_level("error")
+        # With --log-level debug its debug events (every frame) are asked for: credentials
+        # in them are redacted (redact.py).
+        txaio.set_global_log_level(library_log_level)
         self.hub = hub
         self.authenticator = authenticator
-        self.refusals = refusals or Refusals(Metrics(), self.reactor)
+        self.refusals = refusals or Refusals(ServerMetrics(self.reactor), self.reactor)
         # origins.Origin values, besides the server's own, that browsers may connect from.
         self.allowed_origins = frozenset(allowed_origins)
         # What the server is called, besides the address a client connected to.

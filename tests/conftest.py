@@ -3,8 +3,19 @@
 import pytest
 import pytest_twisted
 
+from tests.support import schema
 from tests.support.fakellm import FakeLLM
 from tests.support.piagent import AgentDir, PiNotInstalled, locate_pi, spawn_pi, write_agent_dir
+
+
+@pytest.fixture(autouse=True)
+def frames_match_the_schema():
+    """Every frame a test client receives must validate against the protocol schema."""
+    schema.VIOLATIONS.clear()
+    yield
+    violations, schema.VIOLATIONS[:] = list(schema.VIOLATIONS), []
+    assert not violations, "frames that do not match piserver/schema/protocol.json:\n" + \
+        "\n".join(f"{problem}: {str(frame)[:300]}" for problem, frame in violations[:10])
 
 
 @pytest.fixture(scope="session")

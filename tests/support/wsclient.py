@@ -15,6 +15,8 @@ from autobahn.websocket.compress import (
 )
 from twisted.internet.defer import Deferred, DeferredQueue
 
+from tests.support.schema import check_received
+
 
 class RpcClientProtocol(WebSocketClientProtocol):
     def dataReceived(self, data):
@@ -54,6 +56,8 @@ class RpcClient:
         self._ids = itertools.count(1)
         self._event_waiters = []
         self._frame_waiters = []
+        # The method of each request sent, for checking its response against the schema.
+        self._methods = {}
 
     @classmethod
     def connect(cls, reactor, port, token=None, headers=None, query=None, path="/rpc",
@@ -89,6 +93,8 @@ class RpcClient:
         self.payload_bytes += len(payload)
         frame = json.loads(payload)
         self.frames.append(frame)
+        check_received(frame, self._methods.pop(frame.get("id"), None)
+                       if isinstance(frame, dict) and frame.get("kind") == "response" else None)
         waiters, self._frame_waiters = self._frame_waiters, []
         for d in waiters:
             d.callback(frame)
@@ -133,6 +139,7 @@ class RpcClient:
         if session_id is not None:
             envelope["sessionId"] = session_id
         d = self.expect_reply(request_id)
+        self._methods[request_id] = method
         self.send_raw(json.dumps(envelope).encode(), binary=binary)
         return d
 
