@@ -30,6 +30,13 @@ log = Logger()
 DEFAULT_COMMAND_TIMEOUT = 30.0
 # Far above any real event; only a runaway agent writes a line this long.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024 * 1024
+# Bytes that may wait for an agent that does not read its stdin (a stopped or deadlocked
+# one); room for one prompt as large as a WebSocket frame may be, and more.
+DEFAULT_MAX_STDIN_BYTES = 32 * 1024 * 1024
+# An agent silent this long while a command waits or a run goes on is asked for its state;
+# one that does not answer within PROBE_TIMEOUT is hung.
+DEFAULT_PROBE_INTERVAL = 30.0
+PROBE_TIMEOUT = 10.0
 STDERR_TAIL_BYTES = 8 * 1024
 STDERR_LOG_LINE_BYTES = 1000
 STDERR_LOG_LINES_PER_SECOND = 20
@@ -114,6 +121,25 @@ class LineSplitter:
         return line, cut
 
 
+class _StdinBackpressure:
+    """The producer of an agent's stdin: the pipe pauses it when pi stops reading, and
+    what is written meanwhile is counted (``queued``)."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.queued = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.queued = 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+
 @attr.s(slots=True)
 class _PendingCommand:
     command_type: str = attr.ib()
@@ -137,8 +163,23 @@ class AgentProtocol(protocol.ProcessProtocol):
         on_event: EventCallback,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
+        max_stdin_bytes: int = DEFAULT_MAX_STDIN_BYTES,
+        probe_interval: float | None = None,
+        on_hung: Callable[[AgentProtocol], Any] | None = None,
     ) -> None:
         self.key = key
+        self._max_stdin_bytes = max_stdin_bytes
+        self._stdin = _StdinBackpressure()
+        # Liveness probes (None: off): see DEFAULT_PROBE_INTERVAL.
+        self._probe_interval = probe_interval
+        self._probe = None
+        self._probing = False
+        self._on_hung = on_hung
+        self._last_output = clock.seconds()
+        # Set while a run goes on (its events are due): silence then is probed too.
+        self.expect_output = False
+        # The agent stopped answering and was declared hung (it is being killed).
+        self.hung = False
         self._clock = clock
         self._on_event = on_event
         self._command_timeout = command_timeout
@@ -221,10 +262,14 @@ class AgentProtocol(protocol.ProcessProtocol):
                 pending.timer.cancel()
                 self._abandoned.add(command_id)
 
+        if not self._stdin_has_room(len(line)):
+            return defer.fail(AgentTimeout(
+                f"the agent is not reading its input ({self._stdin.queued} bytes wait): "
+                f"{command_type} was not sent"))
         answered: defer.Deferred = defer.Deferred(cancel)
         timer = self._clock.callLater(timeout, self._timed_out, command_id, timeout)
         self._pending[command_id] = _PendingCommand(command_type, answered, timer)
-        self.transport.write(line)
+        self._write(line)
         return answered
 
     def send(self, message: dict) -> None:
@@ -234,13 +279,22 @@ class AgentProtocol(protocol.ProcessProtocol):
         raises ``ValueError``/``TypeError`` if ``message`` can't be encoded.
         """
         line = _encode_line(message)
-        if self.exit is not None or self._stdin_closed:
+        if self.exit is not None or self._stdin_closed or not self._stdin_has_room(len(line)):
             log.warn(
-                "agent {agent_key}: not sending {message_type}, the agent is not running",
+                "agent {agent_key}: not sending {message_type}, the agent is not running "
+                "or not reading its input",
                 agent_key=self.key,
                 message_type=message.get("type"),
             )
             return
+        self._write(line)
+
+    def _stdin_has_room(self, size: int) -> bool:
+        return not self._stdin.paused or self._stdin.queued + size <= self._max_stdin_bytes
+
+    def _write(self, line: bytes) -> None:
+        if self._stdin.paused:
+            self._stdin.queued += len(line)
         self.transport.write(line)
 
     def close_stdin(self) -> None:
@@ -263,8 +317,44 @@ class AgentProtocol(protocol.ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pid = getattr(self.transport, "pid", None)
+        stdin = getattr(self.transport, "pipes", {}).get(0)
+        if stdin is not None:
+            stdin.registerProducer(self._stdin, True)
+        if self._probe_interval is not None:
+            self._probe = self._clock.callLater(self._probe_interval, self._check_alive)
+
+    def _check_alive(self) -> None:
+        self._probe = self._clock.callLater(self._probe_interval, self._check_alive)
+        if self.exit is not None or self._stdin_closed or self._probing or self.hung:
+            return
+        silent = self._clock.seconds() - self._last_output
+        if silent < self._probe_interval or not (self._pending or self.expect_output):
+            return
+        self._probing = True
+        probe = self.command("get_state", timeout=PROBE_TIMEOUT)
+        probe.addCallbacks(lambda _: None, self._probe_failed)
+        probe.addBoth(self._probe_done)
+
+    def _probe_done(self, _) -> None:
+        self._probing = False
+
+    def _probe_failed(self, failure: Failure) -> None:
+        if not failure.check(AgentTimeout) or self.exit is not None:
+            return
+        self.hung = True
+        log.error(
+            "agent {agent_key} ({pid}) is hung: silent for {silent:.0f} s and no answer to "
+            "get_state within {timeout:g} s; it is killed",
+            agent_key=self.key, pid=self.pid,
+            silent=self._clock.seconds() - self._last_output, timeout=PROBE_TIMEOUT,
+        )
+        if self._on_hung is not None:
+            self._on_hung(self)
+        else:
+            self.signal("KILL")
 
     def outReceived(self, data: bytes) -> None:
+        self._last_output = self._clock.seconds()
         for line, cut in self._stdout.feed(data):
             self._line_received(line, cut)
 
@@ -289,6 +379,8 @@ class AgentProtocol(protocol.ProcessProtocol):
         if signal is not None:
             code = None
         self.exit = AgentExit(code, signal, self.stderr_tail, self.stop_requested)
+        if self._probe is not None and self._probe.active():
+            self._probe.cancel()
         self._report_suppressed_stderr()
         if self.stop_requested or (code == 0 and signal is None):
             log.info(

@@ -10,9 +10,11 @@ from .tokens import tokens_match
 
 @attr.frozen
 class Identity:
-    """``device`` names the device token used; None for the server token or no auth."""
+    """``device`` names the device token used; None for the server token or no auth.
+    ``token_id`` identifies that device token (see ``DeviceTokenStore.identify``)."""
 
     device: str | None
+    token_id: str | None = None
 
 
 @attr.s(auto_exc=True)
@@ -52,7 +54,7 @@ class Authenticator:
         if tokens_match(token, self.server_token):
             return Identity(device=None)
         if self.device_tokens is not None:
-            name = self.device_tokens.verify(token)
-            if name is not None:
-                return Identity(device=name)
+            found = self.device_tokens.identify(token)
+            if found is not None:
+                return Identity(device=found[0], token_id=found[1])
         raise Unauthorized("invalid token")

@@ -27,6 +27,15 @@ class Checkouts:
         self._git = git
         self._github_token = github_token
 
+    def planned(self, session, repo: dict) -> dict:
+        """What ``create`` will make outside the session's directory, as ``remove`` reads
+        it from ``session.extra`` (and the checkout's path), to undo an interrupted create."""
+        record = {"worktreePath": str(session.directory / "repo")}
+        if repo.get("source") == "local":
+            record.update(repoSource="local", repoPath=repo["path"],
+                          branch=session_branch(session.id), baseBranch=repo["defaultBranch"])
+        return record
+
     async def create(self, session, repo: dict, on_progress) -> Checkout:
         dest = session.directory / "repo"
         branch = session_branch(session.id)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import attr
+from twisted.logger import LogLevel
 
 DEFAULT_PORT = 3141
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
@@ -18,6 +19,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 DEFAULT_KEEPALIVE_INTERVAL = 20.0
 DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 DEFAULT_MAX_CONNECTIONS = 100
+# Connections one source address may have open that are still sending their request.
+DEFAULT_MAX_PENDING_PER_ADDRESS = 16
 
 # Server-side secrets that are never passed on to an agent process.
 SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN",
@@ -61,6 +64,13 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     # (name, mail) of session.commit's author; None: git's config, else pi-server's own.
     git_author: tuple | None = None
+    # Events below this level are not logged (debug events of libraries hold raw requests).
+    log_level: LogLevel = LogLevel.info
+    max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
+    # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
+    agent_probe_interval: float = 30.0
+    # Host names the server is reached by (--server-name and a specific --host).
+    server_names: frozenset = frozenset()
     # GET /health requests appear in the access log.
     log_health: bool = True
     # Scrapers of /metrics present it as a bearer token; None: /metrics is open.

@@ -70,6 +70,8 @@ class Connection:
         self.peer = peer
         # Name of the device token used to connect, if any (never the token).
         self.device = device
+        # Which token of that device (tokens.DeviceTokenStore.identify): revocation is by it.
+        self.device_token_id: str | None = None
         self._dispatcher = dispatcher
         self._sink = sink
         self.open = True

@@ -7,13 +7,14 @@ Requests on one connection run concurrently: each reply goes out when its
 handler finishes, so a slow call never holds up a quick one.
 """
 
+import errno
 from collections.abc import Callable, Mapping
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .envelope import Request
-from .errors import InternalError, RpcError, UnknownMethod
+from .errors import InternalError, RpcError, StorageFull, UnknownMethod
 
 Handler = Callable[[object, Request], object]
 
@@ -58,6 +59,12 @@ class Dispatcher:
     def _failed(self, failure, request: Request):
         if failure.check(RpcError):
             return (False, failure.value)
+        if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.log.error("{method} (request {request_id}) failed: {error}",
+                           method=request.method, request_id=request.id,
+                           error=failure.value.strerror)
+            return (False, StorageFull("the server's disk is full: try again once there is "
+                                       "room"))
         self.log.failure(
             "unexpected error handling {method} (request {request_id})",
             failure, method=request.method, request_id=request.id,

@@ -85,3 +85,7 @@ class RateLimited(RpcError):
 
 class TooManySessions(RpcError):
     code = "too_many_sessions"
+
+
+class StorageFull(RpcError):
+    code = "storage_full"

@@ -26,7 +26,8 @@ class Hub:
         self._send_buffer_limit = send_buffer_limit
         self.connections: dict[str, Connection] = {}
 
-    def connect(self, sink, peer: str = "", device: str | None = None) -> Connection:
+    def connect(self, sink, peer: str = "", device: str | None = None,
+                device_token_id: str | None = None) -> Connection:
         requests = None
         if self._requests_per_second:
             # Bursts of twice the rate: a client catching up after a reconnect is not refused.
@@ -35,6 +36,7 @@ class Hub:
         connection = Connection(self._new_id(), self.dispatcher, sink, peer=peer, device=device,
                                 send_buffer_limit=self._send_buffer_limit, requests=requests,
                                 redact=self._redact)
+        connection.device_token_id = device_token_id
         self.connections[connection.connection_id] = connection
         connection.on_lost(self._forget)
         self.log.info("connection {connection_id} opened from {peer} device={device}",

@@ -162,6 +162,11 @@ class JournalGap(Exception):
         )
 
 
+class JournalStopped(OSError):
+    """The journal could not write an event (disk full...) and records no more: what it
+    wrote before is kept and replayable; later events are live only."""
+
+
 class _CorruptRecord(Exception):
     """A segment read for replay does not decode (changed on disk since open)."""
 
@@ -478,6 +483,8 @@ class Journal:
         self._last_seq = 0
         self._disk_bytes = 0
         self._open = False
+        # Why journaling stopped (a failed write), or None while it records.
+        self.stopped: str | None = None
 
     @property
     def first_seq(self) -> int | None:
@@ -526,7 +533,14 @@ class Journal:
         )
 
     def _load_segment(self, first_seq: int, path: Path, last: bool) -> None:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            # Its name says its first event was numbered (and sent): never number it again.
+            self._log.critical("journal segment {path} is unreadable ({error})",
+                               path=str(path), error=error.strerror)
+            self._raise_last_seq(first_seq)
+            return
         last_seq, last_time, end = first_seq - 1, None, len(_MAGIC)
         problem = None
         try:
@@ -538,7 +552,8 @@ class Journal:
         torn_tail = problem is not None and last and _MAGIC.startswith(data[: len(_MAGIC)])
         if problem is not None and not torn_tail:
             move_aside(path, f"journal segment: {problem}", self._log)
-            self._raise_last_seq(last_seq)
+            # Its first event at least was numbered and sent, whatever could be read of it.
+            self._raise_last_seq(max(last_seq, first_seq))
             return
         if last_time is None:
             path.unlink()
@@ -592,12 +607,16 @@ class Journal:
         ``payload_json`` must be ``payload`` as JSON. One ``os.write``, no fsync.
 
         On OSError (disk full...) the event is not journaled but ``last_seq``
-        counts it, so numbering goes on, and the events before it are deleted
-        (a replay across the hole is impossible); the next append starts afresh.
+        counts it, so numbering goes on; the events written before it are kept, and
+        the journal stops: it raises ``JournalStopped`` this once, then counts events
+        without writing them (a replay that needs them finds a gap).
         """
         self._require_open()
         if seq != self._last_seq + 1:
             raise ValueError(f"journal expects seq {self._last_seq + 1}, not {seq}")
+        if self.stopped is not None:
+            self._last_seq = seq
+            return
         now = self._clock.seconds()
         current = self._segments[-1] if self._descriptor is not None else None
         if current is not None and (
@@ -637,11 +656,12 @@ class Journal:
                 current = self._start_segment(seq, now)
                 data = _MAGIC + data
             written = os.write(self._descriptor, data)
-            if written != len(data):
-                raise OSError(f"short write to {current.path}: {written} of {len(data)} bytes")
-        except OSError:
-            self._lose(seq, current)
-            raise
+            while written < len(data):
+                # A short write: writing the rest says why (ENOSPC...), or succeeds.
+                written += os.write(self._descriptor, data[written:])
+        except OSError as error:
+            self._stop(seq, current, error)
+            raise JournalStopped(error.errno, self.stopped) from error
         current.last_seq = seq
         current.size += len(data)
         current.last_time = now
@@ -659,18 +679,47 @@ class Journal:
         self._segments.append(segment)
         return segment
 
-    def _lose(self, seq: int, current: _Segment | None) -> None:
-        """After a failed write: count ``seq`` as used, keep nothing replayable before it."""
+    def _stop(self, seq: int, current: _Segment | None, error: OSError) -> None:
+        """After a failed write: keep what was written, count ``seq`` as used, write no more."""
         if current is not None and self._descriptor is not None:
             try:
                 os.ftruncate(self._descriptor, current.size)
             except OSError:
                 pass
         self._close_descriptor()
-        self._forget_all(f"event {seq} could not be written")
+        if current is not None and current.size == 0:
+            # A segment that got not even its header holds nothing.
+            self._segments.remove(current)
+            current.path.unlink(missing_ok=True)
+        self.stopped = error.strerror or str(error)
         self._last_seq = seq
         self._base = _NO_BASE
         self._usage_base = _NO_BASE
+        self._log.error(
+            "journal {directory}: cannot write event {seq} ({reason}); this session's "
+            "events are no longer journaled (those up to seq {kept} are kept) until the "
+            "server restarts",
+            directory=str(self.directory), seq=seq, reason=self.stopped,
+            kept=self._segments[-1].last_seq if self._segments else 0,
+        )
+
+    def continue_after(self, seq: int) -> None:
+        """Number the next event after ``seq`` at least (the highest seq known elsewhere,
+        e.g. the session's record): events up to it were sent, even if this journal lost
+        them. The events it holds before such a hole can no longer be replayed."""
+        self._require_open()
+        if seq <= self._last_seq:
+            return
+        self._close_descriptor()
+        self._forget_all(f"seqs up to {seq} were used, beyond the {self._last_seq} it holds")
+        self._last_seq = seq
+        self._base = _NO_BASE
+        self._usage_base = _NO_BASE
+
+    def release_writer(self) -> None:
+        """Close the write descriptor (an idle session should not hold one); the next
+        append starts a new segment."""
+        self._close_descriptor()
 
     def _trim(self, now: float) -> None:
         limits = self.limits
@@ -715,6 +764,20 @@ class Journal:
         except _CorruptRecord as corrupt:
             raise self._unreadable(after_seq, corrupt) from None
 
+    def prepared_replay(self, after_seq: int, mode: str = FULL):
+        """:meth:`replay` in two steps: the segments it needs are opened now (it returns
+        the events journaled now, even if trimmed meanwhile), and the returned function
+        reads and decodes them when called, from any thread. Raises JournalGap now."""
+        plan = self._plan(after_seq, mode)
+
+        def read() -> list[tuple[int, str, bytes]]:
+            try:
+                return _read_segments(plan, after_seq, mode)
+            except _CorruptRecord as corrupt:
+                raise self._unreadable(after_seq, corrupt) from None
+
+        return read
+
     def replay_in_thread(self, reactor, after_seq: int, mode: str = FULL):
         """:meth:`replay` with the reading and decoding done in ``reactor``'s thread
         pool; returns a Deferred firing with the list (or failing with JournalGap).
@@ -746,6 +809,10 @@ class Journal:
         first_seq = self.first_seq
         if first_seq is None or after_seq + 1 < first_seq:
             raise JournalGap(after_seq, first_seq, self._last_seq)
+        if self.stopped is not None:
+            # The events after the last one written were never journaled.
+            raise JournalGap(after_seq, first_seq, self._last_seq,
+                             f"journaling stopped: {self.stopped}")
         start = 0
         for position, segment in enumerate(self._segments):
             if segment.first_seq <= after_seq + 1:

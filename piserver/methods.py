@@ -192,7 +192,7 @@ class RpcMethods:
         repo_id = _optional_string(params, "repoId")
         if mode == "code" and repo_id is None:
             raise InvalidParams('a code session needs "repoId" (see repos.list)')
-        system_prompt = _optional_string(params, "systemPrompt")
+        system_prompt = _text(params, "systemPrompt")
         provider = _optional_string(params, "provider")
         model_id = _optional_string(params, "modelId")
         include_native_tools = _bool(params, "includeNativeTools", False)
@@ -410,6 +410,19 @@ def _result(data) -> dict:
         return {}
     return data if isinstance(data, dict) else {"data": data}
 STREAMING_BEHAVIORS = ("steer", "followUp")
+
+
+def _text(params: dict, key: str) -> str | None:
+    """An optional string that is text: no NUL, no lone surrogate (it is written to a file)."""
+    value = _optional_string(params, key)
+    if value is not None:
+        if "\x00" in value:
+            raise InvalidParams(f'"{key}" must not contain NUL characters')
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParams(f'"{key}" must be valid Unicode text') from None
+    return value
 
 
 def _bool(params: dict, key: str, default: bool) -> bool:

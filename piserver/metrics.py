@@ -7,8 +7,10 @@ streams' sends, the method table); gauges (connections, sessions by state,
 agents, journal bytes) are read from the live objects at each scrape, so
 ``/metrics`` costs nothing between scrapes. Labels are bounded: method names of
 the method table (anything passed through to pi is ``pass_through``), the stable
-error codes, the two event modes.
+error codes, the two event modes, the kinds of refusal (refusals.py).
 """
+
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -74,6 +76,13 @@ class ServerMetrics:
             "native tool calls no device answered in time",
             registry=r,
         )
+        self.refusals = Counter(
+            "pi_server_refusals",
+            "upgrades and requests refused, and connections failed for a broken frame "
+            "(kind bad_frame), by kind",
+            ["kind"],
+            registry=r,
+        )
         for mode in EVENT_MODES:
             self.events_sent.labels(mode)
             self.event_bytes_sent.labels(mode)
@@ -137,6 +146,14 @@ class ServerMetrics:
         return generate_latest(self.registry)
 
 
+def open_fds() -> int:
+    """File descriptors this process has open (-1 where /proc does not tell)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
 def run_outcome(settled: dict) -> str:
     if settled.get("aborted"):
         return "aborted"
@@ -185,6 +202,10 @@ class _LiveCollector:
             "pi_server_journal_bytes",
             "bytes of event journal on disk, all sessions",
             value=journal_bytes,
+        )
+        yield GaugeMetricFamily(
+            "pi_server_open_fds", "file descriptors the server process has open",
+            value=open_fds(),
         )
 
 

@@ -2,8 +2,16 @@
 Which browser pages may open ``/rpc``: the server's own origin and the ones
 listed with ``--allowed-origin``. Clients that send no ``Origin`` header (the
 iOS app, scripts) are not browsers and are not checked here.
+
+A page's origin is the server's own only when its host is one of the server's
+names (the address the client connected to, ``localhost``, the machine's host
+name, names given with ``--server-name``): comparing it with the ``Host``
+header alone lets a DNS-rebinding page (whose Origin and Host both name the
+attacker's domain) through. On a loopback address the ``Host`` header itself
+must be one of those names, whoever the client is.
 """
 
+import ipaddress
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
@@ -52,10 +60,11 @@ def host_origin(host_header: str, secure: bool) -> Origin:
 
 
 def origin_allowed(origin_header: str, host_header: str | None, secure: bool,
-                   allowed: Collection[Origin] = ()) -> bool:
+                   server_names: Collection[str], allowed: Collection[Origin] = ()) -> bool:
     """
-    Whether a browser page at ``origin_header`` may open ``/rpc``: it is the
-    server's own origin (same scheme, host and port as ``Host``) or listed.
+    Whether a browser page at ``origin_header`` may open ``/rpc``: it is listed,
+    or it is the server's own origin: same scheme, host and port as ``Host``,
+    and a host among ``server_names`` (lower case, IPv6 without brackets).
     Anything unparsable (including ``null``) is refused.
     """
     try:
@@ -65,9 +74,31 @@ def origin_allowed(origin_header: str, host_header: str | None, secure: bool,
     if origin in allowed:
         return True
     try:
-        return host_header is not None and origin == host_origin(host_header, secure)
+        own = host_header is not None and origin == host_origin(host_header, secure)
     except ValueError:
         return False
+    return own and origin.host in server_names
+
+
+def host_allowed(host_header: str | None, server_names: Collection[str]) -> bool:
+    """Whether the ``Host`` header names the server by one of ``server_names``."""
+    try:
+        return host_header is not None and \
+            host_origin(host_header, secure=False).host in server_names
+    except ValueError:
+        return False
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def normal_name(name: str) -> str:
+    """A host name or address as ``Origin.host`` holds it: lower case, no brackets."""
+    return name.strip().lower().removeprefix("[").removesuffix("]")
 
 
 def _split(text: str):

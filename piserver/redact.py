@@ -2,6 +2,11 @@
 Secret values never reach a log: every event is redacted of the configured
 secrets (server token, device tokens made in this process, GITHUB_TOKEN, .env
 values, secret-named environment variables) before an observer writes it.
+Credentials the server cannot know in clear (device tokens made by another
+process are stored hashed; a wrong token; a percent-encoded one) are caught by
+where they stand: whatever follows ``token=`` in a URL, an ``Authorization``
+header or ``Bearer``. Events below the configured level (debug, by default)
+are dropped: libraries' debug events hold raw requests.
 
 twistd creates its log observer after ``makeService``, and a ``LogPublisher``
 calls its observers in the order they were added. So ``install`` (called from
@@ -10,10 +15,11 @@ twistd's and redacts each event in place; ``RedactingObserver`` wraps an
 observer one controls instead.
 """
 
+import re
 from collections.abc import Iterable
 
 from twisted.application.service import Service
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from .config import SECRET_NAME_SUFFIXES, SERVER_SECRET_ENV
@@ -24,6 +30,20 @@ MIN_SECRET_LENGTH = 8
 # An event carrying this field set to True is shown as is: the one start-up line that
 # hands a newly generated server token to its owner.
 REVEAL_FIELD = "reveal_secrets"
+
+# Where a credential stands in a request, in any case and percent-encoded: the value of a
+# `token` query parameter (`?token=`, `&token=`, `%3Ftoken%3D`, a `'token': ['...']` dict),
+# an Authorization header's value, and what follows `Bearer`.
+_CREDENTIAL_PATTERNS = tuple(re.compile(f"{pattern}(?!{re.escape(REDACTED)}){value}", re.IGNORECASE)
+                             for pattern, value in (
+    (r"((?:[?&;]|%3F|%26|%3B)token(?:=|%3D))", r"[^&;#\s\"'\\]+"),
+    (r"(['\"]token['\"]\s*:\s*\[?\s*b?['\"])", r"[^'\"]+"),
+    (r"(authorization['\"]?\s*[:=,]\s*(?:b?['\"])?)", r"[^'\"\r\n\\]+"),
+    (r"(bearer(?:\s|%20|\+)+)", r"[^\s'\"\\,;]+"),
+))
+
+# Least severe first.
+_LEVEL_ORDER = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 
 # Fields that the logging system itself sets and that never hold logged values.
 _SYSTEM_FIELDS = frozenset({
@@ -46,9 +66,10 @@ def secret_values(config) -> set[str]:
 class Redactor:
     """Knows the secret values and removes them from text and log events."""
 
-    def __init__(self, secrets: Iterable[str] = ()):
+    def __init__(self, secrets: Iterable[str] = (), min_level: LogLevel = LogLevel.info):
         # Replaced, never mutated: observers may run in any thread.
         self._secrets: tuple[str, ...] = ()
+        self._min_level = min_level
         for secret in secrets:
             self.add(secret)
 
@@ -67,15 +88,23 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        for pattern in _CREDENTIAL_PATTERNS:
+            text = pattern.sub(rf"\g<1>{REDACTED}", text)
         return text
 
     def _leaks(self, text: str) -> bool:
-        return any(secret in text for secret in self._secrets)
+        return any(secret in text for secret in self._secrets) or any(
+            pattern.search(text) for pattern in _CREDENTIAL_PATTERNS)
+
+    def shown(self, event: dict) -> bool:
+        """Whether ``event`` is at or above the level the log shows."""
+        level = event.get("log_level")
+        return level not in _LEVEL_ORDER or _LEVEL_ORDER[level] >= _LEVEL_ORDER[self._min_level]
 
     def redact_event(self, event: dict) -> dict:
         """``event`` itself when it holds no secret, else a redacted copy whose text is
         already formatted (``log_format`` ``{log_text}``)."""
-        if not self._secrets or event.get(REVEAL_FIELD) is True:
+        if event.get(REVEAL_FIELD) is True:
             return event
         text = formatEvent(event)
         failure = event.get("log_failure")
@@ -109,6 +138,10 @@ class Redactor:
         publisher.removeObserver(self._redact_in_place)
 
     def _redact_in_place(self, event: dict) -> None:
+        if not self.shown(event):
+            # File observers write nothing for an event without a format.
+            event.clear()
+            return
         redacted = self.redact_event(event)
         if redacted is not event:
             event.clear()
@@ -124,7 +157,8 @@ class RedactingObserver:
         self.redactor = redactor
 
     def __call__(self, event: dict) -> None:
-        self._observer(self.redactor.redact_event(event))
+        if self.redactor.shown(event):
+            self._observer(self.redactor.redact_event(event))
 
 
 class RedactionService(Service):
@@ -148,7 +182,7 @@ def install_redaction(parent, config, publisher=globalLogPublisher) -> Redactor:
     add a ``RedactionService`` to ``parent`` that removes it when ``parent`` stops.
     Call before twistd begins logging (i.e. from ``makeService``).
     """
-    redactor = Redactor(secret_values(config))
+    redactor = Redactor(secret_values(config), min_level=config.log_level)
     redactor.install(publisher)
     RedactionService(redactor, publisher).setServiceParent(parent)
     return redactor

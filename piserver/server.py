@@ -11,7 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import threads
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import __version__
@@ -32,6 +32,7 @@ from .models import ModelCatalog
 from .notify import ATTEMPT_TIMEOUT, Notifier
 from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
+from .refusals import Refusals
 from .repos import RepoCatalog
 from .schema import SchemaResource
 from .sessions import SessionManager
@@ -194,7 +195,7 @@ def make_launcher(config: ServerConfig, reactor) -> Launcher:
         )
     if config.sandbox == "command":
         return CommandTemplateLauncher(reactor, config.launcher_command)
-    return LocalLauncher(reactor)
+    return LocalLauncher(reactor, own_process_group=True)
 
 
 def describe_launcher(config: ServerConfig) -> str:
@@ -219,6 +220,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV,
         launcher=make_launcher(config, reactor),
+        probe_interval=config.agent_probe_interval,
     )
     supervisor.setServiceParent(top)
     store = StateStore(config.data_dir / "state.json", reactor)
@@ -315,6 +317,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         requests_per_second=config.requests_per_second,
         redact=redact,
     )
+    refusals = Refusals(metrics, reactor)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(
@@ -322,8 +325,11 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         authenticator,
         config.max_frame_size,
         reactor=reactor,
+        refusals=refusals,
         allowed_origins=config.allowed_origins,
         max_connections=config.max_connections,
+        server_names=config.server_names,
+        library_log_level="debug" if config.log_level == LogLevel.debug else "error",
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout,
@@ -335,6 +341,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         idle_timeout=config.handshake_timeout,
         ui=WebUiResource(authenticator),
         log_health=config.log_health,
+        max_pending_per_address=config.max_pending_per_address,
+        on_refused=refusals.refused,
     )
     metrics.watch(hub, sessions)
     site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))
@@ -345,7 +353,11 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(
-            device_tokens, lambda: list(hub.connections.values()), reactor
+            device_tokens,
+            lambda: list(hub.connections.values()),
+            reactor,
+            token_file=config.data_dir / DEVICE_TOKENS_FILE,
+            reactor=reactor,
         ).setServiceParent(top)
     endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
     listener = StreamServerEndpointService(endpoint, site)

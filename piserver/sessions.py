@@ -41,13 +41,17 @@ from .nativetools import (
     extension_args,
     write_tools_file,
 )
-from .store import CorruptFileError, load_json, write_json_atomic
+from .store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
 from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 SESSION_RECORD = "session.json"
+# Written before a create or delete acts outside the session's own files (a worktree and
+# a branch in the user's repository), removed once it is done: a kill -9 in between is
+# undone (create) or finished (delete) at the next start.
+INTENT_RECORD = "intent.json"
 PROMPT_TIMEOUT = 600.0
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
@@ -56,6 +60,9 @@ CRASH_LIMIT = 5
 # Restart delay after the n-th recent crash: 0.5 s, 1 s, 2 s, 4 s.
 CRASH_BACKOFF_BASE = 0.5
 NAME_LENGTH = 60
+# A session with no event for this long closes its journal's write descriptor: a thousand
+# sessions that streamed once must not hold a thousand files open.
+JOURNAL_IDLE = 60.0
 
 
 # Closed connections whose tools and sessions a resuming client can take over.
@@ -87,11 +94,14 @@ class Session:
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
     extra: dict = attr.ib(factory=dict)
+    # The last event seq its record knows of (the stream's seq once it is open).
+    last_seq: int = attr.ib(default=0)
 
     agent: AgentProtocol | None = attr.ib(default=None)
     # Callers waiting for the agent being started, or None when not starting.
     starting: list | None = attr.ib(default=None)
     stream: EventStream | None = attr.ib(default=None)
+    journal: Journal | None = attr.ib(default=None)
     calls: DeviceCalls | None = attr.ib(default=None)
     # The native tools last written for the agent; None: not known since start.
     native_tools: list | None = attr.ib(default=None)
@@ -117,6 +127,10 @@ class Session:
         return self.directory / "native-tools.json"
 
     @property
+    def system_prompt_file(self) -> Path:
+        return self.directory / "system-prompt.md"
+
+    @property
     def offers_native_tools(self) -> bool:
         return self.mode == "chat" or self.include_native_tools
 
@@ -133,6 +147,7 @@ class Session:
             "modelId": self.model_id,
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
+            "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **self.extra,
         }
 
@@ -142,7 +157,17 @@ class Session:
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
             raise ValueError("bad session id")
         known = {"sessionId", "mode", "repoId", "worktreePath", "createdAt", "lastActivityAt",
-                 "name", "provider", "modelId", "systemPrompt", "includeNativeTools"}
+                 "name", "provider", "modelId", "systemPrompt", "includeNativeTools",
+                 "lastSeq"}
+        # One wrong entry must not break listing everyone's sessions.
+        if record.get("mode") not in ("chat", "code"):
+            raise ValueError(f"bad mode {record.get('mode')!r:.40}")
+        for key in ("worktreePath", "createdAt"):
+            if not isinstance(record.get(key), str) or not record[key]:
+                raise ValueError(f"{key} is not a string")
+        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise ValueError(f"{key} is not a string")
         return cls(
             id=session_id,
             mode=record["mode"],
@@ -157,6 +182,7 @@ class Session:
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
             extra={k: v for k, v in record.items() if k not in known},
+            last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )
 
     def idle(self) -> bool:
@@ -192,7 +218,7 @@ class SessionManager(service.Service):
         self._native_tool_timeout = native_tool_timeout
         self._max_agents = max_agents
         self._idle_timeout = idle_timeout
-        self._idle_check = task.LoopingCall(self._stop_idle_agents)
+        self._idle_check = task.LoopingCall(self._sweep)
         self._idle_check.clock = reactor
         # Runs blocking file work (removing a checkout) off the reactor thread.
         self._in_thread = in_thread or (lambda f, *args, **kwargs: threads.deferToThreadPool(
@@ -213,6 +239,10 @@ class SessionManager(service.Service):
         self._connections: dict[str, object] = {}
         self._departed: collections.OrderedDict[str, PreviousConnection] = \
             collections.OrderedDict()
+        # Fires once what a crash interrupted (creates, deletes) is undone or finished.
+        self.recovered = defer.succeed(None)
+        # Sessions whose agent is being stopped to make room for one starting (_make_room).
+        self._freeing_for_start: set[str] = set()
         # listener(happening, session, fields) for "event" (event_type, payload),
         # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
         self.listeners = []
@@ -222,13 +252,18 @@ class SessionManager(service.Service):
     # -- lifecycle ----------------------------------------------------------
 
     def startService(self):
+        interrupted = self._interrupted()
         loaded = self._store.load()
         if loaded.corrupt is not None:
             self.log.critical(
                 "state.json was unreadable and was moved to {moved_to}; sessions are "
                 "recovered from their directories", moved_to=str(loaded.corrupt.moved_to))
         records = dict(loaded.sessions)
-        for session_id, record in self._records_in_directories(set(records)):
+        doomed = {record["sessionId"] for _action, record in interrupted}
+        for session_id in doomed:
+            records.pop(session_id, None)
+            self._store.remove(session_id)
+        for session_id, record in self._records_in_directories(set(records) | doomed):
             self.log.warn("session {session_id} recovered from its directory",
                           session_id=session_id)
             records[session_id] = record
@@ -238,12 +273,15 @@ class SessionManager(service.Service):
                 session = Session.from_record(self.sessions_dir, {**record,
                                                                   "sessionId": session_id})
             except (KeyError, TypeError, ValueError) as e:
-                self.log.error("skipping unreadable session entry {session_id}: {error}",
-                               session_id=session_id, error=repr(e))
-                continue
+                session = self._from_directory(session_id, e)
+                if session is None:
+                    continue
             self._open_stream(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
+        if interrupted:
+            self.recovered = defer.Deferred.fromCoroutine(
+                self._finish_interrupted(interrupted))
         self._idle_check.start(min(60.0, self._idle_timeout), now=False)
         super().startService()
 
@@ -258,6 +296,8 @@ class SessionManager(service.Service):
     def _open_stream(self, session: Session) -> None:
         journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
         journal.open()
+        journal.continue_after(session.last_seq)
+        session.journal = journal
         session.stream = EventStream(session.id, journal, self._reactor, self._merge_window,
                                      on_sent=self._event_sent)
         session.calls = DeviceCalls(
@@ -277,6 +317,26 @@ class SessionManager(service.Service):
             self._store.put(session.id, record)
             # A copy beside the session's files: state.json can be rebuilt from these.
             write_json_atomic(session.directory / SESSION_RECORD, record)
+
+    def _from_directory(self, session_id, error: Exception) -> "Session | None":
+        """The session of a bad state.json entry, from its directory's session.json."""
+        try:
+            if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
+                raise ValueError("bad session id")
+            record = load_json(self.sessions_dir / session_id / SESSION_RECORD, self.log)
+            if not isinstance(record, dict) or record.get("sessionId") != session_id:
+                raise ValueError("no session.json of that session")
+            session = Session.from_record(self.sessions_dir, record)
+        except (CorruptFileError, OSError, KeyError, TypeError, ValueError) as e:
+            self.log.error("skipping unreadable session entry {session_id}: {error}; "
+                           "its directory has none either ({other})",
+                           session_id=str(session_id)[:80], error=repr(error), other=repr(e))
+            return None
+        self.log.warn("session {session_id}: its state.json entry is unusable ({error}); "
+                      "restored from its session.json", session_id=session_id,
+                      error=repr(error))
+        self._store.put(session_id, record)
+        return session
 
     def _records_in_directories(self, known: set):
         """Session records kept in ``sessions/<id>/`` that state.json does not list."""
@@ -346,6 +406,7 @@ class SessionManager(service.Service):
         try:
             session.pi_session_dir.mkdir(mode=0o700)
             if mode == "code":
+                self._write_intent(session, "create", self._checkouts.planned(session, repo))
                 checkout = await self._checkouts.create(
                     session, repo, lambda stage, text: self.publish(session, "session_progress", {
                         "type": "session_progress", "stage": stage, "message": text}))
@@ -363,6 +424,7 @@ class SessionManager(service.Service):
                 await self._in_thread(seed, session)
             self.sessions[session.id] = session
             self._save(session)
+            (directory / INTENT_RECORD).unlink(missing_ok=True)
             await self.ensure_agent(session)
         except BaseException:
             self.sessions.pop(session.id, None)
@@ -442,7 +504,9 @@ class SessionManager(service.Service):
     async def delete(self, session: Session) -> dict:
         session.deleted = True
         self.sessions.pop(session.id, None)
-        # First, so a crash before the directory is gone cannot bring the session back.
+        # First, so a crash before the directory is gone finishes the delete at start...
+        self._write_intent(session, "delete")
+        # ...and cannot bring the session back.
         (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
         session.stream.close()
@@ -454,6 +518,51 @@ class SessionManager(service.Service):
         await self._remove_directory(session.directory)
         self.log.info("session {session_id} deleted", session_id=session.id)
         return result
+
+    def _write_intent(self, session: Session, action: str, extra: dict | None = None) -> None:
+        write_json_atomic(session.directory / INTENT_RECORD,
+                          {"action": action, "record": {**session.record(), **(extra or {})}})
+
+    def _interrupted(self) -> list[tuple[str, dict]]:
+        """``(action, record)`` of the creates and deletes a crash interrupted."""
+        found = []
+        if not self.sessions_dir.is_dir():
+            return found
+        for directory in sorted(self.sessions_dir.iterdir()):
+            if not SESSION_ID.match(directory.name) or not (directory / INTENT_RECORD).exists():
+                continue
+            try:
+                intent = load_json(directory / INTENT_RECORD, self.log)
+                action, record = intent["action"], intent["record"]
+                if record.get("sessionId") != directory.name:
+                    raise ValueError("the intent names another session")
+            except (CorruptFileError, OSError, KeyError, TypeError, ValueError,
+                    AttributeError) as e:
+                self.log.error("session directory {path}: unreadable intent: {error}",
+                               path=str(directory), error=repr(e))
+                continue
+            if action == "create" and (directory / SESSION_RECORD).exists():
+                # The create got as far as recording the session: it stands.
+                (directory / INTENT_RECORD).unlink(missing_ok=True)
+                continue
+            found.append((action, record))
+        return found
+
+    async def _finish_interrupted(self, interrupted: list[tuple[str, dict]]) -> None:
+        for action, record in interrupted:
+            session = Session.from_record(self.sessions_dir, record)
+            self.log.warn("session {session_id}: {what} after an interrupted {action}",
+                          session_id=session.id, action=action,
+                          what="undoing the create" if action == "create"
+                          else "finishing the delete")
+            try:
+                if self._checkouts is not None and session.mode == "code":
+                    await self._checkouts.remove(session)
+                (session.directory / SESSION_RECORD).unlink(missing_ok=True)
+                await self._remove_directory(session.directory)
+            except Exception:
+                self.log.failure("session {session_id}: could not clean up",
+                                 session_id=session.id)
 
     def _remove_directory(self, path: Path) -> defer.Deferred:
         # A checkout can hold many files: remove it off the reactor thread.
@@ -475,8 +584,9 @@ class SessionManager(service.Service):
         self.watch(connection)
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
-        reason = session.stream.attach(connection, mode, last_seq,
-                                       snapshots="snapshots" in connection.features)
+        reason = await session.stream.attach_catching_up(
+            connection, mode, last_seq, self._in_thread,
+            snapshots="snapshots" in connection.features)
         if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
@@ -549,7 +659,9 @@ class SessionManager(service.Service):
         if session.provider is not None:
             args += ["--provider", session.provider, "--model", session.model_id]
         if session.system_prompt is not None:
-            args += ["--system-prompt", session.system_prompt]
+            # pi reads --system-prompt as a file when a file of that name exists: it gets the
+            # name of our own file holding the text, never the client's text itself.
+            args += ["--system-prompt", str(session.system_prompt_file)]
         if session.mode == "chat":
             args.append("--no-builtin-tools")
         if session.offers_native_tools:
@@ -616,6 +728,8 @@ class SessionManager(service.Service):
         await self._make_room(session)
         session.last_used = self._reactor.seconds()
         agentdir.prepare(self._data_dir, session.agent_dir)
+        if session.system_prompt is not None:
+            write_bytes_atomic(session.system_prompt_file, session.system_prompt.encode("utf-8"))
         agent = self._supervisor.spawn(
             session.id, self.agent_args(session), str(session.cwd),
             lambda event, raw: self._agent_event(session, agent, event, raw),
@@ -633,19 +747,43 @@ class SessionManager(service.Service):
         return agent
 
     async def _make_room(self, starting: Session) -> None:
-        """Keep within --max-agents: stop the longest-idle agent, or refuse."""
-        running = [s for s in self.sessions.values()
-                   if s is not starting and s.agent is not None and s.agent.exit is None]
-        if len(running) < self._max_agents:
-            return
-        idle = sorted((s for s in running if s.idle()), key=lambda s: s.last_used)
-        if not idle:
-            raise TooManySessions(
-                f"{len(running)} agents are running, the limit is {self._max_agents}: "
-                "detach from or delete a session, or wait for a run to end")
-        self.log.info("stopping the idle agent of {session_id} to start another",
-                      session_id=idle[0].id)
-        await self.stop_agent(idle[0])
+        """Keep within --max-agents: stop the longest-idle agent, or refuse.
+
+        A session whose agent is starting holds a place, and an agent being stopped holds
+        its place until it has exited, unless it is stopped to make room for a starting one
+        (which holds that place then): creates that arrive together cannot take the same
+        place twice."""
+        while True:
+            running = [s for s in self.sessions.values() if s is not starting
+                       and s.id not in self._freeing_for_start and (
+                           s.starting is not None
+                           or (s.agent is not None and s.agent.exit is None))]
+            if len(running) < self._max_agents:
+                return
+            idle = sorted((s for s in running if s.idle() and not s.agent.stop_requested),
+                          key=lambda s: s.last_used)
+            if not idle:
+                raise TooManySessions(
+                    f"{len(running)} agents are running, the limit is {self._max_agents}: "
+                    "detach from or delete a session, or wait for a run to end")
+            victim = idle[0]
+            self.log.info("stopping the idle agent of {session_id} to start another",
+                          session_id=victim.id)
+            self._freeing_for_start.add(victim.id)
+            try:
+                await self.stop_agent(victim)
+            finally:
+                self._freeing_for_start.discard(victim.id)
+
+    def _sweep(self) -> None:
+        self._stop_idle_agents()
+        self._release_idle_journals()
+
+    def _release_idle_journals(self) -> None:
+        horizon = self._reactor.seconds() - JOURNAL_IDLE
+        for session in self.sessions.values():
+            if session.last_used < horizon:
+                session.journal.release_writer()
 
     def _stop_idle_agents(self) -> None:
         horizon = self._reactor.seconds() - self._idle_timeout
@@ -664,6 +802,10 @@ class SessionManager(service.Service):
         if exit.stop_requested or session.deleted:
             return exit
         session.calls.agent_exited()
+        if agent.hung:
+            self.publish(session, "agent_hung", {
+                "type": "agent_hung",
+                "message": "the agent stopped answering and was killed; it restarts"})
         session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
         self._forget_old_exits(session)
         if session.streaming:
@@ -677,6 +819,11 @@ class SessionManager(service.Service):
         self.publish(session, "agent_exit", {
             "type": "agent_exit", "code": exit.code, "signal": exit.signal,
             "stderrTail": exit.stderr_tail})
+        if agent.hung and session.stream.connections():
+            # Someone is waiting for this session: bring its conversation back at once.
+            self.ensure_agent(session).addErrback(
+                lambda f: self.log.error("the agent of {session_id} did not restart: {error}",
+                                         session_id=session.id, error=f.getErrorMessage()))
         return exit
 
     def _agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
@@ -688,11 +835,11 @@ class SessionManager(service.Service):
                           session_id=session.id)
             return
         if event_type == "agent_start":
-            session.streaming = True
+            session.streaming = agent.expect_output = True
         elif event_type == "agent_settled":
             # pi may go on after agent_end (retries, compaction, queued messages): a run is
             # over once pi says it will not continue by itself.
-            session.streaming = False
+            session.streaming = agent.expect_output = False
         elif event_type == "session_info_changed":
             name = event.get("name")
             self.rename(session, name.strip() if isinstance(name, str) and name.strip()
@@ -713,6 +860,8 @@ class SessionManager(service.Service):
                 payload_json: bytes | None = None, to=None) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
         session.stream.publish(event_type, payload, payload_json, to=to)
+        # The stream's seq, not the event's: publishing can add one (journal_stopped).
+        self._store.note_last_seq(session.id, session.stream.seq)
         if self.listeners:
             self._tell("event", session, {"event_type": event_type, "payload": payload})
         now = session.last_used = self._reactor.seconds()

@@ -193,6 +193,9 @@ class StateStore:
             document = load_json(self.path, self._log)
         except CorruptFileError as corrupt:
             return LoadedState(sessions={}, corrupt=corrupt)
+        except IsADirectoryError:
+            corrupt = move_aside(self.path, "a directory, not a file", self._log)
+            return LoadedState(sessions={}, corrupt=corrupt)
         if document is None:
             return LoadedState(sessions={}, corrupt=None)
         version = document.get("version")
@@ -255,6 +258,17 @@ class StateStore:
         if self._pending_flush is None:
             self._pending_flush = self._clock.callLater(self._flush_delay, self._scheduled_flush)
         return True
+
+    def note_last_seq(self, session_id: str, seq: int) -> None:
+        """Keep a session's last event seq in its record (written with the next batch), so
+        numbering continues after it even if the journal loses its last events."""
+        record = self._sessions.get(session_id)
+        if record is None or record.get("lastSeq") == seq:
+            return
+        record["lastSeq"] = seq
+        self._dirty = True
+        if self._pending_flush is None:
+            self._pending_flush = self._clock.callLater(self._flush_delay, self._scheduled_flush)
 
     def flush(self) -> None:
         """Write now if anything changed since the last write."""

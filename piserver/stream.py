@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from . import compat
 from .envelope import encode_event, encode_payload
-from .journal import JournalGap, strip_message_update
+from .journal import JournalGap, JournalStopped, strip_message_update
 from .streaming import StreamingMessage
 
 EVENT_MODES = ("full", "delta")
@@ -140,10 +140,13 @@ class EventStream:
             payload_json = encode_payload(payload)
         self.seq += 1
         seq = self.seq
+        stopped = None
         try:
             self._journal.append(seq, event_type, payload, payload_json)
+        except JournalStopped as e:
+            # Disk full…: the journal said so in the log; the live stream goes on.
+            stopped = e
         except Exception:
-            # A journal that cannot write (disk full…) must not stop the live stream.
             self.log.failure("journal of {session_id}: cannot record event {seq}",
                              session_id=self.session_id, seq=seq)
 
@@ -160,6 +163,11 @@ class EventStream:
                 has_delta = True
         if has_delta:
             self._publish_delta(seq, event_type, payload, to)
+        if stopped is not None:
+            self.publish("journal_stopped", {
+                "type": "journal_stopped", "reason": stopped.strerror,
+                "message": "this session's events can no longer be stored (the server's disk "
+                           "is full?): a resume gets a snapshot"})
         return seq
 
     def _follow_message(self, event_type: str, payload: dict) -> None:
@@ -253,6 +261,69 @@ class EventStream:
                 return reason
         self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
         return None
+
+    async def attach_catching_up(self, connection, mode: str, last_seq: int | None,
+                                 in_thread, snapshots: bool = True) -> str | None:
+        """
+        ``attach``, with the catch-up read, decoded and encoded by ``in_thread(f)`` (a
+        thread pool): a long replay never stalls the reactor, nor other sessions. Live
+        events are held back meanwhile and follow the catch-up.
+        """
+        self.flush()
+        if last_seq is None or last_seq >= self.seq:
+            return self.attach(connection, mode, last_seq, snapshots)
+        merge = mode == "delta"
+        if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
+            if snapshots:
+                return "replay_too_large"
+            merge = True
+        try:
+            read = self._journal.prepared_replay(last_seq, mode)
+        except JournalGap:
+            if snapshots:
+                return "journal_trimmed"
+            # All that is left: the client sees the seqs jump over what was trimmed.
+            first = self._journal.first_seq
+            read = (lambda: []) if first is None else \
+                self._journal.prepared_replay(max(last_seq, first - 1), mode)
+            merge = True
+        caught_up_to = self.seq
+        self.hold(connection, mode)
+        try:
+            frames = await in_thread(self._catch_up_frames, read, mode, merge, snapshots)
+        except JournalGap:
+            # A record found unreadable while reading.
+            if snapshots:
+                self.detach(connection)
+                return "journal_trimmed"
+            frames = []
+        except BaseException:
+            self.detach(connection)
+            raise
+        subscriber = self._subscribers.get(connection.connection_id)
+        if subscriber is None or subscriber.held is None:
+            return None  # detached meanwhile
+        if frames is None:
+            self.detach(connection)
+            return "replay_too_large"
+        held, subscriber.held = subscriber.held, None
+        for frame in frames:
+            connection.send(frame)
+        for seq, frame in held:
+            if seq > caught_up_to:
+                connection.send(frame)
+        return None
+
+    def _catch_up_frames(self, read, mode: str, merge: bool,
+                         snapshots: bool) -> list[bytes] | None:
+        """The catch-up frames (None: too large, send a snapshot): runs in a thread."""
+        events = read()
+        if mode == "full" and not merge and \
+                sum(len(e[2]) for e in events) > self._max_replay_bytes:
+            if snapshots:
+                return None
+            merge = True
+        return list(self._replay_frames(events, merge))
 
     def _replay(self, connection, mode: str, last_seq: int, snapshots: bool) -> str | None:
         if last_seq > self.seq:

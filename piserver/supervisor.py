@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Collection, Mapping
 
 from twisted.application import service
@@ -66,6 +67,7 @@ class AgentSupervisor(service.Service):
         kill_grace: float = DEFAULT_KILL_GRACE,
         max_line_bytes: int | None = DEFAULT_MAX_LINE_BYTES,
         launcher: Launcher | None = None,
+        probe_interval: float | None = None,
     ) -> None:
         if not pi_command:
             raise ValueError("pi_command is empty")
@@ -89,6 +91,10 @@ class AgentSupervisor(service.Service):
         self._term_grace = term_grace
         self._kill_grace = kill_grace
         self._max_line_bytes = max_line_bytes
+        self._probe_interval = probe_interval
+        # Where the launcher makes each agent lead a process group of its own, stopping it
+        # stops what it started too (shells, tools).
+        self._group_kill = getattr(self._launcher, "leads_process_group", False)
         self._agents: dict[str, AgentProtocol] = {}
         self._shutting_down = False
 
@@ -115,6 +121,8 @@ class AgentSupervisor(service.Service):
             on_event,
             command_timeout=self._command_timeout,
             max_line_bytes=self._max_line_bytes,
+            probe_interval=self._probe_interval,
+            on_hung=self._hung,
         )
         argv = [*self._pi_argv, "--mode", "rpc", *args]
         env = dict(self._env)
@@ -183,7 +191,7 @@ class AgentSupervisor(service.Service):
                 agent_key=agent.key,
                 signal_name=signal_name,
             )
-            agent.signal(signal_name)
+            self._signal(agent, signal_name)
 
         timers.append(self._reactor.callLater(self._term_grace, send, "TERM"))
         timers.append(self._reactor.callLater(self._term_grace + self._kill_grace, send, "KILL"))
@@ -196,9 +204,29 @@ class AgentSupervisor(service.Service):
 
         agent.exited.addCallback(cancel_timers)
 
+    def _signal(self, agent: AgentProtocol, signal_name: str) -> None:
+        """Signal the agent's whole process group when it has one, else the agent."""
+        if self._group_kill and agent.exit is None and agent.pid:
+            try:
+                os.killpg(agent.pid, getattr(signal, f"SIG{signal_name}"))
+                return
+            except ProcessLookupError:
+                pass
+        agent.signal(signal_name)
+
+    def _hung(self, agent: AgentProtocol) -> None:
+        # Nothing polite reaches a process that does not run: kill it (its exit is a crash).
+        self._signal(agent, "KILL")
+
     def _forget(self, exit: AgentExit, key: str, agent: AgentProtocol) -> AgentExit:
         if self._agents.get(key) is agent:
             del self._agents[key]
+        if self._group_kill and agent.pid:
+            # What the agent started and left behind (a shell, a tool) goes with it.
+            try:
+                os.killpg(agent.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         return exit
 
     def _start_failed(self, failure: Failure, agent: AgentProtocol) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 from OpenSSL import crypto
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.internet.error import VerifyError
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
+from .agent import DEFAULT_PROBE_INTERVAL
 from .agentversion import INSTALL_HINT, UnsupportedAgent, probe
 from .config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -20,6 +21,7 @@ from .config import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
     ServerConfig,
     default_data_dir,
@@ -39,7 +41,7 @@ from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
-from .tokens import TokenError, load_or_create_server_token
+from .tokens import TokenError, load_or_create_server_token, read_token_file
 from .workspace.shipping import parse_author
 
 log = Logger()
@@ -81,7 +83,10 @@ class Options(usage.Options):
          "[default: $PI_SERVER_PI, pi on PATH, or the project's node_modules/.bin/pi run by "
          "its node_modules/.bin/node]"],
         ["auth-token", None, None,
-         "token clients must present [default: $PI_SERVER_AUTH_TOKEN or <data-dir>/server-token]"],
+         "token clients must present; every local user can read a command line: prefer "
+         "--auth-token-file or $PI_SERVER_AUTH_TOKEN [default: <data-dir>/server-token]"],
+        ["auth-token-file", None, None,
+         "file holding the token clients must present (keep it 0600)"],
         ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
          "largest WebSocket frame accepted, in bytes", int],
         ["max-agents", None, DEFAULT_MAX_AGENTS,
@@ -93,6 +98,10 @@ class Options(usage.Options):
         ["requests-per-second", None, 50.0,
          "requests a connection may send per second on average (bursts of twice that); "
          "more are answered rate_limited", float],
+        ["agent-probe-interval", None, DEFAULT_PROBE_INTERVAL,
+         "seconds an agent may be silent while a command waits or a run goes on before it "
+         "is asked for its state; no answer within 10 s more: it is hung, killed and "
+         "restarted", float],
         ["native-tool-timeout", None, DEFAULT_CALL_TIMEOUT,
          "seconds a native tool call waits for a device before it fails", float],
         ["send-buffer-limit", None, DEFAULT_SEND_BUFFER_LIMIT,
@@ -124,9 +133,12 @@ class Options(usage.Options):
          "seconds a client has to answer a ping before it is dropped", float],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
          "WebSocket connections served at once; more are refused with HTTP 503", int],
+        ["max-pending-per-address", None, DEFAULT_MAX_PENDING_PER_ADDRESS,
+         "connections one address may have open that are still sending their request "
+         "(before any authentication); more are refused with HTTP 503", int],
         ["log-level", None, DEFAULT_LOG_LEVEL,
          f"least severe events logged: {', '.join(LOG_LEVELS)} (debug shows every "
-         "WebSocket frame)"],
+         "WebSocket frame; credentials are redacted at every level)"],
         ["log-format", None, DEFAULT_LOG_FORMAT,
          "text, or json: one JSON object per line with the event's fields"],
         ["notify-secret", None, None,
@@ -159,6 +171,7 @@ class Options(usage.Options):
         self._check_sandbox = check_sandbox
         self._fill_cache = fill_cache
         self.allowed_origins = set()
+        self.server_names = set()
         self.notify_urls = []
 
     def opt_allowed_origin(self, value):
@@ -170,6 +183,17 @@ class Options(usage.Options):
             self.allowed_origins.add(parse_origin(value))
         except ValueError as e:
             raise usage.UsageError(f"--allowed-origin {value!r}: {e}") from None
+
+    def opt_server_name(self, value):
+        """
+        a host name clients reach this server by, besides its addresses, localhost and the
+        machine's host name (browser origins and, on loopback, Host headers must name one);
+        repeatable
+        """
+        name = value.strip()
+        if not name or any(c in name for c in "/:?#@ ") and not name.startswith("["):
+            raise usage.UsageError(f"--server-name {value!r}: give a host name or address")
+        self.server_names.add(name)
 
     def opt_notify_url(self, value):
         """
@@ -240,6 +264,7 @@ class Options(usage.Options):
             endpoint = self._tls_endpoint(port)
         for name in ("clone-timeout", "github-timeout", "journal-max-events", "send-buffer-limit",
                      "max-agents", "agent-idle-timeout", "native-tool-timeout",
+                     "agent-probe-interval",
                      "requests-per-second",
                      "journal-max-bytes", "journal-max-age"):
             if self[name] <= 0:
@@ -251,8 +276,9 @@ class Options(usage.Options):
         for name in ("handshake-timeout", "keepalive-interval", "keepalive-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
-        if self["max-connections"] < 1:
-            raise usage.UsageError("--max-connections must be at least 1")
+        for name in ("max-connections", "max-pending-per-address"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
         if self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(f"--log-level is one of {', '.join(LOG_LEVELS)}")
         if self["log-format"] not in LOG_FORMATS:
@@ -301,6 +327,11 @@ class Options(usage.Options):
         else:
             explicit = self["auth-token"] or environ.get("PI_SERVER_AUTH_TOKEN")
             try:
+                if self["auth-token-file"]:
+                    if self["auth-token"]:
+                        raise usage.UsageError(
+                            "--auth-token and --auth-token-file: give one of them")
+                    explicit = read_token_file(Path(self["auth-token-file"]).expanduser())
                 token, source = load_or_create_server_token(data_dir, explicit)
             except (OSError, TokenError) as e:
                 raise usage.UsageError(f"cannot read or store the server token: {e}") from None
@@ -350,6 +381,12 @@ class Options(usage.Options):
             keepalive_interval=self["keepalive-interval"],
             keepalive_timeout=self["keepalive-timeout"],
             max_connections=self["max-connections"],
+            log_level=LogLevel.levelWithName(self["log-level"]),
+            agent_probe_interval=self["agent-probe-interval"],
+            max_pending_per_address=self["max-pending-per-address"],
+            server_names=frozenset(self.server_names
+                                   | ({self["host"]} if self["host"] not in ("0.0.0.0", "::")
+                                      else set())),
             log_health=not self["no-health-log"],
             metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN")
             or None,

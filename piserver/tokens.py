@@ -98,6 +98,25 @@ def load_or_create_server_token(
     return token, "generated"
 
 
+def read_token_file(path: str | os.PathLike, log: Logger | None = None) -> str:
+    """The token in ``path`` (``--auth-token-file``), stripped; TokenError if it has none.
+    A file that group or others can read is used, with a warning."""
+    log = log or _log
+    with open(path, "rb") as token_file:
+        mode = loose_mode(token_file.fileno())
+        data = token_file.read()
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise TokenError(f"{os.fspath(path)} is not UTF-8 text") from None
+    if not token:
+        raise TokenError(f"{os.fspath(path)} is empty")
+    if mode is not None:
+        log.warn("{path} has mode {mode} which is looser than 0600: run chmod 600 on it",
+                 path=os.fspath(path), mode=f"{mode:04o}")
+    return token
+
+
 class DeviceTokenStore:
     """
     Named device tokens in ``device-tokens.json``:
@@ -164,7 +183,13 @@ class DeviceTokenStore:
         return True
 
     def verify(self, presented: str) -> str | None:
-        """The name of the device whose token ``presented`` is, or None.
+        """The name of the device whose token ``presented`` is, or None."""
+        found = self.identify(presented)
+        return found[0] if found is not None else None
+
+    def identify(self, presented: str) -> tuple[str, str] | None:
+        """``(name, token id)`` of the device token ``presented`` is, or None. The id (the
+        stored hash) tells a revoked token from a new one of the same name.
 
         Every entry is compared, in constant time, whichever matches.
         """
@@ -175,8 +200,13 @@ class DeviceTokenStore:
             if not isinstance(stored, str):
                 continue
             if hmac.compare_digest(presented_hash, stored.encode("ascii", "replace")):
-                matched = name
+                matched = (name, stored)
         return matched
+
+    def token_ids(self) -> frozenset[str]:
+        """The ids (see ``identify``) of the device tokens that are valid now."""
+        return frozenset(device["hash"] for device in self._current().values()
+                         if isinstance(device.get("hash"), str))
 
     def _current(self) -> dict[str, dict]:
         """The devices, re-read if the file changed since it was last read."""

@@ -3,6 +3,9 @@ Thin Autobahn adapter: authenticates the upgrade, then hands frames to a
 ``Connection`` and sends what it gives back.
 """
 
+import socket
+
+import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny
@@ -16,50 +19,70 @@ from .config import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from .origins import origin_allowed
+from .metrics import ServerMetrics
+from .origins import host_allowed, is_loopback, normal_name, origin_allowed
+from .refusals import Refusals
 
 # Close code for a frame over the size limit (RFC 6455 "message too big").
 CLOSE_TOO_BIG = 1009
 
+# Not the protocol's ``log`` attribute: that is Autobahn's own (txaio) logger, whose debug
+# events (raw upgrade requests, with their tokens) stay off; a twisted Logger there would
+# write them.
+log = Logger()
+
 
 class RpcServerProtocol(WebSocketServerProtocol):
-    log = Logger()
     connection = None
     _identity = None
 
     def onConnect(self, request):
         factory = self.factory
+        local = getattr(self.transport.getHost(), "host", None)
+        names = factory.server_names | ({normal_name(local)} if local else set())
+        host = request.headers.get("host")
+        # On loopback only a page rebound to 127.0.0.1 would name another host.
+        if is_loopback(local) and not host_allowed(host, names):
+            self._refuse("unknown_host", 403, "this server is not known by that Host name "
+                         "(it can be given one with --server-name)")
         # Browsers send Origin: a page elsewhere must not drive this server through them.
         origin = request.headers.get("origin")
         if origin is not None and not origin_allowed(
-                origin, request.headers.get("host"), self._secure(), factory.allowed_origins):
-            self.log.warn("refused /rpc upgrade from {peer}: origin {origin!r} is not allowed",
-                          peer=request.peer, origin=origin)
-            raise ConnectionDeny(
-                403, "cross-origin upgrade refused: this origin is not allowed "
-                     "(the server can list it with --allowed-origin)")
+                origin, host, self._secure(), names, factory.allowed_origins):
+            self._refuse("origin", 403, "cross-origin upgrade refused: this origin is not "
+                         "allowed (the server can list it with --allowed-origin)")
         try:
             self._identity = factory.authenticator.authenticate(request.headers,
                                                                 request.params)
         except Unauthorized as e:
-            self.log.warn("refused /rpc upgrade from {peer}: {reason}", peer=request.peer,
-                          reason=e.reason)
-            raise ConnectionDeny(401, e.reason) from None
+            self._refuse("unauthorized", 401, e.reason)
         # The count includes this connection.
         if factory.getConnectionCount() > factory.max_connections:
-            self.log.warn("refused /rpc upgrade from {peer}: {limit} connections are open",
-                          peer=request.peer, limit=factory.max_connections)
-            raise ConnectionDeny(
-                503, f"too many connections: this server accepts {factory.max_connections} "
-                     "at once; try again later")
+            self._refuse("too_many_connections", 503,
+                         f"too many connections: this server accepts "
+                         f"{factory.max_connections} at once; try again later")
         return None
+
+    def _refuse(self, kind: str, status: int, reason: str):
+        self.factory.refusals.refused(kind, self.peer, reason)
+        raise ConnectionDeny(status, reason)
+
+    def _fail_connection(self, *args, **kwargs):
+        # A broken or oversized frame: counted, logged at a bounded rate (Autobahn's own
+        # line about it is below the level its logger writes).
+        if self.state != self.STATE_CLOSED:
+            self.factory.refusals.refused("bad_frame", self.peer,
+                                          "broken or oversized WebSocket frame")
+        return super()._fail_connection(*args, **kwargs)
 
     def _secure(self) -> bool:
         return ISSLTransport.providedBy(self.transport)
 
     def onOpen(self):
+        identity = self._identity
         self.connection = self.factory.hub.connect(
-            self, peer=self.peer, device=self._identity.device if self._identity else None
+            self, peer=self.peer, device=identity.device if identity else None,
+            device_token_id=identity.token_id if identity else None,
         )
         # The HTTP channel registered itself as the socket's producer for the upgrade
         # request; the socket is ours now, and its pause/resume tells us a client is slow.
@@ -95,12 +118,23 @@ class RpcServerFactory(WebSocketServerFactory):
                  allowed_origins=frozenset(), max_connections=DEFAULT_MAX_CONNECTIONS,
                  handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
                  keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
-                 keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT):
-        super().__init__(reactor=reactor)
+                 keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT, refusals=None,
+                 server_names=(), library_log_level="error"):
+        # No version in the Server header of upgrade answers.
+        super().__init__(reactor=reactor, server="pi-server")
+        # Autobahn writes a line or more (info, warn) for every refused upgrade and broken
+        # frame a stranger sends; the refusals are counted and logged here, rate-limited.
+        # With --log-level debug its debug events (every frame) are asked for: credentials
+        # in them are redacted (redact.py).
+        txaio.set_global_log_level(library_log_level)
         self.hub = hub
         self.authenticator = authenticator
+        self.refusals = refusals or Refusals(ServerMetrics(self.reactor), self.reactor)
         # origins.Origin values, besides the server's own, that browsers may connect from.
         self.allowed_origins = frozenset(allowed_origins)
+        # What the server is called, besides the address a client connected to.
+        self.server_names = frozenset(
+            normal_name(n) for n in ("localhost", socket.gethostname(), *server_names))
         self.max_connections = max_connections
         # Autobahn schedules its timers (handshake, ping, close) on txaio's global reactor:
         # route them through ours, so a fake clock drives them too.

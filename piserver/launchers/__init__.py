@@ -11,6 +11,7 @@ channel, and the transport it returns is the one the agent protocol talks to.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -67,14 +68,26 @@ class Launcher(Protocol):
 
 
 class LocalLauncher:
-    """The agent as a child process of the server, with the server's own rights."""
+    """The agent as a child process of the server, with the server's own rights.
+
+    With ``own_process_group`` (and ``setsid`` on the PATH) each agent leads a process
+    group of its own, so that stopping it stops what it started too (shells, tools),
+    and a terminal's signals reach the server only: ``leads_process_group`` tells the
+    supervisor it may signal the group.
+    """
 
     description = "local processes (no sandbox)"
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, own_process_group: bool = False) -> None:
         self._reactor = reactor
+        self._setsid = shutil.which("setsid") if own_process_group else None
+        self.leads_process_group = self._setsid is not None
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
+        executable, argv = launch.executable, list(launch.argv)
+        if self._setsid is not None:
+            # setsid execs pi in its own place: the agent's pid leads the new group.
+            executable, argv = self._setsid, [self._setsid, executable, *argv[1:]]
         return self._reactor.spawnProcess(
-            protocol, launch.executable, list(launch.argv), env=dict(launch.env), path=launch.cwd
+            protocol, executable, argv, env=dict(launch.env), path=launch.cwd
         )

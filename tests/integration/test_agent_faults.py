@@ -10,8 +10,10 @@ from twisted.internet import defer, reactor
 
 from piserver.agent import AgentExit
 from piserver.errors import AgentCommandFailed, AgentExited, AgentTimeout
+from piserver.launchers import LocalLauncher
 from piserver.supervisor import AgentSupervisor
 from tests.support.piagent import FAKE_PROVIDER
+from tests.support.processes import wait_until
 
 STUB = str(Path(__file__).resolve().parents[1] / "support" / "stubagent.py")
 SAFETY_NET = 20.0
@@ -215,3 +217,27 @@ async def test_the_real_pi_answers_the_handshake_and_stops(pi_binary, agent_dir)
         await within(agents.stopService())
     assert agent.exit.code == 0
     assert agent.exit.signal is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_an_agent_started_goes_with_it(tmp_path):
+    agents = AgentSupervisor(reactor, [sys.executable, STUB], str(tmp_path / "agent"),
+                             dict(os.environ), (), command_timeout=SAFETY_NET,
+                             startup_timeout=SAFETY_NET,
+                             launcher=LocalLauncher(reactor, own_process_group=True))
+    agents.startService()
+    agent, _events = await start(agents, tmp_path)
+    child = (await within(agent.command("stub_child")))["pid"]
+    assert os.getpgid(child) == agent.pid  # the agent leads a group of its own
+    await within(agents.stop(agent))
+    await within(agents.stopService())
+    # The child is killed (and, orphaned, reaped by init): it no longer runs.
+    wait_until(lambda: not _runs(child), SAFETY_NET, "the agent's child to end")
+
+
+def _runs(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False

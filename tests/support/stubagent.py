@@ -16,6 +16,8 @@ It reads JSON lines on stdin and answers like pi (``{"id", "type": "response",
 - ``stub_stderr {lines}``: writes ``lines`` numbered lines to stderr, then answers.
 - ``stub_fail``: answers ``success: false`` with error "stub failure".
 - ``stub_env``: answers with ``{env, cwd, argv}``.
+- ``stub_child``: starts ``sleep 600`` (as a tool would start a shell) and answers
+  with ``{pid}``.
 
 Options: ``--ignore-eof`` keeps running after stdin ends (pi exits then),
 ``--ignore-term`` ignores SIGTERM, ``--crash-at-start`` writes to stderr and
@@ -26,6 +28,7 @@ pi's flags would be meaningless here.
 import json
 import os
 import signal
+import subprocess
 import sys
 
 SPLIT_TEXT = "before \U0001f600 after \u00e9\u20ac"
@@ -98,6 +101,10 @@ def handle(command: dict) -> None:
         answer(command, {})
     elif kind == "stub_fail":
         answer(command, error="stub failure")
+    elif kind == "stub_child":
+        child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        answer(command, {"pid": child.pid})
     elif kind == "stub_env":
         answer(command, {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[1:]})
     else:

@@ -1,9 +1,12 @@
 """
-Revoking a device token closes that device's connections within a second, also
-when another process (``pi-server token revoke``) did it.
+Revoking a device token closes the connections made with it at once (and within
+a second at the latest), also when another process (``pi-server token revoke``)
+did it, and also when a device of the same name is added again.
 """
 
 import attr
+import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
@@ -18,6 +21,7 @@ from tests.support.wsharness import MemoryServer, hello_frame
 class FakeConnection:
     connection_id: str = attr.ib()
     device: str | None = attr.ib()
+    device_token_id: str | None = attr.ib(default=None)
     closed: list = attr.ib(factory=list)
 
     def close(self, code, reason):
@@ -30,10 +34,11 @@ def make_store(tmp_path):
 
 def test_revoked_devices_lose_their_connections_within_a_second(tmp_path):
     store = make_store(tmp_path)
-    store.add("phone")
-    store.add("tablet")
-    phone, phone_again = FakeConnection("c1", "phone"), FakeConnection("c2", "phone")
-    tablet, server_token = FakeConnection("c3", "tablet"), FakeConnection("c4", None)
+    phone_id = store.identify(store.add("phone"))[1]
+    tablet_id = store.identify(store.add("tablet"))[1]
+    phone, phone_again = FakeConnection("c1", "phone", phone_id), FakeConnection("c2", "phone",
+                                                                                 phone_id)
+    tablet, server_token = FakeConnection("c3", "tablet", tablet_id), FakeConnection("c4", None)
     connections = [phone, phone_again, tablet, server_token]
     clock = Clock()
     watcher = RevocationWatcher(store, lambda: connections, clock)
@@ -58,8 +63,7 @@ def test_revoked_devices_lose_their_connections_within_a_second(tmp_path):
 
 def test_check_closes_at_once_and_counts(tmp_path):
     store = make_store(tmp_path)
-    store.add("phone")
-    connection = FakeConnection("c1", "phone")
+    connection = FakeConnection("c1", "phone", store.identify(store.add("phone"))[1])
     watcher = RevocationWatcher(store, lambda: [connection], Clock())
     assert watcher.check() == 0
     store.revoke("phone")
@@ -70,18 +74,28 @@ def test_check_closes_at_once_and_counts(tmp_path):
 def test_corrupt_store_closes_every_device_connection(tmp_path):
     # The store fails closed: a corrupt file means no device token is valid.
     store = make_store(tmp_path)
-    store.add("phone")
-    connection = FakeConnection("c1", "phone")
+    connection = FakeConnection("c1", "phone", store.identify(store.add("phone"))[1])
     watcher = RevocationWatcher(store, lambda: [connection], Clock())
     (tmp_path / DEVICE_TOKENS_FILE).write_text("{not json")
     assert watcher.check() == 1
+
+
+def test_a_device_added_again_under_the_same_name_keeps_no_old_connection(tmp_path):
+    store = make_store(tmp_path)
+    old = FakeConnection("c1", "phone", store.identify(store.add("phone"))[1])
+    watcher = RevocationWatcher(store, lambda: [old, new], Clock())
+    other = make_store(tmp_path)
+    assert other.revoke("phone")
+    new = FakeConnection("c2", "phone", store.identify(other.add("phone"))[1])
+    assert watcher.check() == 1
+    assert old.closed == [(CLOSE_REVOKED, "device token revoked")] and new.closed == []
 
 
 def test_a_failing_check_is_logged_and_the_watcher_keeps_going(tmp_path):
     class BrokenStore:
         calls = 0
 
-        def names(self):
+        def token_ids(self):
             self.calls += 1
             raise OSError("disk on fire")
 
@@ -133,3 +147,26 @@ def test_device_token_from_the_cli_opens_rpc_and_revoke_drops_it(tmp_path, capsy
     refused = server.open(f"ws://localhost:3141/rpc?token={token}")
     assert not refused.opened and "401" in refused.close_info[2]
     watcher.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_revocation_by_another_process_is_acted_on_without_waiting(tmp_path):
+    from twisted.internet import reactor
+
+    store = make_store(tmp_path)
+    closed = defer.Deferred()
+
+    class Connection(FakeConnection):
+        def close(self, code, reason):
+            closed.callback(code)
+
+    connection = Connection("c1", "phone", store.identify(store.add("phone"))[1])
+    # The clock never advances: only the change of the file can trigger the check.
+    watcher = RevocationWatcher(store, lambda: [connection], Clock(),
+                                token_file=tmp_path / DEVICE_TOKENS_FILE, reactor=reactor)
+    watcher.startService()
+    try:
+        assert make_store(tmp_path).revoke("phone")
+        assert await closed.addTimeout(10, reactor) == CLOSE_REVOKED
+    finally:
+        watcher.stopService()

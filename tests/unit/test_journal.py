@@ -15,7 +15,13 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from piserver import journal as journal_module
-from piserver.journal import Journal, JournalGap, JournalLimits, strip_message_update
+from piserver.journal import (
+    Journal,
+    JournalGap,
+    JournalLimits,
+    JournalStopped,
+    strip_message_update,
+)
 from tests.support import events
 
 
@@ -568,9 +574,13 @@ def test_a_last_segment_that_is_not_a_journal_is_moved_aside(make_journal, direc
 
     assert (directory / f"{11:020d}.jrnl.corrupt-1").exists()
     assert logs.at("critical")
-    assert (reopened.first_seq, reopened.last_seq) == (1, 10)
-    append_all(reopened, stream[10:])
-    assert_replays(reopened, stream)
+    # Seq 11 at least was sent: numbering goes on after it, and nothing before the lost
+    # events can be replayed across them.
+    assert (reopened.first_seq, reopened.last_seq) == (None, 11)
+    with pytest.raises(JournalGap):
+        reopened.replay(5)
+    append_all(reopened, stream[11:])
+    assert_replays(reopened, stream[11:], after_seq=11, first_seq=12)
 
 
 def test_a_corrupt_record_found_while_replaying_is_a_gap(make_journal, directory, logs):
@@ -597,32 +607,38 @@ class FailingWrites:
     def write(self, descriptor, data):
         if not self.armed:
             return self._write(descriptor, data)
-        self.armed = False
         if self._short:
+            # Half of it fits; writing the rest fails as a full disk does.
+            self._short = False
             return self._write(descriptor, data[: len(data) // 2])
+        self.armed = False
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
 @pytest.mark.parametrize("short", [False, True])
-def test_a_failed_write_loses_that_event_only(make_journal, directory, monkeypatch, short):
+def test_a_failed_write_keeps_what_was_written_and_stops_journaling(
+        make_journal, directory, monkeypatch, short):
     stream = synthetic(1, 20)
     journal = make_journal()
     append_all(journal, stream[:10])
     FailingWrites(monkeypatch, short)
 
-    with pytest.raises(OSError):
+    with pytest.raises(JournalStopped):
         journal.append(11, *stream[10])
 
-    assert journal.last_seq == 11
-    assert journal.first_seq is None
+    assert journal.last_seq == 11 and journal.stopped == "No space left on device"
+    # Counted, not written, and no second error: the disk is still full.
+    append_all(journal, stream[11:])
+    assert journal.last_seq == 20
+    # A resume would miss the events not journaled: it gets a gap (a snapshot).
     with pytest.raises(JournalGap):
         journal.replay(5)
-    append_all(journal, stream[11:])
-    assert_replays(journal, stream[11:], after_seq=11, first_seq=12)
+    assert journal.replay(20) == []
     journal.close()
+    # What was written before is all there.
     reopened = make_journal()
-    assert (reopened.first_seq, reopened.last_seq) == (12, 20)
-    assert_replays(reopened, stream[11:], after_seq=11, first_seq=12)
+    assert (reopened.first_seq, reopened.last_seq) == (1, 10)
+    assert_replays(reopened, stream[:10], after_seq=0, first_seq=1)
 
 
 # -- replay in a thread -----------------------------------------------------
@@ -653,3 +669,25 @@ async def test_replay_in_a_thread_reports_gaps(make_journal):
 
     with pytest.raises(JournalGap):
         await journal.replay_in_thread(reactor, 0)
+
+
+def test_an_unreadable_segment_keeps_its_first_seq_used(make_journal, directory):
+    journal = make_journal(segment_events=4)
+    append_all(journal, synthetic(1, 10))
+    journal.close()
+    last = sorted(directory.glob("*.jrnl"))[-1]
+    first_seq_of_last = int(last.name.split(".")[0])
+    last.write_bytes(b"not a journal segment at all")
+    reopened = make_journal(segment_events=4)
+    assert reopened.last_seq >= first_seq_of_last
+
+
+def test_continue_after_a_seq_known_elsewhere(make_journal):
+    journal = make_journal()
+    append_all(journal, synthetic(1, 5))
+    journal.continue_after(9)
+    assert journal.last_seq == 9
+    with pytest.raises(JournalGap):
+        journal.replay(3)
+    journal.append(10, *synthetic(10, 10)[0])
+    assert [seq for seq, _, _ in journal.replay(9)] == [10]

@@ -5,7 +5,7 @@ import os
 import pytest
 from twisted.python import usage
 
-from piserver.origins import Origin, host_origin, origin_allowed, parse_origin
+from piserver.origins import Origin, host_allowed, host_origin, origin_allowed, parse_origin
 from piserver.tap import Options
 from tests.support.piagent import VERSION_ONLY_PI
 
@@ -87,7 +87,27 @@ def test_host_origin():
     ("http://pi.example:3141/path", "pi.example:3141", False, (), False),
 ])
 def test_origin_allowed(origin, host, secure, allowed, expected):
-    assert origin_allowed(origin, host, secure, allowed) is expected
+    assert origin_allowed(origin, host, secure, {"pi.example"}, allowed) is expected
+
+
+@pytest.mark.parametrize("origin, host, expected", [
+    # A page rebound to the server: Origin and Host agree, but name the attacker's domain.
+    ("http://rebind.evil.example:3141", "rebind.evil.example:3141", False),
+    ("http://localhost:3141", "localhost:3141", True),
+    ("http://127.0.0.1:3141", "127.0.0.1:3141", True),
+    ("http://[::1]:3141", "[::1]:3141", True),
+])
+def test_own_origin_needs_a_server_name(origin, host, expected):
+    names = {"localhost", "127.0.0.1", "::1"}
+    assert origin_allowed(origin, host, False, names) is expected
+
+
+def test_host_allowed():
+    names = {"localhost", "127.0.0.1", "pi.example"}
+    assert host_allowed("localhost:3141", names) and host_allowed("PI.example", names)
+    assert host_allowed("127.0.0.1:1", names)
+    assert not host_allowed("rebind.evil.example:3141", names)
+    assert not host_allowed(None, names) and not host_allowed("a/b", names)
 
 
 def parse(tmp_path, *args):

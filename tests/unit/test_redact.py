@@ -9,6 +9,7 @@ import pytest
 from twisted.logger import (
     LogBeginner,
     Logger,
+    LogLevel,
     LogPublisher,
     eventAsText,
     formatEvent,
@@ -177,3 +178,32 @@ def test_make_service_installs_redaction_until_the_tree_stops(options):
         assert formatEvent(seen[-1]) == f"token {TOKEN}"
     finally:
         globalLogPublisher.removeObserver(seen.append)
+
+
+@pytest.mark.parametrize("text", [
+    "GET /rpc?token=d3v1c3-t0k3n-unknown HTTP/1.1",
+    "GET /rpc?x=1&TOKEN=d3v1c3-t0k3n-unknown&y=2",
+    "GET /rpc?token=%64%33%76%31%63%33 HTTP/1.1",
+    "referer http://a/b%3Ftoken%3Dd3v1c3-t0k3n-unknown",
+    "{'authorization': 'Bearer d3v1c3-t0k3n-unknown', 'host': 'h'}",
+    "b'Authorization: bearer d3v1c3-t0k3n-unknown\\r\\nHost: x'",
+    "params {'token': ['d3v1c3-t0k3n-unknown']}",
+])
+def test_credentials_of_requests_are_redacted_without_being_known(text):
+    redacted = Redactor().redact_event({"log_format": "{line}", "line": text})
+    shown = formatEvent(redacted)
+    assert "d3v1c3" not in shown and "%64%33" not in shown
+    assert REDACTED in shown
+
+
+def test_events_below_the_level_are_not_written():
+    output = io.StringIO()
+    observer = RedactingObserver(textFileLogObserver(output), Redactor())
+    log = Logger(observer=observer)
+    log.debug("raw request {line}", line="GET /rpc HTTP/1.1")
+    log.info("shown")
+    assert "raw request" not in output.getvalue() and "shown" in output.getvalue()
+    verbose = io.StringIO()
+    Logger(observer=RedactingObserver(textFileLogObserver(verbose),
+                                      Redactor(min_level=LogLevel.debug))).debug("asked for")
+    assert "asked for" in verbose.getvalue()

@@ -5,13 +5,17 @@ during creation.
 """
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.python.failure import Failure
 
 from piserver.checkouts import Checkout
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
+from piserver.journal import JournalLimits
 from piserver.sessions import SessionManager
 from piserver.store import StateStore
 from piserver.supervisor import AgentSupervisor
@@ -49,7 +53,7 @@ class Harness:
         ids = iter(f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 100))
         self.sessions = SessionManager(self.reactor, tmp_path, self.supervisor, self.store,
                                        Models(), new_id=lambda: next(ids),
-                                       in_thread=maybeDeferred, **options)
+                                       **{"in_thread": maybeDeferred, **options})
         self.sessions.startService()
 
     def process(self, n=-1):
@@ -87,7 +91,10 @@ def test_chat_agent_arguments_and_model_pin(harness, tmp_path):
     assert "--no-builtin-tools" in spawn.args
     assert spawn.args[spawn.args.index("--session-dir") + 1] == \
         str(tmp_path / "sessions" / session.id / "pi")
-    assert spawn.args[spawn.args.index("--system-prompt") + 1] == "Be brief."
+    # The text reaches pi in a file of the session's (pi reads a path it is given).
+    prompt_file = spawn.args[spawn.args.index("--system-prompt") + 1]
+    assert prompt_file == str(tmp_path / "sessions" / session.id / "system-prompt.md")
+    assert Path(prompt_file).read_text() == "Be brief."
     # No model was asked for: the one pi started with is pinned for restarts.
     assert (session.provider, session.model_id) == ("fake", "fake-1")
     assert harness.store.get(session.id)["modelId"] == "fake-1"
@@ -234,6 +241,29 @@ def test_agent_limit_stops_the_longest_idle_one_or_refuses(tmp_path):
     assert "limit is 2" in failure.value.message
 
 
+def test_the_agent_limit_holds_when_creates_arrive_together(tmp_path):
+    harness = Harness(tmp_path, max_agents=2)
+    assert create(harness).called
+    harness.reactor.advance(10)
+    assert create(harness).called
+    # Four creates at once, while both running agents are idle.
+    creates = [ensureDeferred(harness.sessions.create(None, "chat")) for _ in range(4)]
+    for spawn in list(harness.reactor.spawned[:2]):
+        if any(c["type"] == "abort" for c in spawn.process.lines()):
+            harness.answer("abort", n=harness.reactor.spawned.index(spawn))
+            spawn.process.end(code=0)
+    for n in range(2, len(harness.reactor.spawned)):
+        harness.answer_startup(n)
+    alive = [s for s in harness.reactor.spawned if not s.process.ended]
+    assert len(alive) <= 2
+    refused = [d.result for d in creates if isinstance(d.result, Failure)]
+    for d in creates:
+        d.addErrback(lambda f: None)
+    for failure in refused:
+        assert failure.check(TooManySessions)
+    assert len(creates) - len(refused) == len(alive) == 2
+
+
 def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
     first = Harness(tmp_path)
     kept = create(first, system_prompt="keep me").result
@@ -253,6 +283,9 @@ def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
 
 
 class FakeCheckouts:
+    def planned(self, session, repo):
+        return {"worktreePath": str(session.directory / "repo")}
+
     async def create(self, session, repo, on_progress):
         path = session.directory / "repo"
         path.mkdir()
@@ -280,3 +313,115 @@ def test_the_end_of_a_code_sessions_run_is_passed_on(tmp_path):
         b'{"type":"agent_settled","aborted":false}\n'
     )
     assert chat.mode == "chat" and ended == [code]
+
+
+def journal_descriptors(directory) -> int:
+    """Descriptors of this process open on files in ``directory``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += target.startswith(str(directory))
+    return count
+
+
+def test_an_idle_session_holds_no_journal_descriptor(harness):
+    session = create(harness).result
+    journal_dir = session.directory / "journal"
+    harness.sessions.publish(session, "note", {"type": "note", "n": 1})
+    assert journal_descriptors(journal_dir) == 1
+    harness.reactor.advance(121)
+    assert journal_descriptors(journal_dir) == 0
+    # It writes again when it has something to write, and replays across the pause.
+    harness.sessions.publish(session, "note", {"type": "note", "n": 2})
+    assert [event_type for _, event_type, _ in session.journal.replay(0)] == ["note", "note"]
+
+
+def test_bad_state_entries_fall_back_to_session_json_one_by_one(tmp_path):
+    first = Harness(tmp_path)
+    wrong, empty, fine = (create(first).result for _ in range(3))
+    first.sessions.stopService()
+    state = json.loads((tmp_path / "state.json").read_text())
+    state["sessions"][wrong.id]["createdAt"] = 5
+    state["sessions"][empty.id] = {}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+
+    second = Harness(tmp_path)
+    listed = second.sessions.summaries()
+    assert {s["sessionId"] for s in listed} == {wrong.id, empty.id, fine.id}
+    assert second.store.get(empty.id)["mode"] == "chat"  # rewritten from session.json
+
+
+def test_a_state_json_that_is_a_directory_does_not_stop_the_start(tmp_path):
+    first = Harness(tmp_path)
+    kept = create(first).result
+    first.sessions.stopService()
+    (tmp_path / "state.json").unlink()
+    (tmp_path / "state.json").mkdir()
+
+    second = Harness(tmp_path)
+    assert list(second.sessions.sessions) == [kept.id]
+    assert (tmp_path / "state.json").is_file() or second.store.get(kept.id) is not None
+
+
+def test_numbering_continues_after_an_unreadable_last_journal_segment(tmp_path):
+    limits = JournalLimits(segment_events=3)
+    first = Harness(tmp_path, journal_limits=limits)
+    session = create(first).result
+    for n in range(10):
+        first.sessions.publish(session, "note", {"type": "note", "n": n})
+    sent = session.stream.seq
+    first.sessions.stopService()
+    segments = sorted((session.directory / "journal").glob("*.jrnl"))
+    segments[-1].write_bytes(b"garbage, not a journal segment")
+
+    second = Harness(tmp_path, journal_limits=limits)
+    again = second.sessions.sessions[session.id]
+    second.sessions.publish(again, "note", {"type": "note", "n": 10})
+    assert again.stream.seq == sent + 1
+
+
+class LaterThreads:
+    """``in_thread`` that runs the work only when the test says so."""
+
+    def __init__(self):
+        self.waiting = []
+
+    def __call__(self, f, *args, **kwargs):
+        d = Deferred()
+        self.waiting.append((d, f, args, kwargs))
+        return d
+
+    def run_all(self):
+        waiting, self.waiting = self.waiting, []
+        for d, f, args, kwargs in waiting:
+            maybeDeferred(f, *args, **kwargs).chainDeferred(d)
+
+
+def event_seqs(connection, session_id):
+    return [f["seq"] for f in connection.sent
+            if f.get("kind") == "event" and f["sessionId"] == session_id]
+
+
+def test_a_catch_up_is_built_off_the_reactor_and_stalls_no_other_session(tmp_path):
+    threads = LaterThreads()
+    harness = Harness(tmp_path, in_thread=threads)
+    resumed, other = create(harness).result, create(harness).result
+    for n in range(20):
+        harness.sessions.publish(resumed, "note", {"type": "note", "n": n})
+    late, watcher = FakeConnection("late"), FakeConnection("watcher")
+    attaching = ensureDeferred(harness.sessions.attach(late, resumed, exclusive=False,
+                                                       last_seq=5))
+    ensureDeferred(harness.sessions.attach(watcher, other, exclusive=False))
+    # The catch-up waits for its thread; meanwhile everything else goes on.
+    assert not attaching.called and len(threads.waiting) == 1
+    harness.sessions.publish(resumed, "note", {"type": "note", "n": 20})
+    harness.sessions.publish(other, "note", {"type": "note", "n": 0})
+    assert event_seqs(watcher, other.id) == [other.stream.seq]
+    assert event_seqs(late, resumed.id) == []
+    threads.run_all()
+    assert attaching.result == "replayed"
+    # Every event after 5, once, in order: the catch-up, then what came meanwhile.
+    assert event_seqs(late, resumed.id) == list(range(6, resumed.stream.seq + 1))

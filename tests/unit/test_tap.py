@@ -136,6 +136,22 @@ def test_auth_token_sources(tmp_path, base):
     assert no_auth.auth_token is None
 
 
+def test_auth_token_file_keeps_the_token_off_the_command_line(tmp_path, base):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file-token\n")
+    token_file.chmod(0o600)
+    config = parse(base + ["--auth-token-file", str(token_file)]).config
+    assert (config.auth_token, config.auth_token_source) == ("from-a-file-token", "option")
+    token_file.write_text("")
+    with pytest.raises(usage.UsageError, match="is empty"):
+        parse(base + ["--auth-token-file", str(token_file)])
+    with pytest.raises(usage.UsageError, match="No such file"):
+        parse(base + ["--auth-token-file", str(tmp_path / "missing")])
+    with pytest.raises(usage.UsageError, match="give one of them"):
+        parse(base + ["--auth-token-file", str(token_file), "--auth-token", "x"])
+    assert "--auth-token-file" in str(Options())
+
+
 def test_dotenv_loaded_and_problems_kept_without_values(tmp_path, base):
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
@@ -155,8 +171,8 @@ def test_make_service_tree(base):
     assert isinstance(listener, StreamServerEndpointService)
     site = listener.factory
     root = site.resource
-    assert set(root.children) >= {b"health", b"rpc"}
-    assert isinstance(root.children[b"rpc"], WebSocketResource)
+    assert set(root.children) >= {b"health", b"rpc", b"metrics"}
+    assert isinstance(root.children[b"rpc"]._websocket, WebSocketResource)
     # Log redaction is installed with the tree and removed when it stops.
     service.getServiceNamed("redaction").stopService()
 

@@ -194,10 +194,11 @@ def test_authenticator_off_and_device_tokens():
     assert Authenticator(None).authenticate({}, {}).device is None
 
     class Devices:
-        def verify(self, token):
-            return "phone" if token == "device-secret" else None
+        def identify(self, token):
+            return ("phone", "sha256:1") if token == "device-secret" else None
 
     authenticator = Authenticator("sesame", Devices())
-    assert authenticator.authenticate({}, {"token": ["device-secret"]}).device == "phone"
+    identity = authenticator.authenticate({}, {"token": ["device-secret"]})
+    assert (identity.device, identity.token_id) == ("phone", "sha256:1")
     with pytest.raises(Unauthorized):
         authenticator.authenticate({}, {"token": ["other"]})
