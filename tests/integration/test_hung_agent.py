@@ -15,6 +15,32 @@ SAFETY_NET = 60.0
 """Seconds any wait may take before the test fails: against hangs, not a sleep."""
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it: under bubblewrap the agent's pid is bwrap's,
+    and pi runs further down."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def stop_agent(pid: int) -> None:
+    """SIGSTOP the agent's every process, pi itself included: a hung pi."""
+    for member in process_tree(pid):
+        os.kill(member, signal.SIGSTOP)
+
+
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -34,7 +60,7 @@ async def test_a_stopped_agent_is_declared_hung_killed_and_restarted(make_pi_ser
     server = make_pi_server("--agent-probe-interval", "1")
     client, session_id, session = await chat_session(server)
     pid = session.agent.pid
-    os.kill(pid, signal.SIGSTOP)
+    stop_agent(pid)
     try:
         # While it does not read, input waits in a bounded buffer: 4 MiB prompts are sent
         # until the bound is reached, then refused at once.
@@ -69,7 +95,7 @@ async def test_a_stopped_agent_does_not_outlive_the_server(make_pi_server):
     server = make_pi_server()
     _client, _session_id, session = await chat_session(server)
     pid = session.agent.pid
-    os.kill(pid, signal.SIGSTOP)
+    stop_agent(pid)
     try:
         await server.stop()
         assert gone(pid)
@@ -83,7 +109,7 @@ async def test_a_prompt_to_a_stopped_agent_fails_when_it_is_found_hung(make_pi_s
     server = make_pi_server("--agent-probe-interval", "1")
     client, session_id, session = await chat_session(server)
     pid = session.agent.pid
-    os.kill(pid, signal.SIGSTOP)
+    stop_agent(pid)
     try:
         failed = client.call("prompt", {"message": "hi"}, session_id=session_id)
         try:
