@@ -19,7 +19,6 @@ import attr
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from . import agentdir
 from .agent import AgentExit, AgentProtocol
@@ -41,6 +40,7 @@ from .nativetools import (
     extension_args,
     write_tools_file,
 )
+from .outcome import SharedOutcome
 from .store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
 from .stream import EventStream
 
@@ -98,8 +98,9 @@ class Session:
     last_seq: int = attr.ib(default=0)
 
     agent: AgentProtocol | None = attr.ib(default=None)
-    # Callers waiting for the agent being started, or None when not starting.
-    starting: list | None = attr.ib(default=None)
+    # The start of its agent under way, which every caller asking meanwhile waits for;
+    # None when not starting.
+    starting: SharedOutcome | None = attr.ib(default=None)
     stream: EventStream | None = attr.ib(default=None)
     journal: Journal | None = attr.ib(default=None)
     calls: DeviceCalls | None = attr.ib(default=None)
@@ -684,9 +685,7 @@ class SessionManager(service.Service):
         if session.deleted:
             return defer.fail(NotFound(f"session {session.id} was deleted"))
         if session.starting is not None:
-            waiter = defer.Deferred()
-            session.starting.append(waiter)
-            return waiter
+            return session.starting.observe()
         if session.agent is not None and session.agent.exit is None \
                 and not session.agent.stop_requested:
             return defer.succeed(session.agent)
@@ -699,20 +698,17 @@ class SessionManager(service.Service):
         delay = 0.0
         if session.recent_exits:
             delay = CRASH_BACKOFF_BASE * 2 ** (len(session.recent_exits) - 1)
-        first = defer.Deferred()
-        session.starting = [first]
+        starting = session.starting = SharedOutcome()
+        # Observed before the start begins: a start that ends at once still has its caller.
+        first = starting.observe()
         started = defer.Deferred.fromCoroutine(self._start_agent(session, delay))
-        started.addBoth(self._started, session)
+        started.addBoth(self._started, session, starting)
         return first
 
-    def _started(self, result, session: Session) -> None:
-        # Every caller that asked while the agent was starting gets the outcome.
-        waiters, session.starting = session.starting or [], None
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+    def _started(self, result, session: Session, starting: SharedOutcome) -> None:
+        if session.starting is starting:
+            session.starting = None
+        starting.settle(result)
 
     async def _start_agent(self, session: Session, delay: float) -> AgentProtocol:
         if delay:
