@@ -20,22 +20,21 @@ Compact message updates
 -----------------------
 pi 0.x sent every ``message_update`` with the whole message so far, twice
 (``message`` and ``assistantMessageEvent.partial``): a 2,000-token answer was
-about 30 MB of events for 0.3 MB of news. pi 1.x sends deltas only, but with the
-``usage`` so far on every update, which is most of its bytes. A message update
-is therefore stored as its *delta form* (the event without those fields, see
-:func:`strip_message_update`), kept as ready-to-send JSON for delta-mode
-replay, plus a *rebuild* JSON ``[message slot, partial slot]`` or ``[message
-slot, partial slot, usage slot]``. A slot is ``null`` when the field is absent,
-else ``[key position, op]``:
+about 30 MB of events for 0.3 MB of news. Such an update is stored as its *delta
+form* (the event without those two fields), kept as ready-to-send JSON for
+delta-mode replay, plus a *rebuild* JSON ``[message slot, partial slot]``. A slot
+is ``null`` when the field is absent, else ``[key position, op]``:
 
 - the ``message`` op is a structural diff against the message of the previous
   message update of the same segment (``null``: unchanged);
 - the ``partial`` op is ``null`` when ``partial`` equals that message (what pi
-  always sent), else ``[0, value]``;
-- the ``usage`` op is a structural diff against the usage of the previous
-  message update of the same segment (``null``: unchanged, as it mostly is).
+  always sent), else ``[0, value]``.
 
-A ``message_update`` with none of these fields is stored verbatim.
+pi 1.x sends deltas only: its updates are stored verbatim, as pi wrote them, so
+that journaling a streamed answer encodes nothing (it is the relay's hot path).
+What delta mode leaves out of them, the ``usage`` so far that pi repeats on every
+update (see :func:`strip_message_update`), is taken out when a delta-mode replay
+reads them.
 
 Diff ops: ``[0, value]`` replaces; ``[1, suffix]`` appends to a string;
 ``[2, {key: op}, [removed keys]]`` patches an object (new keys last, in order);
@@ -43,7 +42,7 @@ Diff ops: ``[0, value]`` replaces; ``[1, suffix]`` appends to a string;
 compare strictly (``true`` is not ``1``) and an object whose key order a patch
 could not reproduce is replaced whole, so replay gives back equal JSON with the
 same key order (not byte-identical: replayed updates are compact JSON). The
-first message update of a segment holds the whole message and usage (a keyframe), so
+first message update of a segment holds the whole message (a keyframe), so
 every segment decodes on its own. All other events are stored verbatim and
 replayed byte for byte.
 
@@ -81,9 +80,10 @@ to a new segment: files of a previous run are never written again.
 Replay
 ------
 ``replay`` reads segments from the one holding ``after_seq + 1``, linearly,
-decoding from the segment's start. Delta mode returns stored bytes and parses
-nothing; full mode rebuilds and serialises each update (pi's ~15 KB per event
-of a long answer: output bound, about 0.4 s for 10,000 such events here).
+decoding from the segment's start. Full mode returns pi's bytes, and rebuilds
+and serialises each pi 0.x update (~15 KB per event of a long answer); delta mode
+returns stored bytes, parsing only the updates that carry a ``usage`` to leave it
+out.
 ``replay_in_thread`` does the reading and decoding in the reactor's thread
 pool, for long catch-ups.
 """
@@ -172,26 +172,24 @@ class _CorruptRecord(Exception):
 
 
 def strip_message_update(payload: dict) -> dict:
-    """The delta form of a ``message_update`` event: without ``message``,
-    ``assistantMessageEvent.partial`` and ``usage``. A new dict (and a new
-    ``assistantMessageEvent`` when one was stripped); ``payload`` is not changed."""
-    return _split_update(payload)[0]
+    """The delta form of a ``message_update`` event: without ``usage``, ``message`` and
+    ``assistantMessageEvent.partial``. A new dict (and a new ``assistantMessageEvent``
+    when one was stripped); ``payload`` is not changed."""
+    event = _split_update(payload)[0]
+    # pi 1.x repeats the usage so far on every update; message_end has the final one.
+    event.pop("usage", None)
+    return event
 
 
 def _split_update(payload: dict):
-    """(delta form, message position or None, message, partial position or None, partial,
-    usage position or None, usage)."""
-    message_at = partial_at = usage_at = None
-    message = partial = usage = None
-    keys = list(payload)
+    """(event without message and partial, message position or None, message, partial
+    position or None, partial)."""
+    message_at = partial_at = None
+    message = partial = None
     if "message" in payload:
-        message_at = keys.index("message")
+        message_at = list(payload).index("message")
         message = payload["message"]
-    if "usage" in payload:
-        # pi 1.x repeats the usage so far on every update; message_end has the final one.
-        usage_at = keys.index("usage")
-        usage = payload["usage"]
-    event = {key: value for key, value in payload.items() if key not in ("message", "usage")}
+    event = {key: value for key, value in payload.items() if key != "message"}
     inner = payload.get("assistantMessageEvent")
     if isinstance(inner, dict) and "partial" in inner:
         partial_at = list(inner).index("partial")
@@ -199,7 +197,21 @@ def _split_update(payload: dict):
         event["assistantMessageEvent"] = {
             key: value for key, value in inner.items() if key != "partial"
         }
-    return event, message_at, message, partial_at, partial, usage_at, usage
+    return event, message_at, message, partial_at, partial
+
+
+def _delta_form(event_type: str, payload_json: bytes) -> bytes:
+    """A stored update's JSON without the usage delta mode leaves out."""
+    if event_type != "message_update" or b'"usage"' not in payload_json:
+        return payload_json
+    try:
+        event = json.loads(payload_json)
+    except ValueError as error:
+        raise _CorruptRecord(f"undecodable message update: {error!r}") from None
+    if not isinstance(event, dict) or "usage" not in event:
+        return payload_json
+    del event["usage"]
+    return encode_payload(event)
 
 
 _SHARED = "\x00pi-journal:shared message\x00"
@@ -357,25 +369,24 @@ def _records(data: memoryview, first_seq: int):
 
 def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str, out: list):
     """Append ``(seq, type, payload JSON)`` for each record after ``after_seq`` to ``out``."""
-    base = usage_base = _NO_BASE
+    base = _NO_BASE
     for seq, _, kind, event_type, rest, _ in _records(data, first_seq):
         if kind == _VERBATIM:
             if seq > after_seq:
-                out.append((seq, event_type, bytes(rest)))
+                stored = bytes(rest)
+                out.append((seq, event_type,
+                            _delta_form(event_type, stored) if mode == DELTA else stored))
             continue
         (delta_length,) = _DELTA_LENGTH.unpack_from(rest)
         delta_start = _DELTA_LENGTH.size
         delta_end = delta_start + delta_length
         if mode == DELTA:
             if seq > after_seq:
-                out.append((seq, event_type, bytes(rest[delta_start:delta_end])))
+                out.append((seq, event_type,
+                            _delta_form(event_type, bytes(rest[delta_start:delta_end]))))
             continue
         try:
-            slots = json.loads(bytes(rest[delta_end:]))
-            message_slot, partial_slot = slots[0], slots[1]
-            usage_slot = slots[2] if len(slots) > 2 else None
-            if usage_slot is not None and usage_slot[1] is not None:
-                usage_base = _patched(usage_base, usage_slot[1])
+            message_slot, partial_slot = json.loads(bytes(rest[delta_end:]))
             message = partial = None
             reference = base
             if message_slot is not None:
@@ -402,16 +413,8 @@ def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str,
                     "partial",
                     _SHARED if shared else partial,
                 )
-            put_back = []
             if message_slot is not None:
-                put_back.append((message_slot[0], "message", _SHARED if shared else message))
-            if usage_slot is not None:
-                if usage_base is _NO_BASE:
-                    raise _CorruptRecord("usage diff without a base")
-                put_back.append((usage_slot[0], "usage", usage_base))
-            # Positions count the original keys: the earlier one goes back first.
-            for position, key, value in sorted(put_back, key=lambda item: item[0]):
-                event = _inserted(event, position, key, value)
+                event = _inserted(event, message_slot[0], "message", _SHARED if shared else message)
             encoded = _dumps_sharing(event, message) if shared else encode_payload(event)
             if encoded is None:
                 event["message"] = event["assistantMessageEvent"]["partial"] = message
@@ -479,7 +482,6 @@ class Journal:
         self._descriptor: int | None = None
         """Write descriptor of the last segment, or None before its first append."""
         self._base = _NO_BASE
-        self._usage_base = _NO_BASE
         self._last_seq = 0
         self._disk_bytes = 0
         self._open = False
@@ -510,7 +512,6 @@ class Journal:
         self._segments = []
         self._descriptor = None
         self._base = _NO_BASE
-        self._usage_base = _NO_BASE
         self._last_seq = 0
         found = sorted(
             (int(match.group(1)), entry)
@@ -627,12 +628,10 @@ class Journal:
             current = None
         # A new segment starts without a base: its first update is a keyframe.
         base = self._base if current is not None else _NO_BASE
-        usage_base = self._usage_base if current is not None else _NO_BASE
         kind, rest = _VERBATIM, payload_json
         if event_type == "message_update":
-            event, message_at, message, partial_at, partial, usage_at, usage = \
-                _split_update(payload)
-            if message_at is not None or partial_at is not None or usage_at is not None:
+            event, message_at, message, partial_at, partial = _split_update(payload)
+            if message_at is not None or partial_at is not None:
                 reference = base
                 message_slot = partial_slot = None
                 if message_at is not None:
@@ -643,13 +642,10 @@ class Journal:
                     partial_slot = [partial_at, None if same else [_SET, partial]]
                     if message_at is None:
                         base = partial
-                slots = [message_slot, partial_slot]
-                if usage_at is not None:
-                    slots.append([usage_at, _diff(usage_base, usage)])
-                    usage_base = usage
                 delta = encode_payload(event)
                 kind = _UPDATE
-                rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, encode_payload(slots)))
+                rebuild = encode_payload([message_slot, partial_slot])
+                rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, rebuild))
         data = _record(seq, now, kind, event_type.encode("utf-8"), rest)
         try:
             if current is None:
@@ -668,7 +664,6 @@ class Journal:
         self._disk_bytes += len(data)
         self._last_seq = seq
         self._base = base
-        self._usage_base = usage_base
         self._trim(now)
 
     def _start_segment(self, seq: int, now: float) -> _Segment:
@@ -694,7 +689,6 @@ class Journal:
         self.stopped = error.strerror or str(error)
         self._last_seq = seq
         self._base = _NO_BASE
-        self._usage_base = _NO_BASE
         self._log.error(
             "journal {directory}: cannot write event {seq} ({reason}); this session's "
             "events are no longer journaled (those up to seq {kept} are kept) until the "
@@ -714,7 +708,6 @@ class Journal:
         self._forget_all(f"seqs up to {seq} were used, beyond the {self._last_seq} it holds")
         self._last_seq = seq
         self._base = _NO_BASE
-        self._usage_base = _NO_BASE
 
     def release_writer(self) -> None:
         """Close the write descriptor (an idle session should not hold one); the next

@@ -70,11 +70,11 @@ async def test_a_long_answer_is_journaled_near_its_delta_size(
     assert len(updates) > 2000
     full_size = sum(len(line) for line in stream)
     delta_size = sum(len(payload) for payload in delta)
-    # pi 1.x streams deltas only (0.x repeated the whole message twice: 30 MB here), but
-    # with the usage so far on every update, which the journal keeps as a diff.
+    # pi 1.x streams deltas only (0.x repeated the whole message twice: 30 MB here); the
+    # journal keeps its updates as they came, for little more than pi's own bytes.
     assert full_size < 2_000_000
     assert journal.disk_bytes <= 3 * delta_size
-    assert journal.disk_bytes < full_size * 0.75
+    assert journal.disk_bytes < full_size * 1.25
     journal.close()
 
 
