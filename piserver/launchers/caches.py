@@ -27,7 +27,7 @@ COMPILE_CACHE = "node-compile-cache"
 NODE = "node"
 JITI = "jiti"
 STAMP = "filled-for"
-WARM_UP_TIMEOUT = 60.0
+WARM_UP_TIMEOUT = 20.0
 
 
 def stamp(pi_version: str, extension: Path) -> str:
