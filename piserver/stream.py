@@ -272,21 +272,10 @@ class EventStream:
         self.flush()
         if last_seq is None or last_seq >= self.seq:
             return self.attach(connection, mode, last_seq, snapshots)
-        merge = mode == "delta"
-        if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
-            if snapshots:
-                return "replay_too_large"
-            merge = True
-        try:
-            read = self._journal.prepared_replay(last_seq, mode)
-        except JournalGap:
-            if snapshots:
-                return "journal_trimmed"
-            # All that is left: the client sees the seqs jump over what was trimmed.
-            first = self._journal.first_seq
-            read = (lambda: []) if first is None else \
-                self._journal.prepared_replay(max(last_seq, first - 1), mode)
-            merge = True
+        plan = self._plan_catch_up(mode, last_seq, snapshots)
+        if isinstance(plan, str):
+            return plan
+        read, merge = plan
         caught_up_to = self.seq
         self.hold(connection, mode)
         try:
@@ -325,31 +314,44 @@ class EventStream:
             merge = True
         return list(self._replay_frames(events, merge))
 
-    def _replay(self, connection, mode: str, last_seq: int, snapshots: bool) -> str | None:
-        if last_seq > self.seq:
-            return "unknown_seq" if snapshots else None
+    def _plan_catch_up(self, mode: str, last_seq: int, snapshots: bool):
+        """How to catch a connection up from ``last_seq`` (below the last seq): why a
+        snapshot must do instead, or ``(read, merge)``: the journal's events to read
+        (``read()``, from any thread) and whether runs of deltas are merged."""
         merge = mode == "delta"
         if mode == "full" and self.seq - last_seq > MAX_FULL_REPLAY_EVENTS:
             if snapshots:
                 return "replay_too_large"
             merge = True
         try:
-            events = self._journal.replay(last_seq, mode)
+            return self._journal.prepared_replay(last_seq, mode), merge
         except JournalGap:
             if snapshots:
                 return "journal_trimmed"
-            # All that is left: the client sees the seqs jump over what was trimmed.
-            first = self._journal.first_seq
-            events = [] if first is None else self._journal.replay(max(last_seq, first - 1),
-                                                                   mode)
-            merge = True
-        if mode == "full" and not merge and \
-                sum(len(e[2]) for e in events) > self._max_replay_bytes:
+        # All that is left: the client sees the seqs jump over what was trimmed.
+        first = self._journal.first_seq
+        if first is None:
+            return (lambda: []), True
+        return self._journal.prepared_replay(max(last_seq, first - 1), mode), True
+
+    def _replay(self, connection, mode: str, last_seq: int, snapshots: bool) -> str | None:
+        if last_seq > self.seq:
+            return "unknown_seq" if snapshots else None
+        plan = self._plan_catch_up(mode, last_seq, snapshots)
+        if isinstance(plan, str):
+            return plan
+        read, merge = plan
+        try:
+            frames = self._catch_up_frames(read, mode, merge, snapshots)
+        except JournalGap:
+            # A record found unreadable while reading.
             if snapshots:
-                return "replay_too_large"
-            merge = True
-        for frame in self._replay_frames(events, merge):
-            self._send(connection, mode, frame)
+                return "journal_trimmed"
+            frames = []
+        if frames is None:
+            return "replay_too_large"
+        for frame in frames:
+            connection.send(frame)
         return None
 
     def _replay_frames(self, events, merge: bool):
