@@ -1,7 +1,25 @@
+import pytest
 import pytest_twisted
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.support.fakegithub import TEST_TOKEN, FakeGithub
 from tests.support.server import RunningServer
+
+
+@pytest.fixture
+def captured_log():
+    """Every log line the server writes while the test runs (tracebacks included)."""
+    lines = []
+
+    def observe(event):
+        lines.append(formatEvent(event) or "")
+        failure = event.get("log_failure")
+        if failure is not None:
+            lines.append(failure.getTraceback())
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
 
 
 @pytest_twisted.async_yield_fixture

@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
@@ -30,21 +29,6 @@ def write_repos(data_dir, entries):
 def local_repo(tmp_path):
     return make_repository(str(tmp_path / "source"), default_branch="trunk",
                            files={"README.md": "# source\n", "src/app.py": "x = 1\n"})
-
-
-@pytest.fixture
-def captured_log():
-    lines = []
-
-    def observe(event):
-        lines.append(formatEvent(event) or "")
-        failure = event.get("log_failure")
-        if failure is not None:
-            lines.append(failure.getTraceback())
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import stat
 
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from tests.support.fakegithub import make_repository, run_git
@@ -20,18 +19,6 @@ DEVICE_SECRET = "device-token-secret-0123456789"
 DOTENV_MARKER = "dotenv-file-marker"
 OTHER_SESSION_SECRET = "other-session-secret"
 SOURCE_MARKER = "source-worktree-marker"
-
-
-@pytest.fixture
-def captured_log():
-    lines = []
-
-    def observe(event):
-        lines.append(formatEvent(event) or "")
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def is_event(event_type, session_id):

@@ -11,7 +11,6 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
@@ -49,21 +48,6 @@ def agent_edits():
         ),
         Text("edited, created and deleted"),
     )
-
-
-@pytest.fixture
-def captured_log():
-    lines = []
-
-    def observe(event):
-        lines.append(formatEvent(event) or "")
-        failure = event.get("log_failure")
-        if failure is not None:
-            lines.append(failure.getTraceback())
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture
