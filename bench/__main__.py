@@ -20,34 +20,76 @@ from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 from . import document, realpi, relay, report, resume
 from .rig import Machine, median
 
-QUICK = {"rounds": 2, "warmup": 1, "paced_rounds": 1, "repeats": 1, "relay_events": 1000,
-         "clients": "1,10", "resume_events": 2000}
+QUICK = {
+    "rounds": 2,
+    "warmup": 1,
+    "paced_rounds": 1,
+    "repeats": 1,
+    "relay_events": 1000,
+    "clients": "1,10",
+    "resume_events": 2000,
+}
 
 
 def arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--output", default=str(repository_root() / "docs" / "performance.md"),
-                        help="Markdown file to write, '-' for none [default: %(default)s]")
-    parser.add_argument("--rounds", type=int, default=9,
-                        help="measured rounds of the real 2,000-token answer [%(default)s]")
-    parser.add_argument("--warmup", type=int, default=4,
-                        help="warm-up rounds before them [%(default)s]")
-    parser.add_argument("--paced-rounds", type=int, default=3,
-                        help="measured rounds of the paced answer [%(default)s]")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each relay and resume figure (median) [%(default)s]")
-    parser.add_argument("--relay-events", type=int, default=5_000,
-                        help="events the stub agent writes per relay run [%(default)s]")
-    parser.add_argument("--clients", default="1,10,100",
-                        help="numbers of attached clients, comma-separated [%(default)s]")
-    parser.add_argument("--resume-events", type=int, default=10_000,
-                        help="journaled events replayed on resume [%(default)s]")
-    parser.add_argument("--paced-delay", type=float, default=0.005,
-                        help="seconds between tokens of the paced answer [%(default)s]")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes to check that the benchmarks run; writes nothing "
-                             "unless --output is given")
+        prog="python -m bench", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument(
+        "--output",
+        default=str(repository_root() / "docs" / "performance.md"),
+        help="Markdown file to write, '-' for none [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=9,
+        help="measured rounds of the real 2,000-token answer [%(default)s]",
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="warm-up rounds before them [%(default)s]"
+    )
+    parser.add_argument(
+        "--paced-rounds",
+        type=int,
+        default=3,
+        help="measured rounds of the paced answer [%(default)s]",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each relay and resume figure (median) [%(default)s]",
+    )
+    parser.add_argument(
+        "--relay-events",
+        type=int,
+        default=5_000,
+        help="events the stub agent writes per relay run [%(default)s]",
+    )
+    parser.add_argument(
+        "--clients",
+        default="1,10,100",
+        help="numbers of attached clients, comma-separated [%(default)s]",
+    )
+    parser.add_argument(
+        "--resume-events",
+        type=int,
+        default=10_000,
+        help="journaled events replayed on resume [%(default)s]",
+    )
+    parser.add_argument(
+        "--paced-delay",
+        type=float,
+        default=0.005,
+        help="seconds between tokens of the paced answer [%(default)s]",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes to check that the benchmarks run; writes nothing "
+        "unless --output is given",
+    )
     options = parser.parse_args(argv)
     if options.quick:
         for name, value in QUICK.items():
@@ -87,11 +129,13 @@ def findings(real_pi: dict, relayed: dict, resumed: dict) -> list[str]:
         cpu = {name: typical(fast[name], 1) for name in ("direct", "full", "delta")}
         spent = ""
         if None not in cpu.values():
-            spent = (f" pi-server spends {report.duration(cpu['full'])} of CPU on one answer "
-                     f"for a full-mode client and {report.duration(cpu['delta'])} for a "
-                     f"delta-mode one (decoding, journaling, framing), against "
-                     f"{report.duration(cpu['direct'])} for pi itself to write it, and they "
-                     "share the cores with the client.")
+            spent = (
+                f" pi-server spends {report.duration(cpu['full'])} of CPU on one answer "
+                f"for a full-mode client and {report.duration(cpu['delta'])} for a "
+                f"delta-mode one (decoding, journaling, framing), against "
+                f"{report.duration(cpu['direct'])} for pi itself to write it, and they "
+                "share the cores with the client."
+            )
         paced_base = typical(paced["direct"], 0)
         lines.append(
             f"Streamed without delay, pi alone answers 2,000 tokens "
@@ -103,18 +147,22 @@ def findings(real_pi: dict, relayed: dict, resumed: dict) -> list[str]:
             f"{report.percent(typical(paced['full'], 0) / paced_base - 1)} "
             f"(full) and {report.percent(typical(paced['delta'], 0) / paced_base - 1)} (delta). "
             "Without delay the figure moves from run to run with how three busy processes "
-            "share the cores: every run is listed under its table.")
+            "share the cores: every run is listed under its table."
+        )
     times = relayed["times"]
     counts = sorted({clients for _, clients in times})
     if len(counts) > 1:
         fewest, most = counts[0], counts[-1]
-        each = {mode: (times[mode, most] - times[mode, fewest]) / (most - fewest)
-                / relayed["events"] for mode in ("full", "delta")}
+        each = {
+            mode: (times[mode, most] - times[mode, fewest]) / (most - fewest) / relayed["events"]
+            for mode in ("full", "delta")
+        }
         lines.append(
             f"Fan-out: from {fewest} to {most} attached clients, each more client costs the "
             f"relay {report.duration(each['full'])} per event in full mode and "
             f"{report.duration(each['delta'])} in delta mode (a WebSocket frame written for "
-            "each client).")
+            "each client)."
+        )
     for result in resumed["socket"].values():
         mode, count = result["mode"], result["events"]
         if result.get("caught_up") == "snapshot":
@@ -123,18 +171,21 @@ def findings(real_pi: dict, relayed: dict, resumed: dict) -> list[str]:
                 "`session_snapshot` instead of the replay (the server replays at most "
                 f"{MAX_FULL_REPLAY_EVENTS:,} events or "
                 f"{DEFAULT_MAX_REPLAY_BYTES // (1 << 20)} MiB in full mode): what the client "
-                f"needs to redraw, in {report.duration(result['time'])}.")
+                f"needs to redraw, in {report.duration(result['time'])}."
+            )
         elif result.get("caught_up") == "replayed":
             lines.append(
                 f"A {mode}-mode resume replaying {count:,} events of long answers takes "
                 f"{report.duration(result['time'])} to the `hello` response: "
-                f"{report.count(result['frames'])} frames, {report.size(result['bytes'])}.")
+                f"{report.count(result['frames'])} frames, {report.size(result['bytes'])}."
+            )
         if "closed" in result:
             lines.append(
                 f"A {mode}-mode resume of {count:,} events of long answers is cut "
                 f"off with close code {result['closed']} under the default "
                 f"`--send-buffer-limit` ({DEFAULT_SEND_BUFFER_LIMIT // (1 << 20)} MiB): the replay "
-                "is sent in one go, so more than the limit waits in the send buffer.")
+                "is sent in one go, so more than the limit waits in the send buffer."
+            )
     return lines
 
 
@@ -142,8 +193,10 @@ async def run(reactor, options: argparse.Namespace) -> None:
     pi = locate_pi()
     machine = Machine.describe(pi)
     started = time.perf_counter()
-    print(f"pi-server benchmarks: {machine.cores} cores, {machine.python}, "
-          f"pi {machine.pi_version}\n", flush=True)
+    print(
+        f"pi-server benchmarks: {machine.cores} cores, {machine.python}, pi {machine.pi_version}\n",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="pi-server-bench-") as directory:
         work = Path(directory)
         (work / "home").mkdir()
@@ -155,17 +208,24 @@ async def run(reactor, options: argparse.Namespace) -> None:
             print(table.text() + "\n", flush=True)
 
         real_tables, real_pi, answer = await realpi.measure(
-            reactor, work / "real-pi", pi, environ, options.rounds, options.warmup,
-            options.paced_delay, options.paced_rounds)
+            reactor,
+            work / "real-pi",
+            pi,
+            environ,
+            options.rounds,
+            options.warmup,
+            options.paced_delay,
+            options.paced_rounds,
+        )
         for table in real_tables:
             show(table)
-        relay_table, relayed = await relay.measure(reactor, work / "relay", environ,
-                                             options.relay_events, options.clients,
-                                             options.repeats)
+        relay_table, relayed = await relay.measure(
+            reactor, work / "relay", environ, options.relay_events, options.clients, options.repeats
+        )
         show(relay_table)
         resume_table, resumed = await resume.measure(
-            reactor, work / "resume", pi, answer, options.resume_events, options.repeats,
-            environ)
+            reactor, work / "resume", pi, answer, options.resume_events, options.repeats, environ
+        )
         show(resume_table)
     mode_lines = document.event_modes(real_pi)
     goal_lines = document.goals(real_pi)
@@ -174,9 +234,19 @@ async def run(reactor, options: argparse.Namespace) -> None:
     took = time.perf_counter() - started
     print(f"\n{took:.0f} s in all")
     if options.output != "-":
-        Path(options.output).write_text(document.markdown(
-            machine, shown_command(sys.argv[1:]), took, Machine.load_average(), tables,
-            goal_lines, mode_lines, found), encoding="utf-8")
+        Path(options.output).write_text(
+            document.markdown(
+                machine,
+                shown_command(sys.argv[1:]),
+                took,
+                Machine.load_average(),
+                tables,
+                goal_lines,
+                mode_lines,
+                found,
+            ),
+            encoding="utf-8",
+        )
         print(f"written to {options.output}")
 
 

@@ -12,8 +12,7 @@ RELAY_GOAL = 0.05
 def goals(real_pi: dict) -> list[str]:
     """One line per goal of the issue, with this run's figure."""
     lines = []
-    for label, figures in zip(("streamed without delay", "paced"), real_pi["wire"],
-                              strict=True):
+    for label, figures in zip(("streamed without delay", "paced"), real_pi["wire"], strict=True):
         full = figures["full"]["payload"]
         delta = figures["delta"]["payload"]
         deflated = figures["delta + deflate"]["socket"]
@@ -21,7 +20,8 @@ def goals(real_pi: dict) -> list[str]:
         lines.append(
             f"Delta mode ≥ {DELTA_GOAL}x fewer bytes than full mode ({label}): "
             f"**{full / delta:.0f}x** ({report.size(delta)} against {report.size(full)}; "
-            f"{full / deflated:.0f}x with permessage-deflate): {verdict}.")
+            f"{full / deflated:.0f}x with permessage-deflate): {verdict}."
+        )
     for pace, runs in real_pi["times"].items():
         base = median(took for took, _ in runs["direct"])
         for mode in ("full", "delta"):
@@ -30,7 +30,8 @@ def goals(real_pi: dict) -> list[str]:
             answer = "streamed without delay" if pace == "fast" else "paced"
             lines.append(
                 f"The relay adds ≤ {RELAY_GOAL:.0%} to a real 2,000-token answer end to end "
-                f"({answer}), {mode}-mode client: **{report.percent(added)}**: {verdict}.")
+                f"({answer}), {mode}-mode client: **{report.percent(added)}**: {verdict}."
+            )
     return lines
 
 
@@ -78,8 +79,16 @@ def event_modes(real_pi: dict) -> list[str]:
     ]
 
 
-def markdown(machine: Machine, command: str, took: float, load_at_end: str, tables,
-             goal_lines, mode_lines, findings) -> str:
+def markdown(
+    machine: Machine,
+    command: str,
+    took: float,
+    load_at_end: str,
+    tables,
+    goal_lines,
+    mode_lines,
+    findings,
+) -> str:
     parts = [
         "# Performance",
         "",

@@ -83,8 +83,10 @@ async def run(reactor) -> None:
         print(f"  replay the last 100 events, full mode: {elapsed * 1e3:.1f} ms")
         started = time.perf_counter()
         await reopened.replay_in_thread(reactor, 0, "full")
-        print(f"  replay_in_thread {count:,} events, full mode: "
-              f"{(time.perf_counter() - started) * 1e3:.0f} ms")
+        print(
+            f"  replay_in_thread {count:,} events, full mode: "
+            f"{(time.perf_counter() - started) * 1e3:.0f} ms"
+        )
         reopened.close()
 
 

@@ -64,13 +64,19 @@ class Setup:
     def spawn_pi(self, name: str, **options):
         session_dir = self.work / name
         session_dir.mkdir(mode=0o700)
-        return spawn_reader(self.reactor, time.perf_counter,
-                            [*self.pi, *chat_agent_args(session_dir)],
-                            self.agent_dir.environment(), self.agent_dir.project, **options)
+        return spawn_reader(
+            self.reactor,
+            time.perf_counter,
+            [*self.pi, *chat_agent_args(session_dir)],
+            self.agent_dir.environment(),
+            self.agent_dir.project,
+            **options,
+        )
 
     def start_server(self):
-        return ServerProcess.start(self.reactor, self.agent_dir.path, self.pi,
-                                   self.agent_dir.environment())
+        return ServerProcess.start(
+            self.reactor, self.agent_dir.path, self.pi, self.agent_dir.environment()
+        )
 
     async def stop(self):
         if self.llm is not None:
@@ -91,8 +97,9 @@ async def pi_stdout(setup: Setup, answers) -> list[list[bytes]]:
         start = len(pi.captured)
         pi.send({"id": f"p{number}", "type": "prompt", "message": "write a lot"})
         await pi.until_event("agent_settled", number)
-        streams.append([line for line in pi.captured[start:]
-                        if json.loads(line)["type"] != "response"])
+        streams.append(
+            [line for line in pi.captured[start:] if json.loads(line)["type"] != "response"]
+        )
     await pi.stop()
     return streams
 
@@ -119,9 +126,11 @@ def usage_bytes(updates: list[bytes]) -> int:
 
 def text_of(frames) -> str:
     return "".join(
-        frame["payload"]["assistantMessageEvent"]["delta"] for frame in frames
+        frame["payload"]["assistantMessageEvent"]["delta"]
+        for frame in frames
         if frame["type"] == "message_update"
-        and frame["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+        and frame["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+    )
 
 
 async def wire_bytes(setup: Setup, port: int, answers) -> list[dict]:
@@ -139,11 +148,14 @@ async def wire_bytes(setup: Setup, port: int, answers) -> list[dict]:
         clients[name] = client
     results = []
     for answer in answers:
-        before = {name: (len(c.frames), c.payload_bytes, c.wire_bytes)
-                  for name, c in clients.items()}
+        before = {
+            name: (len(c.frames), c.payload_bytes, c.wire_bytes) for name, c in clients.items()
+        }
         # Each answer's frames are dropped once counted: any agent_settled seen is this one's.
-        ends = [c.wait_for_event(lambda frame: frame["type"] == "agent_settled")
-                for c in clients.values()]
+        ends = [
+            c.wait_for_event(lambda frame: frame["type"] == "agent_settled")
+            for c in clients.values()
+        ]
         await setup.llm.script(answer)
         await control.call("prompt", {"message": "write a lot"}, session_id=session_id)
         await defer.gatherResults(ends)
@@ -153,8 +165,11 @@ async def wire_bytes(setup: Setup, port: int, answers) -> list[dict]:
             events = [f for f in client.frames[frames:] if f.get("kind") == "event"]
             if text_of(events) != answer.text:
                 raise RuntimeError(f"{name} client did not get the whole answer")
-            figures[name] = {"frames": len(events), "payload": client.payload_bytes - payload,
-                             "socket": client.wire_bytes - wire}
+            figures[name] = {
+                "frames": len(events),
+                "payload": client.payload_bytes - payload,
+                "socket": client.wire_bytes - wire,
+            }
             # Nothing from this answer is needed any more: keep the process small.
             del client.frames[frames:]
             client.events = defer.DeferredQueue()
@@ -167,18 +182,39 @@ async def wire_bytes(setup: Setup, port: int, answers) -> list[dict]:
 def wire_table(title: str, pi_lines: list[bytes], figures: dict, note: str) -> Table:
     pi_bytes = sum(len(line) + 1 for line in pi_lines)
     full = figures["full"]["payload"]
-    rows = [("pi stdout, read directly (baseline)", report.count(len(pi_lines)),
-             report.size(pi_bytes), "", "1.00x", report.ratio(pi_bytes / full))]
+    rows = [
+        (
+            "pi stdout, read directly (baseline)",
+            report.count(len(pi_lines)),
+            report.size(pi_bytes),
+            "",
+            "1.00x",
+            report.ratio(pi_bytes / full),
+        )
+    ]
     for name, _, deflate in WIRE_CLIENTS:
         client = figures[name]
         shown = client["socket"] if deflate else client["payload"]
-        rows.append((f"pi-server, {name}", report.count(client["frames"]),
-                     report.size(client["payload"]), report.size(client["socket"]),
-                     report.ratio(pi_bytes / shown), report.ratio(full / shown)))
+        rows.append(
+            (
+                f"pi-server, {name}",
+                report.count(client["frames"]),
+                report.size(client["payload"]),
+                report.size(client["socket"]),
+                report.ratio(pi_bytes / shown),
+                report.ratio(full / shown),
+            )
+        )
     return Table(
         title=title,
-        columns=("Stream", "Events / frames", "Payload bytes", "Socket bytes",
-                 "x fewer than pi stdout", "x fewer than full mode"),
+        columns=(
+            "Stream",
+            "Events / frames",
+            "Payload bytes",
+            "Socket bytes",
+            "x fewer than pi stdout",
+            "x fewer than full mode",
+        ),
         rows=tuple(rows),
         notes=(note, "Ratios use payload bytes, or socket bytes with deflate."),
     )
@@ -219,8 +255,10 @@ class Routes:
     async def start(self):
         reactor = self.setup.reactor
         gc.collect()  # what the byte benchmarks decoded must not be collected during a run
-        self.readers = {"direct": self.setup.spawn_pi("direct"),
-                        "split": self.setup.spawn_pi("split", parse=False)}
+        self.readers = {
+            "direct": self.setup.spawn_pi("direct"),
+            "split": self.setup.spawn_pi("split", parse=False),
+        }
         for reader in self.readers.values():
             reader.send({"id": "state", "type": "get_state"})
             await reader.until_lines(1)
@@ -237,8 +275,7 @@ class Routes:
         await self.setup.llm.script(answer)
         cpu = cpu_seconds(reader.transport.pid)
         started = time.perf_counter()
-        reader.send({"id": f"p{self.answers[name]}", "type": "prompt",
-                     "message": "write a lot"})
+        reader.send({"id": f"p{self.answers[name]}", "type": "prompt", "message": "write a lot"})
         took = await reader.until_event("agent_settled", self.answers[name]) - started
         return took, _used(cpu, cpu_seconds(reader.transport.pid))
 
@@ -286,24 +323,48 @@ def time_table(title: str, runs: dict, note: str) -> Table:
             continue
         took = median(t for t, _ in runs[name])
         cpus = [cpu for _, cpu in runs[name] if cpu is not None]
-        rows.append((label, report.duration(took), report.ratio(took / base),
-                     report.percent(took / base - 1) if name != "direct" else "",
-                     report.duration(median(cpus)) if cpus else "n/a"))
-    spread = "; ".join(f"{name}: " + " ".join(f"{took * 1e3:.0f}" for took, _ in values)
-                       for name, values in runs.items())
+        rows.append(
+            (
+                label,
+                report.duration(took),
+                report.ratio(took / base),
+                report.percent(took / base - 1) if name != "direct" else "",
+                report.duration(median(cpus)) if cpus else "n/a",
+            )
+        )
+    spread = "; ".join(
+        f"{name}: " + " ".join(f"{took * 1e3:.0f}" for took, _ in values)
+        for name, values in runs.items()
+    )
     return Table(
         title=title,
-        columns=("Route", "Prompt to agent_settled (median)", "vs baseline", "Difference",
-                 "CPU of pi / of pi-server"),
+        columns=(
+            "Route",
+            "Prompt to agent_settled (median)",
+            "vs baseline",
+            "Difference",
+            "CPU of pi / of pi-server",
+        ),
         rows=tuple(rows),
-        notes=(note, f"Every run, in ms: {spread}.",
-               "CPU: what pi's process used per answer on the direct routes, what the "
-               "pi-server process used per answer on the relayed ones (its pi not counted)."),
+        notes=(
+            note,
+            f"Every run, in ms: {spread}.",
+            "CPU: what pi's process used per answer on the direct routes, what the "
+            "pi-server process used per answer on the relayed ones (its pi not counted).",
+        ),
     )
 
 
-async def measure(reactor, work: Path, pi: tuple[str, ...], environ: dict, rounds: int,
-                  warmup: int, paced_delay: float, paced_rounds: int):
+async def measure(
+    reactor,
+    work: Path,
+    pi: tuple[str, ...],
+    environ: dict,
+    rounds: int,
+    warmup: int,
+    paced_delay: float,
+    paced_rounds: int,
+):
     """Returns (tables, figures, pi's event lines of one unpaced answer)."""
     setup = await Setup(reactor, work, pi, environ).start()
     answers = (Tokens(TOKENS), Tokens(TOKENS, delay=paced_delay))
@@ -321,30 +382,44 @@ async def measure(reactor, work: Path, pi: tuple[str, ...], environ: dict, round
             await server.stop()
     finally:
         await setup.stop()
-    figures = {"wire": wire, "pi_bytes": [sum(len(x) + 1 for x in s) for s in streams],
-               "pi_events": [len(s) for s in streams],
-               "updates": [len(updates_of(s)) for s in streams],
-               "update_bytes": [sum(len(x) + 1 for x in updates_of(s)) for s in streams],
-               "usage_bytes": [usage_bytes(updates_of(s)) for s in streams],
-               "times": {"fast": fast, "paced": paced}, "paced_rate": 1 / paced_delay}
+    figures = {
+        "wire": wire,
+        "pi_bytes": [sum(len(x) + 1 for x in s) for s in streams],
+        "pi_events": [len(s) for s in streams],
+        "updates": [len(updates_of(s)) for s in streams],
+        "update_bytes": [sum(len(x) + 1 for x in updates_of(s)) for s in streams],
+        "usage_bytes": [usage_bytes(updates_of(s)) for s in streams],
+        "times": {"fast": fast, "paced": paced},
+        "paced_rate": 1 / paced_delay,
+    }
     tables = [
-        wire_table(f"Bytes on the wire: a {TOKENS:,}-token answer streamed without delay",
-                   streams[0], wire[0],
-                   f"`Tokens({TOKENS})`: the scripted LLM sends its {TOKENS:,} one-token chunks "
-                   "at once."),
-        wire_table(f"Bytes on the wire: a {TOKENS:,}-token answer, paced",
-                   streams[1], wire[1],
-                   f"`Tokens({TOKENS}, delay={paced_delay})`: one token every "
-                   f"{paced_delay * 1e3:g} ms, so delta mode's 30 ms window merges a few at a "
-                   "time."),
-        time_table(f"Relay time end to end: a real {TOKENS:,}-token answer streamed without "
-                   "delay", fast,
-                   f"`Tokens({TOKENS})`: pi writes its {report.size(figures['pi_bytes'][0])} of "
-                   "events as fast as it can. Median "
-                   f"of {rounds} rounds, the routes taking turns, after {warmup} warm-up "
-                   "rounds."),
-        time_table(f"Relay time end to end: a real {TOKENS:,}-token answer, paced", paced,
-                   f"`Tokens({TOKENS}, delay={paced_delay})`: {1 / paced_delay:.0f} tokens a "
-                   f"second. Median of {paced_rounds} rounds, the routes taking turns."),
+        wire_table(
+            f"Bytes on the wire: a {TOKENS:,}-token answer streamed without delay",
+            streams[0],
+            wire[0],
+            f"`Tokens({TOKENS})`: the scripted LLM sends its {TOKENS:,} one-token chunks at once.",
+        ),
+        wire_table(
+            f"Bytes on the wire: a {TOKENS:,}-token answer, paced",
+            streams[1],
+            wire[1],
+            f"`Tokens({TOKENS}, delay={paced_delay})`: one token every "
+            f"{paced_delay * 1e3:g} ms, so delta mode's 30 ms window merges a few at a "
+            "time.",
+        ),
+        time_table(
+            f"Relay time end to end: a real {TOKENS:,}-token answer streamed without delay",
+            fast,
+            f"`Tokens({TOKENS})`: pi writes its {report.size(figures['pi_bytes'][0])} of "
+            "events as fast as it can. Median "
+            f"of {rounds} rounds, the routes taking turns, after {warmup} warm-up "
+            "rounds.",
+        ),
+        time_table(
+            f"Relay time end to end: a real {TOKENS:,}-token answer, paced",
+            paced,
+            f"`Tokens({TOKENS}, delay={paced_delay})`: {1 / paced_delay:.0f} tokens a "
+            f"second. Median of {paced_rounds} rounds, the routes taking turns.",
+        ),
     ]
     return tables, figures, streams[0]

@@ -25,13 +25,26 @@ from .wsclient import connect
 STREAM = RECORDED_EVENTS / "text_and_tools.jsonl"
 
 
-async def direct_runs(reactor, stub: tuple[str, ...], work: Path, environ: dict, events: int,
-                      repeats: int, parse: bool) -> list[float]:
+async def direct_runs(
+    reactor,
+    stub: tuple[str, ...],
+    work: Path,
+    environ: dict,
+    events: int,
+    repeats: int,
+    parse: bool,
+) -> list[float]:
     """Time ``repeats`` runs of the stub's N events read straight off its stdout."""
     session_dir = work / f"direct-{'parse' if parse else 'split'}"
     session_dir.mkdir()
-    reader = spawn_reader(reactor, time.perf_counter, [*stub, *chat_agent_args(session_dir)],
-                          environ, work, parse=parse)
+    reader = spawn_reader(
+        reactor,
+        time.perf_counter,
+        [*stub, *chat_agent_args(session_dir)],
+        environ,
+        work,
+        parse=parse,
+    )
     reader.send({"id": "1", "type": "get_state"})
     await reader.until_lines(1)
     times = []
@@ -45,8 +58,9 @@ async def direct_runs(reactor, stub: tuple[str, ...], work: Path, environ: dict,
     return times
 
 
-async def relay_runs(reactor, port: int, mode: str, clients: int, events: int,
-                     repeats: int) -> tuple[list[float], int, int]:
+async def relay_runs(
+    reactor, port: int, mode: str, clients: int, events: int, repeats: int
+) -> tuple[list[float], int, int]:
     """Time ``repeats`` runs relayed to ``clients`` clients in ``mode``; also return the
     frames and payload bytes one client got in the last run."""
     connected = [await connect(reactor, port, TOKEN, mode) for _ in range(clients)]
@@ -72,41 +86,76 @@ async def relay_runs(reactor, port: int, mode: str, clients: int, events: int,
     return times, frames, payload
 
 
-async def measure(reactor, work: Path, environ: dict, events: int, client_counts,
-                  repeats: int) -> tuple[Table, dict]:
+async def measure(
+    reactor, work: Path, environ: dict, events: int, client_counts, repeats: int
+) -> tuple[Table, dict]:
     work.mkdir(parents=True)
     stub = stub_command(STREAM)
     recorded = STREAM.read_bytes().splitlines()
     split = median(await direct_runs(reactor, stub, work, environ, events, repeats, False))
     parsed = median(await direct_runs(reactor, stub, work, environ, events, repeats, True))
-    server = await ServerProcess.start(reactor, work / "relay-data", stub, environ,
-                                       ["--max-connections", str(max(client_counts) + 10)])
+    server = await ServerProcess.start(
+        reactor,
+        work / "relay-data",
+        stub,
+        environ,
+        ["--max-connections", str(max(client_counts) + 10)],
+    )
     rows = [
-        ("stdout read directly, lines split (baseline)", "1", "", report.duration(split),
-         report.duration(split / events), "1.00x"),
-        ("stdout read directly, lines split and decoded", "1", "", report.duration(parsed),
-         report.duration(parsed / events), report.ratio(parsed / split)),
+        (
+            "stdout read directly, lines split (baseline)",
+            "1",
+            "",
+            report.duration(split),
+            report.duration(split / events),
+            "1.00x",
+        ),
+        (
+            "stdout read directly, lines split and decoded",
+            "1",
+            "",
+            report.duration(parsed),
+            report.duration(parsed / events),
+            report.ratio(parsed / split),
+        ),
     ]
-    figures = {"baseline": split, "events": events, "times": {},
-               "stream_bytes": sum(len(line) + 1 for line in recorded)}
+    figures = {
+        "baseline": split,
+        "events": events,
+        "times": {},
+        "stream_bytes": sum(len(line) + 1 for line in recorded),
+    }
     try:
         for mode in ("full", "delta"):
             for clients in client_counts:
-                times, frames, payload = await relay_runs(reactor, server.port, mode, clients,
-                                                          events, repeats)
+                times, frames, payload = await relay_runs(
+                    reactor, server.port, mode, clients, events, repeats
+                )
                 took = median(times)
                 figures["times"][mode, clients] = took
-                rows.append((f"pi-server, {mode} mode", str(clients),
-                             f"{report.count(frames)} / {report.size(payload)}",
-                             report.duration(took), report.duration(took / events),
-                             report.ratio(took / split)))
+                rows.append(
+                    (
+                        f"pi-server, {mode} mode",
+                        str(clients),
+                        f"{report.count(frames)} / {report.size(payload)}",
+                        report.duration(took),
+                        report.duration(took / events),
+                        report.ratio(took / split),
+                    )
+                )
     finally:
         await server.stop()
     table = Table(
         title=f"Relay cost: {events:,} events of a recorded pi stream, as fast as the stub "
-              "writes them",
-        columns=("Reader", "Clients", "Frames / bytes per client", "Time (median)",
-                 "Per event", "vs baseline"),
+        "writes them",
+        columns=(
+            "Reader",
+            "Clients",
+            "Frames / bytes per client",
+            "Time (median)",
+            "Per event",
+            "vs baseline",
+        ),
         rows=tuple(rows),
         notes=(
             f"The stub agent (`bench/stubpi.py`) replays `{STREAM.name}`, real pi's "

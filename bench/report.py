@@ -11,22 +11,30 @@ class Table:
     notes: tuple = ()
 
     def text(self) -> str:
-        widths = [max(len(str(cell)) for cell in column)
-                  for column in zip(self.columns, *self.rows, strict=True)]
+        widths = [
+            max(len(str(cell)) for cell in column)
+            for column in zip(self.columns, *self.rows, strict=True)
+        ]
         lines = [self.title, "=" * len(self.title)]
         for position, row in enumerate((self.columns, *self.rows)):
-            lines.append("  ".join(
-                str(cell).ljust(width) if index == 0 else str(cell).rjust(width)
-                for index, (cell, width) in enumerate(zip(row, widths, strict=True))))
+            lines.append(
+                "  ".join(
+                    str(cell).ljust(width) if index == 0 else str(cell).rjust(width)
+                    for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+                )
+            )
             if position == 0:
                 lines.append("  ".join("-" * width for width in widths))
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "",
-                 "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join([":---"] + ["---:"] * (len(self.columns) - 1)) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.columns) + " |",
+            "|" + "|".join([":---"] + ["---:"] * (len(self.columns) - 1)) + "|",
+        ]
         lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in self.rows]
         for note in self.notes:
             lines += ["", note]
@@ -37,8 +45,11 @@ def size(count: float) -> str:
     """Bytes in decimal units, as the issue counts them (30.3 MB)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if count >= scale:
-            return f"{count / scale:.3g} {unit}" if count < 100 * scale \
+            return (
+                f"{count / scale:.3g} {unit}"
+                if count < 100 * scale
                 else f"{count / scale:.0f} {unit}"
+            )
     return f"{count:.0f} B"
 
 

@@ -31,8 +31,9 @@ from .wsclient import CallFailed, connect
 def server_limits(work: Path, pi: tuple[str, ...]):
     """The journal limits pi-server runs with by default."""
     options = Options(environ={})
-    options.parseOptions(["--data-dir", str(work / "limits"), "--pi", pi_option(pi),
-                          "--auth-token", TOKEN])
+    options.parseOptions(
+        ["--data-dir", str(work / "limits"), "--pi", pi_option(pi), "--auth-token", TOKEN]
+    )
     return options.config.journal_limits
 
 
@@ -67,8 +68,10 @@ def journal_runs(reactor, work: Path, lines: list[bytes], limits, repeats: int) 
     raw.write_bytes(b"".join(line + b"\n" for line in lines))
     for number in range(repeats):
         # Fresh dicts per event, as the server decodes each line it reads.
-        events = [(seq, payload["type"], payload, line) for seq, (payload, line)
-                  in enumerate(((json.loads(line), line) for line in lines), 1)]
+        events = [
+            (seq, payload["type"], payload, line)
+            for seq, (payload, line) in enumerate(((json.loads(line), line) for line in lines), 1)
+        ]
         journal = Journal(work / f"journal-{number}", reactor, limits)
         journal.open()
         times["append"].append(timed(append_all, journal, events))
@@ -93,26 +96,35 @@ async def resume_once(reactor, port: int, mode: str, session_id: str, after: int
     client = await connect(reactor, port, TOKEN, None)
     started = time.perf_counter()
     try:
-        hello = await client.hello(mode, {"connectionId": "gone",
-                                          "lastSeqBySession": {session_id: after}})
+        hello = await client.hello(
+            mode, {"connectionId": "gone", "lastSeqBySession": {session_id: after}}
+        )
     except CallFailed:
         await client.lost
-        return {"closed": client.close_code, "frames": client.event_frames,
-                "bytes": client.event_bytes}
+        return {
+            "closed": client.close_code,
+            "frames": client.event_frames,
+            "bytes": client.event_bytes,
+        }
     took = time.perf_counter() - started
     await client.close()
     caught_up = hello["resumed"].get(session_id)
     if caught_up not in ("replayed", "snapshot"):
         raise RuntimeError(f"{mode} resume did not catch up: {hello['resumed']}")
-    result = {"time": took, "frames": client.event_frames, "bytes": client.event_bytes,
-              "caught_up": caught_up}
+    result = {
+        "time": took,
+        "frames": client.event_frames,
+        "bytes": client.event_bytes,
+        "caught_up": caught_up,
+    }
     if caught_up == "replayed":
         result["last_seq"] = client.last_seq
     return result
 
 
-async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: dict,
-                      repeats: int) -> dict:
+async def socket_runs(
+    reactor, work: Path, stream: Path, events: int, environ: dict, repeats: int
+) -> dict:
     """Journal ``events`` events through pi-server, then time resumes: in both modes from
     before all of them, and in full mode also from before the last
     ``MAX_FULL_REPLAY_EVENTS`` (the most the server replays in full mode) when there are
@@ -121,8 +133,7 @@ async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: d
     server = await ServerProcess.start(reactor, data_dir, stub_command(stream), environ)
     resumes = [("delta", "delta", events), ("full", "full", events)]
     if events > MAX_FULL_REPLAY_EVENTS:
-        resumes.append((f"full, last {MAX_FULL_REPLAY_EVENTS:,}", "full",
-                        MAX_FULL_REPLAY_EVENTS))
+        resumes.append((f"full, last {MAX_FULL_REPLAY_EVENTS:,}", "full", MAX_FULL_REPLAY_EVENTS))
     results = {}
     try:
         writer = await connect(reactor, server.port, TOKEN, "delta")
@@ -134,8 +145,10 @@ async def socket_runs(reactor, work: Path, stream: Path, events: int, environ: d
         await done
         await writer.close()
         for label, mode, count in resumes:
-            runs = [await resume_once(reactor, server.port, mode, session_id, last - count)
-                    for _ in range(repeats)]
+            runs = [
+                await resume_once(reactor, server.port, mode, session_id, last - count)
+                for _ in range(repeats)
+            ]
             results[label] = {**runs[-1], "mode": mode, "events": count}
             if "time" in runs[-1]:
                 results[label]["time"] = median(run["time"] for run in runs)
@@ -155,12 +168,21 @@ def snapshot_reason(events: int, full_bytes: float) -> str:
     with a snapshot (the limits of ``piserver.stream``)."""
     if events > MAX_FULL_REPLAY_EVENTS:
         return f"more than the {MAX_FULL_REPLAY_EVENTS:,} events the server replays in full mode"
-    return (f"{report.size(full_bytes)} of pi's events, more than the "
-            f"{DEFAULT_MAX_REPLAY_BYTES // (1 << 20)} MiB the server replays in full mode")
+    return (
+        f"{report.size(full_bytes)} of pi's events, more than the "
+        f"{DEFAULT_MAX_REPLAY_BYTES // (1 << 20)} MiB the server replays in full mode"
+    )
 
 
-async def measure(reactor, work: Path, pi: tuple[str, ...], answer: list[bytes], events: int,
-                  repeats: int, environ: dict) -> tuple[Table, dict]:
+async def measure(
+    reactor,
+    work: Path,
+    pi: tuple[str, ...],
+    answer: list[bytes],
+    events: int,
+    repeats: int,
+    environ: dict,
+) -> tuple[Table, dict]:
     work.mkdir(parents=True)
     lines = cycled(answer, events)
     journal = journal_runs(reactor, work, lines, server_limits(work, pi), repeats)
@@ -171,29 +193,37 @@ async def measure(reactor, work: Path, pi: tuple[str, ...], answer: list[bytes],
     append, raw = times["append"], times["raw"]
 
     def row(label, took, output=""):
-        return (label, output, report.duration(took), report.ratio(took / append),
-                report.ratio(took / raw))
+        return (
+            label,
+            output,
+            report.duration(took),
+            report.ratio(took / append),
+            report.ratio(took / raw),
+        )
 
     rows = [
         row("Journal.append of every event (baseline)", append, report.size(journal["disk"])),
         row("reading pi's lines from a file, split", raw, report.size(journal["raw"])),
-        row("reading the journal's segment files", times["segments"],
-            report.size(journal["disk"])),
+        row("reading the journal's segment files", times["segments"], report.size(journal["disk"])),
         row("Journal.replay, delta mode", times["delta"]),
         row("Journal.replay, full mode", times["full"]),
     ]
     notes = []
     for label, result in over_socket.items():
         mode, count = result["mode"], result["events"]
-        shown = f"resume over a socket, {label} mode" if label == mode \
+        shown = (
+            f"resume over a socket, {label} mode"
+            if label == mode
             else f"resume over a socket, {mode} mode, the last {count:,} events"
+        )
         if result.get("caught_up") == "snapshot":
             shown += " (a session_snapshot instead of the replay)"
-            full_bytes = sum(len(line) + 1 for line in lines[len(lines) - count:])
+            full_bytes = sum(len(line) + 1 for line in lines[len(lines) - count :])
             notes.append(
                 f"A {mode}-mode resume of {count:,} of these events gets one "
                 "`session_snapshot` instead of the replay: the catch-up would be "
-                f"{snapshot_reason(count, full_bytes)}.")
+                f"{snapshot_reason(count, full_bytes)}."
+            )
         received = f"{report.count(result['frames'])} frames, {report.size(result['bytes'])}"
         if "time" in result:
             rows.append(row(shown, result["time"], received))
@@ -203,7 +233,8 @@ async def measure(reactor, work: Path, pi: tuple[str, ...], answer: list[bytes],
                 f"With the default `--send-buffer-limit` a {mode}-mode resume of {count:,} of "
                 f"these events fails: the server closes the connection with code "
                 f"{result['closed']} after {received}, because the replay is written in one "
-                "go and more than the limit waits in the send buffer.")
+                "go and more than the limit waits in the send buffer."
+            )
     table = Table(
         title=f"Resume cost: {events:,} journaled events of real pi answers",
         columns=("Operation", "Bytes", "Time (median)", "vs append", "vs reading pi's lines"),

@@ -47,8 +47,7 @@ class Child(protocol.ProcessProtocol):
     def spawn(cls, reactor, module: str, args=(), environ=None):
         child = cls()
         argv = [sys.executable, "-m", module, *args]
-        reactor.spawnProcess(child, sys.executable, argv, env=environ,
-                             path=str(repository_root()))
+        reactor.spawnProcess(child, sys.executable, argv, env=environ, path=str(repository_root()))
         return child
 
     async def started(self, what: str) -> dict:
@@ -89,11 +88,25 @@ class ServerProcess:
         self.port = port
 
     @classmethod
-    async def start(cls, reactor, data_dir: Path, pi: tuple[str, ...], environ: dict,
-                    extra_args=()):
-        child = Child.spawn(reactor, "bench.serve", [
-            "--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir),
-            "--pi", pi_option(pi), "--auth-token", TOKEN, *extra_args], environ)
+    async def start(
+        cls, reactor, data_dir: Path, pi: tuple[str, ...], environ: dict, extra_args=()
+    ):
+        child = Child.spawn(
+            reactor,
+            "bench.serve",
+            [
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--data-dir",
+                str(data_dir),
+                "--pi",
+                pi_option(pi),
+                "--auth-token",
+                TOKEN,
+                *extra_args,
+            ],
+            environ,
+        )
         return cls(child, (await child.started("pi-server"))["port"])
 
     @property
@@ -143,16 +156,14 @@ class LineReader(protocol.ProcessProtocol):
     the n-th line / the n-th event of that type has been read.
     """
 
-    def __init__(self, clock, parse: bool = True, capture: bool = False,
-                 watch=("agent_settled",)):
+    def __init__(self, clock, parse: bool = True, capture: bool = False, watch=("agent_settled",)):
         self._clock = clock
         self.parse = parse
         self.captured: list[bytes] | None = [] if capture else None
         self.lines = 0
         self._buffer = b""
         self._type_counts: dict[str, int] = {}
-        self._prefixes = {f'{{"type":"{event_type}"'.encode(): event_type
-                          for event_type in watch}
+        self._prefixes = {f'{{"type":"{event_type}"'.encode(): event_type for event_type in watch}
         self._line_waiter: tuple[int, defer.Deferred] | None = None
         self._event_waiter: tuple[str, int, defer.Deferred] | None = None
         self.ended = defer.Deferred()
@@ -183,8 +194,14 @@ class LineReader(protocol.ProcessProtocol):
             if self.parse:
                 event_type = json.loads(line).get("type")
             else:
-                event_type = next((watched for prefix, watched in self._prefixes.items()
-                                   if line.startswith(prefix)), None)
+                event_type = next(
+                    (
+                        watched
+                        for prefix, watched in self._prefixes.items()
+                        if line.startswith(prefix)
+                    ),
+                    None,
+                )
                 if event_type is None:
                     continue
             self._type_counts[event_type] = self._type_counts.get(event_type, 0) + 1
@@ -225,8 +242,7 @@ def spawn_reader(reactor, clock, argv: list[str], environ: dict, cwd: Path, **op
 
 def chat_agent_args(session_dir: Path) -> list[str]:
     """The arguments pi-server gives the agent of a chat session (sessions.agent_args)."""
-    return ["--mode", "rpc", "--session-dir", str(session_dir), "--continue",
-            "--no-builtin-tools"]
+    return ["--mode", "rpc", "--session-dir", str(session_dir), "--continue", "--no-builtin-tools"]
 
 
 def stub_command(stream: Path) -> tuple[str, ...]:
@@ -258,13 +274,12 @@ class Machine:
                     break
         except OSError:
             pass
-        shown = subprocess.run([*pi, "--version"], capture_output=True, text=True,
-                               timeout=60)
+        shown = subprocess.run([*pi, "--version"], capture_output=True, text=True, timeout=60)
         version = shown.stdout.strip().splitlines()[-1:]
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return cls(
-            cores=cores, cpu=cpu,
+            cores=cores,
+            cpu=cpu,
             python=f"{platform.python_implementation()} {platform.python_version()}",
             system=f"{platform.system()} {platform.release()}",
             pi_version=version[0] if version else "unknown",

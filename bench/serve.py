@@ -54,9 +54,14 @@ async def serve(reactor, args: list[str]) -> None:
 
 def main(reactor, *args):
     # Warnings and errors go to stderr, where the bench shows them if a run fails.
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])])
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stderr),
+                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)],
+            )
+        ]
+    )
     return defer.ensureDeferred(serve(reactor, list(args)))
 
 

@@ -43,8 +43,12 @@ def main(argv: list[str]) -> int:
         return 0
     with open(argv[argv.index("--stream") + 1], "rb") as stream:
         lines = stream.read().splitlines()
-    state = {"model": {"provider": "fake", "id": "fake-1"}, "isStreaming": False,
-             "messageCount": 0, "pendingMessageCount": 0}
+    state = {
+        "model": {"provider": "fake", "id": "fake-1"},
+        "isStreaming": False,
+        "messageCount": 0,
+        "pendingMessageCount": 0,
+    }
     for line in iter(stdin.readline, b""):
         if not line.strip():
             continue

@@ -67,8 +67,13 @@ class LeanClient(protocol.Protocol):
     def call(self, method: str, params: dict | None = None, session_id: str | None = None):
         """Fire with the response's result, or fail with CallFailed."""
         request_id = f"b{next(self._ids)}"
-        envelope = {"v": 1, "kind": "request", "id": request_id, "method": method,
-                    "params": params or {}}
+        envelope = {
+            "v": 1,
+            "kind": "request",
+            "id": request_id,
+            "method": method,
+            "params": params or {},
+        }
         if session_id is not None:
             envelope["sessionId"] = session_id
         waiter = self._waiting[request_id] = defer.Deferred()
@@ -111,8 +116,7 @@ class LeanClient(protocol.Protocol):
             header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
         mask = os.urandom(4)
         key = (mask * (size // 4 + 1))[:size]
-        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(
-            size, "big")
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
         self.transport.write(header + mask + masked)
 
     # -- Protocol -----------------------------------------------------------
@@ -224,12 +228,19 @@ class LeanClient(protocol.Protocol):
             waiter.errback(CallFailed(json.dumps(frame.get("error"))))
 
 
-async def connect(reactor, port: int, token: str, event_mode: str | None = "full",
-                  decode: bool = False, host: str = "127.0.0.1") -> LeanClient:
+async def connect(
+    reactor,
+    port: int,
+    token: str,
+    event_mode: str | None = "full",
+    decode: bool = False,
+    host: str = "127.0.0.1",
+) -> LeanClient:
     """A client past the upgrade and, unless ``event_mode`` is None, ``hello``."""
     endpoint = TCP4ClientEndpoint(reactor, host, port)
-    client = await endpoint.connect(protocol.Factory.forProtocol(
-        lambda: LeanClient(host, port, token, decode)))
+    client = await endpoint.connect(
+        protocol.Factory.forProtocol(lambda: LeanClient(host, port, token, decode))
+    )
     await client.upgraded
     if event_mode is not None:
         await client.hello(event_mode)

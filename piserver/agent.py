@@ -263,9 +263,12 @@ class AgentProtocol(protocol.ProcessProtocol):
                 self._abandoned.add(command_id)
 
         if not self._stdin_has_room(len(line)):
-            return defer.fail(AgentTimeout(
-                f"the agent is not reading its input ({self._stdin.queued} bytes wait): "
-                f"{command_type} was not sent"))
+            return defer.fail(
+                AgentTimeout(
+                    f"the agent is not reading its input ({self._stdin.queued} bytes wait): "
+                    f"{command_type} was not sent"
+                )
+            )
         answered: defer.Deferred = defer.Deferred(cancel)
         timer = self._clock.callLater(timeout, self._timed_out, command_id, timeout)
         self._pending[command_id] = _PendingCommand(command_type, answered, timer)
@@ -345,8 +348,10 @@ class AgentProtocol(protocol.ProcessProtocol):
         log.error(
             "agent {agent_key} ({pid}) is hung: silent for {silent:.0f} s and no answer to "
             "get_state within {timeout:g} s; it is killed",
-            agent_key=self.key, pid=self.pid,
-            silent=self._clock.seconds() - self._last_output, timeout=PROBE_TIMEOUT,
+            agent_key=self.key,
+            pid=self.pid,
+            silent=self._clock.seconds() - self._last_output,
+            timeout=PROBE_TIMEOUT,
         )
         if self._on_hung is not None:
             self._on_hung(self)

@@ -21,10 +21,19 @@ from pathlib import Path
 
 SETTINGS = "settings.json"
 # The data dir's entries that are the server's, not pi's configuration.
-SERVER_ENTRIES = frozenset({
-    ".env", "server-token", "device-tokens.json", "state.json", "repos.json", "sessions",
-    "models-helper", "node-compile-cache", SETTINGS,
-})
+SERVER_ENTRIES = frozenset(
+    {
+        ".env",
+        "server-token",
+        "device-tokens.json",
+        "state.json",
+        "repos.json",
+        "sessions",
+        "models-helper",
+        "node-compile-cache",
+        SETTINGS,
+    }
+)
 
 
 def _is_server_entry(name: str) -> bool:

@@ -57,8 +57,14 @@ def _dotted(version: tuple) -> str:
 
 
 def _run(argv: list[str], env) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=dict(env), capture_output=True, timeout=PROBE_TIMEOUT,
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        argv,
+        env=dict(env),
+        capture_output=True,
+        timeout=PROBE_TIMEOUT,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def node_of(command: tuple[str, ...], env) -> str | None:
@@ -97,7 +103,8 @@ def probe(command: tuple[str, ...], env) -> AgentVersion:
         answer = _run([*command, "--version"], env)
     except subprocess.TimeoutExpired:
         raise UnsupportedAgent(
-            f"{shown} --version did not answer within {PROBE_TIMEOUT:g} s") from None
+            f"{shown} --version did not answer within {PROBE_TIMEOUT:g} s"
+        ) from None
     except OSError as e:
         raise UnsupportedAgent(f"{shown} cannot be run: {e.strerror or e}") from None
     output = answer.stdout.decode("utf-8", "replace").strip()
@@ -106,13 +113,17 @@ def probe(command: tuple[str, ...], env) -> AgentVersion:
         error = answer.stderr.decode("utf-8", "replace").strip()[-600:]
         reason = f"{shown} --version failed (exit {answer.returncode}): {error or output!r}"
         if node_version is not None and node_version < MIN_NODE:
-            reason += (f". It runs on Node.js {_dotted(node_version)}; pi 1.x needs "
-                       f"Node.js >= {_dotted(MIN_NODE)}")
+            reason += (
+                f". It runs on Node.js {_dotted(node_version)}; pi 1.x needs "
+                f"Node.js >= {_dotted(MIN_NODE)}"
+            )
         raise UnsupportedAgent(f"{reason}. To use the supported pi: {INSTALL_HINT}")
     if not MIN_VERSION <= version < MAX_VERSION_EXCLUSIVE:
         raise UnsupportedAgent(
             f"{shown} is pi {_dotted(version)}; pi-server supports pi "
             f">= {_dotted(MIN_VERSION)} and < {_dotted(MAX_VERSION_EXCLUSIVE)} "
-            f"({PI_PACKAGE}). To use it: {INSTALL_HINT}")
-    return AgentVersion(pi=_dotted(version),
-                        node=_dotted(node_version) if node_version is not None else None)
+            f"({PI_PACKAGE}). To use it: {INSTALL_HINT}"
+        )
+    return AgentVersion(
+        pi=_dotted(version), node=_dotted(node_version) if node_version is not None else None
+    )

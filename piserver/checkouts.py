@@ -32,8 +32,12 @@ class Checkouts:
         it from ``session.extra`` (and the checkout's path), to undo an interrupted create."""
         record = {"worktreePath": str(session.directory / "repo")}
         if repo.get("source") == "local":
-            record.update(repoSource="local", repoPath=repo["path"],
-                          branch=session_branch(session.id), baseBranch=repo["defaultBranch"])
+            record.update(
+                repoSource="local",
+                repoPath=repo["path"],
+                branch=session_branch(session.id),
+                baseBranch=repo["defaultBranch"],
+            )
         return record
 
     async def create(self, session, repo: dict, on_progress) -> Checkout:
@@ -47,13 +51,21 @@ class Checkouts:
         else:
             on_progress("clone", f"cloning {repo['fullName']} ({base})")
             await self._git.clone(
-                repo["cloneUrl"], str(dest), base, token=self._github_token,
-                on_progress=lambda text: on_progress("clone", text))
+                repo["cloneUrl"],
+                str(dest),
+                base,
+                token=self._github_token,
+                on_progress=lambda text: on_progress("clone", text),
+            )
             await self._git.checkout_new_branch(str(dest), branch)
             record = {"repoSource": "github"}
         record.update(branch=branch, baseBranch=base)
-        self.log.info("session {session_id}: checkout ready at {path} on {branch}",
-                      session_id=session.id, path=str(dest), branch=branch)
+        self.log.info(
+            "session {session_id}: checkout ready at {path} on {branch}",
+            session_id=session.id,
+            path=str(dest),
+            branch=branch,
+        )
         return Checkout(path=dest, record=record)
 
     async def remove(self, session) -> dict:
@@ -64,15 +76,21 @@ class Checkouts:
         repo_path, branch = extra["repoPath"], extra["branch"]
         try:
             await self._git.worktree_remove(repo_path, str(session.cwd))
-            if await self._git.branch_has_unmerged_commits(repo_path, branch,
-                                                           extra["baseBranch"]):
-                self.log.info("session {session_id}: keeping branch {branch} (it has commits)",
-                              session_id=session.id, branch=branch)
+            if await self._git.branch_has_unmerged_commits(repo_path, branch, extra["baseBranch"]):
+                self.log.info(
+                    "session {session_id}: keeping branch {branch} (it has commits)",
+                    session_id=session.id,
+                    branch=branch,
+                )
                 return {"branchKept": True, "branch": branch}
             await self._git.delete_branch(repo_path, branch)
         except GitError as e:
             # The source repository may have moved or gone; the session still goes.
-            self.log.warn("session {session_id}: could not clean up {repo}: {error}",
-                          session_id=session.id, repo=repo_path, error=e.message)
+            self.log.warn(
+                "session {session_id}: could not clean up {repo}: {error}",
+                session_id=session.id,
+                repo=repo_path,
+                error=e.message,
+            )
             return {"branchKept": True, "branch": branch, "warning": e.message}
         return {"branchKept": False, "branch": branch}

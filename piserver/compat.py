@@ -38,8 +38,14 @@ def _agent_end(payload: dict) -> dict | None:
     if "success" in payload:
         return None
     messages = payload.get("messages")
-    last = next((m for m in reversed(messages) if isinstance(m, dict)
-                 and m.get("role") == "assistant"), None) if isinstance(messages, list) else None
+    last = (
+        next(
+            (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+            None,
+        )
+        if isinstance(messages, list)
+        else None
+    )
     stop = last.get("stopReason") if last else None
     if stop not in FAILED_STOPS:
         return {**payload, "success": True}
@@ -53,9 +59,13 @@ def result_text(result) -> str:
     """The text blocks of a tool result, joined (what a client shows as its output)."""
     if not isinstance(result, dict) or not isinstance(result.get("content"), list):
         return ""
-    return "".join(block["text"] for block in result["content"]
-                   if isinstance(block, dict) and block.get("type") == "text"
-                   and isinstance(block.get("text"), str))
+    return "".join(
+        block["text"]
+        for block in result["content"]
+        if isinstance(block, dict)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
+    )
 
 
 def _tool_output(event_type: str, payload: dict) -> dict | None:
@@ -63,16 +73,19 @@ def _tool_output(event_type: str, payload: dict) -> dict | None:
         return None
     if event_type == "tool_execution_update":
         # The app knows success, error and cancelled: a tool still running has not failed.
-        return {**payload, "output": result_text(payload.get("partialResult")),
-                "status": "success"}
+        return {**payload, "output": result_text(payload.get("partialResult")), "status": "success"}
     status = "error" if payload.get("isError") else "success"
     return {**payload, "output": result_text(payload.get("result")), "status": status}
 
 
 def _toolcall_start(payload: dict, streaming: StreamingMessage | None) -> dict | None:
     update = payload.get("assistantMessageEvent")
-    if not isinstance(update, dict) or update.get("type") != "toolcall_start" \
-            or "partial" in update or streaming is None:
+    if (
+        not isinstance(update, dict)
+        or update.get("type") != "toolcall_start"
+        or "partial" in update
+        or streaming is None
+    ):
         return None
     index = update.get("contentIndex")
     block = streaming.block(index) if isinstance(index, int) else None
@@ -80,8 +93,10 @@ def _toolcall_start(payload: dict, streaming: StreamingMessage | None) -> dict |
         return None
     # Only the blocks up to the tool call: the text before it is not sent again in full.
     content = [{"type": "text", "text": ""}] * index + [block]
-    return {**payload, "assistantMessageEvent": {
-        **update, "partial": {"role": "assistant", "content": content}}}
+    return {
+        **payload,
+        "assistantMessageEvent": {**update, "partial": {"role": "assistant", "content": content}},
+    }
 
 
 def seed_messages(messages: list) -> list:
@@ -104,9 +119,11 @@ def _seed_message(message) -> dict | None:
         if isinstance(content, list):
             return {**message, "content": [_seed_block(block) for block in content]}
         return {**message, "content": []}
-    return {"role": "user" if role == "bashExecution" else "system",
-            "content": [{"type": "text", "text": _describe(message)}],
-            **({"timestamp": message["timestamp"]} if "timestamp" in message else {})}
+    return {
+        "role": "user" if role == "bashExecution" else "system",
+        "content": [{"type": "text", "text": _describe(message)}],
+        **({"timestamp": message["timestamp"]} if "timestamp" in message else {}),
+    }
 
 
 def _seed_block(block) -> dict:

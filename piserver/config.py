@@ -23,8 +23,9 @@ DEFAULT_MAX_CONNECTIONS = 100
 DEFAULT_MAX_PENDING_PER_ADDRESS = 16
 
 # Server-side secrets that are never passed on to an agent process.
-SERVER_SECRET_ENV = frozenset({"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN",
-                               "PI_SERVER_NOTIFY_SECRET"})
+SERVER_SECRET_ENV = frozenset(
+    {"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN", "PI_SERVER_NOTIFY_SECRET"}
+)
 # Environment variables named like these hold secrets (kept from git, redacted from logs).
 SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
@@ -116,8 +117,11 @@ def find_pi(explicit: str | None, environ) -> tuple[str, ...] | None:
     for candidate in (explicit, environ.get("PI_SERVER_PI")):
         if candidate:
             words = shlex.split(candidate)
-            found = shutil.which(os.path.expanduser(words[0]), path=environ.get("PATH")) \
-                if words else None
+            found = (
+                shutil.which(os.path.expanduser(words[0]), path=environ.get("PATH"))
+                if words
+                else None
+            )
             return (found, *words[1:]) if found else None
     on_path = shutil.which("pi", path=environ.get("PATH"))
     if on_path:

@@ -62,10 +62,17 @@ class Backpressure:
 class Connection:
     log = Logger()
 
-    def __init__(self, connection_id: str, dispatcher: Dispatcher, sink: FrameSink,
-                 peer: str = "", device: str | None = None,
-                 send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
-                 requests: TokenBucket | None = None, redact=None):
+    def __init__(
+        self,
+        connection_id: str,
+        dispatcher: Dispatcher,
+        sink: FrameSink,
+        peer: str = "",
+        device: str | None = None,
+        send_buffer_limit: int = DEFAULT_SEND_BUFFER_LIMIT,
+        requests: TokenBucket | None = None,
+        redact=None,
+    ):
         self.connection_id = connection_id
         self.peer = peer
         # Name of the device token used to connect, if any (never the token).
@@ -98,14 +105,20 @@ class Connection:
             # Debug only: a hostile client must not be able to fill the log.
             self.log.debug(
                 "refused frame from {connection_id}: {code}: {message}",
-                connection_id=self.connection_id, code=bad.error.code,
+                connection_id=self.connection_id,
+                code=bad.error.code,
                 message=bad.error.message,
             )
             self.send(encode_error(bad.request_id, bad.error, bad.session_id))
             return
         if self._requests is not None and not self._requests.take():
-            self.send(encode_error(request.id, RateLimited(
-                "too many requests: slow down and retry"), request.session_id))
+            self.send(
+                encode_error(
+                    request.id,
+                    RateLimited("too many requests: slow down and retry"),
+                    request.session_id,
+                )
+            )
             return
         d = self._dispatcher.dispatch(self, request)
         d.addCallback(self._reply, request)
@@ -127,7 +140,10 @@ class Connection:
     def too_slow(self, queued: int) -> None:
         self.log.warn(
             "closing connection {connection_id}: {queued} bytes wait for a client that does "
-            "not read; it can resume", connection_id=self.connection_id, queued=queued)
+            "not read; it can resume",
+            connection_id=self.connection_id,
+            queued=queued,
+        )
         self.close(CLOSE_TOO_SLOW, "too slow: events are waiting; reconnect and resume")
 
     def close(self, code: int, reason: str) -> None:
@@ -148,5 +164,6 @@ class Connection:
             try:
                 callback(self)
             except Exception:
-                self.log.failure("error cleaning up connection {connection_id}",
-                                 connection_id=self.connection_id)
+                self.log.failure(
+                    "error cleaning up connection {connection_id}", connection_id=self.connection_id
+                )

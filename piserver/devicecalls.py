@@ -26,15 +26,22 @@ from .nativetools import (
 
 
 def declares(connection, tool_name: str) -> bool:
-    return any(tool.name == tool_name
-               for tool in getattr(connection, "native_tools", None) or ())
+    return any(tool.name == tool_name for tool in getattr(connection, "native_tools", None) or ())
 
 
 class DeviceCalls:
     log = Logger()
 
-    def __init__(self, session_id: str, clock, publish, send_to_agent, connections,
-                 call_timeout: float, tell=None):
+    def __init__(
+        self,
+        session_id: str,
+        clock,
+        publish,
+        send_to_agent,
+        connections,
+        call_timeout: float,
+        tell=None,
+    ):
         """
         ``publish(event_type, payload, to=None)`` sends an event to the session's
         connections (``to``: only those ids); ``send_to_agent(message)`` writes to
@@ -71,45 +78,61 @@ class DeviceCalls:
             if tool_call_id is not None:
                 call = self.calls.end_tool_call(tool_call_id)
                 if call is not None:  # the run was aborted while a device had it
-                    self._publish("native_tool_cancel", {
-                        "type": "native_tool_cancel", "callId": call.call_id})
+                    self._publish(
+                        "native_tool_cancel", {"type": "native_tool_cancel", "callId": call.call_id}
+                    )
         return False
 
     def _tool_called(self, call) -> None:
-        self.log.info("session {session_id}: native tool {tool} called ({call_id})",
-                      session_id=self._session_id, tool=call.tool_name, call_id=call.call_id)
+        self.log.info(
+            "session {session_id}: native tool {tool} called ({call_id})",
+            session_id=self._session_id,
+            tool=call.tool_name,
+            call_id=call.call_id,
+        )
         self.calls.add(call, self._call_expired)
         self._tell("native_tool_call", tool=call.tool_name, call_id=call.call_id)
         self._send_call(call)
 
     def _send_call(self, call, connections=None) -> None:
-        targets = {c.connection_id for c in (connections or self._connections())
-                   if declares(c, call.tool_name)}
+        targets = {
+            c.connection_id
+            for c in (connections or self._connections())
+            if declares(c, call.tool_name)
+        }
         if targets:
-            self._publish("native_tool_request",
-                          {"type": "native_tool_request", **call.request_payload()}, to=targets)
+            self._publish(
+                "native_tool_request",
+                {"type": "native_tool_request", **call.request_payload()},
+                to=targets,
+            )
 
     def _call_expired(self, call) -> None:
         message = unanswered_message(call.tool_name)
-        self.log.warn("session {session_id}: {message}", session_id=self._session_id,
-                      message=message)
+        self.log.warn(
+            "session {session_id}: {message}", session_id=self._session_id, message=message
+        )
         self._send_to_agent(tool_result_response(call, error=message))
         self._tell("native_tool_timeout", tool=call.tool_name, call_id=call.call_id)
-        self._publish("native_tool_cancel", {"type": "native_tool_cancel",
-                                             "callId": call.call_id})
+        self._publish("native_tool_cancel", {"type": "native_tool_cancel", "callId": call.call_id})
 
     def _dialog_expired(self, dialog) -> None:
         # pi answered it by itself (its own timeout): nobody needs to any more.
-        self._publish("extension_ui_resolved", {"type": "extension_ui_resolved",
-                                                "id": dialog.id, "reason": "timeout"})
+        self._publish(
+            "extension_ui_resolved",
+            {"type": "extension_ui_resolved", "id": dialog.id, "reason": "timeout"},
+        )
 
     def agent_exited(self) -> None:
         for call in self.calls.cancel_all():
-            self._publish("native_tool_cancel", {"type": "native_tool_cancel",
-                                                 "callId": call.call_id})
+            self._publish(
+                "native_tool_cancel", {"type": "native_tool_cancel", "callId": call.call_id}
+            )
         for dialog in self.dialogs.cancel_all():
-            self._publish("extension_ui_resolved", {"type": "extension_ui_resolved",
-                                                    "id": dialog.id, "reason": "agent_exit"})
+            self._publish(
+                "extension_ui_resolved",
+                {"type": "extension_ui_resolved", "id": dialog.id, "reason": "agent_exit"},
+            )
 
     # -- from clients -------------------------------------------------------
 
@@ -123,8 +146,11 @@ class DeviceCalls:
             response = tool_result_response(call, result=answer.result)
         self._send_to_agent(response)
         others = {c.connection_id for c in self._connections()} - {connection.connection_id}
-        self._publish("native_tool_resolved", {"type": "native_tool_resolved",
-                                               "callId": call.call_id}, to=others)
+        self._publish(
+            "native_tool_resolved",
+            {"type": "native_tool_resolved", "callId": call.call_id},
+            to=others,
+        )
 
     def answer_dialog(self, connection, params: dict) -> None:
         response = dialog_response(params)
@@ -133,8 +159,9 @@ class DeviceCalls:
             raise NotFound(f"no pending extension dialog {response['id'][:80]!r}")
         self._send_to_agent(response)
         others = {c.connection_id for c in self._connections()} - {connection.connection_id}
-        self._publish("extension_ui_resolved", {"type": "extension_ui_resolved",
-                                                "id": dialog.id}, to=others)
+        self._publish(
+            "extension_ui_resolved", {"type": "extension_ui_resolved", "id": dialog.id}, to=others
+        )
 
     def has_call(self, call_id: str) -> bool:
         return call_id in self.calls
@@ -149,5 +176,4 @@ class DeviceCalls:
         for call in self.calls.pending():
             self._send_call(call, [connection])
         for dialog in self.dialogs.pending():
-            self._publish("extension_ui_request", dialog.request,
-                          to={connection.connection_id})
+            self._publish("extension_ui_request", dialog.request, to={connection.connection_id})

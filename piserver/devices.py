@@ -35,8 +35,15 @@ class RevocationWatcher(Service):
     name = "revocations"
     log = Logger()
 
-    def __init__(self, store, live_connections: Callable[[], Iterable], clock,
-                 interval: float = 1.0, token_file: Path | None = None, reactor=None):
+    def __init__(
+        self,
+        store,
+        live_connections: Callable[[], Iterable],
+        clock,
+        interval: float = 1.0,
+        token_file: Path | None = None,
+        reactor=None,
+    ):
         self._store = store
         self._token_file = token_file
         self._reactor = reactor
@@ -59,16 +66,24 @@ class RevocationWatcher(Service):
     def _watch(self, token_file: Path) -> None:
         try:
             from twisted.internet import inotify
+
             notifier = inotify.INotify(reactor=self._reactor)
             notifier.startReading()
             # The directory: the file is replaced by rename, which a watch on it would miss.
-            notifier.watch(FilePath(str(token_file.parent)),
-                           mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE
-                           | inotify.IN_DELETE | inotify.IN_MOVED_FROM,
-                           callbacks=[self._changed])
+            notifier.watch(
+                FilePath(str(token_file.parent)),
+                mask=inotify.IN_MOVED_TO
+                | inotify.IN_CLOSE_WRITE
+                | inotify.IN_DELETE
+                | inotify.IN_MOVED_FROM,
+                callbacks=[self._changed],
+            )
         except Exception as e:
-            self.log.info("revocations are checked every {interval} s ({reason})",
-                          interval=self._interval, reason=str(e))
+            self.log.info(
+                "revocations are checked every {interval} s ({reason})",
+                interval=self._interval,
+                reason=str(e),
+            )
             return
         self._notifier = notifier
 
@@ -102,18 +117,20 @@ class RevocationWatcher(Service):
         self._closing = {i: c for i, c in self._closing.items() if i in live_ids}
         closed = 0
         for connection in connections:
-            if (connection.device_token_id in valid
-                    or connection.connection_id in self._closing):
+            if connection.device_token_id in valid or connection.connection_id in self._closing:
                 continue
             self._closing[connection.connection_id] = connection
             self.log.info(
                 "closing connection {connection_id}: the token of device {device} was revoked",
-                connection_id=connection.connection_id, device=connection.device,
+                connection_id=connection.connection_id,
+                device=connection.device,
             )
             try:
                 connection.close(CLOSE_REVOKED, REVOKED_REASON)
             except Exception:
-                self.log.failure("could not close connection {connection_id}",
-                                 connection_id=connection.connection_id)
+                self.log.failure(
+                    "could not close connection {connection_id}",
+                    connection_id=connection.connection_id,
+                )
             closed += 1
         return closed

@@ -41,8 +41,9 @@ class Dispatcher:
             error = UnknownMethod(f"unknown method {request.method!r}")
             return succeed((False, error))
         d = maybeDeferred(handler, connection, request)
-        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(request,),
-                       callbackArgs=(request,))
+        d.addCallbacks(
+            self._succeeded, self._failed, errbackArgs=(request,), callbackArgs=(request,)
+        )
         return d
 
     def _succeeded(self, result, request: Request):
@@ -51,7 +52,8 @@ class Dispatcher:
         if not isinstance(result, dict):
             self.log.error(
                 "handler for {method} returned {kind}, not a result object",
-                method=request.method, kind=type(result).__name__,
+                method=request.method,
+                kind=type(result).__name__,
             )
             return (False, InternalError("internal error: see the server log"))
         return (True, result)
@@ -60,13 +62,17 @@ class Dispatcher:
         if failure.check(RpcError):
             return (False, failure.value)
         if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
-            self.log.error("{method} (request {request_id}) failed: {error}",
-                           method=request.method, request_id=request.id,
-                           error=failure.value.strerror)
-            return (False, StorageFull("the server's disk is full: try again once there is "
-                                       "room"))
+            self.log.error(
+                "{method} (request {request_id}) failed: {error}",
+                method=request.method,
+                request_id=request.id,
+                error=failure.value.strerror,
+            )
+            return (False, StorageFull("the server's disk is full: try again once there is room"))
         self.log.failure(
             "unexpected error handling {method} (request {request_id})",
-            failure, method=request.method, request_id=request.id,
+            failure,
+            method=request.method,
+            request_id=request.id,
         )
         return (False, InternalError("internal error: see the server log"))

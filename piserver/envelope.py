@@ -148,8 +148,13 @@ def encode_event(session_id: str, seq: int, event_type: str, payload_json: bytes
     event lines (which can be many MB) are relayed without re-encoding.
     """
     head = _dumps(
-        {"v": PROTOCOL_VERSION, "kind": "event", "sessionId": session_id, "seq": seq,
-         "type": event_type}
+        {
+            "v": PROTOCOL_VERSION,
+            "kind": "event",
+            "sessionId": session_id,
+            "seq": seq,
+            "type": event_type,
+        }
     )
     return head[:-1] + b',"payload":' + payload_json + b"}"
 

@@ -65,12 +65,18 @@ class RpcResource(Resource):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade != b"websocket":
             request.setHeader(b"upgrade", b"websocket")
-            return _json(request, 426, {
-                "ok": False,
-                "error": {"code": "upgrade_required",
-                          "message": "/rpc is a WebSocket endpoint: open it with a WebSocket "
-                                     "upgrade request"},
-            })
+            return _json(
+                request,
+                426,
+                {
+                    "ok": False,
+                    "error": {
+                        "code": "upgrade_required",
+                        "message": "/rpc is a WebSocket endpoint: open it with a WebSocket "
+                        "upgrade request",
+                    },
+                },
+            )
         return self._websocket.render(request)
 
 
@@ -177,8 +183,10 @@ class GuardedChannel(HTTPChannel):
         super().connectionMade()
         key = _address_key(self.transport.getPeer())
         if not self.site.request_started(key):
-            message = ("too many connections from this address are still sending their "
-                       "request; try again later")
+            message = (
+                "too many connections from this address are still sending their "
+                "request; try again later"
+            )
             self.site.refused("too_many_pending", key, message)
             self._refuse(503, "too_many_connections", message)
             return
@@ -190,8 +198,11 @@ class GuardedChannel(HTTPChannel):
 
     def _too_slow(self):
         self._deadline = None
-        self.site.refused("request_timeout", self._pending_key,
-                          f"the request took longer than {self.site.request_timeout:g} s")
+        self.site.refused(
+            "request_timeout",
+            self._pending_key,
+            f"the request took longer than {self.site.request_timeout:g} s",
+        )
         self.transport.abortConnection()
 
     def _request_arrived(self):
@@ -239,7 +250,8 @@ class GuardedChannel(HTTPChannel):
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s\n"
-            % (status, reason, len(body) + 1, body))
+            % (status, reason, len(body) + 1, body)
+        )
         self.loseConnection()
 
 
@@ -250,8 +262,15 @@ class GuardedSite(PiSite):
 
     protocol = GuardedChannel
 
-    def __init__(self, resource, *, request_timeout: float, max_pending_per_address: int,
-                 on_refused=None, **kwargs):
+    def __init__(
+        self,
+        resource,
+        *,
+        request_timeout: float,
+        max_pending_per_address: int,
+        on_refused=None,
+        **kwargs,
+    ):
         super().__init__(resource, **kwargs)
         self.request_timeout = request_timeout
         self.max_pending_per_address = max_pending_per_address

@@ -374,16 +374,18 @@ def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str,
         if kind == _VERBATIM:
             if seq > after_seq:
                 stored = bytes(rest)
-                out.append((seq, event_type,
-                            _delta_form(event_type, stored) if mode == DELTA else stored))
+                out.append(
+                    (seq, event_type, _delta_form(event_type, stored) if mode == DELTA else stored)
+                )
             continue
         (delta_length,) = _DELTA_LENGTH.unpack_from(rest)
         delta_start = _DELTA_LENGTH.size
         delta_end = delta_start + delta_length
         if mode == DELTA:
             if seq > after_seq:
-                out.append((seq, event_type,
-                            _delta_form(event_type, bytes(rest[delta_start:delta_end]))))
+                out.append(
+                    (seq, event_type, _delta_form(event_type, bytes(rest[delta_start:delta_end])))
+                )
             continue
         try:
             message_slot, partial_slot = json.loads(bytes(rest[delta_end:]))
@@ -538,8 +540,11 @@ class Journal:
             data = path.read_bytes()
         except OSError as error:
             # Its name says its first event was numbered (and sent): never number it again.
-            self._log.critical("journal segment {path} is unreadable ({error})",
-                               path=str(path), error=error.strerror)
+            self._log.critical(
+                "journal segment {path} is unreadable ({error})",
+                path=str(path),
+                error=error.strerror,
+            )
             self._raise_last_seq(first_seq)
             return
         last_seq, last_time, end = first_seq - 1, None, len(_MAGIC)
@@ -693,7 +698,9 @@ class Journal:
             "journal {directory}: cannot write event {seq} ({reason}); this session's "
             "events are no longer journaled (those up to seq {kept} are kept) until the "
             "server restarts",
-            directory=str(self.directory), seq=seq, reason=self.stopped,
+            directory=str(self.directory),
+            seq=seq,
+            reason=self.stopped,
             kept=self._segments[-1].last_seq if self._segments else 0,
         )
 
@@ -804,8 +811,9 @@ class Journal:
             raise JournalGap(after_seq, first_seq, self._last_seq)
         if self.stopped is not None:
             # The events after the last one written were never journaled.
-            raise JournalGap(after_seq, first_seq, self._last_seq,
-                             f"journaling stopped: {self.stopped}")
+            raise JournalGap(
+                after_seq, first_seq, self._last_seq, f"journaling stopped: {self.stopped}"
+            )
         start = 0
         for position, segment in enumerate(self._segments):
             if segment.first_seq <= after_seq + 1:

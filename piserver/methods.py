@@ -54,8 +54,15 @@ class RpcMethods:
 
     log = Logger()
 
-    def __init__(self, sessions=None, models=None, repos=None, capabilities: dict | None = None,
-                 agent: dict | None = None, workspace=None):
+    def __init__(
+        self,
+        sessions=None,
+        models=None,
+        repos=None,
+        capabilities: dict | None = None,
+        agent: dict | None = None,
+        workspace=None,
+    ):
         self._sessions = sessions
         self._agent = agent
         # The session.diff/files/commit/push/... handlers (piserver.workspace.methods).
@@ -67,30 +74,32 @@ class RpcMethods:
     def table(self) -> dict:
         table = {"hello": self.hello}
         if self._sessions is not None:
-            table.update({
-                "session.create": self.session_create,
-                "session.list": self.session_list,
-                "session.attach": self.session_attach,
-                "session.detach": self.session_detach,
-                "session.delete": self.session_delete,
-                "prompt": self.prompt,
-                "abort": self.abort,
-                "get_state": self.get_state,
-                "get_messages": self.get_messages,
-                "get_available_models": self.get_available_models,
-                "set_model": self.set_model,
-                "clear_conversation": self.clear_conversation,
-                "native_tool_response": self.native_tool_response,
-                "extension_ui_response": self.extension_ui_response,
-                # pi's commands that the server gives its own meaning.
-                "new_session": self.clear_conversation,
-                "switch_session": self.switch_session,
-                "fork": self.fork,
-                "clone": self.clone,
-                "export_html": self.export_html,
-                "set_session_name": self.set_session_name,
-                "cycle_model": self.cycle_model,
-            })
+            table.update(
+                {
+                    "session.create": self.session_create,
+                    "session.list": self.session_list,
+                    "session.attach": self.session_attach,
+                    "session.detach": self.session_detach,
+                    "session.delete": self.session_delete,
+                    "prompt": self.prompt,
+                    "abort": self.abort,
+                    "get_state": self.get_state,
+                    "get_messages": self.get_messages,
+                    "get_available_models": self.get_available_models,
+                    "set_model": self.set_model,
+                    "clear_conversation": self.clear_conversation,
+                    "native_tool_response": self.native_tool_response,
+                    "extension_ui_response": self.extension_ui_response,
+                    # pi's commands that the server gives its own meaning.
+                    "new_session": self.clear_conversation,
+                    "switch_session": self.switch_session,
+                    "fork": self.fork,
+                    "clone": self.clone,
+                    "export_html": self.export_html,
+                    "set_session_name": self.set_session_name,
+                    "cycle_model": self.cycle_model,
+                }
+            )
             for command in TYPED.values():
                 table[command.name] = self._typed(command)
         if self._repos is not None:
@@ -119,7 +128,8 @@ class RpcMethods:
                 if type(seq) is not int or seq < 0:
                     raise InvalidParams(
                         f'"resume.lastSeqBySession" values must be non-negative integers '
-                        f'({session_id[:80]!r})')
+                        f"({session_id[:80]!r})"
+                    )
                 last_seqs[session_id] = seq
             previous_id = _string(resume, "connectionId", required=False, where="resume")
             if previous_id and self._sessions is not None:
@@ -172,7 +182,8 @@ class RpcMethods:
                 continue
             try:
                 resumed[session_id] = await self._sessions.attach(
-                    connection, session, exclusive=False, last_seq=seq)
+                    connection, session, exclusive=False, last_seq=seq
+                )
             except RpcError as e:
                 resumed[session_id] = "failed"
                 errors[session_id] = e.to_dict()
@@ -202,8 +213,14 @@ class RpcMethods:
                 raise InvalidParams("code sessions are not available on this server")
             repo = await self._repos.lookup(repo_id)
         session = await self._sessions.create(
-            connection, mode, repo=repo, provider=provider, model_id=model_id,
-            system_prompt=system_prompt, include_native_tools=include_native_tools)
+            connection,
+            mode,
+            repo=repo,
+            provider=provider,
+            model_id=model_id,
+            system_prompt=system_prompt,
+            include_native_tools=include_native_tools,
+        )
         return {"sessionId": session.id}
 
     def session_list(self, connection, request):
@@ -215,10 +232,15 @@ class RpcMethods:
         exclusive = _bool(request.params, "exclusive", True)
         last_seq = _seq(request.params, "lastSeq")
         await self._sessions.ensure_agent(session)
-        caught_up = await self._sessions.attach(connection, session, exclusive=exclusive,
-                                                last_seq=last_seq)
-        return {"sessionId": session.id, "status": session.status(),
-                "lastSeq": session.stream.seq, "catchUp": caught_up}
+        caught_up = await self._sessions.attach(
+            connection, session, exclusive=exclusive, last_seq=last_seq
+        )
+        return {
+            "sessionId": session.id,
+            "status": session.status(),
+            "lastSeq": session.stream.seq,
+            "catchUp": caught_up,
+        }
 
     def session_detach(self, connection, request):
         # Never fails: a client clears its current session only once this succeeds.
@@ -307,8 +329,10 @@ class RpcMethods:
         # The seed's app names its current session, which may be gone: the models are
         # the same.
         if session_id and session_id in self._sessions.sessions:
-            data = await self._sessions.command(self._sessions.get(session_id),
-                                                "get_available_models") or {}
+            data = (
+                await self._sessions.command(self._sessions.get(session_id), "get_available_models")
+                or {}
+            )
             return {"models": [public_model(m) for m in data.get("models", [])]}
         return {"models": await self._models.available()}
 
@@ -328,8 +352,9 @@ class RpcMethods:
         async def handler(connection, request):
             session = self._sessions.get(_session_id(request))
             fields = command.fields_from(request.params)
-            data = await self._sessions.command(session, command.name,
-                                                timeout=command.timeout, **fields)
+            data = await self._sessions.command(
+                session, command.name, timeout=command.timeout, **fields
+            )
             return _result(data)
 
         handler.__name__ = command.name
@@ -343,8 +368,7 @@ class RpcMethods:
             raise UnknownMethod(f"unknown method {name[:80]!r}")
         session = self._sessions.get(session_id)
         try:
-            data = await self._sessions.command(session, name,
-                                                **passthrough_fields(request.params))
+            data = await self._sessions.command(session, name, **passthrough_fields(request.params))
         except AgentCommandFailed as e:
             if e.message.startswith("Unknown command"):
                 raise UnknownMethod(f"unknown method {name!r} (pi: {e.message})") from None
@@ -354,7 +378,8 @@ class RpcMethods:
     def switch_session(self, connection, request):
         raise InvalidRequest(
             "switch_session would bind this session to another conversation: create a "
-            "session (session.create), or copy this one with fork or clone")
+            "session (session.create), or copy this one with fork or clone"
+        )
 
     async def fork(self, connection, request):
         source = self._sessions.get(_session_id(request))
@@ -409,6 +434,8 @@ def _result(data) -> dict:
     if data is None:
         return {}
     return data if isinstance(data, dict) else {"data": data}
+
+
 STREAMING_BEHAVIORS = ("steer", "followUp")
 
 

@@ -204,7 +204,8 @@ class _LiveCollector:
             value=journal_bytes,
         )
         yield GaugeMetricFamily(
-            "pi_server_open_fds", "file descriptors the server process has open",
+            "pi_server_open_fds",
+            "file descriptors the server process has open",
             value=open_fds(),
         )
 

@@ -21,8 +21,14 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 class ModelCatalog:
     log = Logger()
 
-    def __init__(self, reactor, supervisor, workspace: Path,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, data_dir: Path | None = None):
+    def __init__(
+        self,
+        reactor,
+        supervisor,
+        workspace: Path,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        data_dir: Path | None = None,
+    ):
         self._reactor = reactor
         self._supervisor = supervisor
         self._workspace = Path(workspace)
@@ -43,14 +49,23 @@ class ModelCatalog:
             if self._data_dir is not None:
                 agent_dir = self._workspace / "agent"
                 agentdir.prepare(self._data_dir, agent_dir)
-                own = {"agent_dir": str(agent_dir), "files": SessionFiles(
-                    directory=str(self._workspace), writable=(str(agent_dir),),
-                    readable=tuple(str(p) for p in agentdir.shared_paths(self._data_dir)),
-                    cache=str(self._workspace / "cache"))}
+                own = {
+                    "agent_dir": str(agent_dir),
+                    "files": SessionFiles(
+                        directory=str(self._workspace),
+                        writable=(str(agent_dir),),
+                        readable=tuple(str(p) for p in agentdir.shared_paths(self._data_dir)),
+                        cache=str(self._workspace / "cache"),
+                    ),
+                }
             # No session file and no tools: it only answers questions about models.
             agent = self._agent = self._supervisor.spawn(
-                HELPER_KEY, ["--no-session", "--no-tools"], str(self._workspace),
-                lambda event, raw: None, **own)
+                HELPER_KEY,
+                ["--no-session", "--no-tools"],
+                str(self._workspace),
+                lambda event, raw: None,
+                **own,
+            )
             self.log.info("started the models helper agent")
         self._touch()
         await agent.ready

@@ -59,8 +59,13 @@ def host_origin(host_header: str, secure: bool) -> Origin:
     return Origin(scheme, _hostname(parts), _port(parts))
 
 
-def origin_allowed(origin_header: str, host_header: str | None, secure: bool,
-                   server_names: Collection[str], allowed: Collection[Origin] = ()) -> bool:
+def origin_allowed(
+    origin_header: str,
+    host_header: str | None,
+    secure: bool,
+    server_names: Collection[str],
+    allowed: Collection[Origin] = (),
+) -> bool:
     """
     Whether a browser page at ``origin_header`` may open ``/rpc``: it is listed,
     or it is the server's own origin: same scheme, host and port as ``Host``,
@@ -83,8 +88,9 @@ def origin_allowed(origin_header: str, host_header: str | None, secure: bool,
 def host_allowed(host_header: str | None, server_names: Collection[str]) -> bool:
     """Whether the ``Host`` header names the server by one of ``server_names``."""
     try:
-        return host_header is not None and \
-            host_origin(host_header, secure=False).host in server_names
+        return (
+            host_header is not None and host_origin(host_header, secure=False).host in server_names
+        )
     except ValueError:
         return False
 

@@ -22,11 +22,24 @@ LONG_COMMAND_TIMEOUT = 600.0
 THINKING_LEVELS = ("off", "minimal", "low", "medium", "high", "xhigh", "max")
 QUEUE_MODES = ("all", "one-at-a-time")
 # pi commands the server implements itself (or refuses): never passed through as they are.
-SERVER_OWNED = frozenset({
-    "prompt", "abort", "get_state", "get_messages", "get_available_models", "set_model",
-    "cycle_model", "new_session", "switch_session", "fork", "clone", "export_html",
-    "extension_ui_response", "set_session_name",
-})
+SERVER_OWNED = frozenset(
+    {
+        "prompt",
+        "abort",
+        "get_state",
+        "get_messages",
+        "get_available_models",
+        "set_model",
+        "cycle_model",
+        "new_session",
+        "switch_session",
+        "fork",
+        "clone",
+        "export_html",
+        "extension_ui_response",
+        "set_session_name",
+    }
+)
 
 
 @attr.frozen
@@ -58,7 +71,8 @@ class Field:
         elif self.kind == "choice":
             if value not in self.choices:
                 raise InvalidParams(
-                    f'"{self.name}" must be one of {", ".join(map(repr, self.choices))}')
+                    f'"{self.name}" must be one of {", ".join(map(repr, self.choices))}'
+                )
         elif self.kind == "images":
             if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
                 raise InvalidParams(f'"{self.name}" must be a list of image objects')
@@ -88,38 +102,47 @@ def _message_fields() -> tuple[Field, ...]:
     return (Field("message", "text", required=True), Field("images", "images"))
 
 
-TYPED = {command.name: command for command in (
-    PiCommand("steer", _message_fields()),
-    PiCommand("follow_up", _message_fields()),
-    PiCommand("clear_queue"),
-    PiCommand("compact", (Field("customInstructions", "string"),),
-              timeout=LONG_COMMAND_TIMEOUT),
-    PiCommand("set_auto_compaction", (Field("enabled", "boolean", required=True),)),
-    PiCommand("set_auto_retry", (Field("enabled", "boolean", required=True),)),
-    PiCommand("abort_retry"),
-    PiCommand("set_thinking_level",
-              (Field("level", "choice", required=True, choices=THINKING_LEVELS),)),
-    PiCommand("cycle_thinking_level"),
-    PiCommand("get_available_thinking_levels"),
-    PiCommand("set_steering_mode",
-              (Field("mode", "choice", required=True, choices=QUEUE_MODES),)),
-    PiCommand("set_follow_up_mode",
-              (Field("mode", "choice", required=True, choices=QUEUE_MODES),)),
-    PiCommand("get_session_stats"),
-    PiCommand("get_commands"),
-    PiCommand("get_last_assistant_text"),
-    PiCommand("get_fork_messages"),
-    PiCommand("get_entries", (Field("since", "string"),)),
-    PiCommand("get_tree"),
-    PiCommand("bash", (Field("command", "text", required=True),
-                       Field("excludeFromContext", "boolean")),
-              timeout=LONG_COMMAND_TIMEOUT),
-    PiCommand("abort_bash"),
-)}
+TYPED = {
+    command.name: command
+    for command in (
+        PiCommand("steer", _message_fields()),
+        PiCommand("follow_up", _message_fields()),
+        PiCommand("clear_queue"),
+        PiCommand(
+            "compact", (Field("customInstructions", "string"),), timeout=LONG_COMMAND_TIMEOUT
+        ),
+        PiCommand("set_auto_compaction", (Field("enabled", "boolean", required=True),)),
+        PiCommand("set_auto_retry", (Field("enabled", "boolean", required=True),)),
+        PiCommand("abort_retry"),
+        PiCommand(
+            "set_thinking_level",
+            (Field("level", "choice", required=True, choices=THINKING_LEVELS),),
+        ),
+        PiCommand("cycle_thinking_level"),
+        PiCommand("get_available_thinking_levels"),
+        PiCommand(
+            "set_steering_mode", (Field("mode", "choice", required=True, choices=QUEUE_MODES),)
+        ),
+        PiCommand(
+            "set_follow_up_mode", (Field("mode", "choice", required=True, choices=QUEUE_MODES),)
+        ),
+        PiCommand("get_session_stats"),
+        PiCommand("get_commands"),
+        PiCommand("get_last_assistant_text"),
+        PiCommand("get_fork_messages"),
+        PiCommand("get_entries", (Field("since", "string"),)),
+        PiCommand("get_tree"),
+        PiCommand(
+            "bash",
+            (Field("command", "text", required=True), Field("excludeFromContext", "boolean")),
+            timeout=LONG_COMMAND_TIMEOUT,
+        ),
+        PiCommand("abort_bash"),
+    )
+}
 
 
 def passthrough_fields(params: dict) -> dict:
     """An unknown command's params as pi gets them: without the keys the server sets
     (``id``, ``type``; clients of the seed repeat ``type`` in params)."""
-    return {key: value for key, value in params.items()
-            if key not in ("id", "type", "sessionId")}
+    return {key: value for key, value in params.items() if key not in ("id", "type", "sessionId")}

@@ -34,31 +34,47 @@ REVEAL_FIELD = "reveal_secrets"
 # Where a credential stands in a request, in any case and percent-encoded: the value of a
 # `token` query parameter (`?token=`, `&token=`, `%3Ftoken%3D`, a `'token': ['...']` dict),
 # an Authorization header's value, and what follows `Bearer`.
-_CREDENTIAL_PATTERNS = tuple(re.compile(f"{pattern}(?!{re.escape(REDACTED)}){value}", re.IGNORECASE)
-                             for pattern, value in (
-    (r"((?:[?&;]|%3F|%26|%3B)token(?:=|%3D))", r"[^&;#\s\"'\\]+"),
-    (r"(['\"]token['\"]\s*:\s*\[?\s*b?['\"])", r"[^'\"]+"),
-    (r"(authorization['\"]?\s*[:=,]\s*(?:b?['\"])?)", r"[^'\"\r\n\\]+"),
-    (r"(bearer(?:\s|%20|\+)+)", r"[^\s'\"\\,;]+"),
-))
+_CREDENTIAL_PATTERNS = tuple(
+    re.compile(f"{pattern}(?!{re.escape(REDACTED)}){value}", re.IGNORECASE)
+    for pattern, value in (
+        (r"((?:[?&;]|%3F|%26|%3B)token(?:=|%3D))", r"[^&;#\s\"'\\]+"),
+        (r"(['\"]token['\"]\s*:\s*\[?\s*b?['\"])", r"[^'\"]+"),
+        (r"(authorization['\"]?\s*[:=,]\s*(?:b?['\"])?)", r"[^'\"\r\n\\]+"),
+        (r"(bearer(?:\s|%20|\+)+)", r"[^\s'\"\\,;]+"),
+    )
+)
 
 # Least severe first.
 _LEVEL_ORDER = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 
 # Fields that the logging system itself sets and that never hold logged values.
-_SYSTEM_FIELDS = frozenset({
-    "log_logger", "log_source", "log_time", "log_level", "log_namespace", "log_system",
-    "log_format", "log_failure", "log_flattened", "log_trace", "log_text", "log_id",
-})
+_SYSTEM_FIELDS = frozenset(
+    {
+        "log_logger",
+        "log_source",
+        "log_time",
+        "log_level",
+        "log_namespace",
+        "log_system",
+        "log_format",
+        "log_failure",
+        "log_flattened",
+        "log_trace",
+        "log_text",
+        "log_id",
+    }
+)
 
 
 def secret_values(config) -> set[str]:
     """The secrets a ``ServerConfig`` knows of, long enough to be redacted."""
-    values = {config.auth_token, config.github_token, config.metrics_token,
-              config.notify_secret}
+    values = {config.auth_token, config.github_token, config.metrics_token, config.notify_secret}
     for name, value in config.env.items():
-        if (name in config.dotenv_names or name in SERVER_SECRET_ENV
-                or name.endswith(SECRET_NAME_SUFFIXES)):
+        if (
+            name in config.dotenv_names
+            or name in SERVER_SECRET_ENV
+            or name.endswith(SECRET_NAME_SUFFIXES)
+        ):
             values.add(value)
     return {v for v in values if isinstance(v, str) and len(v.strip()) >= MIN_SECRET_LENGTH}
 
@@ -94,7 +110,8 @@ class Redactor:
 
     def _leaks(self, text: str) -> bool:
         return any(secret in text for secret in self._secrets) or any(
-            pattern.search(text) for pattern in _CREDENTIAL_PATTERNS)
+            pattern.search(text) for pattern in _CREDENTIAL_PATTERNS
+        )
 
     def shown(self, event: dict) -> bool:
         """Whether ``event`` is at or above the level the log shows."""

@@ -19,8 +19,7 @@ class Refusals:
     """``metrics`` is a ``metrics.ServerMetrics`` (its ``refusals`` counter), ``clock``
     IReactorTime."""
 
-    def __init__(self, metrics, clock, window: float = DEFAULT_WINDOW,
-                 burst: int = DEFAULT_BURST):
+    def __init__(self, metrics, clock, window: float = DEFAULT_WINDOW, burst: int = DEFAULT_BURST):
         self._metrics = metrics
         self._clock = clock
         self._window = window
@@ -38,8 +37,12 @@ class Refusals:
             left_out = budget[2]
             budget[:] = [now, 0, 0]
             if left_out:
-                log.warn("{left_out} more refusals ({kind}) were not logged in the last "
-                         "{window:.0f} s", left_out=left_out, kind=kind, window=self._window)
+                log.warn(
+                    "{left_out} more refusals ({kind}) were not logged in the last {window:.0f} s",
+                    left_out=left_out,
+                    kind=kind,
+                    window=self._window,
+                )
         if budget[1] >= self._burst:
             budget[2] += 1
             return

@@ -157,9 +157,20 @@ class Session:
         session_id = record["sessionId"]
         if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
             raise ValueError("bad session id")
-        known = {"sessionId", "mode", "repoId", "worktreePath", "createdAt", "lastActivityAt",
-                 "name", "provider", "modelId", "systemPrompt", "includeNativeTools",
-                 "lastSeq"}
+        known = {
+            "sessionId",
+            "mode",
+            "repoId",
+            "worktreePath",
+            "createdAt",
+            "lastActivityAt",
+            "name",
+            "provider",
+            "modelId",
+            "systemPrompt",
+            "includeNativeTools",
+            "lastSeq",
+        }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
             raise ValueError(f"bad mode {record.get('mode')!r:.40}")
@@ -188,8 +199,13 @@ class Session:
 
     def idle(self) -> bool:
         """Its agent could be stopped without anyone noticing (it restarts on demand)."""
-        return (self.agent is not None and self.agent.exit is None and self.starting is None
-                and not self.streaming and not self.stream.connections())
+        return (
+            self.agent is not None
+            and self.agent.exit is None
+            and self.starting is None
+            and not self.streaming
+            and not self.stream.connections()
+        )
 
     def status(self) -> str:
         if self.agent is not None and self.agent.exit is None:
@@ -207,12 +223,23 @@ class SessionManager(service.Service):
     name = "sessions"
     log = Logger()
 
-    def __init__(self, reactor, data_dir: Path, supervisor, store, models,
-                 new_id=lambda: str(uuid.uuid4()), checkouts=None,
-                 journal_limits: JournalLimits | None = None, merge_window: float = 0.03,
-                 in_thread=None, max_agents: int = DEFAULT_MAX_AGENTS,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 native_tool_timeout: float = DEFAULT_CALL_TIMEOUT, on_run_end=None):
+    def __init__(
+        self,
+        reactor,
+        data_dir: Path,
+        supervisor,
+        store,
+        models,
+        new_id=lambda: str(uuid.uuid4()),
+        checkouts=None,
+        journal_limits: JournalLimits | None = None,
+        merge_window: float = 0.03,
+        in_thread=None,
+        max_agents: int = DEFAULT_MAX_AGENTS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        native_tool_timeout: float = DEFAULT_CALL_TIMEOUT,
+        on_run_end=None,
+    ):
         self._reactor = reactor
         # Called with a code session whose run has ended (files_changed, piserver.workspace).
         self._on_run_end = on_run_end
@@ -222,8 +249,11 @@ class SessionManager(service.Service):
         self._idle_check = task.LoopingCall(self._sweep)
         self._idle_check.clock = reactor
         # Runs blocking file work (removing a checkout) off the reactor thread.
-        self._in_thread = in_thread or (lambda f, *args, **kwargs: threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), f, *args, **kwargs))
+        self._in_thread = in_thread or (
+            lambda f, *args, **kwargs: threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), f, *args, **kwargs
+            )
+        )
         self._journal_limits = journal_limits or JournalLimits()
         self._merge_window = merge_window
         self._data_dir = Path(data_dir)
@@ -238,8 +268,7 @@ class SessionManager(service.Service):
         # Connections seen by hello or attach, and what recently closed ones left behind,
         # so that a client resuming its connection gets its tools and sessions back.
         self._connections: dict[str, object] = {}
-        self._departed: collections.OrderedDict[str, PreviousConnection] = \
-            collections.OrderedDict()
+        self._departed: collections.OrderedDict[str, PreviousConnection] = collections.OrderedDict()
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
         # Sessions whose agent is being stopped to make room for one starting (_make_room).
@@ -258,21 +287,25 @@ class SessionManager(service.Service):
         if loaded.corrupt is not None:
             self.log.critical(
                 "state.json was unreadable and was moved to {moved_to}; sessions are "
-                "recovered from their directories", moved_to=str(loaded.corrupt.moved_to))
+                "recovered from their directories",
+                moved_to=str(loaded.corrupt.moved_to),
+            )
         records = dict(loaded.sessions)
         doomed = {record["sessionId"] for _action, record in interrupted}
         for session_id in doomed:
             records.pop(session_id, None)
             self._store.remove(session_id)
         for session_id, record in self._records_in_directories(set(records) | doomed):
-            self.log.warn("session {session_id} recovered from its directory",
-                          session_id=session_id)
+            self.log.warn(
+                "session {session_id} recovered from its directory", session_id=session_id
+            )
             records[session_id] = record
             self._store.put(session_id, record)
         for session_id, record in records.items():
             try:
-                session = Session.from_record(self.sessions_dir, {**record,
-                                                                  "sessionId": session_id})
+                session = Session.from_record(
+                    self.sessions_dir, {**record, "sessionId": session_id}
+                )
             except (KeyError, TypeError, ValueError) as e:
                 session = self._from_directory(session_id, e)
                 if session is None:
@@ -281,8 +314,7 @@ class SessionManager(service.Service):
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
         if interrupted:
-            self.recovered = defer.Deferred.fromCoroutine(
-                self._finish_interrupted(interrupted))
+            self.recovered = defer.Deferred.fromCoroutine(self._finish_interrupted(interrupted))
         self._idle_check.start(min(60.0, self._idle_timeout), now=False)
         super().startService()
 
@@ -299,15 +331,18 @@ class SessionManager(service.Service):
         journal.open()
         journal.continue_after(session.last_seq)
         session.journal = journal
-        session.stream = EventStream(session.id, journal, self._reactor, self._merge_window,
-                                     on_sent=self._event_sent)
+        session.stream = EventStream(
+            session.id, journal, self._reactor, self._merge_window, on_sent=self._event_sent
+        )
         session.calls = DeviceCalls(
-            session.id, self._reactor,
-            lambda event_type, payload, to=None: self.publish(session, event_type, payload,
-                                                              to=to),
+            session.id,
+            self._reactor,
+            lambda event_type, payload, to=None: self.publish(session, event_type, payload, to=to),
             lambda message: session.agent.send(message) if session.agent else None,
-            session.stream.connections, self._native_tool_timeout,
-            tell=lambda happening, **fields: self._tell(happening, session, fields))
+            session.stream.connections,
+            self._native_tool_timeout,
+            tell=lambda happening, **fields: self._tell(happening, session, fields),
+        )
 
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
@@ -329,13 +364,20 @@ class SessionManager(service.Service):
                 raise ValueError("no session.json of that session")
             session = Session.from_record(self.sessions_dir, record)
         except (CorruptFileError, OSError, KeyError, TypeError, ValueError) as e:
-            self.log.error("skipping unreadable session entry {session_id}: {error}; "
-                           "its directory has none either ({other})",
-                           session_id=str(session_id)[:80], error=repr(error), other=repr(e))
+            self.log.error(
+                "skipping unreadable session entry {session_id}: {error}; "
+                "its directory has none either ({other})",
+                session_id=str(session_id)[:80],
+                error=repr(error),
+                other=repr(e),
+            )
             return None
-        self.log.warn("session {session_id}: its state.json entry is unusable ({error}); "
-                      "restored from its session.json", session_id=session_id,
-                      error=repr(error))
+        self.log.warn(
+            "session {session_id}: its state.json entry is unusable ({error}); "
+            "restored from its session.json",
+            session_id=session_id,
+            error=repr(error),
+        )
         self._store.put(session_id, record)
         return session
 
@@ -349,8 +391,11 @@ class SessionManager(service.Service):
             try:
                 record = load_json(directory / SESSION_RECORD, self.log)
             except (CorruptFileError, OSError) as e:
-                self.log.error("session directory {path} has no readable record: {error}",
-                               path=str(directory), error=str(e))
+                self.log.error(
+                    "session directory {path} has no readable record: {error}",
+                    path=str(directory),
+                    error=str(e),
+                )
                 continue
             if isinstance(record, dict) and record.get("sessionId") == directory.name:
                 yield directory.name, record
@@ -368,9 +413,14 @@ class SessionManager(service.Service):
     def summaries(self, repo_id: str | None = None) -> list[dict]:
         return [
             {
-                "sessionId": s.id, "mode": s.mode, "repoId": s.repo_id,
-                "worktreePath": str(s.cwd), "createdAt": s.created_at,
-                "lastActivityAt": s.last_activity_at, "name": s.name, "status": s.status(),
+                "sessionId": s.id,
+                "mode": s.mode,
+                "repoId": s.repo_id,
+                "worktreePath": str(s.cwd),
+                "createdAt": s.created_at,
+                "lastActivityAt": s.last_activity_at,
+                "name": s.name,
+                "status": s.status(),
             }
             for s in sorted(self.sessions.values(), key=lambda s: s.created_at)
             if repo_id is None or s.repo_id == repo_id
@@ -378,10 +428,17 @@ class SessionManager(service.Service):
 
     # -- create / delete ----------------------------------------------------
 
-    async def create(self, connection, mode: str, repo: dict | None = None,
-                     provider: str | None = None, model_id: str | None = None,
-                     system_prompt: str | None = None,
-                     include_native_tools: bool = False, seed=None) -> Session:
+    async def create(
+        self,
+        connection,
+        mode: str,
+        repo: dict | None = None,
+        provider: str | None = None,
+        model_id: str | None = None,
+        system_prompt: str | None = None,
+        include_native_tools: bool = False,
+        seed=None,
+    ) -> Session:
         """A new session, attached to ``connection``. ``seed(session)``, when given, runs in a
         thread before the agent starts (to give it files of its own)."""
         if (provider is None) != (model_id is None):
@@ -392,10 +449,16 @@ class SessionManager(service.Service):
         directory = self.sessions_dir / session_id
         now = self._now()
         session = Session(
-            id=session_id, mode=mode, directory=directory, cwd=directory / "workspace",
-            created_at=now, last_activity_at=now, repo_id=repo["id"] if repo else None,
+            id=session_id,
+            mode=mode,
+            directory=directory,
+            cwd=directory / "workspace",
+            created_at=now,
+            last_activity_at=now,
+            repo_id=repo["id"] if repo else None,
             provider=provider,
-            model_id=model_id, system_prompt=system_prompt,
+            model_id=model_id,
+            system_prompt=system_prompt,
             include_native_tools=include_native_tools,
         )
         directory.mkdir(mode=0o700, parents=True)
@@ -409,8 +472,14 @@ class SessionManager(service.Service):
             if mode == "code":
                 self._write_intent(session, "create", self._checkouts.planned(session, repo))
                 checkout = await self._checkouts.create(
-                    session, repo, lambda stage, text: self.publish(session, "session_progress", {
-                        "type": "session_progress", "stage": stage, "message": text}))
+                    session,
+                    repo,
+                    lambda stage, text: self.publish(
+                        session,
+                        "session_progress",
+                        {"type": "session_progress", "stage": stage, "message": text},
+                    ),
+                )
                 session.cwd = checkout.path
                 session.extra.update(checkout.record)
                 checked_out = True
@@ -418,8 +487,7 @@ class SessionManager(service.Service):
                 session.cwd.mkdir(mode=0o700)
             if session.offers_native_tools:
                 # The creating device's tools; a device attaching later brings its own.
-                self._offer_native_tools(session,
-                                         getattr(connection, "native_tools", None) or [])
+                self._offer_native_tools(session, getattr(connection, "native_tools", None) or [])
             if seed is not None:
                 session.agent_dir.mkdir(mode=0o700)
                 await self._in_thread(seed, session)
@@ -439,12 +507,17 @@ class SessionManager(service.Service):
                 await self._checkouts.remove(session)
             await self._remove_directory(directory)
             raise
-        self.log.info("session {session_id} created ({mode}) in {cwd}",
-                      session_id=session.id, mode=mode, cwd=str(session.cwd))
+        self.log.info(
+            "session {session_id} created ({mode}) in {cwd}",
+            session_id=session.id,
+            mode=mode,
+            cwd=str(session.cwd),
+        )
         return session
 
-    async def copy(self, connection, source: Session, repo: dict | None, command: str,
-                   fields: dict) -> tuple[Session, dict]:
+    async def copy(
+        self, connection, source: Session, repo: dict | None, command: str, fields: dict
+    ) -> tuple[Session, dict]:
         """A new session holding ``source``'s conversation as pi's ``fork`` or ``clone``
         makes it: pi's files of ``source`` are copied, the new agent forks from them, and
         the copies are removed. A code session gets a checkout of its own."""
@@ -457,9 +530,15 @@ class SessionManager(service.Service):
                 shutil.copy2(settings, session.agent_dir / agentdir.SETTINGS)
 
         session = await self.create(
-            connection, source.mode, repo=repo, provider=source.provider,
-            model_id=source.model_id, system_prompt=source.system_prompt,
-            include_native_tools=source.include_native_tools, seed=seed)
+            connection,
+            source.mode,
+            repo=repo,
+            provider=source.provider,
+            model_id=source.model_id,
+            system_prompt=source.system_prompt,
+            include_native_tools=source.include_native_tools,
+            seed=seed,
+        )
         try:
             data = await self.command(session, command, **fields) or {}
             if data.get("cancelled"):
@@ -475,8 +554,12 @@ class SessionManager(service.Service):
         session.name = source.name
         session.extra["forkedFrom"] = source.id
         self._save(session)
-        self.log.info("session {session_id} made from {source} by {command}",
-                      session_id=session.id, source=source.id, command=command)
+        self.log.info(
+            "session {session_id} made from {source} by {command}",
+            session_id=session.id,
+            source=source.id,
+            command=command,
+        )
         return session, data
 
     async def export_html(self, session: Session) -> str:
@@ -484,8 +567,9 @@ class SessionManager(service.Service):
         (no checkout, nothing a page of ours serves), from where it is read and removed."""
         target = session.pi_session_dir / f".export-{uuid.uuid4().hex}.html"
         try:
-            await self.command(session, "export_html", outputPath=str(target),
-                               timeout=PROMPT_TIMEOUT)
+            await self.command(
+                session, "export_html", outputPath=str(target), timeout=PROMPT_TIMEOUT
+            )
             return await self._in_thread(target.read_text, encoding="utf-8", errors="replace")
         finally:
             target.unlink(missing_ok=True)
@@ -521,8 +605,10 @@ class SessionManager(service.Service):
         return result
 
     def _write_intent(self, session: Session, action: str, extra: dict | None = None) -> None:
-        write_json_atomic(session.directory / INTENT_RECORD,
-                          {"action": action, "record": {**session.record(), **(extra or {})}})
+        write_json_atomic(
+            session.directory / INTENT_RECORD,
+            {"action": action, "record": {**session.record(), **(extra or {})}},
+        )
 
     def _interrupted(self) -> list[tuple[str, dict]]:
         """``(action, record)`` of the creates and deletes a crash interrupted."""
@@ -537,10 +623,19 @@ class SessionManager(service.Service):
                 action, record = intent["action"], intent["record"]
                 if record.get("sessionId") != directory.name:
                     raise ValueError("the intent names another session")
-            except (CorruptFileError, OSError, KeyError, TypeError, ValueError,
-                    AttributeError) as e:
-                self.log.error("session directory {path}: unreadable intent: {error}",
-                               path=str(directory), error=repr(e))
+            except (
+                CorruptFileError,
+                OSError,
+                KeyError,
+                TypeError,
+                ValueError,
+                AttributeError,
+            ) as e:
+                self.log.error(
+                    "session directory {path}: unreadable intent: {error}",
+                    path=str(directory),
+                    error=repr(e),
+                )
                 continue
             if action == "create" and (directory / SESSION_RECORD).exists():
                 # The create got as far as recording the session: it stands.
@@ -552,18 +647,19 @@ class SessionManager(service.Service):
     async def _finish_interrupted(self, interrupted: list[tuple[str, dict]]) -> None:
         for action, record in interrupted:
             session = Session.from_record(self.sessions_dir, record)
-            self.log.warn("session {session_id}: {what} after an interrupted {action}",
-                          session_id=session.id, action=action,
-                          what="undoing the create" if action == "create"
-                          else "finishing the delete")
+            self.log.warn(
+                "session {session_id}: {what} after an interrupted {action}",
+                session_id=session.id,
+                action=action,
+                what="undoing the create" if action == "create" else "finishing the delete",
+            )
             try:
                 if self._checkouts is not None and session.mode == "code":
                     await self._checkouts.remove(session)
                 (session.directory / SESSION_RECORD).unlink(missing_ok=True)
                 await self._remove_directory(session.directory)
             except Exception:
-                self.log.failure("session {session_id}: could not clean up",
-                                 session_id=session.id)
+                self.log.failure("session {session_id}: could not clean up", session_id=session.id)
 
     def _remove_directory(self, path: Path) -> defer.Deferred:
         # A checkout can hold many files: remove it off the reactor thread.
@@ -571,8 +667,9 @@ class SessionManager(service.Service):
 
     # -- attach / detach ----------------------------------------------------
 
-    async def attach(self, connection, session: Session, exclusive: bool = True,
-                     last_seq: int | None = None) -> str:
+    async def attach(
+        self, connection, session: Session, exclusive: bool = True, last_seq: int | None = None
+    ) -> str:
         """
         Attach a connection to a session's events. With ``last_seq`` it first gets every
         event after it; when the journal no longer has them, a ``session_snapshot``.
@@ -586,8 +683,12 @@ class SessionManager(service.Service):
         self.use_native_tools_of(connection, session)
         mode = connection.event_mode
         reason = await session.stream.attach_catching_up(
-            connection, mode, last_seq, self._in_thread,
-            snapshots="snapshots" in connection.features)
+            connection,
+            mode,
+            last_seq,
+            self._in_thread,
+            snapshots="snapshots" in connection.features,
+        )
         if reason is None:
             session.calls.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
@@ -599,11 +700,17 @@ class SessionManager(service.Service):
             session.stream.detach(connection)
             raise
         state = public_state(state or {})
-        session.stream.release(connection, {
-            "type": "session_snapshot", "reason": reason,
-            "messages": (messages or {}).get("messages", []), "state": state,
-            "streamingMessage": session.stream.streaming_message,
-        }, session.stream.seq)
+        session.stream.release(
+            connection,
+            {
+                "type": "session_snapshot",
+                "reason": reason,
+                "messages": (messages or {}).get("messages", []),
+                "state": state,
+                "streamingMessage": session.stream.streaming_message,
+            },
+            session.stream.seq,
+        )
         session.calls.attached(connection)
         return "snapshot"
 
@@ -646,7 +753,8 @@ class SessionManager(service.Service):
     def _connection_lost(self, connection) -> None:
         self._connections.pop(connection.connection_id, None)
         self._departed[connection.connection_id] = PreviousConnection(
-            connection.native_tools, self._attached_to(connection))
+            connection.native_tools, self._attached_to(connection)
+        )
         while len(self._departed) > REMEMBERED_CONNECTIONS:
             self._departed.popitem(last=False)
         self.detach(connection)
@@ -674,11 +782,15 @@ class SessionManager(service.Service):
         return SessionFiles(
             directory=str(session.directory),
             writable=(str(session.cwd), str(session.pi_session_dir), str(session.agent_dir)),
-            readable=(str(EXTENSION_PATH.parent),
-                      *(str(path) for path in agentdir.shared_paths(self._data_dir))),
+            readable=(
+                str(EXTENSION_PATH.parent),
+                *(str(path) for path in agentdir.shared_paths(self._data_dir)),
+            ),
             cache=str(session.directory / "cache"),
             repository=session.extra.get("repoPath")
-            if session.extra.get("repoSource") == "local" else None)
+            if session.extra.get("repoSource") == "local"
+            else None,
+        )
 
     def ensure_agent(self, session: Session) -> defer.Deferred:
         """Fire with the session's running agent, starting it if needed."""
@@ -686,15 +798,21 @@ class SessionManager(service.Service):
             return defer.fail(NotFound(f"session {session.id} was deleted"))
         if session.starting is not None:
             return session.starting.observe()
-        if session.agent is not None and session.agent.exit is None \
-                and not session.agent.stop_requested:
+        if (
+            session.agent is not None
+            and session.agent.exit is None
+            and not session.agent.stop_requested
+        ):
             return defer.succeed(session.agent)
         self._forget_old_exits(session)
         if len(session.recent_exits) >= CRASH_LIMIT:
             tail = session.recent_exits[-1][1]
-            return defer.fail(AgentFailed(
-                f"the agent exited {len(session.recent_exits)} times within "
-                f"{CRASH_WINDOW:.0f} s; last stderr: {tail[-2000:] or '(empty)'}"))
+            return defer.fail(
+                AgentFailed(
+                    f"the agent exited {len(session.recent_exits)} times within "
+                    f"{CRASH_WINDOW:.0f} s; last stderr: {tail[-2000:] or '(empty)'}"
+                )
+            )
         delay = 0.0
         if session.recent_exits:
             delay = CRASH_BACKOFF_BASE * 2 ** (len(session.recent_exits) - 1)
@@ -712,8 +830,11 @@ class SessionManager(service.Service):
 
     async def _start_agent(self, session: Session, delay: float) -> AgentProtocol:
         if delay:
-            self.log.info("restarting the agent of {session_id} in {delay} s",
-                          session_id=session.id, delay=delay)
+            self.log.info(
+                "restarting the agent of {session_id} in {delay} s",
+                session_id=session.id,
+                delay=delay,
+            )
             self._tell("agent_restarted", session, {})
             await task.deferLater(self._reactor, delay)
         if session.deleted:
@@ -727,9 +848,13 @@ class SessionManager(service.Service):
         if session.system_prompt is not None:
             write_bytes_atomic(session.system_prompt_file, session.system_prompt.encode("utf-8"))
         agent = self._supervisor.spawn(
-            session.id, self.agent_args(session), str(session.cwd),
+            session.id,
+            self.agent_args(session),
+            str(session.cwd),
             lambda event, raw: self._agent_event(session, agent, event, raw),
-            agent_dir=str(session.agent_dir), files=self.agent_files(session))
+            agent_dir=str(session.agent_dir),
+            files=self.agent_files(session),
+        )
         session.agent = agent
         session.streaming = False
         agent.exited.addCallback(self._agent_exited, session, agent)
@@ -750,21 +875,28 @@ class SessionManager(service.Service):
         (which holds that place then): creates that arrive together cannot take the same
         place twice."""
         while True:
-            running = [s for s in self.sessions.values() if s is not starting
-                       and s.id not in self._freeing_for_start and (
-                           s.starting is not None
-                           or (s.agent is not None and s.agent.exit is None))]
+            running = [
+                s
+                for s in self.sessions.values()
+                if s is not starting
+                and s.id not in self._freeing_for_start
+                and (s.starting is not None or (s.agent is not None and s.agent.exit is None))
+            ]
             if len(running) < self._max_agents:
                 return
-            idle = sorted((s for s in running if s.idle() and not s.agent.stop_requested),
-                          key=lambda s: s.last_used)
+            idle = sorted(
+                (s for s in running if s.idle() and not s.agent.stop_requested),
+                key=lambda s: s.last_used,
+            )
             if not idle:
                 raise TooManySessions(
                     f"{len(running)} agents are running, the limit is {self._max_agents}: "
-                    "detach from or delete a session, or wait for a run to end")
+                    "detach from or delete a session, or wait for a run to end"
+                )
             victim = idle[0]
-            self.log.info("stopping the idle agent of {session_id} to start another",
-                          session_id=victim.id)
+            self.log.info(
+                "stopping the idle agent of {session_id} to start another", session_id=victim.id
+            )
             self._freeing_for_start.add(victim.id)
             try:
                 await self.stop_agent(victim)
@@ -785,8 +917,11 @@ class SessionManager(service.Service):
         horizon = self._reactor.seconds() - self._idle_timeout
         for session in list(self.sessions.values()):
             if session.idle() and session.last_used < horizon:
-                self.log.info("stopping the agent of {session_id}: idle for {seconds:.0f} s",
-                              session_id=session.id, seconds=self._idle_timeout)
+                self.log.info(
+                    "stopping the agent of {session_id}: idle for {seconds:.0f} s",
+                    session_id=session.id,
+                    seconds=self._idle_timeout,
+                )
                 self._supervisor.stop(session.agent)
 
     def _forget_old_exits(self, session: Session) -> None:
@@ -799,27 +934,49 @@ class SessionManager(service.Service):
             return exit
         session.calls.agent_exited()
         if agent.hung:
-            self.publish(session, "agent_hung", {
-                "type": "agent_hung",
-                "message": "the agent stopped answering and was killed; it restarts"})
+            self.publish(
+                session,
+                "agent_hung",
+                {
+                    "type": "agent_hung",
+                    "message": "the agent stopped answering and was killed; it restarts",
+                },
+            )
         session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
         self._forget_old_exits(session)
         if session.streaming:
             # The run ends here for the client as it would have: agent_end, agent_settled.
             session.streaming = False
             error = {"code": "agent_exited", "message": exit.describe()}
-            self.publish(session, "agent_end", {
-                "type": "agent_end", "messages": [], "success": False, "error": error})
-            self.publish(session, "agent_settled", {
-                "type": "agent_settled", "aborted": False, "error": error})
-        self.publish(session, "agent_exit", {
-            "type": "agent_exit", "code": exit.code, "signal": exit.signal,
-            "stderrTail": exit.stderr_tail})
+            self.publish(
+                session,
+                "agent_end",
+                {"type": "agent_end", "messages": [], "success": False, "error": error},
+            )
+            self.publish(
+                session,
+                "agent_settled",
+                {"type": "agent_settled", "aborted": False, "error": error},
+            )
+        self.publish(
+            session,
+            "agent_exit",
+            {
+                "type": "agent_exit",
+                "code": exit.code,
+                "signal": exit.signal,
+                "stderrTail": exit.stderr_tail,
+            },
+        )
         if agent.hung and session.stream.connections():
             # Someone is waiting for this session: bring its conversation back at once.
             self.ensure_agent(session).addErrback(
-                lambda f: self.log.error("the agent of {session_id} did not restart: {error}",
-                                         session_id=session.id, error=f.getErrorMessage()))
+                lambda f: self.log.error(
+                    "the agent of {session_id} did not restart: {error}",
+                    session_id=session.id,
+                    error=f.getErrorMessage(),
+                )
+            )
         return exit
 
     def _agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
@@ -827,8 +984,7 @@ class SessionManager(service.Service):
             return
         event_type = event.get("type")
         if not isinstance(event_type, str):
-            self.log.warn("agent {session_id} sent an event without a type",
-                          session_id=session.id)
+            self.log.warn("agent {session_id} sent an event without a type", session_id=session.id)
             return
         if event_type == "agent_start":
             session.streaming = agent.expect_output = True
@@ -838,8 +994,7 @@ class SessionManager(service.Service):
             session.streaming = agent.expect_output = False
         elif event_type == "session_info_changed":
             name = event.get("name")
-            self.rename(session, name.strip() if isinstance(name, str) and name.strip()
-                        else None)
+            self.rename(session, name.strip() if isinstance(name, str) and name.strip() else None)
         if session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
@@ -852,8 +1007,14 @@ class SessionManager(service.Service):
 
     # -- events -------------------------------------------------------------
 
-    def publish(self, session: Session, event_type: str, payload: dict,
-                payload_json: bytes | None = None, to=None) -> None:
+    def publish(
+        self,
+        session: Session,
+        event_type: str,
+        payload: dict,
+        payload_json: bytes | None = None,
+        to=None,
+    ) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
         session.stream.publish(event_type, payload, payload_json, to=to)
         # The stream's seq, not the event's: publishing can add one (journal_stopped).
@@ -872,8 +1033,11 @@ class SessionManager(service.Service):
             try:
                 listener(happening, session, fields)
             except Exception:
-                self.log.failure("error in a listener of {happening} ({session_id})",
-                                 happening=happening, session_id=session.id)
+                self.log.failure(
+                    "error in a listener of {happening} ({session_id})",
+                    happening=happening,
+                    session_id=session.id,
+                )
 
     def _event_sent(self, mode: str, size: int) -> None:
         if self.on_event_sent is not None:
@@ -881,14 +1045,16 @@ class SessionManager(service.Service):
 
     # -- agent calls --------------------------------------------------------
 
-    async def command(self, session: Session, command: str, /, timeout: float | None = None,
-                      **fields):
+    async def command(
+        self, session: Session, command: str, /, timeout: float | None = None, **fields
+    ):
         agent = await self.ensure_agent(session)
         session.last_used = self._reactor.seconds()
         return await agent.command(command, timeout=timeout, **fields)
 
-    async def prompt(self, session: Session, message: str, images=None,
-                     streaming_behavior=None) -> None:
+    async def prompt(
+        self, session: Session, message: str, images=None, streaming_behavior=None
+    ) -> None:
         fields = {"message": message}
         if images is not None:
             fields["images"] = images

@@ -59,10 +59,11 @@ class _MergedDeltas:
 
     def encode(self, session_id: str) -> bytes:
         event = self.payload["assistantMessageEvent"]
-        payload = {**self.payload,
-                   "assistantMessageEvent": {**event, "delta": "".join(self.pieces)}}
-        return encode_event(session_id, self.last_seq, "message_update",
-                            encode_payload(payload))
+        payload = {
+            **self.payload,
+            "assistantMessageEvent": {**event, "delta": "".join(self.pieces)},
+        }
+        return encode_event(session_id, self.last_seq, "message_update", encode_payload(payload))
 
 
 def _merge_key(event_type: str, payload: dict):
@@ -83,8 +84,15 @@ def delta_payload(event_type: str, payload: dict) -> dict:
 class EventStream:
     log = Logger()
 
-    def __init__(self, session_id: str, journal, clock, merge_window: float = 0.03,
-                 max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES, on_sent=None):
+    def __init__(
+        self,
+        session_id: str,
+        journal,
+        clock,
+        merge_window: float = 0.03,
+        max_replay_bytes: int = DEFAULT_MAX_REPLAY_BYTES,
+        on_sent=None,
+    ):
         self.session_id = session_id
         # on_sent(mode, size) for each event frame sent to a connection (metrics).
         self._on_sent = on_sent
@@ -125,8 +133,9 @@ class EventStream:
 
     # -- publishing ---------------------------------------------------------
 
-    def publish(self, event_type: str, payload: dict, payload_json: bytes | None = None,
-                to=None) -> int:
+    def publish(
+        self, event_type: str, payload: dict, payload_json: bytes | None = None, to=None
+    ) -> int:
         """
         Number, journal and send one event; ``payload_json`` is pi's line when relayed.
         ``to``, a set of connection ids, limits who gets it live (a replay sends it to
@@ -147,8 +156,11 @@ class EventStream:
             # Disk full…: the journal said so in the log; the live stream goes on.
             stopped = e
         except Exception:
-            self.log.failure("journal of {session_id}: cannot record event {seq}",
-                             session_id=self.session_id, seq=seq)
+            self.log.failure(
+                "journal of {session_id}: cannot record event {seq}",
+                session_id=self.session_id,
+                seq=seq,
+            )
 
         full_frame = None
         has_delta = False
@@ -164,10 +176,15 @@ class EventStream:
         if has_delta:
             self._publish_delta(seq, event_type, payload, to)
         if stopped is not None:
-            self.publish("journal_stopped", {
-                "type": "journal_stopped", "reason": stopped.strerror,
-                "message": "this session's events can no longer be stored (the server's disk "
-                           "is full?): a resume gets a snapshot"})
+            self.publish(
+                "journal_stopped",
+                {
+                    "type": "journal_stopped",
+                    "reason": stopped.strerror,
+                    "message": "this session's events can no longer be stored (the server's disk "
+                    "is full?): a resume gets a snapshot",
+                },
+            )
         return seq
 
     def _follow_message(self, event_type: str, payload: dict) -> None:
@@ -205,8 +222,9 @@ class EventStream:
             self._merge_call = self._clock.callLater(self._merge_window, self.flush)
             return
         self.flush()
-        frame = encode_event(self.session_id, seq, event_type,
-                             encode_payload(delta_payload(event_type, payload)))
+        frame = encode_event(
+            self.session_id, seq, event_type, encode_payload(delta_payload(event_type, payload))
+        )
         self._send_to_mode("delta", seq, frame, to)
 
     def flush(self) -> None:
@@ -228,7 +246,8 @@ class EventStream:
     def _send_to_mode(self, mode: str, seq: int, frame: bytes, to=None) -> None:
         for subscriber in list(self._subscribers.values()):
             if subscriber.mode == mode and (
-                    to is None or subscriber.connection.connection_id in to):
+                to is None or subscriber.connection.connection_id in to
+            ):
                 self._deliver(subscriber, seq, frame)
 
     def _deliver(self, subscriber: _Subscriber, seq: int, frame: bytes) -> None:
@@ -239,8 +258,9 @@ class EventStream:
 
     # -- attaching and catching up ------------------------------------------
 
-    def attach(self, connection, mode: str, last_seq: int | None = None,
-               snapshots: bool = True) -> str | None:
+    def attach(
+        self, connection, mode: str, last_seq: int | None = None, snapshots: bool = True
+    ) -> str | None:
         """
         Attach a connection. With ``last_seq``, first send it every journaled event
         after that seq, so it misses none and sees none twice. Returns None, or why it
@@ -262,8 +282,9 @@ class EventStream:
         self._subscribers[connection.connection_id] = _Subscriber(connection, mode)
         return None
 
-    async def attach_catching_up(self, connection, mode: str, last_seq: int | None,
-                                 in_thread, snapshots: bool = True) -> str | None:
+    async def attach_catching_up(
+        self, connection, mode: str, last_seq: int | None, in_thread, snapshots: bool = True
+    ) -> str | None:
         """
         ``attach``, with the catch-up read, decoded and encoded by ``in_thread(f)`` (a
         thread pool): a long replay never stalls the reactor, nor other sessions. Live
@@ -303,12 +324,10 @@ class EventStream:
                 connection.send(frame)
         return None
 
-    def _catch_up_frames(self, read, mode: str, merge: bool,
-                         snapshots: bool) -> list[bytes] | None:
+    def _catch_up_frames(self, read, mode: str, merge: bool, snapshots: bool) -> list[bytes] | None:
         """The catch-up frames (None: too large, send a snapshot): runs in a thread."""
         events = read()
-        if mode == "full" and not merge and \
-                sum(len(e[2]) for e in events) > self._max_replay_bytes:
+        if mode == "full" and not merge and sum(len(e[2]) for e in events) > self._max_replay_bytes:
             if snapshots:
                 return None
             merge = True
@@ -367,8 +386,12 @@ class EventStream:
             if event_type == "message_update":
                 payload = json.loads(payload_json)
                 key = _merge_key(event_type, payload)
-            if key is not None and merging is not None and merging.key == key \
-                    and merging.size < MAX_MERGED_DELTA_CHARS:
+            if (
+                key is not None
+                and merging is not None
+                and merging.key == key
+                and merging.size < MAX_MERGED_DELTA_CHARS
+            ):
                 delta = payload["assistantMessageEvent"]["delta"]
                 merging.pieces.append(delta)
                 merging.size += len(delta)
@@ -397,9 +420,13 @@ class EventStream:
         if subscriber is None or subscriber.held is None:
             return
         held, subscriber.held = subscriber.held, None
-        self._send(connection, subscriber.mode,
-                   encode_event(self.session_id, snapshot_seq, "session_snapshot",
-                                encode_payload(snapshot)))
+        self._send(
+            connection,
+            subscriber.mode,
+            encode_event(
+                self.session_id, snapshot_seq, "session_snapshot", encode_payload(snapshot)
+            ),
+        )
         for seq, frame in held:
             if seq > snapshot_seq:
                 self._send(connection, subscriber.mode, frame)

@@ -43,8 +43,15 @@ class StreamingMessage:
             self._set(index, {"type": field, field: ""})
             self._pieces[index] = []
         elif kind == "toolcall_start":
-            self._set(index, {"type": "toolCall", "id": update.get("id"),
-                              "name": update.get("toolName"), "arguments": {}})
+            self._set(
+                index,
+                {
+                    "type": "toolCall",
+                    "id": update.get("id"),
+                    "name": update.get("toolName"),
+                    "arguments": {},
+                },
+            )
             self._pieces[index] = []
         elif kind in ("text_delta", "thinking_delta", "toolcall_delta"):
             delta = update.get("delta")
@@ -85,8 +92,7 @@ class StreamingMessage:
 
     def message(self) -> dict:
         """The message so far: pi's ``message_start`` fields with the content built."""
-        content = [self.block(i) or {"type": "text", "text": ""}
-                   for i in range(len(self._blocks))]
+        content = [self.block(i) or {"type": "text", "text": ""} for i in range(len(self._blocks))]
         return {**self._head, "content": content}
 
     def _block(self, index: int) -> dict | None:

@@ -98,8 +98,15 @@ class AgentSupervisor(service.Service):
         self._agents: dict[str, AgentProtocol] = {}
         self._shutting_down = False
 
-    def spawn(self, key: str, args: list[str], cwd: str, on_event: EventCallback,
-              agent_dir: str | None = None, files: SessionFiles | None = None) -> AgentProtocol:
+    def spawn(
+        self,
+        key: str,
+        args: list[str],
+        cwd: str,
+        on_event: EventCallback,
+        agent_dir: str | None = None,
+        files: SessionFiles | None = None,
+    ) -> AgentProtocol:
         """Start ``pi --mode rpc *args`` in ``cwd`` for ``key`` and return its protocol at once.
         ``agent_dir``, when given, is its ``PI_CODING_AGENT_DIR`` instead of the shared one;
         ``files`` what of the server's files a sandboxing launcher lets it see.
@@ -128,8 +135,17 @@ class AgentSupervisor(service.Service):
         env = dict(self._env)
         if agent_dir is not None:
             env["PI_CODING_AGENT_DIR"] = agent_dir
-        self._launcher.launch(agent, AgentLaunch(key=key, executable=self._executable,
-                                                 argv=tuple(argv), cwd=cwd, env=env, files=files))
+        self._launcher.launch(
+            agent,
+            AgentLaunch(
+                key=key,
+                executable=self._executable,
+                argv=tuple(argv),
+                cwd=cwd,
+                env=env,
+                files=files,
+            ),
+        )
         self._agents[key] = agent
         log.info(
             "agent {agent_key} started pid={pid} cwd={cwd}", agent_key=key, pid=agent.pid, cwd=cwd

@@ -72,99 +72,220 @@ class Options(usage.Options):
         "`pi --mode rpc` agent processes for its clients."
     )
     optParameters = [
-        ["port", "p", None,
-         f"port number or Twisted endpoint string [default: $PI_SERVER_PORT or {DEFAULT_PORT}]"],
+        [
+            "port",
+            "p",
+            None,
+            f"port number or Twisted endpoint string [default: $PI_SERVER_PORT or {DEFAULT_PORT}]",
+        ],
         ["host", None, "0.0.0.0", "interface to listen on when --port is a number"],
-        ["data-dir", None, None,
-         "data directory [default: $PI_SERVER_DATA_DIR, $XDG_DATA_HOME/pi-server or "
-         "~/.local/share/pi-server]"],
-        ["pi", None, None,
-         "the pi agent command: a path, or a command line such as 'node /opt/pi/cli.js' "
-         "[default: $PI_SERVER_PI, pi on PATH, or the project's node_modules/.bin/pi run by "
-         "its node_modules/.bin/node]"],
-        ["auth-token", None, None,
-         "token clients must present; every local user can read a command line: prefer "
-         "--auth-token-file or $PI_SERVER_AUTH_TOKEN [default: <data-dir>/server-token]"],
-        ["auth-token-file", None, None,
-         "file holding the token clients must present (keep it 0600)"],
-        ["max-frame-size", None, DEFAULT_MAX_FRAME_SIZE,
-         "largest WebSocket frame accepted, in bytes", int],
-        ["max-agents", None, DEFAULT_MAX_AGENTS,
-         "session agents running at once; the longest idle one is stopped to start another",
-         int],
-        ["agent-idle-timeout", None, DEFAULT_IDLE_TIMEOUT,
-         "seconds after which the agent of a session nobody is attached to is stopped "
-         "(it restarts on demand)", float],
-        ["requests-per-second", None, 50.0,
-         "requests a connection may send per second on average (bursts of twice that); "
-         "more are answered rate_limited", float],
-        ["agent-probe-interval", None, DEFAULT_PROBE_INTERVAL,
-         "seconds an agent may be silent while a command waits or a run goes on before it "
-         "is asked for its state; no answer within 10 s more: it is hung, killed and "
-         "restarted", float],
-        ["native-tool-timeout", None, DEFAULT_CALL_TIMEOUT,
-         "seconds a native tool call waits for a device before it fails", float],
-        ["send-buffer-limit", None, DEFAULT_SEND_BUFFER_LIMIT,
-         "bytes that may wait for a slow client before its connection is closed", int],
-        ["journal-max-events", None, 100_000,
-         "events kept per session for resume", int],
-        ["journal-max-bytes", None, 128 * 1024 * 1024,
-         "bytes of journal kept per session for resume", int],
-        ["journal-max-age", None, 7 * 24 * 3600.0,
-         "seconds an event is kept for resume", float],
-        ["delta-merge-window", None, 0.03,
-         "seconds consecutive text deltas may be merged for delta-mode clients (0: never)",
-         float],
-        ["clone-timeout", None, 300.0,
-         "seconds a git clone may take before it is stopped", float],
-        ["github-timeout", None, 30.0,
-         "seconds to wait for each GitHub API answer", float],
-        ["github-api-url", None, None,
-         f"GitHub API base URL, for GitHub Enterprise [default: $PI_SERVER_GITHUB_API_URL or "
-         f"{DEFAULT_GITHUB_API_URL}]"],
-        ["tls-cert", None, None,
-         "PEM certificate (its chain may follow): serve https and wss, with --tls-key"],
+        [
+            "data-dir",
+            None,
+            None,
+            "data directory [default: $PI_SERVER_DATA_DIR, $XDG_DATA_HOME/pi-server or "
+            "~/.local/share/pi-server]",
+        ],
+        [
+            "pi",
+            None,
+            None,
+            "the pi agent command: a path, or a command line such as 'node /opt/pi/cli.js' "
+            "[default: $PI_SERVER_PI, pi on PATH, or the project's node_modules/.bin/pi run by "
+            "its node_modules/.bin/node]",
+        ],
+        [
+            "auth-token",
+            None,
+            None,
+            "token clients must present; every local user can read a command line: prefer "
+            "--auth-token-file or $PI_SERVER_AUTH_TOKEN [default: <data-dir>/server-token]",
+        ],
+        [
+            "auth-token-file",
+            None,
+            None,
+            "file holding the token clients must present (keep it 0600)",
+        ],
+        [
+            "max-frame-size",
+            None,
+            DEFAULT_MAX_FRAME_SIZE,
+            "largest WebSocket frame accepted, in bytes",
+            int,
+        ],
+        [
+            "max-agents",
+            None,
+            DEFAULT_MAX_AGENTS,
+            "session agents running at once; the longest idle one is stopped to start another",
+            int,
+        ],
+        [
+            "agent-idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "seconds after which the agent of a session nobody is attached to is stopped "
+            "(it restarts on demand)",
+            float,
+        ],
+        [
+            "requests-per-second",
+            None,
+            50.0,
+            "requests a connection may send per second on average (bursts of twice that); "
+            "more are answered rate_limited",
+            float,
+        ],
+        [
+            "agent-probe-interval",
+            None,
+            DEFAULT_PROBE_INTERVAL,
+            "seconds an agent may be silent while a command waits or a run goes on before it "
+            "is asked for its state; no answer within 10 s more: it is hung, killed and "
+            "restarted",
+            float,
+        ],
+        [
+            "native-tool-timeout",
+            None,
+            DEFAULT_CALL_TIMEOUT,
+            "seconds a native tool call waits for a device before it fails",
+            float,
+        ],
+        [
+            "send-buffer-limit",
+            None,
+            DEFAULT_SEND_BUFFER_LIMIT,
+            "bytes that may wait for a slow client before its connection is closed",
+            int,
+        ],
+        ["journal-max-events", None, 100_000, "events kept per session for resume", int],
+        [
+            "journal-max-bytes",
+            None,
+            128 * 1024 * 1024,
+            "bytes of journal kept per session for resume",
+            int,
+        ],
+        ["journal-max-age", None, 7 * 24 * 3600.0, "seconds an event is kept for resume", float],
+        [
+            "delta-merge-window",
+            None,
+            0.03,
+            "seconds consecutive text deltas may be merged for delta-mode clients (0: never)",
+            float,
+        ],
+        ["clone-timeout", None, 300.0, "seconds a git clone may take before it is stopped", float],
+        ["github-timeout", None, 30.0, "seconds to wait for each GitHub API answer", float],
+        [
+            "github-api-url",
+            None,
+            None,
+            f"GitHub API base URL, for GitHub Enterprise [default: $PI_SERVER_GITHUB_API_URL or "
+            f"{DEFAULT_GITHUB_API_URL}]",
+        ],
+        [
+            "tls-cert",
+            None,
+            None,
+            "PEM certificate (its chain may follow): serve https and wss, with --tls-key",
+        ],
         ["tls-key", None, None, "unencrypted PEM private key of --tls-cert"],
-        ["handshake-timeout", None, DEFAULT_HANDSHAKE_TIMEOUT,
-         "seconds a client may take to send its WebSocket upgrade request", float],
-        ["keepalive-interval", None, DEFAULT_KEEPALIVE_INTERVAL,
-         "seconds between WebSocket pings to each client", float],
-        ["keepalive-timeout", None, DEFAULT_KEEPALIVE_TIMEOUT,
-         "seconds a client has to answer a ping before it is dropped", float],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
-         "WebSocket connections served at once; more are refused with HTTP 503", int],
-        ["max-pending-per-address", None, DEFAULT_MAX_PENDING_PER_ADDRESS,
-         "connections one address may have open that are still sending their request "
-         "(before any authentication); more are refused with HTTP 503", int],
-        ["log-level", None, DEFAULT_LOG_LEVEL,
-         f"least severe events logged: {', '.join(LOG_LEVELS)} (debug shows every "
-         "WebSocket frame; credentials are redacted at every level)"],
-        ["log-format", None, DEFAULT_LOG_FORMAT,
-         "text, or json: one JSON object per line with the event's fields"],
-        ["notify-secret", None, None,
-         "key of the HMAC-SHA256 signature (X-Pi-Server-Signature) of each notification "
-         "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]"],
-        ["metrics-token", None, None,
-         "token scrapers present (Authorization: Bearer) for GET /metrics "
-         "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]"],
-        ["git-author", None, None,
-         'author of session.commit\'s commits, "Name <mail>" [default: git\'s user.name '
-         "and user.email, else pi-server <pi-server@localhost>]"],
-        ["sandbox", None, "auto",
-         "where agents run: bwrap (a bubblewrap sandbox per agent), none, or auto (bwrap "
-         "when it works here, else none with a warning)"],
+        [
+            "handshake-timeout",
+            None,
+            DEFAULT_HANDSHAKE_TIMEOUT,
+            "seconds a client may take to send its WebSocket upgrade request",
+            float,
+        ],
+        [
+            "keepalive-interval",
+            None,
+            DEFAULT_KEEPALIVE_INTERVAL,
+            "seconds between WebSocket pings to each client",
+            float,
+        ],
+        [
+            "keepalive-timeout",
+            None,
+            DEFAULT_KEEPALIVE_TIMEOUT,
+            "seconds a client has to answer a ping before it is dropped",
+            float,
+        ],
+        [
+            "max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "WebSocket connections served at once; more are refused with HTTP 503",
+            int,
+        ],
+        [
+            "max-pending-per-address",
+            None,
+            DEFAULT_MAX_PENDING_PER_ADDRESS,
+            "connections one address may have open that are still sending their request "
+            "(before any authentication); more are refused with HTTP 503",
+            int,
+        ],
+        [
+            "log-level",
+            None,
+            DEFAULT_LOG_LEVEL,
+            f"least severe events logged: {', '.join(LOG_LEVELS)} (debug shows every "
+            "WebSocket frame; credentials are redacted at every level)",
+        ],
+        [
+            "log-format",
+            None,
+            DEFAULT_LOG_FORMAT,
+            "text, or json: one JSON object per line with the event's fields",
+        ],
+        [
+            "notify-secret",
+            None,
+            None,
+            "key of the HMAC-SHA256 signature (X-Pi-Server-Signature) of each notification "
+            "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]",
+        ],
+        [
+            "metrics-token",
+            None,
+            None,
+            "token scrapers present (Authorization: Bearer) for GET /metrics "
+            "[default: $PI_SERVER_METRICS_TOKEN, else /metrics is open like /health]",
+        ],
+        [
+            "git-author",
+            None,
+            None,
+            "author of session.commit's commits, \"Name <mail>\" [default: git's user.name "
+            "and user.email, else pi-server <pi-server@localhost>]",
+        ],
+        [
+            "sandbox",
+            None,
+            "auto",
+            "where agents run: bwrap (a bubblewrap sandbox per agent), none, or auto (bwrap "
+            "when it works here, else none with a warning)",
+        ],
         ["bwrap", None, "bwrap", "the bubblewrap program (a path, or a name on PATH)"],
-        ["launcher-command", None, None,
-         "run each agent behind this command prefix (docker run -i ..., kubectl exec -i "
-         "..., ssh ...), with {cwd}, {session} and {uid} filled in; replaces the sandbox"],
+        [
+            "launcher-command",
+            None,
+            None,
+            "run each agent behind this command prefix (docker run -i ..., kubectl exec -i "
+            "..., ssh ...), with {cwd}, {session} and {uid} filled in; replaces the sandbox",
+        ],
     ]
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
         ["no-health-log", None, "leave GET /health requests out of the access log"],
     ]
 
-    def __init__(self, environ=None, probe_agent=probe, check_sandbox=check_bwrap,
-                 fill_cache=fill_cache):
+    def __init__(
+        self, environ=None, probe_agent=probe, check_sandbox=check_bwrap, fill_cache=fill_cache
+    ):
         super().__init__()
         self.environ = dict(os.environ if environ is None else environ)
         self._probe_agent = probe_agent
@@ -228,7 +349,8 @@ class Options(usage.Options):
         if self["launcher-command"] is not None:
             if sandbox == "bwrap":
                 raise usage.UsageError(
-                    "--launcher-command replaces the sandbox: give it or --sandbox bwrap")
+                    "--launcher-command replaces the sandbox: give it or --sandbox bwrap"
+                )
             try:
                 words = parse_template(self["launcher-command"], path)
             except BadTemplate as e:
@@ -251,8 +373,11 @@ class Options(usage.Options):
         try:
             self._fill_cache(cache, pi, env, agent_version.pi, EXTENSION_PATH, TOOLS_FILE_FLAG)
         except (OSError, subprocess.SubprocessError) as e:
-            log.warn("sandboxed agents will start slower: cannot fill {cache}: {error}",
-                     cache=str(cache), error=str(e))
+            log.warn(
+                "sandboxed agents will start slower: cannot fill {cache}: {error}",
+                cache=str(cache),
+                error=str(e),
+            )
             return None
         return cache
 
@@ -262,11 +387,19 @@ class Options(usage.Options):
         endpoint = endpoint_description(port, self["host"])
         if self["tls-cert"] or self["tls-key"]:
             endpoint = self._tls_endpoint(port)
-        for name in ("clone-timeout", "github-timeout", "journal-max-events", "send-buffer-limit",
-                     "max-agents", "agent-idle-timeout", "native-tool-timeout",
-                     "agent-probe-interval",
-                     "requests-per-second",
-                     "journal-max-bytes", "journal-max-age"):
+        for name in (
+            "clone-timeout",
+            "github-timeout",
+            "journal-max-events",
+            "send-buffer-limit",
+            "max-agents",
+            "agent-idle-timeout",
+            "native-tool-timeout",
+            "agent-probe-interval",
+            "requests-per-second",
+            "journal-max-bytes",
+            "journal-max-age",
+        ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if not 0 <= self["delta-merge-window"] <= 1:
@@ -295,14 +428,14 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--git-author: {e}") from None
 
         data_dir = (
-            Path(self["data-dir"]).expanduser() if self["data-dir"]
-            else default_data_dir(environ)
+            Path(self["data-dir"]).expanduser() if self["data-dir"] else default_data_dir(environ)
         ).absolute()
         try:
             prepare_data_dir(data_dir)
         except OSError as e:
-            raise usage.UsageError(f"data dir {data_dir} is not usable: {e.strerror or e}") \
-                from None
+            raise usage.UsageError(
+                f"data dir {data_dir} is not usable: {e.strerror or e}"
+            ) from None
 
         pi = find_pi(self["pi"], environ)
         if pi is None:
@@ -320,7 +453,8 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         if launcher["sandbox"] == "bwrap":
             launcher["compile_cache"] = self._fill_compile_cache(
-                data_dir / COMPILE_CACHE, pi, env, agent_version)
+                data_dir / COMPILE_CACHE, pi, env, agent_version
+            )
 
         if self["no-auth"]:
             token, source = None, "disabled"
@@ -330,14 +464,18 @@ class Options(usage.Options):
                 if self["auth-token-file"]:
                     if self["auth-token"]:
                         raise usage.UsageError(
-                            "--auth-token and --auth-token-file: give one of them")
+                            "--auth-token and --auth-token-file: give one of them"
+                        )
                     explicit = read_token_file(Path(self["auth-token-file"]).expanduser())
                 token, source = load_or_create_server_token(data_dir, explicit)
             except (OSError, TokenError) as e:
                 raise usage.UsageError(f"cannot read or store the server token: {e}") from None
 
-        github_api_url = (self["github-api-url"] or environ.get("PI_SERVER_GITHUB_API_URL")
-                          or DEFAULT_GITHUB_API_URL).rstrip("/")
+        github_api_url = (
+            self["github-api-url"]
+            or environ.get("PI_SERVER_GITHUB_API_URL")
+            or DEFAULT_GITHUB_API_URL
+        ).rstrip("/")
         if not github_api_url.startswith(("http://", "https://")):
             raise usage.UsageError(f"--github-api-url {github_api_url!r}: not an http(s) URL")
 
@@ -347,7 +485,8 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port {port!r}: {e}") from None
         except (VerifyError, crypto.Error) as e:
             raise usage.UsageError(
-                f"--port {port!r}: the TLS certificate or key is not usable: {e}") from None
+                f"--port {port!r}: the TLS certificate or key is not usable: {e}"
+            ) from None
 
         self.config = ServerConfig(
             endpoint=endpoint,
@@ -360,11 +499,13 @@ class Options(usage.Options):
             github_api_url=github_api_url,
             clone_timeout=self["clone-timeout"],
             journal_limits=JournalLimits(
-                max_events=self["journal-max-events"], max_bytes=self["journal-max-bytes"],
+                max_events=self["journal-max-events"],
+                max_bytes=self["journal-max-bytes"],
                 max_age=self["journal-max-age"],
                 # Retention drops whole segments: keep them small beside the limits.
                 segment_events=max(1, min(10_000, self["journal-max-events"] // 8)),
-                segment_bytes=max(4096, min(4 * 1024 * 1024, self["journal-max-bytes"] // 8))),
+                segment_bytes=max(4096, min(4 * 1024 * 1024, self["journal-max-bytes"] // 8)),
+            ),
             delta_merge_window=self["delta-merge-window"],
             send_buffer_limit=self["send-buffer-limit"],
             max_agents=self["max-agents"],
@@ -384,15 +525,14 @@ class Options(usage.Options):
             log_level=LogLevel.levelWithName(self["log-level"]),
             agent_probe_interval=self["agent-probe-interval"],
             max_pending_per_address=self["max-pending-per-address"],
-            server_names=frozenset(self.server_names
-                                   | ({self["host"]} if self["host"] not in ("0.0.0.0", "::")
-                                      else set())),
+            server_names=frozenset(
+                self.server_names
+                | ({self["host"]} if self["host"] not in ("0.0.0.0", "::") else set())
+            ),
             log_health=not self["no-health-log"],
-            metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN")
-            or None,
+            metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN") or None,
             notify_urls=tuple(self.notify_urls),
-            notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET")
-            or None,
+            notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET") or None,
             git_author=git_author,
             **launcher,
         )
@@ -405,6 +545,7 @@ class Options(usage.Options):
 
 def _reactor():
     from twisted.internet import reactor
+
     return reactor
 
 
@@ -412,11 +553,11 @@ def makeService(options: Options):
     from .logconfig import twistd_observer
     from .redact import install_redaction
     from .server import build_service
+
     service = build_service(options.config, _reactor())
     # Now, before twistd adds its log observer: the redaction must run before it.
     install_redaction(service, options.config)
     twistd = options.twistd_options()
     if twistd is not None:
-        service.log_observer = twistd_observer(twistd, options["log-level"],
-                                               options["log-format"])
+        service.log_observer = twistd_observer(twistd, options["log-level"], options["log-format"])
     return service

@@ -23,8 +23,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-SYNOPSIS = ("Usage: pi-server token [--data-dir DIR] add NAME [--qr [--web] [--url URL]] | "
-            "list | revoke NAME")
+SYNOPSIS = (
+    "Usage: pi-server token [--data-dir DIR] add NAME [--qr [--web] [--url URL]] | "
+    "list | revoke NAME"
+)
 
 
 def connect_url(server_url: str, token: str) -> str:
@@ -65,9 +67,13 @@ class AddOptions(usage.Options):
         ["web", None, "with --qr: the web client's sign-in link (/ui#token=...) instead"],
     ]
     optParameters = [
-        ["url", None, None,
-         "the server as the device reaches it, for --qr [default: ws://<this host's name>:"
-         f"<$PI_SERVER_PORT or {DEFAULT_PORT}>]"],
+        [
+            "url",
+            None,
+            None,
+            "the server as the device reaches it, for --qr [default: ws://<this host's name>:"
+            f"<$PI_SERVER_PORT or {DEFAULT_PORT}>]",
+        ],
     ]
 
     def parseOptions(self, options=None):
@@ -114,15 +120,23 @@ class TokenOptions(usage.Options):
         "<data-dir>/device-tokens.json. Revoking one closes that device's connections."
     )
     optParameters = [
-        ["data-dir", None, None,
-         "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
-         "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]"],
+        [
+            "data-dir",
+            None,
+            None,
+            "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
+            "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]",
+        ],
     ]
     subCommands = [
         ["add", None, AddOptions, "create a token for device NAME and print it (once)"],
         ["list", None, ListOptions, "list the devices that have a token, with creation times"],
-        ["revoke", None, RevokeOptions,
-         "remove the token of device NAME; a running server closes its connections"],
+        [
+            "revoke",
+            None,
+            RevokeOptions,
+            "remove the token of device NAME; a running server closes its connections",
+        ],
     ]
 
     def postOptions(self):
@@ -148,8 +162,7 @@ def run(argv, environ, clock, stdout, stderr) -> int:
         try:
             prepare_data_dir(data_dir)
         except OSError as e:
-            stderr.write(f"pi-server token: data dir {data_dir} is not usable: "
-                         f"{e.strerror or e}\n")
+            stderr.write(f"pi-server token: data dir {data_dir} is not usable: {e.strerror or e}\n")
             return EXIT_FAILED
     store = DeviceTokenStore(data_dir / DEVICE_TOKENS_FILE, clock, log=_stderr_logger(stderr))
     name = options.subOptions.get("name")
@@ -159,7 +172,8 @@ def run(argv, environ, clock, stdout, stderr) -> int:
             stdout.write(token + "\n")
             stderr.write(
                 f"added device {name}. The token above is shown only this once: give it to the "
-                "device (Authorization: Bearer <token>, or ?token=<token> on the /rpc URL).\n")
+                "device (Authorization: Bearer <token>, or ?token=<token> on the /rpc URL).\n"
+            )
             if options.subOptions["qr"]:
                 link = web_url if options.subOptions["web"] else connect_url
                 url = link(options.subOptions["url"] or default_server_url(environ), token)
@@ -176,14 +190,15 @@ def run(argv, environ, clock, stdout, stderr) -> int:
             stderr.write(f"pi-server token: there is no device named {name!r}\n")
             return EXIT_FAILED
         else:
-            stderr.write(f"revoked the token of device {name}; a running server closes its "
-                         "connections within a second\n")
+            stderr.write(
+                f"revoked the token of device {name}; a running server closes its "
+                "connections within a second\n"
+            )
     except TokenError as e:
         stderr.write(f"pi-server token {command}: {e}\n")
         return EXIT_FAILED
     except OSError as e:
-        stderr.write(f"pi-server token {command}: {e.filename or data_dir}: "
-                     f"{e.strerror or e}\n")
+        stderr.write(f"pi-server token {command}: {e.filename or data_dir}: {e.strerror or e}\n")
         return EXIT_FAILED
     return EXIT_OK
 

@@ -112,8 +112,11 @@ def read_token_file(path: str | os.PathLike, log: Logger | None = None) -> str:
     if not token:
         raise TokenError(f"{os.fspath(path)} is empty")
     if mode is not None:
-        log.warn("{path} has mode {mode} which is looser than 0600: run chmod 600 on it",
-                 path=os.fspath(path), mode=f"{mode:04o}")
+        log.warn(
+            "{path} has mode {mode} which is looser than 0600: run chmod 600 on it",
+            path=os.fspath(path),
+            mode=f"{mode:04o}",
+        )
     return token
 
 
@@ -205,8 +208,11 @@ class DeviceTokenStore:
 
     def token_ids(self) -> frozenset[str]:
         """The ids (see ``identify``) of the device tokens that are valid now."""
-        return frozenset(device["hash"] for device in self._current().values()
-                         if isinstance(device.get("hash"), str))
+        return frozenset(
+            device["hash"]
+            for device in self._current().values()
+            if isinstance(device.get("hash"), str)
+        )
 
     def _current(self) -> dict[str, dict]:
         """The devices, re-read if the file changed since it was last read."""

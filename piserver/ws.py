@@ -43,24 +43,35 @@ class RpcServerProtocol(WebSocketServerProtocol):
         host = request.headers.get("host")
         # On loopback only a page rebound to 127.0.0.1 would name another host.
         if is_loopback(local) and not host_allowed(host, names):
-            self._refuse("unknown_host", 403, "this server is not known by that Host name "
-                         "(it can be given one with --server-name)")
+            self._refuse(
+                "unknown_host",
+                403,
+                "this server is not known by that Host name "
+                "(it can be given one with --server-name)",
+            )
         # Browsers send Origin: a page elsewhere must not drive this server through them.
         origin = request.headers.get("origin")
         if origin is not None and not origin_allowed(
-                origin, host, self._secure(), names, factory.allowed_origins):
-            self._refuse("origin", 403, "cross-origin upgrade refused: this origin is not "
-                         "allowed (the server can list it with --allowed-origin)")
+            origin, host, self._secure(), names, factory.allowed_origins
+        ):
+            self._refuse(
+                "origin",
+                403,
+                "cross-origin upgrade refused: this origin is not "
+                "allowed (the server can list it with --allowed-origin)",
+            )
         try:
-            self._identity = factory.authenticator.authenticate(request.headers,
-                                                                request.params)
+            self._identity = factory.authenticator.authenticate(request.headers, request.params)
         except Unauthorized as e:
             self._refuse("unauthorized", 401, e.reason)
         # The count includes this connection.
         if factory.getConnectionCount() > factory.max_connections:
-            self._refuse("too_many_connections", 503,
-                         f"too many connections: this server accepts "
-                         f"{factory.max_connections} at once; try again later")
+            self._refuse(
+                "too_many_connections",
+                503,
+                f"too many connections: this server accepts "
+                f"{factory.max_connections} at once; try again later",
+            )
         return None
 
     def _refuse(self, kind: str, status: int, reason: str):
@@ -71,8 +82,9 @@ class RpcServerProtocol(WebSocketServerProtocol):
         # A broken or oversized frame: counted, logged at a bounded rate (Autobahn's own
         # line about it is below the level its logger writes).
         if self.state != self.STATE_CLOSED:
-            self.factory.refusals.refused("bad_frame", self.peer,
-                                          "broken or oversized WebSocket frame")
+            self.factory.refusals.refused(
+                "bad_frame", self.peer, "broken or oversized WebSocket frame"
+            )
         return super()._fail_connection(*args, **kwargs)
 
     def _secure(self) -> bool:
@@ -81,7 +93,9 @@ class RpcServerProtocol(WebSocketServerProtocol):
     def onOpen(self):
         identity = self._identity
         self.connection = self.factory.hub.connect(
-            self, peer=self.peer, device=identity.device if identity else None,
+            self,
+            peer=self.peer,
+            device=identity.device if identity else None,
             device_token_id=identity.token_id if identity else None,
         )
         # The HTTP channel registered itself as the socket's producer for the upgrade
@@ -114,12 +128,22 @@ def _accept_deflate(offers):
 class RpcServerFactory(WebSocketServerFactory):
     protocol = RpcServerProtocol
 
-    def __init__(self, hub, authenticator, max_frame_size: int, reactor=None, *,
-                 allowed_origins=frozenset(), max_connections=DEFAULT_MAX_CONNECTIONS,
-                 handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
-                 keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
-                 keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT, refusals=None,
-                 server_names=(), library_log_level="error"):
+    def __init__(
+        self,
+        hub,
+        authenticator,
+        max_frame_size: int,
+        reactor=None,
+        *,
+        allowed_origins=frozenset(),
+        max_connections=DEFAULT_MAX_CONNECTIONS,
+        handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
+        keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
+        keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT,
+        refusals=None,
+        server_names=(),
+        library_log_level="error",
+    ):
         # No version in the Server header of upgrade answers.
         super().__init__(reactor=reactor, server="pi-server")
         # Autobahn writes a line or more (info, warn) for every refused upgrade and broken
@@ -134,7 +158,8 @@ class RpcServerFactory(WebSocketServerFactory):
         self.allowed_origins = frozenset(allowed_origins)
         # What the server is called, besides the address a client connected to.
         self.server_names = frozenset(
-            normal_name(n) for n in ("localhost", socket.gethostname(), *server_names))
+            normal_name(n) for n in ("localhost", socket.gethostname(), *server_names)
+        )
         self.max_connections = max_connections
         # Autobahn schedules its timers (handshake, ping, close) on txaio's global reactor:
         # route them through ours, so a fake clock drives them too.

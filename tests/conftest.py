@@ -14,8 +14,9 @@ def frames_match_the_schema():
     schema.VIOLATIONS.clear()
     yield
     violations, schema.VIOLATIONS[:] = list(schema.VIOLATIONS), []
-    assert not violations, "frames that do not match piserver/schema/protocol.json:\n" + \
-        "\n".join(f"{problem}: {str(frame)[:300]}" for problem, frame in violations[:10])
+    assert not violations, "frames that do not match piserver/schema/protocol.json:\n" + "\n".join(
+        f"{problem}: {str(frame)[:300]}" for problem, frame in violations[:10]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -221,10 +221,16 @@ async def test_the_real_pi_answers_the_handshake_and_stops(pi_binary, agent_dir)
 
 @pytest_twisted.ensureDeferred
 async def test_what_an_agent_started_goes_with_it(tmp_path):
-    agents = AgentSupervisor(reactor, [sys.executable, STUB], str(tmp_path / "agent"),
-                             dict(os.environ), (), command_timeout=SAFETY_NET,
-                             startup_timeout=SAFETY_NET,
-                             launcher=LocalLauncher(reactor, own_process_group=True))
+    agents = AgentSupervisor(
+        reactor,
+        [sys.executable, STUB],
+        str(tmp_path / "agent"),
+        dict(os.environ),
+        (),
+        command_timeout=SAFETY_NET,
+        startup_timeout=SAFETY_NET,
+        launcher=LocalLauncher(reactor, own_process_group=True),
+    )
     agents.startService()
     agent, _events = await start(agents, tmp_path)
     child = (await within(agent.command("stub_child")))["pid"]

@@ -27,14 +27,22 @@ def write_repos(data_dir, entries):
 
 @pytest.fixture
 def local_repo(tmp_path):
-    return make_repository(str(tmp_path / "source"), default_branch="trunk",
-                           files={"README.md": "# source\n", "src/app.py": "x = 1\n"})
+    return make_repository(
+        str(tmp_path / "source"),
+        default_branch="trunk",
+        files={"README.md": "# source\n", "src/app.py": "x = 1\n"},
+    )
 
 
 @pytest.fixture
 def github_server(make_pi_server, fake_github):
-    return make_pi_server("--github-api-url", fake_github.api_url, "--clone-timeout", "3",
-                          environ={"GITHUB_TOKEN": GITHUB_TOKEN})
+    return make_pi_server(
+        "--github-api-url",
+        fake_github.api_url,
+        "--clone-timeout",
+        "3",
+        environ={"GITHUB_TOKEN": GITHUB_TOKEN},
+    )
 
 
 def git_out(*args, cwd):
@@ -42,13 +50,17 @@ def git_out(*args, cwd):
 
 
 @pytest_twisted.ensureDeferred
-async def test_local_code_session_writes_in_its_own_checkout(pi_server, fake_llm, local_repo,
-                                                             tmp_path):
+async def test_local_code_session_writes_in_its_own_checkout(
+    pi_server, fake_llm, local_repo, tmp_path
+):
     (tmp_path / "plain-dir").mkdir()
-    write_repos(pi_server.agent_dir.path, [
-        {"id": "src", "name": "Source", "path": local_repo},
-        {"id": "broken", "name": "Broken", "path": str(tmp_path / "plain-dir")},
-    ])
+    write_repos(
+        pi_server.agent_dir.path,
+        [
+            {"id": "src", "name": "Source", "path": local_repo},
+            {"id": "broken", "name": "Broken", "path": str(tmp_path / "plain-dir")},
+        ],
+    )
     client = await pi_server.client()
     listing = await client.call("repos.list")
     assert [r["id"] for r in listing["repos"]] == ["src"]
@@ -63,10 +75,13 @@ async def test_local_code_session_writes_in_its_own_checkout(pi_server, fake_llm
         await client.call("session.create", {"mode": "code", "repoId": "../etc"})
     assert unknown.value.code == "not_found"
 
-    fake_llm.script(Reply(ToolCall("write", {"path": "notes.txt", "content": "from the agent\n"})),
-                    Text("written"))
-    session_id = (await client.call("session.create",
-                                    {"mode": "code", "repoId": "src"}))["sessionId"]
+    fake_llm.script(
+        Reply(ToolCall("write", {"path": "notes.txt", "content": "from the agent\n"})),
+        Text("written"),
+    )
+    session_id = (await client.call("session.create", {"mode": "code", "repoId": "src"}))[
+        "sessionId"
+    ]
     (entry,) = (await client.call("session.list", {"repoId": "src"}))["sessions"]
     checkout = entry["worktreePath"]
     assert entry["repoId"] == "src" and checkout.endswith(f"sessions/{session_id}/repo")
@@ -83,8 +98,7 @@ async def test_local_code_session_writes_in_its_own_checkout(pi_server, fake_llm
     assert not os.path.exists(os.path.join(local_repo, "notes.txt"))
 
     # A second session on the same repo does not see the first one's edits.
-    other_id = (await client.call("session.create",
-                                  {"mode": "code", "repoId": "src"}))["sessionId"]
+    other_id = (await client.call("session.create", {"mode": "code", "repoId": "src"}))["sessionId"]
     other = pi_server.sessions.sessions[other_id].cwd
     assert not (other / "notes.txt").exists()
     assert git_out("branch", "--show-current", cwd=str(other)) == f"pi/session-{other_id}"
@@ -103,10 +117,12 @@ async def test_local_code_session_writes_in_its_own_checkout(pi_server, fake_llm
 
 
 @pytest_twisted.ensureDeferred
-async def test_github_code_session_keeps_the_token_off_disk(github_server, fake_github, fake_llm,
-                                                            captured_log):
-    fake_github.add_repo("octo/app", default_branch="main",
-                         files={"README.md": "# app\n", "lib/mod.py": "y = 2\n"})
+async def test_github_code_session_keeps_the_token_off_disk(
+    github_server, fake_github, fake_llm, captured_log
+):
+    fake_github.add_repo(
+        "octo/app", default_branch="main", files={"README.md": "# app\n", "lib/mod.py": "y = 2\n"}
+    )
     fake_github.add_listing_repos(3)
     client = await github_server.client()
     repos = (await client.call("repos.list"))["repos"]
@@ -115,9 +131,17 @@ async def test_github_code_session_keeps_the_token_off_disk(github_server, fake_
     assert app["owner"] == "octo" and "cloneUrl" in app
 
     fake_llm.script(
-        Reply(ToolCall("bash", {"command": "git branch --show-current; ls;"
-                                           " env | grep ghp_ || echo no-token-in-env"})),
-        Text("looked"))
+        Reply(
+            ToolCall(
+                "bash",
+                {
+                    "command": "git branch --show-current; ls;"
+                    " env | grep ghp_ || echo no-token-in-env"
+                },
+            )
+        ),
+        Text("looked"),
+    )
     created = await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
     session_id = created["sessionId"]
     progress = [f for f in client.event_frames(session_id) if f["type"] == "session_progress"]
@@ -131,8 +155,9 @@ async def test_github_code_session_keeps_the_token_off_disk(github_server, fake_
     assert "no-token-in-env" in tool_result  # the agent never gets GITHUB_TOKEN
 
     sessions_dir = github_server.agent_dir.path / "sessions"
-    found = subprocess.run(["grep", "-r", "-l", "-a", GITHUB_TOKEN, str(sessions_dir)],
-                           capture_output=True, text=True)
+    found = subprocess.run(
+        ["grep", "-r", "-l", "-a", GITHUB_TOKEN, str(sessions_dir)], capture_output=True, text=True
+    )
     assert found.stdout == ""
     remote = git_out("remote", "get-url", "origin", cwd=str(sessions_dir / session_id / "repo"))
     assert GITHUB_TOKEN not in remote
@@ -163,20 +188,23 @@ async def test_failed_clones_leave_nothing_behind(github_server, fake_github):
     assert GITHUB_TOKEN not in bad_url.value.message
 
 
-@pytest.mark.parametrize("mode, fragment", [
-    ("unauthorized", "rejected the token"),
-    ("rate_limited", "rate limit"),
-    ("server_error", "500"),
-    ("hang", "did not answer"),
-])
+@pytest.mark.parametrize(
+    "mode, fragment",
+    [
+        ("unauthorized", "rejected the token"),
+        ("rate_limited", "rate limit"),
+        ("server_error", "500"),
+        ("hang", "did not answer"),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_github_errors(make_pi_server, agent_dir, fake_github, mode, fragment,
-                            local_repo):
+async def test_github_errors(make_pi_server, agent_dir, fake_github, mode, fragment, local_repo):
     environ = {"GITHUB_TOKEN": "wrong-token" if mode == "unauthorized" else GITHUB_TOKEN}
     if mode != "unauthorized":
         fake_github.mode = mode
-    server = make_pi_server("--github-api-url", fake_github.api_url, "--github-timeout", "1",
-                            environ=environ)
+    server = make_pi_server(
+        "--github-api-url", fake_github.api_url, "--github-timeout", "1", environ=environ
+    )
     client = await server.client()
     with pytest.raises(CallFailed) as failed:
         await client.call("repos.list")

@@ -36,12 +36,29 @@ class ServerProcess:
         self.port = free_port()
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "piserver", "--port",
-             f"tcp:{self.port}:interface=127.0.0.1", "--data-dir", str(self.agent_dir.path),
-             "--pi", pi_option(self.pi_binary), "--auth-token", TOKEN],
-            env=self.agent_dir.environment(), stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: health_ok(self.port) or self.process.poll() is not None, 60,
-                   "the server to start")
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "piserver",
+                "--port",
+                f"tcp:{self.port}:interface=127.0.0.1",
+                "--data-dir",
+                str(self.agent_dir.path),
+                "--pi",
+                pi_option(self.pi_binary),
+                "--auth-token",
+                TOKEN,
+            ],
+            env=self.agent_dir.environment(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(
+            lambda: health_ok(self.port) or self.process.poll() is not None,
+            60,
+            "the server to start",
+        )
         if self.process.poll() is not None:
             pytest.fail(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
@@ -85,12 +102,15 @@ async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_
         for session_id, texts in completed.items():
             messages = (await client.call("get_messages", session_id=session_id))["messages"]
             assistant = "".join(
-                part.get("text", "") for m in messages if m["role"] == "assistant"
-                for part in m["content"] if isinstance(part, dict))
+                part.get("text", "")
+                for m in messages
+                if m["role"] == "assistant"
+                for part in m["content"]
+                if isinstance(part, dict)
+            )
             for text in texts:
                 assert text in assistant
-            attached = await client.call("session.attach",
-                                         {"sessionId": session_id, "lastSeq": 0})
+            attached = await client.call("session.attach", {"sessionId": session_id, "lastSeq": 0})
             assert attached["catchUp"] == "replayed"
             numbers = [f["seq"] for f in client.event_frames(session_id)]
             assert numbers == list(range(1, attached["lastSeq"] + 1))
@@ -105,9 +125,13 @@ async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_
         await client.call("prompt", {"message": "long"}, session_id=session_id)
         # The long answer is streaming (not just the short one's deltas seen before).
         await client.wait_for_event(
-            lambda f, sid=session_id, after=short_end["seq"]: f["type"] == "message_update"
-            and f["sessionId"] == sid and f["seq"] > after
-            and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+            lambda f, sid=session_id, after=short_end["seq"]: (
+                f["type"] == "message_update"
+                and f["sessionId"] == sid
+                and f["seq"] > after
+                and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+            )
+        )
         server_process.kill()
         await client.closed
 

@@ -18,10 +18,25 @@ def test_daemon_start_and_stop(tmp_path):
     port = free_port()
     token = "daemon-test-token-value"
     started = subprocess.run(
-        [TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "piserver",
-         "--port", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
-         "--pi", VERSION_ONLY_PI, "--auth-token", token],
-        capture_output=True, timeout=60, cwd=tmp_path,
+        [
+            TWISTD,
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(logfile),
+            "piserver",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--pi",
+            VERSION_ONLY_PI,
+            "--auth-token",
+            token,
+        ],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     # twistd returns once the daemon has detached.
     assert started.returncode == 0, started.stderr.decode()
@@ -47,9 +62,20 @@ def _alive(pid: int) -> bool:
 
 def test_usage_error_exits_nonzero_without_traceback(tmp_path):
     result = subprocess.run(
-        [TWISTD, "-n", "piserver", "--port", "99999", "--data-dir", str(tmp_path),
-         "--pi", VERSION_ONLY_PI],
-        capture_output=True, timeout=60, cwd=tmp_path,
+        [
+            TWISTD,
+            "-n",
+            "piserver",
+            "--port",
+            "99999",
+            "--data-dir",
+            str(tmp_path),
+            "--pi",
+            VERSION_ONLY_PI,
+        ],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0

@@ -21,9 +21,11 @@ def is_type(event_type, session_id):
 
 def deltas(frames):
     return "".join(
-        f["payload"]["assistantMessageEvent"]["delta"] for f in frames
+        f["payload"]["assistantMessageEvent"]["delta"]
+        for f in frames
         if f["type"] == "message_update"
-        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+    )
 
 
 def seqs(client, session_id):
@@ -34,10 +36,13 @@ def after_n_deltas(n):
     count = {"seen": 0}
 
     def predicate(frame):
-        if frame["type"] == "message_update" and \
-                frame["payload"]["assistantMessageEvent"]["type"] == "text_delta":
+        if (
+            frame["type"] == "message_update"
+            and frame["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+        ):
             count["seen"] += 1
         return count["seen"] >= n
+
     return predicate
 
 
@@ -70,8 +75,10 @@ async def test_drop_and_resume_loses_nothing(small_journal_server, fake_llm):
     await watcher.wait_for_event(lambda f: f["seq"] >= last + 10)
 
     resumed = await server.client(hello=False)
-    hello = await resumed.call("hello", {**HELLO, "resume": {
-        "connectionId": "old", "lastSeqBySession": {session_id: last}}})
+    hello = await resumed.call(
+        "hello",
+        {**HELLO, "resume": {"connectionId": "old", "lastSeqBySession": {session_id: last}}},
+    )
     assert hello["resumed"] == {session_id: "replayed"}
     await resumed.wait_for_event(is_type("agent_settled", session_id))
     await watcher.wait_for_event(is_type("agent_settled", session_id))
@@ -84,8 +91,13 @@ async def test_drop_and_resume_loses_nothing(small_journal_server, fake_llm):
 
     # The journal holds only the last 40 events: resuming from seq 1 needs a snapshot.
     late = await server.client(hello=False)
-    hello = await late.call("hello", {**SNAPSHOT_HELLO, "resume": {
-        "connectionId": "older", "lastSeqBySession": {session_id: 1}}})
+    hello = await late.call(
+        "hello",
+        {
+            **SNAPSHOT_HELLO,
+            "resume": {"connectionId": "older", "lastSeqBySession": {session_id: 1}},
+        },
+    )
     assert hello["resumed"] == {session_id: "snapshot"}
     (snapshot,) = late.event_frames(session_id)
     assert snapshot["type"] == "session_snapshot"
@@ -223,8 +235,14 @@ async def test_resume_while_streaming_in_each_mode(pi_server, fake_llm, mode):
     await fake_llm.wait_for_request(1)
 
     again = await pi_server.client(hello=False)
-    await again.call("hello", {**HELLO, "eventMode": mode, "resume": {
-        "connectionId": "x", "lastSeqBySession": {session_id: seen[-1]["seq"]}}})
+    await again.call(
+        "hello",
+        {
+            **HELLO,
+            "eventMode": mode,
+            "resume": {"connectionId": "x", "lastSeqBySession": {session_id: seen[-1]["seq"]}},
+        },
+    )
     await again.wait_for_event(is_type("agent_settled", session_id))
     combined = seen + again.event_frames(session_id)
     numbers = [f["seq"] for f in combined]

@@ -23,8 +23,17 @@ TOKEN = "test-token-0123456789"
 
 def make_options(data_dir, *extra):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(data_dir)})
-    options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir),
-                          "--pi", VERSION_ONLY_PI, *extra])
+    options.parseOptions(
+        [
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+            "--data-dir",
+            str(data_dir),
+            "--pi",
+            VERSION_ONLY_PI,
+            *extra,
+        ]
+    )
     return options
 
 
@@ -80,8 +89,9 @@ async def test_token_via_query_and_header(server):
     assert result["server"]["name"] == "pi-server"
     assert result["capabilities"]["resume"] is True
     await by_query.disconnect()
-    by_header = await RpcClient.connect(reactor, port_of(server),
-                                        headers={"Authorization": f"Bearer {TOKEN}"})
+    by_header = await RpcClient.connect(
+        reactor, port_of(server), headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert (await hello(by_header))["connectionId"] != result["connectionId"]
     await by_header.disconnect()
 
@@ -93,9 +103,13 @@ async def test_missing_or_wrong_token_refused_before_upgrade(server, token):
         await RpcClient.connect(reactor, port_of(server), token=token)
     response = await treq.get(
         f"http://127.0.0.1:{port_of(server)}/rpc",
-        headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                 **({"Authorization": f"Bearer {token}"} if token else {})},
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
     )
     assert response.code == 401
 
@@ -119,7 +133,8 @@ async def test_no_auth(start_server):
 async def test_text_and_binary_frames_and_error_codes(server):
     client = await RpcClient.connect(reactor, port_of(server), token=TOKEN)
     assert "connectionId" in await client.call(
-        "hello", {"client": {"name": "t", "version": "1"}}, binary=True)
+        "hello", {"client": {"name": "t", "version": "1"}}, binary=True
+    )
 
     cases = [
         (b"\xff\xfe not utf-8", "parse_error", None),
@@ -130,13 +145,23 @@ async def test_text_and_binary_frames_and_error_codes(server):
         (b'{"v": 1, "kind": "request", "method": "hello"}', "invalid_request", None),
         (b'{"v": 1, "kind": "request", "id": 7, "method": "hello"}', "invalid_request", None),
         (b'{"v": 1, "kind": "request", "id": "c", "method": 5}', "invalid_request", "c"),
-        (b'{"v": 1, "kind": "request", "id": "d", "method": "hello", "params": []}',
-         "invalid_request", "d"),
+        (
+            b'{"v": 1, "kind": "request", "id": "d", "method": "hello", "params": []}',
+            "invalid_request",
+            "d",
+        ),
         (b'{"v": 1, "kind": "request", "id": "e", "method": "no.such"}', "unknown_method", "e"),
-        (b'{"v": 1, "kind": "request", "id": "f", "method": "hello", "params": {}}',
-         "invalid_params", "f"),
-        (b'{"v": 1, "kind": "request", "id": "g", "method": "session.attach",'
-         b' "params": {"sessionId": "00000000-0000-0000-0000-000000000000"}}', "not_found", "g"),
+        (
+            b'{"v": 1, "kind": "request", "id": "f", "method": "hello", "params": {}}',
+            "invalid_params",
+            "f",
+        ),
+        (
+            b'{"v": 1, "kind": "request", "id": "g", "method": "session.attach",'
+            b' "params": {"sessionId": "00000000-0000-0000-0000-000000000000"}}',
+            "not_found",
+            "g",
+        ),
     ]
     for binary in (False, True):
         for frame, code, request_id in cases:
@@ -155,8 +180,9 @@ async def test_text_and_binary_frames_and_error_codes(server):
 @pytest_twisted.ensureDeferred
 async def test_unknown_params_keys_are_ignored(server):
     client = await RpcClient.connect(reactor, port_of(server), token=TOKEN)
-    result = await client.call("hello", {"type": "hello", "client": {"name": "t", "version": "1"},
-                                         "extra": [1, 2]})
+    result = await client.call(
+        "hello", {"type": "hello", "client": {"name": "t", "version": "1"}, "extra": [1, 2]}
+    )
     assert result["connectionId"]
     await client.disconnect()
 
@@ -179,9 +205,15 @@ async def test_default_limit_is_16_mib(start_server):
     service = start_server("--no-auth")
     client = await RpcClient.connect(reactor, port_of(service))
     padding = "x" * (16 * 1024 * 1024 - 200)
-    big_but_allowed = json.dumps({"v": 1, "kind": "request", "id": "big", "method": "hello",
-                                  "params": {"client": {"name": "t", "version": "1"},
-                                             "pad": padding}}).encode()
+    big_but_allowed = json.dumps(
+        {
+            "v": 1,
+            "kind": "request",
+            "id": "big",
+            "method": "hello",
+            "params": {"client": {"name": "t", "version": "1"}, "pad": padding},
+        }
+    ).encode()
     assert len(big_but_allowed) <= 16 * 1024 * 1024
     d = client.expect_reply("big")
     client.send_raw(big_but_allowed)
@@ -193,8 +225,9 @@ async def test_default_limit_is_16_mib(start_server):
 
 @pytest_twisted.ensureDeferred
 async def test_random_frames_each_answered_server_alive(start_server):
-    service = start_server("--no-auth", "--max-frame-size", "4096",
-                           "--requests-per-second", "100000")
+    service = start_server(
+        "--no-auth", "--max-frame-size", "4096", "--requests-per-second", "100000"
+    )
     rng = random.Random(1234)
     client = await RpcClient.connect(reactor, port_of(service))
     oversize = 0
@@ -212,8 +245,9 @@ async def test_random_frames_each_answered_server_alive(start_server):
         probe = f"probe-{i}"
         d = client.expect_reply(probe)
         client.send_raw(frame, binary=bool(i % 2))
-        client.send_raw(json.dumps({"v": 1, "kind": "request", "id": probe,
-                                    "method": "no.such"}).encode())
+        client.send_raw(
+            json.dumps({"v": 1, "kind": "request", "id": probe, "method": "no.such"}).encode()
+        )
         reply = await d
         assert reply["error"]["code"] == "unknown_method"
         # Exactly one reply for the random frame, then the probe's.

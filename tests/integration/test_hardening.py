@@ -21,8 +21,21 @@ TOKEN = "hardening-test-token"
 
 def start_server(data_dir, *extra):
     options = Options(environ={"PATH": os.environ.get("PATH", ""), "HOME": str(data_dir)})
-    options.parseOptions(["--port", "0", "--host", "127.0.0.1", "--data-dir", str(data_dir),
-                          "--pi", VERSION_ONLY_PI, "--auth-token", TOKEN, *extra])
+    options.parseOptions(
+        [
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--data-dir",
+            str(data_dir),
+            "--pi",
+            VERSION_ONLY_PI,
+            "--auth-token",
+            TOKEN,
+            *extra,
+        ]
+    )
     service = build_service(options.config, reactor)
     service.startService()
     return service
@@ -98,14 +111,16 @@ async def test_same_origin_and_no_origin_accepted(plain_server, origin):
     await client.disconnect()
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "http://127.0.0.1:1", "null",
-                                    "https://127.0.0.1:{port}"])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "http://127.0.0.1:1", "null", "https://127.0.0.1:{port}"]
+)
 @pytest_twisted.ensureDeferred
 async def test_cross_origin_upgrade_refused(plain_server, origin):
     port = plain_server.address.port
     with pytest.raises(ConnectionRefusedByServer) as refused:
-        await RpcClient.connect(reactor, port, token=TOKEN,
-                                headers={"Origin": origin.format(port=port)})
+        await RpcClient.connect(
+            reactor, port, token=TOKEN, headers={"Origin": origin.format(port=port)}
+        )
     assert "403" in str(refused.value)
 
 
@@ -114,9 +129,13 @@ async def test_cross_origin_refused_with_403_over_http(plain_server):
     port = plain_server.address.port
     response = await treq.get(
         f"http://127.0.0.1:{port}/rpc?token={TOKEN}",
-        headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                 "Origin": "https://evil.example"},
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "Origin": "https://evil.example",
+        },
     )
     assert response.code == 403
     await response.content()
@@ -126,11 +145,13 @@ async def test_cross_origin_refused_with_403_over_http(plain_server):
 async def test_own_https_origin_accepted_over_tls(tls_server, certificate):
     cert, _ = certificate
     port = tls_server.address.port
-    client = await connect_wss(reactor, port, cert, token=TOKEN,
-                               headers={"Origin": f"https://127.0.0.1:{port}"})
+    client = await connect_wss(
+        reactor, port, cert, token=TOKEN, headers={"Origin": f"https://127.0.0.1:{port}"}
+    )
     assert "connectionId" in await hello(client)
     await client.disconnect()
     with pytest.raises(ConnectionRefusedByServer) as refused:
-        await connect_wss(reactor, port, cert, token=TOKEN,
-                          headers={"Origin": f"http://127.0.0.1:{port}"})
+        await connect_wss(
+            reactor, port, cert, token=TOKEN, headers={"Origin": f"http://127.0.0.1:{port}"}
+        )
     assert "403" in str(refused.value)

@@ -65,8 +65,9 @@ async def test_a_stopped_agent_is_declared_hung_killed_and_restarted(make_pi_ser
         # While it does not read, input waits in a bounded buffer: 4 MiB prompts are sent
         # until the bound is reached, then refused at once.
         big = "x" * (4 * 1024 * 1024)
-        replies = [client.request("prompt", {"message": big}, session_id=session_id)
-                   for _ in range(12)]
+        replies = [
+            client.request("prompt", {"message": big}, session_id=session_id) for _ in range(12)
+        ]
         answers = [await reply.addTimeout(SAFETY_NET, reactor) for reply in replies]
         codes = [a["error"]["code"] for a in answers if not a["ok"]]
         assert len(codes) == 12

@@ -45,8 +45,9 @@ def assert_replays_exactly(journal: Journal, stream: list[bytes]) -> list[bytes]
     delta = journal.replay(0, "delta")
     assert [seq for seq, _, _ in full] == list(range(1, len(stream) + 1))
     assert [seq for seq, _, _ in delta] == list(range(1, len(stream) + 1))
-    for line, (seq, event_type, replayed), (_, _, stripped) in zip(stream, full, delta,
-                                                                   strict=True):
+    for line, (seq, event_type, replayed), (_, _, stripped) in zip(
+        stream, full, delta, strict=True
+    ):
         original = json.loads(line)
         assert event_type == original["type"]
         assert same_json(replayed, line), seq

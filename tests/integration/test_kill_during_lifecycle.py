@@ -60,8 +60,9 @@ def setup(tmp_path):
 def start(tmp_path, agent) -> ServerProcess:
     # The stand-in agent is no pi a sandbox could run (nor warm a compile cache with: it
     # ignores the end of its input on purpose).
-    return ServerProcess(tmp_path, "--auth-token", TOKEN, "--sandbox", "none",
-                         pi=str(agent)).start()
+    return ServerProcess(
+        tmp_path, "--auth-token", TOKEN, "--sandbox", "none", pi=str(agent)
+    ).start()
 
 
 def no_trace_left(repo, data) -> bool:

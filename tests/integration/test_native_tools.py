@@ -24,8 +24,9 @@ DIALOGS_EXTENSION = Path(__file__).parent.parent / "support" / "extensions" / "d
 
 
 def is_type(event_type, session_id=None):
-    return lambda f: f["type"] == event_type and (session_id is None
-                                                  or f["sessionId"] == session_id)
+    return lambda f: (
+        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
+    )
 
 
 def tool_message(request):
@@ -48,8 +49,12 @@ def quick_timeout_server(make_pi_server):
 
 @pytest_twisted.ensureDeferred
 async def test_tool_offered_called_and_answered(pi_server, fake_llm):
-    fake_llm.script(Reply(ToolCall("get_location", {"precise": True})), Text("You are home."),
-                    Reply(ToolCall("get_location", {})), Text("Could not tell."))
+    fake_llm.script(
+        Reply(ToolCall("get_location", {"precise": True})),
+        Text("You are home."),
+        Reply(ToolCall("get_location", {})),
+        Text("Could not tell."),
+    )
     client = await phone(pi_server)
     session_id = await new_chat(client)
     await client.call("prompt", {"message": "where am I?"}, session_id=session_id)
@@ -59,15 +64,20 @@ async def test_tool_offered_called_and_answered(pi_server, fake_llm):
     assert payload["toolName"] == "get_location" and payload["args"] == {"precise": True}
     offered = {t["function"]["name"]: t["function"] for t in fake_llm.requests[0]["tools"]}
     assert offered["get_location"]["description"] == LOCATION["description"]
-    assert offered["get_location"]["parameters"]["properties"] == LOCATION["parameters"][
-        "properties"]
+    assert (
+        offered["get_location"]["parameters"]["properties"] == LOCATION["parameters"]["properties"]
+    )
 
-    assert await client.call("native_tool_response", {
-        "callId": payload["callId"], "result": {"lat": 52.5, "lon": 13.4}},
-        session_id=session_id) == {}
+    assert (
+        await client.call(
+            "native_tool_response",
+            {"callId": payload["callId"], "result": {"lat": 52.5, "lon": 13.4}},
+            session_id=session_id,
+        )
+        == {}
+    )
     await client.wait_for_event(is_type("agent_settled", session_id))
-    assert json.loads(tool_message(fake_llm.requests[1])["content"]) == {"lat": 52.5,
-                                                                         "lon": 13.4}
+    assert json.loads(tool_message(fake_llm.requests[1])["content"]) == {"lat": 52.5, "lon": 13.4}
     # Answering twice: the call is no longer pending.
     with pytest.raises(CallFailed) as twice:
         await client.call("native_tool_response", {"callId": payload["callId"], "result": 1})
@@ -75,10 +85,12 @@ async def test_tool_offered_called_and_answered(pi_server, fake_llm):
 
     await client.call("prompt", {"message": "and now?"}, session_id=session_id)
     second = await client.wait_for_event(
-        lambda f: f["type"] == "native_tool_request" and f["payload"]["callId"] !=
-        payload["callId"])
-    await client.call("native_tool_response", {"callId": second["payload"]["callId"],
-                                               "error": {"message": "location services off"}})
+        lambda f: f["type"] == "native_tool_request" and f["payload"]["callId"] != payload["callId"]
+    )
+    await client.call(
+        "native_tool_response",
+        {"callId": second["payload"]["callId"], "error": {"message": "location services off"}},
+    )
     await client.wait_for_event(lambda f: f["type"] == "agent_settled" and f["seq"] > second["seq"])
     assert "location services off" in tool_message(fake_llm.requests[3])["content"]
 
@@ -111,8 +123,14 @@ async def test_a_device_that_drops_gets_the_call_again(pi_server, fake_llm):
     await client.drop()
 
     again = await pi_server.client(hello=False)
-    await again.call("hello", {**HELLO, "nativeTools": [LOCATION], "resume": {
-        "connectionId": "x", "lastSeqBySession": {session_id: first["seq"]}}})
+    await again.call(
+        "hello",
+        {
+            **HELLO,
+            "nativeTools": [LOCATION],
+            "resume": {"connectionId": "x", "lastSeqBySession": {session_id: first["seq"]}},
+        },
+    )
     resent = await again.wait_for_event(is_type("native_tool_request", session_id))
     call_id = resent["payload"]["callId"]
     assert call_id == first["payload"]["callId"]
@@ -159,8 +177,9 @@ async def test_no_device_answers_in_time(quick_timeout_server, fake_llm):
     await client.wait_for_event(is_type("agent_settled", session_id))
     types = [f["type"] for f in client.event_frames(session_id)]
     assert "native_tool_cancel" in types
-    assert "no connected device answered get_location" in \
-        tool_message(fake_llm.requests[1])["content"]
+    assert (
+        "no connected device answered get_location" in tool_message(fake_llm.requests[1])["content"]
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -175,18 +194,23 @@ async def test_extension_confirm_dialog_round_trip(pi_server, fake_llm):
     await second.call("session.attach", {"sessionId": session_id, "exclusive": False})
     await first.call("prompt", {"message": "delete it"}, session_id=session_id)
     dialog = await first.wait_for_event(
-        lambda f: f["type"] == "extension_ui_request" and f["payload"]["method"] == "confirm")
+        lambda f: f["type"] == "extension_ui_request" and f["payload"]["method"] == "confirm"
+    )
     await second.wait_for_event(is_type("extension_ui_request", session_id))
     assert dialog["payload"]["message"] == "Delete it?"
-    await first.call("extension_ui_response", {"id": dialog["payload"]["id"],
-                                               "confirmed": True}, session_id=session_id)
+    await first.call(
+        "extension_ui_response",
+        {"id": dialog["payload"]["id"], "confirmed": True},
+        session_id=session_id,
+    )
     resolved = await second.wait_for_event(is_type("extension_ui_resolved", session_id))
     assert resolved["payload"]["id"] == dialog["payload"]["id"]
     await first.wait_for_event(is_type("agent_settled", session_id))
     assert tool_message(fake_llm.requests[1])["content"] == "confirmed"
     with pytest.raises(CallFailed) as answered:
-        await second.call("extension_ui_response", {"id": dialog["payload"]["id"],
-                                                     "confirmed": False})
+        await second.call(
+            "extension_ui_response", {"id": dialog["payload"]["id"], "confirmed": False}
+        )
     assert answered.value.code == "not_found"
 
 
@@ -194,15 +218,18 @@ async def test_extension_confirm_dialog_round_trip(pi_server, fake_llm):
 async def test_native_tools_only_where_offered(pi_server, fake_llm, tmp_path):
     source = make_repository(str(tmp_path / "src"))
     (pi_server.agent_dir.path / "repos.json").write_text(
-        json.dumps({"repos": [{"id": "src", "name": "src", "path": source}]}))
+        json.dumps({"repos": [{"id": "src", "name": "src", "path": source}]})
+    )
     fake_llm.script(Text("one"), Text("two"), Reply(Text("three"), Hang()))
     client = await phone(pi_server)
-    plain = (await client.call("session.create", {"mode": "code", "repoId": "src"}))[
-        "sessionId"]
+    plain = (await client.call("session.create", {"mode": "code", "repoId": "src"}))["sessionId"]
     await client.call("prompt", {"message": "tools?"}, session_id=plain)
     await client.wait_for_event(is_type("agent_settled", plain))
-    with_tools = (await client.call("session.create", {
-        "mode": "code", "repoId": "src", "includeNativeTools": True}))["sessionId"]
+    with_tools = (
+        await client.call(
+            "session.create", {"mode": "code", "repoId": "src", "includeNativeTools": True}
+        )
+    )["sessionId"]
     await client.call("prompt", {"message": "tools?"}, session_id=with_tools)
     await client.wait_for_event(is_type("agent_settled", with_tools))
     names = [{t["function"]["name"] for t in r["tools"]} for r in fake_llm.requests]
@@ -210,12 +237,15 @@ async def test_native_tools_only_where_offered(pi_server, fake_llm, tmp_path):
     assert {"get_location", "bash"} <= names[1]
 
 
-@pytest.mark.parametrize("tools, fragment", [
-    ([{"name": "bad name", "description": "x", "parameters": {"type": "object"}}], "bad name"),
-    ([{"name": "read", "description": "x", "parameters": {"type": "object"}}], "read"),
-    ([{"name": "ok", "description": "x", "parameters": "nope"}], "ok"),
-    ("not a list", "nativeTools"),
-])
+@pytest.mark.parametrize(
+    "tools, fragment",
+    [
+        ([{"name": "bad name", "description": "x", "parameters": {"type": "object"}}], "bad name"),
+        ([{"name": "read", "description": "x", "parameters": {"type": "object"}}], "read"),
+        ([{"name": "ok", "description": "x", "parameters": "nope"}], "ok"),
+        ("not a list", "nativeTools"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_invalid_declarations_are_refused(pi_server, tools, fragment):
     client = await pi_server.client(hello=False)
@@ -231,12 +261,12 @@ async def test_a_new_declaration_applies_before_the_next_run(pi_server, fake_llm
     session_id = await new_chat(client)
     await client.call("prompt", {"message": "one"}, session_id=session_id)
     first_end = await client.wait_for_event(is_type("agent_settled", session_id))
-    photos = {"name": "pick_photo", "description": "Pick a photo",
-              "parameters": {"type": "object"}}
+    photos = {"name": "pick_photo", "description": "Pick a photo", "parameters": {"type": "object"}}
     await client.call("hello", {**HELLO, "nativeTools": [LOCATION, photos]})
     await client.call("prompt", {"message": "two"}, session_id=session_id)
     await fake_llm.wait_for_request(2)
     names = {t["function"]["name"] for t in fake_llm.requests[1]["tools"]}
     assert {"get_location", "pick_photo"} <= names
-    await client.wait_for_event(lambda f: f["type"] == "agent_settled" and
-                                f["seq"] > first_end["seq"])
+    await client.wait_for_event(
+        lambda f: f["type"] == "agent_settled" and f["seq"] > first_end["seq"]
+    )

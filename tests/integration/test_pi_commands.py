@@ -19,18 +19,25 @@ from tests.support.wsclient import CallFailed
 
 
 def is_type(event_type, session_id=None):
-    return lambda f: f["type"] == event_type and (session_id is None
-                                                  or f["sessionId"] == session_id)
+    return lambda f: (
+        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
+    )
 
 
 def first_delta(session_id):
-    return lambda f: (f["type"] == "message_update" and f["sessionId"] == session_id
-                      and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+    return lambda f: (
+        f["type"] == "message_update"
+        and f["sessionId"] == session_id
+        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+    )
 
 
 def texts(messages, role):
-    return ["".join(part.get("text", "") for part in m["content"] if isinstance(part, dict))
-            for m in messages if m["role"] == role]
+    return [
+        "".join(part.get("text", "") for part in m["content"] if isinstance(part, dict))
+        for m in messages
+        if m["role"] == role
+    ]
 
 
 async def chat(client):
@@ -54,10 +61,14 @@ async def test_the_agent_and_node_versions_are_reported(pi_server):
 
 def test_pi_on_a_node_too_old_for_it_is_a_start_up_error(tmp_path):
     command = locate_pi()
-    machine_node = subprocess.run(["node", "--version"], capture_output=True, text=True,
-                                  check=False)
-    if len(command) == 1 or machine_node.returncode != 0 or \
-            int(machine_node.stdout.lstrip("v").split(".")[0]) >= 22:
+    machine_node = subprocess.run(
+        ["node", "--version"], capture_output=True, text=True, check=False
+    )
+    if (
+        len(command) == 1
+        or machine_node.returncode != 0
+        or int(machine_node.stdout.lstrip("v").split(".")[0]) >= 22
+    ):
         pytest.skip("no Node.js older than pi needs on this machine")
     # The pi script alone, as `npm install -g` leaves it: `#!/usr/bin/env node` runs the
     # machine's old Node.js, where pi 1.6 fails at import.
@@ -78,8 +89,7 @@ async def test_steer_and_follow_up_while_a_slow_answer_streams(pi_server, fake_l
     await client.call("prompt", {"message": "slow"}, session_id=session_id)
     await client.wait_for_event(first_delta(session_id))
     steered = await client.call("steer", {"message": "change course"}, session_id=session_id)
-    followed = await client.call("follow_up", {"message": "and then this"},
-                                 session_id=session_id)
+    followed = await client.call("follow_up", {"message": "and then this"}, session_id=session_id)
     assert steered == {"disposition": "queued"} and followed == {"disposition": "queued"}
     await client.wait_for_event(is_type("agent_settled", session_id))
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
@@ -114,8 +124,9 @@ async def test_compact_summarises_the_conversation(pi_server, fake_llm, agent_di
     client = await pi_server.client()
     session_id = await chat(client)
     await run(client, session_id, "hello")
-    compacted = await client.call("compact", {"customInstructions": "be short"},
-                                  session_id=session_id)
+    compacted = await client.call(
+        "compact", {"customInstructions": "be short"}, session_id=session_id
+    )
     assert "A summary of it all." in compacted["summary"]
     assert "firstKeptEntryId" in compacted
     summary_request = fake_llm.requests[-1]
@@ -129,11 +140,9 @@ async def test_compact_summarises_the_conversation(pi_server, fake_llm, agent_di
 async def test_bash_output_streams_as_events(pi_server):
     client = await pi_server.client()
     session_id = await chat(client)
-    result = await client.call("bash", {"command": "echo one; echo two"},
-                               session_id=session_id)
+    result = await client.call("bash", {"command": "echo one; echo two"}, session_id=session_id)
     assert result["output"] == "one\ntwo\n" and result["exitCode"] == 0
-    updates = [f for f in client.event_frames(session_id)
-               if f["type"] == "bash_execution_update"]
+    updates = [f for f in client.event_frames(session_id) if f["type"] == "bash_execution_update"]
     assert "".join(f["payload"]["delta"] for f in updates) == "one\ntwo\n"
     assert await client.call("abort_bash", session_id=session_id) == {}
     with pytest.raises(CallFailed) as empty:
@@ -145,8 +154,7 @@ async def test_bash_output_streams_as_events(pi_server):
 async def test_thinking_level_and_queue_modes_show_in_get_state(pi_server):
     client = await pi_server.client()
     session_id = await chat(client)
-    await client.call("set_model", {"provider": "fake", "modelId": "fake-2"},
-                      session_id=session_id)
+    await client.call("set_model", {"provider": "fake", "modelId": "fake-2"}, session_id=session_id)
     levels = await client.call("get_available_thinking_levels", session_id=session_id)
     assert "high" in levels["levels"]
     await client.call("set_thinking_level", {"level": "high"}, session_id=session_id)
@@ -167,8 +175,7 @@ async def test_thinking_level_and_queue_modes_show_in_get_state(pi_server):
 
     # Each session's settings are its own, and survive a restart of its agent.
     other = await chat(client)
-    assert (await client.call("get_state", session_id=other))["steeringMode"] == \
-        "one-at-a-time"
+    assert (await client.call("get_state", session_id=other))["steeringMode"] == "one-at-a-time"
     await pi_server.sessions.stop_agent(pi_server.sessions.sessions[session_id])
     again = await client.call("get_state", session_id=session_id)
     assert (again["steeringMode"], again["autoCompactionEnabled"]) == ("all", False)
@@ -187,8 +194,9 @@ async def test_session_queries(pi_server, fake_llm):
     assert "commands" in await client.call("get_commands", session_id=session_id)
     entries = await client.call("get_entries", session_id=session_id)
     assert entries["leafId"] == entries["entries"][-1]["id"]
-    since = await client.call("get_entries", {"since": entries["entries"][0]["id"]},
-                              session_id=session_id)
+    since = await client.call(
+        "get_entries", {"since": entries["entries"][0]["id"]}, session_id=session_id
+    )
     assert since["entries"] == entries["entries"][1:]
     tree = await client.call("get_tree", session_id=session_id)
     assert tree["leafId"] == entries["leafId"] and tree["tree"]
@@ -200,8 +208,9 @@ async def test_session_queries(pi_server, fake_llm):
 async def test_session_name_shows_in_the_list(pi_server):
     client = await pi_server.client()
     session_id = await chat(client)
-    assert await client.call("set_session_name", {"name": "  my work "},
-                             session_id=session_id) == {}
+    assert (
+        await client.call("set_session_name", {"name": "  my work "}, session_id=session_id) == {}
+    )
     listed = (await client.call("session.list"))["sessions"]
     assert [s["name"] for s in listed if s["sessionId"] == session_id] == ["my work"]
     assert (await client.call("get_state", session_id=session_id))["sessionName"] == "my work"
@@ -237,8 +246,10 @@ async def test_fork_makes_a_new_listed_session_with_the_forked_turns(pi_server, 
     await pi_server.sessions.stop_agent(pi_server.sessions.sessions[fork_id])
     again = (await client.call("get_messages", session_id=fork_id))["messages"]
     assert texts(again, "user") == ["question one", "fork question"]
-    assert pi_server.sessions.sessions[fork_id].directory != \
-        pi_server.sessions.sessions[session_id].directory
+    assert (
+        pi_server.sessions.sessions[fork_id].directory
+        != pi_server.sessions.sessions[session_id].directory
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -262,8 +273,7 @@ async def test_new_session_clears_and_switch_session_is_refused(pi_server, fake_
     messages = (await client.call("get_messages", session_id=session_id))["messages"]
     assert texts(messages, "user") == []
     with pytest.raises(CallFailed) as refused:
-        await client.call("switch_session", {"sessionPath": "/etc/passwd"},
-                          session_id=session_id)
+        await client.call("switch_session", {"sessionPath": "/etc/passwd"}, session_id=session_id)
     assert refused.value.code == "invalid_request"
 
 
@@ -273,8 +283,9 @@ async def test_export_html_returns_the_page_and_leaves_no_file(pi_server, fake_l
     client = await pi_server.client()
     session_id = await chat(client)
     await run(client, session_id, "export me")
-    exported = await client.call("export_html", {"outputPath": "/tmp/x.html"},
-                                 session_id=session_id)
+    exported = await client.call(
+        "export_html", {"outputPath": "/tmp/x.html"}, session_id=session_id
+    )
     assert exported["html"].lstrip().lower().startswith("<!doctype html")
     session = pi_server.sessions.sessions[session_id]
     assert not list(session.directory.rglob("*.html"))
@@ -297,36 +308,55 @@ async def test_an_unknown_command_goes_to_pi_and_pi_answers(pi_server, fake_llm)
 
 @pytest_twisted.ensureDeferred
 async def test_a_command_the_server_does_not_type_passes_through(
-        make_pi_server, fake_llm, monkeypatch):
+    make_pi_server, fake_llm, monkeypatch
+):
     # As if pi had added get_last_assistant_text after this server was written.
-    monkeypatch.setattr(methods, "TYPED", {
-        name: command for name, command in methods.TYPED.items()
-        if name != "get_last_assistant_text"})
+    monkeypatch.setattr(
+        methods,
+        "TYPED",
+        {
+            name: command
+            for name, command in methods.TYPED.items()
+            if name != "get_last_assistant_text"
+        },
+    )
     server = make_pi_server()
     fake_llm.script(Text("passed through"))
     client = await server.client()
     session_id = await chat(client)
     await run(client, session_id, "hi")
-    answer = await client.call("get_last_assistant_text",
-                               {"type": "get_last_assistant_text", "id": "x"},
-                               session_id=session_id)
+    answer = await client.call(
+        "get_last_assistant_text",
+        {"type": "get_last_assistant_text", "id": "x"},
+        session_id=session_id,
+    )
     assert answer == {"text": "passed through"}
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_snapshot_mid_answer_shows_the_message_so_far(pi_server, fake_llm):
-    fake_llm.script(Reply(Text("visible so far", words_per_chunk=1), ToolCall("bash", {
-        "command": "true"}, delay=0.0), Hang()))
+    fake_llm.script(
+        Reply(
+            Text("visible so far", words_per_chunk=1),
+            ToolCall("bash", {"command": "true"}, delay=0.0),
+            Hang(),
+        )
+    )
     client = await pi_server.client()
     session_id = await chat(client)
     await client.call("prompt", {"message": "go"}, session_id=session_id)
     await client.wait_for_event(
-        lambda f: f["type"] == "message_update" and f["sessionId"] == session_id
-        and f["payload"]["assistantMessageEvent"]["type"] == "toolcall_delta")
+        lambda f: (
+            f["type"] == "message_update"
+            and f["sessionId"] == session_id
+            and f["payload"]["assistantMessageEvent"]["type"] == "toolcall_delta"
+        )
+    )
     late = await pi_server.client(features=["snapshots"])
     # A seq beyond the journal cannot be replayed: the late client gets a snapshot.
-    await late.call("session.attach", {"sessionId": session_id, "lastSeq": 10**9,
-                                       "exclusive": False})
+    await late.call(
+        "session.attach", {"sessionId": session_id, "lastSeq": 10**9, "exclusive": False}
+    )
     snapshot = await late.wait_for_event(is_type("session_snapshot", session_id))
     streaming = snapshot["payload"]["streamingMessage"]
     assert streaming["role"] == "assistant"

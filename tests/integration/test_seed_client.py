@@ -18,8 +18,11 @@ from tests.support.fakellm import Reply, Text, Tokens, ToolCall
 from tests.support.seedclient import AppError, SeedApp, decode_messages
 from tests.support.server import TOKEN
 
-LOCATION = {"name": "get_location", "description": "Where the phone is",
-            "parameters": {"type": "object", "properties": {}}}
+LOCATION = {
+    "name": "get_location",
+    "description": "Where the phone is",
+    "parameters": {"type": "object", "properties": {}},
+}
 
 
 @pytest.fixture
@@ -70,8 +73,12 @@ async def test_resume_during_a_long_answer_rebuilds_the_whole_text(app, pi_serve
     await watcher.call("session.attach", {"sessionId": session_id, "exclusive": False})
     await app.prompt("a long one")
     await app.client.wait_for_event(
-        lambda f: f["type"] == "message_update" and f["sessionId"] == session_id
-        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+        lambda f: (
+            f["type"] == "message_update"
+            and f["sessionId"] == session_id
+            and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+        )
+    )
     await app.client.drop()
     await watcher.wait_for_event(lambda f: f["type"] == "agent_settled")
     before = app.events(session_id)
@@ -83,14 +90,20 @@ async def test_resume_during_a_long_answer_rebuilds_the_whole_text(app, pi_serve
     after = app.events(session_id)
     assert after[-1]["type"] == "agent_settled"
     combined = before + after
-    text = "".join(f["payload"]["assistantMessageEvent"].get("delta", "") for f in combined
-                   if f["type"] == "message_update"
-                   and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+    text = "".join(
+        f["payload"]["assistantMessageEvent"].get("delta", "")
+        for f in combined
+        if f["type"] == "message_update"
+        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+    )
     assert text == answer.text
     seqs = [f["seq"] for f in combined]
     assert seqs == sorted(set(seqs))
-    [end] = [f for f in after if f["type"] == "message_end"
-             and f["payload"]["message"]["role"] == "assistant"]
+    [end] = [
+        f
+        for f in after
+        if f["type"] == "message_end" and f["payload"]["message"]["role"] == "assistant"
+    ]
     assert end["payload"]["message"]["content"][0]["text"] == answer.text
     assert app.largest_frame < 1024 * 1024
     assert app.failures == []
@@ -108,8 +121,10 @@ async def test_a_native_tool_call_reaches_the_phone_after_it_reconnects(app, fak
     await app.prompt("where am I?")
     request = await app.wait_for("native_tool_request", session_id)
     assert request["payload"]["toolName"] == "get_location"
-    await app.call("native_tool_response", {"callId": request["payload"]["callId"],
-                                            "result": {"place": "home"}})
+    await app.call(
+        "native_tool_response",
+        {"callId": request["payload"]["callId"], "result": {"place": "home"}},
+    )
     await app.wait_for("agent_settled", session_id)
     assert app.text(session_id) == "You are at home."
     assert app.failures == []
@@ -128,14 +143,14 @@ async def test_only_sessions_the_connection_was_attached_to_are_resumed(app):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_killed_agent_ends_the_run_with_an_error_the_app_shows(app, pi_server,
-                                                                      fake_llm):
+async def test_a_killed_agent_ends_the_run_with_an_error_the_app_shows(app, pi_server, fake_llm):
     fake_llm.script(Tokens(2000, delay=0.01))
     await app.connect()
     session_id = await app.create_chat()
     await app.prompt("go on")
     await app.client.wait_for_event(
-        lambda f: f["type"] == "message_update" and f["sessionId"] == session_id)
+        lambda f: f["type"] == "message_update" and f["sessionId"] == session_id
+    )
     os.kill(pi_server.sessions.sessions[session_id].agent.pid, signal.SIGKILL)
     end = await app.wait_for("agent_end", session_id)
     assert end["payload"]["success"] is False
@@ -145,23 +160,29 @@ async def test_a_killed_agent_ends_the_run_with_an_error_the_app_shows(app, pi_s
 
 
 @pytest_twisted.ensureDeferred
-async def test_tool_output_and_status_and_the_tool_call_partial(app, pi_server, fake_llm,
-                                                                tmp_path, agent_dir):
+async def test_tool_output_and_status_and_the_tool_call_partial(
+    app, pi_server, fake_llm, tmp_path, agent_dir
+):
     repo = make_repository(str(tmp_path / "repo"), files={"hello.txt": "hi there\n"})
-    (agent_dir.path / "repos.json").write_text(json.dumps(
-        {"repos": [{"id": "r", "name": "r", "path": repo}]}))
+    (agent_dir.path / "repos.json").write_text(
+        json.dumps({"repos": [{"id": "r", "name": "r", "path": repo}]})
+    )
     fake_llm.script(Reply(ToolCall("bash", {"command": "cat hello.txt"})), Text("Read it."))
     await app.connect()
-    result = await app.call("session.create", {"mode": "code", "repoId": "r",
-                                               "systemPrompt": "Be brief."})
+    result = await app.call(
+        "session.create", {"mode": "code", "repoId": "r", "systemPrompt": "Be brief."}
+    )
     session_id = app.current = result["sessionId"]
     await app.prompt("read the file")
     await app.wait_for("agent_settled", session_id)
     [end] = app.events(session_id, "tool_execution_end")
     assert end["payload"]["output"] == "hi there\n"
     assert end["payload"]["status"] == "success"
-    starts = [f for f in app.events(session_id, "message_update")
-              if f["payload"]["assistantMessageEvent"]["type"] == "toolcall_start"]
+    starts = [
+        f
+        for f in app.events(session_id, "message_update")
+        if f["payload"]["assistantMessageEvent"]["type"] == "toolcall_start"
+    ]
     update = starts[0]["payload"]["assistantMessageEvent"]
     assert update["partial"]["content"][update["contentIndex"]]["name"] == "bash"
     assert app.failures == []

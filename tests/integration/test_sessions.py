@@ -14,13 +14,15 @@ from tests.support.wsclient import CallFailed
 
 
 def is_type(event_type, session_id=None):
-    return lambda f: f["type"] == event_type and (session_id is None
-                                                  or f["sessionId"] == session_id)
+    return lambda f: (
+        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
+    )
 
 
 def text_of(frames):
     return "".join(
-        f["payload"]["assistantMessageEvent"]["delta"] for f in frames
+        f["payload"]["assistantMessageEvent"]["delta"]
+        for f in frames
         if f["type"] == "message_update"
         and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
     )
@@ -35,6 +37,7 @@ def nth(n, event_type, session_id=None):
             count["seen"] += 1
             return count["seen"] == n
         return False
+
     return predicate
 
 
@@ -47,8 +50,10 @@ async def test_prompt_streams_the_answer(pi_server, fake_llm):
     fake_llm.script(Text("Hello from the scripted model"))
     client = await pi_server.client()
     session_id = await create_chat(client)
-    assert await client.call("prompt", {"type": "prompt", "message": "Hi"},
-                             session_id=session_id) == {}
+    assert (
+        await client.call("prompt", {"type": "prompt", "message": "Hi"}, session_id=session_id)
+        == {}
+    )
     await client.wait_for_event(is_type("agent_settled", session_id))
     events = client.event_frames(session_id)
     types = [f["type"] for f in events]
@@ -80,19 +85,24 @@ async def test_prompt_streams_the_answer(pi_server, fake_llm):
 async def test_models_and_set_model(pi_server, fake_llm):
     client = await pi_server.client()
     without_session = (await client.call("get_available_models"))["models"]
-    assert {(m["provider"], m["id"]) for m in without_session} >= {("fake", "fake-1"),
-                                                                    ("fake", "fake-2")}
+    assert {(m["provider"], m["id"]) for m in without_session} >= {
+        ("fake", "fake-1"),
+        ("fake", "fake-2"),
+    }
     with pytest.raises(CallFailed) as refused:
-        await client.call("session.create", {"mode": "chat", "provider": "fake",
-                                             "modelId": "nope"})
+        await client.call("session.create", {"mode": "chat", "provider": "fake", "modelId": "nope"})
     assert refused.value.code == "invalid_params" and "fake/nope" in refused.value.message
 
-    session_id = await create_chat(client, provider="fake", modelId="fake-1",
-                                   systemPrompt="You are terse.")
+    session_id = await create_chat(
+        client, provider="fake", modelId="fake-1", systemPrompt="You are terse."
+    )
     in_session = (await client.call("get_available_models", session_id=session_id))["models"]
     assert {m["id"] for m in in_session} >= {"fake-1", "fake-2"}
-    model = (await client.call("set_model", {"provider": "fake", "modelId": "fake-2"},
-                               session_id=session_id))["model"]
+    model = (
+        await client.call(
+            "set_model", {"provider": "fake", "modelId": "fake-2"}, session_id=session_id
+        )
+    )["model"]
     assert model["id"] == "fake-2"
     await client.call("prompt", {"message": "which model?"}, session_id=session_id)
     request = await fake_llm.wait_for_request(1)
@@ -108,8 +118,11 @@ async def test_abort_ends_a_slow_answer(pi_server, fake_llm):
     session_id = await create_chat(client)
     await client.call("prompt", {"message": "long please"}, session_id=session_id)
     await client.wait_for_event(
-        lambda f: f["type"] == "message_update"
-        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+        lambda f: (
+            f["type"] == "message_update"
+            and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+        )
+    )
     with pytest.raises(CallFailed) as busy:
         await client.call("prompt", {"message": "again"}, session_id=session_id)
     assert busy.value.code == "invalid_state"
@@ -127,8 +140,7 @@ async def test_clear_conversation(pi_server, fake_llm):
     session_id = await create_chat(client)
     await client.call("prompt", {"message": "remember me"}, session_id=session_id)
     await client.wait_for_event(is_type("agent_settled", session_id))
-    assert (await client.call("clear_conversation", session_id=session_id)) == {
-        "cancelled": False}
+    assert (await client.call("clear_conversation", session_id=session_id)) == {"cancelled": False}
     assert (await client.call("get_messages", session_id=session_id))["messages"] == []
 
 
@@ -139,7 +151,11 @@ async def test_attach_detach_delete(pi_server, fake_llm):
     one = await create_chat(first)
     two = await create_chat(first)  # attaching to two detaches first from one
     assert await second.call("session.attach", {"sessionId": one}) == {
-        "sessionId": one, "status": "running", "lastSeq": 0, "catchUp": "live"}
+        "sessionId": one,
+        "status": "running",
+        "lastSeq": 0,
+        "catchUp": "live",
+    }
 
     await first.call("prompt", {"message": "to one"}, session_id=one)
     await second.wait_for_event(is_type("agent_settled", one))
@@ -205,17 +221,22 @@ async def test_agent_killed_mid_answer(pi_server, fake_llm):
     await client.wait_for_event(is_type("agent_settled", session_id))
     await client.call("prompt", {"message": "two"}, session_id=session_id)
     await client.wait_for_event(
-        lambda f: f["type"] == "message_update"
-        and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
-        and f["payload"]["assistantMessageEvent"]["delta"].strip() == "partial")
+        lambda f: (
+            f["type"] == "message_update"
+            and f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+            and f["payload"]["assistantMessageEvent"]["delta"].strip() == "partial"
+        )
+    )
     os.kill(pi_server.sessions.sessions[session_id].agent.pid, signal.SIGKILL)
     exit_event = await client.wait_for_event(is_type("agent_exit", session_id))
     assert exit_event["payload"]["signal"] == signal.SIGKILL
     ends = [f for f in client.event_frames(session_id) if f["type"] == "agent_end"]
     # As the seed's client reads it: success false and an error object it can show.
     assert ends[-1]["payload"]["success"] is False
-    assert ends[-1]["payload"]["error"] == {"code": "agent_exited",
-                                            "message": "agent exited (signal 9)"}
+    assert ends[-1]["payload"]["error"] == {
+        "code": "agent_exited",
+        "message": "agent exited (signal 9)",
+    }
     settled = [f for f in client.event_frames(session_id) if f["type"] == "agent_settled"]
     assert settled[-1]["seq"] == ends[-1]["seq"] + 1
     assert ends[-1]["seq"] < exit_event["seq"]
@@ -243,8 +264,7 @@ async def test_model_credentials_never_reach_clients(agent_dir, make_pi_server, 
     await client.call("get_available_models")
     await client.call("get_available_models", session_id=session_id)
     await client.call("get_state", session_id=session_id)
-    await client.call("set_model", {"provider": "fake", "modelId": "fake-2"},
-                      session_id=session_id)
+    await client.call("set_model", {"provider": "fake", "modelId": "fake-2"}, session_id=session_id)
     assert len(client.frames) >= 5
     assert "header-secret-value" not in json.dumps(client.frames)
 

@@ -60,8 +60,7 @@ def locate_pi(environ=os.environ) -> tuple[str, ...]:
     project = Path(environ.get("PI_SERVER_PROJECT_DIR") or repository_root())
     command = project_pi(project)
     if command is None:
-        raise PiNotInstalled(
-            f"pi agent not found in {project / 'node_modules'}: {INSTALL_HINT}")
+        raise PiNotInstalled(f"pi agent not found in {project / 'node_modules'}: {INSTALL_HINT}")
     return command
 
 
@@ -300,8 +299,9 @@ class PiRpc(ProcessProtocol):
         return waiter.addTimeout(self.timeout, self._reactor).addErrback(explain)
 
 
-def spawn_pi(reactor, pi: tuple[str, ...], agent_dir: AgentDir, args=(),
-             timeout: float = DEFAULT_TIMEOUT):
+def spawn_pi(
+    reactor, pi: tuple[str, ...], agent_dir: AgentDir, args=(), timeout: float = DEFAULT_TIMEOUT
+):
     """Start ``pi --mode rpc *args`` in ``agent_dir.project`` with its hermetic environment.
     Returns the :class:`PiRpc`; commands can be sent at once (pi reads them when ready)."""
     protocol = PiRpc(reactor, timeout=timeout)

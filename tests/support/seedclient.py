@@ -75,9 +75,13 @@ def decode_event(frame: dict) -> dict:
         if kind == "toolcall_start":
             index = _int(update.get("contentIndex"), "toolcall_start.contentIndex")
             partial = update.get("partial")
-            _require(isinstance(partial, dict) and isinstance(partial.get("content"), list)
-                     and len(partial["content"]) > index,
-                     "toolcall_start.partial.content[contentIndex] missing", update)
+            _require(
+                isinstance(partial, dict)
+                and isinstance(partial.get("content"), list)
+                and len(partial["content"]) > index,
+                "toolcall_start.partial.content[contentIndex] missing",
+                update,
+            )
             block = partial["content"][index]
             _string(block, "id", "toolCall")
             _string(block, "name", "toolCall")
@@ -97,13 +101,19 @@ def decode_messages(result: dict) -> list[dict]:
     messages = result.get("messages")
     _require(isinstance(messages, list), "messages is not an array", result)
     for message in messages:
-        _require(isinstance(message, dict) and message.get("role") in ROLES,
-                 "unknown message role", message)
+        _require(
+            isinstance(message, dict) and message.get("role") in ROLES,
+            "unknown message role",
+            message,
+        )
         content = message.get("content")
         _require(isinstance(content, list), "message content is not an array", message)
         for block in content:
-            _require(isinstance(block, dict) and block.get("type") in BLOCKS,
-                     "unknown content block", block)
+            _require(
+                isinstance(block, dict) and block.get("type") in BLOCKS,
+                "unknown content block",
+                block,
+            )
     return messages
 
 
@@ -113,8 +123,11 @@ def decode_hello(result: dict) -> dict:
     _string(server, "name", "server")
     _string(server, "version", "server")
     capabilities = result.get("capabilities")
-    _require(isinstance(capabilities, dict) and isinstance(capabilities.get("resume"), bool),
-             "capabilities.resume", result)
+    _require(
+        isinstance(capabilities, dict) and isinstance(capabilities.get("resume"), bool),
+        "capabilities.resume",
+        result,
+    )
     _int(capabilities.get("replayWindowSec"), "capabilities.replayWindowSec")
     return result
 
@@ -156,8 +169,10 @@ class SeedApp:
         self.client._received = strictly
         params = {"client": {"name": "pi-ios", "version": "1.0"}}
         if self.connection_id is not None:
-            params["resume"] = {"connectionId": self.connection_id,
-                                "lastSeqBySession": dict(self.last_seq_by_session)}
+            params["resume"] = {
+                "connectionId": self.connection_id,
+                "lastSeqBySession": dict(self.last_seq_by_session),
+            }
         elif native_tools is not None:
             params["nativeTools"] = native_tools
         hello = decode_hello(await self.call("hello", params))
@@ -187,8 +202,7 @@ class SeedApp:
         return frame["result"]
 
     async def create_chat(self, system_prompt: str = "You are helpful.") -> str:
-        result = await self.call("session.create", {"mode": "chat",
-                                                   "systemPrompt": system_prompt})
+        result = await self.call("session.create", {"mode": "chat", "systemPrompt": system_prompt})
         self.current = _string(result, "sessionId", "session.create")
         return self.current
 
@@ -214,19 +228,26 @@ class SeedApp:
         return decode_messages(await self.call("get_messages", {"type": "get_messages"}))
 
     def events(self, session_id: str, event_type: str | None = None) -> list[dict]:
-        return [f for f in self.client.event_frames(session_id)
-                if event_type is None or f["type"] == event_type]
+        return [
+            f
+            for f in self.client.event_frames(session_id)
+            if event_type is None or f["type"] == event_type
+        ]
 
     def wait_for(self, event_type: str, session_id: str, after_seq: int = 0):
         return self.client.wait_for_event(
-            lambda f: f["type"] == event_type and f["sessionId"] == session_id
-            and f["seq"] > after_seq)
+            lambda f: (
+                f["type"] == event_type and f["sessionId"] == session_id and f["seq"] > after_seq
+            )
+        )
 
     def text(self, session_id: str) -> str:
         """The answer text the app shows: every text delta it received, in order."""
-        return "".join(f["payload"]["assistantMessageEvent"].get("delta", "")
-                       for f in self.events(session_id, "message_update")
-                       if f["payload"]["assistantMessageEvent"]["type"] == "text_delta")
+        return "".join(
+            f["payload"]["assistantMessageEvent"].get("delta", "")
+            for f in self.events(session_id, "message_update")
+            if f["payload"]["assistantMessageEvent"]["type"] == "text_delta"
+        )
 
 
 class AppError(Exception):

@@ -102,8 +102,12 @@ def handle(command: dict) -> None:
     elif kind == "stub_fail":
         answer(command, error="stub failure")
     elif kind == "stub_child":
-        child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            ["sleep", "600"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         answer(command, {"pid": child.pid})
     elif kind == "stub_env":
         answer(command, {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv[1:]})

@@ -31,9 +31,15 @@ def write_self_signed(directory: Path, name: str = "cert", hostname: str = "loca
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(hostname),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -41,15 +47,18 @@ def write_self_signed(directory: Path, name: str = "cert", hostname: str = "loca
     cert_path = directory / f"{name}.crt"
     key_path = directory / f"{name}.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     return cert_path, key_path
 
 
-def connect_wss(reactor, port, cert_path: Path, token=None, hostname="localhost",
-                headers=None):
+def connect_wss(reactor, port, cert_path: Path, token=None, hostname="localhost", headers=None):
     """Like ``RpcClient.connect``, over TLS to 127.0.0.1, trusting only ``cert_path``
     and checking that it names ``hostname``."""
     client = RpcClient()
@@ -60,9 +69,16 @@ def connect_wss(reactor, port, cert_path: Path, token=None, hostname="localhost"
     factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0)
     factory.protocol = RpcClientProtocol
     factory.client = client
-    client.closed.addCallback(lambda info: (
-        client.opened.errback(ConnectionRefusedByServer(info))
-        if not client.opened.called else None) or info)
+    client.closed.addCallback(
+        lambda info: (
+            (
+                client.opened.errback(ConnectionRefusedByServer(info))
+                if not client.opened.called
+                else None
+            )
+            or info
+        )
+    )
     trust = ssl.Certificate.loadPEM(cert_path.read_bytes())
     connectWS(factory, ssl.optionsForClientTLS(hostname, trustRoot=trust))
     return client.opened

@@ -60,8 +60,18 @@ class RpcClient:
         self._methods = {}
 
     @classmethod
-    def connect(cls, reactor, port, token=None, headers=None, query=None, path="/rpc",
-                host="127.0.0.1", deflate=False, **options):
+    def connect(
+        cls,
+        reactor,
+        port,
+        token=None,
+        headers=None,
+        query=None,
+        path="/rpc",
+        host="127.0.0.1",
+        deflate=False,
+        **options,
+    ):
         client = cls(reactor)
         params = dict(query or {})
         if token is not None:
@@ -72,16 +82,25 @@ class RpcClient:
         factory = WebSocketClientFactory(url, headers=headers or {}, reactor=reactor)
         if deflate:
             options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
-            options["perMessageCompressionAccept"] = (
-                lambda response: PerMessageDeflateResponseAccept(response)
-                if isinstance(response, PerMessageDeflateResponse) else None)
+            options["perMessageCompressionAccept"] = lambda response: (
+                PerMessageDeflateResponseAccept(response)
+                if isinstance(response, PerMessageDeflateResponse)
+                else None
+            )
         factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0, **options)
         factory.protocol = RpcClientProtocol
         factory.client = client
         # A refused upgrade closes before onOpen: fail `opened` with the close code.
-        client.closed.addCallback(lambda info: (
-            client.opened.errback(ConnectionRefusedByServer(info))
-            if not client.opened.called else None) or info)
+        client.closed.addCallback(
+            lambda info: (
+                (
+                    client.opened.errback(ConnectionRefusedByServer(info))
+                    if not client.opened.called
+                    else None
+                )
+                or info
+            )
+        )
         connectWS(factory)
         return client.opened
 
@@ -93,8 +112,12 @@ class RpcClient:
         self.payload_bytes += len(payload)
         frame = json.loads(payload)
         self.frames.append(frame)
-        check_received(frame, self._methods.pop(frame.get("id"), None)
-                       if isinstance(frame, dict) and frame.get("kind") == "response" else None)
+        check_received(
+            frame,
+            self._methods.pop(frame.get("id"), None)
+            if isinstance(frame, dict) and frame.get("kind") == "response"
+            else None,
+        )
         waiters, self._frame_waiters = self._frame_waiters, []
         for d in waiters:
             d.callback(frame)
@@ -171,8 +194,11 @@ class RpcClient:
         return d
 
     def event_frames(self, session_id=None):
-        return [f for f in self.frames if f.get("kind") == "event"
-                and (session_id is None or f.get("sessionId") == session_id)]
+        return [
+            f
+            for f in self.frames
+            if f.get("kind") == "event" and (session_id is None or f.get("sessionId") == session_id)
+        ]
 
     def disconnect(self):
         self.protocol.sendClose()

@@ -42,8 +42,15 @@ class SilentClient(RecordingClient):
 
 
 def hello_frame(request_id="1"):
-    return json.dumps({"v": 1, "kind": "request", "id": request_id, "method": "hello",
-                       "params": {"client": {"name": "tests", "version": "1"}}}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "kind": "request",
+            "id": request_id,
+            "method": "hello",
+            "params": {"client": {"name": "tests", "version": "1"}},
+        }
+    ).encode()
 
 
 class MemoryServer:
@@ -51,10 +58,16 @@ class MemoryServer:
         self.reactor = MemoryReactorClockResolver()
         self.pumper = create_pumper()
         self.hub = Hub(RpcMethods().table() if methods is None else methods)
-        self.factory = RpcServerFactory(self.hub, authenticator or Authenticator(None),
-                                        1024 * 1024, reactor=self.reactor, **factory_options)
-        self.agent = create_memory_agent(self.reactor, self.pumper,
-                                         lambda: self.factory.buildProtocol(None))
+        self.factory = RpcServerFactory(
+            self.hub,
+            authenticator or Authenticator(None),
+            1024 * 1024,
+            reactor=self.reactor,
+            **factory_options,
+        )
+        self.agent = create_memory_agent(
+            self.reactor, self.pumper, lambda: self.factory.buildProtocol(None)
+        )
 
     def open(self, url="ws://localhost:3141/rpc", headers=None, protocol_class=RecordingClient):
         """

@@ -52,8 +52,6 @@ def make_agent(**kwargs):
     return agent, reactor.spawned[0].process, reactor, events
 
 
-
-
 def still_waiting(d):
     return not d.called
 

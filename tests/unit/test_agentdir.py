@@ -8,8 +8,16 @@ from piserver import agentdir
 def test_a_session_gets_pi_files_and_its_own_settings(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("auth.json", "models.json", "server-token", "device-tokens.json", ".env",
-                 "state.json", "state.json.corrupt-1", "repos.json"):
+    for name in (
+        "auth.json",
+        "models.json",
+        "server-token",
+        "device-tokens.json",
+        ".env",
+        "state.json",
+        "state.json.corrupt-1",
+        "repos.json",
+    ):
         (data / name).write_text("{}")
     (data / "skills").mkdir()
     (data / "sessions").mkdir()
@@ -20,7 +28,11 @@ def test_a_session_gets_pi_files_and_its_own_settings(tmp_path):
     agentdir.prepare(data, own)
 
     assert sorted(p.name for p in own.iterdir()) == [
-        "auth.json", "models.json", "settings.json", "skills"]
+        "auth.json",
+        "models.json",
+        "settings.json",
+        "skills",
+    ]
     assert (own / "auth.json").resolve() == data / "auth.json"
     assert not (own / "settings.json").is_symlink()
     # pi writes the session's settings; the data dir's stay as they were.
@@ -31,4 +43,8 @@ def test_a_session_gets_pi_files_and_its_own_settings(tmp_path):
     assert json.loads((own / "settings.json").read_text()) == {"defaultModel": "other"}
     assert json.loads((data / "settings.json").read_text()) == {"defaultModel": "m"}
     assert sorted(p.name for p in own.iterdir()) == [
-        "models.json", "prompts", "settings.json", "skills"]
+        "models.json",
+        "prompts",
+        "settings.json",
+        "skills",
+    ]

@@ -21,15 +21,18 @@ class Sink:
 
 
 def request(request_id):
-    return json.dumps({"v": 1, "kind": "request", "id": request_id,
-                       "method": "ping"}).encode()
+    return json.dumps({"v": 1, "kind": "request", "id": request_id, "method": "ping"}).encode()
 
 
 def test_requests_over_the_rate_are_answered_rate_limited():
     clock = Clock()
     sink = Sink()
-    connection = Connection("c", Dispatcher({"ping": lambda c, r: {"pong": True}}), sink,
-                            requests=TokenBucket(rate=2, burst=4, clock=clock))
+    connection = Connection(
+        "c",
+        Dispatcher({"ping": lambda c, r: {"pong": True}}),
+        sink,
+        requests=TokenBucket(rate=2, burst=4, clock=clock),
+    )
     for n in range(5):
         connection.frame_received(request(f"r{n}"))
     assert [f["ok"] for f in sink.frames] == [True] * 4 + [False]
@@ -48,8 +51,12 @@ def test_requests_over_the_rate_are_answered_rate_limited():
 def test_unparseable_frames_are_answered_without_spending_tokens():
     clock = Clock()
     sink = Sink()
-    connection = Connection("c", Dispatcher({"ping": lambda c, r: {}}), sink,
-                            requests=TokenBucket(rate=1, burst=1, clock=clock))
+    connection = Connection(
+        "c",
+        Dispatcher({"ping": lambda c, r: {}}),
+        sink,
+        requests=TokenBucket(rate=1, burst=1, clock=clock),
+    )
     connection.frame_received(b"garbage")
     connection.frame_received(request("r1"))
     assert [f.get("error", {}).get("code") for f in sink.frames] == ["parse_error", None]
@@ -62,9 +69,15 @@ def test_error_messages_are_redacted_of_secrets():
         raise AgentCommandFailed("401 Incorrect API key provided: sk-live-secret-123456")
 
     sink = Sink()
-    connection = Connection("c", Dispatcher({"ping": fails}), sink,
-                            redact=lambda text: text.replace("sk-live-secret-123456", "[x]"))
+    connection = Connection(
+        "c",
+        Dispatcher({"ping": fails}),
+        sink,
+        redact=lambda text: text.replace("sk-live-secret-123456", "[x]"),
+    )
     connection.frame_received(request("r1"))
     (reply,) = sink.frames
-    assert reply["error"] == {"code": "agent_error",
-                              "message": "401 Incorrect API key provided: [x]"}
+    assert reply["error"] == {
+        "code": "agent_error",
+        "message": "401 Incorrect API key provided: [x]",
+    }

@@ -36,8 +36,10 @@ def test_revoked_devices_lose_their_connections_within_a_second(tmp_path):
     store = make_store(tmp_path)
     phone_id = store.identify(store.add("phone"))[1]
     tablet_id = store.identify(store.add("tablet"))[1]
-    phone, phone_again = FakeConnection("c1", "phone", phone_id), FakeConnection("c2", "phone",
-                                                                                 phone_id)
+    phone, phone_again = (
+        FakeConnection("c1", "phone", phone_id),
+        FakeConnection("c2", "phone", phone_id),
+    )
     tablet, server_token = FakeConnection("c3", "tablet", tablet_id), FakeConnection("c4", None)
     connections = [phone, phone_again, tablet, server_token]
     clock = Clock()
@@ -111,8 +113,7 @@ def test_a_failing_check_is_logged_and_the_watcher_keeps_going(tmp_path):
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert store.calls == 3
-    assert any(e.get("log_failure") is not None and e["log_failure"].check(OSError)
-               for e in logged)
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(OSError) for e in logged)
     watcher.stopService()
 
 
@@ -132,8 +133,9 @@ def test_device_token_from_the_cli_opens_rpc_and_revoke_drops_it(tmp_path, capsy
     other = server.open(headers={"Authorization": "Bearer server-token"})
     assert other.opened
 
-    watcher = RevocationWatcher(store, lambda: list(server.hub.connections.values()),
-                                server.reactor)
+    watcher = RevocationWatcher(
+        store, lambda: list(server.hub.connections.values()), server.reactor
+    )
     watcher.startService()
     assert main(["token", "revoke", "phone", "--data-dir", str(data_dir)]) == 0
     server.advance(1)
@@ -162,8 +164,13 @@ async def test_a_revocation_by_another_process_is_acted_on_without_waiting(tmp_p
 
     connection = Connection("c1", "phone", store.identify(store.add("phone"))[1])
     # The clock never advances: only the change of the file can trigger the check.
-    watcher = RevocationWatcher(store, lambda: [connection], Clock(),
-                                token_file=tmp_path / DEVICE_TOKENS_FILE, reactor=reactor)
+    watcher = RevocationWatcher(
+        store,
+        lambda: [connection],
+        Clock(),
+        token_file=tmp_path / DEVICE_TOKENS_FILE,
+        reactor=reactor,
+    )
     watcher.startService()
     try:
         assert make_store(tmp_path).revoke("phone")

@@ -18,11 +18,16 @@ from piserver.envelope import BadFrame, Request, parse_request
 from piserver.errors import InvalidParams
 from piserver.methods import RpcMethods
 
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-ERROR_CODES = {"parse_error", "invalid_request", "unknown_method", "invalid_params",
-               "not_found", "internal_error"}
+ERROR_CODES = {
+    "parse_error",
+    "invalid_request",
+    "unknown_method",
+    "invalid_params",
+    "not_found",
+    "internal_error",
+}
 
 
 def _boom(connection, request):
@@ -71,8 +76,10 @@ def expected_echo(payload: bytes):
     if not isinstance(obj, dict):
         return None, None
     request_id, session_id = obj.get("id"), obj.get("sessionId")
-    return (request_id if isinstance(request_id, str) else None,
-            session_id if isinstance(session_id, str) else None)
+    return (
+        request_id if isinstance(request_id, str) else None,
+        session_id if isinstance(session_id, str) else None,
+    )
 
 
 def answer(payload: bytes) -> dict:
@@ -102,13 +109,17 @@ def answer(payload: bytes) -> dict:
 
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=20,
 )
 method_names = st.sampled_from(sorted(METHODS) + ["no.such", "", "hello "]) | st.text(max_size=12)
@@ -124,10 +135,19 @@ def envelopes(draw):
         "method": method_names | json_values,
         "sessionId": st.text(max_size=12) | json_values,
         "params": st.fixed_dictionaries(
-            {}, optional={"client": st.fixed_dictionaries(
-                {}, optional={"name": st.text(max_size=5) | json_values,
-                              "version": st.text(max_size=5) | json_values}),
-                "type": json_values}) | json_values,
+            {},
+            optional={
+                "client": st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "name": st.text(max_size=5) | json_values,
+                        "version": st.text(max_size=5) | json_values,
+                    },
+                ),
+                "type": json_values,
+            },
+        )
+        | json_values,
     }
     envelope = {}
     for key, strategy in candidates.items():
@@ -138,11 +158,13 @@ def envelopes(draw):
 
 
 def encodings(value):
-    return st.sampled_from([
-        json.dumps(value).encode(),
-        json.dumps(value, ensure_ascii=False).encode("utf-8"),
-        json.dumps(value, indent=1).encode(),
-    ])
+    return st.sampled_from(
+        [
+            json.dumps(value).encode(),
+            json.dumps(value, ensure_ascii=False).encode("utf-8"),
+            json.dumps(value, indent=1).encode(),
+        ]
+    )
 
 
 @FUZZ
@@ -192,31 +214,38 @@ def test_damaged_json_gets_exactly_one_response(payload, data):
     elif damage == "insert":
         payload = payload[:position] + byte + payload[position:]
     else:
-        payload = payload[:position] + byte + payload[position + 1:]
+        payload = payload[:position] + byte + payload[position + 1 :]
     answer(payload)
 
 
-@pytest.mark.parametrize("payload", [
-    b"[" * 100_000 + b"]" * 100_000,  # nested past the recursion limit
-    b'{"v": 1, "kind": "request", "id": "n", "method": "answer", "params": {"x": '
-    + b"9" * 5000 + b"}}",  # an integer past Python's digit limit
-    b'{"v": 1, "kind": "request", "id": "f", "method": "answer", "params": {"x": 1e99999}}',
-    b'{"v": 1, "kind": "request", "id": "n", "method": "answer", "params": {"x": NaN}}',
-    b'{"v": 1e400, "kind": "request", "id": "v", "method": "answer"}',
-    b'{"v": 1, "kind": "request", "id": "d", "id": 5, "method": "answer"}',
-    b'{"v": 1, "kind": "request", "id": "\xc3\x28", "method": "answer"}',  # invalid UTF-8
-    b"\xef\xbb\xbf" + b'{"v": 1, "kind": "request", "id": "bom", "method": "answer"}',
-    b'{"v": 1, "kind": "request", "id": "u", "method": "answer"}\x00',
-    b'{"v": 1, "kind": "request", "id": "\\u0000../x", "method": "answer"}',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # nested past the recursion limit
+        b'{"v": 1, "kind": "request", "id": "n", "method": "answer", "params": {"x": '
+        + b"9" * 5000
+        + b"}}",  # an integer past Python's digit limit
+        b'{"v": 1, "kind": "request", "id": "f", "method": "answer", "params": {"x": 1e99999}}',
+        b'{"v": 1, "kind": "request", "id": "n", "method": "answer", "params": {"x": NaN}}',
+        b'{"v": 1e400, "kind": "request", "id": "v", "method": "answer"}',
+        b'{"v": 1, "kind": "request", "id": "d", "id": 5, "method": "answer"}',
+        b'{"v": 1, "kind": "request", "id": "\xc3\x28", "method": "answer"}',  # invalid UTF-8
+        b"\xef\xbb\xbf" + b'{"v": 1, "kind": "request", "id": "bom", "method": "answer"}',
+        b'{"v": 1, "kind": "request", "id": "u", "method": "answer"}\x00',
+        b'{"v": 1, "kind": "request", "id": "\\u0000../x", "method": "answer"}',
+    ],
+)
 def test_hostile_frames(payload):
     answer(payload)
 
 
 def test_every_handler_outcome_is_one_response():
     def call(method):
-        return answer(json.dumps({"v": 1, "kind": "request", "id": method, "sessionId": "s",
-                                  "method": method}).encode())
+        return answer(
+            json.dumps(
+                {"v": 1, "kind": "request", "id": method, "sessionId": "s", "method": method}
+            ).encode()
+        )
 
     assert call("answer")["result"] == {"answer": 42}
     assert call("later")["result"] == {"later": True}

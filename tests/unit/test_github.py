@@ -45,8 +45,6 @@ def client_for(fake, clock, token=TOKEN, **kwargs):
     return GithubClient(StubTreq(fake.resource()), API, token, clock, **kwargs)
 
 
-
-
 def github_error(deferred) -> str:
     with pytest.raises(GithubError) as caught:
         result_of(deferred)

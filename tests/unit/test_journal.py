@@ -158,14 +158,15 @@ def test_delta_mode_drops_the_usage_of_every_update(make_journal, name):
 
     delta = journal.replay(0, "delta")
 
-    updates = [json.loads(payload) for _, event_type, payload in delta
-               if event_type == "message_update"]
+    updates = [
+        json.loads(payload) for _, event_type, payload in delta if event_type == "message_update"
+    ]
     assert updates
     assert all("usage" not in update for update in updates)
-    assert sum(len(payload) for _, event_type, payload in delta
-               if event_type == "message_update") < sum(
-        len(line) for event_type, _, line in stream if event_type == "message_update"
-    ) / 2
+    assert (
+        sum(len(payload) for _, event_type, payload in delta if event_type == "message_update")
+        < sum(len(line) for event_type, _, line in stream if event_type == "message_update") / 2
+    )
 
 
 def test_message_updates_take_little_more_disk_than_pi_wrote(make_journal):
@@ -179,8 +180,11 @@ def test_message_updates_take_little_more_disk_than_pi_wrote(make_journal):
     # pi 1.x's updates are kept as pi wrote them (journaling one encodes nothing): little
     # more than pi's own bytes, and delta-mode replay leaves their usage out.
     assert delta_size < full_size < journal.disk_bytes < full_size * 1.5
-    updates = [json.loads(payload) for _, event_type, payload in journal.replay(0, "delta")
-               if event_type == "message_update"]
+    updates = [
+        json.loads(payload)
+        for _, event_type, payload in journal.replay(0, "delta")
+        if event_type == "message_update"
+    ]
     assert updates and all("usage" not in update for update in updates)
 
 
@@ -194,7 +198,9 @@ def test_strip_message_update_leaves_the_event_alone():
     assert list(payload) == ["type", "usage", "assistantMessageEvent"]
     assert list(stripped) == ["type", "assistantMessageEvent"]
     assert stripped["assistantMessageEvent"] == {
-        "type": "text_delta", "contentIndex": 0, "delta": "w0.3 "
+        "type": "text_delta",
+        "contentIndex": 0,
+        "delta": "w0.3 ",
     }
     bare = {"type": "message_update"}
     assert strip_message_update(bare) == bare
@@ -281,18 +287,30 @@ def test_odd_message_updates_replay_exactly(make_journal):
         update({"n": True, "role": "assistant", "content": base["content"]}),
         # message not an object; an assistantMessageEvent that is not an object
         update("plain text"),
-        ("message_update",
-         {"type": "message_update", "assistantMessageEvent": [1], "message": {"a": "\ud800"}},
-         b'{"type":"message_update","assistantMessageEvent":[1],"message":{"a":"\\ud800"}}'),
+        (
+            "message_update",
+            {"type": "message_update", "assistantMessageEvent": [1], "message": {"a": "\ud800"}},
+            b'{"type":"message_update","assistantMessageEvent":[1],"message":{"a":"\\ud800"}}',
+        ),
         # text that cannot be encoded once for both copies
         update({"a": "\ud800"}, {"a": "\ud800"}),
         update(base, base, note="\x00pi-journal:shared message\x00"),
         # message first in the key order, partial first in its object
-        ("message_update",
-         {"message": base, "type": "message_update",
-          "assistantMessageEvent": {"partial": base, "type": "text_end"}},
-         events.encode({"message": base, "type": "message_update",
-                        "assistantMessageEvent": {"partial": base, "type": "text_end"}})),
+        (
+            "message_update",
+            {
+                "message": base,
+                "type": "message_update",
+                "assistantMessageEvent": {"partial": base, "type": "text_end"},
+            },
+            events.encode(
+                {
+                    "message": base,
+                    "type": "message_update",
+                    "assistantMessageEvent": {"partial": base, "type": "text_end"},
+                }
+            ),
+        ),
     ]
     journal = make_journal()
 
@@ -303,10 +321,15 @@ def test_odd_message_updates_replay_exactly(make_journal):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=False)
     | st.text(max_size=6),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from("abcde"), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from("abcde"), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -315,8 +338,10 @@ json_values = st.recursive(
 @given(st.lists(json_values, min_size=1, max_size=6), st.booleans())
 def test_any_sequence_of_messages_replays_exactly(messages, grow_text):
     if grow_text:
-        messages = [{"content": [{"text": "x" * index}], "m": message}
-                    for index, message in enumerate(messages)]
+        messages = [
+            {"content": [{"text": "x" * index}], "m": message}
+            for index, message in enumerate(messages)
+        ]
     stream = [update(message, message) for message in messages]
     with tempfile.TemporaryDirectory() as root:
         journal = Journal(Path(root), Clock(), JournalLimits(segment_events=4))
@@ -620,7 +645,8 @@ class FailingWrites:
 
 @pytest.mark.parametrize("short", [False, True])
 def test_a_failed_write_keeps_what_was_written_and_stops_journaling(
-        make_journal, directory, monkeypatch, short):
+    make_journal, directory, monkeypatch, short
+):
     stream = synthetic(1, 20)
     journal = make_journal()
     append_all(journal, stream[:10])

@@ -53,8 +53,12 @@ class Sessions:
 
 
 def hello(methods, connection, **params):
-    request = Request(id="1", method="hello", session_id=None, params={
-        "client": {"name": "pi-ios", "version": "1"}, **params})
+    request = Request(
+        id="1",
+        method="hello",
+        session_id=None,
+        params={"client": {"name": "pi-ios", "version": "1"}, **params},
+    )
     result = []
     Deferred.fromCoroutine(methods.hello(connection, request)).addBoth(result.append)
     [answer] = result
@@ -65,18 +69,25 @@ def hello(methods, connection, **params):
 
 def test_a_session_that_cannot_be_resumed_does_not_fail_the_hello():
     sessions = Sessions()
-    result = hello(RpcMethods(sessions=sessions), Connection(), resume={
-        "connectionId": "unknown", "lastSeqBySession": {"a": 1, "b": 2, "gone": 3}})
+    result = hello(
+        RpcMethods(sessions=sessions),
+        Connection(),
+        resume={"connectionId": "unknown", "lastSeqBySession": {"a": 1, "b": 2, "gone": 3}},
+    )
     assert result["resumed"] == {"a": "replayed", "b": "failed", "gone": "not_found"}
-    assert result["resumeErrors"] == {"b": {"code": "too_many_sessions",
-                                            "message": "16 agents are running"}}
+    assert result["resumeErrors"] == {
+        "b": {"code": "too_many_sessions", "message": "16 agents are running"}
+    }
 
 
 def test_a_resumed_connection_keeps_its_tools_and_only_its_sessions():
     sessions = Sessions(PreviousConnection(TOOLS, frozenset({"a"})))
     connection = Connection()
-    result = hello(RpcMethods(sessions=sessions), connection, resume={
-        "connectionId": "old", "lastSeqBySession": {"a": 1, "c": 0}})
+    result = hello(
+        RpcMethods(sessions=sessions),
+        connection,
+        resume={"connectionId": "old", "lastSeqBySession": {"a": 1, "c": 0}},
+    )
     assert connection.native_tools == TOOLS
     assert result["resumed"] == {"a": "replayed", "c": "not_attached"}
     assert sessions.attached == [sessions.sessions["a"]]
@@ -85,6 +96,10 @@ def test_a_resumed_connection_keeps_its_tools_and_only_its_sessions():
 def test_tools_declared_again_win_over_the_old_ones():
     sessions = Sessions(PreviousConnection(TOOLS, frozenset()))
     connection = Connection()
-    hello(RpcMethods(sessions=sessions), connection, nativeTools=[],
-          resume={"connectionId": "old", "lastSeqBySession": {}})
+    hello(
+        RpcMethods(sessions=sessions),
+        connection,
+        nativeTools=[],
+        resume={"connectionId": "old", "lastSeqBySession": {}},
+    )
     assert connection.native_tools == []

@@ -41,8 +41,7 @@ class Holder:
 
 def test_redact_text():
     redactor = Redactor([TOKEN, API_KEY, "short", None])
-    assert redactor.redact(f"a {TOKEN} b {API_KEY} c short") == \
-        f"a {REDACTED} b {REDACTED} c short"
+    assert redactor.redact(f"a {TOKEN} b {API_KEY} c short") == f"a {REDACTED} b {REDACTED} c short"
     assert redactor.redact("nothing here") == "nothing here"
 
 
@@ -61,8 +60,13 @@ def test_clean_events_pass_through_untouched():
 
 def test_formatted_fields_and_unreferenced_fields_are_redacted():
     redactor = Redactor([TOKEN])
-    event = {"log_format": "connect with ws://h/rpc?token={token}", "token": TOKEN,
-             "extra": TOKEN.encode(), "holder": Holder(TOKEN), "fine": 3}
+    event = {
+        "log_format": "connect with ws://h/rpc?token={token}",
+        "token": TOKEN,
+        "extra": TOKEN.encode(),
+        "holder": Holder(TOKEN),
+        "fine": 3,
+    }
     redacted = redactor.redact_event(event)
     assert redacted is not event and event["token"] == TOKEN  # the original is unchanged
     assert formatEvent(redacted) == f"connect with ws://h/rpc?token={REDACTED}"
@@ -107,8 +111,9 @@ def test_secrets_added_later_are_redacted():
     device_token = "device-token-just-made-xyz"
     assert TOKEN in formatEvent(redactor.redact_event({"log_format": TOKEN}))
     redactor.add(device_token)
-    assert formatEvent(redactor.redact_event({"log_format": f"t={device_token}"})) == \
-        f"t={REDACTED}"
+    assert (
+        formatEvent(redactor.redact_event({"log_format": f"t={device_token}"})) == f"t={REDACTED}"
+    )
 
 
 def test_redacting_observer_wraps_a_file_observer():
@@ -146,19 +151,37 @@ def options(tmp_path):
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
     (data / ".env").write_text(f"OPENAI_API_KEY={API_KEY}\nSHORT=abc\nMODE=production-mode\n")
-    options = Options(environ={
-        "PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-        "GITHUB_TOKEN": "ghp_0123456789abcdefghij", "ANTHROPIC_API_KEY": "sk-ant-0123456789",
-        "EDITOR": "vim-and-more-vim",
-    })
-    options.parseOptions(["--data-dir", str(data), "--pi", VERSION_ONLY_PI, "--auth-token", TOKEN,
-                          "--port", "tcp:0:interface=127.0.0.1"])
+    options = Options(
+        environ={
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp_path),
+            "GITHUB_TOKEN": "ghp_0123456789abcdefghij",
+            "ANTHROPIC_API_KEY": "sk-ant-0123456789",
+            "EDITOR": "vim-and-more-vim",
+        }
+    )
+    options.parseOptions(
+        [
+            "--data-dir",
+            str(data),
+            "--pi",
+            VERSION_ONLY_PI,
+            "--auth-token",
+            TOKEN,
+            "--port",
+            "tcp:0:interface=127.0.0.1",
+        ]
+    )
     return options
 
 
 def test_secret_values_of_a_config(options):
     assert secret_values(options.config) == {
-        TOKEN, API_KEY, "production-mode", "ghp_0123456789abcdefghij", "sk-ant-0123456789",
+        TOKEN,
+        API_KEY,
+        "production-mode",
+        "ghp_0123456789abcdefghij",
+        "sk-ant-0123456789",
     }
 
 
@@ -180,15 +203,18 @@ def test_make_service_installs_redaction_until_the_tree_stops(options):
         globalLogPublisher.removeObserver(seen.append)
 
 
-@pytest.mark.parametrize("text", [
-    "GET /rpc?token=d3v1c3-t0k3n-unknown HTTP/1.1",
-    "GET /rpc?x=1&TOKEN=d3v1c3-t0k3n-unknown&y=2",
-    "GET /rpc?token=%64%33%76%31%63%33 HTTP/1.1",
-    "referer http://a/b%3Ftoken%3Dd3v1c3-t0k3n-unknown",
-    "{'authorization': 'Bearer d3v1c3-t0k3n-unknown', 'host': 'h'}",
-    "b'Authorization: bearer d3v1c3-t0k3n-unknown\\r\\nHost: x'",
-    "params {'token': ['d3v1c3-t0k3n-unknown']}",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /rpc?token=d3v1c3-t0k3n-unknown HTTP/1.1",
+        "GET /rpc?x=1&TOKEN=d3v1c3-t0k3n-unknown&y=2",
+        "GET /rpc?token=%64%33%76%31%63%33 HTTP/1.1",
+        "referer http://a/b%3Ftoken%3Dd3v1c3-t0k3n-unknown",
+        "{'authorization': 'Bearer d3v1c3-t0k3n-unknown', 'host': 'h'}",
+        "b'Authorization: bearer d3v1c3-t0k3n-unknown\\r\\nHost: x'",
+        "params {'token': ['d3v1c3-t0k3n-unknown']}",
+    ],
+)
 def test_credentials_of_requests_are_redacted_without_being_known(text):
     redacted = Redactor().redact_event({"log_format": "{line}", "line": text})
     shown = formatEvent(redacted)
@@ -204,6 +230,7 @@ def test_events_below_the_level_are_not_written():
     log.info("shown")
     assert "raw request" not in output.getvalue() and "shown" in output.getvalue()
     verbose = io.StringIO()
-    Logger(observer=RedactingObserver(textFileLogObserver(verbose),
-                                      Redactor(min_level=LogLevel.debug))).debug("asked for")
+    Logger(
+        observer=RedactingObserver(textFileLogObserver(verbose), Redactor(min_level=LogLevel.debug))
+    ).debug("asked for")
     assert "asked for" in verbose.getvalue()

@@ -62,8 +62,6 @@ def github_repo(full_name):
     }
 
 
-
-
 @pytest.fixture
 def data_dir(tmp_path):
     return str(tmp_path / "data")

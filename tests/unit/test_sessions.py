@@ -47,13 +47,20 @@ class Harness:
     def __init__(self, tmp_path, **options):
         self.reactor = FakeProcessReactor()
         (tmp_path / "sessions").mkdir(exist_ok=True)
-        self.supervisor = AgentSupervisor(self.reactor, ["/bin/pi"], str(tmp_path), {},
-                                          forbidden_env=())
+        self.supervisor = AgentSupervisor(
+            self.reactor, ["/bin/pi"], str(tmp_path), {}, forbidden_env=()
+        )
         self.store = StateStore(tmp_path / "state.json", self.reactor)
         ids = iter(f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 100))
-        self.sessions = SessionManager(self.reactor, tmp_path, self.supervisor, self.store,
-                                       Models(), new_id=lambda: next(ids),
-                                       **{"in_thread": maybeDeferred, **options})
+        self.sessions = SessionManager(
+            self.reactor,
+            tmp_path,
+            self.supervisor,
+            self.store,
+            Models(),
+            new_id=lambda: next(ids),
+            **{"in_thread": maybeDeferred, **options},
+        )
         self.sessions.startService()
 
     def process(self, n=-1):
@@ -62,8 +69,9 @@ class Harness:
     def answer_startup(self, n=-1, model=("fake", "fake-1")):
         process = self.process(n)
         (get_state,) = [c for c in process.lines() if c["type"] == "get_state"]
-        process.respond(get_state, {"model": {"provider": model[0], "id": model[1]},
-                                    "isStreaming": False})
+        process.respond(
+            get_state, {"model": {"provider": model[0], "id": model[1]}, "isStreaming": False}
+        )
 
     def answer(self, command_type, data=None, n=-1, **kwargs):
         process = self.process(n)
@@ -89,8 +97,9 @@ def test_chat_agent_arguments_and_model_pin(harness, tmp_path):
     assert spawn.path == str(tmp_path / "sessions" / session.id / "workspace")
     assert spawn.args[:3] == ["/bin/pi", "--mode", "rpc"]
     assert "--no-builtin-tools" in spawn.args
-    assert spawn.args[spawn.args.index("--session-dir") + 1] == \
-        str(tmp_path / "sessions" / session.id / "pi")
+    assert spawn.args[spawn.args.index("--session-dir") + 1] == str(
+        tmp_path / "sessions" / session.id / "pi"
+    )
     # The text reaches pi in a file of the session's (pi reads a path it is given).
     prompt_file = spawn.args[spawn.args.index("--system-prompt") + 1]
     assert prompt_file == str(tmp_path / "sessions" / session.id / "system-prompt.md")
@@ -100,7 +109,7 @@ def test_chat_agent_arguments_and_model_pin(harness, tmp_path):
     assert harness.store.get(session.id)["modelId"] == "fake-1"
     restart_args = harness.sessions.agent_args(session)
     position = restart_args.index("--provider")
-    assert restart_args[position:position + 4] == ["--provider", "fake", "--model", "fake-1"]
+    assert restart_args[position : position + 4] == ["--provider", "fake", "--model", "fake-1"]
 
 
 def test_crash_reports_then_restart_with_backoff_then_agent_failed(harness):
@@ -401,8 +410,11 @@ class LaterThreads:
 
 
 def event_seqs(connection, session_id):
-    return [f["seq"] for f in connection.sent
-            if f.get("kind") == "event" and f["sessionId"] == session_id]
+    return [
+        f["seq"]
+        for f in connection.sent
+        if f.get("kind") == "event" and f["sessionId"] == session_id
+    ]
 
 
 def test_a_catch_up_is_built_off_the_reactor_and_stalls_no_other_session(tmp_path):
@@ -412,8 +424,7 @@ def test_a_catch_up_is_built_off_the_reactor_and_stalls_no_other_session(tmp_pat
     for n in range(20):
         harness.sessions.publish(resumed, "note", {"type": "note", "n": n})
     late, watcher = FakeConnection("late"), FakeConnection("watcher")
-    attaching = ensureDeferred(harness.sessions.attach(late, resumed, exclusive=False,
-                                                       last_seq=5))
+    attaching = ensureDeferred(harness.sessions.attach(late, resumed, exclusive=False, last_seq=5))
     ensureDeferred(harness.sessions.attach(watcher, other, exclusive=False))
     # The catch-up waits for its thread; meanwhile everything else goes on.
     assert not attaching.called and len(threads.waiting) == 1

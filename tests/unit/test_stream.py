@@ -23,9 +23,16 @@ class FakeConnection:
 
 def update(delta, index=0, kind="text_delta", message_text="whole message so far"):
     message = {"role": "assistant", "content": [{"type": "text", "text": message_text}]}
-    return {"type": "message_update", "message": message,
-            "assistantMessageEvent": {"type": kind, "contentIndex": index, "delta": delta,
-                                      "partial": message}}
+    return {
+        "type": "message_update",
+        "message": message,
+        "assistantMessageEvent": {
+            "type": kind,
+            "contentIndex": index,
+            "delta": delta,
+            "partial": message,
+        },
+    }
 
 
 @pytest.fixture
@@ -70,8 +77,10 @@ def test_delta_mode_strips_and_merges_within_the_window(stream, clock):
     frames = phone.frames()
     assert [f["seq"] for f in frames] == [1, 3, 4, 5, 6]
     merged = frames[1]["payload"]
-    assert merged == {"type": "message_update", "assistantMessageEvent": {
-        "type": "text_delta", "contentIndex": 0, "delta": "Hello "}}
+    assert merged == {
+        "type": "message_update",
+        "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": "Hello "},
+    }
     assert frames[2]["payload"]["assistantMessageEvent"]["delta"] == "world"
     assert "message" not in frames[3]["payload"]
     assert frames[4]["type"] == "message_end"
@@ -94,8 +103,7 @@ def test_attach_replays_after_last_seq(stream):
     late = FakeConnection("late")
     assert stream.attach(late, "full", last_seq=1) is None
     assert [f["seq"] for f in late.frames()] == [2, 3]
-    assert late.frames()[0]["payload"]["message"]["content"][0]["text"] == \
-        "whole message so far"
+    assert late.frames()[0]["payload"]["message"]["content"][0]["text"] == "whole message so far"
     publish(stream, update("d"))
     assert [f["seq"] for f in late.frames()] == [2, 3, 4]
 
@@ -120,8 +128,7 @@ def test_attach_flushes_pending_deltas_first(stream):
 
 
 def test_gap_or_unknown_seq_asks_for_a_snapshot(tmp_path, clock):
-    journal = Journal(tmp_path / "j", clock,
-                      JournalLimits(max_events=4, segment_events=2))
+    journal = Journal(tmp_path / "j", clock, JournalLimits(max_events=4, segment_events=2))
     journal.open()
     stream = EventStream("s1", journal, clock)
     for text in "abcdefgh":
@@ -157,21 +164,32 @@ def test_hold_and_release_around_a_snapshot(stream):
     assert late.sent == []
     stream.release(late, {"type": "session_snapshot", "messages": []}, snapshot_seq)
     frames = late.frames()
-    assert [(f["type"], f["seq"]) for f in frames] == [("session_snapshot", 2),
-                                                         ("message_update", 3)]
+    assert [(f["type"], f["seq"]) for f in frames] == [
+        ("session_snapshot", 2),
+        ("message_update", 3),
+    ]
 
 
 def test_streaming_message_follows_the_answer(stream):
-    publish(stream, {"type": "message_start",
-                     "message": {"role": "assistant", "content": [], "model": "m"}})
-    for event in ({"type": "text_start", "contentIndex": 0},
-                  {"type": "text_delta", "contentIndex": 0, "delta": "a"},
-                  {"type": "text_delta", "contentIndex": 0, "delta": "b"}):
-        publish(stream, {"type": "message_update", "usage": {"output": 2},
-                         "assistantMessageEvent": event})
-    assert stream.streaming_message == {"role": "assistant", "model": "m",
-                                        "usage": {"output": 2},
-                                        "content": [{"type": "text", "text": "ab"}]}
+    publish(
+        stream,
+        {"type": "message_start", "message": {"role": "assistant", "content": [], "model": "m"}},
+    )
+    for event in (
+        {"type": "text_start", "contentIndex": 0},
+        {"type": "text_delta", "contentIndex": 0, "delta": "a"},
+        {"type": "text_delta", "contentIndex": 0, "delta": "b"},
+    ):
+        publish(
+            stream,
+            {"type": "message_update", "usage": {"output": 2}, "assistantMessageEvent": event},
+        )
+    assert stream.streaming_message == {
+        "role": "assistant",
+        "model": "m",
+        "usage": {"output": 2},
+        "content": [{"type": "text", "text": "ab"}],
+    }
     publish(stream, {"type": "message_end", "message": {}})
     assert stream.streaming_message is None
 
@@ -179,9 +197,14 @@ def test_streaming_message_follows_the_answer(stream):
 def test_delta_mode_leaves_out_the_usage_of_every_update(stream, clock):
     phone = FakeConnection("phone")
     stream.attach(phone, "delta")
-    publish(stream, {"type": "message_update", "usage": {"input": 1, "output": 1},
-                     "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0,
-                                               "delta": "x"}})
+    publish(
+        stream,
+        {
+            "type": "message_update",
+            "usage": {"input": 1, "output": 1},
+            "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": "x"},
+        },
+    )
     clock.advance(1)
     [frame] = phone.frames()
     assert "usage" not in frame["payload"]
@@ -215,8 +238,11 @@ def test_a_failing_journal_does_not_stop_the_stream():
 
 
 def delta_update(text):
-    return {"type": "message_update", "usage": {"output": 1},
-            "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": text}}
+    return {
+        "type": "message_update",
+        "usage": {"output": 1},
+        "assistantMessageEvent": {"type": "text_delta", "contentIndex": 0, "delta": text},
+    }
 
 
 def test_a_client_without_snapshots_gets_a_long_gap_compacted(stream, monkeypatch):

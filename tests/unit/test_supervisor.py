@@ -29,8 +29,6 @@ def no_events(event, raw):
     raise AssertionError(f"unexpected event {event}")
 
 
-
-
 def spawn(supervisor, reactor, key="s1"):
     agent = supervisor.spawn(key, ["--no-session"], f"/work/{key}", no_events)
     return agent, reactor.spawned[-1].process

@@ -44,12 +44,15 @@ def test_defaults(tmp_path, base):
     assert (again.auth_token, again.auth_token_source) == (config.auth_token, "file")
 
 
-@pytest.mark.parametrize("port, host, expected", [
-    ("4000", "0.0.0.0", "tcp:4000:interface=0.0.0.0"),
-    ("4000", "::", r"tcp:4000:interface=\:\:"),
-    (r"tcp:3141:interface=\:\:", "0.0.0.0", r"tcp:3141:interface=\:\:"),
-    ("unix:/tmp/pi.sock", "0.0.0.0", "unix:/tmp/pi.sock"),
-])
+@pytest.mark.parametrize(
+    "port, host, expected",
+    [
+        ("4000", "0.0.0.0", "tcp:4000:interface=0.0.0.0"),
+        ("4000", "::", r"tcp:4000:interface=\:\:"),
+        (r"tcp:3141:interface=\:\:", "0.0.0.0", r"tcp:3141:interface=\:\:"),
+        ("unix:/tmp/pi.sock", "0.0.0.0", "unix:/tmp/pi.sock"),
+    ],
+)
 def test_port_numbers_and_endpoint_strings(base, port, host, expected):
     assert parse(base + ["--port", port, "--host", host]).config.endpoint == expected
 
@@ -58,14 +61,17 @@ def test_port_from_environment(base):
     assert parse(base, {"PI_SERVER_PORT": "5000"}).config.endpoint.startswith("tcp:5000:")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--port", "99999"], "1-65535"),
-    (["--port", "nonsense"], "port number or an endpoint"),
-    (["--port", "bogus:1234"], "--port"),
-    (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
-    (["--max-frame-size", "10"], "at least 1024"),
-    (["--git-author", "just a name"], 'of the form "Name <mail>"'),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--port", "99999"], "1-65535"),
+        (["--port", "nonsense"], "port number or an endpoint"),
+        (["--port", "bogus:1234"], "--port"),
+        (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
+        (["--max-frame-size", "10"], "at least 1024"),
+        (["--git-author", "just a name"], 'of the form "Name <mail>"'),
+    ],
+)
 def test_bad_values_are_usage_errors(base, args, fragment):
     with pytest.raises(usage.UsageError, match=fragment.replace("-", r"\-")):
         parse(base + args)
@@ -91,13 +97,17 @@ def test_unusable_data_dir(tmp_path):
 
 def test_data_dir_defaults(tmp_path):
     home = tmp_path / "home"
-    assert parse(["--pi", VERSION_ONLY_PI], home=home).config.data_dir == \
-        home / ".local" / "share" / "pi-server"
+    assert (
+        parse(["--pi", VERSION_ONLY_PI], home=home).config.data_dir
+        == home / ".local" / "share" / "pi-server"
+    )
     xdg = parse(["--pi", VERSION_ONLY_PI], {"XDG_DATA_HOME": str(tmp_path / "xdg")}, home=home)
     assert xdg.config.data_dir == tmp_path / "xdg" / "pi-server"
-    explicit = parse(["--pi", VERSION_ONLY_PI], {"XDG_DATA_HOME": str(tmp_path / "xdg"),
-                                             "PI_SERVER_DATA_DIR": str(tmp_path / "d")},
-                     home=home)
+    explicit = parse(
+        ["--pi", VERSION_ONLY_PI],
+        {"XDG_DATA_HOME": str(tmp_path / "xdg"), "PI_SERVER_DATA_DIR": str(tmp_path / "d")},
+        home=home,
+    )
     assert explicit.config.data_dir == tmp_path / "d"
 
 
@@ -200,6 +210,5 @@ def test_an_agent_that_does_not_answer_its_version_stops_the_start(tmp_path):
 
 
 def test_pi_option_takes_a_command_line(tmp_path):
-    config = parse(["--data-dir", str(tmp_path / "d"),
-                    "--pi", f"/bin/sh {VERSION_ONLY_PI}"]).config
+    config = parse(["--data-dir", str(tmp_path / "d"), "--pi", f"/bin/sh {VERSION_ONLY_PI}"]).config
     assert config.pi_command == ("/bin/sh", VERSION_ONLY_PI)

@@ -34,12 +34,14 @@ def test_good_pair_passes(pair):
 
 def test_tls_options_make_an_ssl_endpoint(tmp_path, pair):
     cert, key = pair
-    config = parse(tmp_path, "--port", "4443", "--host", "::1",
-                   "--tls-cert", str(cert), "--tls-key", str(key))
+    config = parse(
+        tmp_path, "--port", "4443", "--host", "::1", "--tls-cert", str(cert), "--tls-key", str(key)
+    )
     assert config.tls is True
     assert config.endpoint.startswith(r"ssl:4443:interface=\:\:1:privateKey=")
     assert f"certKey={str(cert)}" in config.endpoint.replace("\\:", ":")
     from twisted.internet import reactor
+
     serverFromString(reactor, config.endpoint)  # the description parses and loads
 
 
@@ -47,6 +49,7 @@ def test_paths_with_colons_are_quoted(tmp_path):
     cert, key = write_self_signed(tmp_path / "a:b")
     endpoint = tls_endpoint(0, "127.0.0.1", str(cert), str(key))
     from twisted.internet import reactor
+
     serverFromString(reactor, endpoint)
 
 
@@ -94,12 +97,17 @@ def test_missing_unreadable_and_garbage_files(tmp_path, pair):
 
 def test_encrypted_key_is_refused_without_prompting(tmp_path, pair):
     from cryptography.hazmat.primitives import serialization
+
     cert, key = pair
     private = serialization.load_pem_private_key(key.read_bytes(), password=None)
     encrypted = tmp_path / "encrypted.key"
-    encrypted.write_bytes(private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"passphrase")))
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     with pytest.raises(usage.UsageError, match="encrypted"):
         parse(tmp_path, "--tls-cert", str(cert), "--tls-key", str(encrypted))
 

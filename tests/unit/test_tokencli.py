@@ -46,8 +46,10 @@ def test_list_shows_names_and_times_never_hashes(capsys, data_dir):
     assert [line.split()[0] for line in lines] == ["laptop-2", "phone"]
     for line in lines:
         assert re.fullmatch(r"[\w.-]+ +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line)
-    hashes = [device["hash"].split(":")[1] for device in json.loads(
-        (data_dir / DEVICE_TOKENS_FILE).read_text())["devices"].values()]
+    hashes = [
+        device["hash"].split(":")[1]
+        for device in json.loads((data_dir / DEVICE_TOKENS_FILE).read_text())["devices"].values()
+    ]
     assert not any(h in out + err for h in hashes)
     assert "sha256" not in out + err
 
@@ -81,14 +83,17 @@ def test_list_of_an_empty_or_missing_data_dir(capsys, data_dir):
     assert not data_dir.exists()  # list and revoke create nothing
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "give a command"),
-    (["add"], "Wrong number of arguments"),
-    (["add", "a", "b"], "Wrong number of arguments"),
-    (["revoke"], "Wrong number of arguments"),
-    (["rename", "x"], "rename"),
-    (["list", "--bogus"], "bogus"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give a command"),
+        (["add"], "Wrong number of arguments"),
+        (["add", "a", "b"], "Wrong number of arguments"),
+        (["revoke"], "Wrong number of arguments"),
+        (["rename", "x"], "rename"),
+        (["list", "--bogus"], "bogus"),
+    ],
+)
 def test_usage_errors(capsys, data_dir, args, message):
     status, out, err = token_cli(capsys, *args)
     assert status == 2
@@ -96,11 +101,14 @@ def test_usage_errors(capsys, data_dir, args, message):
     assert out == ""
 
 
-@pytest.mark.parametrize("name, message", [
-    ("bad name", "a device name is"),
-    ("x" * 65, "a device name is"),
-    ("phone", "already a device named phone"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("bad name", "a device name is"),
+        ("x" * 65, "a device name is"),
+        ("phone", "already a device named phone"),
+    ],
+)
 def test_refused_names(capsys, data_dir, name, message):
     token_cli(capsys, "add", "phone", "--data-dir", str(data_dir))
     status, out, err = token_cli(capsys, "add", name, "--data-dir", str(data_dir))

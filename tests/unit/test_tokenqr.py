@@ -82,8 +82,17 @@ def test_connect_url_refuses_other_schemes():
 
 
 def test_qr_code_of_the_web_clients_sign_in_link(capsys, tmp_path):
-    status, out, _ = token_cli(capsys, "add", "phone", "--qr", "--web", "--url",
-                               "wss://pi.example/base", "--data-dir", str(tmp_path))
+    status, out, _ = token_cli(
+        capsys,
+        "add",
+        "phone",
+        "--qr",
+        "--web",
+        "--url",
+        "wss://pi.example/base",
+        "--data-dir",
+        str(tmp_path),
+    )
     assert status == 0
     token, url, *qr_lines = out.splitlines()
     assert url == f"https://pi.example/base/ui#token={token}"

@@ -39,10 +39,12 @@ class Harness:
         self.reactor = MemoryReactorClockResolver()
         self.pumper = create_pumper()
         self.hub = Hub(methods)
-        self.factory = RpcServerFactory(self.hub, Authenticator(token), 1024 * 1024,
-                                        reactor=self.reactor)
-        self.agent = create_memory_agent(self.reactor, self.pumper,
-                                         lambda: self.factory.buildProtocol(None))
+        self.factory = RpcServerFactory(
+            self.hub, Authenticator(token), 1024 * 1024, reactor=self.reactor
+        )
+        self.agent = create_memory_agent(
+            self.reactor, self.pumper, lambda: self.factory.buildProtocol(None)
+        )
         self.pumper.start()
 
     def open(self, headers=None, url="ws://localhost:3141/rpc"):
@@ -88,8 +90,9 @@ def harness(pending):
 @pytest_twisted.ensureDeferred
 async def test_hello(harness):
     client = await harness.open()
-    client.sendMessage(request("hello", "1", {"client": {"name": "ios", "version": "2"}}),
-                       isBinary=True)
+    client.sendMessage(
+        request("hello", "1", {"client": {"name": "ios", "version": "2"}}), isBinary=True
+    )
     harness.flush()
     (reply,) = client.received
     assert reply["ok"] is True and reply["id"] == "1"
@@ -97,12 +100,15 @@ async def test_hello(harness):
     assert reply["result"]["server"]["name"] == "pi-server"
 
 
-@pytest.mark.parametrize("params, fragment", [
-    (None, "client"),
-    ({"client": "x"}, "client"),
-    ({"client": {"version": "1"}}, "client.name"),
-    ({"client": {"name": "n", "version": 3}}, "client.version"),
-])
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        (None, "client"),
+        ({"client": "x"}, "client"),
+        ({"client": {"version": "1"}}, "client.name"),
+        ({"client": {"name": "n", "version": 3}}, "client.version"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_hello_needs_client(harness, params, fragment):
     client = await harness.open()
@@ -161,8 +167,10 @@ async def test_result_none_becomes_empty_object(harness, pending):
 async def test_authenticated_upgrade_by_header_and_query():
     h = Harness(RpcMethods().table(), token="sesame")
     try:
-        for headers, url in [({"Authorization": "Bearer sesame"}, "ws://localhost:3141/rpc"),
-                             ({}, "ws://localhost:3141/rpc?token=sesame")]:
+        for headers, url in [
+            ({"Authorization": "Bearer sesame"}, "ws://localhost:3141/rpc"),
+            ({}, "ws://localhost:3141/rpc?token=sesame"),
+        ]:
             client = await h.open(headers=headers, url=url)
             client.sendMessage(request("hello", "1", {"client": {"name": "n", "version": "1"}}))
             h.flush()
@@ -171,16 +179,19 @@ async def test_authenticated_upgrade_by_header_and_query():
         h.stop()
 
 
-@pytest.mark.parametrize("headers, query, expected", [
-    ({"authorization": "Bearer sesame"}, {}, None),
-    ({"authorization": "bearer  sesame "}, {}, None),
-    ({}, {"token": ["sesame"]}, None),
-    ({"authorization": "Bearer wrong"}, {"token": ["sesame"]}, "invalid token"),
-    ({}, {}, "missing token"),
-    ({"authorization": "Basic c2VzYW1l"}, {}, "missing token"),
-    ({}, {"token": [""]}, "missing token"),
-    ({}, {"token": ["sesam"]}, "invalid token"),
-])
+@pytest.mark.parametrize(
+    "headers, query, expected",
+    [
+        ({"authorization": "Bearer sesame"}, {}, None),
+        ({"authorization": "bearer  sesame "}, {}, None),
+        ({}, {"token": ["sesame"]}, None),
+        ({"authorization": "Bearer wrong"}, {"token": ["sesame"]}, "invalid token"),
+        ({}, {}, "missing token"),
+        ({"authorization": "Basic c2VzYW1l"}, {}, "missing token"),
+        ({}, {"token": [""]}, "missing token"),
+        ({}, {"token": ["sesam"]}, "invalid token"),
+    ],
+)
 def test_authenticator(headers, query, expected):
     authenticator = Authenticator("sesame")
     if expected is None:

@@ -90,6 +90,7 @@ def test_http_side_idle_timeout_is_the_handshake_timeout():
     # Site's idle timeout is what bounds a client that connects and says nothing.
     from twisted.internet.testing import MemoryReactorClock
     from twisted.web.resource import Resource
+
     clock = MemoryReactorClock()
     site = make_site(Resource(), {}, reactor=clock, idle_timeout=7)
     channel = site.buildProtocol(None)
@@ -116,11 +117,14 @@ def test_connections_over_the_limit_are_refused_with_503():
     assert third.received[-1]["ok"] is True
 
 
-@pytest.mark.parametrize("url, origin", [
-    ("ws://localhost:3141/rpc", None),
-    ("ws://localhost:3141/rpc", "http://localhost:3141"),
-    ("ws://localhost:3141/rpc", "https://app.example.com"),  # listed
-])
+@pytest.mark.parametrize(
+    "url, origin",
+    [
+        ("ws://localhost:3141/rpc", None),
+        ("ws://localhost:3141/rpc", "http://localhost:3141"),
+        ("ws://localhost:3141/rpc", "https://app.example.com"),  # listed
+    ],
+)
 def test_origins_accepted(url, origin):
     # (Over TLS the own origin is https: see tests/integration/test_hardening.py.)
     server = MemoryServer(allowed_origins={parse_origin("https://app.example.com")})
@@ -131,13 +135,16 @@ def test_origins_accepted(url, origin):
     assert client.received[-1]["ok"] is True
 
 
-@pytest.mark.parametrize("url, origin", [
-    ("ws://localhost:3141/rpc", "http://evil.example"),
-    ("ws://localhost:3141/rpc", "http://localhost:3142"),
-    ("ws://localhost:3141/rpc", "https://localhost:3141"),  # not TLS here
-    ("ws://localhost:3141/rpc", "http://app.example.com"),  # listed with https only
-    ("ws://localhost:3141/rpc", "null"),
-])
+@pytest.mark.parametrize(
+    "url, origin",
+    [
+        ("ws://localhost:3141/rpc", "http://evil.example"),
+        ("ws://localhost:3141/rpc", "http://localhost:3142"),
+        ("ws://localhost:3141/rpc", "https://localhost:3141"),  # not TLS here
+        ("ws://localhost:3141/rpc", "http://app.example.com"),  # listed with https only
+        ("ws://localhost:3141/rpc", "null"),
+    ],
+)
 def test_cross_origin_upgrades_refused_with_403(url, origin):
     server = MemoryServer(allowed_origins={parse_origin("https://app.example.com")})
     reason = refused(server.open(url, headers={"Origin": origin}))
@@ -147,9 +154,13 @@ def test_cross_origin_upgrades_refused_with_403(url, origin):
 
 def test_origin_is_checked_before_the_token():
     from piserver.auth import Authenticator
+
     server = MemoryServer(authenticator=Authenticator("sesame"))
-    reason = refused(server.open("ws://localhost:3141/rpc?token=sesame",
-                                       headers={"Origin": "http://evil.example"}))
+    reason = refused(
+        server.open(
+            "ws://localhost:3141/rpc?token=sesame", headers={"Origin": "http://evil.example"}
+        )
+    )
     assert "403" in reason
     reason = refused(server.open(headers={"Origin": "http://localhost:3141"}))
     assert "401" in reason
@@ -162,24 +173,47 @@ def parse(tmp_path, *args):
 
 
 def test_limit_options(tmp_path):
-    config = parse(tmp_path, "--handshake-timeout", "5", "--keepalive-interval", "10",
-                   "--keepalive-timeout", "12.5", "--max-connections", "3")
-    assert (config.handshake_timeout, config.keepalive_interval, config.keepalive_timeout,
-            config.max_connections) == (5.0, 10.0, 12.5, 3)
+    config = parse(
+        tmp_path,
+        "--handshake-timeout",
+        "5",
+        "--keepalive-interval",
+        "10",
+        "--keepalive-timeout",
+        "12.5",
+        "--max-connections",
+        "3",
+    )
+    assert (
+        config.handshake_timeout,
+        config.keepalive_interval,
+        config.keepalive_timeout,
+        config.max_connections,
+    ) == (5.0, 10.0, 12.5, 3)
     defaults = parse(tmp_path)
-    assert (defaults.handshake_timeout, defaults.keepalive_interval,
-            defaults.keepalive_timeout, defaults.max_connections) == (
-        DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
-        DEFAULT_MAX_CONNECTIONS)
+    assert (
+        defaults.handshake_timeout,
+        defaults.keepalive_interval,
+        defaults.keepalive_timeout,
+        defaults.max_connections,
+    ) == (
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        DEFAULT_KEEPALIVE_INTERVAL,
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS,
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--handshake-timeout", "0"], "--handshake-timeout must be a positive"),
-    (["--keepalive-interval", "-1"], "--keepalive-interval must be a positive"),
-    (["--keepalive-timeout", "0"], "--keepalive-timeout must be a positive"),
-    (["--max-connections", "0"], "--max-connections must be at least 1"),
-    (["--max-connections", "many"], "many"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--handshake-timeout", "0"], "--handshake-timeout must be a positive"),
+        (["--keepalive-interval", "-1"], "--keepalive-interval must be a positive"),
+        (["--keepalive-timeout", "0"], "--keepalive-timeout must be a positive"),
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--max-connections", "many"], "many"),
+    ],
+)
 def test_bad_limit_options(tmp_path, args, message):
     with pytest.raises(usage.UsageError, match=message):
         parse(tmp_path, *args)

@@ -109,10 +109,22 @@ def synthetic_event(seq: int) -> tuple[str, dict]:
 
 def _usage(output: int) -> dict:
     """pi 1.6's cumulative usage, as it repeats it on every update."""
-    return {"input": 595, "output": output, "cacheRead": 0, "cacheWrite": 0, "reasoning": 0,
-            "totalTokens": 595 + output,
-            "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0,
-                     "totalFromProvider": False}}
+    return {
+        "input": 595,
+        "output": output,
+        "cacheRead": 0,
+        "cacheWrite": 0,
+        "reasoning": 0,
+        "totalTokens": 595 + output,
+        "cost": {
+            "input": 0,
+            "output": 0,
+            "cacheRead": 0,
+            "cacheWrite": 0,
+            "total": 0,
+            "totalFromProvider": False,
+        },
+    }
 
 
 def _message(words: list[str], final: bool = False) -> dict:
