@@ -14,7 +14,7 @@ from pathlib import Path
 from twisted.internet import defer, task
 
 from piserver.connection import DEFAULT_SEND_BUFFER_LIMIT
-from piserver.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
+from piserver.sessions.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
 from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 
 from . import document, realpi, relay, report, resume

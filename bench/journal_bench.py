@@ -14,7 +14,7 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-from piserver.journal import Journal, JournalLimits
+from piserver.sessions.journal import Journal, JournalLimits
 from tests.support.events.record import record
 
 ANSWERS = 5

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from piserver.journal import Journal
-from piserver.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
+from piserver.sessions.journal import Journal
+from piserver.sessions.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
 from piserver.tap import Options
 from tests.support.piagent import pi_option
 

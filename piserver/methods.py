@@ -21,7 +21,7 @@ from .errors import (
 from .models import public_model, public_state
 from .nativetools import parse_tool_answer, validate_native_tools
 from .picommands import SERVER_OWNED, TYPED, PiCommand, passthrough_fields
-from .stream import EVENT_MODES
+from .sessions.stream import EVENT_MODES
 
 SERVER_NAME = "pi-server"
 

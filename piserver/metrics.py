@@ -19,7 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.resource import Resource
 
 from .errors import RpcError
-from .stream import EVENT_MODES
+from .sessions.stream import EVENT_MODES
 from .tokens import tokens_match
 
 PASS_THROUGH = "pass_through"

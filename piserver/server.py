@@ -36,8 +36,8 @@ from .refusals import Refusals
 from .repos import RepoCatalog
 from .schema import SchemaResource
 from .sessions import SessionManager
+from .sessions.stream import EVENT_MODES
 from .store import StateStore
-from .stream import EVENT_MODES
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from .webui import WebUiResource

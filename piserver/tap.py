@@ -31,7 +31,6 @@ from .config import (
 from .connection import DEFAULT_SEND_BUFFER_LIMIT
 from .dotenv import load_dotenv
 from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
-from .journal import JournalLimits
 from .launchers.bwrap import BwrapUnusable, check_bwrap
 from .launchers.caches import COMPILE_CACHE
 from .launchers.caches import fill as fill_cache
@@ -40,6 +39,7 @@ from .logconfig import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_L
 from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from .origins import parse_origin
 from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
+from .sessions.journal import JournalLimits
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token, read_token_file
 from .workspace.shipping import parse_author

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from piserver import journal as journal_module
-from piserver.journal import (
+from piserver.sessions import journal as journal_module
+from piserver.sessions.journal import (
     Journal,
     JournalGap,
     JournalLimits,

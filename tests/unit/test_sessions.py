@@ -15,8 +15,8 @@ from twisted.python.failure import Failure
 
 from piserver.checkouts import Checkout
 from piserver.errors import AgentFailed, InvalidState, TooManySessions
-from piserver.journal import JournalLimits
 from piserver.sessions import SessionManager
+from piserver.sessions.journal import JournalLimits
 from piserver.store import StateStore
 from piserver.supervisor import AgentSupervisor
 from tests.support.fakeprocess import FakeProcessReactor

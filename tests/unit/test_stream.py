@@ -5,8 +5,8 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from piserver.journal import Journal, JournalLimits
-from piserver.stream import EventStream
+from piserver.sessions.journal import Journal, JournalLimits
+from piserver.sessions.stream import EventStream
 
 
 class FakeConnection:
@@ -246,10 +246,10 @@ def delta_update(text):
 
 
 def test_a_client_without_snapshots_gets_a_long_gap_compacted(stream, monkeypatch):
-    import piserver.stream
+    import piserver.sessions.stream
 
-    monkeypatch.setattr(piserver.stream, "MAX_FULL_REPLAY_EVENTS", 10)
-    monkeypatch.setattr(piserver.stream, "MAX_MERGED_DELTA_CHARS", 12)
+    monkeypatch.setattr(piserver.sessions.stream, "MAX_FULL_REPLAY_EVENTS", 10)
+    monkeypatch.setattr(piserver.sessions.stream, "MAX_MERGED_DELTA_CHARS", 12)
     publish(stream, {"type": "agent_start"})
     for index in range(30):
         publish(stream, delta_update(f"w{index:02d} "))

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from piserver.journal import Journal, JournalLimits
+from piserver.sessions.journal import Journal, JournalLimits
 from tests.support.events import encode, synthetic_event
 
 LIMITS = JournalLimits(max_events=400, segment_bytes=4096)

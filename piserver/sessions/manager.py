@@ -20,10 +20,10 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from . import agentdir
-from .agent import AgentExit, AgentProtocol
-from .devicecalls import DeviceCalls
-from .errors import (
+from .. import agentdir
+from ..agent import AgentExit, AgentProtocol
+from ..devicecalls import DeviceCalls
+from ..errors import (
     AgentCommandFailed,
     AgentFailed,
     InvalidParams,
@@ -31,17 +31,17 @@ from .errors import (
     NotFound,
     TooManySessions,
 )
-from .journal import Journal, JournalLimits
-from .launchers import SessionFiles
-from .models import public_state
-from .nativetools import (
+from ..launchers import SessionFiles
+from ..models import public_state
+from ..nativetools import (
     DEFAULT_CALL_TIMEOUT,
     EXTENSION_PATH,
     extension_args,
     write_tools_file,
 )
-from .outcome import SharedOutcome
-from .store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
+from ..outcome import SharedOutcome
+from ..store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
+from .journal import Journal, JournalLimits
 from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.

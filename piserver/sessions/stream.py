@@ -23,10 +23,10 @@ import json
 import attr
 from twisted.logger import Logger
 
-from . import compat
-from .envelope import encode_event, encode_payload
+from .. import compat
+from ..envelope import encode_event, encode_payload
+from ..streaming import StreamingMessage
 from .journal import JournalGap, JournalStopped, strip_message_update
-from .streaming import StreamingMessage
 
 EVENT_MODES = ("full", "delta")
 # A full-mode catch-up bigger than this gets a snapshot instead (delta replays are small).
