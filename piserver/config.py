@@ -46,6 +46,7 @@ class ServerConfig:
     delta_merge_window: float
     send_buffer_limit: int
     max_agents: int
+    warm_agents: int
     agent_idle_timeout: float
     native_tool_timeout: float
     requests_per_second: float

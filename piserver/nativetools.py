@@ -2,7 +2,7 @@
 Native tools (tools only a client device can run) and extension dialogs: the pure logic.
 
 A device declares its tools in ``hello.params.nativeTools``; the agent gets them through
-the pi extension ``extensions/native_tools.ts``, loaded with :func:`extension_args`. The
+the pi extension ``extensions/session.ts``, loaded with :func:`extension_args`. The
 extension and this module speak over pi's own extension UI channel. The wire contract
 (mirrored at the top of the .ts file; change both together):
 
@@ -64,11 +64,14 @@ from .store import write_json_atomic
 
 log = Logger()
 
-EXTENSION_PATH = Path(__file__).parent / "extensions" / "native_tools.ts"
-"""The pi extension registering native tools (package data)."""
+EXTENSION_PATH = Path(__file__).parent / "extensions" / "session.ts"
+"""The pi extension supplying a session's system prompt and native tools (package data)."""
 
 TOOLS_FILE_FLAG = "native-tools-file"
 """The extension's pi flag naming the declarations file."""
+
+SYSTEM_PROMPT_FLAG = "system-prompt-file"
+"""The extension's pi flag naming the session's system prompt file."""
 
 CALL_TITLE = "pi-server:native-tool"
 """Title of the ``input`` dialog the extension uses to carry a tool call."""
@@ -148,10 +151,16 @@ def write_tools_file(path: str | os.PathLike, tools: list[NativeTool]) -> None:
     write_json_atomic(path, [tool.to_json() for tool in tools])
 
 
-def extension_args(tools_file: str | os.PathLike) -> list[str]:
-    """pi arguments loading the extension with its declarations file. The ``=`` form keeps a
-    path starting with ``-`` or ``@`` from being read as another option."""
-    return ["-e", str(EXTENSION_PATH), f"--{TOOLS_FILE_FLAG}={os.fspath(tools_file)}"]
+def extension_args(
+    system_prompt_file: str | os.PathLike, tools_file: str | os.PathLike | None
+) -> list[str]:
+    """pi arguments loading the extension with the session's system prompt file and, for a
+    session that offers native tools, their declarations file. The ``=`` form keeps a path
+    starting with ``-`` or ``@`` from being read as another option."""
+    args = ["-e", str(EXTENSION_PATH), f"--{SYSTEM_PROMPT_FLAG}={os.fspath(system_prompt_file)}"]
+    if tools_file is not None:
+        args.append(f"--{TOOLS_FILE_FLAG}={os.fspath(tools_file)}")
+    return args
 
 
 @attr.frozen

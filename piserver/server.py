@@ -251,6 +251,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         journal_limits=config.journal_limits,
         merge_window=config.delta_merge_window,
         max_agents=config.max_agents,
+        warm_agents=config.warm_agents,
         idle_timeout=config.agent_idle_timeout,
         native_tool_timeout=config.native_tool_timeout,
         on_run_end=snapshots.run_ended,

@@ -38,7 +38,7 @@ from .launchers.template import BadTemplate, parse_template
 from .logconfig import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
 from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from .origins import parse_origin
-from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
+from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_WARM_AGENTS
 from .sessions.journal import JournalLimits
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token, read_token_file
@@ -119,6 +119,14 @@ class Options(usage.Options):
             None,
             DEFAULT_MAX_AGENTS,
             "session agents running at once; the longest idle one is stopped to start another",
+            int,
+        ],
+        [
+            "warm-agents",
+            None,
+            DEFAULT_WARM_AGENTS,
+            "agents started ahead, so that creating a chat session does not wait for one "
+            "(0: none); they count against --max-agents",
             int,
         ],
         [
@@ -402,6 +410,8 @@ class Options(usage.Options):
         ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if not 0 <= self["warm-agents"] <= self["max-agents"]:
+            raise usage.UsageError("--warm-agents must be between 0 and --max-agents")
         if not 0 <= self["delta-merge-window"] <= 1:
             raise usage.UsageError("--delta-merge-window is 0 to 1 seconds")
         if self["max-frame-size"] < 1024:
@@ -509,6 +519,7 @@ class Options(usage.Options):
             delta_merge_window=self["delta-merge-window"],
             send_buffer_limit=self["send-buffer-limit"],
             max_agents=self["max-agents"],
+            warm_agents=self["warm-agents"],
             agent_idle_timeout=self["agent-idle-timeout"],
             native_tool_timeout=self["native-tool-timeout"],
             requests_per_second=self["requests-per-second"],

@@ -3,21 +3,23 @@ Sessions: a conversation with one pi agent, its working directory, the connectio
 attached to it and the events it streams to them.
 
 - ``manager``: the registry of sessions, their persistence, create, delete, attach;
+- ``session``: one session's record and live parts;
+- ``lifecycle``: the state machine of a session's agent (starting, stopping, crashes);
+- ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;
+- ``warm``: agents started ahead of the sessions they will serve;
 - ``stream``: numbering, journaling and sending a session's events;
 - ``journal``: the append-only file of a session's events.
 """
 
-from .manager import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_AGENTS,
-    PreviousConnection,
-    Session,
-    SessionManager,
-)
+from .agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
+from .manager import PreviousConnection, SessionManager
+from .session import Session
+from .warm import DEFAULT_WARM_AGENTS
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_AGENTS",
+    "DEFAULT_WARM_AGENTS",
     "PreviousConnection",
     "Session",
     "SessionManager",

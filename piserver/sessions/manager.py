@@ -1,18 +1,16 @@
 """
-Sessions: a conversation with one pi agent, its working directory, the
-connections attached to it and the events it streams to them.
+The registry of sessions: restoring them at start, saving them, create, copy and
+delete, attaching connections to their events.
 
-A session outlives its agent process: a stopped agent (server restart, crash)
-is started again on the session's own pi session files by the next attach or
-agent call, so the conversation resumes where it was.
+A session outlives its agent process: a stopped agent (server restart, crash, idle)
+is started again on the session's own pi session files by the next attach or agent
+call, so the conversation resumes where it was (``agents``, ``lifecycle``).
 """
 
 import collections
 import json
-import re
 import shutil
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import attr
@@ -21,31 +19,17 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from .. import agentdir
-from ..agent import AgentExit, AgentProtocol
+from ..agent import AgentProtocol
 from ..devicecalls import DeviceCalls
-from ..errors import (
-    AgentCommandFailed,
-    AgentFailed,
-    InvalidParams,
-    InvalidState,
-    NotFound,
-    TooManySessions,
-)
-from ..launchers import SessionFiles
+from ..errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from ..models import public_state
-from ..nativetools import (
-    DEFAULT_CALL_TIMEOUT,
-    EXTENSION_PATH,
-    extension_args,
-    write_tools_file,
-)
-from ..outcome import SharedOutcome
+from ..nativetools import DEFAULT_CALL_TIMEOUT, write_tools_file
 from ..store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
+from .agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
 from .journal import Journal, JournalLimits
+from .session import SESSION_ID, Session, iso_time
 from .stream import EventStream
-
-# Session ids are ours (uuid4); anything else a client sends is never a path.
-SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+from .warm import WarmAgents
 
 SESSION_RECORD = "session.json"
 # Written before a create or delete acts outside the session's own files (a worktree and
@@ -53,16 +37,13 @@ SESSION_RECORD = "session.json"
 # undone (create) or finished (delete) at the next start.
 INTENT_RECORD = "intent.json"
 PROMPT_TIMEOUT = 600.0
-DEFAULT_MAX_AGENTS = 16
-DEFAULT_IDLE_TIMEOUT = 30 * 60.0
-CRASH_WINDOW = 60.0
-CRASH_LIMIT = 5
-# Restart delay after the n-th recent crash: 0.5 s, 1 s, 2 s, 4 s.
-CRASH_BACKOFF_BASE = 0.5
 NAME_LENGTH = 60
 # A session with no event for this long closes its journal's write descriptor: a thousand
 # sessions that streamed once must not hold a thousand files open.
 JOURNAL_IDLE = 60.0
+# The pool refills this long after a create took a warm agent: after the create's reply
+# has gone out, not before it (spawning takes the reactor a few milliseconds).
+WARM_REFILL_DELAY = 0.1
 
 
 # Closed connections whose tools and sessions a resuming client can take over.
@@ -73,144 +54,6 @@ REMEMBERED_CONNECTIONS = 1000
 class PreviousConnection:
     native_tools: list | None
     attached: frozenset
-
-
-def iso_time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@attr.s(eq=False)
-class Session:
-    id: str = attr.ib()
-    mode: str = attr.ib()
-    directory: Path = attr.ib()
-    cwd: Path = attr.ib()
-    created_at: str = attr.ib()
-    last_activity_at: str = attr.ib()
-    repo_id: str | None = attr.ib(default=None)
-    name: str | None = attr.ib(default=None)
-    provider: str | None = attr.ib(default=None)
-    model_id: str | None = attr.ib(default=None)
-    system_prompt: str | None = attr.ib(default=None)
-    include_native_tools: bool = attr.ib(default=False)
-    extra: dict = attr.ib(factory=dict)
-    # The last event seq its record knows of (the stream's seq once it is open).
-    last_seq: int = attr.ib(default=0)
-
-    agent: AgentProtocol | None = attr.ib(default=None)
-    # The start of its agent under way, which every caller asking meanwhile waits for;
-    # None when not starting.
-    starting: SharedOutcome | None = attr.ib(default=None)
-    stream: EventStream | None = attr.ib(default=None)
-    journal: Journal | None = attr.ib(default=None)
-    calls: DeviceCalls | None = attr.ib(default=None)
-    # The native tools last written for the agent; None: not known since start.
-    native_tools: list | None = attr.ib(default=None)
-    streaming: bool = attr.ib(default=False)
-    recent_exits: collections.deque = attr.ib(factory=collections.deque)
-    deleted: bool = attr.ib(default=False)
-    # Clock seconds of the last event or call, for stopping idle agents.
-    last_used: float = attr.ib(default=0.0)
-    # When last_activity_at was last updated.
-    activity_noted: float = attr.ib(default=float("-inf"))
-
-    @property
-    def pi_session_dir(self) -> Path:
-        return self.directory / "pi"
-
-    @property
-    def agent_dir(self) -> Path:
-        """pi's agent dir for this session (see agentdir)."""
-        return self.directory / "agent"
-
-    @property
-    def native_tools_file(self) -> Path:
-        return self.directory / "native-tools.json"
-
-    @property
-    def system_prompt_file(self) -> Path:
-        return self.directory / "system-prompt.md"
-
-    @property
-    def offers_native_tools(self) -> bool:
-        return self.mode == "chat" or self.include_native_tools
-
-    def record(self) -> dict:
-        return {
-            "sessionId": self.id,
-            "mode": self.mode,
-            "repoId": self.repo_id,
-            "worktreePath": str(self.cwd),
-            "createdAt": self.created_at,
-            "lastActivityAt": self.last_activity_at,
-            "name": self.name,
-            "provider": self.provider,
-            "modelId": self.model_id,
-            "systemPrompt": self.system_prompt,
-            "includeNativeTools": self.include_native_tools,
-            "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
-            **self.extra,
-        }
-
-    @classmethod
-    def from_record(cls, sessions_dir: Path, record: dict) -> "Session":
-        session_id = record["sessionId"]
-        if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-            raise ValueError("bad session id")
-        known = {
-            "sessionId",
-            "mode",
-            "repoId",
-            "worktreePath",
-            "createdAt",
-            "lastActivityAt",
-            "name",
-            "provider",
-            "modelId",
-            "systemPrompt",
-            "includeNativeTools",
-            "lastSeq",
-        }
-        # One wrong entry must not break listing everyone's sessions.
-        if record.get("mode") not in ("chat", "code"):
-            raise ValueError(f"bad mode {record.get('mode')!r:.40}")
-        for key in ("worktreePath", "createdAt"):
-            if not isinstance(record.get(key), str) or not record[key]:
-                raise ValueError(f"{key} is not a string")
-        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
-            if record.get(key) is not None and not isinstance(record[key], str):
-                raise ValueError(f"{key} is not a string")
-        return cls(
-            id=session_id,
-            mode=record["mode"],
-            directory=sessions_dir / session_id,
-            cwd=Path(record["worktreePath"]),
-            created_at=record["createdAt"],
-            last_activity_at=record.get("lastActivityAt") or record["createdAt"],
-            repo_id=record.get("repoId"),
-            name=record.get("name"),
-            provider=record.get("provider"),
-            model_id=record.get("modelId"),
-            system_prompt=record.get("systemPrompt"),
-            include_native_tools=bool(record.get("includeNativeTools")),
-            extra={k: v for k, v in record.items() if k not in known},
-            last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
-        )
-
-    def idle(self) -> bool:
-        """Its agent could be stopped without anyone noticing (it restarts on demand)."""
-        return (
-            self.agent is not None
-            and self.agent.exit is None
-            and self.starting is None
-            and not self.streaming
-            and not self.stream.connections()
-        )
-
-    def status(self) -> str:
-        if self.agent is not None and self.agent.exit is None:
-            return "starting" if self.starting is not None else "running"
-        return "stopped"
 
 
 class SessionManager(service.Service):
@@ -239,12 +82,12 @@ class SessionManager(service.Service):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         native_tool_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_run_end=None,
+        warm_agents: int = 0,
     ):
         self._reactor = reactor
         # Called with a code session whose run has ended (files_changed, piserver.workspace).
         self._on_run_end = on_run_end
         self._native_tool_timeout = native_tool_timeout
-        self._max_agents = max_agents
         self._idle_timeout = idle_timeout
         self._idle_check = task.LoopingCall(self._sweep)
         self._idle_check.clock = reactor
@@ -258,7 +101,6 @@ class SessionManager(service.Service):
         self._merge_window = merge_window
         self._data_dir = Path(data_dir)
         self.sessions_dir = self._data_dir / "sessions"
-        self._supervisor = supervisor
         self._store = store
         self._models = models
         self._new_id = new_id
@@ -271,8 +113,23 @@ class SessionManager(service.Service):
         self._departed: collections.OrderedDict[str, PreviousConnection] = collections.OrderedDict()
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
-        # Sessions whose agent is being stopped to make room for one starting (_make_room).
-        self._freeing_for_start: set[str] = set()
+        self.agents = SessionAgents(
+            reactor,
+            self._data_dir,
+            supervisor,
+            self.sessions.values,
+            self.publish,
+            self._tell,
+            self._save,
+            self._agent_event,
+            max_agents=max_agents,
+            idle_timeout=idle_timeout,
+        )
+        if warm_agents:
+            self.agents.warm = WarmAgents(
+                warm_agents, self._provision_warm, self._tear_down, self.agents.has_room
+            )
+        self._refill = None
         # listener(happening, session, fields) for "event" (event_type, payload),
         # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
         self.listeners = []
@@ -310,23 +167,30 @@ class SessionManager(service.Service):
                 session = self._from_directory(session_id, e)
                 if session is None:
                     continue
-            self._open_stream(session)
+            self._equip(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
         if interrupted:
             self.recovered = defer.Deferred.fromCoroutine(self._finish_interrupted(interrupted))
         self._idle_check.start(min(60.0, self._idle_timeout), now=False)
         super().startService()
+        self._fill_warm()
 
     def stopService(self):
         super().stopService()
         if self._idle_check.running:
             self._idle_check.stop()
+        if self._refill is not None and self._refill.active():
+            self._refill.cancel()
         self._store.flush()
         for session in self.sessions.values():
             session.stream.flush()
+        if self.agents.warm is not None:
+            return defer.ensureDeferred(self.agents.warm.close())
+        return None
 
-    def _open_stream(self, session: Session) -> None:
+    def _equip(self, session: Session) -> None:
+        """Give a session its live parts: event stream, device calls, agent lifecycle."""
         journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
         journal.open()
         journal.continue_after(session.last_seq)
@@ -343,12 +207,14 @@ class SessionManager(service.Service):
             self._native_tool_timeout,
             tell=lambda happening, **fields: self._tell(happening, session, fields),
         )
+        self.agents.equip(session)
 
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
 
     def _save(self, session: Session) -> None:
-        if not session.deleted:
+        # Only sessions in the registry: not a warm agent's, nor a deleted one.
+        if self.sessions.get(session.id) is session:
             record = session.record()
             self._store.put(session.id, record)
             # A copy beside the session's files: state.json can be rebuilt from these.
@@ -445,31 +311,38 @@ class SessionManager(service.Service):
             raise InvalidParams('"provider" and "modelId" go together')
         if provider is not None:
             await self._models.require(provider, model_id)
-        session_id = self._new_id()
-        directory = self.sessions_dir / session_id
         now = self._now()
-        session = Session(
-            id=session_id,
-            mode=mode,
-            directory=directory,
-            cwd=directory / "workspace",
-            created_at=now,
-            last_activity_at=now,
-            repo_id=repo["id"] if repo else None,
-            provider=provider,
-            model_id=model_id,
-            system_prompt=system_prompt,
-            include_native_tools=include_native_tools,
-        )
-        directory.mkdir(mode=0o700, parents=True)
-        self._open_stream(session)
+        session = self._take_warm() if mode == "chat" and seed is None else None
+        warm = session is not None
+        if warm:
+            session.created_at = session.last_activity_at = now
+        else:
+            session_id = self._new_id()
+            directory = self.sessions_dir / session_id
+            session = Session(
+                id=session_id,
+                mode=mode,
+                directory=directory,
+                cwd=directory / "workspace",
+                created_at=now,
+                last_activity_at=now,
+                repo_id=repo["id"] if repo else None,
+            )
+            directory.mkdir(mode=0o700, parents=True)
+            self._equip(session)
+        session.provider, session.model_id = provider, model_id
+        session.system_prompt = system_prompt
+        session.include_native_tools = include_native_tools
         if connection is not None:
             # Attached from the start, so it sees session_progress while the checkout runs.
             await self.attach(connection, session, exclusive=True)
         checked_out = False
         try:
-            session.pi_session_dir.mkdir(mode=0o700)
+            if system_prompt is not None:
+                # Read by the extension before each run: a warm agent takes it on too.
+                write_bytes_atomic(session.system_prompt_file, system_prompt.encode("utf-8"))
             if mode == "code":
+                session.pi_session_dir.mkdir(mode=0o700)
                 self._write_intent(session, "create", self._checkouts.planned(session, repo))
                 checkout = await self._checkouts.create(
                     session,
@@ -483,8 +356,8 @@ class SessionManager(service.Service):
                 session.cwd = checkout.path
                 session.extra.update(checkout.record)
                 checked_out = True
-            else:
-                session.cwd.mkdir(mode=0o700)
+            elif not warm:
+                self._make_chat_directories(session)
             if session.offers_native_tools:
                 # The creating device's tools; a device attaching later brings its own.
                 self._offer_native_tools(session, getattr(connection, "native_tools", None) or [])
@@ -493,19 +366,13 @@ class SessionManager(service.Service):
                 await self._in_thread(seed, session)
             self.sessions[session.id] = session
             self._save(session)
-            (directory / INTENT_RECORD).unlink(missing_ok=True)
+            (session.directory / INTENT_RECORD).unlink(missing_ok=True)
             await self.ensure_agent(session)
+            if warm and provider is not None:
+                # The warm agent started on the default model.
+                await self.command(session, "set_model", provider=provider, modelId=model_id)
         except BaseException:
-            self.sessions.pop(session.id, None)
-            session.deleted = True
-            session.stream.close()
-            (directory / SESSION_RECORD).unlink(missing_ok=True)
-            self._store.remove(session.id)
-            if session.agent is not None:
-                await self._supervisor.stop(session.agent)
-            if checked_out:
-                await self._checkouts.remove(session)
-            await self._remove_directory(directory)
+            await self._tear_down(session, checkout=checked_out)
             raise
         self.log.info(
             "session {session_id} created ({mode}) in {cwd}",
@@ -587,7 +454,14 @@ class SessionManager(service.Service):
         return data
 
     async def delete(self, session: Session) -> dict:
-        session.deleted = True
+        result = await self._tear_down(
+            session, checkout=self._checkouts is not None and session.mode == "code"
+        )
+        self.log.info("session {session_id} deleted", session_id=session.id)
+        return result
+
+    async def _tear_down(self, session: Session, checkout: bool = False) -> dict:
+        """Undo a session: a deleted one, one whose create failed, a warm agent's."""
         self.sessions.pop(session.id, None)
         # First, so a crash before the directory is gone finishes the delete at start...
         self._write_intent(session, "delete")
@@ -595,14 +469,49 @@ class SessionManager(service.Service):
         (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
         session.stream.close()
-        if session.agent is not None:
-            await self._supervisor.stop(session.agent)
-        result = {}
-        if self._checkouts is not None and session.mode == "code":
-            result = await self._checkouts.remove(session)
+        await session.lifecycle.delete()
+        result = await self._checkouts.remove(session) if checkout else {}
         await self._remove_directory(session.directory)
-        self.log.info("session {session_id} deleted", session_id=session.id)
         return result
+
+    # -- warm agents --------------------------------------------------------
+
+    def _make_chat_directories(self, session: Session) -> None:
+        session.pi_session_dir.mkdir(mode=0o700)
+        session.cwd.mkdir(mode=0o700)
+
+    def _provision_warm(self) -> Session:
+        """A chat session for the warm pool: directories, stream and lifecycle, not in the
+        registry; the intent undoes it should the server die before it is handed over."""
+        session_id = self._new_id()
+        directory = self.sessions_dir / session_id
+        now = self._now()
+        session = Session(
+            id=session_id,
+            mode="chat",
+            directory=directory,
+            cwd=directory / "workspace",
+            created_at=now,
+            last_activity_at=now,
+            last_used=self._reactor.seconds(),
+        )
+        directory.mkdir(mode=0o700, parents=True)
+        self._write_intent(session, "create")
+        self._make_chat_directories(session)
+        self._equip(session)
+        return session
+
+    def _take_warm(self) -> Session | None:
+        if self.agents.warm is None:
+            return None
+        session = self.agents.warm.take()
+        if session is not None and (self._refill is None or not self._refill.active()):
+            self._refill = self._reactor.callLater(WARM_REFILL_DELAY, self._fill_warm)
+        return session
+
+    def _fill_warm(self) -> None:
+        if self.agents.warm is not None and self.running:
+            self.agents.warm.fill()
 
     def _write_intent(self, session: Session, action: str, extra: dict | None = None) -> None:
         write_json_atomic(
@@ -737,6 +646,9 @@ class SessionManager(service.Service):
         if connection.connection_id not in self._connections:
             self._connections[connection.connection_id] = connection
             connection.on_lost(self._connection_lost)
+            # Someone is here: the next create should find a warm agent (the pool goes
+            # when the server is idle).
+            self._fill_warm()
 
     def previous(self, connection_id: str) -> "PreviousConnection | None":
         """What connection ``connection_id`` had (its device's tools, the sessions it was
@@ -761,150 +673,12 @@ class SessionManager(service.Service):
 
     # -- the agent ----------------------------------------------------------
 
-    def agent_args(self, session: Session) -> list[str]:
-        # --continue picks the newest pi session file in the session's own dir, so a
-        # restarted agent resumes the conversation (and a fresh one starts a new file).
-        args = ["--session-dir", str(session.pi_session_dir), "--continue"]
-        if session.provider is not None:
-            args += ["--provider", session.provider, "--model", session.model_id]
-        if session.system_prompt is not None:
-            # pi reads --system-prompt as a file when a file of that name exists: it gets the
-            # name of our own file holding the text, never the client's text itself.
-            args += ["--system-prompt", str(session.system_prompt_file)]
-        if session.mode == "chat":
-            args.append("--no-builtin-tools")
-        if session.offers_native_tools:
-            args += extension_args(session.native_tools_file)
-        return args
-
-    def agent_files(self, session: Session) -> SessionFiles:
-        """What of the server's files the session's agent may see (when sandboxed)."""
-        return SessionFiles(
-            directory=str(session.directory),
-            writable=(str(session.cwd), str(session.pi_session_dir), str(session.agent_dir)),
-            readable=(
-                str(EXTENSION_PATH.parent),
-                *(str(path) for path in agentdir.shared_paths(self._data_dir)),
-            ),
-            cache=str(session.directory / "cache"),
-            repository=session.extra.get("repoPath")
-            if session.extra.get("repoSource") == "local"
-            else None,
-        )
-
     def ensure_agent(self, session: Session) -> defer.Deferred:
-        """Fire with the session's running agent, starting it if needed."""
-        if session.deleted:
-            return defer.fail(NotFound(f"session {session.id} was deleted"))
-        if session.starting is not None:
-            return session.starting.observe()
-        if (
-            session.agent is not None
-            and session.agent.exit is None
-            and not session.agent.stop_requested
-        ):
-            return defer.succeed(session.agent)
-        self._forget_old_exits(session)
-        if len(session.recent_exits) >= CRASH_LIMIT:
-            tail = session.recent_exits[-1][1]
-            return defer.fail(
-                AgentFailed(
-                    f"the agent exited {len(session.recent_exits)} times within "
-                    f"{CRASH_WINDOW:.0f} s; last stderr: {tail[-2000:] or '(empty)'}"
-                )
-            )
-        delay = 0.0
-        if session.recent_exits:
-            delay = CRASH_BACKOFF_BASE * 2 ** (len(session.recent_exits) - 1)
-        starting = session.starting = SharedOutcome()
-        # Observed before the start begins: a start that ends at once still has its caller.
-        first = starting.observe()
-        started = defer.Deferred.fromCoroutine(self._start_agent(session, delay))
-        started.addBoth(self._started, session, starting)
-        return first
-
-    def _started(self, result, session: Session, starting: SharedOutcome) -> None:
-        if session.starting is starting:
-            session.starting = None
-        starting.settle(result)
-
-    async def _start_agent(self, session: Session, delay: float) -> AgentProtocol:
-        if delay:
-            self.log.info(
-                "restarting the agent of {session_id} in {delay} s",
-                session_id=session.id,
-                delay=delay,
-            )
-            self._tell("agent_restarted", session, {})
-            await task.deferLater(self._reactor, delay)
-        if session.deleted:
-            raise NotFound(f"session {session.id} was deleted")
-        old = session.agent
-        if old is not None and old.exit is None:
-            await self._supervisor.stop(old)
-        await self._make_room(session)
-        session.last_used = self._reactor.seconds()
-        agentdir.prepare(self._data_dir, session.agent_dir)
-        if session.system_prompt is not None:
-            write_bytes_atomic(session.system_prompt_file, session.system_prompt.encode("utf-8"))
-        agent = self._supervisor.spawn(
-            session.id,
-            self.agent_args(session),
-            str(session.cwd),
-            lambda event, raw: self._agent_event(session, agent, event, raw),
-            agent_dir=str(session.agent_dir),
-            files=self.agent_files(session),
-        )
-        session.agent = agent
-        session.streaming = False
-        agent.exited.addCallback(self._agent_exited, session, agent)
-        state = await agent.ready
-        model = (state or {}).get("model") or {}
-        if session.provider is None and model.get("provider") and model.get("id"):
-            # pi's default model lives in the shared settings.json, which a set_model in any
-            # session changes: pin this session's model so restarts keep it.
-            session.provider, session.model_id = model["provider"], model["id"]
-            self._save(session)
-        return agent
-
-    async def _make_room(self, starting: Session) -> None:
-        """Keep within --max-agents: stop the longest-idle agent, or refuse.
-
-        A session whose agent is starting holds a place, and an agent being stopped holds
-        its place until it has exited, unless it is stopped to make room for a starting one
-        (which holds that place then): creates that arrive together cannot take the same
-        place twice."""
-        while True:
-            running = [
-                s
-                for s in self.sessions.values()
-                if s is not starting
-                and s.id not in self._freeing_for_start
-                and (s.starting is not None or (s.agent is not None and s.agent.exit is None))
-            ]
-            if len(running) < self._max_agents:
-                return
-            idle = sorted(
-                (s for s in running if s.idle() and not s.agent.stop_requested),
-                key=lambda s: s.last_used,
-            )
-            if not idle:
-                raise TooManySessions(
-                    f"{len(running)} agents are running, the limit is {self._max_agents}: "
-                    "detach from or delete a session, or wait for a run to end"
-                )
-            victim = idle[0]
-            self.log.info(
-                "stopping the idle agent of {session_id} to start another", session_id=victim.id
-            )
-            self._freeing_for_start.add(victim.id)
-            try:
-                await self.stop_agent(victim)
-            finally:
-                self._freeing_for_start.discard(victim.id)
+        """Fire with the session's running agent, starting it if need be."""
+        return session.lifecycle.want()
 
     def _sweep(self) -> None:
-        self._stop_idle_agents()
+        self.agents.stop_idle()
         self._release_idle_journals()
 
     def _release_idle_journals(self) -> None:
@@ -912,72 +686,6 @@ class SessionManager(service.Service):
         for session in self.sessions.values():
             if session.last_used < horizon:
                 session.journal.release_writer()
-
-    def _stop_idle_agents(self) -> None:
-        horizon = self._reactor.seconds() - self._idle_timeout
-        for session in list(self.sessions.values()):
-            if session.idle() and session.last_used < horizon:
-                self.log.info(
-                    "stopping the agent of {session_id}: idle for {seconds:.0f} s",
-                    session_id=session.id,
-                    seconds=self._idle_timeout,
-                )
-                self._supervisor.stop(session.agent)
-
-    def _forget_old_exits(self, session: Session) -> None:
-        horizon = self._reactor.seconds() - CRASH_WINDOW
-        while session.recent_exits and session.recent_exits[0][0] < horizon:
-            session.recent_exits.popleft()
-
-    def _agent_exited(self, exit: AgentExit, session: Session, agent: AgentProtocol):
-        if exit.stop_requested or session.deleted:
-            return exit
-        session.calls.agent_exited()
-        if agent.hung:
-            self.publish(
-                session,
-                "agent_hung",
-                {
-                    "type": "agent_hung",
-                    "message": "the agent stopped answering and was killed; it restarts",
-                },
-            )
-        session.recent_exits.append((self._reactor.seconds(), exit.stderr_tail))
-        self._forget_old_exits(session)
-        if session.streaming:
-            # The run ends here for the client as it would have: agent_end, agent_settled.
-            session.streaming = False
-            error = {"code": "agent_exited", "message": exit.describe()}
-            self.publish(
-                session,
-                "agent_end",
-                {"type": "agent_end", "messages": [], "success": False, "error": error},
-            )
-            self.publish(
-                session,
-                "agent_settled",
-                {"type": "agent_settled", "aborted": False, "error": error},
-            )
-        self.publish(
-            session,
-            "agent_exit",
-            {
-                "type": "agent_exit",
-                "code": exit.code,
-                "signal": exit.signal,
-                "stderrTail": exit.stderr_tail,
-            },
-        )
-        if agent.hung and session.stream.connections():
-            # Someone is waiting for this session: bring its conversation back at once.
-            self.ensure_agent(session).addErrback(
-                lambda f: self.log.error(
-                    "the agent of {session_id} did not restart: {error}",
-                    session_id=session.id,
-                    error=f.getErrorMessage(),
-                )
-            )
-        return exit
 
     def _agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
         if session.agent is not agent:
@@ -1077,8 +785,7 @@ class SessionManager(service.Service):
         return model
 
     async def stop_agent(self, session: Session) -> None:
-        if session.agent is not None:
-            await self._supervisor.stop(session.agent)
+        await session.lifecycle.stop()
 
 
 def _copy_conversation(source: Path, target: Path, cwd: Path) -> None:

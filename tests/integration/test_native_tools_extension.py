@@ -1,4 +1,4 @@
-"""The native tools extension (piserver/extensions/native_tools.ts) and extension dialogs,
+"""The native tools extension (piserver/extensions/session.ts) and extension dialogs,
 in the real pi agent against the scripted LLM, driven with piserver.nativetools."""
 
 import json
@@ -29,7 +29,8 @@ GET_BATTERY = NativeTool(
 
 def start_pi(spawn_pi_rpc, tools_file, tools, *more_args):
     nativetools.write_tools_file(tools_file, tools)
-    return spawn_pi_rpc("--no-session", *nativetools.extension_args(tools_file), *more_args)
+    args = nativetools.extension_args(tools_file.parent / "system-prompt.md", tools_file)
+    return spawn_pi_rpc("--no-session", *args, *more_args)
 
 
 def offered_tools(request: dict) -> dict:
@@ -310,6 +311,6 @@ def test_an_unreadable_tools_file_is_reported_and_keeps_the_previous_set(
 
     (error,) = pi.events_of("extension_error")
     assert error["event"] == "before_agent_start"
-    assert error["extensionPath"].endswith("native_tools.ts")
+    assert error["extensionPath"].endswith("session.ts")
     assert "expected a JSON array of native tools" in error["error"]
     assert "get_location" in offered_tools(fake_llm.requests[1])

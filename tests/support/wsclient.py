@@ -219,3 +219,10 @@ class CallFailed(Exception):
 
 class ConnectionRefusedByServer(Exception):
     pass
+
+
+def is_type(event_type, session_id=None):
+    """A ``wait_for_event`` predicate: an event of that type (of that session)."""
+    return lambda f: (
+        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
+    )

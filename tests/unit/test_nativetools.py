@@ -205,14 +205,20 @@ def test_the_tools_file_is_replaced_whole(tmp_path):
 
 
 def test_extension_args_load_the_packaged_extension(tmp_path):
-    args = extension_args(tmp_path / "-odd@name.json")
+    args = extension_args(tmp_path / "-prompt.md", tmp_path / "-odd@name.json")
 
     assert args == [
         "-e",
         str(nativetools.EXTENSION_PATH),
+        f"--system-prompt-file={tmp_path / '-prompt.md'}",
         f"--native-tools-file={tmp_path / '-odd@name.json'}",
     ]
     assert nativetools.EXTENSION_PATH.is_file()
+    assert extension_args(tmp_path / "prompt.md", None) == [
+        "-e",
+        str(nativetools.EXTENSION_PATH),
+        f"--system-prompt-file={tmp_path / 'prompt.md'}",
+    ]
     assert nativetools.CALL_TITLE in nativetools.EXTENSION_PATH.read_text()
 
 

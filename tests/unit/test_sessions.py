@@ -6,7 +6,6 @@ during creation.
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -100,14 +99,15 @@ def test_chat_agent_arguments_and_model_pin(harness, tmp_path):
     assert spawn.args[spawn.args.index("--session-dir") + 1] == str(
         tmp_path / "sessions" / session.id / "pi"
     )
-    # The text reaches pi in a file of the session's (pi reads a path it is given).
-    prompt_file = spawn.args[spawn.args.index("--system-prompt") + 1]
-    assert prompt_file == str(tmp_path / "sessions" / session.id / "system-prompt.md")
-    assert Path(prompt_file).read_text() == "Be brief."
+    # The text reaches pi through the extension, in a file of the session's.
+    assert "--system-prompt" not in spawn.args
+    prompt_file = tmp_path / "sessions" / session.id / "system-prompt.md"
+    assert f"--system-prompt-file={prompt_file}" in spawn.args
+    assert prompt_file.read_text() == "Be brief."
     # No model was asked for: the one pi started with is pinned for restarts.
     assert (session.provider, session.model_id) == ("fake", "fake-1")
     assert harness.store.get(session.id)["modelId"] == "fake-1"
-    restart_args = harness.sessions.agent_args(session)
+    restart_args = harness.sessions.agents.args(session)
     position = restart_args.index("--provider")
     assert restart_args[position : position + 4] == ["--provider", "fake", "--model", "fake-1"]
 

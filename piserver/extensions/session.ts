@@ -1,10 +1,17 @@
 /**
- * pi-server's native tools: tools that only a connected client device can run (location,
- * photos, reminders...), offered to the model like any other tool.
+ * pi-server's extension, loaded into every agent:
  *
- * Loaded by pi-server into each agent that offers native tools:
+ *     pi --mode rpc -e <this file> --system-prompt-file=<path> [--native-tools-file=<path>]
  *
- *     pi --mode rpc -e <this file> --native-tools-file=<path>
+ * It supplies what a client chooses for its session at run time rather than on pi's command
+ * line, so that an agent started ahead of any session (a warm agent) can serve whichever
+ * session comes:
+ *
+ * - The session's system prompt: when `<system-prompt-file>` exists, its text replaces pi's
+ *   own preamble (as pi's `--system-prompt` would) at every `before_agent_start`, i.e. before
+ *   each run. The server writes the file (atomically) when the session is created.
+ * - Native tools: tools that only a connected client device can run (location, photos,
+ *   reminders...), offered to the model like any other tool; below.
  *
  * Wire contract with pi-server (mirrored in piserver/nativetools.py; change both together):
  *
@@ -49,6 +56,7 @@ import { existsSync, readFileSync } from "node:fs";
 import type { ExtensionAPI } from "@mariozechner/pi-coding-agent";
 
 const TOOLS_FILE_FLAG = "native-tools-file";
+const SYSTEM_PROMPT_FLAG = "system-prompt-file";
 const CALL_TITLE = "pi-server:native-tool";
 
 interface NativeToolDeclaration {
@@ -135,6 +143,20 @@ export default function nativeTools(pi: ExtensionAPI) {
 		pi.setActiveTools([...active, ...wanted]);
 	}
 
+	pi.registerFlag(SYSTEM_PROMPT_FLAG, {
+		description: "file with the system prompt of the pi-server session",
+		type: "string",
+	});
+
+	function applySystemPrompt(options: { customPrompt?: string }) {
+		const path = pi.getFlag(SYSTEM_PROMPT_FLAG);
+		if (typeof path !== "string" || path === "" || !existsSync(path)) return;
+		options.customPrompt = readFileSync(path, "utf8");
+	}
+
 	pi.on("session_start", () => followDeclarations());
-	pi.on("before_agent_start", () => followDeclarations());
+	pi.on("before_agent_start", (event) => {
+		followDeclarations();
+		applySystemPrompt(event.systemPromptOptions);
+	});
 }
