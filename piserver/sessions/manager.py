@@ -36,6 +36,8 @@ SESSION_RECORD = "session.json"
 # a branch in the user's repository), removed once it is done: a kill -9 in between is
 # undone (create) or finished (delete) at the next start.
 INTENT_RECORD = "intent.json"
+# The intent of a warm agent's directory: removed at start unless it became a session's.
+WARM_INTENT = "warm"
 PROMPT_TIMEOUT = 600.0
 NAME_LENGTH = 60
 # A session with no event for this long closes its journal's write descriptor: a thousand
@@ -482,7 +484,7 @@ class SessionManager(service.Service):
 
     def _provision_warm(self) -> Session:
         """A chat session for the warm pool: directories, stream and lifecycle, not in the
-        registry; the intent undoes it should the server die before it is handed over."""
+        registry; its intent undoes it should the server die before it is handed over."""
         session_id = self._new_id()
         directory = self.sessions_dir / session_id
         now = self._now()
@@ -496,7 +498,7 @@ class SessionManager(service.Service):
             last_used=self._reactor.seconds(),
         )
         directory.mkdir(mode=0o700, parents=True)
-        self._write_intent(session, "create")
+        self._write_intent(session, WARM_INTENT)
         self._make_chat_directories(session)
         self._equip(session)
         return session
@@ -546,7 +548,7 @@ class SessionManager(service.Service):
                     error=repr(e),
                 )
                 continue
-            if action == "create" and (directory / SESSION_RECORD).exists():
+            if action in ("create", "warm") and (directory / SESSION_RECORD).exists():
                 # The create got as far as recording the session: it stands.
                 (directory / INTENT_RECORD).unlink(missing_ok=True)
                 continue
@@ -556,12 +558,17 @@ class SessionManager(service.Service):
     async def _finish_interrupted(self, interrupted: list[tuple[str, dict]]) -> None:
         for action, record in interrupted:
             session = Session.from_record(self.sessions_dir, record)
-            self.log.warn(
-                "session {session_id}: {what} after an interrupted {action}",
-                session_id=session.id,
-                action=action,
-                what="undoing the create" if action == "create" else "finishing the delete",
-            )
+            if action == "warm":
+                self.log.info(
+                    "removing the warm agent directory {session_id}", session_id=session.id
+                )
+            else:
+                self.log.warn(
+                    "session {session_id}: {what} after an interrupted {action}",
+                    session_id=session.id,
+                    action=action,
+                    what="undoing the create" if action == "create" else "finishing the delete",
+                )
             try:
                 if self._checkouts is not None and session.mode == "code":
                     await self._checkouts.remove(session)

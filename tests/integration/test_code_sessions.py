@@ -12,6 +12,7 @@ import pytest_twisted
 
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
+from tests.support.server import session_directories
 from tests.support.wsclient import CallFailed
 
 GITHUB_TOKEN = TEST_TOKEN
@@ -169,14 +170,13 @@ async def test_github_code_session_keeps_the_token_off_disk(
 async def test_failed_clones_leave_nothing_behind(github_server, fake_github):
     repo = fake_github.add_repo("octo/app")
     client = await github_server.client()
-    sessions_dir = github_server.agent_dir.path / "sessions"
     await client.call("repos.list")
 
     fake_github.git_mode = "hang"
     with pytest.raises(CallFailed) as timed_out:
         await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
     assert timed_out.value.code == "git_error" and "timed out" in timed_out.value.message
-    assert list(sessions_dir.iterdir()) == []
+    assert session_directories(github_server.agent_dir.path) == []
     assert (await client.call("session.list"))["sessions"] == []
 
     fake_github.git_mode = "ok"
@@ -184,7 +184,7 @@ async def test_failed_clones_leave_nothing_behind(github_server, fake_github):
     with pytest.raises(CallFailed) as bad_url:
         await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
     assert bad_url.value.code == "git_error"
-    assert list(sessions_dir.iterdir()) == []
+    assert session_directories(github_server.agent_dir.path) == []
     assert GITHUB_TOKEN not in bad_url.value.message
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.fakegithub import make_repository
 from tests.support.processes import wait_until
+from tests.support.server import session_directories
 from tests.support.serverprocess import RawRpc, ServerProcess
 
 TOKEN = "kill-during-lifecycle-token"
@@ -69,7 +70,7 @@ def no_trace_left(repo, data) -> bool:
     return (
         session_branches(repo) == []
         and worktrees(repo) == [str(repo)]
-        and list((data / "sessions").iterdir()) == []
+        and session_directories(data) == []
     )
 
 

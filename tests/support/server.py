@@ -3,6 +3,9 @@ Running pi-server in-process on loopback for integration tests: the real
 service tree, the real pi agent, the scripted LLM, a real WebSocket client.
 """
 
+import json
+from pathlib import Path
+
 from twisted.internet import reactor
 
 from piserver.server import build_service
@@ -85,3 +88,15 @@ class RunningServer:
             )
             client.connection_id = result["connectionId"]
         return client
+
+
+def session_directories(data_dir) -> list:
+    """The directories under ``data_dir/sessions`` other than warm agents' (those the pool
+    keeps ready for the next create; see piserver.sessions.warm)."""
+    found = []
+    for directory in sorted((Path(data_dir) / "sessions").iterdir()):
+        intent = directory / "intent.json"
+        if intent.exists() and json.loads(intent.read_text()).get("action") == "warm":
+            continue
+        found.append(directory)
+    return found

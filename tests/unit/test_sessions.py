@@ -436,3 +436,125 @@ def test_a_catch_up_is_built_off_the_reactor_and_stalls_no_other_session(tmp_pat
     assert attaching.result == "replayed"
     # Every event after 5, once, in order: the catch-up, then what came meanwhile.
     assert event_seqs(late, resumed.id) == list(range(6, resumed.stream.seq + 1))
+
+
+# -- warm agents ------------------------------------------------------------------
+
+
+def warm_harness(tmp_path, **options):
+    harness = Harness(tmp_path, warm_agents=1, **options)
+    assert len(harness.reactor.spawned) == 1  # started with the service
+    return harness
+
+
+def test_a_create_is_handed_the_warm_agent_and_the_pool_refills(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    warm_spawn = harness.reactor.spawned[0]
+    (warm,) = harness.sessions.agents.warm.sessions()
+    assert not (warm.directory / "session.json").exists()
+    assert (warm.directory / "intent.json").exists()  # undone if the server dies now
+    created = create(harness, system_prompt="Be brief.")
+    session = created.result
+    assert session is warm and session.agent.transport is warm_spawn.process
+    assert len(harness.reactor.spawned) == 1  # nothing was started for the create
+    assert (session.system_prompt_file).read_text() == "Be brief."
+    assert not (session.directory / "intent.json").exists()
+    assert harness.store.get(session.id)["systemPrompt"] == "Be brief."
+    assert harness.sessions.agents.warm.sessions() == []
+    harness.reactor.advance(0.1)  # after the create's reply has gone out
+    assert len(harness.reactor.spawned) == 2
+    assert harness.sessions.agents.warm.sessions()[0].id != session.id
+
+
+def test_a_warm_agent_still_starting_is_handed_over(tmp_path):
+    harness = warm_harness(tmp_path)
+    created = ensureDeferred(harness.sessions.create(None, "chat"))
+    assert not created.called
+    harness.answer_startup(n=0)
+    assert created.result.agent.transport is harness.reactor.spawned[0].process
+
+
+def test_a_create_with_a_model_sets_it_on_the_warm_agent(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    created = ensureDeferred(
+        harness.sessions.create(None, "chat", provider="fake", model_id="fake-2")
+    )
+    set_model = [c for c in harness.process(0).lines() if c["type"] == "set_model"]
+    assert set_model[0]["provider"] == "fake" and set_model[0]["modelId"] == "fake-2"
+    harness.answer("set_model", {"provider": "fake", "id": "fake-2"}, n=0)
+    session = created.result
+    assert (session.provider, session.model_id) == ("fake", "fake-2")
+    assert harness.store.get(session.id)["modelId"] == "fake-2"
+
+
+def test_code_sessions_and_copies_start_their_own_agent(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    copied = ensureDeferred(harness.sessions.create(None, "chat", seed=lambda session: None))
+    assert len(harness.reactor.spawned) == 2  # a copy needs its files before pi starts
+    harness.answer_startup()
+    assert copied.result.agent.transport is harness.process(1)
+    assert len(harness.sessions.agents.warm.sessions()) == 1
+
+
+def test_warm_agents_count_against_the_limit_and_go_first(tmp_path):
+    harness = warm_harness(tmp_path, max_agents=2)
+    harness.answer_startup()
+    busy = create(harness).result  # the warm one
+    harness.reactor.advance(0.1)  # the pool refills: two agents hold places now
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    busy.streaming = True
+    copied = ensureDeferred(harness.sessions.create(None, "chat", seed=lambda session: None))
+    # Room is made by stopping the warm agent.
+    harness.answer("abort", n=1)
+    harness.process(1).end(code=0)
+    harness.answer_startup()
+    assert copied.result.agent.transport is harness.process(2)
+    assert not warm.directory.exists()
+    assert harness.sessions.agents.warm.sessions() == []
+
+
+def test_the_pool_does_not_fill_beyond_the_limit(tmp_path):
+    harness = warm_harness(tmp_path, max_agents=1)
+    harness.answer_startup()
+    session = create(harness).result
+    harness.reactor.advance(0.1)
+    assert len(harness.reactor.spawned) == 1 and session.idle()
+    assert harness.sessions.agents.warm.sessions() == []
+
+
+def test_an_idle_warm_agent_stops_and_the_pool_fills_when_a_client_comes(tmp_path):
+    harness = warm_harness(tmp_path, idle_timeout=600)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    harness.reactor.advance(660)
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    assert harness.sessions.agents.warm.sessions() == [] and not warm.directory.exists()
+    harness.sessions.watch(FakeConnection("c2"))
+    assert len(harness.reactor.spawned) == 2
+
+
+def test_a_warm_agent_that_cannot_start_is_not_restarted_for_nobody(tmp_path):
+    harness = warm_harness(tmp_path)
+    (warm,) = harness.sessions.agents.warm.sessions()
+    harness.process(0).end(code=1)
+    assert harness.sessions.agents.warm.sessions() == [] and not warm.directory.exists()
+    harness.reactor.advance(60)
+    assert len(harness.reactor.spawned) == 1
+    # The next create starts a cold agent.
+    created = create(harness)
+    assert created.result.agent.transport is harness.process(1)
+
+
+def test_stopping_the_server_removes_the_warm_agents_directories(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    stopped = harness.sessions.stopService()
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    assert stopped.called and not warm.directory.exists()
