@@ -171,6 +171,10 @@ class LineReader(protocol.ProcessProtocol):
     def send(self, command: dict) -> None:
         self.transport.write(json.dumps(command).encode() + b"\n")
 
+    def count(self, event_type: str) -> int:
+        """How many events of that type have been read."""
+        return self._type_counts.get(event_type, 0)
+
     def until_lines(self, count: int) -> defer.Deferred:
         waiter = defer.Deferred()
         self._line_waiter = (count, waiter)

@@ -71,3 +71,22 @@ def prepare(data_dir: Path, session_agent_dir: Path) -> None:
             # pi replaced a link by a file of its own (an atomic rewrite): keep pi's file.
             continue
         link.symlink_to(target)
+
+
+def fingerprint(data_dir: Path) -> frozenset:
+    """What pi reads at start from the data dir, as names, sizes and times: an agent
+    started before it changed (a warm agent) no longer behaves as a new one would."""
+    seen = set()
+    for entry in [*shared_paths(data_dir), data_dir / SETTINGS]:
+        try:
+            status = entry.stat()
+        except OSError:
+            continue
+        seen.add((entry.name, status.st_mtime_ns, status.st_size))
+        if entry.is_dir():
+            for child in entry.iterdir():
+                try:
+                    seen.add((f"{entry.name}/{child.name}", child.stat().st_mtime_ns))
+                except OSError:
+                    continue
+    return frozenset(seen)

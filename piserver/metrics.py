@@ -192,11 +192,15 @@ class _LiveCollector:
         yield by_state
         agents = GaugeMetricFamily(
             "pi_server_agents",
-            "agent processes: running (in a run) or warm (idle)",
+            "agent processes: running (in a run), warm (a session's, idle or starting) or "
+            "spare (started ahead and ready for the next session, --warm-agents)",
             labels=["state"],
         )
         agents.add_metric(["running"], counts["running"])
         agents.add_metric(["warm"], counts["idle"] + counts["starting"])
+        pool = getattr(getattr(self._sessions, "agents", None), "warm", None)
+        spare = pool.sessions() if pool is not None else []
+        agents.add_metric(["spare"], sum(s.lifecycle.status == "running" for s in spare))
         yield agents
         yield GaugeMetricFamily(
             "pi_server_journal_bytes",

@@ -43,8 +43,9 @@ NAME_LENGTH = 60
 # A session with no event for this long closes its journal's write descriptor: a thousand
 # sessions that streamed once must not hold a thousand files open.
 JOURNAL_IDLE = 60.0
-# The pool refills this long after a create took a warm agent: after the create's reply
-# has gone out, not before it (spawning takes the reactor a few milliseconds).
+# The pool refills this long after a create that took a warm agent has ended: after its
+# reply has gone out (spawning takes the reactor a few milliseconds), and never while the
+# agent handed over is still starting (two pi starting at once share the cores).
 WARM_REFILL_DELAY = 0.1
 
 
@@ -129,7 +130,11 @@ class SessionManager(service.Service):
         )
         if warm_agents:
             self.agents.warm = WarmAgents(
-                warm_agents, self._provision_warm, self._tear_down, self.agents.has_room
+                warm_agents,
+                self._provision_warm,
+                self._tear_down,
+                self.agents.has_room,
+                lambda: agentdir.fingerprint(self._data_dir),
             )
         self._refill = None
         # listener(happening, session, fields) for "event" (event_type, payload),
@@ -376,6 +381,9 @@ class SessionManager(service.Service):
         except BaseException:
             await self._tear_down(session, checkout=checked_out)
             raise
+        finally:
+            if warm:
+                self._schedule_refill()
         self.log.info(
             "session {session_id} created ({mode}) in {cwd}",
             session_id=session.id,
@@ -506,10 +514,11 @@ class SessionManager(service.Service):
     def _take_warm(self) -> Session | None:
         if self.agents.warm is None:
             return None
-        session = self.agents.warm.take()
-        if session is not None and (self._refill is None or not self._refill.active()):
+        return self.agents.warm.take()
+
+    def _schedule_refill(self) -> None:
+        if self._refill is None or not self._refill.active():
             self._refill = self._reactor.callLater(WARM_REFILL_DELAY, self._fill_warm)
-        return session
 
     def _fill_warm(self) -> None:
         if self.agents.warm is not None and self.running:

@@ -7,6 +7,10 @@ directories of the next chat session (its working directory, pi's session dir), 
 run time: the system prompt and native tools through the server's pi extension, the model
 by ``set_model``.
 
+A warm agent started before pi's configuration in the data dir changed (settings, models,
+extensions) is not handed over: it would not behave as a new agent. It is stopped, and
+the create starts a cold one.
+
 Warm agents count against ``--max-agents`` and are the first to go when room is needed;
 they never make a session's agent go. Like a session's, a warm agent unused for
 ``--agent-idle-timeout`` is stopped: an idle server holds no pi processes. The pool fills
@@ -30,7 +34,7 @@ USABLE = ("starting", "running")
 class WarmAgents:
     """``provision()`` makes a new provisional chat session (its directories, stream and
     lifecycle); ``remove(session)`` undoes one; ``has_room()`` says whether another agent
-    fits under --max-agents."""
+    fits under --max-agents; ``configuration()`` fingerprints what pi reads at start."""
 
     log = Logger()
 
@@ -40,12 +44,16 @@ class WarmAgents:
         provision: Callable[[], Session],
         remove: Callable[[Session], Awaitable[None]],
         has_room: Callable[[], bool],
+        configuration: Callable[[], object],
     ) -> None:
         self.count = count
         self._provision = provision
         self._remove = remove
         self._has_room = has_room
+        self._configuration = configuration
         self._pool: list[Session] = []
+        # The configuration each warm agent started with.
+        self._started_with: dict[str, object] = {}
 
     def sessions(self) -> list[Session]:
         return list(self._pool)
@@ -62,19 +70,26 @@ class WarmAgents:
                 self.log.error("cannot prepare a warm agent: {error}", error=str(e))
                 return
             self._pool.append(session)
+            self._started_with[session.id] = self._configuration()
             session.lifecycle.want().addErrback(self._start_failed, session)
 
     def take(self) -> Session | None:
         """A warm session (its agent running or still starting) out of the pool, or None."""
-        for session in self._pool:
-            if session.lifecycle.status in USABLE:
+        configuration = self._configuration()
+        for session in list(self._pool):
+            if self._started_with.get(session.id) != configuration:
+                self.log.info("stopping a warm agent: pi's configuration changed since it started")
+                self._discarded(self.discard(session))
+            elif session.lifecycle.status in USABLE:
                 self._pool.remove(session)
+                self._started_with.pop(session.id, None)
                 return session
         return None
 
     async def discard(self, session: Session) -> None:
         if self.holds(session):
             self._pool.remove(session)
+            self._started_with.pop(session.id, None)
             await self._remove(session)
 
     def stop_idle(self, horizon: float) -> None:

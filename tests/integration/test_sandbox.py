@@ -175,7 +175,7 @@ def test_an_explicit_bwrap_that_fails_stops_the_start(make_pi_server, tmp_path):
 
 WRAPPER = """#!/bin/sh
 # Stands in for `docker run -i` or `kubectl exec -i`: notes its placeholders, runs the rest.
-printf '%s\\n' "$2" "$4" "$6" "$(pwd)" > "{record}"
+printf '%s\\n' "$2" "$4" "$6" "$(pwd)" >> "{record}"
 shift 6
 exec "$@"
 """
@@ -196,7 +196,9 @@ async def test_the_command_template_launcher_runs_agents_through_a_wrapper(
     client = await server.client()
     session_id = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
     cwd = str(server.sessions.sessions[session_id].cwd)
-    assert record.read_text().splitlines() == [cwd, session_id, str(os.getuid()), cwd]
+    lines = record.read_text().splitlines()
+    launches = [lines[n : n + 4] for n in range(0, len(lines), 4)]  # warm agents' too
+    assert [cwd, session_id, str(os.getuid()), cwd] in launches
     fake_llm.script(Text("wrapped and working"))
     await client.call("prompt", {"message": "hi"}, session_id=session_id)
     await client.wait_for_event(is_event("agent_settled", session_id))

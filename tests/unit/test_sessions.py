@@ -558,3 +558,16 @@ def test_stopping_the_server_removes_the_warm_agents_directories(tmp_path):
     harness.answer("abort", n=0)
     harness.process(0).end(code=0)
     assert stopped.called and not warm.directory.exists()
+
+
+def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    (tmp_path / "extensions").mkdir()  # a pi extension installed meanwhile
+    created = create(harness)
+    assert created.result is not warm
+    assert created.result.agent.transport is harness.process(1)
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    assert not warm.directory.exists()
