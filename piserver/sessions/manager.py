@@ -337,7 +337,9 @@ class SessionManager(service.Service):
             )
             directory.mkdir(mode=0o700, parents=True)
             self._equip(session)
-        session.provider, session.model_id = provider, model_id
+        if provider is not None:
+            # (Else a warm agent's default model, pinned once it started, stays.)
+            session.provider, session.model_id = provider, model_id
         session.system_prompt = system_prompt
         session.include_native_tools = include_native_tools
         if connection is not None:

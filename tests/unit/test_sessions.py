@@ -461,6 +461,8 @@ def test_a_create_is_handed_the_warm_agent_and_the_pool_refills(tmp_path):
     assert (session.system_prompt_file).read_text() == "Be brief."
     assert not (session.directory / "intent.json").exists()
     assert harness.store.get(session.id)["systemPrompt"] == "Be brief."
+    # The model the warm agent started on is pinned for restarts, as a cold one's is.
+    assert harness.store.get(session.id)["modelId"] == "fake-1"
     assert harness.sessions.agents.warm.sessions() == []
     harness.reactor.advance(0.1)  # after the create's reply has gone out
     assert len(harness.reactor.spawned) == 2
