@@ -73,7 +73,8 @@ async def one_round(reactor, name: str, server, client) -> dict:
     return figures
 
 
-async def pi_first_tokens(reactor, work: Path, pi, environ: dict, rounds: int) -> list[float]:
+async def pi_first_tokens(reactor, work: Path, pi, environ: dict, rounds: int) -> dict:
+    """pi's own prompt-to-first-token times: its first run, then warm runs."""
     session_dir = work / "direct"
     session_dir.mkdir()
     reader = spawn_reader(
@@ -86,7 +87,7 @@ async def pi_first_tokens(reactor, work: Path, pi, environ: dict, rounds: int) -
     )
     reader.send({"id": "state", "type": "get_state"})
     await reader.until_lines(1)
-    took = []
+    took = {"first run": [], "warm": []}
     try:
         for number in range(rounds + 1):
             updates = reader.count("message_update")
@@ -94,8 +95,7 @@ async def pi_first_tokens(reactor, work: Path, pi, environ: dict, rounds: int) -
             reader.send({"id": f"p{number}", "type": "prompt", "message": "hi"})
             first = await reader.until_event("message_update", updates + 1) - start
             await reader.until_event("agent_settled", number + 1)
-            if number:  # the first run of a new pi is no warm one
-                took.append(first)
+            took["warm" if number else "first run"].append(first)
     finally:
         await reader.stop()
     return took
@@ -130,7 +130,7 @@ async def measure(reactor, work: Path, pi: tuple[str, ...], rounds: int, warmup:
 
 
 def table(runs: dict, machine: Machine, rounds: int) -> Table:
-    pi_first = median(runs["pi"])
+    pi_first = median(runs["pi"]["warm"])
     rows = []
     for what in ("create", "create with a system prompt", "create to first token"):
         warm = [r[what] for r in runs["warm"]]
@@ -145,6 +145,15 @@ def table(runs: dict, machine: Machine, rounds: int) -> Table:
             )
         )
     rows.append(("pi direct: prompt to first token (warm pi)", duration(pi_first), "", "", ""))
+    rows.append(
+        (
+            "pi direct: prompt to first token (a new pi's first run)",
+            duration(runs["pi"]["first run"][0]),
+            "",
+            "",
+            "",
+        )
+    )
     warm_first = median(r["create to first token"] for r in runs["warm"])
     return Table(
         title="Session start: warm agents (--warm-agents 1) against cold (--warm-agents 0)",
