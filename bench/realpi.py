@@ -35,6 +35,8 @@ from .rig import TOKEN, LlmProcess, ServerProcess, chat_agent_args, median, spaw
 from .wsclient import connect
 
 TOKENS = 2000
+# A short prompt's answer: its round trip is the relay's latency, not its throughput.
+SHORT_TOKENS = 5
 HELLO = {"client": {"name": "bench", "version": "1"}}
 WIRE_CLIENTS = (
     ("full", "full", False),
@@ -73,9 +75,14 @@ class Setup:
             **options,
         )
 
-    def start_server(self):
+    def start_server(self, extra_args=(), profile: str | None = None):
         return ServerProcess.start(
-            self.reactor, self.agent_dir.path, self.pi, self.agent_dir.environment()
+            self.reactor,
+            self.agent_dir.path,
+            self.pi,
+            self.agent_dir.environment(),
+            extra_args,
+            profile,
         )
 
     async def stop(self):
@@ -243,11 +250,13 @@ def cpu_seconds(pid: int) -> float | None:
 class Routes:
     """The same answer, prompt to agent_settled: pi read directly (decoding every line, or
     only splitting them) and pi behind pi-server with a full- or delta-mode client that
-    decodes every event. Each route has its own pi process and keeps it, warm."""
+    decodes every event. Each route has its own pi process and keeps it, warm. Without
+    ``direct`` only the relayed routes are there (``bench/hotpath.py`` profiles them)."""
 
-    def __init__(self, setup: Setup, server: ServerProcess):
+    def __init__(self, setup: Setup, server: ServerProcess, direct: bool = True):
         self.setup = setup
         self.server = server
+        self.direct = direct
         self.readers = {}
         self.clients = {}
         self.answers = {}
@@ -255,10 +264,11 @@ class Routes:
     async def start(self):
         reactor = self.setup.reactor
         gc.collect()  # what the byte benchmarks decoded must not be collected during a run
-        self.readers = {
-            "direct": self.setup.spawn_pi("direct"),
-            "split": self.setup.spawn_pi("split", parse=False),
-        }
+        if self.direct:
+            self.readers = {
+                "direct": self.setup.spawn_pi("direct"),
+                "split": self.setup.spawn_pi("split", parse=False),
+            }
         for reader in self.readers.values():
             reader.send({"id": "state", "type": "get_state"})
             await reader.until_lines(1)
