@@ -83,17 +83,20 @@ class ServerMetrics:
             ["kind"],
             registry=r,
         )
-        for mode in EVENT_MODES:
-            self.events_sent.labels(mode)
-            self.event_bytes_sent.labels(mode)
+        # Counted for every frame sent: the labelled children are looked up once.
+        self._sent = {
+            mode: (self.events_sent.labels(mode), self.event_bytes_sent.labels(mode))
+            for mode in EVENT_MODES
+        }
         for outcome in ("ok", "error", "aborted"):
             self.runs_ended.labels(outcome)
 
     # -- counting -----------------------------------------------------------
 
     def event_sent(self, mode: str, size: int) -> None:
-        self.events_sent.labels(mode).inc()
-        self.event_bytes_sent.labels(mode).inc(size)
+        frames, sent_bytes = self._sent[mode]
+        frames.inc()
+        sent_bytes.inc(size)
 
     def happened(self, happening: str, session, fields: dict) -> None:
         """A ``SessionManager`` listener (see ``SessionManager.listeners``)."""
