@@ -4,8 +4,9 @@ Where pi-server's time goes on the hot path: ``python -m bench.hotpath``.
 pi-server runs under cProfile (``bench/serve.py --profile``) with the real pi and
 the scripted LLM, as in ``bench/realpi.py``; a delta-mode and a full-mode client
 (each decoding every event, in the bench process) have it answer 2,000-token
-answers streamed without delay, then short prompts. Prints the functions of the
-server process with the most time of their own and the most time under them.
+answers (streamed without delay, or paced with ``--delay``), then short prompts.
+Prints the functions of the server process with the most time of their own and
+the most time under them.
 """
 
 import argparse
@@ -39,6 +40,13 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         default="both",
         help="which clients take part [%(default)s]",
     )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds between the tokens of the long answers (0: streamed without delay; "
+        "the paced benchmark uses 0.005) [%(default)s]",
+    )
     parser.add_argument("--top", type=int, default=30, help="functions listed [%(default)s]")
     parser.add_argument("--stats", help="also keep the pstats file here")
     return parser.parse_args(argv)
@@ -57,7 +65,9 @@ async def run(reactor, options: argparse.Namespace) -> None:
             server = await setup.start_server(profile=statistics)
             try:
                 routes = await Routes(setup, server, direct=False).start()
-                await routes.rounds(Tokens(TOKENS), options.answers, 1, modes)
+                # A paced answer takes 10 s: no warm-up round for it.
+                warmup = 0 if options.delay else 1
+                await routes.rounds(Tokens(TOKENS, options.delay), options.answers, warmup, modes)
                 await routes.rounds(Tokens(SHORT_TOKENS), options.short, 1, modes)
                 await routes.stop()
             finally:
@@ -66,8 +76,9 @@ async def run(reactor, options: argparse.Namespace) -> None:
             await setup.stop()
         shown = pstats.Stats(statistics, stream=sys.stdout).strip_dirs()
         print(
-            f"pi-server, {options.answers} answers of {TOKENS:,} tokens and {options.short} "
-            f"short prompts per mode ({', '.join(modes)})\n"
+            f"pi-server, {options.answers} answers of {TOKENS:,} tokens "
+            f"({options.delay:g} s apart) and {options.short} short prompts per mode "
+            f"({', '.join(modes)})\n"
         )
         shown.sort_stats("tottime").print_stats(options.top)
         shown.sort_stats("cumulative").print_stats(options.top)
