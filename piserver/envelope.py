@@ -176,3 +176,16 @@ def _json_string(text: str) -> bytes:
 
 def encode_payload(payload) -> bytes:
     return _dumps(payload)
+
+
+def extended_object(object_json: bytes, fields: dict) -> bytes | None:
+    """
+    A non-empty JSON object's bytes with ``fields`` (keys it does not have) added at its
+    end, as ``{**object, **fields}`` would be encoded: the object is not decoded and
+    encoded again. None when ``object_json`` does not end with the object's brace.
+    """
+    if not object_json.endswith(b"}"):
+        return None
+    if not fields:
+        return object_json
+    return object_json[:-1] + b"," + _dumps(fields)[1:]

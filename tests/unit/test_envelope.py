@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from piserver.envelope import encode_event
+from piserver.envelope import encode_event, extended_object
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,14 @@ def test_event_envelope_is_compact_json_around_the_payload_bytes(session_id, seq
 def test_a_lone_surrogate_in_a_type_is_escaped():
     frame = encode_event("s", 1, "\ud800", b"{}")
     assert frame == b'{"v":1,"kind":"event","sessionId":"s","seq":1,"type":"\\ud800","payload":{}}'
+
+
+def test_fields_are_added_at_the_end_of_the_object_bytes():
+    assert extended_object(b'{"a": 1.0}', {"é": True}) == '{"a": 1.0,"é":true}'.encode()
+    assert json.loads(extended_object(b'{"a":[{}]}', {"b": None, "c": "x"})) == {
+        "a": [{}],
+        "b": None,
+        "c": "x",
+    }
+    assert extended_object(b'{"a":1}', {}) == b'{"a":1}'
+    assert extended_object(b'{"a":1} ', {"b": 2}) is None
