@@ -1,7 +1,8 @@
 """
 Idle sessions cost nothing: many chat sessions created and prompted once on a
 real pi-server (in a process of its own, with the real pi and the scripted LLM),
-their client gone, left idle past a short ``--agent-idle-timeout``.
+one client each, then the clients gone and the sessions left idle past a short
+``--agent-idle-timeout``.
 
 The server's resident memory (``VmRSS``) is read from ``/proc`` just after it
 starts (the fresh server), once every session has answered, once it holds no pi
@@ -37,6 +38,13 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _rss_if_running(pid: int) -> int:
+    try:
+        return rss_bytes(pid)
+    except (OSError, RuntimeError):
+        return 0  # ended meanwhile (a zombie has no VmRSS)
 
 
 def descendants(pid: int) -> list[int]:
@@ -104,16 +112,21 @@ async def measure(reactor, work: Path, pi, environ: dict, sessions: int, resumed
 
 async def _measure(reactor, setup: Setup, server, sessions: int, resumed: int):
     fresh = rss_bytes(server.pid)
-    client = await connect(reactor, server.port, TOKEN, "delta")
-    ids, creates = [], []
+    # A client per session, as many phones would be: a connection is attached to the
+    # session it created last, and a session nobody is attached to is idle already.
+    clients, ids, creates = [], [], []
     for number in range(sessions):
+        client = await connect(reactor, server.port, TOKEN, "delta")
+        clients.append(client)
         started = time.perf_counter()
         created = await client.call("session.create", {"mode": "chat"})
         creates.append(time.perf_counter() - started)
         ids.append(created["sessionId"])
         await prompted(setup, client, created["sessionId"], first_turn(number))
     busy = (rss_bytes(server.pid), len(descendants(server.pid)))
-    await client.close()
+    agents_rss = sum(map(_rss_if_running, descendants(server.pid)))
+    for client in clients:
+        await client.close()
     waited = await poll_until(
         reactor,
         lambda: not descendants(server.pid),
@@ -140,6 +153,7 @@ async def _measure(reactor, setup: Setup, server, sessions: int, resumed: int):
         "sessions": sessions,
         "fresh_rss": fresh,
         "busy": busy,
+        "agents_rss": agents_rss,
         "idle": idle,
         "resumed": after,
         "waited": waited,
@@ -158,13 +172,14 @@ async def _measure(reactor, setup: Setup, server, sessions: int, resumed: int):
         columns=("Server state", "Processes under it", "Server RSS", "vs fresh"),
         rows=(
             ("fresh (started, no session)", 0, report.size(fresh), ""),
-            row(f"{sessions} sessions, each answered once, client attached", busy),
-            row(f"client gone, idle past --agent-idle-timeout {IDLE_TIMEOUT:g}", idle),
+            row(f"{sessions} sessions, each answered once, their clients attached", busy),
+            row(f"clients gone, idle past --agent-idle-timeout {IDLE_TIMEOUT:g}", idle),
             row(f"{len(picked)} of them resumed and prompted again", after),
         ),
         notes=(
-            f"Every agent was stopped {waited:.1f} s after the client left (the idle sweep "
-            f"runs every {min(60.0, IDLE_TIMEOUT):g} s). `session.create` p50 "
+            f"Every agent was stopped {waited:.1f} s after the clients left (the idle sweep "
+            f"runs every {min(60.0, IDLE_TIMEOUT):g} s); before, the processes under the "
+            f"server held {report.size(agents_rss)} between them. `session.create` p50 "
             f"{report.duration(median(creates))} (a cold pi each); a resume (attach, then "
             f"a prompt to its `agent_settled`) p50 {report.duration(median(resumes))}; "
             f"{kept} of {len(picked)} resumed sessions had both turns in `get_messages`.",
