@@ -235,6 +235,8 @@ def markdown(
         "  until none is left (with a deadline); its `VmRSS` is read when it has just",
         "  started, with every session answered, once idle, and after resuming some",
         "  sessions (attach and prompt again; `get_messages` must hold both turns).",
+        "- **Profile.** Not part of this run: `python -m bench.hotpath` runs pi-server under",
+        "  cProfile through the same answers and short prompts and lists where its time goes.",
         "- **Resume.** The events are pi's own lines for a 2,000-token answer, repeated to",
         "  the number of events in the resume table: `Journal.append` them (the baseline),",
         "  read them back with `Journal.replay` in both modes, and resume a client over a",
