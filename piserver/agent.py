@@ -437,7 +437,7 @@ class AgentProtocol(protocol.ProcessProtocol):
         if not line:
             return
         try:
-            message = json.loads(line.decode("utf-8"))
+            message = _decode_line(line)
         except (ValueError, RecursionError):
             message = None
         if not isinstance(message, dict):
@@ -526,6 +526,24 @@ class AgentProtocol(protocol.ProcessProtocol):
                 count=self._stderr_suppressed,
             )
             self._stderr_suppressed = 0
+
+
+# json.loads looks for whitespace before and after the value with two regular expressions;
+# pi writes none. Its decoder's scanner, called directly, takes 70 % of the time.
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _decode_line(line: bytes):
+    """One line of pi's stdout as a JSON value (raises ValueError as json.loads does)."""
+    text = line.decode("utf-8")
+    try:
+        value, end = _scan_json(text, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end != len(text):
+        # Whitespace around the value, or not JSON: json.loads says which.
+        return json.loads(text)
+    return value
 
 
 def _encode_line(message: dict) -> bytes:
