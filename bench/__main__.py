@@ -17,7 +17,7 @@ from piserver.connection import DEFAULT_SEND_BUFFER_LIMIT
 from piserver.sessions.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
 from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 
-from . import document, realpi, relay, report, resume
+from . import document, idle, realpi, relay, report, resume
 from .rig import Machine, median
 
 QUICK = {
@@ -28,6 +28,9 @@ QUICK = {
     "relay_events": 1000,
     "clients": "1,10",
     "resume_events": 2000,
+    "short_rounds": 5,
+    "idle_sessions": 5,
+    "idle_resumed": 2,
 }
 
 
@@ -54,6 +57,24 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=3,
         help="measured rounds of the paced answer [%(default)s]",
+    )
+    parser.add_argument(
+        "--short-rounds",
+        type=int,
+        default=20,
+        help="measured rounds of the short prompt (p50) [%(default)s]",
+    )
+    parser.add_argument(
+        "--idle-sessions",
+        type=int,
+        default=50,
+        help="sessions created, prompted once and left idle [%(default)s]",
+    )
+    parser.add_argument(
+        "--idle-resumed",
+        type=int,
+        default=5,
+        help="of those, sessions resumed and prompted again [%(default)s]",
     )
     parser.add_argument(
         "--repeats",
@@ -216,9 +237,14 @@ async def run(reactor, options: argparse.Namespace) -> None:
             options.warmup,
             options.paced_delay,
             options.paced_rounds,
+            options.short_rounds,
         )
         for table in real_tables:
             show(table)
+        idle_table, idled = await idle.measure(
+            reactor, work / "idle", pi, environ, options.idle_sessions, options.idle_resumed
+        )
+        show(idle_table)
         relay_table, relayed = await relay.measure(
             reactor, work / "relay", environ, options.relay_events, options.clients, options.repeats
         )
@@ -229,8 +255,9 @@ async def run(reactor, options: argparse.Namespace) -> None:
         show(resume_table)
     mode_lines = document.event_modes(real_pi)
     goal_lines = document.goals(real_pi)
+    hot_path_lines = document.hot_path_goals(real_pi, idled)
     found = findings(real_pi, relayed, resumed)
-    print("\n".join(mode_lines + goal_lines + found))
+    print("\n".join(mode_lines + goal_lines + hot_path_lines + found))
     took = time.perf_counter() - started
     print(f"\n{took:.0f} s in all")
     if options.output != "-":
@@ -244,6 +271,7 @@ async def run(reactor, options: argparse.Namespace) -> None:
                 goal_lines,
                 mode_lines,
                 found,
+                hot_path_lines,
             ),
             encoding="utf-8",
         )

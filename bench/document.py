@@ -7,6 +7,12 @@ from .rig import Machine, median
 
 DELTA_GOAL = 100
 RELAY_GOAL = 0.05
+# Issue 13: against pi read directly, a 2,000-token answer unpaced (ratio) and paced
+# (added), a short prompt's round trip (added seconds, p50), idle RSS (added bytes).
+UNPACED_GOALS = {"delta": 1.1, "full": 1.5}
+PACED_GOAL = 0.01
+SHORT_GOAL = 0.003
+IDLE_RSS_GOAL = 30e6
 
 
 def goals(real_pi: dict) -> list[str]:
@@ -32,6 +38,52 @@ def goals(real_pi: dict) -> list[str]:
                 f"The relay adds ≤ {RELAY_GOAL:.0%} to a real 2,000-token answer end to end "
                 f"({answer}), {mode}-mode client: **{report.percent(added)}**: {verdict}."
             )
+    return lines
+
+
+def hot_path_goals(real_pi: dict, idled: dict) -> list[str]:
+    """One line per goal of issue 13 measured here, with this run's figure."""
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "not met"
+
+    def typical(runs, name):
+        return median(took for took, _ in runs[name])
+
+    lines = []
+    fast, paced = real_pi["times"]["fast"], real_pi["times"]["paced"]
+    for mode, goal in UNPACED_GOALS.items():
+        ratio = typical(fast, mode) / typical(fast, "direct")
+        lines.append(
+            f"A 2,000-token answer end to end, unpaced, {mode} mode ≤ {goal:g}x pi read "
+            f"directly: **{report.ratio(ratio)}**: {verdict(ratio <= goal)}."
+        )
+    for mode in ("full", "delta"):
+        added = typical(paced, mode) / typical(paced, "direct") - 1
+        lines.append(
+            f"The same answer paced, {mode} mode ≤ +{PACED_GOAL:.0%}: "
+            f"**{report.percent(added)}**: {verdict(added <= PACED_GOAL)}."
+        )
+    short = real_pi["short"]
+    for mode in ("full", "delta"):
+        added = typical(short, mode) - typical(short, "direct")
+        lines.append(
+            f"A short prompt's round trip, {mode} mode ≤ pi direct + {SHORT_GOAL * 1e3:g} ms "
+            f"(p50 of {len(short[mode])}): **{added * 1e3:+.2f} ms** "
+            f"({report.duration(typical(short, mode))} against "
+            f"{report.duration(typical(short, 'direct'))}): {verdict(added <= SHORT_GOAL)}."
+        )
+    left = idled["idle"][1]
+    added = idled["idle"][0] - idled["fresh_rss"]
+    lines.append(
+        f"{idled['sessions']} sessions created, prompted once and left idle past the timeout: "
+        f"**{left} pi processes** left ({verdict(left == 0)}); server RSS "
+        f"**{report.size(idled['idle'][0])}** against {report.size(idled['fresh_rss'])} "
+        f"for the fresh server ({added / 1e6:+.1f} MB; within {IDLE_RSS_GOAL / 1e6:.0f} MB: "
+        f"{verdict(added <= IDLE_RSS_GOAL)}); {idled['kept']} of {idled['resumed_count']} "
+        "resumed with their history on the next prompt "
+        f"({verdict(idled['kept'] == idled['resumed_count'])})."
+    )
     return lines
 
 
@@ -88,13 +140,15 @@ def markdown(
     goal_lines,
     mode_lines,
     findings,
+    hot_path_lines,
 ) -> str:
     parts = [
         "# Performance",
         "",
         "Measured by the benchmarks in `bench/` (issue 5), on pi 1.6 since issue 10: bytes on",
-        "the wire per event mode, what the relay costs in time, and what a resume costs. Every",
-        "figure is a ratio against a baseline measured in the same run, on the same machine.",
+        "the wire per event mode, what the relay costs in time, and what a resume costs; since",
+        "issue 13 also a short prompt's round trip and what idle sessions cost. Every figure",
+        "is a ratio against a baseline measured in the same run, on the same machine.",
         "This file is written by the benchmark run; the figures below are from the machine",
         f"described here, on {machine.date}. Another machine gives other absolute times; the",
         "ratios are what to compare.",
@@ -133,6 +187,13 @@ def markdown(
         "",
         *[f"- {line}" for line in goal_lines],
         "",
+        "## Goals of issue 13: the hot path and idle sessions",
+        "",
+        "Ratios and differences against pi read directly in the same run (see the tables",
+        "below); the idle figures from the idle-sessions table:",
+        "",
+        *[f"- {line}" for line in hot_path_lines],
+        "",
     ]
     if findings:
         parts += ["## Findings", "", *[f"- {line}" for line in findings], ""]
@@ -166,6 +227,16 @@ def markdown(
         "  its own pi. Routes take turns round by round, after warm-up rounds (pi's first",
         "  answers are much slower). Once with the answer streamed without delay, where the",
         "  relay's throughput decides, once paced, where its latency does.",
+        "- **Short prompt.** The same warm pi processes and clients answer a 5-token answer,",
+        "  prompt to `agent_settled`, the routes taking turns: p50 and p90 of the rounds.",
+        "- **Idle sessions.** A pi-server of its own with `--agent-idle-timeout 2` (and room",
+        "  for every agent under `--max-agents`): a client per chat session creates it and",
+        "  prompts it once; then they all leave. The server's descendants in `/proc` are polled",
+        "  until none is left (with a deadline); its `VmRSS` is read when it has just",
+        "  started, with every session answered, once idle, and after resuming some",
+        "  sessions (attach and prompt again; `get_messages` must hold both turns).",
+        "- **Profile.** Not part of this run: `python -m bench.hotpath` runs pi-server under",
+        "  cProfile through the same answers and short prompts and lists where its time goes.",
         "- **Resume.** The events are pi's own lines for a 2,000-token answer, repeated to",
         "  the number of events in the resume table: `Journal.append` them (the baseline),",
         "  read them back with `Journal.replay` in both modes, and resume a client over a",

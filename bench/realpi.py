@@ -14,7 +14,8 @@ run), pi alone through a
 direct JSON-lines reader against pi behind pi-server with one WebSocket
 client, both decoding every event; the routes take turns, after warm-up
 rounds (pi gets much faster over its first answers). Once streamed without
-delay, where the relay's throughput shows, once paced.
+delay, where the relay's throughput shows, once paced; then a short answer,
+where its latency does.
 """
 
 import gc
@@ -35,6 +36,8 @@ from .rig import TOKEN, LlmProcess, ServerProcess, chat_agent_args, median, spaw
 from .wsclient import connect
 
 TOKENS = 2000
+# A short prompt's answer: its round trip is the relay's latency, not its throughput.
+SHORT_TOKENS = 5
 HELLO = {"client": {"name": "bench", "version": "1"}}
 WIRE_CLIENTS = (
     ("full", "full", False),
@@ -73,9 +76,14 @@ class Setup:
             **options,
         )
 
-    def start_server(self):
+    def start_server(self, extra_args=(), profile: str | None = None):
         return ServerProcess.start(
-            self.reactor, self.agent_dir.path, self.pi, self.agent_dir.environment()
+            self.reactor,
+            self.agent_dir.path,
+            self.pi,
+            self.agent_dir.environment(),
+            extra_args,
+            profile,
         )
 
     async def stop(self):
@@ -243,11 +251,13 @@ def cpu_seconds(pid: int) -> float | None:
 class Routes:
     """The same answer, prompt to agent_settled: pi read directly (decoding every line, or
     only splitting them) and pi behind pi-server with a full- or delta-mode client that
-    decodes every event. Each route has its own pi process and keeps it, warm."""
+    decodes every event. Each route has its own pi process and keeps it, warm. Without
+    ``direct`` only the relayed routes are there (``bench/hotpath.py`` profiles them)."""
 
-    def __init__(self, setup: Setup, server: ServerProcess):
+    def __init__(self, setup: Setup, server: ServerProcess, direct: bool = True):
         self.setup = setup
         self.server = server
+        self.direct = direct
         self.readers = {}
         self.clients = {}
         self.answers = {}
@@ -255,10 +265,11 @@ class Routes:
     async def start(self):
         reactor = self.setup.reactor
         gc.collect()  # what the byte benchmarks decoded must not be collected during a run
-        self.readers = {
-            "direct": self.setup.spawn_pi("direct"),
-            "split": self.setup.spawn_pi("split", parse=False),
-        }
+        if self.direct:
+            self.readers = {
+                "direct": self.setup.spawn_pi("direct"),
+                "split": self.setup.spawn_pi("split", parse=False),
+            }
         for reader in self.readers.values():
             reader.send({"id": "state", "type": "get_state"})
             await reader.until_lines(1)
@@ -355,6 +366,47 @@ def time_table(title: str, runs: dict, note: str) -> Table:
     )
 
 
+SHORT_ROUTES = ("direct", "full", "delta")
+
+
+def percentile(values, fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def short_table(runs: dict, warmup: int) -> Table:
+    base = median(took for took, _ in runs["direct"])
+    rows = []
+    for name, label in ROUTES:
+        if name not in runs:
+            continue
+        times = [took for took, _ in runs[name]]
+        rows.append(
+            (
+                label,
+                report.duration(median(times)),
+                report.duration(percentile(times, 0.9)),
+                f"{(median(times) - base) * 1e3:+.2f} ms" if name != "direct" else "",
+            )
+        )
+    spread = "; ".join(
+        f"{name}: " + " ".join(f"{took * 1e3:.1f}" for took, _ in values)
+        for name, values in runs.items()
+    )
+    count = len(runs["direct"])
+    return Table(
+        title=f"Short prompt round trip: a real {SHORT_TOKENS}-token answer",
+        columns=("Route", "Prompt to agent_settled (p50)", "p90", "Difference (p50)"),
+        rows=tuple(rows),
+        notes=(
+            f"`Tokens({SHORT_TOKENS})`: the relay's latency, not its throughput. p50 of "
+            f"{count} rounds, the routes taking turns, after {warmup} warm-up rounds, on "
+            "the same warm pi processes as the tables above.",
+            f"Every run, in ms: {spread}.",
+        ),
+    )
+
+
 async def measure(
     reactor,
     work: Path,
@@ -364,6 +416,7 @@ async def measure(
     warmup: int,
     paced_delay: float,
     paced_rounds: int,
+    short_rounds: int,
 ):
     """Returns (tables, figures, pi's event lines of one unpaced answer)."""
     setup = await Setup(reactor, work, pi, environ).start()
@@ -377,6 +430,10 @@ async def measure(
             fast = await routes.rounds(answers[0], rounds, warmup)
             # Reading without decoding makes no difference at this pace: not run again.
             paced = await routes.rounds(answers[1], paced_rounds, 0, ("direct", "full", "delta"))
+            short_warmup = min(warmup, 3)
+            short = await routes.rounds(
+                Tokens(SHORT_TOKENS), short_rounds, short_warmup, SHORT_ROUTES
+            )
             await routes.stop()
         finally:
             await server.stop()
@@ -390,6 +447,7 @@ async def measure(
         "update_bytes": [sum(len(x) + 1 for x in updates_of(s)) for s in streams],
         "usage_bytes": [usage_bytes(updates_of(s)) for s in streams],
         "times": {"fast": fast, "paced": paced},
+        "short": short,
         "paced_rate": 1 / paced_delay,
     }
     tables = [
@@ -421,5 +479,6 @@ async def measure(
             f"`Tokens({TOKENS}, delay={paced_delay})`: {1 / paced_delay:.0f} tokens a "
             f"second. Median of {paced_rounds} rounds, the routes taking turns.",
         ),
+        short_table(short, short_warmup),
     ]
     return tables, figures, streams[0]

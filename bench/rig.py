@@ -89,12 +89,20 @@ class ServerProcess:
 
     @classmethod
     async def start(
-        cls, reactor, data_dir: Path, pi: tuple[str, ...], environ: dict, extra_args=()
+        cls,
+        reactor,
+        data_dir: Path,
+        pi: tuple[str, ...],
+        environ: dict,
+        extra_args=(),
+        profile: str | None = None,
     ):
+        """``profile``: run it under cProfile, writing its statistics there when it stops."""
         child = Child.spawn(
             reactor,
             "bench.serve",
             [
+                *(("--profile", profile) if profile is not None else ()),
                 "--port",
                 "tcp:0:interface=127.0.0.1",
                 "--data-dir",

@@ -4,12 +4,15 @@ pi-server in a process of its own, for the benchmarks.
 ``python -m bench.serve OPTIONS`` runs the service tree with those pi-server
 options (``--port``, ``--data-dir``, ``--pi``, ...), writes one JSON line
 ``{"port": N}`` on stdout once it listens, and stops when its stdin closes.
+``--profile FILE`` before those options runs the server under cProfile and writes
+its statistics (``pstats``) to FILE when it stops (``python -m bench.hotpath``).
 
 The benchmarks time the relay from outside: their clients and the direct
 readers they compare with live in the bench process, so none of their work is
 charged to the server's thread.
 """
 
+import cProfile
 import json
 import os
 import sys
@@ -53,6 +56,11 @@ async def serve(reactor, args: list[str]) -> None:
 
 
 def main(reactor, *args):
+    args = list(args)
+    profile = None
+    if args[:1] == ["--profile"]:
+        profile = cProfile.Profile()
+        statistics, args = args[1], args[2:]
     # Warnings and errors go to stderr, where the bench shows them if a run fails.
     globalLogBeginner.beginLoggingTo(
         [
@@ -62,7 +70,16 @@ def main(reactor, *args):
             )
         ]
     )
-    return defer.ensureDeferred(serve(reactor, list(args)))
+    if profile is None:
+        return defer.ensureDeferred(serve(reactor, args))
+
+    def stopped(result):
+        profile.disable()
+        profile.dump_stats(statistics)
+        return result
+
+    profile.enable()
+    return defer.ensureDeferred(serve(reactor, args)).addBoth(stopped)
 
 
 if __name__ == "__main__":

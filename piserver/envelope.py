@@ -6,6 +6,7 @@ Responses: ``{v: 1, kind: "response", id, sessionId?, ok, result | error}``.
 Events: ``{v: 1, kind: "event", sessionId, seq, type, payload}``.
 """
 
+import functools
 import json
 
 import attr
@@ -147,17 +148,44 @@ def encode_event(session_id: str, seq: int, event_type: str, payload_json: bytes
     Build an event envelope around an already-encoded payload, so that pi's
     event lines (which can be many MB) are relayed without re-encoding.
     """
-    head = _dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "kind": "event",
-            "sessionId": session_id,
-            "seq": seq,
-            "type": event_type,
-        }
+    # What _dumps of the envelope would give, put together from its pieces: this runs
+    # for every event sent.
+    return b"".join(
+        (
+            _EVENT_HEAD,
+            _json_string(session_id),
+            b',"seq":',
+            str(seq).encode("ascii"),
+            b',"type":',
+            _json_string(event_type),
+            b',"payload":',
+            payload_json,
+            b"}",
+        )
     )
-    return head[:-1] + b',"payload":' + payload_json + b"}"
+
+
+_EVENT_HEAD = b'{"v":%d,"kind":"event","sessionId":' % PROTOCOL_VERSION
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_string(text: str) -> bytes:
+    """A session id or event type as JSON (they are few, and repeat)."""
+    return _dumps(text)
 
 
 def encode_payload(payload) -> bytes:
     return _dumps(payload)
+
+
+def extended_object(object_json: bytes, fields: dict) -> bytes | None:
+    """
+    A non-empty JSON object's bytes with ``fields`` (keys it does not have) added at its
+    end, as ``{**object, **fields}`` would be encoded: the object is not decoded and
+    encoded again. None when ``object_json`` does not end with the object's brace.
+    """
+    if not object_json.endswith(b"}"):
+        return None
+    if not fields:
+        return object_json
+    return object_json[:-1] + b"," + _dumps(fields)[1:]

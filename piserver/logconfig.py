@@ -6,8 +6,10 @@ when one is set (as a ``.tac`` file would set it), else from its own options. Th
 service sets that component (``server.PiServerService.setServiceParent``) to the
 observer made here: the file twistd would write to (``--logfile``, standard output
 with ``--nodaemon``, syslog with ``--syslog``), in text or JSON lines, behind a level
-filter. Autobahn logs every WebSocket frame at debug level; the filter keeps that out
-at the default ``info``.
+filter. Autobahn logs every WebSocket frame at debug level: below ``--log-level debug``
+its own (txaio) loggers are set to ``error``, so those lines are not even made, and
+event frames are written without its send path (``ws.py``), which would still build
+their fields.
 
 The secret redaction (redact.py) stays in front: it is an observer of the global
 publisher added before twistd adds this one, so both formats see redacted events.

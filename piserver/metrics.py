@@ -13,7 +13,7 @@ error codes, the two event modes, the kinds of refusal (refusals.py).
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import maybeDeferred
 from twisted.web.resource import Resource
@@ -40,18 +40,10 @@ class ServerMetrics:
         self.runs_ended = Counter(
             "pi_server_runs_ended", "agent runs ended, by outcome", ["outcome"], registry=r
         )
-        self.events_sent = Counter(
-            "pi_server_events_sent",
-            "event frames sent to clients, by event mode",
-            ["mode"],
-            registry=r,
-        )
-        self.event_bytes_sent = Counter(
-            "pi_server_event_bytes_sent",
-            "bytes of event frames sent to clients, by event mode",
-            ["mode"],
-            registry=r,
-        )
+        # Frames and bytes sent per event mode: counted for every frame, so as plain
+        # numbers (a Counter takes a lock for each inc), read at each scrape.
+        self._sent = {mode: [0, 0] for mode in EVENT_MODES}
+        r.register(_SentCollector(self._sent))
         self.request_seconds = Histogram(
             "pi_server_request_duration_seconds",
             "time to answer a request, by method",
@@ -83,17 +75,15 @@ class ServerMetrics:
             ["kind"],
             registry=r,
         )
-        for mode in EVENT_MODES:
-            self.events_sent.labels(mode)
-            self.event_bytes_sent.labels(mode)
         for outcome in ("ok", "error", "aborted"):
             self.runs_ended.labels(outcome)
 
     # -- counting -----------------------------------------------------------
 
     def event_sent(self, mode: str, size: int) -> None:
-        self.events_sent.labels(mode).inc()
-        self.event_bytes_sent.labels(mode).inc(size)
+        sent = self._sent[mode]
+        sent[0] += 1
+        sent[1] += size
 
     def happened(self, happening: str, session, fields: dict) -> None:
         """A ``SessionManager`` listener (see ``SessionManager.listeners``)."""
@@ -166,6 +156,26 @@ def session_state(session) -> str:
     if status == "running":
         return "running" if session.streaming else "idle"
     return status
+
+
+class _SentCollector:
+    def __init__(self, sent: dict):
+        self._sent = sent
+
+    def collect(self):
+        frames = CounterMetricFamily(
+            "pi_server_events_sent", "event frames sent to clients, by event mode", labels=["mode"]
+        )
+        sent_bytes = CounterMetricFamily(
+            "pi_server_event_bytes_sent",
+            "bytes of event frames sent to clients, by event mode",
+            labels=["mode"],
+        )
+        for mode, (count, size) in self._sent.items():
+            frames.add_metric([mode], count)
+            sent_bytes.add_metric([mode], size)
+        yield frames
+        yield sent_bytes
 
 
 class _LiveCollector:

@@ -4,6 +4,7 @@ Thin Autobahn adapter: authenticates the upgrade, then hands frames to a
 """
 
 import socket
+import struct
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -26,6 +27,22 @@ from .refusals import Refusals
 # Close code for a frame over the size limit (RFC 6455 "message too big").
 CLOSE_TOO_BIG = 1009
 
+# The head of an unmasked, unfragmented text frame (RFC 6455 5.2): FIN and opcode 1, then
+# the payload length in 7 bits, or 126 and 16 bits, or 127 and 64 bits.
+_SHORT_HEAD = struct.Struct("!BB")
+_MEDIUM_HEAD = struct.Struct("!BBH")
+_LONG_HEAD = struct.Struct("!BBQ")
+
+
+def text_frame_head(size: int) -> bytes:
+    """The bytes before a ``size``-byte payload in a server's text frame."""
+    if size <= 125:
+        return _SHORT_HEAD.pack(0x81, size)
+    if size <= 0xFFFF:
+        return _MEDIUM_HEAD.pack(0x81, 126, size)
+    return _LONG_HEAD.pack(0x81, 127, size)
+
+
 # Not the protocol's ``log`` attribute: that is Autobahn's own (txaio) logger, whose debug
 # events (raw upgrade requests, with their tokens) stay off; a twisted Logger there would
 # write them.
@@ -35,6 +52,8 @@ log = Logger()
 class RpcServerProtocol(WebSocketServerProtocol):
     connection = None
     _identity = None
+    # Frames written here, not through sendMessage (see send_frame); set once open.
+    _frames_direct = False
 
     def onConnect(self, request):
         factory = self.factory
@@ -102,6 +121,12 @@ class RpcServerProtocol(WebSocketServerProtocol):
         # request; the socket is ours now, and its pause/resume tells us a client is slow.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self.connection.backpressure, True)
+        self._frames_direct = (
+            self.factory.frames_direct
+            and self._perMessageCompress is None
+            and not self.autoFragmentSize
+            and not (self.logFrames or self.logOctets or self.trackTimings)
+        )
 
     def onMessage(self, payload, isBinary):
         self.connection.frame_received(payload)
@@ -112,7 +137,20 @@ class RpcServerProtocol(WebSocketServerProtocol):
 
     # FrameSink
     def send_frame(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=False)
+        # Autobahn's sendMessage builds the arguments of a debug line for every frame
+        # (sendData colours them with click) even when its debug level is off: most of
+        # what sending an event cost. Without compression a frame is only a head and the
+        # payload, written here as they are; anything else (closing, a frame over the
+        # limit, which sendMessage refuses) goes through Autobahn.
+        if (
+            self._frames_direct
+            and self.state == self.STATE_OPEN
+            and not self.send_queue
+            and not 0 < self.maxMessagePayloadSize < len(data)
+        ):
+            self.transport.writeSequence((text_frame_head(len(data)), data))
+        else:
+            self.sendMessage(data, isBinary=False)
 
     def close(self, code: int, reason: str) -> None:
         self.sendClose(code, reason)
@@ -151,6 +189,8 @@ class RpcServerFactory(WebSocketServerFactory):
         # With --log-level debug its debug events (every frame) are asked for: credentials
         # in them are redacted (redact.py).
         txaio.set_global_log_level(library_log_level)
+        # Autobahn's debug lines show every frame sent: at debug level they go through it.
+        self.frames_direct = library_log_level != "debug"
         self.hub = hub
         self.authenticator = authenticator
         self.refusals = refusals or Refusals(ServerMetrics(self.reactor), self.reactor)

@@ -181,6 +181,14 @@ def strip_message_update(payload: dict) -> dict:
     return event
 
 
+def _carries_message(payload: dict) -> bool:
+    """Whether an update has the ``message`` or ``partial`` of pi 0.x."""
+    if "message" in payload:
+        return True
+    inner = payload.get("assistantMessageEvent")
+    return isinstance(inner, dict) and "partial" in inner
+
+
 def _split_update(payload: dict):
     """(event without message and partial, message position or None, message, partial
     position or None, partial)."""
@@ -333,8 +341,10 @@ def _inserted(mapping: dict, position: int, key: str, value) -> dict:
 
 
 def _record(seq: int, time: float, kind: int, event_type: bytes, rest: bytes) -> bytes:
-    body = b"".join((_BODY_HEADER.pack(seq, time, kind, len(event_type)), event_type, rest))
-    return _RECORD_HEADER.pack(len(body), zlib.crc32(body)) + body
+    head = _BODY_HEADER.pack(seq, time, kind, len(event_type)) + event_type
+    # One copy of ``rest`` (an event can be MBs): the CRC of the body is taken in two parts.
+    checksum = zlib.crc32(rest, zlib.crc32(head))
+    return b"".join((_RECORD_HEADER.pack(len(head) + len(rest), checksum), head, rest))
 
 
 def _records(data: memoryview, first_seq: int):
@@ -634,23 +644,23 @@ class Journal:
         # A new segment starts without a base: its first update is a keyframe.
         base = self._base if current is not None else _NO_BASE
         kind, rest = _VERBATIM, payload_json
-        if event_type == "message_update":
+        # pi 1.x's updates carry neither field: they are kept as they are, unsplit.
+        if event_type == "message_update" and _carries_message(payload):
             event, message_at, message, partial_at, partial = _split_update(payload)
-            if message_at is not None or partial_at is not None:
-                reference = base
-                message_slot = partial_slot = None
-                if message_at is not None:
-                    message_slot = [message_at, _diff(reference, message)]
-                    reference = base = message
-                if partial_at is not None:
-                    same = _diff(reference, partial) is None
-                    partial_slot = [partial_at, None if same else [_SET, partial]]
-                    if message_at is None:
-                        base = partial
-                delta = encode_payload(event)
-                kind = _UPDATE
-                rebuild = encode_payload([message_slot, partial_slot])
-                rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, rebuild))
+            reference = base
+            message_slot = partial_slot = None
+            if message_at is not None:
+                message_slot = [message_at, _diff(reference, message)]
+                reference = base = message
+            if partial_at is not None:
+                same = _diff(reference, partial) is None
+                partial_slot = [partial_at, None if same else [_SET, partial]]
+                if message_at is None:
+                    base = partial
+            delta = encode_payload(event)
+            kind = _UPDATE
+            rebuild = encode_payload([message_slot, partial_slot])
+            rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, rebuild))
         data = _record(seq, now, kind, event_type.encode("utf-8"), rest)
         try:
             if current is None:

@@ -9,13 +9,15 @@ and the same bytes go to every connection in that mode.
 
 Event modes:
 
-- ``full``: pi's events unchanged.
-- ``delta``: ``message_update`` without ``usage`` (pi 1.x repeats the usage so far
-  on every update; ``message_end`` has the final one) and, from older pi, without
-  ``message`` and ``assistantMessageEvent.partial``, and consecutive
-  ``text_delta``/``thinking_delta`` events of one content block merged for up to
-  ``merge_window`` seconds. A merged event carries the ``seq`` of its last part,
-  so a delta-mode client may see ``seq`` skip numbers; resuming from it is exact.
+- ``full``: pi's events unchanged, as pi's own bytes (the fields ``compat`` adds are
+  appended to them, not decoded and encoded again with them).
+- ``delta``: the same bytes for every event but ``message_update``, which goes without
+  ``usage`` (pi 1.x repeats the usage so far on every update; ``message_end`` has the
+  final one) and, from older pi, without ``message`` and
+  ``assistantMessageEvent.partial``, and consecutive ``text_delta``/``thinking_delta``
+  events of one content block merged for up to ``merge_window`` seconds. A merged
+  event carries the ``seq`` of its last part, so a delta-mode client may see ``seq``
+  skip numbers; resuming from it is exact.
 """
 
 import json
@@ -24,7 +26,7 @@ import attr
 from twisted.logger import Logger
 
 from .. import compat
-from ..envelope import encode_event, encode_payload
+from ..envelope import encode_event, encode_payload, extended_object
 from ..streaming import StreamingMessage
 from .journal import JournalGap, JournalStopped, strip_message_update
 
@@ -75,6 +77,21 @@ def _merge_key(event_type: str, payload: dict):
     if not isinstance(event.get("delta"), str):
         return None
     return (event["type"], event.get("contentIndex"))
+
+
+def _enriched_json(payload: dict, payload_json: bytes | None, enriched: dict) -> bytes | None:
+    """pi's bytes with what ``compat.enrich`` added to the event appended, when it only
+    added fields (an ``agent_end`` with its ``success``, a tool's ``output``: whole
+    messages and tool results need not be encoded again); else None."""
+    if payload_json is None or not payload:
+        return None
+    added = {}
+    for key, value in enriched.items():
+        if key not in payload:
+            added[key] = value
+        elif payload[key] is not value:
+            return None
+    return extended_object(payload_json, added)
 
 
 def delta_payload(event_type: str, payload: dict) -> dict:
@@ -144,7 +161,8 @@ class EventStream:
         self._follow_message(event_type, payload)
         enriched = compat.enrich(event_type, payload, self._streaming)
         if enriched is not None:
-            payload, payload_json = enriched, None
+            payload_json = _enriched_json(payload, payload_json, enriched)
+            payload = enriched
         if payload_json is None:
             payload_json = encode_payload(payload)
         self.seq += 1
@@ -174,7 +192,7 @@ class EventStream:
             else:
                 has_delta = True
         if has_delta:
-            self._publish_delta(seq, event_type, payload, to)
+            self._publish_delta(seq, event_type, payload, payload_json, to)
         if stopped is not None:
             self.publish(
                 "journal_stopped",
@@ -209,7 +227,9 @@ class EventStream:
         """Content block ``index`` of the message being streamed, or None."""
         return self._streaming.block(index) if self._streaming is not None else None
 
-    def _publish_delta(self, seq: int, event_type: str, payload: dict, to=None) -> None:
+    def _publish_delta(
+        self, seq: int, event_type: str, payload: dict, payload_json: bytes, to=None
+    ) -> None:
         key = _merge_key(event_type, payload)
         if key is not None and self._merge_window > 0:
             delta = payload["assistantMessageEvent"]["delta"]
@@ -222,9 +242,10 @@ class EventStream:
             self._merge_call = self._clock.callLater(self._merge_window, self.flush)
             return
         self.flush()
-        frame = encode_event(
-            self.session_id, seq, event_type, encode_payload(delta_payload(event_type, payload))
-        )
+        if event_type == "message_update":
+            # Updates lose their usage in delta mode; every other event goes as in full mode.
+            payload_json = encode_payload(delta_payload(event_type, payload))
+        frame = encode_event(self.session_id, seq, event_type, payload_json)
         self._send_to_mode("delta", seq, frame, to)
 
     def flush(self) -> None:

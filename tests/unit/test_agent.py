@@ -182,6 +182,13 @@ def test_garbage_lines_are_logged_and_skipped(logged):
     assert all(len(e["line"]) < 300 for e in garbage)
 
 
+def test_lines_are_read_as_json_loads_reads_them(logged):
+    agent, process, _, events = make_agent()
+    process.stdout(b' {"type":"spaced"} \n{"type":"one"} {"type":"two"}\n{"type":"last"}\n')
+    assert events.types == ["spaced", "last"]
+    assert sum("not a JSON object" in e.get("log_format", "") for e in logged) == 1
+
+
 def test_a_failing_event_callback_does_not_break_the_protocol(logged):
     reactor = FakeProcessReactor()
     seen = []

@@ -285,3 +285,38 @@ def test_a_client_without_snapshots_resumes_past_a_trim_or_an_unknown_seq(tmp_pa
     assert ahead.sent == []
     publish(stream, {"type": "live"})
     assert [f["type"] for f in ahead.frames()] == ["live"]
+
+
+def test_pi_bytes_pass_through_with_only_the_added_fields_appended(stream):
+    # pi's own spelling (spaces, 1.0) shows the bytes were not decoded and encoded again.
+    full, phone = FakeConnection("full"), FakeConnection("phone")
+    stream.attach(full, "full")
+    stream.attach(phone, "delta")
+    start = b'{"type": "message_start", "message": {"role": "user", "weight": 1.0}}'
+    stream.publish("message_start", json.loads(start), start)
+    end = b'{"type":"agent_end","messages":[{"role":"assistant","stopReason":"stop"}]}'
+    stream.publish("agent_end", json.loads(end), end)
+    for connection in (full, phone):
+        assert connection.sent[0].endswith(b',"payload":' + start + b"}")
+        assert connection.sent[1].endswith(b',"payload":' + end[:-1] + b',"success":true}}')
+    assert stream._journal.replay(0)[1][2] == end[:-1] + b',"success":true}'
+
+
+def test_an_enrichment_that_changes_a_field_is_encoded_again(stream):
+    full = FakeConnection("full")
+    stream.attach(full, "full")
+    publish(stream, {"type": "message_start", "message": {"role": "assistant", "content": []}})
+    call = {
+        "type": "message_update",
+        "assistantMessageEvent": {
+            "type": "toolcall_start",
+            "contentIndex": 0,
+            "id": "c1",
+            "toolName": "bash",
+        },
+    }
+    raw = json.dumps(call, indent=1).encode()
+    stream.publish("message_update", call, raw)
+    payload = full.frames()[1]["payload"]
+    assert payload["assistantMessageEvent"]["partial"]["content"][0]["name"] == "bash"
+    assert raw not in full.sent[1]

@@ -213,3 +213,17 @@ def test_authenticator_off_and_device_tokens():
     assert (identity.device, identity.token_id) == ("phone", "sha256:1")
     with pytest.raises(Unauthorized):
         authenticator.authenticate({}, {"token": ["other"]})
+
+
+@pytest.mark.parametrize("size", [2, 125, 126, 65535, 65536, 300_000])
+@pytest_twisted.ensureDeferred
+async def test_frames_written_directly_arrive_whole(harness, size):
+    # Each length form of a frame's head (7, 16 and 64 bits), at its edges: Autobahn's
+    # client checks every frame it reads.
+    client = await harness.open()
+    (connection,) = harness.hub.connections.values()
+    text = "x" * (size - 2)
+    connection.send(json.dumps(text).encode())
+    connection.send(b'{"after":true}')
+    harness.flush()
+    assert client.received == [text, {"after": True}]
