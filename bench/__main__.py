@@ -17,7 +17,7 @@ from piserver.connection import DEFAULT_SEND_BUFFER_LIMIT
 from piserver.sessions.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
 from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 
-from . import document, idle, realpi, relay, report, resume
+from . import document, idle, lifecycle, realpi, relay, report, resume
 from .rig import Machine, median
 
 QUICK = {
@@ -31,6 +31,7 @@ QUICK = {
     "short_rounds": 5,
     "idle_sessions": 5,
     "idle_resumed": 2,
+    "start_rounds": 2,
 }
 
 
@@ -63,6 +64,12 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=20,
         help="measured rounds of the short prompt (p50) [%(default)s]",
+    )
+    parser.add_argument(
+        "--start-rounds",
+        type=int,
+        default=20,
+        help="measured rounds of session start, warm and cold agents [%(default)s]",
     )
     parser.add_argument(
         "--idle-sessions",
@@ -241,6 +248,11 @@ async def run(reactor, options: argparse.Namespace) -> None:
         )
         for table in real_tables:
             show(table)
+        (work / "start").mkdir()
+        started_runs = await lifecycle.measure(
+            reactor, work / "start", pi, options.start_rounds, 2, environ
+        )
+        show(lifecycle.table(started_runs, machine, options.start_rounds))
         idle_table, idled = await idle.measure(
             reactor, work / "idle", pi, environ, options.idle_sessions, options.idle_resumed
         )
@@ -255,7 +267,7 @@ async def run(reactor, options: argparse.Namespace) -> None:
         show(resume_table)
     mode_lines = document.event_modes(real_pi)
     goal_lines = document.goals(real_pi)
-    hot_path_lines = document.hot_path_goals(real_pi, idled)
+    hot_path_lines = document.start_goals(started_runs) + document.hot_path_goals(real_pi, idled)
     found = findings(real_pi, relayed, resumed)
     print("\n".join(mode_lines + goal_lines + hot_path_lines + found))
     took = time.perf_counter() - started

@@ -109,8 +109,10 @@ async def pi_first_tokens(reactor, work: Path, pi, environ: dict, number: int) -
     return took
 
 
-async def measure(reactor, work: Path, pi: tuple[str, ...], rounds: int, warmup: int) -> dict:
-    llm = await LlmProcess.start(reactor, dict(os.environ))
+async def measure(
+    reactor, work: Path, pi: tuple[str, ...], rounds: int, warmup: int, environ: dict
+) -> dict:
+    llm = await LlmProcess.start(reactor, environ)
     servers, clients = {}, {}
     try:
         for name, args in SERVERS.items():
@@ -195,7 +197,7 @@ async def run(reactor, rounds: int, warmup: int) -> Table:
     machine = Machine.describe(pi)
     work = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     try:
-        runs = await measure(reactor, work, pi, rounds, warmup)
+        runs = await measure(reactor, work, pi, rounds, warmup, dict(os.environ))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return table(runs, machine, rounds)

@@ -137,7 +137,8 @@ class SessionManager(service.Service):
                 lambda: agentdir.fingerprint(self._data_dir),
             )
         self._refill = None
-        # listener(happening, session, fields) for "event" (event_type, payload),
+        # listener(happening, session, fields) for "event" (event_type, payload; every event
+        # but the per-token message_update, which nobody listening needs),
         # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
         self.listeners = []
         # on_sent(mode, size) for every event frame sent (metrics).
@@ -745,7 +746,7 @@ class SessionManager(service.Service):
         session.stream.publish(event_type, payload, payload_json, to=to)
         # The stream's seq, not the event's: publishing can add one (journal_stopped).
         self._store.note_last_seq(session.id, session.stream.seq)
-        if self.listeners:
+        if self.listeners and event_type != "message_update":
             self._tell("event", session, {"event_type": event_type, "payload": payload})
         now = session.last_used = self._reactor.seconds()
         # lastActivityAt has a resolution of seconds: format it once a second, not per event.

@@ -573,3 +573,15 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     harness.answer("abort", n=0)
     harness.process(0).end(code=0)
     assert not warm.directory.exists()
+
+
+def test_listeners_hear_every_event_but_the_per_token_updates(harness):
+    heard = []
+    harness.sessions.listeners.append(
+        lambda happening, session, fields: heard.append(fields.get("event_type"))
+    )
+    create(harness, FakeConnection())
+    harness.process().stdout(
+        b'{"type":"agent_start"}\n{"type":"message_update"}\n{"type":"agent_settled"}\n'
+    )
+    assert heard == ["agent_start", "agent_settled"]
