@@ -124,11 +124,6 @@ class AgentLifecycle:
         if self.agent is not None:
             await self.agent.exited
 
-    @property
-    def recent_crashes(self) -> int:
-        self._forget_old_crashes()
-        return len(self._crashes)
-
     def _forget_old_crashes(self) -> None:
         horizon = self._clock.seconds() - self._crash_window
         while self._crashes and self._crashes[0][0] < horizon:

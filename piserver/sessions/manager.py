@@ -343,11 +343,11 @@ class SessionManager(service.Service):
             session.provider, session.model_id = provider, model_id
         session.system_prompt = system_prompt
         session.include_native_tools = include_native_tools
-        if connection is not None:
-            # Attached from the start, so it sees session_progress while the checkout runs.
-            await self.attach(connection, session, exclusive=True)
         checked_out = False
         try:
+            if connection is not None:
+                # Attached from the start, so it sees session_progress while the checkout runs.
+                await self.attach(connection, session, exclusive=True)
             if system_prompt is not None:
                 # Read by the extension before each run: a warm agent takes it on too.
                 write_bytes_atomic(session.system_prompt_file, system_prompt.encode("utf-8"))

@@ -585,3 +585,19 @@ def test_listeners_hear_every_event_but_the_per_token_updates(harness):
         b'{"type":"agent_start"}\n{"type":"message_update"}\n{"type":"agent_settled"}\n'
     )
     assert heard == ["agent_start", "agent_settled"]
+
+
+def test_a_create_that_fails_undoes_the_warm_session_it_took(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    connection = FakeConnection()
+    connection.features = None  # attaching it fails
+    created = create(harness, connection)
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    assert isinstance(created.result, Failure) and created.result.check(TypeError)
+    created.addErrback(lambda f: None)
+    assert not warm.directory.exists() and harness.sessions.sessions == {}
+    harness.reactor.advance(0.1)
+    assert len(harness.sessions.agents.warm.sessions()) == 1  # the pool fills again
