@@ -26,7 +26,16 @@ from twisted.internet import defer, task
 from tests.support.piagent import PiNotInstalled, locate_pi, write_agent_dir
 
 from .report import Table, duration
-from .rig import TOKEN, LlmProcess, Machine, ServerProcess, chat_agent_args, median, spawn_reader
+from .rig import (
+    TOKEN,
+    LlmProcess,
+    Machine,
+    ServerProcess,
+    chat_agent_args,
+    median,
+    percentile,
+    spawn_reader,
+)
 from .wsclient import connect
 
 # Unsandboxed, as pi read directly is: what bubblewrap adds to a start is bench/sandbox.py's.
@@ -40,11 +49,6 @@ SPARE_DEADLINE = 60.0
 # How long a pi read directly runs before its first prompt (a warm agent has been ready a
 # while when a create takes it).
 PI_READY_PAUSE = 0.5
-
-
-def percentile(values, fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def spare_ready(reactor, port: int) -> None:

@@ -32,7 +32,15 @@ from tests.support.wsclient import RpcClient
 
 from . import report
 from .report import Table
-from .rig import TOKEN, LlmProcess, ServerProcess, chat_agent_args, median, spawn_reader
+from .rig import (
+    TOKEN,
+    LlmProcess,
+    ServerProcess,
+    chat_agent_args,
+    median,
+    percentile,
+    spawn_reader,
+)
 from .wsclient import connect
 
 TOKENS = 2000
@@ -367,11 +375,6 @@ def time_table(title: str, runs: dict, note: str) -> Table:
 
 
 SHORT_ROUTES = ("direct", "full", "delta")
-
-
-def percentile(values, fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def short_table(runs: dict, warmup: int) -> Table:

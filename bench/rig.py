@@ -26,6 +26,12 @@ def median(values) -> float:
     return statistics.median(values)
 
 
+def percentile(values, fraction: float) -> float:
+    """The value ``fraction`` of the way up the sorted values (the nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
 # -- helper processes ----------------------------------------------------------
 
 

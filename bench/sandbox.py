@@ -24,15 +24,10 @@ from twisted.internet import defer, task
 from tests.support.piagent import PiNotInstalled, locate_pi, write_agent_dir
 
 from .report import Table, duration
-from .rig import TOKEN, LlmProcess, Machine, ServerProcess, median
+from .rig import TOKEN, LlmProcess, Machine, ServerProcess, median, percentile
 from .wsclient import connect
 
 MODES = ("none", "bwrap")
-
-
-def percentile(values, fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 async def timed_prompt(client, session_id: str) -> float:

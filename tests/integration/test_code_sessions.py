@@ -13,13 +13,9 @@ import pytest_twisted
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.server import session_directories
-from tests.support.wsclient import CallFailed
+from tests.support.wsclient import CallFailed, is_type
 
 GITHUB_TOKEN = TEST_TOKEN
-
-
-def is_type(event_type, session_id):
-    return lambda f: f["type"] == event_type and f["sessionId"] == session_id
 
 
 def write_repos(data_dir, entries):

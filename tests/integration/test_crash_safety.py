@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from tests.support.fakellm import Text, Tokens
 from tests.support.piagent import pi_option
 from tests.support.processes import free_port, health_ok, wait_until
-from tests.support.wsclient import RpcClient
+from tests.support.wsclient import RpcClient, is_type
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 TOKEN = "crash-test-token"
@@ -85,10 +85,6 @@ async def connect(server):
     client = await RpcClient.connect(reactor, server.port, token=TOKEN)
     await client.call("hello", HELLO)
     return client
-
-
-def is_type(event_type, session_id):
-    return lambda f: f["type"] == event_type and f["sessionId"] == session_id
 
 
 @pytest_twisted.ensureDeferred

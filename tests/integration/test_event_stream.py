@@ -9,14 +9,11 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from tests.support.fakellm import Reply, Text, Tokens
+from tests.support.wsclient import is_type
 
 HELLO = {"client": {"name": "tests", "version": "1"}}
 # A client that reads snapshots and pi's messages as they are (the web and script clients).
 SNAPSHOT_HELLO = {**HELLO, "features": ["snapshots", "piMessages"]}
-
-
-def is_type(event_type, session_id):
-    return lambda f: f["type"] == event_type and f["sessionId"] == session_id
 
 
 def deltas(frames):

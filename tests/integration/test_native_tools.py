@@ -12,7 +12,7 @@ import pytest_twisted
 
 from tests.support.fakegithub import make_repository
 from tests.support.fakellm import Hang, Reply, Text, ToolCall
-from tests.support.wsclient import CallFailed
+from tests.support.wsclient import CallFailed, is_type
 
 HELLO = {"client": {"name": "phone", "version": "1"}}
 LOCATION = {
@@ -21,12 +21,6 @@ LOCATION = {
     "parameters": {"type": "object", "properties": {"precise": {"type": "boolean"}}},
 }
 DIALOGS_EXTENSION = Path(__file__).parent.parent / "support" / "extensions" / "dialogs.ts"
-
-
-def is_type(event_type, session_id=None):
-    return lambda f: (
-        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
-    )
 
 
 def tool_message(request):

@@ -14,6 +14,7 @@ from twisted.web.server import Site
 
 from piserver.notify import SIGNATURE_HEADER
 from tests.support.fakellm import Reply, Text, ToolCall
+from tests.support.wsclient import is_type
 
 SECRET = "notify-integration-secret"
 LOCATION = {
@@ -87,10 +88,6 @@ async def silent_receiver():
     await port.stopListening()
     for protocol in factory.connections:
         protocol.transport.abortConnection()
-
-
-def is_type(event_type, session_id):
-    return lambda f: f["type"] == event_type and f["sessionId"] == session_id
 
 
 def valid(body: bytes, signature: str) -> bool:

@@ -15,13 +15,7 @@ from piserver import methods
 from piserver.tap import Options
 from tests.support.fakellm import Hang, Reply, Text, Tokens, ToolCall
 from tests.support.piagent import locate_pi
-from tests.support.wsclient import CallFailed
-
-
-def is_type(event_type, session_id=None):
-    return lambda f: (
-        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
-    )
+from tests.support.wsclient import CallFailed, is_type
 
 
 def first_delta(session_id):

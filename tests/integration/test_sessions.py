@@ -10,13 +10,7 @@ import pytest
 import pytest_twisted
 
 from tests.support.fakellm import Hang, Reply, Text, Tokens
-from tests.support.wsclient import CallFailed
-
-
-def is_type(event_type, session_id=None):
-    return lambda f: (
-        f["type"] == event_type and (session_id is None or f["sessionId"] == session_id)
-    )
+from tests.support.wsclient import CallFailed, is_type
 
 
 def text_of(frames):
