@@ -71,7 +71,12 @@ class WarmAgents:
                 return
             self._pool.append(session)
             self._started_with[session.id] = self._configuration()
-            session.lifecycle.want().addErrback(self._start_failed, session)
+            session.lifecycle.want().addCallbacks(
+                self._started,
+                self._start_failed,
+                callbackArgs=(session,),
+                errbackArgs=(session,),
+            )
 
     def take(self) -> Session | None:
         """A warm session (its agent running or still starting) out of the pool, or None."""
@@ -101,6 +106,15 @@ class WarmAgents:
     async def close(self) -> None:
         for session in list(self._pool):
             await self.discard(session)
+
+    def _started(self, agent, session: Session) -> None:
+        agent.exited.addCallback(self._exited, session)
+
+    def _exited(self, exit, session: Session) -> None:
+        if self.holds(session):
+            # It died waiting (a stop the pool asked for takes it out of the pool first).
+            self.log.warn("a warm agent exited: {exit}", exit=exit.describe())
+            self._discarded(self.discard(session))
 
     def _start_failed(self, failure, session: Session) -> None:
         # Not retried until the pool is filled again (a client connecting, a create): a pi

@@ -601,3 +601,13 @@ def test_a_create_that_fails_undoes_the_warm_session_it_took(tmp_path):
     assert not warm.directory.exists() and harness.sessions.sessions == {}
     harness.reactor.advance(0.1)
     assert len(harness.sessions.agents.warm.sessions()) == 1  # the pool fills again
+
+
+def test_a_warm_agent_that_dies_waiting_leaves_the_pool(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    harness.process(0).end(code=1)
+    assert harness.sessions.agents.warm.sessions() == [] and not warm.directory.exists()
+    harness.sessions.watch(FakeConnection("c2"))  # the next client fills the pool again
+    assert len(harness.reactor.spawned) == 2
