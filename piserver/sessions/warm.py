@@ -118,9 +118,11 @@ class WarmAgents:
 
     def _start_failed(self, failure, session: Session) -> None:
         # Not retried until the pool is filled again (a client connecting, a create): a pi
-        # that cannot start must not be restarted in a loop for nobody.
-        self.log.warn("a warm agent did not start: {error}", error=failure.getErrorMessage())
-        self._discarded(self.discard(session))
+        # that cannot start must not be restarted in a loop for nobody. (One the pool
+        # discarded while it started is out of the pool already.)
+        if self.holds(session):
+            self.log.warn("a warm agent did not start: {error}", error=failure.getErrorMessage())
+            self._discarded(self.discard(session))
 
     def _discarded(self, discarding) -> None:
         defer.ensureDeferred(discarding).addErrback(
