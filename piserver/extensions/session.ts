@@ -53,7 +53,7 @@
  */
 
 import { existsSync, readFileSync } from "node:fs";
-import type { ExtensionAPI } from "@mariozechner/pi-coding-agent";
+import type { ExtensionAPI } from "@earendil-works/pi-coding-agent";
 
 const TOOLS_FILE_FLAG = "native-tools-file";
 const SYSTEM_PROMPT_FLAG = "system-prompt-file";
@@ -94,7 +94,7 @@ function readAnswer(toolName: string, answer: string): { text: string } | Error 
 	return new Error(`pi-server sent an unreadable answer for ${toolName}`);
 }
 
-export default function nativeTools(pi: ExtensionAPI) {
+export default function piServerSession(pi: ExtensionAPI) {
 	pi.registerFlag(TOOLS_FILE_FLAG, {
 		description: "JSON file with the native tools a pi-server client offers",
 		type: "string",

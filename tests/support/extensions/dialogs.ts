@@ -9,7 +9,7 @@
  *   "confirmed" or "declined" as its result.
  */
 
-import type { ExtensionAPI } from "@mariozechner/pi-coding-agent";
+import type { ExtensionAPI } from "@earendil-works/pi-coding-agent";
 
 export default function dialogs(pi: ExtensionAPI) {
 	pi.registerCommand("dialog", {
