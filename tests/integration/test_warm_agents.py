@@ -81,7 +81,8 @@ async def test_idle_sessions_hold_no_pi_and_resume_with_their_history(make_pi_se
     # pool may still be refilling after the last create).
     while supervisor.agents():
         stopped.append(await next(iter(supervisor.agents().values())).exited)
-    assert len(stopped) >= len(session_ids)
+    # (An earlier session's agent may have gone already: creating the next one detached
+    # the client from it.)
     assert all(exit.stop_requested for exit in stopped)  # stopped, not crashed
     client = await server.client()
     listed = (await client.call("session.list"))["sessions"]
