@@ -2,8 +2,6 @@
 long answer, not one per frame; JSON lines in the foreground and in daemon mode."""
 
 import json
-import os
-import signal
 import subprocess
 
 import pytest_twisted
@@ -11,8 +9,7 @@ from twisted.internet import reactor
 
 from tests.support.fakellm import Tokens
 from tests.support.piagent import VERSION_ONLY_PI
-from tests.support.processes import free_port, health_ok, wait_until
-from tests.support.twistdprocess import TWISTD, TwistdServer
+from tests.support.twistdprocess import TWISTD, TwistdServer, run_daemon
 from tests.support.wsclient import RpcClient
 
 TOKEN = "logging-test-token-value"
@@ -102,45 +99,13 @@ async def test_json_lines_carry_the_event_fields(agent_dir, pi_binary, fake_llm)
 
 
 def test_daemon_logs_json_lines_to_its_logfile(tmp_path):
-    pidfile = tmp_path / "piserver.pid"
-    logfile = tmp_path / "piserver.log"
-    port = free_port()
-    started = subprocess.run(
-        [
-            TWISTD,
-            "--pidfile",
-            str(pidfile),
-            "--logfile",
-            str(logfile),
-            "piserver",
-            "--port",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--pi",
-            VERSION_ONLY_PI,
-            "--auth-token",
-            TOKEN,
-            "--log-format",
-            "json",
-            "--no-health-log",
-        ],
-        capture_output=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert started.returncode == 0, started.stderr.decode()
-    wait_until(pidfile.exists, 30, "the pidfile")
-    pid = int(pidfile.read_text())
-    wait_until(lambda: health_ok(port), 30, "/health to answer")
-    os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not pidfile.exists(), 30, "the pidfile to be removed")
-    records = [json.loads(line) for line in logfile.read_text().splitlines()]
+    port, log = run_daemon(tmp_path, TOKEN, "--log-format", "json", "--no-health-log")
+    records = [json.loads(line) for line in log.splitlines()]
     assert any(r.get("port") == port and r["text"].startswith("listening on") for r in records)
     assert records[-1]["text"] == "Server Shut Down."
     # --no-health-log: the probes are not in the access log.
     assert not any("/health" in r["text"] for r in records)
-    assert TOKEN not in logfile.read_text()
+    assert TOKEN not in log
 
 
 def test_a_daemon_cannot_log_to_standard_output(tmp_path):

@@ -6,18 +6,67 @@ served by the test's own reactor.
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
-from tests.support.piagent import pi_option
-from tests.support.processes import free_port
+from tests.support.piagent import VERSION_ONLY_PI, pi_option
+from tests.support.processes import free_port, health_ok, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 # A safety net against a hung start or stop, not a synchronisation delay.
 WAIT_TIMEOUT = 60.0
+
+
+def run_daemon(tmp_path: Path, token: str, *extra_args: str) -> tuple[int, str]:
+    """``twistd piserver`` in daemon mode (``--pidfile``, ``--logfile``) over a data dir in
+    ``tmp_path``: started, answering ``/health``, then stopped with SIGTERM. Returns the port
+    it listened on and its log file's text once the daemon has exited."""
+    pidfile = tmp_path / "piserver.pid"
+    logfile = tmp_path / "piserver.log"
+    port = free_port()
+    started = subprocess.run(
+        [
+            TWISTD,
+            "--pidfile",
+            str(pidfile),
+            "--logfile",
+            str(logfile),
+            "piserver",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--pi",
+            VERSION_ONLY_PI,
+            "--auth-token",
+            token,
+            *extra_args,
+        ],
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    # twistd returns once the daemon has detached.
+    assert started.returncode == 0, started.stderr.decode()
+    wait_until(pidfile.exists, 30, "the pidfile")
+    pid = int(pidfile.read_text())
+    wait_until(lambda: health_ok(port), 30, "/health to answer")
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not pidfile.exists(), 30, "the pidfile to be removed")
+    wait_until(lambda: not _alive(pid), 30, "the daemon to exit")
+    return port, logfile.read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class _Output(ProcessProtocol):
