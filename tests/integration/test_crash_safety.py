@@ -5,10 +5,6 @@ its journal.
 """
 
 import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -16,67 +12,23 @@ from twisted.internet import reactor
 
 from tests.support.fakellm import Text, Tokens
 from tests.support.piagent import pi_option
-from tests.support.processes import free_port, health_ok, wait_until
+from tests.support.serverprocess import ServerProcess
 from tests.support.wsclient import RpcClient, is_type
 
-TWISTD = str(Path(sys.executable).parent / "twistd")
 TOKEN = "crash-test-token"
 HELLO = {"client": {"name": "tests", "version": "1"}}
 
 
-class ServerProcess:
-    def __init__(self, agent_dir, pi_binary, log_path):
-        self.agent_dir = agent_dir
-        self.pi_binary = pi_binary
-        self.log_path = log_path
-        self.port = None
-        self.process = None
-
-    def start(self):
-        self.port = free_port()
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [
-                TWISTD,
-                "-n",
-                "--pidfile=",
-                "piserver",
-                "--port",
-                f"tcp:{self.port}:interface=127.0.0.1",
-                "--data-dir",
-                str(self.agent_dir.path),
-                "--pi",
-                pi_option(self.pi_binary),
-                "--auth-token",
-                TOKEN,
-            ],
-            env=self.agent_dir.environment(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(
-            lambda: health_ok(self.port) or self.process.poll() is not None,
-            60,
-            "the server to start",
-        )
-        if self.process.poll() is not None:
-            pytest.fail(f"server did not start: {self.log_path.read_text()[-2000:]}")
-
-    def kill(self):
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self.log.close()
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.log.close()
-
-
 @pytest.fixture
 def server_process(agent_dir, pi_binary, tmp_path):
-    server = ServerProcess(agent_dir, pi_binary, tmp_path / "server.log")
+    server = ServerProcess(
+        tmp_path,
+        "--auth-token",
+        TOKEN,
+        pi=pi_option(pi_binary),
+        data_dir=agent_dir.path,
+        environ=agent_dir.environment(),
+    )
     yield server
     server.stop()
 
@@ -131,7 +83,7 @@ async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_
         server_process.kill()
         await client.closed
 
-    log = server_process.log_path.read_text()
+    log = server_process.log()
     assert "corrupt" not in log.lower()
     assert TOKEN not in log
-    assert os.path.exists(server_process.agent_dir.path / "state.json")
+    assert os.path.exists(server_process.data_dir / "state.json")

@@ -22,11 +22,20 @@ PI_SERVER = str(Path(sys.executable).parent / "pi-server")
 
 
 class ServerProcess:
-    """``twistd -n piserver`` on a free loopback port, logging to ``log_file``."""
+    """``twistd -n piserver`` on a free loopback port, logging to ``log_file``; over
+    ``data_dir`` (``directory/data`` unless given). It can be started again after a stop
+    or a kill, on the same port and data dir, appending to the same log."""
 
-    def __init__(self, directory: Path, *args, pi: str = VERSION_ONLY_PI, environ=None):
+    def __init__(
+        self,
+        directory: Path,
+        *args,
+        pi: str = VERSION_ONLY_PI,
+        environ=None,
+        data_dir: Path | None = None,
+    ):
         self.directory = directory
-        self.data_dir = directory / "data"
+        self.data_dir = data_dir or directory / "data"
         self.log_file = directory / "piserver.log"
         self.port = free_port()
         self.args = list(args)
