@@ -27,16 +27,14 @@ from tests.support.piagent import PiNotInstalled, locate_pi, write_agent_dir
 
 from .report import Table, duration
 from .rig import (
-    TOKEN,
     LlmProcess,
     Machine,
-    ServerProcess,
     chat_agent_args,
     median,
     percentile,
+    servers_taking_turns,
     spawn_reader,
 )
-from .wsclient import connect
 
 # Unsandboxed, as pi read directly is: what bubblewrap adds to a start is bench/sandbox.py's.
 SERVERS = {
@@ -117,21 +115,18 @@ async def measure(
     reactor, work: Path, pi: tuple[str, ...], rounds: int, warmup: int, environ: dict
 ) -> dict:
     llm = await LlmProcess.start(reactor, environ)
-    servers, clients = {}, {}
     try:
-        for name, args in SERVERS.items():
-            agent_dir = write_agent_dir(work / name, llm.base_url)
-            servers[name] = await ServerProcess.start(
-                reactor, agent_dir.path, pi, agent_dir.environment(), extra_args=args
-            )
-            clients[name] = await connect(reactor, servers[name].port, TOKEN, "delta")
-        runs = {name: [] for name in SERVERS}
-        for number in range(warmup + rounds):
-            order = list(SERVERS) if number % 2 == 0 else list(SERVERS)[::-1]
-            for name in order:
-                figures = await one_round(reactor, name, servers[name], clients[name])
-                if number >= warmup:
-                    runs[name].append(figures)
+        runs = await servers_taking_turns(
+            reactor,
+            work,
+            pi,
+            llm,
+            SERVERS,
+            lambda name, server, client: one_round(reactor, name, server, client),
+            rounds,
+            warmup,
+            event_mode="delta",
+        )
         direct_dir = write_agent_dir(work / "pi", llm.base_url)
         runs["pi"] = [
             await pi_first_tokens(reactor, work, pi, direct_dir.environment(), number)
@@ -139,10 +134,6 @@ async def measure(
         ]
         return runs
     finally:
-        for client in clients.values():
-            await client.close()
-        for server in servers.values():
-            await server.stop()
         await llm.stop()
 
 

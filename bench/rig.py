@@ -16,7 +16,9 @@ from pathlib import Path
 import attr
 from twisted.internet import defer, error, protocol
 
-from tests.support.piagent import pi_option, repository_root
+from tests.support.piagent import pi_option, repository_root, write_agent_dir
+
+from .wsclient import connect
 
 TOKEN = "bench-token"
 STUB = Path(__file__).with_name("stubpi.py")
@@ -309,3 +311,42 @@ class Machine:
     @staticmethod
     def load_average() -> str:
         return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+async def servers_taking_turns(
+    reactor,
+    work: Path,
+    pi: tuple[str, ...],
+    llm: LlmProcess,
+    servers: dict[str, list[str]],
+    one_round,
+    rounds: int,
+    warmup: int,
+    event_mode: str = "full",
+) -> dict[str, list]:
+    """A pi-server per entry of ``servers`` (name: its extra arguments), each over a data
+    dir of its own and the scripted ``llm``, with a client each. ``one_round(name, server,
+    client)`` runs ``warmup + rounds`` times on each, the servers taking turns; which goes
+    first alternates, against drift in the machine's load. Returns the figures of the
+    measured rounds, by name."""
+    started, clients = {}, {}
+    try:
+        for name, args in servers.items():
+            agent_dir = write_agent_dir(work / name, llm.base_url)
+            started[name] = await ServerProcess.start(
+                reactor, agent_dir.path, pi, agent_dir.environment(), extra_args=args
+            )
+            clients[name] = await connect(reactor, started[name].port, TOKEN, event_mode)
+        runs = {name: [] for name in servers}
+        for number in range(warmup + rounds):
+            order = list(servers) if number % 2 == 0 else list(servers)[::-1]
+            for name in order:
+                figures = await one_round(name, started[name], clients[name])
+                if number >= warmup:
+                    runs[name].append(figures)
+        return runs
+    finally:
+        for client in clients.values():
+            await client.close()
+        for server in started.values():
+            await server.stop()

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-from tests.support.piagent import PiNotInstalled, locate_pi, write_agent_dir
+from tests.support.piagent import PiNotInstalled, locate_pi
 
 from .report import Table, duration
-from .rig import TOKEN, LlmProcess, Machine, ServerProcess, median, percentile
-from .wsclient import connect
+from .rig import LlmProcess, Machine, median, percentile, servers_taking_turns
 
 MODES = ("none", "bwrap")
 
@@ -50,28 +49,19 @@ async def one_round(client) -> dict:
 
 async def measure(reactor, work: Path, pi: tuple[str, ...], rounds: int, warmup: int) -> dict:
     llm = await LlmProcess.start(reactor, dict(os.environ))
-    servers, clients = {}, {}
     try:
-        for mode in MODES:
-            agent_dir = write_agent_dir(work / mode, llm.base_url)
-            servers[mode] = await ServerProcess.start(
-                reactor, agent_dir.path, pi, agent_dir.environment(), extra_args=["--sandbox", mode]
-            )
-            clients[mode] = await connect(reactor, servers[mode].port, TOKEN)
-        runs = {mode: [] for mode in MODES}
-        for number in range(warmup + rounds):
-            # Turns alternate which server goes first, against drift in the machine's load.
-            order = MODES if number % 2 == 0 else MODES[::-1]
-            for mode in order:
-                figures = await one_round(clients[mode])
-                if number >= warmup:
-                    runs[mode].append(figures)
-        return runs
+        return await servers_taking_turns(
+            reactor,
+            work,
+            pi,
+            llm,
+            # Each create starts a cold pi: the one timed here.
+            {mode: ["--sandbox", mode, "--warm-agents", "0"] for mode in MODES},
+            lambda name, server, client: one_round(client),
+            rounds,
+            warmup,
+        )
     finally:
-        for client in clients.values():
-            await client.close()
-        for server in servers.values():
-            await server.stop()
         await llm.stop()
 
 
