@@ -37,6 +37,23 @@ def server(tmp_path):
         process.stop()
 
 
+def trickle_until_cut(sock, first: bytes) -> int:
+    """Send ``first``, then a byte at a time (each waits for an answer up to the socket's
+    timeout) until the server closes the connection; how many bytes were sent. Fails if
+    80 bytes (20 s at 0.25 s) go through: ten times what the server may allow."""
+    sent = 0
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        while sent < 80:
+            sock.sendall(first if sent == 0 else b"X")
+            sent += 1
+            try:
+                if sock.recv(1) == b"":
+                    raise ConnectionResetError("closed by the server")
+            except TimeoutError:
+                pass
+    return sent
+
+
 def test_no_credential_of_an_upgrade_reaches_the_log(server, tmp_path):
     process = server("--auth-token", SERVER_TOKEN)
     device_token = process.token_add("phone")
@@ -101,17 +118,7 @@ def test_a_trickled_upgrade_request_is_cut_off_after_the_handshake_timeout(serve
     trickling.sendall(b"GET /rpc HTTP/1.1\r\n")
     # A byte every 0.25 s keeps an idle timer from ever firing; the request as a whole is
     # still cut off after the 2 s the handshake may take.
-    sent = 0
-    with pytest.raises((BrokenPipeError, ConnectionResetError)):
-        while sent < 80:  # 20 s: ten times the limit
-            trickling.sendall(b"X")
-            sent += 1
-            try:
-                if trickling.recv(1) == b"":
-                    raise ConnectionResetError("closed by the server")
-            except TimeoutError:
-                pass
-    assert sent < 40
+    assert trickle_until_cut(trickling, b"X") < 40
     trickling.close()
 
 
@@ -221,16 +228,6 @@ def test_kept_alive_connections_are_bounded_per_request_not_while_idle(server):
     # The next request on a kept-alive connection is bounded in time like the first.
     trickling = idle[0]
     trickling.settimeout(0.25)
-    sent = 0
-    with pytest.raises((BrokenPipeError, ConnectionResetError)):
-        while sent < 80:
-            trickling.sendall(b"G" if sent == 0 else b"X")
-            sent += 1
-            try:
-                if trickling.recv(1) == b"":
-                    raise ConnectionResetError("closed by the server")
-            except TimeoutError:
-                pass
-    assert sent < 40
+    assert trickle_until_cut(trickling, b"G") < 40
     for s in idle:
         s.close()
