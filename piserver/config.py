@@ -81,6 +81,12 @@ class ServerConfig:
     notify_urls: tuple = ()
     # Key of the notifications' HMAC signature; None: unsigned.
     notify_secret: str | None = None
+    # Web Push (ops/push.py): on unless --no-push.
+    push: bool = True
+    # URL prefixes pushed to though not https or internal (--push-allow-endpoint).
+    push_allowed_endpoints: tuple = ()
+    # The CA trusted for push services' https instead of the system's (--push-ca-file).
+    push_ca_file: Path | None = None
     # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
     sandbox: str = "none"
     # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.

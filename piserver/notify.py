@@ -78,38 +78,20 @@ class _Target:
         self.failing = False
 
 
-class Notifier(Service):
+class NotificationSelection:
     """
-    ``http`` is a treq ``HTTPClient`` (or anything with its ``post``); ``clock`` an
-    IReactorTime; ``redact`` cleans text that may quote a secret (agent errors).
-    ``happened`` is a ``SessionManager`` listener.
+    What is worth a notification, from the ``SessionManager``'s happenings
+    (``happened`` is a listener): ``notify(event, session, summary)`` is called for
+    ``run_finished`` (the run's last assistant text), ``input_needed`` and
+    ``agent_failed``. Used by the webhooks here and by Web Push (ops/push.py).
     """
 
-    name = "notifier"
-    log = Logger()
+    # The last assistant text of each session's run, for run_finished's summary (each
+    # user sets it to a dict of its own in __init__).
+    _last_text: dict
 
-    def __init__(
-        self,
-        urls,
-        http,
-        clock,
-        secret: str | None = None,
-        redact=None,
-        retry_delays=RETRY_DELAYS,
-        attempt_timeout: float = ATTEMPT_TIMEOUT,
-    ):
-        self._targets = [_Target(url) for url in urls]
-        self._http = http
-        self._clock = clock
-        self._secret = secret
-        self._redact = redact or (lambda text: text)
-        self._retry_delays = tuple(retry_delays)
-        self._attempt_timeout = attempt_timeout
-        # The last assistant text of each session's run, for run_finished's summary.
-        self._last_text: dict[str, str] = {}
-        self._stopped = False
-
-    # -- what to notify -----------------------------------------------------
+    def notify(self, event: str, session, summary: str) -> None:
+        raise NotImplementedError
 
     def happened(self, happening: str, session, fields: dict) -> None:
         if happening == "event":
@@ -147,6 +129,37 @@ class Notifier(Service):
             code, signal = payload.get("code"), payload.get("signal")
             how = f"signal {signal}" if signal else f"code {code}"
             self.notify("agent_failed", session, f"the agent exited ({how})")
+
+
+class Notifier(NotificationSelection, Service):
+    """
+    ``http`` is a treq ``HTTPClient`` (or anything with its ``post``); ``clock`` an
+    IReactorTime; ``redact`` cleans text that may quote a secret (agent errors).
+    ``happened`` is a ``SessionManager`` listener.
+    """
+
+    name = "notifier"
+    log = Logger()
+
+    def __init__(
+        self,
+        urls,
+        http,
+        clock,
+        secret: str | None = None,
+        redact=None,
+        retry_delays=RETRY_DELAYS,
+        attempt_timeout: float = ATTEMPT_TIMEOUT,
+    ):
+        self._targets = [_Target(url) for url in urls]
+        self._http = http
+        self._clock = clock
+        self._secret = secret
+        self._redact = redact or (lambda text: text)
+        self._retry_delays = tuple(retry_delays)
+        self._attempt_timeout = attempt_timeout
+        self._last_text: dict[str, str] = {}
+        self._stopped = False
 
     def notify(self, event: str, session, summary: str) -> None:
         """Queue one notification for every URL; returns at once."""

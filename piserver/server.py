@@ -30,6 +30,7 @@ from .methods import RpcMethods
 from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
 from .notify import ATTEMPT_TIMEOUT, Notifier
+from .ops.pushwiring import build_push
 from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .refusals import Refusals
@@ -306,10 +307,17 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         )
         notifier.setServiceParent(top)
         sessions.listeners.append(notifier.happened)
+    device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
+    method_table = methods.table()
+    if config.push:
+        push = build_push(config, reactor, sessions, device_tokens, redact, in_thread)
+        push.notifier.setServiceParent(top)
+        sessions.listeners.append(push.notifier.happened)
+        method_table.update(push.methods.table())
     metrics = top.metrics = ServerMetrics(reactor)
     sessions.listeners.append(metrics.happened)
     sessions.on_event_sent = metrics.event_sent
-    table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
+    table, fallback = metrics.timed_methods(method_table, methods.pass_through)
     hub = top.hub = Hub(
         table,
         fallback=fallback,
@@ -319,7 +327,6 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         redact=redact,
     )
     refusals = Refusals(metrics, reactor)
-    device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(
         hub,
@@ -351,6 +358,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         b"ready", ReadyResource(config.pi_command, config.data_dir, config.env.get("PATH"))
     )
     site.resource.putChild(b"schema.json", SchemaResource())
+    if config.push:
+        site.resource.putChild(b"push", push.key_resource)
     if config.auth_token is not None:
         # `pi-server token revoke` from another process closes that device's connections.
         RevocationWatcher(

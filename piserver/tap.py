@@ -257,6 +257,13 @@ class Options(usage.Options):
             "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]",
         ],
         [
+            "push-ca-file",
+            None,
+            None,
+            "PEM certificate of the only CA trusted for push services' https (a private push "
+            "service, or a test stand-in) [default: the system's CAs]",
+        ],
+        [
             "metrics-token",
             None,
             None,
@@ -289,6 +296,7 @@ class Options(usage.Options):
     optFlags = [
         ["no-auth", None, "accept /rpc connections without a token (unsafe)"],
         ["no-health-log", None, "leave GET /health requests out of the access log"],
+        ["no-push", None, "no Web Push: no VAPID key, no GET /push/key, no push.* methods"],
     ]
 
     def __init__(
@@ -302,6 +310,7 @@ class Options(usage.Options):
         self.allowed_origins = set()
         self.server_names = set()
         self.notify_urls = []
+        self.push_allowed_endpoints = []
 
     def opt_allowed_origin(self, value):
         """
@@ -332,6 +341,16 @@ class Options(usage.Options):
         if not value.startswith(("http://", "https://")):
             raise usage.UsageError(f"--notify-url {value!r}: not an http(s) URL")
         self.notify_urls.append(value)
+
+    def opt_push_allow_endpoint(self, value):
+        """
+        push to subscription endpoints starting with this URL prefix even when they are
+        not https or name an internal address (a push service in your own network);
+        repeatable
+        """
+        if not value.startswith(("http://", "https://")) or "://" == value[-3:]:
+            raise usage.UsageError(f"--push-allow-endpoint {value!r}: not an http(s) URL prefix")
+        self.push_allowed_endpoints.append(value)
 
     def _tls_endpoint(self, port: str) -> str:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -544,6 +563,9 @@ class Options(usage.Options):
             metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN") or None,
             notify_urls=tuple(self.notify_urls),
             notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET") or None,
+            push=not self["no-push"],
+            push_allowed_endpoints=tuple(self.push_allowed_endpoints),
+            push_ca_file=Path(self["push-ca-file"]) if self["push-ca-file"] else None,
             git_author=git_author,
             **launcher,
         )

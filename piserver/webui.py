@@ -1,8 +1,9 @@
 """
 The web client at ``/ui``: its static files (package data in ``piserver/web/``) under
 ``/ui/assets/``, the page itself at ``/ui`` and ``/ui/sessions/<id>`` (the page routes
-itself), and ``/ui/auth``, which tells the page whether a token is right: a browser cannot
-read why a WebSocket upgrade was refused.
+itself), the installable app's ``/ui/manifest.webmanifest`` and service worker
+``/ui/sw.js`` (scope ``/ui/``), and ``/ui/auth``, which tells the page whether a token
+is right: a browser cannot read why a WebSocket upgrade was refused.
 
 Every answer carries a Content-Security-Policy that allows scripts, styles, images and
 connections from this origin only and no inline script: what the model, a tool or a
@@ -21,7 +22,8 @@ from .auth import Unauthorized
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "connect-src 'self'; worker-src 'self'; manifest-src 'self'; base-uri 'none'; "
+    "form-action 'none'; "
     "frame-ancestors 'none'"
 )
 CONTENT_TYPES = {
@@ -30,8 +32,13 @@ CONTENT_TYPES = {
     ".mjs": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".webmanifest": "application/manifest+json",
 }
 PAGE = "index.html"
+# Served at /ui/<name> rather than under /ui/assets/: a service worker's scope is at most
+# its own directory (it must cover /ui/), and the manifest is the app's.
+TOP_LEVEL = ("sw.js", "manifest.webmanifest")
 
 
 @attr.frozen
@@ -121,6 +128,8 @@ class WebUiResource(Resource):
         path = [segment.decode("utf-8", "replace") for segment in request.postpath]
         if path in ([], [""]) or (len(path) == 2 and path[0] == "sessions" and path[1]):
             return _serve(request, self._assets[PAGE])
+        if len(path) == 1 and path[0] in TOP_LEVEL:
+            return _serve(request, self._assets[path[0]])
         if path == ["auth"]:
             return self._check_token(request)
         if len(path) >= 2 and path[0] == "assets" and "" not in path[1:]:

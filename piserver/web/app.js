@@ -4,6 +4,10 @@
 
 import { checkToken, RpcConnection } from "./rpc.js";
 import { Conversation } from "./conversation.js";
+import {
+  currentSubscription, disableNotifications, enableNotifications, pushSupported,
+  registerWorker, renewSubscription, ViewingReporter,
+} from "./push.js";
 
 const TOKEN_KEY = "pi-server.token";
 const $ = (id) => document.getElementById(id);
@@ -23,6 +27,7 @@ const app = {
   conversation: null,
   dialogs: [],
   gitOffered: false,
+  viewing: null,
 };
 
 // -- small page helpers -------------------------------------------------------
@@ -53,6 +58,8 @@ function showConnection(state, detail) {
   node.dataset.state = state;
   node.textContent = CONNECTION_TEXT[state] || state;
   node.title = detail || "";
+  // Opened without a network, the page is the copy the service worker kept.
+  $("offline-note").hidden = !(state === "offline" || (state === "waiting" && !navigator.onLine));
 }
 
 function sessionIdFromPath() {
@@ -61,7 +68,8 @@ function sessionIdFromPath() {
 }
 
 function navigate(sessionId) {
-  const path = sessionId ? `/ui/sessions/${encodeURIComponent(sessionId)}` : "/ui";
+  // "/ui/", not "/ui": the service worker's scope (/ui/) covers the one, not the other.
+  const path = sessionId ? `/ui/sessions/${encodeURIComponent(sessionId)}` : "/ui/";
   if (location.pathname !== path) history.pushState({}, "", path);
   route();
 }
@@ -135,6 +143,8 @@ function start(token) {
 }
 
 async function connected(result, resumed) {
+  app.viewing.reconnected();
+  showNotifyButton(true);
   if (!resumed) {
     await refreshList();
     route();
@@ -246,6 +256,7 @@ async function createSession(params) {
 
 function route() {
   const sessionId = sessionIdFromPath();
+  app.viewing.show(sessionId);
   document.body.className = sessionId ? "view-session" : "view-list";
   if (sessionId !== app.sessionId) openSession(sessionId);
   renderList();
@@ -563,6 +574,38 @@ function safeLink(url, text) {
   return link;
 }
 
+// -- notifications on this device (Web Push) -----------------------------------
+
+async function showNotifyButton(renew) {
+  const button = $("notify");
+  if (!pushSupported()) return;
+  let subscription = null;
+  try {
+    subscription = renew ? await renewSubscription(app.rpc) : await currentSubscription();
+  } catch {
+    // The server offers no push (--no-push): the button stays as it is.
+  }
+  button.hidden = false;
+  button.dataset.on = String(Boolean(subscription));
+  button.textContent = subscription ? "Stop notifications" : "Notify me on this device";
+}
+
+async function toggleNotifications() {
+  const on = $("notify").dataset.on === "true";
+  try {
+    if (on) {
+      await disableNotifications(app.rpc);
+      toast("This device gets no more notifications.");
+    } else {
+      await enableNotifications(app.rpc);
+      toast("This device is notified when a session needs you or finishes.");
+    }
+  } catch (error) {
+    failed(error);
+  }
+  showNotifyButton(false);
+}
+
 // -- wiring -------------------------------------------------------------------
 
 function wire() {
@@ -571,6 +614,7 @@ function wire() {
     signIn($("token").value.trim(), false);
   });
   $("sign-out").addEventListener("click", signOut);
+  $("notify").addEventListener("click", toggleNotifications);
   $("back").addEventListener("click", () => navigate(null));
   $("new-chat").addEventListener("click", () => createSession({ mode: "chat" }));
   $("new-code").addEventListener("click", () =>
@@ -656,6 +700,9 @@ function wire() {
 }
 
 async function main() {
+  app.viewing = new ViewingReporter(() => app.rpc);
+  registerWorker();
+  if (location.pathname === "/ui") history.replaceState(history.state, "", "/ui/" + location.hash);
   wire();
   const fromLink = tokenFromFragment();
   if (fromLink !== null) return signIn(fromLink, true);

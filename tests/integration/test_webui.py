@@ -173,7 +173,7 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
     # The logged link signs in; the token leaves the address bar for the browser's storage.
     await browser.run(page.goto(link_from_log(server)))
     await browser.run(page.locator("#connection[data-state=online]").wait_for())
-    assert page.url == base + "/ui"
+    assert page.url == base + "/ui/"
     assert (
         await browser.run(page.evaluate("localStorage.getItem('pi-server.token')")) == server.token
     )
@@ -279,7 +279,7 @@ async def test_sign_in_chat_tools_dialog_follow_up_abort_and_delete(browser, ser
     # Deleting asks first.
     await browser.run(page.click("#delete"))
     await browser.run(dialog.get_by_role("button", name="Yes").click())
-    await browser.run(page.wait_for_url(base + "/ui"))
+    await browser.run(page.wait_for_url(base + "/ui/"))
     sessions = (await observer.call("session.list"))["sessions"]
     assert session_id not in [s["sessionId"] for s in sessions]
     # The list is fetched again after the page has moved on: wait for it to drop the session.
@@ -329,7 +329,7 @@ async def test_hostile_answer_is_shown_inert(browser, server, script):
     await browser.run(page.fill("#token", server.token))
     await browser.run(page.click("#sign-in-form button[type=submit]"))
     await browser.run(page.locator("html[data-ready=true]").wait_for(state="attached"))
-    assert page.url.endswith("/ui")
+    assert page.url.endswith("/ui/")
     await new_chat(browser, page)
     script(
         Text(
