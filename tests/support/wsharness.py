@@ -9,10 +9,10 @@ import json
 from autobahn.twisted.testing import MemoryReactorClockResolver, create_memory_agent, create_pumper
 from autobahn.twisted.websocket import WebSocketClientProtocol
 
-from piserver.auth import Authenticator
-from piserver.hub import Hub
-from piserver.methods import RpcMethods
-from piserver.ws import RpcServerFactory
+from piserver.api.methods import RpcMethods
+from piserver.security.auth import Authenticator
+from piserver.wire.hub import Hub
+from piserver.wire.websocket import RpcServerFactory
 
 
 class RecordingClient(WebSocketClientProtocol):

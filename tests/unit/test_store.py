@@ -9,8 +9,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
-from piserver import store
-from piserver.store import (
+from piserver.common import files as store
+from piserver.common.files import (
     CorruptFileError,
     LoadedState,
     StateStore,
@@ -118,7 +118,7 @@ def test_write_fsyncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
 
 _WRITER = """
 import sys
-from piserver.store import write_json_atomic
+from piserver.common.files import write_json_atomic
 path = sys.argv[1]
 counter = 0
 while True:

@@ -12,10 +12,10 @@ from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
-from piserver.auth import Authenticator, Unauthorized
-from piserver.hub import Hub
-from piserver.methods import RpcMethods
-from piserver.ws import RpcServerFactory
+from piserver.api.methods import RpcMethods
+from piserver.security.auth import Authenticator, Unauthorized
+from piserver.wire.hub import Hub
+from piserver.wire.websocket import RpcServerFactory
 
 
 class Recorder(WebSocketClientProtocol):
