@@ -23,7 +23,7 @@ from piserver.agents.supervisor import AgentSupervisor
 from piserver.api.methods import RpcMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.common.files import StateStore
-from piserver.config import SECRET_NAME_SUFFIXES, SERVER_SECRET_ENV, ServerConfig
+from piserver.config import ServerConfig
 from piserver.ops.metrics import MetricsResource, ServerMetrics
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
 from piserver.ops.readiness import ReadyResource
@@ -35,7 +35,13 @@ from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
 from piserver.security.auth import Authenticator
-from piserver.security.redact import REVEAL_FIELD, Redactor, secret_values
+from piserver.security.redact import (
+    REVEAL_FIELD,
+    SECRET_NAME_SUFFIXES,
+    SERVER_SECRET_ENV,
+    Redactor,
+    secret_values,
+)
 from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore

@@ -21,7 +21,7 @@ from piserver.agents.launchers.template import BadTemplate, parse_template
 from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
 from piserver.agents.protocol import DEFAULT_PROBE_INTERVAL
 from piserver.agents.version import INSTALL_HINT, UnsupportedAgent, probe
-from piserver.config import (
+from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
@@ -29,11 +29,8 @@ from piserver.config import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
-    ServerConfig,
-    default_data_dir,
-    find_pi,
-    prepare_data_dir,
 )
+from piserver.config import ServerConfig, default_data_dir, find_pi, prepare_data_dir
 from piserver.ops.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
 from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from piserver.repos.shipping import parse_author

@@ -16,7 +16,8 @@ import segno
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 
-from piserver.config import DEFAULT_PORT, default_data_dir, prepare_data_dir
+from piserver.common.defaults import DEFAULT_PORT
+from piserver.config import default_data_dir, prepare_data_dir
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
 EXIT_OK = 0

@@ -22,7 +22,12 @@ from twisted.application.service import Service
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
-from piserver.config import SECRET_NAME_SUFFIXES, SERVER_SECRET_ENV
+# Server-side secrets that are never passed on to an agent process.
+SERVER_SECRET_ENV = frozenset(
+    {"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN", "PI_SERVER_NOTIFY_SECRET"}
+)
+# Environment variables named like these hold secrets (kept from git, redacted from logs).
+SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 REDACTED = "[redacted]"
 # Shorter values are too likely to be ordinary words or numbers.

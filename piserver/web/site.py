@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from piserver import __version__
-from piserver.config import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_PER_ADDRESS
+from piserver.common.defaults import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_PER_ADDRESS
 
 # The request line and all headers of one request; a browser's upgrade is under 2 kB.
 MAX_HEAD_BYTES = 16 * 1024

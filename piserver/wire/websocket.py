@@ -13,16 +13,14 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 
-from piserver.config import (
+from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from piserver.ops.metrics import ServerMetrics
 from piserver.security.auth import Unauthorized
 from piserver.security.origins import host_allowed, is_loopback, normal_name, origin_allowed
-from piserver.security.refusals import Refusals
 
 # Close code for a frame over the size limit (RFC 6455 "message too big").
 CLOSE_TOO_BIG = 1009
@@ -178,7 +176,7 @@ class RpcServerFactory(WebSocketServerFactory):
         handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT,
         keepalive_interval=DEFAULT_KEEPALIVE_INTERVAL,
         keepalive_timeout=DEFAULT_KEEPALIVE_TIMEOUT,
-        refusals=None,
+        refusals,
         server_names=(),
         library_log_level="error",
     ):
@@ -193,7 +191,8 @@ class RpcServerFactory(WebSocketServerFactory):
         self.frames_direct = library_log_level != "debug"
         self.hub = hub
         self.authenticator = authenticator
-        self.refusals = refusals or Refusals(ServerMetrics(self.reactor), self.reactor)
+        # refusals.Refusals: counts (in the metrics) and logs what is refused to strangers.
+        self.refusals = refusals
         # origins.Origin values, besides the server's own, that browsers may connect from.
         self.allowed_origins = frozenset(allowed_origins)
         # What the server is called, besides the address a client connected to.

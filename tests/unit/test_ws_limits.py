@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
-from piserver.config import (
+from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
