@@ -22,7 +22,6 @@ from piserver.agents.models import ModelCatalog
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.api.methods import RpcMethods
 from piserver.api.workspace import WorkspaceMethods
-from piserver.common.files import StateStore
 from piserver.config import ServerConfig
 from piserver.ops.metrics import MetricsResource, ServerMetrics
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
@@ -46,6 +45,7 @@ from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions import SessionManager
+from piserver.sessions.index import StateStore
 from piserver.sessions.stream import EVENT_MODES
 from piserver.web.site import make_site
 from piserver.web.ui import WebUiResource

@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.common.errors import AgentFailed, InvalidState, TooManySessions
-from piserver.common.files import StateStore
 from piserver.repos.checkouts import Checkout
 from piserver.sessions import SessionManager
+from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
 from tests.support.fakeprocess import FakeProcessReactor
 
