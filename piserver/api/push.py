@@ -5,9 +5,9 @@ its own subscriptions only), and ``session.viewing {sessionId, visible}``, with 
 web client says whether a session is on screen (then nobody is pushed about it).
 """
 
-from ..errors import InvalidParams
-from ..methods import _bool, _object, _string, _target_session_id
-from ..ops.pushsubscriptions import SERVER_OWNER, Subscription, subscription_keys
+from piserver.api.methods import _bool, _object, _string, _target_session_id
+from piserver.common.errors import InvalidParams
+from piserver.security.pushsubscriptions import SERVER_OWNER, Subscription, subscription_keys
 
 
 def owner_of(connection) -> str:

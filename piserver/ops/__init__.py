@@ -3,5 +3,7 @@
 - ``logs``: ``--log-level`` and ``--log-format``;
 - ``metrics``: ``GET /metrics`` (Prometheus);
 - ``notify``: ``--notify-url``: a run ended, the agent waits for an answer, it failed;
-- ``readiness``: ``GET /ready``.
+- ``readiness``: ``GET /ready``;
+- ``push``: the same happenings as Web Push to the devices that asked (``webpush`` sends
+  one, ``pushkey`` serves ``GET /push/key``, ``pushwiring`` makes the parts).
 """

@@ -19,8 +19,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..notify import NotificationSelection, _short
-from .webpush import MAX_PAYLOAD_BYTES, Delivery
+from piserver.ops.notify import NotificationSelection, _short
+from piserver.ops.webpush import MAX_PAYLOAD_BYTES, Delivery
 
 # Pushes in flight at once; beyond, new ones are dropped (and logged) until some end.
 MAX_IN_FLIGHT = 200

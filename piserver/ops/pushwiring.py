@@ -1,7 +1,8 @@
 """
 Web Push's parts, made from the server's configuration: the VAPID key pair, the
-subscriptions, the endpoint policy, the sender and its HTTP client, the notifier, the
-``push.*``/``session.viewing`` methods and ``GET /push/key``.
+subscriptions, the endpoint policy, who views what, the sender and its HTTP client, the
+notifier and ``GET /push/key``. (The methods, ``api/push.py``, are made over these by
+the service.)
 """
 
 import attr
@@ -9,22 +10,22 @@ from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from ..api.push import PushMethods
-from ..notify import ATTEMPT_TIMEOUT
-from ..security.pushendpoints import EndpointPolicy, getaddrinfo_resolver
-from ..security.vapid import application_server_key, load_or_create_vapid
-from ..sessions.session import iso_time
-from ..sessions.viewing import Viewing
-from .push import PushNotifier
-from .pushkey import PushKeyResource
-from .pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE, SubscriptionStore
-from .webpush import WebPushSender
+from piserver.ops.notify import ATTEMPT_TIMEOUT
+from piserver.ops.push import PushNotifier
+from piserver.ops.pushkey import PushKeyResource
+from piserver.ops.webpush import WebPushSender
+from piserver.security.pushendpoints import EndpointPolicy, getaddrinfo_resolver
+from piserver.security.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE, SubscriptionStore
+from piserver.security.vapid import application_server_key, load_or_create_vapid
+from piserver.sessions.viewing import Viewing
 
 
 @attr.frozen
 class Push:
     notifier: PushNotifier
-    methods: PushMethods
+    subscriptions: SubscriptionStore
+    policy: EndpointPolicy
+    viewing: Viewing
     key_resource: PushKeyResource
 
 
@@ -44,7 +45,7 @@ def push_http_client(reactor, ca_file=None) -> HTTPClient:
     )
 
 
-def build_push(config, reactor, sessions, device_tokens, redact, in_thread) -> Push:
+def build_push(config, reactor, device_tokens, redact, in_thread) -> Push:
     vapid = load_or_create_vapid(config.data_dir)
     policy = EndpointPolicy(getaddrinfo_resolver(in_thread), config.push_allowed_endpoints)
     subscriptions = SubscriptionStore(config.data_dir / PUSH_SUBSCRIPTIONS_FILE)
@@ -53,12 +54,6 @@ def build_push(config, reactor, sessions, device_tokens, redact, in_thread) -> P
     notifier = PushNotifier(
         subscriptions, sender, viewing, valid_owners=device_tokens.token_ids, redact=redact
     )
-    methods = PushMethods(
-        subscriptions,
-        policy,
-        viewing,
-        sessions,
-        now=lambda: iso_time(reactor.seconds()),
-        prune=notifier.prune,
+    return Push(
+        notifier, subscriptions, policy, viewing, PushKeyResource(application_server_key(vapid))
     )
-    return Push(notifier, methods, PushKeyResource(application_server_key(vapid)))

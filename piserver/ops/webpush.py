@@ -22,8 +22,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from ..notify import ATTEMPT_TIMEOUT, RETRY_DELAYS, shown_url
-from ..security.vapid import urlsafe_b64decode
+from piserver.ops.notify import ATTEMPT_TIMEOUT, RETRY_DELAYS, shown_url
+from piserver.security.vapid import urlsafe_b64decode
 
 MAX_ANSWER_BYTES = 8 * 1024
 # A push service takes at most 4096 bytes of encrypted body; this leaves room for the

@@ -3,5 +3,7 @@
 - ``tokens``: the server token and device tokens; ``auth``: who may open ``/rpc``;
 - ``revocation``: a revoked device token ends its connections at once;
 - ``origins``: which browser pages may connect; ``tls``: TLS on the one port;
-- ``redact``: secrets never reach a log; ``refusals``: counted, rate-limited refusals.
+- ``redact``: secrets never reach a log; ``refusals``: counted, rate-limited refusals;
+- ``vapid``: the Web Push key pair; ``pushsubscriptions``: the devices' push subscriptions;
+  ``pushendpoints``: no push to an internal address.
 """

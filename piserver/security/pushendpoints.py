@@ -14,7 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
-from ..errors import InvalidParams
+from piserver.common.errors import InvalidParams
 
 MAX_ENDPOINT_LENGTH = 2048
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid02
 from twisted.logger import Logger
 
-from ..store import loose_mode, write_bytes_atomic
+from piserver.common.files import loose_mode, write_bytes_atomic
 
 VAPID_KEY_FILE = "vapid-private-key.pem"
 

@@ -12,8 +12,8 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 
-from piserver.ops.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from tests.support.fakellm import Text
 from tests.support.pushservice import PushService
 from tests.support.wsclient import CallFailed, RpcClient, is_type

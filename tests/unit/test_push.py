@@ -17,17 +17,17 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from piserver.errors import InvalidParams
+from piserver.common.errors import InvalidParams
 from piserver.ops.push import PushNotifier
-from piserver.ops.pushsubscriptions import (
+from piserver.ops.webpush import MAX_ANSWER_BYTES, Delivery, WebPushSender
+from piserver.security.pushendpoints import EndpointPolicy, EndpointRefused
+from piserver.security.pushsubscriptions import (
     PUSH_SUBSCRIPTIONS_FILE,
     SERVER_OWNER,
     Subscription,
     SubscriptionStore,
     subscription_keys,
 )
-from piserver.ops.webpush import MAX_ANSWER_BYTES, Delivery, WebPushSender
-from piserver.security.pushendpoints import EndpointPolicy, EndpointRefused
 from piserver.security.vapid import VAPID_KEY_FILE, application_server_key, load_or_create_vapid
 from piserver.sessions.viewing import Viewing
 from tests.support.deferreds import result_of
