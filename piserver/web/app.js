@@ -58,8 +58,8 @@ function showConnection(state, detail) {
   node.dataset.state = state;
   node.textContent = CONNECTION_TEXT[state] || state;
   node.title = detail || "";
-  // Opened without a network, the page is the copy the service worker kept.
-  $("offline-note").hidden = !(state === "offline" || (state === "waiting" && !navigator.onLine));
+  // Without the server, the page is the copy the service worker kept: say so.
+  $("offline-note").hidden = !(state === "offline" || state === "waiting");
 }
 
 function sessionIdFromPath() {
@@ -702,7 +702,6 @@ function wire() {
 async function main() {
   app.viewing = new ViewingReporter(() => app.rpc);
   registerWorker();
-  if (location.pathname === "/ui") history.replaceState(history.state, "", "/ui/" + location.hash);
   wire();
   const fromLink = tokenFromFragment();
   if (fromLink !== null) return signIn(fromLink, true);

@@ -116,7 +116,7 @@ class RootResource(Resource):
             return NotFoundResource().render(request)
         if self._ui is not None and wants_html(request):
             request.setResponseCode(302)
-            request.setHeader(b"location", b"/ui")
+            request.setHeader(b"location", b"/ui/")
             request.setHeader(b"cache-control", b"no-store")
             return b""
         return _json(

@@ -75,7 +75,12 @@ async function answer(notification, action) {
   const { actions = [], url } = notification.data || {};
   const chosen = actions.find((a) => a.action === action);
   if (!chosen || !chosen.url) return openPage(url);
-  const response = await fetch(chosen.url, { method: "POST", credentials: "omit" });
+  let response;
+  try {
+    response = await fetch(chosen.url, { method: "POST", credentials: "omit" });
+  } catch {
+    response = { ok: false, status: "no network" };
+  }
   if (!response.ok) {
     // Already answered, expired or refused: show the session instead.
     await self.registration.showNotification("pi-server", {
@@ -99,8 +104,33 @@ async function openPage(url) {
   return self.clients.openWindow(target.href);
 }
 
-self.addEventListener("notificationclick", (event) => {
-  const notification = event.notification;
+function clicked(notification, action) {
   notification.close();
-  event.waitUntil(event.action ? answer(notification, event.action) : openPage((notification.data || {}).url));
+  return action ? answer(notification, action) : openPage((notification.data || {}).url);
+}
+
+self.addEventListener("notificationclick", (event) => {
+  event.waitUntil(clicked(event.notification, event.action));
+});
+
+// A page may click a shown notification's action on the user's behalf: {type:
+// "notification-action", tag, action}. (Headless browsers cannot click a notification,
+// so this is also how the tests press Allow.) The answer goes back on the message's port.
+self.addEventListener("message", (event) => {
+  const message = event.data || {};
+  if (message.type !== "notification-action" || event.origin !== location.origin) return;
+  const port = event.ports && event.ports[0];
+  event.waitUntil((async () => {
+    const shown = await self.registration.getNotifications({ tag: message.tag });
+    if (!shown.length) {
+      if (port) port.postMessage({ ok: false, error: "no such notification" });
+      return;
+    }
+    try {
+      await clicked(shown[0], message.action);
+      if (port) port.postMessage({ ok: true });
+    } catch (error) {
+      if (port) port.postMessage({ ok: false, error: String(error) });
+    }
+  })());
 });

@@ -126,7 +126,14 @@ class WebUiResource(Resource):
 
     def render_GET(self, request):
         path = [segment.decode("utf-8", "replace") for segment in request.postpath]
-        if path in ([], [""]) or (len(path) == 2 and path[0] == "sessions" and path[1]):
+        if path == []:
+            # "/ui" is outside the service worker's scope (/ui/): the app lives at /ui/.
+            _secure_headers(request)
+            request.setResponseCode(301)
+            query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+            request.setHeader(b"location", b"/ui/" + (b"?" + query if query else b""))
+            return b""
+        if path == [""] or (len(path) == 2 and path[0] == "sessions" and path[1]):
             return _serve(request, self._assets[PAGE])
         if len(path) == 1 and path[0] in TOP_LEVEL:
             return _serve(request, self._assets[path[0]])

@@ -7,10 +7,11 @@ refused unless allowed; a revoked device token's subscriptions are gone."""
 import json
 import time
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 
 from piserver.security.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
@@ -139,3 +140,123 @@ async def test_pushes_reach_a_push_service_only_when_they_should(
     assert [s["device"] for s in stored["subscriptions"]] == [None]
     assert not [p for p in push_service.received if p.endpoint_id == "c"]
     assert (server.agent_dir.path / PUSH_SUBSCRIPTIONS_FILE).stat().st_mode & 0o777 == 0o600
+
+
+# -- the installable web app in Chromium -------------------------------------------
+
+# The notifications shown, once there are some (looked at every 50 ms in the page, as
+# Playwright's own waits poll; the caller bounds the wait).
+SHOWN_NOTIFICATIONS = """async () => {
+  const registration = await navigator.serviceWorker.ready;
+  for (;;) {
+    const shown = await registration.getNotifications();
+    if (shown.length) {
+      return shown.map((n) => ({
+        title: n.title, body: n.body, tag: n.tag, actions: n.actions.map((a) => a.action),
+      }));
+    }
+    await new Promise((later) => setTimeout(later, 50));
+  }
+}"""
+WORKER_STATE = """async () => {
+  const registration = await navigator.serviceWorker.ready;
+  const worker = registration.active;
+  if (worker.state !== "activated") {
+    await new Promise((done) => worker.addEventListener("statechange", () => {
+      if (worker.state === "activated") done();
+    }));
+  }
+  return [worker.state, registration.scope];
+}"""
+
+
+@pytest.fixture
+def browser():
+    from tests.support.browser import Browser
+
+    started = Browser.start()
+    yield started
+    started.stop()
+
+
+async def worker_registration(browser, cdp) -> str:
+    """The service worker registration's id, from the DevTools protocol."""
+    found = Deferred()
+
+    def updated(event):
+        for registration in event["registrations"]:
+            if registration["scopeURL"].endswith("/ui/") and not found.called:
+                reactor.callFromThread(found.callback, registration["registrationId"])
+
+    cdp.on("ServiceWorker.workerRegistrationUpdated", updated)
+    await browser.run(cdp.send("ServiceWorker.enable"))
+    return await found.addTimeout(30, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_web_app_installs_works_offline_and_shows_pushes(
+    make_pi_server, fake_llm, push_service, browser, tmp_path
+):
+    server = make_pi_server(
+        "--push-allow-endpoint",
+        push_service.origin + "/push/",
+        "--push-ca-file",
+        str(push_service.cert_path),
+    )
+    response = await treq.get(f"http://127.0.0.1:{server.port}/push/key")
+    push_service.server_key = json.loads(await response.content())["publicKey"]
+    base = f"http://127.0.0.1:{server.port}"
+    page = await browser.run(
+        browser.new_profile_page(tmp_path / "profile", viewport={"width": 375, "height": 812})
+    )
+    page.set_default_timeout(30_000)
+    await browser.run(page.context.grant_permissions(["notifications"], origin=base))
+    await browser.run(page.goto(f"{base}/ui#token={server.token}"))
+    await browser.run(page.locator("html[data-ready=true]").wait_for(state="attached"))
+    assert page.url == base + "/ui/"
+    state, scope = await browser.run(page.evaluate(WORKER_STATE)).addTimeout(30, reactor)
+    assert (state, scope) == ("activated", base + "/ui/")
+    # Push is offered (the permission is asked only when the button is pressed).
+    await browser.run(page.locator("#notify").filter(has_text="Notify me").wait_for())
+
+    cdp = await browser.run(page.context.new_cdp_session(page))
+    errors = await browser.run(cdp.send("Page.getInstallabilityErrors"))
+    assert errors["installabilityErrors"] == []
+    manifest = await browser.run(cdp.send("Page.getAppManifest"))
+    assert json.loads(manifest["data"])["display"] == "standalone"
+
+    # What the server pushes (through the stand-in) shows as a notification.
+    phone = await server.client()
+    await phone.call("push.subscribe", {"subscription": push_service.subscription("w")})
+    session_id = (await phone.call("session.create", {"mode": "chat"}))["sessionId"]
+    fake_llm.script(Text("All done.\nSecond line."))
+    await phone.call("prompt", {"message": "tidy up"}, session_id=session_id)
+    push = await push_service.wait_for(lambda p: p.message["event"] == "run_finished")
+    registration_id = await worker_registration(browser, cdp)
+    await browser.run(
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {
+                "origin": base,
+                "registrationId": registration_id,
+                "data": json.dumps(push.message),
+            },
+        )
+    )
+    shown = await browser.run(page.evaluate(SHOWN_NOTIFICATIONS)).addTimeout(30, reactor)
+    assert [(n["title"], n["body"], n["actions"]) for n in shown] == [
+        ("tidy up: finished", "All done.", [])
+    ]
+    assert await browser.run(page.evaluate("window.__violations")) == []
+
+    # Without a network (and the server gone), the app still opens, from the service
+    # worker's copy, and says so.
+    await server.stop()
+    await browser.run(page.context.set_offline(True))
+    reloaded = await browser.run(page.goto(f"{base}/ui/sessions/{session_id}"))
+    assert reloaded.from_service_worker
+    await browser.run(page.locator("#offline-note").wait_for(state="visible"))
+    assert await browser.run(page.locator("#connection").text_content()) in (
+        "Offline",
+        "Disconnected",
+    )

@@ -127,7 +127,7 @@ async def test_http_side_of_the_web_client(server):
     browser_root = await treq.get(
         base + "/", headers={"Accept": "text/html,*/*;q=0.8"}, allow_redirects=False
     )
-    assert (browser_root.code, browser_root.headers.getRawHeaders("location")) == (302, ["/ui"])
+    assert (browser_root.code, browser_root.headers.getRawHeaders("location")) == (302, ["/ui/"])
     json_root = await treq.get(base + "/", headers={"Accept": "application/json"})
     assert (await json_root.json())["endpoints"] == {"websocket": "/rpc", "health": "/health"}
 

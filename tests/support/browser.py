@@ -57,6 +57,7 @@ class Browser:
         )
         self._playwright = None
         self.chromium = None
+        self._profiles = []
 
     @classmethod
     def start(cls) -> Browser:
@@ -100,8 +101,25 @@ class Browser:
         await context.add_init_script(RECORD_VIOLATIONS)
         return await context.new_page()
 
+    async def new_profile_page(self, user_data_dir, **context_options):
+        """A page of a Chromium with a profile on disk (not incognito, as ``new_page``'s
+        contexts are: Chromium does not install apps from those). It is a browser of its
+        own, closed by :meth:`stop`."""
+        context = await self._playwright.chromium.launch_persistent_context(
+            str(user_data_dir),
+            executable_path=chromium_path(),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            **context_options,
+        )
+        self._profiles.append(context)
+        await context.add_init_script(RECORD_VIOLATIONS)
+        return context.pages[0] if context.pages else await context.new_page()
+
     def stop(self) -> None:
         async def close():
+            for context in self._profiles:
+                await context.close()
             await self.chromium.close()
             await self._playwright.stop()
 

@@ -57,7 +57,7 @@ class PushService(Resource):
 
     def __init__(self, directory: Path):
         super().__init__()
-        self.cert_path, key_path = write_self_signed(directory, "push-service", "127.0.0.1")
+        self.cert_path, key_path = write_self_signed(directory, "push-service")
         self._key_pem = key_path.read_bytes()
         self.server_key: str | None = None
         self.received: list[Push] = []

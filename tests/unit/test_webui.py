@@ -3,6 +3,7 @@ compression and the token check (revalidation is in tests/integration/test_webui
 fake request does not do ETags)."""
 
 import gzip
+import json
 import re
 
 import pytest
@@ -29,7 +30,7 @@ def ui(assets):
 def get(resource, path: str, headers=None):
     # What twisted.web leaves below /ui: "/ui/" is [b""], "/ui" is [].
     request = DummyRequest([segment.encode() for segment in path.split("/")[2:]])
-    request.path = path.encode()
+    request.path = request.uri = path.encode()
     for name, value in (headers or {}).items():
         request.requestHeaders.setRawHeaders(name, [value])
     body = resource.render(request)
@@ -54,13 +55,49 @@ def test_everything_the_page_names_is_package_data(assets):
                 assert imported in assets, (name, imported)
 
 
-@pytest.mark.parametrize("path", ["/ui", "/ui/", "/ui/sessions/abc-123"])
+@pytest.mark.parametrize("path", ["/ui/", "/ui/sessions/abc-123"])
 def test_the_page_at_ui_and_each_session(ui, path):
     request = get(ui, path)
     assert request.responseCode in (None, 200)
     assert request.body.startswith(b"<!doctype html>")
     assert header(request, b"content-security-policy") == CONTENT_SECURITY_POLICY.encode()
     assert header(request, b"x-content-type-options") == b"nosniff"
+
+
+def test_ui_without_its_slash_is_moved_into_the_service_workers_scope(ui):
+    request = get(ui, "/ui")
+    assert (request.responseCode, header(request, b"location")) == (301, b"/ui/")
+
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/ui/sw.js", b"text/javascript; charset=utf-8"),
+        ("/ui/manifest.webmanifest", b"application/manifest+json"),
+        ("/ui/assets/icon-192.png", b"image/png"),
+    ],
+)
+def test_the_installable_apps_files(ui, assets, path, content_type):
+    request = get(ui, path)
+    assert request.responseCode in (None, 200)
+    assert header(request, b"content-type") == content_type
+    assert header(request, b"content-security-policy") == CONTENT_SECURITY_POLICY.encode()
+
+
+def test_the_policy_lets_the_app_install_and_nothing_run_inline(assets):
+    directives = dict(d.strip().split(" ", 1) for d in CONTENT_SECURITY_POLICY.split(";"))
+    assert directives["worker-src"] == directives["manifest-src"] == "'self'"
+    assert "unsafe" not in CONTENT_SECURITY_POLICY
+    manifest = json.loads(assets["manifest.webmanifest"].body)
+    assert (manifest["start_url"], manifest["scope"], manifest["display"]) == (
+        "/ui/",
+        "/ui/",
+        "standalone",
+    )
+    sizes = {icon["sizes"] for icon in manifest["icons"]}
+    assert {"192x192", "512x512"} <= sizes
+    for icon in manifest["icons"]:
+        assert icon["src"].removeprefix("/ui/assets/") in assets
 
 
 @pytest.mark.parametrize(
@@ -115,6 +152,6 @@ def test_root_sends_browsers_to_ui(accept, redirected):
         request.requestHeaders.setRawHeaders(b"accept", [accept])
     body = root.render(request)
     if redirected:
-        assert (request.responseCode, header(request, b"location")) == (302, b"/ui")
+        assert (request.responseCode, header(request, b"location")) == (302, b"/ui/")
     else:
         assert b'"pi-server"' in body
