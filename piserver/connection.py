@@ -12,6 +12,7 @@ from .dispatch import Dispatcher
 from .envelope import BadFrame, encode_error, encode_result, parse_request
 from .errors import RateLimited
 from .ratelimit import TokenBucket
+from .security.scopes import Grant
 
 
 class FrameSink(Protocol):
@@ -79,6 +80,8 @@ class Connection:
         self.device = device
         # Which token of that device (tokens.DeviceTokenStore.identify): revocation is by it.
         self.device_token_id: str | None = None
+        # What its token may do (security/scopes.py); without authentication, everything.
+        self.grant = Grant.server_token()
         self._dispatcher = dispatcher
         self._sink = sink
         self.open = True

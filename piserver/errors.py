@@ -89,3 +89,10 @@ class TooManySessions(RpcError):
 
 class StorageFull(RpcError):
     code = "storage_full"
+
+
+class Forbidden(RpcError):
+    """The token lacks the scope a method needs (named in ``message``), or the thing asked
+    for is out of its reach."""
+
+    code = "forbidden"

@@ -30,11 +30,13 @@ from .methods import RpcMethods
 from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
 from .notify import ATTEMPT_TIMEOUT, Notifier
+from .ops.audit import AUDIT_FILE, AuditLog
 from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .refusals import Refusals
 from .repos import RepoCatalog
 from .schema import SchemaResource
+from .security.access import AccessGuard
 from .sessions import SessionManager
 from .sessions.stream import EVENT_MODES
 from .store import StateStore
@@ -313,6 +315,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     hub = top.hub = Hub(
         table,
         fallback=fallback,
+        # Scopes and reach of each token, and the audit log of what changed (issue 27).
+        guard=AccessGuard(sessions, AuditLog(config.data_dir / AUDIT_FILE, reactor.seconds)),
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,

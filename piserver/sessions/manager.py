@@ -343,6 +343,7 @@ class SessionManager(service.Service):
             session.provider, session.model_id = provider, model_id
         session.system_prompt = system_prompt
         session.include_native_tools = include_native_tools
+        session.device = getattr(connection, "device", None)
         checked_out = False
         try:
             if connection is not None:

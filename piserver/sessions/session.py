@@ -48,6 +48,9 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # The device token that created it (its name; None: the server token, or a session
+    # from before devices were recorded). Reach (security/scopes.py) goes by it.
+    device: str | None = attr.ib(default=None)
     extra: dict = attr.ib(factory=dict)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
@@ -108,6 +111,7 @@ class Session:
             "modelId": self.model_id,
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
+            "device": self.device,
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **self.extra,
         }
@@ -129,6 +133,7 @@ class Session:
             "modelId",
             "systemPrompt",
             "includeNativeTools",
+            "device",
             "lastSeq",
         }
         # One wrong entry must not break listing everyone's sessions.
@@ -137,7 +142,15 @@ class Session:
         for key in ("worktreePath", "createdAt"):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise ValueError(f"{key} is not a string")
-        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
+        for key in (
+            "lastActivityAt",
+            "repoId",
+            "name",
+            "provider",
+            "modelId",
+            "systemPrompt",
+            "device",
+        ):
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise ValueError(f"{key} is not a string")
         return cls(
@@ -153,6 +166,7 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            device=record.get("device"),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )

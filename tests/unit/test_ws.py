@@ -15,6 +15,8 @@ from twisted.logger import globalLogPublisher
 from piserver.auth import Authenticator, Unauthorized
 from piserver.hub import Hub
 from piserver.methods import RpcMethods
+from piserver.security.scopes import Grant, Scope
+from piserver.tokens import DeviceToken
 from piserver.ws import RpcServerFactory
 
 
@@ -204,13 +206,16 @@ def test_authenticator(headers, query, expected):
 def test_authenticator_off_and_device_tokens():
     assert Authenticator(None).authenticate({}, {}).device is None
 
+    watcher = Grant(device="phone", scopes=frozenset({Scope.READ}))
+
     class Devices:
-        def identify(self, token):
-            return ("phone", "sha256:1") if token == "device-secret" else None
+        def find(self, token):
+            return DeviceToken("phone", "sha256:1", watcher) if token == "device-secret" else None
 
     authenticator = Authenticator("sesame", Devices())
     identity = authenticator.authenticate({}, {"token": ["device-secret"]})
-    assert (identity.device, identity.token_id) == ("phone", "sha256:1")
+    assert (identity.device, identity.token_id, identity.grant) == ("phone", "sha256:1", watcher)
+    assert Authenticator("sesame").authenticate({}, {"token": ["sesame"]}).grant.server
     with pytest.raises(Unauthorized):
         authenticator.authenticate({}, {"token": ["other"]})
 
