@@ -9,7 +9,6 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
-from piserver.common import files as store
 from piserver.common.files import (
     CorruptFileError,
     load_json,
