@@ -12,8 +12,8 @@ from pathlib import Path
 
 from twisted.python import usage
 
-from .config import default_data_dir
-from .ops.audit import AUDIT_FILE, read_entries
+from piserver.config import default_data_dir
+from piserver.ops.audit import AUDIT_FILE, read_entries
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -17,9 +17,10 @@ import segno
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 
-from .config import DEFAULT_PORT, default_data_dir, prepare_data_dir
-from .security.scopes import DEFAULT_SCOPES, parse_scopes, scope_list
-from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
+from piserver.common.defaults import DEFAULT_PORT
+from piserver.config import default_data_dir, prepare_data_dir
+from piserver.security.scopes import DEFAULT_SCOPES, parse_scopes, scope_list
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

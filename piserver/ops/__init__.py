@@ -1,1 +1,8 @@
-"""What the server tells its operator: logs, metrics, notifications, readiness, audit."""
+"""Running the server: what it logs, counts and tells.
+
+- ``logs``: ``--log-level`` and ``--log-format``;
+- ``metrics``: ``GET /metrics`` (Prometheus);
+- ``notify``: ``--notify-url``: a run ended, the agent waits for an answer, it failed;
+- ``readiness``: ``GET /ready``;
+- ``audit``: ``<data-dir>/audit.log``, who changed what (``pi-server audit``).
+"""

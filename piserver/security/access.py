@@ -10,8 +10,8 @@ from typing import Protocol
 
 import attr
 
-from ..errors import Forbidden, NotFound
-from .scopes import METHOD_SCOPES, Grant, changes_something, scope_list
+from piserver.common.errors import Forbidden, NotFound
+from piserver.security.scopes import METHOD_SCOPES, Grant, changes_something, scope_list
 
 # Method names are the client's: this much of one is kept in a refusal or a record.
 _NAME_LIMIT = 80

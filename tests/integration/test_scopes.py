@@ -10,10 +10,10 @@ its connection.
 import pytest
 import pytest_twisted
 
-from piserver.devices import CLOSE_REVOKED
 from piserver.ops.audit import AUDIT_FILE, read_entries
+from piserver.security.revocation import CLOSE_REVOKED
 from piserver.security.scopes import Scope
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from tests.integration.test_workspace import agent_edits, event_after
 from tests.support.fakegithub import TEST_TOKEN
 from tests.support.server import TOKEN

@@ -23,7 +23,7 @@ from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
 from piserver.security.scopes import Scope
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from tests.support.browser import Browser
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import FakeLLM, Hang, Reply, Text, ToolCall

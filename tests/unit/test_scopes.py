@@ -2,8 +2,6 @@
 
 import pytest
 
-from piserver.dispatch import Dispatcher
-from piserver.envelope import Request
 from piserver.security.access import AccessGuard
 from piserver.security.scopes import (
     ALL_SCOPES,
@@ -12,6 +10,8 @@ from piserver.security.scopes import (
     Scope,
     changes_something,
 )
+from piserver.wire.dispatch import Dispatcher
+from piserver.wire.envelope import Request
 from tests.support.fakeaccess import FakeConnection, FakeSession, FakeSessions, RecordingSink
 from tests.support.schema import SCHEMA
 

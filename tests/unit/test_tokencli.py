@@ -9,7 +9,7 @@ import pytest
 
 from piserver.cli import main
 from piserver.security.scopes import Grant, Scope
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import stat
 import pytest
 from twisted.logger import Logger, LogLevel
 
-from piserver import tokens
+from piserver.security import tokens
 from piserver.security.scopes import ALL_SCOPES, Grant, Scope
-from piserver.tokens import (
+from piserver.security.tokens import (
     DeviceTokenStore,
     TokenError,
     load_or_create_server_token,
