@@ -21,6 +21,19 @@ class FakeSession:
     id: str = attr.ib()
     repo_id: str | None = attr.ib(default=None)
     device: str | None = attr.ib(default=None)
+    # Ids of the extension dialogs it waits on, and the answers they got.
+    dialogs: set = attr.ib(factory=set)
+    answers: list = attr.ib(factory=list)
+
+    @property
+    def calls(self):
+        return self
+
+    def has_dialog(self, dialog_id):
+        return dialog_id in self.dialogs
+
+    def answer_dialog(self, connection, params):
+        self.answers.append(params)
 
 
 @attr.s

@@ -2,6 +2,7 @@
 
 import pytest
 
+from piserver.api.methods import RpcMethods
 from piserver.security.access import AccessGuard
 from piserver.security.scopes import (
     ALL_SCOPES,
@@ -241,3 +242,21 @@ def test_an_own_sessions_token_may_create_chat_sessions():
     dispatcher = reach_dispatcher()
     connection = FakeConnection(Grant("tablet", own_sessions=True))
     assert dispatch(dispatcher, connection, "session.create", {"mode": "chat"})[0]
+
+
+def test_an_answer_without_a_session_finds_only_dialogs_in_reach():
+    # extension_ui_response may leave out the session: it then goes to the session waiting
+    # for that dialog, and only one the device may see.
+    sessions = FakeSessions().add(
+        FakeSession("theirs", "r2", "phone", dialogs={"d1"}),
+        FakeSession("mine", "r1", "tablet", dialogs={"d2"}),
+    )
+    methods = RpcMethods(sessions=sessions).table()
+    dispatcher = Dispatcher(methods, guard=AccessGuard(sessions))
+    tablet = FakeConnection(Grant("tablet", repos=frozenset({"r1"})))
+    ok, error = dispatch(dispatcher, tablet, "extension_ui_response", {"id": "d1"})
+    assert (ok, error.code) == (False, "not_found")
+    assert sessions.sessions["theirs"].answers == []
+    assert dispatch(dispatcher, tablet, "extension_ui_response", {"id": "d2"}) == (True, {})
+    assert dispatch(dispatcher, FakeConnection(), "extension_ui_response", {"id": "d1"})[0]
+    assert [len(s.answers) for s in sessions.sessions.values()] == [1, 1]
