@@ -123,9 +123,8 @@ class SessionAgents:
                 *(str(path) for path in agentdir.shared_paths(self._data_dir)),
             ),
             cache=str(session.directory / "cache"),
-            repository=session.extra.get("repoPath")
-            if session.extra.get("repoSource") == "local"
-            else None,
+            # A local repository's worktree needs its git dir (a clone has its own).
+            repository=session.checkout.repo_path if session.checkout is not None else None,
         )
 
     # -- the host side of every lifecycle -------------------------------------

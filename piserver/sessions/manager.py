@@ -364,7 +364,7 @@ class SessionManager(service.Service):
                     ),
                 )
                 session.cwd = checkout.path
-                session.extra.update(checkout.record)
+                session.checkout = checkout.record
                 checked_out = True
             elif not warm:
                 self._make_chat_directories(session)
@@ -432,7 +432,7 @@ class SessionManager(service.Service):
             await self.delete(session)
             raise
         session.name = source.name
-        session.extra["forkedFrom"] = source.id
+        session.forked_from = source.id
         self._save(session)
         self.log.info(
             "session {session_id} made from {source} by {command}",
