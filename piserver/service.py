@@ -311,9 +311,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             redact=redact,
         )
         notifier.setServiceParent(top)
-        sessions.listeners.append(notifier.happened)
+        sessions.observers.add(notifier)
     metrics = top.metrics = ServerMetrics(reactor)
-    sessions.listeners.append(metrics.happened)
+    sessions.observers.add(metrics)
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
     hub = top.hub = Hub(

@@ -27,6 +27,7 @@ from piserver.common.files import CorruptFileError, load_json, write_bytes_atomi
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal, JournalLimits
+from piserver.sessions.observer import RunWatcher, SessionObservers
 from piserver.sessions.session import SESSION_ID, Session, iso_time
 from piserver.sessions.stream import EventStream
 from piserver.sessions.warm import WarmAgents
@@ -116,13 +117,17 @@ class SessionManager(service.Service):
         self._departed: collections.OrderedDict[str, PreviousConnection] = collections.OrderedDict()
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
+        # Who hears of runs, crashes and input needed (metrics, notifications...): add an
+        # ISessionObserver with observers.add. The runs are worked out once, by _runs.
+        self.observers = SessionObservers()
+        self._runs = RunWatcher(self.observers)
         self.agents = SessionAgents(
             reactor,
             self._data_dir,
             supervisor,
             self.sessions.values,
             self.publish,
-            self._tell,
+            self.observers,
             self._save,
             self._agent_event,
             max_agents=max_agents,
@@ -137,10 +142,6 @@ class SessionManager(service.Service):
                 lambda: agentdir.fingerprint(self._data_dir),
             )
         self._refill = None
-        # listener(happening, session, fields) for "event" (event_type, payload; every event
-        # but the per-token message_update, which nobody listening needs),
-        # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
-        self.listeners = []
         # on_sent(mode, size) for every event frame sent (metrics).
         self.on_event_sent = None
 
@@ -213,7 +214,8 @@ class SessionManager(service.Service):
             lambda message: session.agent.send(message) if session.agent else None,
             session.stream.connections,
             self._native_tool_timeout,
-            tell=lambda happening, **fields: self._tell(happening, session, fields),
+            observer=self.observers,
+            session=session,
         )
         self.agents.equip(session)
 
@@ -746,25 +748,14 @@ class SessionManager(service.Service):
         session.stream.publish(event_type, payload, payload_json, to=to)
         # The stream's seq, not the event's: publishing can add one (journal_stopped).
         self._store.note_last_seq(session.id, session.stream.seq)
-        if self.listeners and event_type != "message_update":
-            self._tell("event", session, {"event_type": event_type, "payload": payload})
+        if event_type != "message_update":  # (the per-token updates say nothing of runs)
+            self._runs.event(session, event_type, payload)
         now = session.last_used = self._reactor.seconds()
         # lastActivityAt has a resolution of seconds: format it once a second, not per event.
         if now - session.activity_noted >= 1.0:
             session.activity_noted = now
             session.last_activity_at = iso_time(now)
             self._store.touch(session.id, session.last_activity_at)
-
-    def _tell(self, happening: str, session: Session, fields: dict) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(happening, session, fields)
-            except Exception:
-                self.log.failure(
-                    "error in a listener of {happening} ({session_id})",
-                    happening=happening,
-                    session_id=session.id,
-                )
 
     def _event_sent(self, mode: str, size: int) -> None:
         if self.on_event_sent is not None:

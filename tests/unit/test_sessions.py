@@ -18,6 +18,7 @@ from piserver.repos.checkouts import Checkout, CheckoutRecord, RepoSource
 from piserver.sessions import SessionManager
 from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
+from piserver.sessions.observer import SessionObserver
 from piserver.sessions.session import Session
 from tests.support.fakeprocess import FakeProcessReactor
 
@@ -579,16 +580,22 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     assert not warm.directory.exists()
 
 
-def test_listeners_hear_every_event_but_the_per_token_updates(harness):
+def test_observers_hear_of_a_run_from_its_events(harness):
     heard = []
-    harness.sessions.listeners.append(
-        lambda happening, session, fields: heard.append(fields.get("event_type"))
-    )
-    create(harness, FakeConnection())
+
+    class Observer(SessionObserver):
+        def run_started(self, session):
+            heard.append(("run_started", session.id))
+
+        def run_ended(self, session, outcome, summary):
+            heard.append(("run_ended", outcome, summary))
+
+    harness.sessions.observers.add(Observer())
+    session = create(harness, FakeConnection()).result
     harness.process().stdout(
         b'{"type":"agent_start"}\n{"type":"message_update"}\n{"type":"agent_settled"}\n'
     )
-    assert heard == ["agent_start", "agent_settled"]
+    assert heard == [("run_started", session.id), ("run_ended", "ok", "the run finished")]
 
 
 def test_a_create_that_fails_undoes_the_warm_session_it_took(tmp_path):
