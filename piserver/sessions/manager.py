@@ -7,13 +7,11 @@ is started again on the session's own pi session files by the next attach or age
 call, so the conversation resumes where it was (``agents``, ``lifecycle``).
 """
 
-import collections
 import json
 import shutil
 import uuid
 from pathlib import Path
 
-import attr
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
@@ -25,6 +23,7 @@ from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
+from piserver.sessions.connections import ConnectionMemory, PreviousConnection
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal, JournalLimits
 from piserver.sessions.observer import RunWatcher, SessionObservers
@@ -48,16 +47,6 @@ JOURNAL_IDLE = 60.0
 # reply has gone out (spawning takes the reactor a few milliseconds), and never while the
 # agent handed over is still starting (two pi starting at once share the cores).
 WARM_REFILL_DELAY = 0.1
-
-
-# Closed connections whose tools and sessions a resuming client can take over.
-REMEMBERED_CONNECTIONS = 1000
-
-
-@attr.frozen
-class PreviousConnection:
-    native_tools: list | None
-    attached: frozenset
 
 
 class SessionManager(service.Service):
@@ -111,10 +100,9 @@ class SessionManager(service.Service):
         # Creates and removes code sessions' checkouts (repos issue); None: chat only.
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
-        # Connections seen by hello or attach, and what recently closed ones left behind,
-        # so that a client resuming its connection gets its tools and sessions back.
-        self._connections: dict[str, object] = {}
-        self._departed: collections.OrderedDict[str, PreviousConnection] = collections.OrderedDict()
+        # Connections seen by hello, and what recently closed ones left behind, so that a
+        # client resuming its connection gets its tools and sessions back.
+        self.connections = ConnectionMemory(self._attached_to, self.detach)
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
         # Who hears of runs, crashes and input needed (metrics, notifications...): add an
@@ -664,33 +652,17 @@ class SessionManager(service.Service):
 
     def watch(self, connection) -> None:
         """Keep track of ``connection`` (see ``previous``)."""
-        if connection.connection_id not in self._connections:
-            self._connections[connection.connection_id] = connection
-            connection.on_lost(self._connection_lost)
+        if self.connections.watch(connection):
             # Someone is here: the next create should find a warm agent (the pool goes
             # when the server is idle).
             self._fill_warm()
 
-    def previous(self, connection_id: str) -> "PreviousConnection | None":
-        """What connection ``connection_id`` had (its device's tools, the sessions it was
-        attached to), closed or still open (a phone often reconnects before its old
-        socket is noticed dead); None for a connection this server never saw."""
-        live = self._connections.get(connection_id)
-        if live is not None:
-            return PreviousConnection(live.native_tools, self._attached_to(live))
-        return self._departed.get(connection_id)
+    def previous(self, connection_id: str) -> PreviousConnection | None:
+        """What connection ``connection_id`` had (``ConnectionMemory.previous``)."""
+        return self.connections.previous(connection_id)
 
     def _attached_to(self, connection) -> frozenset:
         return frozenset(s.id for s in self.sessions.values() if s.stream.is_attached(connection))
-
-    def _connection_lost(self, connection) -> None:
-        self._connections.pop(connection.connection_id, None)
-        self._departed[connection.connection_id] = PreviousConnection(
-            connection.native_tools, self._attached_to(connection)
-        )
-        while len(self._departed) > REMEMBERED_CONNECTIONS:
-            self._departed.popitem(last=False)
-        self.detach(connection)
 
     # -- the agent ----------------------------------------------------------
 
