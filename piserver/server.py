@@ -15,6 +15,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import __version__
+from .api.handoff import HandoffMethods
 from .auth import Authenticator
 from .checkouts import Checkouts
 from .config import SECRET_NAME_SUFFIXES, SERVER_SECRET_ENV, ServerConfig
@@ -36,6 +37,8 @@ from .refusals import Refusals
 from .repos import RepoCatalog
 from .schema import SchemaResource
 from .sessions import SessionManager
+from .sessions.importable import ImportableSessions
+from .sessions.imports import SessionImporter
 from .sessions.stream import EVENT_MODES
 from .store import StateStore
 from .supervisor import AgentSupervisor
@@ -268,6 +271,15 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         push_timeout=config.clone_timeout,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    importer = SessionImporter(
+        reactor,
+        config.data_dir,
+        sessions,
+        ImportableSessions(config.import_from),
+        repos,
+        git,
+        in_thread,
+    )
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(
@@ -288,6 +300,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             "replayWindowSec": int(limits.max_age),
         },
         workspace=workspace,
+        handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:

@@ -242,6 +242,64 @@ async function createSession(params) {
   }
 }
 
+// -- pi sessions on this machine (sessions.importable, session.import) -------------
+
+async function loadImportable(cursor) {
+  try {
+    const page = await app.rpc.call("sessions.importable", cursor ? { cursor } : {});
+    const list = $("importable-list");
+    const items = page.sessions.map((found) => {
+      const item = el("li");
+      const button = el("button", "session-link importable-item");
+      button.type = "button";
+      button.dataset.importId = found.importId;
+      button.append(el("span", "session-title", found.firstPrompt || "(no prompt)"));
+      const when = new Date(found.lastActivityAt).toLocaleString();
+      button.append(el("span", "session-meta", `${found.cwd} · ${found.messages} messages · ${when}`));
+      item.append(button);
+      return item;
+    });
+    if (cursor) list.append(...items);
+    else list.replaceChildren(...items);
+    $("no-importable").hidden = list.children.length > 0;
+    app.importCursor = page.next || null;
+    $("importable-more").hidden = !page.next;
+  } catch (error) {
+    failed(error);
+  }
+}
+
+async function importSession(importId) {
+  const status = $("create-status");
+  status.textContent = "Importing…";
+  try {
+    const { sessionId } = await app.rpc.call("session.import", {
+      importId, withChanges: $("import-changes").checked,
+    });
+    await refreshList();
+    navigate(sessionId);
+    $("prompt").focus();
+  } catch (error) {
+    failed(error);
+  } finally {
+    status.textContent = "";
+  }
+}
+
+async function exportSession() {
+  try {
+    const { fileName, jsonl } = await app.rpc.call("session.export", { sessionId: app.sessionId });
+    const link = el("a");
+    link.href = URL.createObjectURL(new Blob([jsonl], { type: "application/jsonl" }));
+    link.download = fileName;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    toast(`Saved ${fileName}: open it with pi --session ${fileName}`);
+  } catch (error) {
+    failed(error);
+  }
+}
+
 // -- one session --------------------------------------------------------------
 
 function route() {
@@ -622,6 +680,18 @@ function wire() {
       .catch(failed);
   });
 
+  $("import-toggle").addEventListener("click", () => {
+    const open = $("importable").hidden;
+    $("importable").hidden = !open;
+    $("import-toggle").setAttribute("aria-expanded", String(open));
+    if (open) loadImportable(null);
+  });
+  $("importable-more").addEventListener("click", () => loadImportable(app.importCursor));
+  $("importable-list").addEventListener("click", (event) => {
+    const item = event.target.closest("[data-import-id]");
+    if (item) importSession(item.dataset.importId);
+  });
+  $("export").addEventListener("click", exportSession);
   $("delete").addEventListener("click", () => {
     const sessionId = app.sessionId;
     dialogRequested({

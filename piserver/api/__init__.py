@@ -1,0 +1,1 @@
+"""The wire API: RPC method tables and their parameter checks."""
