@@ -332,7 +332,8 @@ async function openSession(sessionId) {
   // Every event of the session from its start: the history, then the live run.
   app.rpc.follow(sessionId, 0);
   try {
-    await app.rpc.call("session.attach", { sessionId, exclusive: true, lastSeq: 0 });
+    const attached = await app.rpc.call("session.attach", { sessionId, exclusive: true, lastSeq: 0 });
+    if (attached.catchUp !== "snapshot") showEarlierHistory(sessionId);
   } catch (error) {
     if (app.sessionId !== sessionId) return;
     if (error.code === "not_found") {
@@ -346,6 +347,21 @@ async function openSession(sessionId) {
   if (app.sessionId !== sessionId) return;
   loadModels(sessionId);
   if (app.session && app.session.mode === "code") probeGit(sessionId);
+}
+
+// A conversation older than the session's events (imported from pi in a terminal, or
+// forked) is not in its journal: when the replay showed nothing, ask pi for it.
+async function showEarlierHistory(sessionId) {
+  if (!app.conversation.empty) return;
+  try {
+    const { messages } = await app.rpc.call("get_messages", {}, sessionId);
+    if (app.sessionId !== sessionId || !app.conversation.empty || !messages.length) return;
+    app.conversation.apply("session_snapshot", {
+      messages, state: { isStreaming: app.conversation.running },
+    });
+  } catch (error) {
+    failed(error);
+  }
 }
 
 function showSessionTitle() {

@@ -18,19 +18,16 @@ from piserver.sessioncli import run as session_cli
 from piserver.sessions.pifiles import encode_cwd
 from tests.support.fakegithub import make_repository, run_git
 from tests.support.fakellm import Text
-from tests.support.piagent import PiRpc
+from tests.support.piagent import spawn_pi
 from tests.support.server import session_directories
 from tests.support.wsclient import CallFailed, is_type
 
 OVERSIZED = 33 * 1024 * 1024
 
 
-def spawn_pi_in(pi_binary, agent_dir, cwd, *args) -> PiRpc:
+def spawn_pi_in(pi_binary, agent_dir, cwd, *args):
     """``pi --mode rpc *args`` working in ``cwd``, as a user at the desk runs it."""
-    rpc = PiRpc(reactor)
-    argv = [*pi_binary, "--mode", "rpc", *args]
-    reactor.spawnProcess(rpc, argv[0], argv, env=agent_dir.environment(), path=str(cwd))
-    return rpc
+    return spawn_pi(reactor, pi_binary, agent_dir, args, cwd=cwd)
 
 
 def texts(messages) -> str:
