@@ -12,13 +12,13 @@ from pathlib import Path
 
 from twisted.python import usage
 
-from .config import default_data_dir
-from .errors import RpcError
-from .sessions.export import desk_cwd, export_session
-from .sessions.pifiles import encode_cwd
-from .sessions.session import SESSION_ID
-from .store import CorruptFileError, load_json, write_bytes_atomic
-from .tokencli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _data_dir_first
+from piserver.common.errors import RpcError
+from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic
+from piserver.config import default_data_dir
+from piserver.sessions.export import desk_cwd, export_session
+from piserver.sessions.pifiles import encode_cwd
+from piserver.sessions.session import SESSION_ID
+from piserver.tokencli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _data_dir_first
 
 SYNOPSIS = "Usage: pi-server session [--data-dir DIR] export SESSION_ID [--to DIR]"
 

@@ -1,1 +1,7 @@
-"""The wire API: RPC method tables and their parameter checks."""
+"""The wire methods: what each request does, over the sessions and the repositories.
+
+- ``methods``: the method table (sessions, prompts, native tools, the server's own methods);
+- ``picommands``: pi's RPC commands passed through as wire methods, their params checked;
+- ``workspace``: the methods on a code session's checkout (diff, files, commit, push, PR);
+- ``handoff``: sessions from pi in a terminal and back (importable, import, export).
+"""

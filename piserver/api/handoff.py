@@ -4,9 +4,9 @@ The wire methods that move conversations between pi in a terminal and the server
 piserver.sessions.imports).
 """
 
-from ..errors import InvalidParams
-from ..methods import _bool, _string, _target_session_id
-from ..sessions.imports import IMPORT_MODES
+from piserver.api.methods import _bool, _string, _target_session_id
+from piserver.common.errors import InvalidParams
+from piserver.sessions.imports import IMPORT_MODES
 
 
 class HandoffMethods:

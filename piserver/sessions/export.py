@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InvalidState
-from . import pifiles
+from piserver.common.errors import InvalidState
+from piserver.sessions import pifiles
 
 # A reply carries the whole file: keep it well under the default frame limit (16 MiB).
 MAX_EXPORT_BYTES = 12 * 1024 * 1024

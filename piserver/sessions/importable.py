@@ -25,9 +25,9 @@ from pathlib import Path
 import attr
 from twisted.logger import Logger
 
-from ..errors import InvalidParams, InvalidSessionFile, NotFound
-from . import pifiles
-from .session import iso_time
+from piserver.common.errors import InvalidParams, InvalidSessionFile, NotFound
+from piserver.sessions import pifiles
+from piserver.sessions.session import iso_time
 
 PAGE_SIZE = 50
 MAX_FILES = 10000

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from ..errors import GithubError, InvalidState
-from ..store import write_bytes_atomic
-from . import pifiles
-from .export import MAX_EXPORT_BYTES, export_session
-from .manager import _name_from
+from piserver.common.errors import GithubError, InvalidState
+from piserver.common.files import write_bytes_atomic
+from piserver.sessions import pifiles
+from piserver.sessions.export import MAX_EXPORT_BYTES, export_session
+from piserver.sessions.manager import _name_from
 
 IMPORT_MODES = ("auto", "chat")
 # The original working tree's changes (git diff --binary HEAD) applied at most.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import attr
 
-from ..errors import InvalidSessionFile
+from piserver.common.errors import InvalidSessionFile
 
 # An import copies at most this much (a long conversation with tool output is a few MB).
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024

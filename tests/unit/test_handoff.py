@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from piserver.errors import InvalidParams, InvalidSessionFile, NotFound
+from piserver.common.errors import InvalidParams, InvalidSessionFile, NotFound
 from piserver.sessioncli import run as session_cli
 from piserver.sessions import pifiles
 from piserver.sessions.export import desk_cwd
