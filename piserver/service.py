@@ -286,6 +286,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         git,
         in_thread,
     )
+    importer.remove_staged()
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(

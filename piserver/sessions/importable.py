@@ -20,6 +20,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 from pathlib import Path
 
 import attr
@@ -67,6 +68,8 @@ class ImportableSessions:
         self._page_size = page_size
         self._max_line = max_line
         self._summaries: collections.OrderedDict[Path, tuple] = collections.OrderedDict()
+        # Listings run in the reactor's thread pool, several at once.
+        self._lock = threading.Lock()
 
     def page(self, cursor: str | None) -> dict:
         """``{"sessions": [...], "next"?}``: the page after ``cursor`` (None: the first)."""
@@ -155,18 +158,20 @@ class ImportableSessions:
     def _summary(self, candidate: Candidate) -> pifiles.Summary | None:
         """The file's summary (remembered while its size and mtime stay); None when it
         is no pi session file."""
-        kept = self._summaries.get(candidate.path)
-        if kept is not None and kept[0] == (candidate.size, candidate.mtime_ns):
-            self._summaries.move_to_end(candidate.path)
-            return kept[1]
+        with self._lock:
+            kept = self._summaries.get(candidate.path)
+            if kept is not None and kept[0] == (candidate.size, candidate.mtime_ns):
+                self._summaries.move_to_end(candidate.path)
+                return kept[1]
         try:
             summary = pifiles.summarize(candidate.path, self._max_line)
         except (OSError, InvalidSessionFile) as e:
             self.log.debug("not listed: {path}: {error}", path=str(candidate.path), error=str(e))
             summary = None
-        self._summaries[candidate.path] = ((candidate.size, candidate.mtime_ns), summary)
-        while len(self._summaries) > SUMMARIES_KEPT:
-            self._summaries.popitem(last=False)
+        with self._lock:
+            self._summaries[candidate.path] = ((candidate.size, candidate.mtime_ns), summary)
+            while len(self._summaries) > SUMMARIES_KEPT:
+                self._summaries.popitem(last=False)
         return summary
 
 

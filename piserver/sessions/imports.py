@@ -63,6 +63,13 @@ class SessionImporter:
         self._limits = limits or pifiles.Limits()
         self._max_export = max_export
 
+    def remove_staged(self) -> None:
+        """At start: copies an import interrupted by a crash left behind."""
+        if self._staging.is_dir():
+            for path in self._staging.iterdir():
+                if path.is_file() or path.is_symlink():
+                    path.unlink(missing_ok=True)
+
     async def listing(self, cursor: str | None) -> dict:
         return await self._in_thread(self.importable.page, cursor)
 

@@ -111,6 +111,11 @@ async def test_desk_to_phone_and_back(make_pi_server, fake_llm, agent_dir, pi_bi
     assert run_git("branch", "--show-current", cwd=checkout).strip() == (f"pi/session-{session_id}")
     assert open(os.path.join(checkout, "app.py")).read() == "x = 2\n"
 
+    # Asked for a chat session, the same conversation is one, without a checkout.
+    chat = await client.call("session.import", {"importId": listed["importId"], "mode": "chat"})
+    assert chat == {"sessionId": chat["sessionId"], "mode": "chat"}
+    await client.call("session.delete", {"sessionId": chat["sessionId"]})
+
     # The next prompt is answered with the desk's turns in the model's context.
     fake_llm.script(Text("It was 42."))
     await client.call("session.attach", {"sessionId": session_id})
