@@ -33,8 +33,9 @@ FIRST_PROMPT_LENGTH = 200
 # Versions of the session format pi 1.6 reads (it migrates 1 and 2 on load).
 KNOWN_VERSIONS = (1, 2, 3)
 _CHUNK = 1024 * 1024
-# pi writes entries with JSON.stringify, "type" first: counting these prefixes needs no parse.
-_MESSAGE_PREFIX = b'{"type":"message"'
+# pi writes entries with JSON.stringify, "type" first: counting these prefixes needs no parse
+# (the spaced form is Python's json.dumps, for files written by other tools).
+_MESSAGE_PREFIXES = (b'{"type":"message"', b'{"type": "message"')
 _ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
@@ -108,7 +109,7 @@ def summarize(path: Path, max_line: int = DEFAULT_MAX_LINE) -> Summary:
             if not line:
                 break
             scanned += len(line)
-            if line.startswith(_MESSAGE_PREFIX):
+            if line.startswith(_MESSAGE_PREFIXES):
                 messages += 1
                 first_prompt = _user_text(line)
         # The rest is only counted: a prefix test per line, in chunks.
@@ -120,8 +121,8 @@ def summarize(path: Path, max_line: int = DEFAULT_MAX_LINE) -> Summary:
                 break
             scanned += len(chunk)
             chunk = tail + chunk
-            messages += chunk.count(b"\n" + _MESSAGE_PREFIX)
-            tail = chunk[-len(_MESSAGE_PREFIX) :]
+            messages += sum(chunk.count(b"\n" + prefix) for prefix in _MESSAGE_PREFIXES)
+            tail = chunk[-len(_MESSAGE_PREFIXES[1]) :]
     return Summary(
         header=header,
         first_prompt=first_prompt,

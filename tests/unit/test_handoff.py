@@ -43,12 +43,20 @@ def conversation(path, cwd="/home/u/project", prompt="fix the bug"):
     )
 
 
-def test_summary_reads_header_first_prompt_and_count(tmp_path):
+def test_summary_reads_header_first_prompt_and_count(tmp_path, monkeypatch):
     path = conversation(tmp_path / "s.jsonl", prompt="  fix\n the   bug ")
     summary = pifiles.summarize(path)
     assert summary.header.cwd == "/home/u/project"
     assert summary.first_prompt == "fix the bug"
     assert summary.messages == 2 and summary.size == path.stat().st_size
+    # Past the scanned start, messages are counted by their prefix, chunk by chunk (a
+    # prefix cut in two by a chunk's end counts once), spaced JSON too.
+    monkeypatch.setattr(pifiles, "SUMMARY_SCAN_BYTES", 1)
+    monkeypatch.setattr(pifiles, "_CHUNK", 7)
+    spaced = [json.dumps(message(f"m{n}", "user", "x")).encode() for n in range(3)]
+    with path.open("ab") as f:
+        f.write(b"\n".join(spaced) + b"\n")
+    assert pifiles.summarize(path).messages == 5
 
 
 def test_copy_refuses_malformed_files_and_leaves_nothing(tmp_path):
