@@ -21,6 +21,8 @@ from piserver.sessions.session import SESSION_ID
 from piserver.tokencli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _data_dir_first
 
 SYNOPSIS = "Usage: pi-server session [--data-dir DIR] export SESSION_ID [--to DIR]"
+# The file is written, not sent in a frame: only a sanity bound.
+CLI_MAX_BYTES = 1 << 30
 
 
 def default_pi_sessions(environ) -> Path:
@@ -100,7 +102,7 @@ def run(argv, environ, clock, stdout, stderr) -> int:
         if not isinstance(record, dict) or record.get("sessionId") != session_id:
             stderr.write(f"pi-server session export: no session {session_id} in {data_dir}\n")
             return EXIT_FAILED
-        file_name, content = export_session(directory, record, clock())
+        file_name, content = export_session(directory, record, clock(), CLI_MAX_BYTES)
         folder = (pi_sessions or default_pi_sessions(environ)) / encode_cwd(desk_cwd(record))
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = folder / file_name
