@@ -5,12 +5,14 @@ import json
 import os
 
 import pytest
+import pytest_twisted
 
-from piserver.common.errors import InvalidParams, InvalidSessionFile, NotFound
+from piserver.common.errors import GithubError, InvalidParams, InvalidSessionFile, NotFound
 from piserver.sessioncli import run as session_cli
 from piserver.sessions import pifiles
 from piserver.sessions.export import desk_cwd
 from piserver.sessions.importable import ImportableSessions
+from piserver.sessions.imports import SessionImporter
 
 
 def header(cwd="/home/u/project", **fields):
@@ -158,3 +160,37 @@ def test_cli_refuses_what_is_not_a_session_id(tmp_path):
     missing = "12345678-1234-1234-1234-123456789abc"
     assert session_cli(["--data-dir", str(tmp_path), "export", missing], {}, lambda: 0, out, err)
     assert f"no session {missing}" in err.getvalue()
+
+
+class FakeRepos:
+    def __init__(self, repos=(), error=None):
+        self._repos, self._error = list(repos), error
+
+    async def list(self):
+        if self._error is not None:
+            raise self._error
+        return {"repos": self._repos, "warnings": []}
+
+
+class FakeGit:
+    async def current_branch(self, path):
+        return {"/src/outer/inner": "feature"}.get(path)
+
+
+def importer(repos):
+    return SessionImporter(None, "/nowhere", None, None, repos, FakeGit(), None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_innermost_local_repository_holding_the_cwd_on_its_current_branch():
+    outer = {"id": "o", "name": "O", "path": "/src/outer", "defaultBranch": "main"}
+    inner = {"id": "i", "name": "I", "path": "/src/outer/inner", "defaultBranch": "main"}
+    remote = {"id": "me/x", "path": "/src/outer/inner/deeper", "source": "github"}
+    repos = FakeRepos([{**outer, "source": "local"}, {**inner, "source": "local"}, remote])
+    found = await importer(repos)._repo_of("/src/outer/inner/pkg")
+    assert (found["id"], found["defaultBranch"]) == ("i", "feature")
+    found = await importer(repos)._repo_of("/src/outer")
+    assert (found["id"], found["defaultBranch"]) == ("o", "main")
+    assert await importer(repos)._repo_of("/src/outerwear") is None
+    assert await importer(FakeRepos(error=GithubError("down")))._repo_of("/src/outer") is None
+    assert await importer(None)._repo_of("/src/outer") is None
