@@ -112,8 +112,7 @@ def summarize(path: Path, max_line: int = DEFAULT_MAX_LINE) -> Summary:
             if line.startswith(_MESSAGE_PREFIXES):
                 messages += 1
                 first_prompt = _user_text(line)
-        # The rest is only counted: a prefix test per line, in chunks.
-        # (The summary's loop stopped at a line's start.)
+        # The rest is only counted, in chunks (the loop above stopped at a line's start).
         tail = b"\n"
         while scanned < COUNT_SCAN_BYTES:
             chunk = lines.read(min(_CHUNK, COUNT_SCAN_BYTES - scanned))

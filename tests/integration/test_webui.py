@@ -589,6 +589,7 @@ async def test_import_a_desk_session_prompt_and_export(
     await browser.run(page.click("#import-toggle"))
     found = page.locator(".importable-item", has_text="remember the colour teal")
     assert str(desk) in await browser.run(found.inner_text())
+    await browser.run(page.screenshot(path=str(screenshot_dir() / "import.png")))
     await browser.run(found.click())
     await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
     earlier = page.locator(".message.assistant", has_text="Noted: the colour is teal.")
