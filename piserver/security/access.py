@@ -11,7 +11,13 @@ from typing import Protocol
 import attr
 
 from piserver.common.errors import Forbidden, NotFound
-from piserver.security.scopes import METHOD_SCOPES, Grant, changes_something, scope_list
+from piserver.security.scopes import (
+    MACHINE_SESSIONS,
+    METHOD_SCOPES,
+    Grant,
+    changes_something,
+    scope_list,
+)
 
 # Method names are the client's: this much of one is kept in a refusal or a record.
 _NAME_LIMIT = 80
@@ -80,6 +86,11 @@ class AccessGuard:
                 other = self._session(named)
                 if other is not None and not grant.may_see(other):
                     raise NotFound(f"no session {named[:80]!r}")
+            if method in MACHINE_SESSIONS and grant.repos is not None:
+                raise Forbidden(
+                    f"device {grant.device} may only work on repositories: the pi sessions "
+                    "of this machine are out of its reach"
+                )
             if method == "session.create" and grant.repos is not None:
                 repo_id = request.params.get("repoId")
                 if not isinstance(repo_id, str) or not grant.may_use_repo(repo_id):

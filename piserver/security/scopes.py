@@ -52,7 +52,6 @@ METHOD_SCOPES: dict[str, Scope | None] = {
     "get_tree": _R,
     "export_html": _R,
     "usage.report": _R,  # issue 25
-    "sessions.importable": _R,  # issue 26
     "session.export": _R,  # issue 26
     "push.subscribe": _R,  # issue 28: a watcher may be told what it may watch
     "push.unsubscribe": _R,
@@ -80,6 +79,8 @@ METHOD_SCOPES: dict[str, Scope | None] = {
     "session.create": _M,
     "session.delete": _M,
     "session.import": _M,  # issue 26
+    # The machine's own pi sessions: browsing them is the first step of importing one.
+    "sessions.importable": _M,
     "session.set_permission_mode": _M,  # issue 23
     "session.set_budget": _M,  # issue 25
     "fork": _M,
@@ -97,6 +98,10 @@ METHOD_SCOPES: dict[str, Scope | None] = {
     "set_steering_mode": _M,
     "set_follow_up_mode": _M,
 }
+
+# Methods about the machine's own pi sessions, which belong to no repository the server
+# knows: out of reach of a token limited to repositories.
+MACHINE_SESSIONS = frozenset({"sessions.importable", "session.import"})
 
 # Read-scope methods that still change something the audit log should show.
 _CHANGING_READS = frozenset({"push.subscribe", "push.unsubscribe"})

@@ -10,6 +10,7 @@ from pathlib import Path
 import attr
 
 from piserver.agents.protocol import AgentProtocol
+from piserver.repos.checkouts import CheckoutRecord
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
 from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
@@ -40,6 +41,11 @@ class Session:
     # The device token that created it (its name; None: the server token, or a session
     # from before devices were recorded). Reach (security/scopes.py) goes by it.
     device: str | None = attr.ib(default=None)
+    # A code session's checkout: its branch, base and repository.
+    checkout: CheckoutRecord | None = attr.ib(default=None)
+    # The session this one was forked or cloned from.
+    forked_from: str | None = attr.ib(default=None)
+    # Fields of a saved record that no attribute holds (another version's): kept as read.
     extra: dict = attr.ib(factory=dict)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
@@ -100,8 +106,10 @@ class Session:
             "modelId": self.model_id,
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
-            "device": self.device,
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
+            **(self.checkout.to_json() if self.checkout is not None else {}),
+            **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
+            **({"device": self.device} if self.device is not None else {}),
             **self.extra,
         }
 
@@ -124,6 +132,11 @@ class Session:
             "includeNativeTools",
             "device",
             "lastSeq",
+            "repoSource",
+            "repoPath",
+            "branch",
+            "baseBranch",
+            "forkedFrom",
         }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
@@ -139,6 +152,7 @@ class Session:
             "modelId",
             "systemPrompt",
             "device",
+            "forkedFrom",
         ):
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise ValueError(f"{key} is not a string")
@@ -156,6 +170,8 @@ class Session:
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
             device=record.get("device"),
+            checkout=CheckoutRecord.from_json(record),
+            forked_from=record.get("forkedFrom"),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )

@@ -40,7 +40,6 @@ EXPECTED = {
         "get_tree",
         "export_html",
         "usage.report",
-        "sessions.importable",
         "session.export",
         "push.subscribe",
         "push.unsubscribe",
@@ -66,6 +65,7 @@ EXPECTED = {
         "session.create",
         "session.delete",
         "session.import",
+        "sessions.importable",
         "session.set_permission_mode",
         "session.set_budget",
         "fork",
@@ -260,3 +260,13 @@ def test_an_answer_without_a_session_finds_only_dialogs_in_reach():
     assert dispatch(dispatcher, tablet, "extension_ui_response", {"id": "d2"}) == (True, {})
     assert dispatch(dispatcher, FakeConnection(), "extension_ui_response", {"id": "d1"})[0]
     assert [len(s.answers) for s in sessions.sessions.values()] == [1, 1]
+
+
+def test_the_machines_pi_sessions_are_out_of_a_repository_limited_tokens_reach():
+    dispatcher = Dispatcher(answering("sessions.importable", "session.import"), guard=AccessGuard())
+    for method in ("sessions.importable", "session.import"):
+        limited = FakeConnection(Grant("tablet", repos=frozenset({"r1"})))
+        ok, error = dispatch(dispatcher, limited, method)
+        assert (ok, error.code) == (False, "forbidden")
+        own = FakeConnection(Grant("tablet", own_sessions=True))
+        assert dispatch(dispatcher, own, method)[0]
