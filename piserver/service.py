@@ -20,10 +20,12 @@ from piserver.agents.launchers.bwrap import BwrapLauncher, install_paths
 from piserver.agents.launchers.template import CommandTemplateLauncher
 from piserver.agents.models import ModelCatalog
 from piserver.agents.supervisor import AgentSupervisor
+from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.push import PushMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.config import ServerConfig
+from piserver.ops.audit import AUDIT_FILE, AuditLog
 from piserver.ops.metrics import MetricsResource, ServerMetrics
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
 from piserver.ops.pushwiring import build_push
@@ -35,6 +37,7 @@ from piserver.repos.github import GithubClient
 from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
+from piserver.security.access import AccessGuard
 from piserver.security.auth import Authenticator
 from piserver.security.redact import (
     REVEAL_FIELD,
@@ -47,6 +50,8 @@ from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions import SessionManager
+from piserver.sessions.importable import ImportableSessions
+from piserver.sessions.imports import SessionImporter
 from piserver.sessions.index import StateStore
 from piserver.sessions.session import iso_time
 from piserver.sessions.stream import EVENT_MODES
@@ -277,6 +282,16 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         push_timeout=config.clone_timeout,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    importer = SessionImporter(
+        reactor,
+        config.data_dir,
+        sessions,
+        ImportableSessions(config.import_from),
+        repos,
+        git,
+        in_thread,
+    )
+    importer.remove_staged()
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(
@@ -297,6 +312,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             "replayWindowSec": int(limits.max_age),
         },
         workspace=workspace,
+        handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
@@ -314,13 +330,13 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             redact=redact,
         )
         notifier.setServiceParent(top)
-        sessions.listeners.append(notifier.happened)
+        sessions.observers.add(notifier)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     method_table = methods.table()
     if config.push:
         push = build_push(config, reactor, device_tokens, redact, in_thread)
         push.notifier.setServiceParent(top)
-        sessions.listeners.append(push.notifier.happened)
+        sessions.observers.add(push.notifier)
         push_methods = PushMethods(
             push.subscriptions,
             push.policy,
@@ -331,12 +347,14 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         )
         method_table.update(push_methods.table())
     metrics = top.metrics = ServerMetrics(reactor)
-    sessions.listeners.append(metrics.happened)
+    sessions.observers.add(metrics)
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(method_table, methods.pass_through)
     hub = top.hub = Hub(
         table,
         fallback=fallback,
+        # Scopes and reach of each token, and the audit log of what changed (issue 27).
+        guard=AccessGuard(sessions, AuditLog(config.data_dir / AUDIT_FILE, reactor.seconds)),
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,

@@ -3,5 +3,6 @@
 - ``methods``: the method table (sessions, prompts, native tools, the server's own methods);
 - ``picommands``: pi's RPC commands passed through as wire methods, their params checked;
 - ``workspace``: the methods on a code session's checkout (diff, files, commit, push, PR);
-- ``push``: ``push.subscribe``/``unsubscribe``/``list`` and ``session.viewing``.
+- ``push``: ``push.subscribe``/``unsubscribe``/``list`` and ``session.viewing``;
+- ``handoff``: sessions from pi in a terminal and back (importable, import, export).
 """

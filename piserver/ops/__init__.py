@@ -5,5 +5,6 @@
 - ``notify``: ``--notify-url``: a run ended, the agent waits for an answer, it failed;
 - ``readiness``: ``GET /ready``;
 - ``push``: the same happenings as Web Push to the devices that asked (``webpush`` sends
-  one, ``pushkey`` serves ``GET /push/key``, ``pushwiring`` makes the parts).
+  one, ``pushkey`` serves ``GET /push/key``, ``pushwiring`` makes the parts);
+- ``audit``: ``<data-dir>/audit.log``, who changed what (``pi-server audit``).
 """

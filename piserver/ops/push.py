@@ -8,9 +8,10 @@ payload for the service worker (``piserver/web/sw.js``)::
      "actions": [{"action": "allow" | "deny", "title", "url"}]}   # approvals only
 
 Nobody is pushed about a session that is visible on some web client
-(``session.viewing``). Subscriptions of revoked device tokens are dropped before each
-push, those the push service no longer knows (404/410) after it. Sending happens in
-the background and is bounded: nothing waits for a push service.
+(``session.viewing``), and a device only about sessions its token may read (its scopes
+and reach). Subscriptions of revoked device tokens are dropped before each push, those
+the push service no longer knows (404/410) after it. Sending happens in the background
+and is bounded: nothing waits for a push service.
 """
 
 import json
@@ -19,8 +20,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from piserver.ops.notify import NotificationSelection, _short
+from piserver.ops.notify import _short
 from piserver.ops.webpush import MAX_PAYLOAD_BYTES, Delivery
+from piserver.security.pushsubscriptions import SERVER_OWNER
+from piserver.security.scopes import Scope
+from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
 
 # Pushes in flight at once; beyond, new ones are dropped (and logged) until some end.
 MAX_IN_FLIGHT = 200
@@ -38,24 +42,23 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-class PushNotifier(NotificationSelection, Service):
+class PushNotifier(Service, SessionObserver):
     """
     ``subscriptions`` a ``SubscriptionStore``; ``sender`` a ``WebPushSender``;
-    ``viewing`` a ``sessions.viewing.Viewing``; ``valid_owners()`` the ids of the device
-    tokens valid now (None: no device tokens); ``redact`` cleans text that may quote a
-    secret.
+    ``viewing`` a ``sessions.viewing.Viewing``; ``grants()`` what each device token valid
+    now may do, by token id (``DeviceTokenStore.grants``; None: no device tokens);
+    ``redact`` cleans text that may quote a secret. A session observer.
     """
 
     name = "push"
     log = Logger()
 
-    def __init__(self, subscriptions, sender, viewing, valid_owners=None, redact=None):
+    def __init__(self, subscriptions, sender, viewing, grants=None, redact=None):
         self._subscriptions = subscriptions
         self._sender = sender
         self._viewing = viewing
-        self._valid_owners = valid_owners
+        self._grants = grants or dict
         self._redact = redact or (lambda text: text)
-        self._last_text: dict[str, str] = {}
         self._in_flight = 0
         self._stopped = False
         self.sent: list[Deferred] = []
@@ -65,10 +68,23 @@ class PushNotifier(NotificationSelection, Service):
         self._stopped = True
         self._sender.stopped = True
 
-    def prune(self) -> None:
-        """Drop the subscriptions of revoked device tokens."""
-        if self._valid_owners is not None:
-            self._subscriptions.prune(self._valid_owners())
+    # -- what is pushed --------------------------------------------------------
+
+    def run_ended(self, session, outcome: RunOutcome, summary: str) -> None:
+        self.notify("run_finished", session, summary)
+
+    def agent_crashed(self, session, code: int | None, signal: str | None) -> None:
+        how = f"signal {signal}" if signal else f"code {code}"
+        self.notify("agent_failed", session, f"the agent exited ({how})")
+
+    def input_needed(self, session, kind: InputKind, detail: str) -> None:
+        self.notify("input_needed", session, detail)
+
+    def prune(self) -> dict:
+        """Drop the subscriptions of revoked device tokens; the valid tokens' grants."""
+        grants = self._grants()
+        self._subscriptions.prune(frozenset(grants))
+        return grants
 
     def payload(self, event: str, session, summary: str, actions=None) -> bytes:
         name = session.name or "pi"
@@ -100,8 +116,17 @@ class PushNotifier(NotificationSelection, Service):
                 session_id=session.id,
             )
             return
-        self.prune()
-        subscriptions = self._subscriptions.all()
+        grants = self.prune()
+        subscriptions = [
+            s
+            for s in self._subscriptions.all()
+            if s.owner == SERVER_OWNER
+            or (
+                (grant := grants.get(s.owner)) is not None
+                and Scope.READ in grant.scopes
+                and grant.may_see(session)
+            )
+        ]
         if not subscriptions:
             return
         data = self.payload(event, session, summary, actions)

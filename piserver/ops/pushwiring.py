@@ -52,7 +52,7 @@ def build_push(config, reactor, device_tokens, redact, in_thread) -> Push:
     viewing = Viewing()
     sender = WebPushSender(push_http_client(reactor, config.push_ca_file), reactor, vapid, policy)
     notifier = PushNotifier(
-        subscriptions, sender, viewing, valid_owners=device_tokens.token_ids, redact=redact
+        subscriptions, sender, viewing, grants=device_tokens.grants, redact=redact
     )
     return Push(
         notifier, subscriptions, policy, viewing, PushKeyResource(application_server_key(vapid))

@@ -9,8 +9,9 @@ ahead of any session are the ``WarmAgents`` pool's (``warm.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -21,13 +22,11 @@ from piserver.agents.nativetools import EXTENSION_PATH, extension_args
 from piserver.agents.protocol import AgentExit, AgentProtocol
 from piserver.common.errors import TooManySessions
 from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.observer import ISessionObserver
 from piserver.sessions.session import Session
 
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
-
-# Stages in which a session's agent holds a place under --max-agents.
-HOLDS_A_PLACE = ("starting", "running", "stopping")
 
 
 class _Host:
@@ -56,12 +55,29 @@ class _Host:
         self._agents.crashed(self._session, agent, exit)
 
 
+class AgentsHost(Protocol):
+    """What ``SessionAgents`` asks of the session manager."""
+
+    def registered(self) -> Iterable[Session]:
+        """The sessions in the registry (not the warm pool's)."""
+
+    def publish(
+        self, session: Session, event_type: str, payload: dict, payload_json=None, to=None
+    ) -> None:
+        """Number, journal and send an event of ``session``."""
+
+    def save(self, session: Session) -> None:
+        """Write the session's record."""
+
+    def agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
+        """``agent``, the process of ``session``, wrote ``event``."""
+
+
 class SessionAgents:
     """
-    ``supervisor`` spawns and stops the processes. The session manager gives:
-    ``sessions()`` (the registered sessions), ``publish(session, type, payload)``,
-    ``tell(happening, session, fields)`` (listeners), ``save(session)`` and
-    ``on_event(session, agent, event, raw)`` for each event an agent writes.
+    ``supervisor`` spawns and stops the processes; ``host`` (an ``AgentsHost``, the
+    session manager) holds the sessions; ``observer`` (an ``ISessionObserver``) hears of
+    restarts.
     """
 
     log = Logger()
@@ -71,22 +87,16 @@ class SessionAgents:
         clock,
         data_dir: Path,
         supervisor,
-        sessions: Callable[[], Iterable[Session]],
-        publish,
-        tell,
-        save,
-        on_event,
+        host: AgentsHost,
+        observer: ISessionObserver,
         max_agents: int = DEFAULT_MAX_AGENTS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._clock = clock
         self._data_dir = data_dir
         self.supervisor = supervisor
-        self._sessions = sessions
-        self._publish = publish
-        self._tell = tell
-        self._save = save
-        self._on_event = on_event
+        self._host = host
+        self._observer = observer
         self.max_agents = max_agents
         self.idle_timeout = idle_timeout
         # Sessions whose agent is being stopped to make room for one starting.
@@ -126,9 +136,8 @@ class SessionAgents:
                 *(str(path) for path in agentdir.shared_paths(self._data_dir)),
             ),
             cache=str(session.directory / "cache"),
-            repository=session.extra.get("repoPath")
-            if session.extra.get("repoSource") == "local"
-            else None,
+            # A local repository's worktree needs its git dir (a clone has its own).
+            repository=session.checkout.repo_path if session.checkout is not None else None,
         )
 
     # -- the host side of every lifecycle -------------------------------------
@@ -144,7 +153,7 @@ class SessionAgents:
             session.id,
             self.args(session),
             str(session.cwd),
-            lambda event, raw: self._on_event(session, agent, event, raw),
+            lambda event, raw: self._host.agent_event(session, agent, event, raw),
             agent_dir=str(session.agent_dir),
             files=self.files(session),
         )
@@ -156,18 +165,18 @@ class SessionAgents:
             # pi's default model lives in the shared settings.json, which a set_model in any
             # session changes: pin this session's model so restarts keep it.
             session.provider, session.model_id = model["provider"], model["id"]
-            self._save(session)
+            self._host.save(session)
 
     def restarting(self, session: Session, delay: float) -> None:
         self.log.info(
             "restarting the agent of {session_id} in {delay} s", session_id=session.id, delay=delay
         )
-        self._tell("agent_restarted", session, {})
+        self._observer.agent_restarted(session)
 
     def crashed(self, session: Session, agent: AgentProtocol, exit: AgentExit) -> None:
         session.calls.agent_exited()
         if agent.hung:
-            self._publish(
+            self._host.publish(
                 session,
                 "agent_hung",
                 {
@@ -179,17 +188,17 @@ class SessionAgents:
             # The run ends here for the client as it would have: agent_end, agent_settled.
             session.streaming = False
             error = {"code": "agent_exited", "message": exit.describe()}
-            self._publish(
+            self._host.publish(
                 session,
                 "agent_end",
                 {"type": "agent_end", "messages": [], "success": False, "error": error},
             )
-            self._publish(
+            self._host.publish(
                 session,
                 "agent_settled",
                 {"type": "agent_settled", "aborted": False, "error": error},
             )
-        self._publish(
+        self._host.publish(
             session,
             "agent_exit",
             {
@@ -212,7 +221,7 @@ class SessionAgents:
     # -- room, idleness -------------------------------------------------------
 
     def _holding_places(self, starting: Session | None) -> list[Session]:
-        sessions = list(self._sessions())
+        sessions = list(self._host.registered())
         if self.warm is not None:
             sessions += self.warm.sessions()
         return [
@@ -220,7 +229,7 @@ class SessionAgents:
             for s in sessions
             if s is not starting
             and s.id not in self._freeing_for_start
-            and s.lifecycle.status in HOLDS_A_PLACE
+            and s.lifecycle.status.holds_a_place
         ]
 
     def has_room(self) -> bool:
@@ -265,7 +274,7 @@ class SessionAgents:
 
     def stop_idle(self) -> None:
         horizon = self._clock.seconds() - self.idle_timeout
-        for session in list(self._sessions()):
+        for session in list(self._host.registered()):
             if session.idle() and session.last_used < horizon:
                 self.log.info(
                     "stopping the agent of {session_id}: idle for {seconds:.0f} s",

@@ -28,7 +28,9 @@ from piserver.security.pushsubscriptions import (
     SubscriptionStore,
     subscription_keys,
 )
+from piserver.security.scopes import Grant, Scope
 from piserver.security.vapid import VAPID_KEY_FILE, application_server_key, load_or_create_vapid
+from piserver.sessions.observer import InputKind, RunOutcome
 from piserver.sessions.viewing import Viewing
 from tests.support.deferreds import result_of
 from tests.support.fakehttp import FakeHttp, FakeResponse
@@ -72,6 +74,8 @@ class Browser:
 class Session:
     id: str = attr.ib(default="s1")
     name: str | None = attr.ib(default="fix the bug")
+    repo_id: str | None = attr.ib(default=None)
+    device: str | None = attr.ib(default=None)
 
 
 @attr.s
@@ -268,11 +272,12 @@ def test_an_endpoint_that_resolves_inside_is_checked_again_before_sending(tmp_pa
 # -- what is pushed ---------------------------------------------------------------
 
 
-def notifier(tmp_path, http, valid=frozenset({"tok-a"})):
+def notifier(tmp_path, http, grants=None):
     store = SubscriptionStore(tmp_path / PUSH_SUBSCRIPTIONS_FILE)
     viewing = Viewing()
     push_sender = sender(http, Clock(), tmp_path)
-    return PushNotifier(store, push_sender, viewing, lambda: valid), store, viewing
+    grants = {"tok-a": Grant(device="phone")} if grants is None else grants
+    return PushNotifier(store, push_sender, viewing, lambda: grants), store, viewing
 
 
 def test_runs_are_pushed_unless_on_screen(tmp_path):
@@ -282,17 +287,10 @@ def test_runs_are_pushed_unless_on_screen(tmp_path):
     store.add(browser.subscription("tok-a", "phone"))
     session, connection = Session(), Connection()
     viewing.set(connection, session.id, True)
-    push.happened("event", session, {"event_type": "agent_settled", "payload": {}})
+    push.run_ended(session, RunOutcome.OK, "Seen.")
     assert http.posts == []
     viewing.set(connection, session.id, False)
-    message_end = {
-        "message": {
-            "role": "assistant",
-            "content": [{"type": "text", "text": "\nDone it.\nDetails"}],
-        }
-    }
-    push.happened("event", session, {"event_type": "message_end", "payload": message_end})
-    push.happened("event", session, {"event_type": "agent_settled", "payload": {}})
+    push.run_ended(session, RunOutcome.OK, "\nDone it.\nDetails")
     (post,) = http.posts
     assert browser.open(post.data) == {
         "event": "run_finished",
@@ -305,20 +303,27 @@ def test_runs_are_pushed_unless_on_screen(tmp_path):
     # Visible again, then the connection goes: not looking any more.
     viewing.set(connection, session.id, True)
     connection.lost[0](connection)
-    push.happened("native_tool_call", session, {"tool": "get_location"})
+    push.input_needed(session, InputKind.NATIVE_TOOL, "the agent waits for get_location")
     assert browser.open(http.posts[1].data)["event"] == "input_needed"
     assert http.posts[1].headers["Urgency"] == ["high"]
 
 
-def test_revoked_and_gone_subscriptions_are_dropped(tmp_path):
+def test_revoked_gone_and_out_of_reach_subscriptions_get_nothing(tmp_path):
     http = FakeHttp(FakeResponse(410))
-    push, store, _ = notifier(tmp_path, http, valid=frozenset({"tok-a"}))
-    kept, revoked = (
-        Browser(endpoint="https://push.example.com/1"),
-        Browser(endpoint="https://push.example.com/2"),
+    grants = {
+        "tok-a": Grant(device="phone"),
+        "tok-repo": Grant(device="ci", repos=frozenset({"other-repo"})),
+        "tok-blind": Grant(device="pager", scopes=frozenset({Scope.PROMPT})),
+    }
+    push, store, _ = notifier(tmp_path, http, grants)
+    kept, revoked, limited, blind = (
+        Browser(endpoint=f"https://push.example.com/{i}") for i in range(4)
     )
     store.add(kept.subscription("tok-a"))
     store.add(revoked.subscription("tok-gone"))
-    push.notify("agent_failed", Session(), "the agent exited (code 1)")
+    store.add(limited.subscription("tok-repo"))
+    store.add(blind.subscription("tok-blind"))
+    push.agent_crashed(Session(repo_id="this-repo"), 1, None)
     assert [p.url for p in http.posts] == [kept.endpoint]
-    assert store.all() == []
+    # The 410 removed the one pushed to; the revoked token's went before the push.
+    assert sorted(s.owner for s in store.all()) == ["tok-blind", "tok-repo"]
