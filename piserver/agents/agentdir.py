@@ -31,6 +31,10 @@ SERVER_ENTRIES = frozenset(
         "sessions",
         "models-helper",
         "node-compile-cache",
+        # Web Push's key pair and the devices' subscriptions (security/vapid.py,
+        # security/pushsubscriptions.py): an agent must never sign or read pushes.
+        "vapid-private-key.pem",
+        "push-subscriptions.json",
         SETTINGS,
     }
 )

@@ -17,6 +17,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
+from piserver.agents.agentdir import shared_paths
 from piserver.common.errors import InvalidParams
 from piserver.ops.push import PushNotifier
 from piserver.ops.webpush import MAX_ANSWER_BYTES, Delivery, WebPushSender
@@ -171,6 +172,13 @@ def test_subscriptions_are_kept_per_device_bounded_and_pruned(tmp_path):
     assert sorted(s.owner for s in again.all()) == [SERVER_OWNER, "tok-b"]
     assert again.remove(second.endpoint)
     assert [s.owner for s in SubscriptionStore(path).all()] == [SERVER_OWNER]
+
+
+def test_no_agent_dir_links_the_push_files(tmp_path):
+    load_or_create_vapid(tmp_path)
+    SubscriptionStore(tmp_path / PUSH_SUBSCRIPTIONS_FILE).add(Browser().subscription())
+    (tmp_path / "models.json").write_text("{}")
+    assert [p.name for p in shared_paths(tmp_path)] == ["models.json"]
 
 
 def test_the_vapid_key_is_made_once_private_and_served_as_a_point(tmp_path):
