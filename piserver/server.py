@@ -255,6 +255,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         idle_timeout=config.agent_idle_timeout,
         native_tool_timeout=config.native_tool_timeout,
         on_run_end=snapshots.run_ended,
+        permission_mode=config.permission_mode,
+        approval_timeout=config.approval_timeout,
     )
     sessions.setServiceParent(top)
     shipping = Shipping(

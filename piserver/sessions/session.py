@@ -11,8 +11,10 @@ import attr
 
 from ..agent import AgentProtocol
 from ..devicecalls import DeviceCalls
+from ..errors import InvalidParams
 from .journal import Journal
 from .lifecycle import AgentLifecycle
+from .permissions import Permissions, parse_grants, parse_mode, parse_rules
 from .stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
@@ -48,6 +50,8 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # What the agent may do without asking (permissions.py).
+    permissions: Permissions = attr.ib(factory=Permissions)
     extra: dict = attr.ib(factory=dict)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
@@ -57,6 +61,8 @@ class Session:
     stream: EventStream | None = attr.ib(default=None)
     journal: Journal | None = attr.ib(default=None)
     calls: DeviceCalls | None = attr.ib(default=None)
+    # Tool calls waiting for a person (approvals.Approvals).
+    approvals: object = attr.ib(default=None)
     # The native tools last written for the agent; None: not known since start.
     native_tools: list | None = attr.ib(default=None)
     # A run goes on: from pi's agent_start to its agent_settled.
@@ -92,6 +98,11 @@ class Session:
         return self.directory / "system-prompt.md"
 
     @property
+    def permission_file(self) -> Path:
+        """The mode the extension's gate reads (read-only to a sandboxed agent)."""
+        return self.directory / "permission.json"
+
+    @property
     def offers_native_tools(self) -> bool:
         return self.mode == "chat" or self.include_native_tools
 
@@ -108,6 +119,9 @@ class Session:
             "modelId": self.model_id,
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
+            "permissionMode": str(self.permissions.mode),
+            "permissionRules": [rule.to_json() for rule in self.permissions.rules],
+            "permissionGrants": [grant.to_json() for grant in self.permissions.grants],
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **self.extra,
         }
@@ -129,6 +143,9 @@ class Session:
             "modelId",
             "systemPrompt",
             "includeNativeTools",
+            "permissionMode",
+            "permissionRules",
+            "permissionGrants",
             "lastSeq",
         }
         # One wrong entry must not break listing everyone's sessions.
@@ -153,6 +170,7 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            permissions=_permissions(record),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )
@@ -168,3 +186,13 @@ class Session:
     def status(self) -> str:
         """``starting``, ``running`` or ``stopped``: what ``session.list`` has always said."""
         return STATUS_OF_STAGE[self.lifecycle.status]
+
+
+def _permissions(record: dict) -> Permissions:
+    """A record's permissions; one saved before modes existed runs in ``full`` mode."""
+    try:
+        mode = parse_mode(record.get("permissionMode", "full"))
+        rules = parse_rules(record.get("permissionRules") or [])
+    except InvalidParams as e:
+        raise ValueError(e.message) from None
+    return Permissions(mode=mode, rules=rules, grants=parse_grants(record.get("permissionGrants")))
