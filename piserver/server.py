@@ -35,11 +35,13 @@ from .redact import REVEAL_FIELD, Redactor, secret_values
 from .refusals import Refusals
 from .repos import RepoCatalog
 from .schema import SchemaResource
+from .security.actionurls import ActionSigner, load_or_create_key
 from .sessions import SessionManager
 from .sessions.stream import EVENT_MODES
 from .store import StateStore
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from .web.actions import ApprovalActionResource
 from .webui import WebUiResource
 from .workspace.methods import WorkspaceMethods
 from .workspace.shipping import Shipping
@@ -206,6 +208,32 @@ def describe_launcher(config: ServerConfig) -> str:
     return "local processes, not sandboxed (--sandbox none)"
 
 
+def approval_action_urls(config: ServerConfig, reactor, sessions):
+    """With ``--public-url``: ``action_urls(request)`` (signed allow/deny URLs for a
+    notification) and the resource answering them; else ``(None, None)``."""
+    if config.public_url is None:
+        return None, None
+    signer = ActionSigner(load_or_create_key(config.data_dir), reactor)
+
+    def action_urls(request) -> dict:
+        return {
+            decision: f"{config.public_url}/approval-action?t="
+            + signer.sign(request.approval_id, decision, request.expires)
+            for decision in ("allow", "deny")
+        }
+
+    def answer(approval_id: str, decision: str) -> bool:
+        if decision not in ("allow", "deny"):
+            return False
+        for session in list(sessions.sessions.values()):
+            if approval_id in session.approvals:
+                session.approvals.respond("action URL", approval_id, decision, None)
+                return True
+        return False
+
+    return action_urls, ApprovalActionResource(signer, answer)
+
+
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
 
@@ -292,6 +320,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         workspace=workspace,
     )
     redact = Redactor(secret_values(config)).redact
+    action_urls, approval_actions = approval_action_urls(config, reactor, sessions)
     if config.notify_urls:
         notifier = Notifier(
             config.notify_urls,
@@ -305,6 +334,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             reactor,
             secret=config.notify_secret,
             redact=redact,
+            action_urls=action_urls,
         )
         notifier.setServiceParent(top)
         sessions.listeners.append(notifier.happened)
@@ -346,6 +376,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         log_health=config.log_health,
         max_pending_per_address=config.max_pending_per_address,
         on_refused=refusals.refused,
+        actions=approval_actions,
     )
     metrics.watch(hub, sessions)
     site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))

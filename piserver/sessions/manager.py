@@ -897,6 +897,10 @@ class _ApprovalHost:
         if self._session.agent is not None:
             self._session.agent.waiting_for_person = waiting
 
+    def agent_stopping(self) -> bool:
+        agent = self._session.agent
+        return agent is not None and agent.stop_requested
+
     def tell_agent_later(self, text: str) -> None:
         session = self._session
         behavior = "followUp" if session.streaming else None

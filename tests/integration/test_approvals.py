@@ -119,3 +119,104 @@ async def test_ask_two_clients_deny_allow_allow_session_resume(pi_server, fake_l
     assert len(tool_messages(fake_llm)) == 5
     approvals = [f for f in laptop.event_frames() if f["type"] == "approval_request"]
     assert len(approvals) == 4  # echo -n four ran without asking
+
+
+def frames_of(client, event_type, session_id):
+    return [f for f in client.event_frames() if is_type(event_type, session_id)(f)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_edits_readonly_rules_restart_and_timeout(make_pi_server, fake_llm, tmp_path):
+    server = make_pi_server()
+    fake_llm.script(
+        # edits: inside the checkout runs, ../x and bash ask.
+        Reply(ToolCall("write", {"path": "inside.txt", "content": "hi"})),
+        Reply(ToolCall("write", {"path": "../x", "content": "no"})),
+        Reply(ToolCall("bash", {"command": "echo hi"})),
+        Text("edits done"),
+        # readonly: both refused without asking.
+        Reply(ToolCall("write", {"path": "inside.txt", "content": "changed"})),
+        Reply(ToolCall("bash", {"command": "echo ro"})),
+        Text("readonly done"),
+        # rules: allow echo, deny *secret* (deny wins), ls asks.
+        Reply(ToolCall("bash", {"command": "echo ok"})),
+        Reply(ToolCall("bash", {"command": "echo secret"})),
+        Reply(ToolCall("bash", {"command": "ls inside.txt"})),
+    )
+    client = await server.client()
+    session_id = await code_session(server, client, tmp_path, permissionMode="edits")
+    (listed,) = (await client.call("session.list"))["sessions"]
+    worktree = listed["worktreePath"]
+    await client.call("prompt", {"message": "edit"}, session_id=session_id)
+    outside = await client.wait_for_event(is_type("approval_request", session_id))
+    assert outside["payload"]["toolName"] == "write"
+    assert outside["payload"]["summary"] == "write ../x (2 bytes)"
+    await client.call(
+        "approval.respond", {"approvalId": outside["payload"]["approvalId"], "decision": "deny"}
+    )
+    bash = await client.wait_for_event(after(outside["seq"], "approval_request", session_id))
+    assert bash["payload"]["summary"] == "echo hi"
+    await client.call(
+        "approval.respond", {"approvalId": bash["payload"]["approvalId"], "decision": "deny"}
+    )
+    settled = await client.wait_for_event(is_type("agent_settled", session_id))
+    with open(f"{worktree}/inside.txt") as written:
+        assert written.read() == "hi"
+    assert not (tmp_path / "x").exists()
+
+    await client.call("session.set_permission_mode", {"sessionId": session_id, "mode": "readonly"})
+    await client.call("prompt", {"message": "look"}, session_id=session_id)
+    settled = await client.wait_for_event(after(settled["seq"], "agent_settled", session_id))
+    assert len(frames_of(client, "approval_request", session_id)) == 2
+    refusals = [m for m in tool_messages(fake_llm) if "read-only" in m]
+    assert len(refusals) == 2
+    with open(f"{worktree}/inside.txt") as unchanged:
+        assert unchanged.read() == "hi"
+
+    rules = [
+        {"tool": "bash", "pattern": "echo *", "action": "allow"},
+        {"tool": "bash", "pattern": "*secret*", "action": "deny"},
+    ]
+    result = await client.call(
+        "session.set_permission_mode", {"sessionId": session_id, "mode": "rules", "rules": rules}
+    )
+    assert result["permissionMode"] == "rules"
+    assert (await client.call("get_state", session_id=session_id))["permissionMode"] == "rules"
+    await client.call("prompt", {"message": "rules"}, session_id=session_id)
+    pending = await client.wait_for_event(after(settled["seq"], "approval_request", session_id))
+    assert pending["payload"]["summary"] == "ls inside.txt"
+    assert "ok\n" in tool_messages(fake_llm)
+    assert any("denies bash '*secret*'" in m for m in tool_messages(fake_llm))
+
+    # The server restarts while ls waits (its agent goes with it); a short timeout now.
+    fake_llm.script(
+        Reply(ToolCall("bash", {"command": "ls inside.txt"})),
+        Reply(ToolCall("bash", {"command": "pwd"})),
+        Text("all done"),
+    )
+    server.extra_args += ["--approval-timeout", "2", "--agent-probe-interval", "0.5"]
+    await server.restart()
+    again = await server.client()
+    await again.call("session.attach", {"sessionId": session_id, "lastSeq": pending["seq"]})
+    offered = await again.wait_for_event(is_type("approval_request", session_id))
+    assert offered["payload"]["approvalId"] == pending["payload"]["approvalId"]
+    await again.call(
+        "approval.respond", {"approvalId": offered["payload"]["approvalId"], "decision": "allow"}
+    )
+    # The answer reaches the new agent; the model makes the call again and it runs.
+    timed = await again.wait_for_event(after(offered["seq"], "approval_request", session_id))
+    assert timed["payload"]["summary"] == "pwd"
+    assert "inside.txt\n" in tool_messages(fake_llm)
+    resolved = await again.wait_for_event(
+        lambda f: (
+            is_type("approval_resolved", session_id)(f)
+            and f["payload"]["approvalId"] == timed["payload"]["approvalId"]
+        )
+    )
+    assert resolved["payload"]["by"] == "timeout"
+    assert resolved["payload"]["decision"] == "deny"
+    await again.wait_for_event(after(resolved["seq"], "agent_settled", session_id))
+    assert any("no one answered" in m for m in tool_messages(fake_llm))
+    assert not frames_of(again, "agent_hung", session_id)
+    (listed,) = (await again.call("session.list"))["sessions"]
+    assert (listed["permissionMode"], listed["pendingApprovals"]) == ("rules", 0)

@@ -1,0 +1,1 @@
+"""The security layer: tokens, auth, origins, TLS, redaction, signed URLs."""
