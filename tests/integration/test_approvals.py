@@ -4,9 +4,16 @@ gating every tool call, the scripted LLM calling bash, write..., real WebSocket 
 """
 
 import json
+import time
 
 import pytest
 import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web.server import Site
+
+from piserver.security.actionurls import ActionSigner, load_or_create_key
+from tests.integration.test_notify import Receiver
 
 from tests.support.fakegithub import make_repository
 from tests.support.fakellm import Reply, Text, ToolCall
@@ -220,3 +227,91 @@ async def test_edits_readonly_rules_restart_and_timeout(make_pi_server, fake_llm
     assert not frames_of(again, "agent_hung", session_id)
     (listed,) = (await again.call("session.list"))["sessions"]
     assert (listed["permissionMode"], listed["pendingApprovals"]) == ("rules", 0)
+
+
+@pytest_twisted.async_yield_fixture
+async def receiver():
+    resource = Receiver()
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    resource.url = f"http://127.0.0.1:{port.getHost().port}/hook"
+    yield resource
+    await port.stopListening()
+
+
+def local(server, url: str) -> str:
+    """An action URL made for --public-url, sent to the server on loopback instead."""
+    assert url.startswith(f"{PUBLIC_URL}/approval-action?t=")
+    return f"http://127.0.0.1:{server.port}/approval-action?" + url.split("?", 1)[1]
+
+
+async def post(url: str) -> int:
+    response = await treq.post(url)
+    await treq.content(response)
+    return response.code
+
+
+PUBLIC_URL = "https://phone.example/pi"
+
+
+@pytest_twisted.ensureDeferred
+async def test_action_urls_from_the_notification(
+    make_pi_server, fake_llm, tmp_path, receiver, captured_log
+):
+    server = make_pi_server("--notify-url", receiver.url, "--public-url", PUBLIC_URL)
+    data_dir = server.agent_dir.path
+    assert server.service.config.sandbox == "bwrap"
+    fake_llm.script(
+        # The agent looks for the URLs and their key: its sandbox shows neither.
+        Reply(
+            ToolCall(
+                "bash",
+                {
+                    "command": f"cat {data_dir}/approval-url.key || echo no-key; "
+                    f"grep -rlE 'approval-actio[n][?]t=' {data_dir} || echo no-url"
+                },
+            )
+        ),
+        Reply(ToolCall("bash", {"command": "echo two"})),
+        Text("done"),
+    )
+    client = await server.client()
+    session_id = await code_session(server, client, tmp_path, permissionMode="ask")
+    await client.call("prompt", {"message": "look"}, session_id=session_id)
+    request = await client.wait_for_event(is_type("approval_request", session_id))
+    notification, _body, _signature = await receiver.wait_for("input_needed")
+    assert notification["approvalId"] == request["payload"]["approvalId"]
+    assert "the agent asks to run bash" in notification["summary"]
+    allow, deny = notification["actions"]
+    assert (allow["action"], allow["label"], allow["method"]) == ("http", "Allow", "POST")
+    assert deny["label"] == "Deny"
+
+    assert await post(local(server, allow["url"])) == 200
+    resolved = await client.wait_for_event(is_type("approval_resolved", session_id))
+    assert resolved["payload"]["decision"] == "allow"
+    assert resolved["payload"]["by"] == "action URL"
+    # Used once: a second POST, and the other decision, change nothing.
+    assert await post(local(server, allow["url"])) == 403
+    assert await post(local(server, deny["url"])) == 403
+
+    second = await client.wait_for_event(after(request["seq"], "approval_request", session_id))
+    receiver.received.clear()
+    notification, _body, _signature = await receiver.wait_for("input_needed")
+    allow, deny = notification["actions"]
+    token = allow["url"].split("t=", 1)[1]
+    altered = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    assert await post(local(server, allow["url"]).replace(token, altered)) == 403
+    expired = ActionSigner(load_or_create_key(data_dir), reactor).sign(
+        second["payload"]["approvalId"], "allow", time.time() - 1
+    )
+    assert await post(local(server, allow["url"]).replace(token, expired)) == 403
+    assert await post(local(server, allow["url"]).replace("?t=", "?x=")) == 403
+    assert await post(local(server, deny["url"])) == 200
+    denied = await client.wait_for_event(after(second["seq"], "approval_resolved", session_id))
+    assert denied["payload"]["decision"] == "deny"
+    await client.wait_for_event(after(denied["seq"], "agent_settled", session_id))
+
+    looked = tool_messages(fake_llm)[0]
+    assert "no-key" in looked and "no-url" in looked
+    assert "the person denied this bash call" in tool_messages(fake_llm)[1]
+    log = "\n".join(captured_log)
+    assert token not in log and "approval-action?t=" not in log
