@@ -14,7 +14,6 @@ from twisted.web.server import Site
 
 from piserver.security.actionurls import ActionSigner, load_or_create_key
 from tests.integration.test_notify import Receiver
-
 from tests.support.fakegithub import make_repository
 from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.wsclient import CallFailed, is_type
