@@ -17,7 +17,7 @@ import os
 import attr
 from twisted.logger import Logger
 
-from ..store import write_json_atomic
+from piserver.common.files import write_json_atomic
 
 log = Logger()
 

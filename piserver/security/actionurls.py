@@ -22,7 +22,7 @@ from pathlib import Path
 
 import attr
 
-from ..store import loose_mode, write_bytes_atomic
+from piserver.common.files import loose_mode, write_bytes_atomic
 
 KEY_FILE = "approval-url.key"
 KEY_BYTES = 32

@@ -24,12 +24,12 @@ from typing import Protocol
 import attr
 from twisted.logger import Logger
 
-from ..agents.gate import GatedCall, allow_response, block_response, parse_gated_call
-from ..errors import InvalidParams, NotFound
-from ..nativetools import ended_tool_call_id
-from ..store import CorruptFileError, load_json, write_json_atomic
-from .permissions import Permissions, Verdict, grant_for, rule_for, summary
-from .session import iso_time
+from piserver.agents.gate import GatedCall, allow_response, block_response, parse_gated_call
+from piserver.agents.nativetools import ended_tool_call_id
+from piserver.common.errors import InvalidParams, NotFound
+from piserver.common.files import CorruptFileError, load_json, write_json_atomic
+from piserver.sessions.permissions import Permissions, Verdict, grant_for, rule_for, summary
+from piserver.sessions.session import iso_time
 
 DECISIONS = ("allow", "deny", "allow_session", "allow_rule")
 DEFAULT_APPROVAL_TIMEOUT = 600.0

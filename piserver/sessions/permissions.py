@@ -26,7 +26,7 @@ import re
 
 import attr
 
-from ..errors import InvalidParams
+from piserver.common.errors import InvalidParams
 
 
 class PermissionMode(enum.StrEnum):

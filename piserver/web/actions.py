@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from ..security.actionurls import ActionSigner, RefusedToken
+from piserver.security.actionurls import ActionSigner, RefusedToken
 
 PATH = b"approval-action"
 

@@ -7,7 +7,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from piserver.agents.gate import GATE_TITLE
-from piserver.errors import NotFound
+from piserver.common.errors import NotFound
 from piserver.sessions.approvals import Approvals
 from piserver.sessions.permissions import PermissionMode, Permissions
 from tests.support.approvalhost import FakeApprovalHost

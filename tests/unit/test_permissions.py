@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from piserver.errors import InvalidParams
+from piserver.common.errors import InvalidParams
 from piserver.sessions.permissions import (
     PermissionMode,
     Permissions,
