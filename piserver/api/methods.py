@@ -522,7 +522,8 @@ def _permissions(params: dict, mode_key: str, rules_key: str) -> Permissions | N
     if mode is None and rules is None:
         return None
     if mode is None:
-        raise InvalidParams(f'"{rules_key}" needs "{mode_key}"')
+        # Rules alone choose the mode they are for.
+        mode = "rules"
     return Permissions(
         mode=parse_mode(mode, mode_key),
         rules=parse_rules(rules, rules_key) if rules is not None else [],

@@ -33,6 +33,9 @@ from piserver.sessions.session import iso_time
 
 DECISIONS = ("allow", "deny", "allow_session", "allow_rule")
 DEFAULT_APPROVAL_TIMEOUT = 600.0
+# Strings of a call's input longer than this are cut in the event (a write's whole file
+# would be journalled and sent to every client); the summary says what the call does.
+EVENT_STRING_LIMIT = 16_000
 APPROVALS_FILE = "approvals.json"
 MAX_REASON = 2000
 
@@ -73,7 +76,7 @@ class ApprovalRequest:
             "approvalId": self.approval_id,
             "toolName": self.tool_name,
             "summary": self.summary,
-            "input": self.input,
+            "input": _clipped(self.input),
             "expiresAt": iso_time(self.expires),
         }
 
@@ -100,6 +103,16 @@ class ApprovalRequest:
             expires=float(record["expires"]),
             live=False,
         )
+
+
+def _clipped(value):
+    if isinstance(value, str) and len(value) > EVENT_STRING_LIMIT:
+        return value[: EVENT_STRING_LIMIT - 1] + "…"
+    if isinstance(value, dict):
+        return {key: _clipped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clipped(item) for item in value]
+    return value
 
 
 def parse_response(params: dict) -> tuple[str, str, str | None]:

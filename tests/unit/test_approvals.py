@@ -114,3 +114,13 @@ def test_resent_on_attach_withdrawn_on_abort_kept_when_the_agent_stops(tmp_path)
     host2.stopping = False
     again.agent_event({"type": "tool_execution_end", "toolCallId": "call_1"})
     assert host2.published[-1][1]["by"] == "pi-server" and len(again) == 0
+
+
+def test_a_long_input_is_clipped_in_the_event_but_kept_whole(tmp_path):
+    clock, host, approvals = make(tmp_path)
+    content = "x" * 100_000
+    approvals.agent_event(gated("r1", "write", {"path": "big", "content": content}))
+    payload = host.published[-1][1]
+    assert len(payload["input"]["content"]) == 16_000
+    assert payload["summary"] == "write big (100000 bytes)"
+    assert approvals.pending()[0].input["content"] == content
