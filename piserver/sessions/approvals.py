@@ -293,6 +293,13 @@ class Approvals:
         for request in self._pending.values():
             self._host.publish("approval_request", request.event(), to={connection.connection_id})
 
+    def close(self) -> None:
+        """The session is going: its requests' timers stop (nobody answers them now)."""
+        for request in self._pending.values():
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+        self._pending.clear()
+
     def pending(self) -> list[ApprovalRequest]:
         return list(self._pending.values())
 

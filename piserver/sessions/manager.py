@@ -519,6 +519,7 @@ class SessionManager(service.Service):
         (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
         session.stream.close()
+        session.approvals.close()
         await session.lifecycle.delete()
         result = await self._checkouts.remove(session) if checkout else {}
         await self._remove_directory(session.directory)

@@ -124,3 +124,12 @@ def test_a_long_input_is_clipped_in_the_event_but_kept_whole(tmp_path):
     assert len(payload["input"]["content"]) == 16_000
     assert payload["summary"] == "write big (100000 bytes)"
     assert approvals.pending()[0].input["content"] == content
+
+
+def test_a_deleted_sessions_requests_time_out_no_more(tmp_path):
+    clock, host, approvals = make(tmp_path, timeout=5)
+    approvals.agent_event(gated("r1", "bash", {"command": "make"}))
+    approvals.close()
+    clock.advance(10)
+    assert [event for event, _payload, _to in host.published] == ["approval_request"]
+    assert clock.getDelayedCalls() == []
