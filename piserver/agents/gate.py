@@ -3,7 +3,8 @@ The permission gate's wire contract with the server's pi extension
 (``extensions/session.ts``, points 5; change both together).
 
 The extension reads ``--permission-file=<path>`` (:func:`write_mode_file`) at every
-``tool_call``: in ``full`` mode the call runs at once; otherwise it asks the server over
+``tool_call``: in ``full`` mode the call runs at once; otherwise (or when the file cannot
+be read: fail closed) it asks the server over
 pi's extension UI channel with an ``input`` dialog titled :data:`GATE_TITLE` whose
 placeholder is ``{"toolCallId", "toolName", "input"}`` (:func:`parse_gated_call`). The
 server answers with :func:`allow_response` or :func:`block_response`; anything else blocks.

@@ -56,8 +56,9 @@
  * 5. `--permission-file=<path>` names a JSON object `{"mode": "full" | ...}` the server
  *    replaces atomically; the agent can read it but not write it (a sandbox mounts it
  *    read-only). It is read at every `tool_call`. In `full` mode every call runs at once;
- *    for any other mode, a missing or unreadable file, the call is put to the server, which
- *    decides (the rules, what was allowed for the session, a person):
+ *    for any other mode, or a missing or unreadable file, the call is put to the server,
+ *    which decides (the rules, what was allowed for the session, a person). Without the
+ *    flag (pi run by something else than pi-server) there is no gate.
  *
  *        {"type": "extension_ui_request", "id": "<uuid>", "method": "input",
  *         "title": "pi-server:approval",
@@ -77,8 +78,7 @@ const PERMISSION_FILE_FLAG = "permission-file";
 const GATE_TITLE = "pi-server:approval";
 
 /** The session's mode as the server last wrote it; undefined when it cannot be read. */
-function readMode(path: unknown): string | undefined {
-	if (typeof path !== "string" || path === "") return undefined;
+function readMode(path: string): string | undefined {
 	try {
 		const mode = JSON.parse(readFileSync(path, "utf8"))?.mode;
 		return typeof mode === "string" ? mode : undefined;
@@ -202,7 +202,9 @@ export default function piServerSession(pi: ExtensionAPI) {
 
 	pi.on("tool_call", async (event, ctx) => {
 		// full mode costs one small file read; every other mode is the server's decision.
-		if (readMode(pi.getFlag(PERMISSION_FILE_FLAG)) === "full") return undefined;
+		const path = pi.getFlag(PERMISSION_FILE_FLAG);
+		if (typeof path !== "string" || path === "") return undefined;
+		if (readMode(path) === "full") return undefined;
 		const answer = await ctx.ui.input(
 			GATE_TITLE,
 			JSON.stringify({
