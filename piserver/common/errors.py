@@ -89,3 +89,9 @@ class TooManySessions(RpcError):
 
 class StorageFull(RpcError):
     code = "storage_full"
+
+
+class InvalidSessionFile(RpcError):
+    """A pi session file to import (or export) is malformed, oversized or not a file."""
+
+    code = "invalid_session_file"

@@ -72,6 +72,9 @@ class ActionSigner:
             payload, mac = _unb64(encoded_payload), _unb64(encoded_mac)
         except (ValueError, binascii.Error):
             raise RefusedToken("malformed") from None
+        # base64 has spare bits: another spelling of the same bytes is an altered token too.
+        if _b64(payload) != encoded_payload or _b64(mac) != encoded_mac:
+            raise RefusedToken("malformed")
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise RefusedToken("bad signature")
         try:

@@ -11,6 +11,7 @@ import attr
 
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import InvalidParams
+from piserver.repos.checkouts import CheckoutRecord
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
 from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
@@ -41,6 +42,11 @@ class Session:
     include_native_tools: bool = attr.ib(default=False)
     # What the agent may do without asking (permissions.py).
     permissions: Permissions = attr.ib(factory=Permissions)
+    # A code session's checkout: its branch, base and repository.
+    checkout: CheckoutRecord | None = attr.ib(default=None)
+    # The session this one was forked or cloned from.
+    forked_from: str | None = attr.ib(default=None)
+    # Fields of a saved record that no attribute holds (another version's): kept as read.
     extra: dict = attr.ib(factory=dict)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
@@ -112,6 +118,8 @@ class Session:
             "permissionRules": [rule.to_json() for rule in self.permissions.rules],
             "permissionGrants": [grant.to_json() for grant in self.permissions.grants],
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
+            **(self.checkout.to_json() if self.checkout is not None else {}),
+            **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
             **self.extra,
         }
 
@@ -136,6 +144,11 @@ class Session:
             "permissionRules",
             "permissionGrants",
             "lastSeq",
+            "repoSource",
+            "repoPath",
+            "branch",
+            "baseBranch",
+            "forkedFrom",
         }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
@@ -143,7 +156,15 @@ class Session:
         for key in ("worktreePath", "createdAt"):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise ValueError(f"{key} is not a string")
-        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
+        for key in (
+            "lastActivityAt",
+            "repoId",
+            "name",
+            "provider",
+            "modelId",
+            "systemPrompt",
+            "forkedFrom",
+        ):
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise ValueError(f"{key} is not a string")
         return cls(
@@ -160,6 +181,8 @@ class Session:
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
             permissions=_permissions(record),
+            checkout=CheckoutRecord.from_json(record),
+            forked_from=record.get("forkedFrom"),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )

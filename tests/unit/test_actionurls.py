@@ -23,7 +23,12 @@ def test_sign_verify_alter_expire(tmp_path):
     assert (action.subject, action.action, action.expires) == ("approval-1", "allow", 1060)
     payload, mac = token.split(".")
     other = signer.sign("approval-1", "deny", 1060).split(".")[0]
-    for bad in (f"{other}.{mac}", token[:-1] + ("A" if token[-1] != "A" else "B"), "x", ""):
+    # Any changed character is refused, the last one too (whose low bits base64 leaves spare).
+    for index in range(len(token)):
+        changed = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
+        with pytest.raises(RefusedToken):
+            signer.verify(changed)
+    for bad in (f"{other}.{mac}", f"{payload}.{mac}=", "x", ""):
         with pytest.raises(RefusedToken):
             signer.verify(bad)
     with pytest.raises(RefusedToken):
