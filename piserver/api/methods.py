@@ -296,6 +296,7 @@ class RpcMethods:
             permissions.rules = list(session.permissions.rules)
         permissions.grants = list(session.permissions.grants)
         self._sessions.set_permissions(session, permissions)
+        session.approvals.reconsider(connection.device or "server token")
         return {"sessionId": session.id, "permissionMode": str(permissions.mode)}
 
     def approval_respond(self, connection, request):

@@ -232,6 +232,18 @@ class Approvals:
             self._host.permissions_changed()
         self._resolve(request, decision, by, reason)
 
+    def reconsider(self, by: str) -> None:
+        """The session's mode or rules changed (by ``by``): a waiting call they now allow
+        runs, one they block is denied; the others still wait."""
+        for request in list(self._pending.values()):
+            verdict, reason = self._host.permissions().decide(
+                request.tool_name, request.input, self._host.cwd()
+            )
+            if verdict is Verdict.ALLOW:
+                self._resolve(request, "allow", by, "allowed by the new permission mode")
+            elif verdict is Verdict.BLOCK:
+                self._resolve(request, "deny", by, reason)
+
     def _resolve(
         self, request, decision: str, by: str, reason: str | None, tell_late: bool = True
     ) -> None:

@@ -133,3 +133,18 @@ def test_a_deleted_sessions_requests_time_out_no_more(tmp_path):
     clock.advance(10)
     assert [event for event, _payload, _to in host.published] == ["approval_request"]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_new_mode_decides_what_waits(tmp_path):
+    clock, host, approvals = make(tmp_path)
+    approvals.agent_event(gated("r1", "bash", {"command": "make"}, tool_call_id="c1"))
+    approvals.agent_event(gated("r2", "read", {"path": "a"}, tool_call_id="c2"))
+    host.permissions_.mode = PermissionMode.EDITS
+    approvals.reconsider("phone")
+    # The read runs now; bash still waits in edits mode.
+    assert answers(host) == [{"allow": True}]
+    assert [r.tool_name for r in approvals.pending()] == ["bash"]
+    host.permissions_.mode = PermissionMode.READONLY
+    approvals.reconsider("phone")
+    assert "read-only" in answers(host)[1]["block"]
+    assert host.published[-1][1]["by"] == "phone" and len(approvals) == 0
