@@ -77,6 +77,12 @@ class ServerConfig:
     push_allowed_endpoints: tuple = ()
     # The CA trusted for push services' https instead of the system's (--push-ca-file).
     push_ca_file: Path | None = None
+    # A new session's permission mode (sessions/permissions.py) unless it chooses one.
+    permission_mode: str = "full"
+    # Seconds an approval request waits for a person before the call is denied.
+    approval_timeout: float = 600.0
+    # The server's URL for a notification's reader: signed approval action URLs; None: none.
+    public_url: str | None = None
     # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
     sandbox: str = "none"
     # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.

@@ -26,6 +26,8 @@ SERVER_ENTRIES = frozenset(
         ".env",
         "server-token",
         "device-tokens.json",
+        # The key of signed approval action URLs (security/actionurls.py).
+        "approval-url.key",
         "state.json",
         "repos.json",
         "sessions",

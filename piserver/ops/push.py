@@ -7,6 +7,10 @@ payload for the service worker (``piserver/web/sw.js``)::
     {"event", "title", "body", "sessionId", "url": "/ui/sessions/<id>",
      "actions": [{"action": "allow" | "deny", "title", "url"}]}   # approvals only
 
+An approval's actions are the approvals' signed one-time URLs (``--public-url``): the
+service worker POSTs one and the call is answered from the lock screen. Only devices whose
+token may approve (scope ``approve``) get them; the others get the notification alone.
+
 Nobody is pushed about a session that is visible on some web client
 (``session.viewing``), and a device only about sessions its token may read (its scopes
 and reach). Subscriptions of revoked device tokens are dropped before each push, those
@@ -53,12 +57,14 @@ class PushNotifier(Service, SessionObserver):
     name = "push"
     log = Logger()
 
-    def __init__(self, subscriptions, sender, viewing, grants=None, redact=None):
+    def __init__(self, subscriptions, sender, viewing, grants=None, redact=None, action_urls=None):
         self._subscriptions = subscriptions
         self._sender = sender
         self._viewing = viewing
         self._grants = grants or dict
         self._redact = redact or (lambda text: text)
+        # action_urls(approval request) -> {"allow": url, "deny": url}; None: no actions.
+        self._action_urls = action_urls
         self._in_flight = 0
         self._stopped = False
         self.sent: list[Deferred] = []
@@ -79,6 +85,21 @@ class PushNotifier(Service, SessionObserver):
 
     def input_needed(self, session, kind: InputKind, detail: str) -> None:
         self.notify("input_needed", session, detail)
+
+    def approval_requested(self, session, request) -> None:
+        actions = None
+        if self._action_urls is not None:
+            urls = self._action_urls(request)
+            actions = [
+                {"action": decision, "title": title, "url": urls[decision]}
+                for decision, title in (("allow", "Allow"), ("deny", "Deny"))
+            ]
+        self.notify(
+            "input_needed",
+            session,
+            f"the agent asks to run {request.tool_name}: {request.summary}",
+            actions,
+        )
 
     def prune(self) -> dict:
         """Drop the subscriptions of revoked device tokens; the valid tokens' grants."""
@@ -117,24 +138,26 @@ class PushNotifier(Service, SessionObserver):
             )
             return
         grants = self.prune()
-        subscriptions = [
-            s
-            for s in self._subscriptions.all()
-            if s.owner == SERVER_OWNER
-            or (
-                (grant := grants.get(s.owner)) is not None
-                and Scope.READ in grant.scopes
-                and grant.may_see(session)
-            )
-        ]
-        if not subscriptions:
+        audience = []
+        for subscription in self._subscriptions.all():
+            grant = None if subscription.owner == SERVER_OWNER else grants.get(subscription.owner)
+            if grant is None and subscription.owner != SERVER_OWNER:
+                continue
+            if grant is not None and not (Scope.READ in grant.scopes and grant.may_see(session)):
+                continue
+            # A signed action URL answers an approval: only for tokens that may approve.
+            may_act = grant is None or Scope.APPROVE in grant.scopes
+            audience.append((subscription, may_act))
+        if not audience:
             return
-        data = self.payload(event, session, summary, actions)
-        for subscription in subscriptions:
+        with_actions = self.payload(event, session, summary, actions)
+        without = self.payload(event, session, summary) if actions else with_actions
+        for subscription, may_act in audience:
             if self._in_flight >= MAX_IN_FLIGHT:
                 self.log.warn("too many pushes in flight: {event} not pushed", event=event)
                 return
             self._in_flight += 1
+            data = with_actions if may_act else without
             d = Deferred.fromCoroutine(self._push(subscription, data, event))
             d.addErrback(lambda failure: self.log.failure("push failed", failure))
             self.sent.append(d)

@@ -45,14 +45,20 @@ def push_http_client(reactor, ca_file=None) -> HTTPClient:
     )
 
 
-def build_push(config, reactor, device_tokens, redact, in_thread) -> Push:
+def build_push(config, reactor, device_tokens, redact, in_thread, action_urls=None) -> Push:
+    """``action_urls(approval request)``: its signed allow/deny URLs (``--public-url``)."""
     vapid = load_or_create_vapid(config.data_dir)
     policy = EndpointPolicy(getaddrinfo_resolver(in_thread), config.push_allowed_endpoints)
     subscriptions = SubscriptionStore(config.data_dir / PUSH_SUBSCRIPTIONS_FILE)
     viewing = Viewing()
     sender = WebPushSender(push_http_client(reactor, config.push_ca_file), reactor, vapid, policy)
     notifier = PushNotifier(
-        subscriptions, sender, viewing, grants=device_tokens.grants, redact=redact
+        subscriptions,
+        sender,
+        viewing,
+        grants=device_tokens.grants,
+        redact=redact,
+        action_urls=action_urls,
     )
     return Push(
         notifier, subscriptions, policy, viewing, PushKeyResource(application_server_key(vapid))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
+    from piserver.sessions.approvals import ApprovalRequest
     from piserver.sessions.session import Session
 
 
@@ -57,6 +58,9 @@ class ISessionObserver(Protocol):
     def native_tool_timed_out(self, session: Session, tool: str) -> None:
         """No device answered a native tool call in time."""
 
+    def approval_requested(self, session: Session, request: ApprovalRequest) -> None:
+        """A tool call waits for a person's approval (``sessions/approvals.py``)."""
+
 
 class SessionObserver:
     """An ``ISessionObserver`` that does nothing: subclass it and override what you need."""
@@ -77,6 +81,9 @@ class SessionObserver:
         pass
 
     def native_tool_timed_out(self, session: Session, tool: str) -> None:
+        pass
+
+    def approval_requested(self, session: Session, request: ApprovalRequest) -> None:
         pass
 
 
@@ -122,6 +129,9 @@ class SessionObservers(SessionObserver):
 
     def native_tool_timed_out(self, session, tool):
         self._tell("native_tool_timed_out", session, tool)
+
+    def approval_requested(self, session, request):
+        self._tell("approval_requested", session, request)
 
 
 def assistant_text(message) -> str | None:

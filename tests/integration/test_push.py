@@ -15,7 +15,8 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from piserver.security.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
-from tests.support.fakellm import Text
+from tests.integration.test_approvals import code_session, tool_messages
+from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.pushservice import PushService
 from tests.support.wsclient import CallFailed, RpcClient, is_type
 
@@ -144,12 +145,21 @@ async def test_pushes_reach_a_push_service_only_when_they_should(
 
 # -- the installable web app in Chromium -------------------------------------------
 
+# Presses an action of a shown notification, through the service worker (headless
+# Chromium cannot click a notification); the worker answers when it is done.
+PRESS_ACTION = """async ([tag, action]) => {
+  const registration = await navigator.serviceWorker.ready;
+  const channel = new MessageChannel();
+  const answered = new Promise((done) => { channel.port1.onmessage = (e) => done(e.data); });
+  registration.active.postMessage({ type: "notification-action", tag, action }, [channel.port2]);
+  return answered;
+}"""
 # The notifications shown, once there are some (looked at every 50 ms in the page, as
 # Playwright's own waits poll; the caller bounds the wait).
-SHOWN_NOTIFICATIONS = """async () => {
+SHOWN_NOTIFICATIONS = """async (tag) => {
   const registration = await navigator.serviceWorker.ready;
   for (;;) {
-    const shown = await registration.getNotifications();
+    const shown = await registration.getNotifications(tag ? { tag } : {});
     if (shown.length) {
       return shown.map((n) => ({
         title: n.title, body: n.body, tag: n.tag, actions: n.actions.map((a) => a.action),
@@ -202,6 +212,9 @@ async def test_the_web_app_installs_works_offline_and_shows_pushes(
         push_service.origin + "/push/",
         "--push-ca-file",
         str(push_service.cert_path),
+        # Approval actions name the server so; the service worker posts them to its own.
+        "--public-url",
+        "https://pi.example.com",
     )
     response = await treq.get(f"http://127.0.0.1:{server.port}/push/key")
     push_service.server_key = json.loads(await response.content())["publicKey"]
@@ -247,6 +260,38 @@ async def test_the_web_app_installs_works_offline_and_shows_pushes(
     assert [(n["title"], n["body"], n["actions"]) for n in shown] == [
         ("tidy up: finished", "All done.", [])
     ]
+
+    # An approval's notification has Allow and Deny; Allow, pressed on the notification,
+    # approves the call and the run goes on, the page never opened.
+    code_id = await code_session(server, phone, tmp_path, permissionMode="ask")
+    await phone.call("session.attach", {"sessionId": code_id})
+    fake_llm.script(Reply(ToolCall("bash", {"command": "echo approved-from-lock-screen"})))
+    fake_llm.script(Text("Ran it."))
+    await phone.call("prompt", {"message": "run it"}, session_id=code_id)
+    request = await phone.wait_for_event(is_type("approval_request", code_id))
+    asked = await push_service.wait_for(
+        lambda p: p.message["sessionId"] == code_id and p.message["event"] == "input_needed"
+    )
+    assert [a["action"] for a in asked.message["actions"]] == ["allow", "deny"]
+    assert asked.urgency == "high"
+    await browser.run(
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {"origin": base, "registrationId": registration_id, "data": json.dumps(asked.message)},
+        )
+    )
+    tag = f"session-{code_id}-input_needed"
+    shown = await browser.run(page.evaluate(SHOWN_NOTIFICATIONS, tag)).addTimeout(30, reactor)
+    assert [(n["title"], n["actions"]) for n in shown] == [
+        ("run it: waits for your answer", ["allow", "deny"])
+    ]
+    pressed = await browser.run(page.evaluate(PRESS_ACTION, [tag, "allow"]))
+    assert pressed == {"ok": True}
+    resolved = await phone.wait_for_event(is_type("approval_resolved", code_id))
+    assert resolved["payload"]["approvalId"] == request["payload"]["approvalId"]
+    assert (resolved["payload"]["decision"], resolved["payload"]["by"]) == ("allow", "action URL")
+    await phone.wait_for_event(is_type("agent_settled", code_id))
+    assert any("approved-from-lock-screen" in m for m in tool_messages(fake_llm))
     assert await browser.run(page.evaluate("window.__violations")) == []
 
     # Without a network (and the server gone), the app still opens, from the service
