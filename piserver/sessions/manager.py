@@ -471,7 +471,7 @@ class SessionManager(service.Service):
         """Change what the agent may do without asking; applies from its next tool call."""
         session.permissions = permissions
         write_mode_file(session.permission_file, permissions.mode)
-        self._save(session)
+        self.save(session)
         self.log.info(
             "session {session_id}: permission mode {mode}",
             session_id=session.id,
@@ -864,7 +864,7 @@ class _ApprovalHost:
         return str(self._session.cwd)
 
     def permissions_changed(self) -> None:
-        self._manager._save(self._session)
+        self._manager.save(self._session)
 
     def waiting_for_person(self, waiting: bool) -> None:
         if self._session.agent is not None:

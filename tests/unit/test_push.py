@@ -280,12 +280,13 @@ def test_an_endpoint_that_resolves_inside_is_checked_again_before_sending(tmp_pa
 # -- what is pushed ---------------------------------------------------------------
 
 
-def notifier(tmp_path, http, grants=None):
+def notifier(tmp_path, http, grants=None, action_urls=None):
     store = SubscriptionStore(tmp_path / PUSH_SUBSCRIPTIONS_FILE)
     viewing = Viewing()
     push_sender = sender(http, Clock(), tmp_path)
     grants = {"tok-a": Grant(device="phone")} if grants is None else grants
-    return PushNotifier(store, push_sender, viewing, lambda: grants), store, viewing
+    push = PushNotifier(store, push_sender, viewing, lambda: grants, action_urls=action_urls)
+    return push, store, viewing
 
 
 def test_runs_are_pushed_unless_on_screen(tmp_path):
@@ -335,3 +336,48 @@ def test_revoked_gone_and_out_of_reach_subscriptions_get_nothing(tmp_path):
     assert [p.url for p in http.posts] == [kept.endpoint]
     # The 410 removed the one pushed to; the revoked token's went before the push.
     assert sorted(s.owner for s in store.all()) == ["tok-blind", "tok-repo"]
+
+
+@attr.s
+class ApprovalRequest:
+    approval_id: str = attr.ib(default="a1")
+    tool_name: str = attr.ib(default="bash")
+    summary: str = attr.ib(default="rm -rf build")
+
+
+def test_approval_actions_go_only_to_tokens_that_may_approve(tmp_path):
+    http = FakeHttp()
+    grants = {
+        "tok-approver": Grant(device="phone"),
+        "tok-watcher": Grant(device="tv", scopes=frozenset({Scope.READ})),
+    }
+    push, store, _ = notifier(
+        tmp_path,
+        http,
+        grants,
+        action_urls=lambda request: {
+            d: f"https://pi.example.com/approval-action?t={request.approval_id}-{d}"
+            for d in ("allow", "deny")
+        },
+    )
+    approver, watcher = (Browser(endpoint=f"https://push.example.com/{i}") for i in range(2))
+    store.add(approver.subscription("tok-approver"))
+    store.add(watcher.subscription("tok-watcher"))
+    push.approval_requested(Session(), ApprovalRequest())
+    by_url = {post.url: post for post in http.posts}
+    offered = approver.open(by_url[approver.endpoint].data)
+    assert offered["body"] == "the agent asks to run bash: rm -rf build"
+    assert offered["actions"] == [
+        {
+            "action": "allow",
+            "title": "Allow",
+            "url": "https://pi.example.com/approval-action?t=a1-allow",
+        },
+        {
+            "action": "deny",
+            "title": "Deny",
+            "url": "https://pi.example.com/approval-action?t=a1-deny",
+        },
+    ]
+    assert "actions" not in watcher.open(by_url[watcher.endpoint].data)
+    assert by_url[watcher.endpoint].headers["Urgency"] == ["high"]
