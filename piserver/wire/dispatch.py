@@ -28,10 +28,6 @@ class Dispatcher:
         self._methods = dict(methods)
         self._fallback = fallback
 
-    @property
-    def method_names(self) -> list[str]:
-        return sorted(self._methods)
-
     def dispatch(self, connection, request: Request) -> Deferred:
         """
         Fire with ``(True, result_dict)`` or ``(False, RpcError)``; never errback.
