@@ -19,6 +19,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.resource import Resource
 
 from piserver.common.errors import RpcError
+from piserver.security.auth import bearer_token
 from piserver.security.tokens import tokens_match
 from piserver.sessions.lifecycle import AgentStatus
 from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
@@ -237,8 +238,8 @@ class MetricsResource(Resource):
     def render_GET(self, request):
         request.setHeader(b"cache-control", b"no-store")
         if self._token is not None:
-            scheme, _, presented = (request.getHeader("authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not tokens_match(presented.strip(), self._token):
+            presented = bearer_token(request.getHeader("authorization") or "")
+            if presented is None or not tokens_match(presented, self._token):
                 request.setResponseCode(401)
                 request.setHeader(b"www-authenticate", b'Bearer realm="metrics"')
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
