@@ -20,9 +20,11 @@ from piserver.agents.launchers.bwrap import BwrapLauncher, install_paths
 from piserver.agents.launchers.template import CommandTemplateLauncher
 from piserver.agents.models import ModelCatalog
 from piserver.agents.supervisor import AgentSupervisor
+from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.config import ServerConfig
+from piserver.ops.audit import AUDIT_FILE, AuditLog
 from piserver.ops.metrics import MetricsResource, ServerMetrics
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
 from piserver.ops.readiness import ReadyResource
@@ -33,6 +35,7 @@ from piserver.repos.github import GithubClient
 from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
+from piserver.security.access import AccessGuard
 from piserver.security.auth import Authenticator
 from piserver.security.redact import (
     REVEAL_FIELD,
@@ -45,6 +48,8 @@ from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions import SessionManager
+from piserver.sessions.importable import ImportableSessions
+from piserver.sessions.imports import SessionImporter
 from piserver.sessions.index import StateStore
 from piserver.sessions.stream import EVENT_MODES
 from piserver.web.site import make_site
@@ -274,6 +279,16 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         push_timeout=config.clone_timeout,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    importer = SessionImporter(
+        reactor,
+        config.data_dir,
+        sessions,
+        ImportableSessions(config.import_from),
+        repos,
+        git,
+        in_thread,
+    )
+    importer.remove_staged()
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(
@@ -294,6 +309,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             "replayWindowSec": int(limits.max_age),
         },
         workspace=workspace,
+        handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
@@ -319,6 +335,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     hub = top.hub = Hub(
         table,
         fallback=fallback,
+        # Scopes and reach of each token, and the audit log of what changed (issue 27).
+        guard=AccessGuard(sessions, AuditLog(config.data_dir / AUDIT_FILE, reactor.seconds)),
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,

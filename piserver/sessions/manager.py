@@ -294,15 +294,17 @@ class SessionManager(service.Service):
         system_prompt: str | None = None,
         include_native_tools: bool = False,
         seed=None,
+        prepare=None,
     ) -> Session:
         """A new session, attached to ``connection``. ``seed(session)``, when given, runs in a
-        thread before the agent starts (to give it files of its own)."""
+        thread before the agent starts (to give it files of its own); ``await
+        prepare(session)`` too, once its checkout is made (to change its files)."""
         if (provider is None) != (model_id is None):
             raise InvalidParams('"provider" and "modelId" go together')
         if provider is not None:
             await self._models.require(provider, model_id)
         now = self._now()
-        session = self._take_warm() if mode == "chat" and seed is None else None
+        session = self._take_warm() if mode == "chat" and seed is None and prepare is None else None
         warm = session is not None
         if warm:
             session.created_at = session.last_activity_at = now
@@ -325,6 +327,7 @@ class SessionManager(service.Service):
             session.provider, session.model_id = provider, model_id
         session.system_prompt = system_prompt
         session.include_native_tools = include_native_tools
+        session.device = getattr(connection, "device", None)
         checked_out = False
         try:
             if connection is not None:
@@ -350,6 +353,8 @@ class SessionManager(service.Service):
                 checked_out = True
             elif not warm:
                 self._make_chat_directories(session)
+            if prepare is not None:
+                await prepare(session)
             if session.offers_native_tools:
                 # The creating device's tools; a device attaching later brings its own.
                 self._offer_native_tools(session, getattr(connection, "native_tools", None) or [])
