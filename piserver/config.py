@@ -94,6 +94,17 @@ def default_import_from(environ) -> tuple:
     return (Path(home) / ".pi" / "agent" / "sessions",)
 
 
+# The --data-dir option of the commands that work on a data dir without a server
+# (``pi-server token``, ``pi-server session``), as twistd usage parameters.
+DATA_DIR_OPTION = (
+    "data-dir",
+    None,
+    None,
+    "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
+    "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]",
+)
+
+
 def default_data_dir(environ) -> Path:
     if environ.get("PI_SERVER_DATA_DIR"):
         return Path(environ["PI_SERVER_DATA_DIR"]).expanduser()
