@@ -89,3 +89,9 @@ class TooManySessions(RpcError):
 
 class StorageFull(RpcError):
     code = "storage_full"
+
+
+class BudgetExceeded(RpcError):
+    """A budget covering the session is spent: no new run until it resets or is raised."""
+
+    code = "budget_exceeded"

@@ -4,6 +4,7 @@ everything it stands on, wired from a ``ServerConfig``.
 """
 
 import socket
+from zoneinfo import ZoneInfo
 
 from autobahn.twisted.resource import WebSocketResource
 from treq.client import HTTPClient
@@ -15,6 +16,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from . import __version__
+from .api.usage import UsageMethods
 from .auth import Authenticator
 from .checkouts import Checkouts
 from .config import SECRET_NAME_SUFFIXES, SERVER_SECRET_ENV, ServerConfig
@@ -30,6 +32,8 @@ from .methods import RpcMethods
 from .metrics import MetricsResource, ServerMetrics
 from .models import ModelCatalog
 from .notify import ATTEMPT_TIMEOUT, Notifier
+from .ops.budgets import Budgets, DailyLimits
+from .ops.usage import USAGE_FILE, Accounting, UsageCollector, UsageLedger
 from .readiness import ReadyResource
 from .redact import REVEAL_FIELD, Redactor, secret_values
 from .refusals import Refusals
@@ -268,6 +272,14 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         push_timeout=config.clone_timeout,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    ledger = UsageLedger(
+        config.data_dir / USAGE_FILE, reactor, config.budget_timezone or ZoneInfo("UTC")
+    )
+    ledger.load()
+    accounting = Accounting(ledger)
+    budgets = Budgets(ledger, sessions, DailyLimits(config.daily_budget, config.daily_token_budget))
+    accounting.on_recorded.append(budgets.recorded)
+    sessions.listeners.extend([budgets.happened, accounting.happened])
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(
@@ -288,6 +300,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             "replayWindowSec": int(limits.max_age),
         },
         workspace=workspace,
+        usage=UsageMethods(sessions, accounting, budgets),
     )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
@@ -306,8 +319,10 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         )
         notifier.setServiceParent(top)
         sessions.listeners.append(notifier.happened)
+        budgets.notify = notifier.notify
     metrics = top.metrics = ServerMetrics(reactor)
     sessions.listeners.append(metrics.happened)
+    metrics.registry.register(UsageCollector(ledger))
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
     hub = top.hub = Hub(

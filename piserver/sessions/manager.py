@@ -220,6 +220,10 @@ class SessionManager(service.Service):
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
 
+    def save(self, session: Session) -> None:
+        """Record a change to ``session`` (its ``extra`` fields, say) on disk."""
+        self._save(session)
+
     def _save(self, session: Session) -> None:
         # Only sessions in the registry: not a warm agent's, nor a deleted one.
         if self.sessions.get(session.id) is session:

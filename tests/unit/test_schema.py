@@ -9,7 +9,9 @@ from jsonschema import Draft202012Validator
 from twisted.web.test.requesthelper import DummyRequest
 
 import piserver.errors as errors
+from piserver.api.usage import UsageMethods
 from piserver.methods import RpcMethods
+from piserver.ops.usage import Accounting
 from piserver.picommands import TYPED
 from piserver.schema import SchemaResource, load, schema_bytes
 from piserver.workspace.methods import WorkspaceMethods
@@ -27,6 +29,11 @@ HELLO_RESULT = {
         "node": None,
     },
 }
+
+
+class _Usage:
+    def table(self):
+        return UsageMethods(None, Accounting(None), None).table()
 
 
 class _Workspace:
@@ -58,7 +65,9 @@ def test_the_schema_is_valid_json_schema():
 
 
 def test_every_method_of_the_table_has_a_schema_and_no_other():
-    table = RpcMethods(sessions=object(), repos=object(), workspace=_Workspace()).table()
+    table = RpcMethods(
+        sessions=object(), repos=object(), workspace=_Workspace(), usage=_Usage()
+    ).table()
     assert sorted(table) == sorted(SCHEMA["methods"])
     for entry in SCHEMA["methods"].values():
         assert set(entry) == {"params", "result"}

@@ -1,0 +1,1 @@
+"""The RPC method table: what each wire method does."""

@@ -1,0 +1,1 @@
+"""What runs beside the sessions and watches them: usage, budgets, metrics, notifications."""
