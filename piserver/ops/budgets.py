@@ -87,7 +87,7 @@ class Spent:
         if self.limit_tokens is not None:
             spent, limit = f"{self.spent_tokens} tokens", f"{self.limit_tokens} tokens"
         else:
-            spent, limit = f"${self.spent_usd:.4f}", f"${self.limit_usd:.2f}"
+            spent, limit = usd(self.spent_usd), usd(self.limit_usd)
         if self.scope == "session":
             return f"the session's budget of {limit} is spent ({spent})"
         return f"today's budget of {limit} is spent ({spent}); it resets at {self.resets_at}"
@@ -232,10 +232,15 @@ class Budgets:
             self.run_started(session)
 
 
+def usd(amount: float) -> str:
+    """Dollars as people read them: cents, or tenths of a cent below a dollar."""
+    return f"${amount:.4f}" if 0 < amount < 1 else f"${amount:.2f}"
+
+
 def _percent(spent: Spent) -> str:
     if spent.limit_tokens is not None:
         used = f"{spent.spent_tokens} of {spent.limit_tokens} tokens"
     else:
-        used = f"${spent.spent_usd:.4f} of ${spent.limit_usd:.2f}"
+        used = f"{usd(spent.spent_usd)} of {usd(spent.limit_usd)}"
     where = "the session's budget" if spent.scope == "session" else "today's budget"
     return f"{spent.fraction:.0%} of {where} spent ({used})"

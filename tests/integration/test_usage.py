@@ -4,8 +4,6 @@ chunk, as OpenAI-compatible providers do), over a models.json with prices for tw
 pi-server as a process of its own, restarted and killed with SIGKILL.
 """
 
-import json
-
 import pytest
 import pytest_twisted
 import treq
@@ -13,24 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
 from tests.support.fakellm import Hang, Reply, Text, Tokens
-from tests.support.piagent import FAKE_MODELS, FAKE_PROVIDER, pi_option
+from tests.support.piagent import FAKE_MODELS, FAKE_PRICES, FAKE_PROVIDER, pi_option, price_models
 from tests.support.serverprocess import ServerProcess
 from tests.support.wsclient import CallFailed, RpcClient
 
 TOKEN = "usage-test-token"
 HELLO = {"client": {"name": "tests", "version": "1"}}
-# USD per million tokens: fake-2 costs ten times what fake-1 does.
-PRICES = {
-    FAKE_MODELS[0]: {"input": 100.0, "output": 400.0, "cacheRead": 10.0, "cacheWrite": 0.0},
-    FAKE_MODELS[1]: {"input": 1000.0, "output": 4000.0, "cacheRead": 100.0, "cacheWrite": 0.0},
-}
-
-
-def priced(agent_dir) -> None:
-    models = json.loads(agent_dir.models_path.read_text())
-    for model in models["providers"][FAKE_PROVIDER]["models"]:
-        model["cost"] = PRICES[model["id"]]
-    agent_dir.models_path.write_text(json.dumps(models))
+PRICES = FAKE_PRICES
 
 
 def expected(reported) -> dict:
@@ -101,7 +88,7 @@ async def totals(client) -> tuple[dict, dict]:
 
 @pytest.fixture
 def server_process(agent_dir, pi_binary, tmp_path):
-    priced(agent_dir)
+    price_models(agent_dir)
     server = ServerProcess(
         tmp_path,
         "--auth-token",
