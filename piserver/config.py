@@ -11,23 +11,13 @@ from pathlib import Path
 import attr
 from twisted.logger import LogLevel
 
-DEFAULT_PORT = 3141
-DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
-# Seconds a client may take to send its upgrade request (and the HTTP idle limit).
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
-# A ping every 20 s, answered within 20 s: a phone that vanished is dropped in under a minute.
-DEFAULT_KEEPALIVE_INTERVAL = 20.0
-DEFAULT_KEEPALIVE_TIMEOUT = 20.0
-DEFAULT_MAX_CONNECTIONS = 100
-# Connections one source address may have open that are still sending their request.
-DEFAULT_MAX_PENDING_PER_ADDRESS = 16
-
-# Server-side secrets that are never passed on to an agent process.
-SERVER_SECRET_ENV = frozenset(
-    {"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN", "PI_SERVER_NOTIFY_SECRET"}
+from piserver.common.defaults import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_PER_ADDRESS,
 )
-# Environment variables named like these hold secrets (kept from git, redacted from logs).
-SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 
 @attr.frozen

@@ -1,1 +1,7 @@
-"""The RPC method table: what each wire method does."""
+"""The wire methods: what each request does, over the sessions and the repositories.
+
+- ``methods``: the method table (sessions, prompts, native tools, the server's own methods);
+- ``picommands``: pi's RPC commands passed through as wire methods, their params checked;
+- ``workspace``: the methods on a code session's checkout (diff, files, commit, push, PR);
+- ``usage``: ``usage.report``, ``session.set_budget`` and the budget checks of prompts.
+"""

@@ -4,10 +4,10 @@ the other methods ask of them (``session.create``'s ``budgetUsd``, ``session.lis
 ``usage``, refusing a prompt with ``budget_exceeded``).
 """
 
-from ..errors import InvalidParams
-from ..methods import _string, _target_session_id
-from ..ops.budgets import BUDGET_FIELD, Budgets, parse_budget
-from ..ops.usage import REPORT_KEYS, Accounting, parse_day
+from piserver.api.methods import _string, _target_session_id
+from piserver.common.errors import InvalidParams
+from piserver.sessions.budgets import BUDGET_FIELD, Budgets, parse_budget
+from piserver.sessions.usage import REPORT_KEYS, Accounting, parse_day
 
 
 class UsageMethods:

@@ -8,13 +8,15 @@ attached to it and the events it streams to them.
 - ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;
 - ``warm``: agents started ahead of the sessions they will serve;
 - ``stream``: numbering, journaling and sending a session's events;
-- ``journal``: the append-only file of a session's events.
+- ``journal``: the append-only file of a session's events;
+- ``usage``: what the agents cost, per session, day, model and device (``usage.json``);
+- ``budgets``: the daily and per-session budgets that stop a run.
 """
 
-from .agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
-from .manager import PreviousConnection, SessionManager
-from .session import Session
-from .warm import DEFAULT_WARM_AGENTS
+from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
+from piserver.sessions.manager import PreviousConnection, SessionManager
+from piserver.sessions.session import Session
+from piserver.sessions.warm import DEFAULT_WARM_AGENTS
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",

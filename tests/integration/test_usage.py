@@ -171,6 +171,7 @@ async def test_usage_budgets_metrics_and_reports_across_restart_and_kill(server_
     # Session C's budget is crossed by the first message of a run that has a follow-up
     # queued: the run is stopped there, the next prompt refused; B goes on.
     c = (await phone.call("session.create", {"mode": "chat", "budgetUsd": 0.0001}))["sessionId"]
+    requests_before = len(fake_llm.requests)
     fake_llm.script(Tokens(40, delay=0.02), Reply(Text("never"), Hang()))
     await phone.call("prompt", {"message": "spend"}, session_id=c)
     await phone.wait_for_event(lambda f: f["type"] == "message_update" and f["sessionId"] == c)
@@ -194,7 +195,8 @@ async def test_usage_budgets_metrics_and_reports_across_restart_and_kill(server_
     # The message that crossed the budget, and at most the one under way when it was seen
     # (the follow-up's, which the scripted LLM never finishes: the abort ended it).
     assert 1 <= len(assistant_ends) <= 2
-    assert fake_llm.drop_unused() == 2 - len(assistant_ends)
+    assert len(fake_llm.requests) - requests_before <= 2
+    fake_llm.drop_unused()
     with pytest.raises(CallFailed) as refused:
         await phone.call("prompt", {"message": "again"}, session_id=c)
     assert refused.value.code == "budget_exceeded"

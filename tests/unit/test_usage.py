@@ -10,13 +10,13 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
-from piserver.errors import BudgetExceeded, InvalidParams
-from piserver.ops.budgets import Budgets, DailyLimits, parse_budget
-from piserver.ops.usage import (
+from piserver.common.errors import BudgetExceeded, InvalidParams
+from piserver.ops.metrics import UsageCollector
+from piserver.sessions.budgets import Budgets, DailyLimits, parse_budget
+from piserver.sessions.usage import (
     SERVER_DEVICE,
     Accounting,
     Usage,
-    UsageCollector,
     UsageLedger,
     message_usage,
     parse_day,

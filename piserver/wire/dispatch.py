@@ -1,0 +1,78 @@
+"""
+Deferred-based dispatch of parsed requests to handlers through a method table.
+
+A handler is called as ``handler(connection, request)`` through ``maybeDeferred``
+and returns (or fires with) the ``result`` object, or ``None`` for ``{}``.
+Requests on one connection run concurrently: each reply goes out when its
+handler finishes, so a slow call never holds up a quick one.
+"""
+
+import errno
+from collections.abc import Callable, Mapping
+
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
+
+from piserver.common.errors import InternalError, RpcError, StorageFull, UnknownMethod
+from piserver.wire.envelope import Request
+
+Handler = Callable[[object, Request], object]
+
+
+class Dispatcher:
+    """``fallback``, when given, handles the methods that are not in ``methods``."""
+
+    log = Logger()
+
+    def __init__(self, methods: Mapping[str, Handler], fallback: Handler | None = None):
+        self._methods = dict(methods)
+        self._fallback = fallback
+
+    @property
+    def method_names(self) -> list[str]:
+        return sorted(self._methods)
+
+    def dispatch(self, connection, request: Request) -> Deferred:
+        """
+        Fire with ``(True, result_dict)`` or ``(False, RpcError)``; never errback.
+        """
+        handler = self._methods.get(request.method, self._fallback)
+        if handler is None:
+            error = UnknownMethod(f"unknown method {request.method!r}")
+            return succeed((False, error))
+        d = maybeDeferred(handler, connection, request)
+        d.addCallbacks(
+            self._succeeded, self._failed, errbackArgs=(request,), callbackArgs=(request,)
+        )
+        return d
+
+    def _succeeded(self, result, request: Request):
+        if result is None:
+            result = {}
+        if not isinstance(result, dict):
+            self.log.error(
+                "handler for {method} returned {kind}, not a result object",
+                method=request.method,
+                kind=type(result).__name__,
+            )
+            return (False, InternalError("internal error: see the server log"))
+        return (True, result)
+
+    def _failed(self, failure, request: Request):
+        if failure.check(RpcError):
+            return (False, failure.value)
+        if failure.check(OSError) and failure.value.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.log.error(
+                "{method} (request {request_id}) failed: {error}",
+                method=request.method,
+                request_id=request.id,
+                error=failure.value.strerror,
+            )
+            return (False, StorageFull("the server's disk is full: try again once there is room"))
+        self.log.failure(
+            "unexpected error handling {method} (request {request_id})",
+            failure,
+            method=request.method,
+            request_id=request.id,
+        )
+        return (False, InternalError("internal error: see the server log"))
