@@ -194,6 +194,8 @@ def test_parameters():
 
 def test_a_session_budget_stops_its_run_and_refuses_prompts_until_raised(tmp_path):
     _ledger, accounting, budgets, fake = setup(tmp_path, Clock())
+    notified = []
+    budgets.notify = lambda event, session, summary: notified.append((event, session.id, summary))
     a, b = fake.sessions["a"], fake.sessions["b"]
     budgets.set_session_budget(a, 1.0)
     assert fake.saved == ["a"] and a.extra["budgetUsd"] == 1.0
@@ -212,6 +214,13 @@ def test_a_session_budget_stops_its_run_and_refuses_prompts_until_raised(tmp_pat
         "limitUsd": 1.0,
         "resetsAt": None,
     }
+    assert notified == [
+        (
+            "budget_reached",
+            "a",
+            "the session's budget of $1.00 is spent ($1.10); the run was stopped",
+        )
+    ]
     # The aborted message ends the run: still one budget_reached, one abort.
     message_end(accounting, a, assistant(cost=0.01))
     assert len(fake.events("budget_reached")) == 1 and len(fake.commands) == 1
