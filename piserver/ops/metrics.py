@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 
 from piserver.common.errors import RpcError
 from piserver.security.tokens import tokens_match
+from piserver.sessions.lifecycle import AgentStatus
 from piserver.sessions.stream import EVENT_MODES
 from piserver.sessions.usage import UsageLedger
 
@@ -213,7 +214,7 @@ class _LiveCollector:
         agents.add_metric(["warm"], counts["idle"] + counts["starting"])
         pool = getattr(getattr(self._sessions, "agents", None), "warm", None)
         spare = pool.sessions() if pool is not None else []
-        agents.add_metric(["spare"], sum(s.lifecycle.status == "running" for s in spare))
+        agents.add_metric(["spare"], sum(s.lifecycle.status is AgentStatus.RUNNING for s in spare))
         yield agents
         yield GaugeMetricFamily(
             "pi_server_journal_bytes",

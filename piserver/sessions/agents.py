@@ -26,9 +26,6 @@ from piserver.sessions.session import Session
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
 
-# Stages in which a session's agent holds a place under --max-agents.
-HOLDS_A_PLACE = ("starting", "running", "stopping")
-
 
 class _Host:
     """One session's side of its lifecycle (see lifecycle.AgentHost)."""
@@ -220,7 +217,7 @@ class SessionAgents:
             for s in sessions
             if s is not starting
             and s.id not in self._freeing_for_start
-            and s.lifecycle.status in HOLDS_A_PLACE
+            and s.lifecycle.status.holds_a_place
         ]
 
     def has_room(self) -> bool:

@@ -12,22 +12,11 @@ import attr
 from piserver.agents.protocol import AgentProtocol
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
-from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
 from piserver.sessions.stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-
-# session.list's status of each stage of the lifecycle.
-STATUS_OF_STAGE = {
-    "stopped": "stopped",
-    "backing-off": "starting",
-    "starting": "starting",
-    "running": "running",
-    "stopping": "running",
-    "failed": "stopped",
-    "deleted": "stopped",
-}
 
 
 def iso_time(seconds: float) -> str:
@@ -72,7 +61,7 @@ class Session:
 
     @property
     def deleted(self) -> bool:
-        return self.lifecycle.status == "deleted"
+        return self.lifecycle.status is AgentStatus.DELETED
 
     @property
     def pi_session_dir(self) -> Path:
@@ -160,11 +149,11 @@ class Session:
     def idle(self) -> bool:
         """Its agent could be stopped without anyone noticing (it restarts on demand)."""
         return (
-            self.lifecycle.status == "running"
+            self.lifecycle.status is AgentStatus.RUNNING
             and not self.streaming
             and not self.stream.connections()
         )
 
     def status(self) -> str:
         """``starting``, ``running`` or ``stopped``: what ``session.list`` has always said."""
-        return STATUS_OF_STAGE[self.lifecycle.status]
+        return self.lifecycle.status.listed
