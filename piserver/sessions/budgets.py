@@ -11,6 +11,7 @@ limit); at 100 % every run the budget covers is aborted (pi's ``abort``), its cl
 turns (in ``--budget-timezone``) or the limit is raised.
 """
 
+import enum
 import typing
 
 import attr
@@ -47,6 +48,13 @@ def parse_budget(value, name: str = BUDGET_FIELD) -> float | None:
     return float(value)
 
 
+class Scope(enum.Enum):
+    """What a budget covers: one session, or every session for a day."""
+
+    SESSION = "session"
+    DAY = "day"
+
+
 @attr.frozen
 class DailyLimits:
     usd: float | None = None
@@ -57,7 +65,7 @@ class DailyLimits:
 class Spent:
     """Where one scope stands against its limit."""
 
-    scope: str  # "session" or "day"
+    scope: Scope
     spent_usd: float
     limit_usd: float | None
     resets_at: str | None
@@ -73,7 +81,7 @@ class Spent:
     def to_wire(self, event_type: str) -> dict:
         payload = {
             "type": event_type,
-            "scope": self.scope,
+            "scope": self.scope.value,
             "spentUsd": round(self.spent_usd, 6),
             "limitUsd": self.limit_usd,
             "resetsAt": self.resets_at,
@@ -88,7 +96,7 @@ class Spent:
             spent, limit = f"{self.spent_tokens} tokens", f"{self.limit_tokens} tokens"
         else:
             spent, limit = usd(self.spent_usd), usd(self.limit_usd)
-        if self.scope == "session":
+        if self.scope is Scope.SESSION:
             return f"the session's budget of {limit} is spent ({spent})"
         return f"today's budget of {limit} is spent ({spent}); it resets at {self.resets_at}"
 
@@ -121,14 +129,14 @@ class Budgets:
         limit = self.session_budget(session)
         if limit is not None:
             spent = self._ledger.session_total(session.id).cost_usd
-            found.append(Spent("session", spent, limit, None))
+            found.append(Spent(Scope.SESSION, spent, limit, None))
         day = self._ledger.day_total()
         resets_at = iso_time(self._ledger.next_day_starts())
         if self.daily.usd is not None:
-            found.append(Spent("day", day.cost_usd, self.daily.usd, resets_at))
+            found.append(Spent(Scope.DAY, day.cost_usd, self.daily.usd, resets_at))
         if self.daily.tokens is not None:
             found.append(
-                Spent("day", day.cost_usd, None, resets_at, day.total_tokens, self.daily.tokens)
+                Spent(Scope.DAY, day.cost_usd, None, resets_at, day.total_tokens, self.daily.tokens)
             )
         return found
 
@@ -141,7 +149,7 @@ class Budgets:
         if spent is not None:
             how = (
                 "raise it with session.set_budget"
-                if spent.scope == "session"
+                if spent.scope is Scope.SESSION
                 else "or restart the server with a higher --daily-budget/--daily-token-budget"
             )
             raise BudgetExceeded(f"{spent.describe()}: {how}")
@@ -179,20 +187,22 @@ class Budgets:
                 self._warn(session, spent)
 
     def _warn(self, session, spent: Spent) -> None:
-        if spent.scope == "session":
+        if spent.scope is Scope.SESSION:
             key = f"session:{session.id}:{spent.limit_usd}"
         else:
             kind = "tokens" if spent.limit_tokens is not None else "usd"
             key = f"day:{self._ledger.today()}:{kind}:{spent.limit_tokens or spent.limit_usd}"
         if not self._ledger.warn_once(key):
             return
-        self.log.info("budget warning ({scope}): {what}", scope=spent.scope, what=_percent(spent))
+        self.log.info(
+            "budget warning ({scope}): {what}", scope=spent.scope.value, what=_percent(spent)
+        )
         self._sessions.publish(session, "budget_warning", spent.to_wire("budget_warning"))
         if self.notify is not None:
             self.notify("budget_warning", session, f"{_percent(spent)}")
 
     def _reached(self, session, spent: Spent) -> None:
-        if spent.scope == "session":
+        if spent.scope is Scope.SESSION:
             covered = [session]
         else:
             # The day's budget stops every session in a run.
@@ -242,5 +252,5 @@ def _percent(spent: Spent) -> str:
         used = f"{spent.spent_tokens} of {spent.limit_tokens} tokens"
     else:
         used = f"{usd(spent.spent_usd)} of {usd(spent.limit_usd)}"
-    where = "the session's budget" if spent.scope == "session" else "today's budget"
+    where = "the session's budget" if spent.scope is Scope.SESSION else "today's budget"
     return f"{spent.fraction:.0%} of {where} spent ({used})"
