@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from tests.support.fakellm import Hang, Reply, Text, Tokens
 from tests.support.piagent import FAKE_MODELS, FAKE_PRICES, FAKE_PROVIDER, pi_option, price_models
 from tests.support.serverprocess import ServerProcess
-from tests.support.wsclient import CallFailed, RpcClient
+from tests.support.wsclient import CallFailed, RpcClient, is_type
 
 TOKEN = "usage-test-token"
 HELLO = {"client": {"name": "tests", "version": "1"}}
@@ -236,3 +236,36 @@ async def test_usage_budgets_metrics_and_reports_across_restart_and_kill(server_
     await desk.call("session.attach", {"sessionId": c})
     await run(desk, c, "now it may")
     await desk.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_daily_budget_stops_every_session(make_pi_server, agent_dir, fake_llm):
+    price_models(agent_dir)
+    server = make_pi_server("--daily-budget", "0.01")
+    client = await server.client()
+    a = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
+    b = (await client.call("session.create", {"mode": "chat"}))["sessionId"]
+    await client.call("session.attach", {"sessionId": a, "exclusive": False})
+
+    # A streams a long answer; B's short one spends the day's budget: both runs stop.
+    fake_llm.script(Tokens(500, delay=0.02), Text("short and expensive"))
+    await client.call("prompt", {"message": "long"}, session_id=a)
+    await client.wait_for_event(lambda f: f["type"] == "message_update" and f["sessionId"] == a)
+    await client.call("prompt", {"message": "short"}, session_id=b)
+    for session_id in (a, b):
+        reached = await client.wait_for_event(
+            lambda f, sid=session_id: f["type"] == "budget_reached" and f["sessionId"] == sid
+        )
+        assert reached["payload"]["scope"] == "day"
+        assert reached["payload"]["limitUsd"] == 0.01
+        assert reached["payload"]["resetsAt"].endswith("T00:00:00Z")
+    settled_a = await client.wait_for_event(is_type("agent_settled", a))
+    assert settled_a["payload"]["aborted"] is True
+    await client.wait_for_event(is_type("agent_settled", b))
+    for session_id in (a, b):
+        with pytest.raises(CallFailed) as refused:
+            await client.call("prompt", {"message": "more"}, session_id=session_id)
+        assert refused.value.code == "budget_exceeded"
+    today = (await client.call("session.list"))["today"]
+    assert today["limitUsd"] == 0.01 and today["usage"]["costUsd"] > 0.01
+    fake_llm.drop_unused()
