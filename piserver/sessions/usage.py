@@ -183,16 +183,19 @@ class UsageLedger:
             return
         if document is None:
             return
-        for row in document.get("rows", []):
+        rows, warned = document.get("rows"), document.get("warned")
+        for row in rows if isinstance(rows, list) else []:
             try:
                 key = RowKey(row["day"], row["model"], row["sessionId"], row["device"])
                 if not all(isinstance(part, str) for part in attr.astuple(key)):
                     raise TypeError("not a string")
-            except (KeyError, TypeError) as e:
+            except (KeyError, TypeError, AttributeError) as e:
                 self.log.warn("skipping a bad usage row: {error}", error=repr(e))
                 continue
             self._add(key, Usage.from_wire(row.get("usage")))
-        self._warned = {w for w in document.get("warned", []) if isinstance(w, str)}
+        self._warned = {
+            w for w in (warned if isinstance(warned, list) else []) if isinstance(w, str)
+        }
 
     def record(self, session_id: str, device: str, model: str, usage: Usage) -> None:
         self._add(RowKey(self.today(), model, session_id, device), usage)

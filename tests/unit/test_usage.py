@@ -141,6 +141,17 @@ def test_totals_survive_a_new_ledger_and_a_deleted_session_stays_in_the_day(tmp_
     assert again.day_total().cost_usd == 0.5
 
 
+@pytest.mark.parametrize(
+    "document",
+    [{"rows": 5}, {"rows": ["x", {"day": 1}], "warned": 3}, {"rows": [{"day": "d"}]}],
+)
+def test_bad_rows_are_skipped(tmp_path, document):
+    (tmp_path / "usage.json").write_text(json.dumps(document))
+    ledger = UsageLedger(tmp_path / "usage.json", Clock(), UTC)
+    ledger.load()
+    assert ledger.report("day") == []
+
+
 def test_a_corrupt_ledger_is_moved_aside_and_counting_goes_on(tmp_path):
     (tmp_path / "usage.json").write_text("{not json")
     ledger = UsageLedger(tmp_path / "usage.json", Clock(), UTC)
