@@ -52,9 +52,11 @@ class UsageMethods:
 
     def admit(self, connection, session) -> None:
         """Before a prompt, steer or follow-up: refused when a budget is spent; else the
-        run it starts is counted under the connection's device."""
+        run it starts is counted under the connection's device (a message into a run
+        already going leaves it to the device that started it)."""
         self._budgets.admit(session)
-        self._accounting.run_started_by(session.id, getattr(connection, "device", None))
+        if not session.streaming:
+            self._accounting.run_started_by(session.id, getattr(connection, "device", None))
 
     def with_usage(self, summaries: list[dict]) -> dict:
         """``session.list``'s result: each entry with its usage and budget, and today."""
