@@ -10,6 +10,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
+from piserver.api.usage import UsageMethods
 from piserver.common.errors import BudgetExceeded, InvalidParams
 from piserver.ops.metrics import UsageCollector
 from piserver.sessions.budgets import Budgets, DailyLimits, parse_budget
@@ -21,6 +22,7 @@ from piserver.sessions.usage import (
     message_usage,
     parse_day,
 )
+from piserver.wire.envelope import Request
 from tests.support.fakesessions import FakeSessions
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -315,3 +317,56 @@ def test_a_new_run_over_budget_is_stopped_again(tmp_path):
     event(budgets.happened, a, "agent_start")
     message_end(accounting, a, assistant(cost=0.2))
     assert fake.commands == [("a", "abort"), ("a", "abort")]
+
+
+# -- the wire methods ----------------------------------------------------------------
+
+
+class _Connection:
+    def __init__(self, device):
+        self.device = device
+
+
+def request(method, params, session_id=None):
+    return Request("r1", method, params, session_id)
+
+
+def test_usage_methods(tmp_path):
+    ledger, accounting, budgets, fake = setup(tmp_path, clock_at("2026-12-02T10:00:00"))
+    methods = UsageMethods(fake, accounting, budgets)
+    a, b = fake.sessions["a"], fake.sessions["b"]
+    methods.admit(_Connection("phone"), a)
+    b.streaming = True
+    accounting.run_started_by("b", "tablet")
+    # A steer into b's run leaves it to the tablet.
+    methods.admit(_Connection("phone"), b)
+    message_end(accounting, a, assistant(cost=0.25))
+    message_end(accounting, b, assistant(cost=0.5))
+    rows = methods.report(None, request("usage.report", {"by": "device"}))["rows"]
+    assert [(r["key"], r["usage"]["costUsd"]) for r in rows] == [("phone", 0.25), ("tablet", 0.5)]
+    rows = methods.report(None, request("usage.report", {"by": "day", "to": "2026-12-01"}))
+    assert rows == {"rows": []}
+    for params in ({}, {"by": "week"}, {"by": "day", "from": "today"}):
+        with pytest.raises(InvalidParams):
+            methods.report(None, request("usage.report", params))
+
+    with pytest.raises(InvalidParams, match="budgetUsd"):
+        methods.set_budget(None, request("session.set_budget", {"sessionId": "a"}))
+    answer = methods.set_budget(
+        None, request("session.set_budget", {"sessionId": "a", "budgetUsd": 0.2})
+    )
+    assert answer == {"usage": ledger.session_total("a").to_wire(), "budgetUsd": 0.2}
+    with pytest.raises(BudgetExceeded):
+        methods.admit(_Connection("phone"), a)
+    methods.set_budget(None, request("session.set_budget", {"sessionId": "a", "budgetUsd": None}))
+    methods.admit(_Connection("phone"), a)
+
+    listed = methods.with_usage([{"sessionId": "a"}, {"sessionId": "gone"}])
+    assert listed["sessions"][0]["usage"]["costUsd"] == 0.25
+    assert listed["sessions"][1] == {
+        "sessionId": "gone",
+        "usage": Usage().to_wire(),
+        "budgetUsd": None,
+    }
+    assert listed["today"]["usage"]["costUsd"] == 0.75
+    assert listed["today"]["resetsAt"] == "2026-12-03T00:00:00Z"
