@@ -165,6 +165,8 @@ function received(envelope) {
   if (type === "files_changed") return filesChanged(payload);
   if (type === "session_progress") return ($("status-line").textContent = payload.message || "");
   if (type === "budget_warning" || type === "budget_reached") return budgetNotice(type, payload);
+  // A new run got past the budgets: what stopped an earlier one is history.
+  if (type === "agent_start") $("budget-notice").hidden = true;
   app.conversation.apply(type, payload);
   if (type === "thinking_level_changed") $("thinking").value = payload.level;
   if (type === "agent_settled") {

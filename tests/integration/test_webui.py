@@ -542,6 +542,13 @@ async def test_cost_and_budget_stop(browser, server, script):
     await send(browser, page, "once more")
     await browser.run(page.locator(".toast.error").filter(has_text="budget").wait_for())
     await browser.run(page.screenshot(path=str(screenshot_dir() / "budget.png")))
+
+    # A higher budget: the next run goes, and the stop is history.
+    await client.call("session.set_budget", {"sessionId": session_id, "budgetUsd": 100})
+    script(Text("Going on."))
+    await send(browser, page, "go on")
+    await browser.run(last_answer(page).filter(has_text="Going on.").wait_for())
+    assert not await browser.run(page.is_visible("#budget-notice"))
     await client.disconnect()
 
 
