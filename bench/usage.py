@@ -2,7 +2,7 @@
 What accounting costs per streamed token: ``python -m bench.usage``.
 
 A session of a real ``SessionManager`` (fake agent process, fake clock) publishes pi's
-per-token ``message_update`` events, as an answer streams, first with the listeners a
+per-token ``message_update`` events, as an answer streams, first with the observers a
 server always has (metrics), then with usage accounting and budgets added; then
 assistant ``message_end`` events, which accounting does read (and writes ``usage.json``
 for). Prints the time per event of each, best of ``--repeats``, and how many times the
@@ -22,9 +22,10 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.ops.metrics import ServerMetrics
 from piserver.sessions import SessionManager
+from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits
 from piserver.sessions.index import StateStore
-from piserver.sessions.usage import USAGE_FILE, Accounting, UsageLedger
+from piserver.sessions.usage import USAGE_FILE, UsageLedger
 from tests.support.fakeprocess import FakeProcessReactor
 
 USAGE = {
@@ -100,7 +101,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="pi-server-usage-bench-") as directory:
         reactor, sessions, session = _session(Path(directory))
         metrics = ServerMetrics(reactor)
-        sessions.listeners.append(metrics.happened)
+        sessions.observers.add(metrics)
         updates = [_update(n % 200) for n in range(options.events)]
         baseline = _per_event(sessions, session, updates, options.repeats)
 
@@ -108,7 +109,8 @@ def main(argv: list[str]) -> None:
         accounting = Accounting(ledger)
         budgets = Budgets(ledger, sessions, DailyLimits(usd=1e6))
         accounting.on_recorded.append(budgets.recorded)
-        sessions.listeners.extend([budgets.happened, accounting.happened])
+        sessions.observers.add(budgets)
+        sessions.observers.add(accounting)
         accounted = _per_event(sessions, session, updates, options.repeats)
         # The ledger is written with the first message it records: none so far.
         written_while_streaming = ledger.path.exists()

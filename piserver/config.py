@@ -85,10 +85,18 @@ class ServerConfig:
     daily_token_budget: int | None = None
     # The IANA time zone whose midnight starts a budget day (a zoneinfo.ZoneInfo).
     budget_timezone: object = None
+    # Directories of pi session files that sessions.importable lists (--import-from).
+    import_from: tuple = ()
 
     @property
     def github_token(self) -> str | None:
         return self.env.get("GITHUB_TOKEN") or None
+
+
+def default_import_from(environ) -> tuple:
+    """pi's own sessions dir of the server's user (~/.pi/agent/sessions)."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return (Path(home) / ".pi" / "agent" / "sessions",)
 
 
 def default_data_dir(environ) -> Path:

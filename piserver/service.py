@@ -21,6 +21,7 @@ from piserver.agents.launchers.bwrap import BwrapLauncher, install_paths
 from piserver.agents.launchers.template import CommandTemplateLauncher
 from piserver.agents.models import ModelCatalog
 from piserver.agents.supervisor import AgentSupervisor
+from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.usage import UsageMethods
 from piserver.api.workspace import WorkspaceMethods
@@ -47,10 +48,13 @@ from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions import SessionManager
+from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits
+from piserver.sessions.importable import ImportableSessions
+from piserver.sessions.imports import SessionImporter
 from piserver.sessions.index import StateStore
 from piserver.sessions.stream import EVENT_MODES
-from piserver.sessions.usage import USAGE_FILE, Accounting, UsageLedger
+from piserver.sessions.usage import USAGE_FILE, UsageLedger
 from piserver.web.site import make_site
 from piserver.web.ui import WebUiResource
 from piserver.wire.hub import Hub
@@ -285,7 +289,18 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     accounting = Accounting(ledger)
     budgets = Budgets(ledger, sessions, DailyLimits(config.daily_budget, config.daily_token_budget))
     accounting.on_recorded.append(budgets.recorded)
-    sessions.listeners.extend([budgets.happened, accounting.happened])
+    sessions.observers.add(budgets)
+    sessions.observers.add(accounting)
+    importer = SessionImporter(
+        reactor,
+        config.data_dir,
+        sessions,
+        ImportableSessions(config.import_from),
+        repos,
+        git,
+        in_thread,
+    )
+    importer.remove_staged()
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(
@@ -307,6 +322,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         },
         workspace=workspace,
         usage=UsageMethods(sessions, accounting, budgets),
+        handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
@@ -324,10 +340,10 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             redact=redact,
         )
         notifier.setServiceParent(top)
-        sessions.listeners.append(notifier.happened)
+        sessions.observers.add(notifier)
         budgets.notify = notifier.notify
     metrics = top.metrics = ServerMetrics(reactor)
-    sessions.listeners.append(metrics.happened)
+    sessions.observers.add(metrics)
     metrics.registry.register(UsageCollector(ledger))
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)

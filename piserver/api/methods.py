@@ -63,6 +63,7 @@ class RpcMethods:
         agent: dict | None = None,
         workspace=None,
         usage=None,
+        handoff=None,
     ):
         self._sessions = sessions
         self._agent = agent
@@ -70,6 +71,8 @@ class RpcMethods:
         self._workspace = workspace
         # usage.report, session.set_budget and the budget checks (piserver.api.usage).
         self._usage = usage
+        # sessions.importable, session.import and session.export (piserver.api.handoff).
+        self._handoff = handoff
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -111,6 +114,8 @@ class RpcMethods:
             table.update(self._workspace.table())
         if self._usage is not None:
             table.update(self._usage.table())
+        if self._handoff is not None:
+            table.update(self._handoff.table())
         return table
 
     async def hello(self, connection, request):

@@ -6,8 +6,9 @@ the other methods ask of them (``session.create``'s ``budgetUsd``, ``session.lis
 
 from piserver.api.methods import _string, _target_session_id
 from piserver.common.errors import InvalidParams
+from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import BUDGET_FIELD, Budgets, parse_budget
-from piserver.sessions.usage import REPORT_KEYS, Accounting, parse_day
+from piserver.sessions.usage import REPORT_KEYS, parse_day
 
 
 class UsageMethods:

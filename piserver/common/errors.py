@@ -95,3 +95,9 @@ class BudgetExceeded(RpcError):
     """A budget covering the session is spent: no new run until it resets or is raised."""
 
     code = "budget_exceeded"
+
+
+class InvalidSessionFile(RpcError):
+    """A pi session file to import (or export) is malformed, oversized or not a file."""
+
+    code = "invalid_session_file"

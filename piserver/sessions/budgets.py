@@ -19,10 +19,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from piserver.common.errors import BudgetExceeded, InvalidParams
+from piserver.sessions.observer import SessionObserver
 from piserver.sessions.session import iso_time
 from piserver.sessions.usage import UsageLedger
 
-BUDGET_FIELD = "budgetUsd"
+BUDGET_FIELD = "budgetUsd"  # its name on the wire and in the session's record
 WARN_AT = 0.8
 MAX_BUDGET = 10.0**6
 
@@ -101,7 +102,7 @@ class Spent:
         return f"today's budget of {limit} is spent ({spent}); it resets at {self.resets_at}"
 
 
-class Budgets:
+class Budgets(SessionObserver):
     """Checks the limits; ``notify(event, session, summary)`` tells whoever is not looking
     (notify.Notifier), when given."""
 
@@ -120,8 +121,7 @@ class Budgets:
     # -- where things stand -------------------------------------------------------
 
     def session_budget(self, session) -> float | None:
-        value = session.extra.get(BUDGET_FIELD)
-        return float(value) if type(value) in (int, float) and value > 0 else None
+        return session.budget_usd
 
     def scopes(self, session) -> list[Spent]:
         """Every limit that covers ``session``, with what is spent against it."""
@@ -167,15 +167,13 @@ class Budgets:
     # -- changing the session budget ----------------------------------------------
 
     def set_session_budget(self, session, budget: float | None) -> None:
-        if budget is None:
-            session.extra.pop(BUDGET_FIELD, None)
-        else:
-            session.extra[BUDGET_FIELD] = budget
+        session.budget_usd = budget
         self._sessions.save(session)
 
     # -- after each recorded message -----------------------------------------------
 
     def run_started(self, session) -> None:
+        """A new run may be stopped again."""
         self._stopped.discard(session.id)
 
     def recorded(self, session) -> None:
@@ -235,11 +233,6 @@ class Budgets:
                 session_id=session.id,
             )
         )
-
-    def happened(self, happening: str, session, fields: dict) -> None:
-        """A ``SessionManager`` listener: a new run may be stopped again."""
-        if happening == "event" and fields["event_type"] == "agent_start":
-            self.run_started(session)
 
 
 def usd(amount: float) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import attr
 
 from piserver.agents.protocol import AgentProtocol
+from piserver.repos.checkouts import CheckoutRecord
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
 from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
@@ -37,7 +38,14 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # A code session's checkout: its branch, base and repository.
+    checkout: CheckoutRecord | None = attr.ib(default=None)
+    # The session this one was forked or cloned from.
+    forked_from: str | None = attr.ib(default=None)
+    # Fields of a saved record that no attribute holds (another version's): kept as read.
     extra: dict = attr.ib(factory=dict)
+    # The session's own budget in USD (sessions/budgets.py); None: none.
+    budget_usd: float | None = attr.ib(default=None)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
 
@@ -98,6 +106,9 @@ class Session:
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
+            **(self.checkout.to_json() if self.checkout is not None else {}),
+            **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
+            **({"budgetUsd": self.budget_usd} if self.budget_usd is not None else {}),
             **self.extra,
         }
 
@@ -119,6 +130,12 @@ class Session:
             "systemPrompt",
             "includeNativeTools",
             "lastSeq",
+            "repoSource",
+            "repoPath",
+            "branch",
+            "baseBranch",
+            "forkedFrom",
+            "budgetUsd",
         }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
@@ -126,7 +143,15 @@ class Session:
         for key in ("worktreePath", "createdAt"):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise ValueError(f"{key} is not a string")
-        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
+        for key in (
+            "lastActivityAt",
+            "repoId",
+            "name",
+            "provider",
+            "modelId",
+            "systemPrompt",
+            "forkedFrom",
+        ):
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise ValueError(f"{key} is not a string")
         return cls(
@@ -142,6 +167,9 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            checkout=CheckoutRecord.from_json(record),
+            forked_from=record.get("forkedFrom"),
+            budget_usd=_budget(record.get("budgetUsd")),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )
@@ -157,3 +185,10 @@ class Session:
     def status(self) -> str:
         """``starting``, ``running`` or ``stopped``: what ``session.list`` has always said."""
         return self.lifecycle.status.listed
+
+
+def _budget(value) -> float | None:
+    """A recorded budget: a positive number, else none (a bad entry loses only its budget)."""
+    if type(value) in (int, float) and 0 < value < float("inf"):
+        return float(value)
+    return None

@@ -4,7 +4,7 @@ its session, its day (in the budget time zone), its model and the device that st
 the run, and kept in ``usage.json`` in the data dir.
 
 Only ``message_end`` is read: pi repeats the running usage on every per-token
-``message_update``, which never reaches the session manager's listeners, so accounting
+``message_update``, which never reaches the session observers (observer.py), so accounting
 costs nothing per streamed token. The ledger is rewritten atomically (temp file, fsync,
 rename) after each assistant message it records: a restart or a ``kill -9`` loses
 nothing that was recorded, and a message is recorded as soon as pi reports it ended.
@@ -261,31 +261,3 @@ class UsageLedger:
             name = getattr(key, field)
             totals[name] = totals.get(name, ZERO) + usage
         return sorted(totals.items())
-
-
-class Accounting:
-    """A ``SessionManager`` listener: records each assistant message's usage under the
-    device that started the run, then calls ``on_recorded(session)`` (budgets)."""
-
-    log = Logger()
-
-    def __init__(self, ledger: UsageLedger):
-        self.ledger = ledger
-        self._started_by: dict[str, str] = {}
-        self.on_recorded = []
-
-    def run_started_by(self, session_id: str, device: str | None) -> None:
-        """A prompt from ``device`` (None: the server token) for the session's next run."""
-        self._started_by[session_id] = device or SERVER_DEVICE
-
-    def happened(self, happening: str, session, fields: dict) -> None:
-        if happening != "event" or fields["event_type"] != "message_end":
-            return
-        found = message_usage(fields["payload"].get("message"))
-        if found is None:
-            return
-        model, usage = found
-        device = self._started_by.get(session.id, SERVER_DEVICE)
-        self.ledger.record(session.id, device, model, usage)
-        for hook in self.on_recorded:
-            hook(session)

@@ -1,6 +1,6 @@
 """
 A stand-in for the session manager as budgets see it (``ops.budgets.SessionControl``):
-sessions with an ``extra`` record and a ``streaming`` flag, and what was published,
+sessions with a ``budget_usd`` and a ``streaming`` flag, and what was published,
 commanded and saved.
 """
 
@@ -11,7 +11,7 @@ from twisted.internet import defer
 @attr.s(eq=False)
 class FakeSession:
     id: str = attr.ib()
-    extra: dict = attr.ib(factory=dict)
+    budget_usd: float | None = attr.ib(default=None)
     streaming: bool = attr.ib(default=False)
     name: str | None = attr.ib(default=None)
 

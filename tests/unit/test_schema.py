@@ -9,12 +9,13 @@ from jsonschema import Draft202012Validator
 from twisted.web.test.requesthelper import DummyRequest
 
 import piserver.common.errors as errors
+from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.picommands import TYPED
 from piserver.api.usage import UsageMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.schema import SchemaResource, load, schema_bytes
-from piserver.sessions.usage import Accounting
+from piserver.sessions.accounting import Accounting
 from tests.support.piagent import repository_root
 from tests.support.schema import SCHEMA, frame_problems, params_problems
 
@@ -66,7 +67,11 @@ def test_the_schema_is_valid_json_schema():
 
 def test_every_method_of_the_table_has_a_schema_and_no_other():
     table = RpcMethods(
-        sessions=object(), repos=object(), workspace=_Workspace(), usage=_Usage()
+        usage=_Usage(),
+        sessions=object(),
+        repos=object(),
+        workspace=_Workspace(),
+        handoff=HandoffMethods(object(), object()),
     ).table()
     assert sorted(table) == sorted(SCHEMA["methods"])
     for entry in SCHEMA["methods"].values():

@@ -13,10 +13,11 @@ from twisted.internet.task import Clock
 from piserver.api.usage import UsageMethods
 from piserver.common.errors import BudgetExceeded, InvalidParams
 from piserver.ops.metrics import UsageCollector
+from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits, parse_budget
+from piserver.sessions.observer import RunWatcher
 from piserver.sessions.usage import (
     SERVER_DEVICE,
-    Accounting,
     Usage,
     UsageLedger,
     message_usage,
@@ -57,13 +58,12 @@ def assistant(model="fake-1", input=100, output=10, cache_read=0, cost=0.01, pro
 
 
 def message_end(accounting, session, message):
-    accounting.happened(
-        "event", session, {"event_type": "message_end", "payload": {"message": message}}
-    )
+    """pi's message_end, read as the session manager reads every event but the updates."""
+    RunWatcher(accounting).event(session, "message_end", {"message": message})
 
 
-def event(listener, session, event_type):
-    listener("event", session, {"event_type": event_type, "payload": {"type": event_type}})
+def event(observer, session, event_type):
+    RunWatcher(observer).event(session, event_type, {"type": event_type})
 
 
 NO_LIMITS = DailyLimits()
@@ -106,11 +106,8 @@ def test_totals_by_session_day_model_and_device(tmp_path):
     message_end(accounting, a, assistant("fake-1", 100, 10, cost=0.01))
     message_end(accounting, a, assistant("fake-2", 200, 20, cache_read=5, cost=0.02))
     message_end(accounting, b, assistant("fake-1", 1000, 100, cost=0.1))
-    # Only assistant messages count; per-token updates never reach a listener.
+    # Only assistant messages count.
     message_end(accounting, a, {"role": "toolResult", "usage": {"input": 9}})
-    accounting.happened(
-        "event", a, {"event_type": "message_update", "payload": {"message": assistant()}}
-    )
     assert ledger.session_total("a").to_wire() == {
         "input": 300,
         "output": 30,
@@ -211,9 +208,9 @@ def test_a_session_budget_stops_its_run_and_refuses_prompts_until_raised(tmp_pat
     budgets.notify = lambda event, session, summary: notified.append((event, session.id, summary))
     a, b = fake.sessions["a"], fake.sessions["b"]
     budgets.set_session_budget(a, 1.0)
-    assert fake.saved == ["a"] and a.extra["budgetUsd"] == 1.0
+    assert fake.saved == ["a"] and a.budget_usd == 1.0
     a.streaming = b.streaming = True
-    event(budgets.happened, a, "agent_start")
+    event(budgets, a, "agent_start")
     message_end(accounting, a, assistant(cost=0.5))
     assert fake.published == [] and fake.commands == []
     message_end(accounting, a, assistant(cost=0.6))
@@ -314,7 +311,7 @@ def test_a_new_run_over_budget_is_stopped_again(tmp_path):
     budgets.set_session_budget(a, 0.1)
     a.streaming = True
     message_end(accounting, a, assistant(cost=0.2))
-    event(budgets.happened, a, "agent_start")
+    event(budgets, a, "agent_start")
     message_end(accounting, a, assistant(cost=0.2))
     assert fake.commands == [("a", "abort"), ("a", "abort")]
 
