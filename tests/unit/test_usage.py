@@ -367,3 +367,17 @@ def test_usage_methods(tmp_path):
     }
     assert listed["today"]["usage"]["costUsd"] == 0.75
     assert listed["today"]["resetsAt"] == "2026-12-03T00:00:00Z"
+
+
+def test_usage_is_told_once_per_message_never_per_update(tmp_path):
+    ledger, accounting, _budgets, fake = setup(tmp_path, Clock())
+    heard = []
+    accounting.on_recorded.append(lambda session: heard.append(session.id))
+    runs = RunWatcher(accounting)
+    a = fake.sessions["a"]
+    message = assistant(cost=0.5)
+    for _ in range(100):
+        runs.event(a, "message_update", {"type": "message_update", "message": message})
+    assert heard == [] and not ledger.path.exists()
+    runs.event(a, "message_end", {"type": "message_end", "message": message})
+    assert heard == ["a"] and ledger.session_total("a").cost_usd == 0.5
