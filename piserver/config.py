@@ -80,7 +80,7 @@ class ServerConfig:
     compile_cache: Path | None = None
     # --launcher-command's words (launchers.template.parse_template).
     launcher_command: tuple | None = None
-    # Server-wide daily budgets (ops/budgets.py): USD, tokens; None: no limit.
+    # Server-wide daily budgets (sessions/budgets.py): USD, tokens; None: no limit.
     daily_budget: float | None = None
     daily_token_budget: int | None = None
     # The IANA time zone whose midnight starts a budget day (a zoneinfo.ZoneInfo).

@@ -1,5 +1,5 @@
 """
-A stand-in for the session manager as budgets see it (``ops.budgets.SessionControl``):
+A stand-in for the session manager as budgets see it (``sessions.budgets.SessionControl``):
 sessions with a ``budget_usd`` and a ``streaming`` flag, and what was published,
 commanded and saved.
 """

@@ -1,4 +1,5 @@
-"""Accounting (ops/usage.py) and budgets (ops/budgets.py), on a fake clock and sessions."""
+"""Usage accounting (sessions/usage.py, accounting.py), budgets (sessions/budgets.py) and
+their wire methods (api/usage.py), on a fake clock and fake sessions."""
 
 import json
 from datetime import UTC, datetime
