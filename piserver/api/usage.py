@@ -6,6 +6,7 @@ the other methods ask of them (``session.create``'s ``budgetUsd``, ``session.lis
 
 from piserver.api.methods import _string, _target_session_id
 from piserver.common.errors import InvalidParams
+from piserver.security.access import grant_of
 from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import BUDGET_FIELD, Budgets, parse_budget
 from piserver.sessions.usage import REPORT_KEYS, parse_day
@@ -32,7 +33,16 @@ class UsageMethods:
             raise InvalidParams(f'"by" must be one of {", ".join(REPORT_KEYS)}')
         first = parse_day(params.get("from"), "from")
         last = parse_day(params.get("to"), "to")
-        rows = self._ledger.report(by, first, last)
+        grant = grant_of(connection)
+        keep = None
+        if not grant.unrestricted:
+            # A device with a narrower reach sees the rows of the sessions it may see.
+            visible = {s.id for s in self._sessions.sessions.values() if grant.may_see(s)}
+
+            def keep(key) -> bool:
+                return key.session in visible
+
+        rows = self._ledger.report(by, first, last, keep)
         return {"rows": [{"key": key, "usage": usage.to_wire()} for key, usage in rows]}
 
     def set_budget(self, connection, request):

@@ -38,6 +38,9 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # The device token that created it (its name; None: the server token, or a session
+    # from before devices were recorded). Reach (security/scopes.py) goes by it.
+    device: str | None = attr.ib(default=None)
     # A code session's checkout: its branch, base and repository.
     checkout: CheckoutRecord | None = attr.ib(default=None)
     # The session this one was forked or cloned from.
@@ -109,6 +112,7 @@ class Session:
             **(self.checkout.to_json() if self.checkout is not None else {}),
             **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
             **({"budgetUsd": self.budget_usd} if self.budget_usd is not None else {}),
+            **({"device": self.device} if self.device is not None else {}),
             **self.extra,
         }
 
@@ -129,6 +133,7 @@ class Session:
             "modelId",
             "systemPrompt",
             "includeNativeTools",
+            "device",
             "lastSeq",
             "repoSource",
             "repoPath",
@@ -150,6 +155,7 @@ class Session:
             "provider",
             "modelId",
             "systemPrompt",
+            "device",
             "forkedFrom",
         ):
             if record.get(key) is not None and not isinstance(record[key], str):
@@ -167,6 +173,7 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            device=record.get("device"),
             checkout=CheckoutRecord.from_json(record),
             forked_from=record.get("forkedFrom"),
             budget_usd=_budget(record.get("budgetUsd")),
