@@ -14,6 +14,9 @@ class FakeSession:
     budget_usd: float | None = attr.ib(default=None)
     streaming: bool = attr.ib(default=False)
     name: str | None = attr.ib(default=None)
+    # What a device's reach looks at (security.scopes.Grant.may_see).
+    repo_id: str | None = attr.ib(default=None)
+    device: str | None = attr.ib(default=None)
 
 
 class FakeSessions:

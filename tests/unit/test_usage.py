@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from piserver.api.usage import UsageMethods
 from piserver.common.errors import BudgetExceeded, InvalidParams
 from piserver.ops.metrics import UsageCollector
+from piserver.security.scopes import Grant
 from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits, parse_budget
 from piserver.sessions.observer import RunWatcher
@@ -382,3 +383,23 @@ def test_usage_is_told_once_per_message_never_per_update(tmp_path):
     assert heard == [] and not ledger.path.exists()
     runs.event(a, "message_end", {"type": "message_end", "message": message})
     assert heard == ["a"] and ledger.session_total("a").cost_usd == 0.5
+
+
+class _Granted:
+    def __init__(self, grant):
+        self.grant = grant
+        self.device = grant.device
+
+
+def test_a_device_with_a_narrow_reach_sees_only_its_sessions_usage(tmp_path):
+    _ledger, accounting, budgets, fake = setup(tmp_path, Clock())
+    methods = UsageMethods(fake, accounting, budgets)
+    a, b = fake.sessions["a"], fake.sessions["b"]
+    a.device = "phone"
+    message_end(accounting, a, assistant(cost=0.25))
+    message_end(accounting, b, assistant(cost=0.5))
+    phone = _Granted(Grant(device="phone", own_sessions=True))
+    rows = methods.report(phone, request("usage.report", {"by": "session"}))["rows"]
+    assert [r["key"] for r in rows] == ["a"]
+    everyone = methods.report(None, request("usage.report", {"by": "session"}))["rows"]
+    assert [r["key"] for r in everyone] == ["a", "b"]
