@@ -80,6 +80,11 @@ class ServerConfig:
     compile_cache: Path | None = None
     # --launcher-command's words (launchers.template.parse_template).
     launcher_command: tuple | None = None
+    # Server-wide daily budgets (sessions/budgets.py): USD, tokens; None: no limit.
+    daily_budget: float | None = None
+    daily_token_budget: int | None = None
+    # The IANA time zone whose midnight starts a budget day (a zoneinfo.ZoneInfo).
+    budget_timezone: object = None
     # Directories of pi session files that sessions.importable lists (--import-from).
     import_from: tuple = ()
 
