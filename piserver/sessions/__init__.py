@@ -12,7 +12,9 @@ attached to it and the events it streams to them.
 - ``index``: ``state.json``, the index of every session;
 - ``stream``: numbering, journaling and sending a session's events;
 - ``journal``: the append-only file of a session's events;
-- ``viewing``: which sessions are on screen (``session.viewing``): those get no push.
+- ``viewing``: which sessions are on screen (``session.viewing``): those get no push;
+- ``usage``: what the agents cost, per session, day, model and device (``usage.json``);
+- ``budgets``: the daily and per-session budgets that stop a run.
 """
 
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
