@@ -42,6 +42,9 @@ class Session:
     include_native_tools: bool = attr.ib(default=False)
     # What the agent may do without asking (permissions.py).
     permissions: Permissions = attr.ib(factory=Permissions)
+    # The device token that created it (its name; None: the server token, or a session
+    # from before devices were recorded). Reach (security/scopes.py) goes by it.
+    device: str | None = attr.ib(default=None)
     # A code session's checkout: its branch, base and repository.
     checkout: CheckoutRecord | None = attr.ib(default=None)
     # The session this one was forked or cloned from.
@@ -120,6 +123,7 @@ class Session:
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **(self.checkout.to_json() if self.checkout is not None else {}),
             **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
+            **({"device": self.device} if self.device is not None else {}),
             **self.extra,
         }
 
@@ -143,6 +147,7 @@ class Session:
             "permissionMode",
             "permissionRules",
             "permissionGrants",
+            "device",
             "lastSeq",
             "repoSource",
             "repoPath",
@@ -163,6 +168,7 @@ class Session:
             "provider",
             "modelId",
             "systemPrompt",
+            "device",
             "forkedFrom",
         ):
             if record.get(key) is not None and not isinstance(record[key], str):
@@ -181,6 +187,7 @@ class Session:
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
             permissions=_permissions(record),
+            device=record.get("device"),
             checkout=CheckoutRecord.from_json(record),
             forked_from=record.get("forkedFrom"),
             extra={k: v for k, v in record.items() if k not in known},
