@@ -794,6 +794,7 @@ function approvalRequested(request) {
   card.append(el("h4", "", `pi wants to run ${request.toolName}`));
   card.append(el("pre", "approval-summary", request.summary));
   const buttons = el("div", "approval-buttons");
+  buttons.dataset.scope = "approve";
   const choices = [
     ["allow", "Allow", ""],
     ["allow_session", request.toolName === "bash" ? "Allow this command for the session" : "Allow for this session", "quiet"],
