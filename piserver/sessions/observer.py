@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 
+from piserver.sessions.usage import message_usage
+
 if TYPE_CHECKING:
     from piserver.sessions.approvals import ApprovalRequest
     from piserver.sessions.session import Session
+    from piserver.sessions.usage import Usage
 
 
 class RunOutcome(enum.StrEnum):
@@ -61,6 +64,10 @@ class ISessionObserver(Protocol):
     def approval_requested(self, session: Session, request: ApprovalRequest) -> None:
         """A tool call waits for a person's approval (``sessions/approvals.py``)."""
 
+    def usage_reported(self, session: Session, model: str, usage: Usage) -> None:
+        """An assistant message ended (pi's ``message_end``) having used ``usage`` of
+        ``model`` (``provider/id``). Never told per streamed token."""
+
 
 class SessionObserver:
     """An ``ISessionObserver`` that does nothing: subclass it and override what you need."""
@@ -84,6 +91,9 @@ class SessionObserver:
         pass
 
     def approval_requested(self, session: Session, request: ApprovalRequest) -> None:
+        pass
+
+    def usage_reported(self, session: Session, model: str, usage: Usage) -> None:
         pass
 
 
@@ -132,6 +142,9 @@ class SessionObservers(SessionObserver):
 
     def approval_requested(self, session, request):
         self._tell("approval_requested", session, request)
+
+    def usage_reported(self, session, model, usage):
+        self._tell("usage_reported", session, model, usage)
 
 
 def assistant_text(message) -> str | None:
@@ -182,6 +195,9 @@ class RunWatcher:
             text = assistant_text(payload.get("message"))
             if text is not None:
                 self._last_text[session.id] = text
+            used = message_usage(payload.get("message"))
+            if used is not None:
+                self._observer.usage_reported(session, *used)
         elif event_type == "agent_settled":
             summary = run_summary(payload, self._last_text.pop(session.id, None))
             self._observer.run_ended(session, run_outcome(payload), summary)
