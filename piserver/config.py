@@ -11,6 +11,8 @@ from pathlib import Path
 import attr
 from twisted.logger import LogLevel
 
+from .wire.idempotency import DEFAULT_WINDOW as DEFAULT_IDEMPOTENCY_WINDOW
+
 DEFAULT_PORT = 3141
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 # Seconds a client may take to send its upgrade request (and the HTTP idle limit).
@@ -71,6 +73,8 @@ class ServerConfig:
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
     # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
     agent_probe_interval: float = 30.0
+    # Seconds a device's idempotency keys are remembered (wire/idempotency.py).
+    idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
     # Host names the server is reached by (--server-name and a specific --host).
     server_names: frozenset = frozenset()
     # GET /health requests appear in the access log.

@@ -23,8 +23,9 @@ class Hub:
         requests_per_second: float | None = None,
         redact=None,
         fallback=None,
+        keys=None,
     ):
-        self.dispatcher = Dispatcher(methods, fallback)
+        self.dispatcher = Dispatcher(methods, fallback, keys)
         self._clock = clock
         self._requests_per_second = requests_per_second
         self._redact = redact

@@ -304,8 +304,10 @@ class RpcMethods:
         behavior = params.get("streamingBehavior")
         if behavior is not None and behavior not in STREAMING_BEHAVIORS:
             raise InvalidParams('"streamingBehavior" must be "steer" or "followUp"')
-        await self._sessions.prompt(session, message, images, behavior)
-        return {}
+        data = await self._sessions.prompt(session, message, images, behavior)
+        # pi 1.6 says what became of the prompt; "handled": no run starts for it.
+        disposition = data.get("disposition")
+        return {"disposition": disposition} if disposition in DISPOSITIONS else {}
 
     async def abort(self, connection, request):
         session = self._sessions.get(_session_id(request))
@@ -437,6 +439,7 @@ def _result(data) -> dict:
 
 
 STREAMING_BEHAVIORS = ("steer", "followUp")
+DISPOSITIONS = ("started", "queued", "handled")
 
 
 def _text(params: dict, key: str) -> str | None:

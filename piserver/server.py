@@ -41,6 +41,7 @@ from .store import StateStore
 from .supervisor import AgentSupervisor
 from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from .webui import WebUiResource
+from .wire.idempotency import KEY_LOG, IdempotencyKeys
 from .workspace.methods import WorkspaceMethods
 from .workspace.shipping import Shipping
 from .workspace.snapshot import Snapshots
@@ -310,9 +311,12 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     sessions.listeners.append(metrics.happened)
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
+    # Requests that change something run at most once per key, across restarts too.
+    keys = IdempotencyKeys(reactor, config.data_dir / KEY_LOG, window=config.idempotency_window)
     hub = top.hub = Hub(
         table,
         fallback=fallback,
+        keys=keys,
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,

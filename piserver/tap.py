@@ -42,6 +42,7 @@ from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_WARM_AGE
 from .sessions.journal import JournalLimits
 from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from .tokens import TokenError, load_or_create_server_token, read_token_file
+from .wire.idempotency import DEFAULT_WINDOW as DEFAULT_IDEMPOTENCY_WINDOW
 from .workspace.shipping import parse_author
 
 log = Logger()
@@ -152,6 +153,13 @@ class Options(usage.Options):
             "seconds an agent may be silent while a command waits or a run goes on before it "
             "is asked for its state; no answer within 10 s more: it is hung, killed and "
             "restarted",
+            float,
+        ],
+        [
+            "idempotency-window",
+            None,
+            DEFAULT_IDEMPOTENCY_WINDOW,
+            "seconds a device's request keys are remembered: a repeat within them never runs again",
             float,
         ],
         [
@@ -403,6 +411,7 @@ class Options(usage.Options):
             "max-agents",
             "agent-idle-timeout",
             "native-tool-timeout",
+            "idempotency-window",
             "agent-probe-interval",
             "requests-per-second",
             "journal-max-bytes",
@@ -522,6 +531,7 @@ class Options(usage.Options):
             warm_agents=self["warm-agents"],
             agent_idle_timeout=self["agent-idle-timeout"],
             native_tool_timeout=self["native-tool-timeout"],
+            idempotency_window=self["idempotency-window"],
             requests_per_second=self["requests-per-second"],
             github_timeout=self["github-timeout"],
             dotenv_names=frozenset(dotenv),
