@@ -13,8 +13,8 @@ from pathlib import Path
 
 from twisted.internet import defer, task
 
-from piserver.connection import DEFAULT_SEND_BUFFER_LIMIT
 from piserver.sessions.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_EVENTS
+from piserver.wire.connection import DEFAULT_SEND_BUFFER_LIMIT
 from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 
 from . import document, idle, lifecycle, realpi, relay, report, resume

@@ -1,6 +1,6 @@
 """docs/performance.md, from one run's tables and figures."""
 
-from piserver.agentversion import PI_PACKAGE
+from piserver.agents.version import PI_PACKAGE
 
 from . import report
 from .rig import Machine, median

@@ -26,7 +26,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from piserver.server import build_service
+from piserver.service import build_service
 from piserver.tap import Options
 
 

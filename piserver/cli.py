@@ -13,7 +13,7 @@ from twisted.scripts.twistd import run as run_twistd
 def main(argv=None) -> int | None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
-        from .tokencli import run
+        from piserver.tokencli import run
 
         return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
     # twistd's own logging to stdout, no daemon, no pidfile: a foreground program.

@@ -11,25 +11,14 @@ from pathlib import Path
 import attr
 from twisted.logger import LogLevel
 
-from .wire.idempotency import DEFAULT_WINDOW as DEFAULT_IDEMPOTENCY_WINDOW
-
-DEFAULT_PORT = 3141
-DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
-# Seconds a client may take to send its upgrade request (and the HTTP idle limit).
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
-# A ping every 20 s, answered within 20 s: a phone that vanished is dropped in under a minute.
-DEFAULT_KEEPALIVE_INTERVAL = 20.0
-DEFAULT_KEEPALIVE_TIMEOUT = 20.0
-DEFAULT_MAX_CONNECTIONS = 100
-# Connections one source address may have open that are still sending their request.
-DEFAULT_MAX_PENDING_PER_ADDRESS = 16
-
-# Server-side secrets that are never passed on to an agent process.
-SERVER_SECRET_ENV = frozenset(
-    {"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN", "PI_SERVER_NOTIFY_SECRET"}
+from piserver.common.defaults import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDEMPOTENCY_WINDOW,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_PER_ADDRESS,
 )
-# Environment variables named like these hold secrets (kept from git, redacted from logs).
-SECRET_NAME_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 
 @attr.frozen
@@ -71,10 +60,10 @@ class ServerConfig:
     # Events below this level are not logged (debug events of libraries hold raw requests).
     log_level: LogLevel = LogLevel.info
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
-    # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
-    agent_probe_interval: float = 30.0
     # Seconds a device's idempotency keys are remembered (wire/idempotency.py).
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
+    agent_probe_interval: float = 30.0
     # Host names the server is reached by (--server-name and a specific --host).
     server_names: frozenset = frozenset()
     # GET /health requests appear in the access log.

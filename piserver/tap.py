@@ -13,37 +13,34 @@ from twisted.internet.error import VerifyError
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from .agent import DEFAULT_PROBE_INTERVAL
-from .agentversion import INSTALL_HINT, UnsupportedAgent, probe
-from .config import (
+from piserver.agents.dotenv import load_dotenv
+from piserver.agents.launchers.bwrap import BwrapUnusable, check_bwrap
+from piserver.agents.launchers.caches import COMPILE_CACHE
+from piserver.agents.launchers.caches import fill as fill_cache
+from piserver.agents.launchers.template import BadTemplate, parse_template
+from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
+from piserver.agents.protocol import DEFAULT_PROBE_INTERVAL
+from piserver.agents.version import INSTALL_HINT, UnsupportedAgent, probe
+from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDEMPOTENCY_WINDOW,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
-    ServerConfig,
-    default_data_dir,
-    find_pi,
-    prepare_data_dir,
 )
-from .connection import DEFAULT_SEND_BUFFER_LIMIT
-from .dotenv import load_dotenv
-from .github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
-from .launchers.bwrap import BwrapUnusable, check_bwrap
-from .launchers.caches import COMPILE_CACHE
-from .launchers.caches import fill as fill_cache
-from .launchers.template import BadTemplate, parse_template
-from .logconfig import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
-from .nativetools import DEFAULT_CALL_TIMEOUT, EXTENSION_PATH, TOOLS_FILE_FLAG
-from .origins import parse_origin
-from .sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_WARM_AGENTS
-from .sessions.journal import JournalLimits
-from .tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
-from .tokens import TokenError, load_or_create_server_token, read_token_file
-from .wire.idempotency import DEFAULT_WINDOW as DEFAULT_IDEMPOTENCY_WINDOW
-from .workspace.shipping import parse_author
+from piserver.config import ServerConfig, default_data_dir, find_pi, prepare_data_dir
+from piserver.ops.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
+from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
+from piserver.repos.shipping import parse_author
+from piserver.security.origins import parse_origin
+from piserver.security.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
+from piserver.security.tokens import TokenError, load_or_create_server_token, read_token_file
+from piserver.sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_WARM_AGENTS
+from piserver.sessions.journal import JournalLimits
+from piserver.wire.connection import DEFAULT_SEND_BUFFER_LIMIT
 
 log = Logger()
 
@@ -571,9 +568,9 @@ def _reactor():
 
 
 def makeService(options: Options):
-    from .logconfig import twistd_observer
-    from .redact import install_redaction
-    from .server import build_service
+    from piserver.ops.logs import twistd_observer
+    from piserver.security.redact import install_redaction
+    from piserver.service import build_service
 
     service = build_service(options.config, _reactor())
     # Now, before twistd adds its log observer: the redaction must run before it.

@@ -16,8 +16,9 @@ import segno
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 
-from .config import DEFAULT_PORT, default_data_dir, prepare_data_dir
-from .tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
+from piserver.common.defaults import DEFAULT_PORT
+from piserver.config import default_data_dir, prepare_data_dir
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -11,10 +11,10 @@ attached to it and the events it streams to them.
 - ``journal``: the append-only file of a session's events.
 """
 
-from .agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
-from .manager import PreviousConnection, SessionManager
-from .session import Session
-from .warm import DEFAULT_WARM_AGENTS
+from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
+from piserver.sessions.manager import PreviousConnection, SessionManager
+from piserver.sessions.session import Session
+from piserver.sessions.warm import DEFAULT_WARM_AGENTS
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",

@@ -15,13 +15,13 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .. import agentdir
-from ..agent import AgentExit, AgentProtocol
-from ..errors import TooManySessions
-from ..launchers import SessionFiles
-from ..nativetools import EXTENSION_PATH, extension_args
-from .lifecycle import AgentLifecycle
-from .session import Session
+from piserver.agents import agentdir
+from piserver.agents.launchers import SessionFiles
+from piserver.agents.nativetools import EXTENSION_PATH, extension_args
+from piserver.agents.protocol import AgentExit, AgentProtocol
+from piserver.common.errors import TooManySessions
+from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.session import Session
 
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0

@@ -102,8 +102,8 @@ from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from ..envelope import encode_payload
-from ..store import move_aside
+from piserver.common.files import move_aside
+from piserver.wire.envelope import encode_payload
 
 _log = Logger()
 

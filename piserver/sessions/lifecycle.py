@@ -28,9 +28,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..agent import AgentExit, AgentProtocol
-from ..errors import AgentFailed, NotFound
-from ..outcome import SharedOutcome
+from piserver.agents.protocol import AgentExit, AgentProtocol
+from piserver.common.errors import AgentFailed, NotFound
+from piserver.common.outcome import SharedOutcome
 
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 5

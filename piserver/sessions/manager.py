@@ -18,18 +18,18 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from .. import agentdir
-from ..agent import AgentProtocol
-from ..devicecalls import DeviceCalls
-from ..errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
-from ..models import public_state
-from ..nativetools import DEFAULT_CALL_TIMEOUT, write_tools_file
-from ..store import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
-from .agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
-from .journal import Journal, JournalLimits
-from .session import SESSION_ID, Session, iso_time
-from .stream import EventStream
-from .warm import WarmAgents
+from piserver.agents import agentdir
+from piserver.agents.models import public_state
+from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT, write_tools_file
+from piserver.agents.protocol import AgentProtocol
+from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
+from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
+from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
+from piserver.sessions.devicecalls import DeviceCalls
+from piserver.sessions.journal import Journal, JournalLimits
+from piserver.sessions.session import SESSION_ID, Session, iso_time
+from piserver.sessions.stream import EventStream
+from piserver.sessions.warm import WarmAgents
 
 SESSION_RECORD = "session.json"
 # Written before a create or delete acts outside the session's own files (a worktree and

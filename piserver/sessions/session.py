@@ -9,11 +9,11 @@ from pathlib import Path
 
 import attr
 
-from ..agent import AgentProtocol
-from ..devicecalls import DeviceCalls
-from .journal import Journal
-from .lifecycle import AgentLifecycle
-from .stream import EventStream
+from piserver.agents.protocol import AgentProtocol
+from piserver.sessions.devicecalls import DeviceCalls
+from piserver.sessions.journal import Journal
+from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")

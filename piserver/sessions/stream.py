@@ -25,10 +25,10 @@ import json
 import attr
 from twisted.logger import Logger
 
-from .. import compat
-from ..envelope import encode_event, encode_payload, extended_object
-from ..streaming import StreamingMessage
-from .journal import JournalGap, JournalStopped, strip_message_update
+from piserver.sessions import seedcompat as compat
+from piserver.sessions.journal import JournalGap, JournalStopped, strip_message_update
+from piserver.sessions.streamed import StreamingMessage
+from piserver.wire.envelope import encode_event, encode_payload, extended_object
 
 EVENT_MODES = ("full", "delta")
 # A full-mode catch-up bigger than this gets a snapshot instead (delta replays are small).

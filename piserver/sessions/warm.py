@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .session import Session
+from piserver.sessions.session import Session
 
 DEFAULT_WARM_AGENTS = 1
 # Stages in which a warm agent can be handed over.

@@ -36,10 +36,17 @@ import attr
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..envelope import Request
-from ..errors import IdempotencyConflict, InvalidParams, InvalidState, RememberedError, RpcError
-from ..outcome import SharedOutcome
-from ..store import write_bytes_atomic
+from piserver.common.defaults import DEFAULT_IDEMPOTENCY_WINDOW
+from piserver.common.errors import (
+    IdempotencyConflict,
+    InvalidParams,
+    InvalidState,
+    RememberedError,
+    RpcError,
+)
+from piserver.common.files import write_bytes_atomic
+from piserver.common.outcome import SharedOutcome
+from piserver.wire.envelope import Request
 
 # Methods that change something: a repeat of one must not run again. Reads are not here
 # (running them twice is harmless), nor pi commands the server does not know.
@@ -81,7 +88,6 @@ IDEMPOTENT_METHODS = frozenset(
 
 KEY_PARAM = "idempotencyKey"
 KEY_MIN, KEY_MAX = 8, 128
-DEFAULT_WINDOW = 24 * 3600.0
 KEY_LOG = "idempotency-keys.log"
 # Bounds: keys remembered per device (the oldest go first), and the size of an answer
 # that is kept (pi caps tool output well below it; a bigger one is not replayed).
@@ -154,7 +160,7 @@ class IdempotencyKeys:
         self,
         clock,
         path: Path | None,
-        window: float = DEFAULT_WINDOW,
+        window: float = DEFAULT_IDEMPOTENCY_WINDOW,
         max_keys: int = MAX_KEYS_PER_DEVICE,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ):

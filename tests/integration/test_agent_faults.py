@@ -8,10 +8,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from piserver.agent import AgentExit
-from piserver.errors import AgentCommandFailed, AgentExited, AgentTimeout
-from piserver.launchers import LocalLauncher
-from piserver.supervisor import AgentSupervisor
+from piserver.agents.launchers import LocalLauncher
+from piserver.agents.protocol import AgentExit
+from piserver.agents.supervisor import AgentSupervisor
+from piserver.common.errors import AgentCommandFailed, AgentExited, AgentTimeout
 from tests.support.piagent import FAKE_PROVIDER
 from tests.support.processes import wait_until
 

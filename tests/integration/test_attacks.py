@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import pytest
 
-from piserver.devices import CLOSE_REVOKED
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.revocation import CLOSE_REVOKED
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from tests.support.serverprocess import (
     ServerProcess,
     http_exchange,

@@ -13,7 +13,7 @@ import treq
 from twisted.internet import reactor
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from piserver.server import build_service
+from piserver.service import build_service
 from piserver.tap import Options
 from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.wsclient import ConnectionRefusedByServer, RpcClient

@@ -1,5 +1,5 @@
 """
-piserver.git: real git in temporary directories (and, for the process-handling
+piserver.repos.git: real git in temporary directories (and, for the process-handling
 details, a fake process reactor).
 """
 
@@ -13,8 +13,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
-from piserver.errors import GitError
-from piserver.git import Git, summarize_stderr, token_environment, token_header
+from piserver.common.errors import GitError
+from piserver.repos.git import Git, summarize_stderr, token_environment, token_header
 from tests.support.fakegithub import (
     TEST_TOKEN,
     git_env,

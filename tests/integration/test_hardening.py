@@ -10,7 +10,7 @@ import pytest_twisted
 import treq
 from twisted.internet import reactor
 
-from piserver.server import build_service
+from piserver.service import build_service
 from piserver.tap import Options
 from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.tls import connect_wss, write_self_signed

@@ -1,13 +1,13 @@
-"""The native tools extension (piserver/extensions/session.ts) and extension dialogs,
-in the real pi agent against the scripted LLM, driven with piserver.nativetools."""
+"""The native tools extension (piserver/agents/extensions/session.ts) and extension dialogs,
+in the real pi agent against the scripted LLM, driven with piserver.agents.nativetools."""
 
 import json
 
 import pytest_twisted
 from twisted.internet import task
 
-from piserver import nativetools
-from piserver.nativetools import NativeTool, PendingCalls
+from piserver.agents import nativetools
+from piserver.agents.nativetools import NativeTool, PendingCalls
 from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.piagent import repository_root
 

@@ -12,7 +12,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from piserver.notify import SIGNATURE_HEADER
+from piserver.ops.notify import SIGNATURE_HEADER
 from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.wsclient import is_type
 

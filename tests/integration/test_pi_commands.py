@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.python import usage
 
-from piserver import methods
+from piserver.api import methods
 from piserver.tap import Options
 from tests.support.fakellm import Hang, Reply, Text, Tokens, ToolCall
 from tests.support.piagent import locate_pi

@@ -11,10 +11,10 @@ from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from piserver.errors import GithubError, NotFound
-from piserver.git import Git
-from piserver.github import GithubClient
-from piserver.repos import RepoCatalog
+from piserver.common.errors import GithubError, NotFound
+from piserver.repos.catalog import RepoCatalog
+from piserver.repos.git import Git
+from piserver.repos.github import GithubClient
 from tests.support.fakegithub import TEST_TOKEN, git_env, make_repository
 
 TOKEN = TEST_TOKEN

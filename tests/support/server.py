@@ -8,7 +8,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 
-from piserver.server import build_service
+from piserver.service import build_service
 from piserver.tap import Options
 from tests.support.piagent import pi_option
 from tests.support.wsclient import RpcClient

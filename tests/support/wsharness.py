@@ -9,10 +9,12 @@ import json
 from autobahn.twisted.testing import MemoryReactorClockResolver, create_memory_agent, create_pumper
 from autobahn.twisted.websocket import WebSocketClientProtocol
 
-from piserver.auth import Authenticator
-from piserver.hub import Hub
-from piserver.methods import RpcMethods
-from piserver.ws import RpcServerFactory
+from piserver.api.methods import RpcMethods
+from piserver.ops.metrics import ServerMetrics
+from piserver.security.auth import Authenticator
+from piserver.security.refusals import Refusals
+from piserver.wire.hub import Hub
+from piserver.wire.websocket import RpcServerFactory
 
 
 class RecordingClient(WebSocketClientProtocol):
@@ -63,7 +65,7 @@ class MemoryServer:
             authenticator or Authenticator(None),
             1024 * 1024,
             reactor=self.reactor,
-            **factory_options,
+            **({"refusals": Refusals(ServerMetrics(self.reactor), self.reactor)} | factory_options),
         )
         self.agent = create_memory_agent(
             self.reactor, self.pumper, lambda: self.factory.buildProtocol(None)

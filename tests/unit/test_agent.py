@@ -7,14 +7,14 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
-from piserver.agent import (
+from piserver.agents.protocol import (
     STDERR_LOG_LINES_PER_SECOND,
     STDERR_TAIL_BYTES,
     AgentExit,
     AgentProtocol,
     LineSplitter,
 )
-from piserver.errors import AgentCommandFailed, AgentExited, AgentTimeout
+from piserver.common.errors import AgentCommandFailed, AgentExited, AgentTimeout
 from tests.support.deferreds import outcome_of
 from tests.support.fakeprocess import FakeProcessReactor
 

@@ -2,7 +2,7 @@
 
 import json
 
-from piserver import agentdir
+from piserver.agents import agentdir
 
 
 def test_a_session_gets_pi_files_and_its_own_settings(tmp_path):

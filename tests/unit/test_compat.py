@@ -1,7 +1,7 @@
 """compat: the fields the seed's iOS client reads, added to pi 1.x's events."""
 
-from piserver import compat
-from piserver.streaming import StreamingMessage
+from piserver.sessions import seedcompat as compat
+from piserver.sessions.streamed import StreamingMessage
 
 
 def test_agent_end_says_whether_the_run_succeeded():

@@ -4,9 +4,9 @@ import json
 
 from twisted.internet.task import Clock
 
-from piserver.connection import Connection
-from piserver.dispatch import Dispatcher
-from piserver.ratelimit import TokenBucket
+from piserver.wire.connection import Connection
+from piserver.wire.dispatch import Dispatcher
+from piserver.wire.ratelimit import TokenBucket
 
 
 class Sink:
@@ -63,7 +63,7 @@ def test_unparseable_frames_are_answered_without_spending_tokens():
 
 
 def test_error_messages_are_redacted_of_secrets():
-    from piserver.errors import AgentCommandFailed
+    from piserver.common.errors import AgentCommandFailed
 
     def fails(connection, request):
         raise AgentCommandFailed("401 Incorrect API key provided: sk-live-secret-123456")

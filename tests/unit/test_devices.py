@@ -10,10 +10,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from piserver.auth import Authenticator
 from piserver.cli import main
-from piserver.devices import CLOSE_REVOKED, RevocationWatcher
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.auth import Authenticator
+from piserver.security.revocation import CLOSE_REVOKED, RevocationWatcher
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from tests.support.wsharness import MemoryServer, hello_frame
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from piserver.dotenv import DotenvProblem, load_dotenv, parse_dotenv
+from piserver.agents.dotenv import DotenvProblem, load_dotenv, parse_dotenv
 
 SECRET = "sk-live-SECRETVALUE-42"
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from piserver.envelope import encode_event, extended_object
+from piserver.wire.envelope import encode_event, extended_object
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import succeed
 
-from piserver.connection import Connection
-from piserver.dispatch import Dispatcher
-from piserver.envelope import BadFrame, Request, parse_request
-from piserver.errors import InvalidParams
-from piserver.methods import RpcMethods
+from piserver.api.methods import RpcMethods
+from piserver.common.errors import InvalidParams
+from piserver.wire.connection import Connection
+from piserver.wire.dispatch import Dispatcher
+from piserver.wire.envelope import BadFrame, Request, parse_request
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

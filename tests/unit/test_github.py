@@ -1,4 +1,4 @@
-"""piserver.github against the fake GitHub through StubTreq, with a fake clock."""
+"""piserver.repos.github against the fake GitHub through StubTreq, with a fake clock."""
 
 import json
 
@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.client import ResponseNeverReceived
 
-from piserver.errors import GithubError
-from piserver.github import GithubClient, map_repo, parse_link_header
+from piserver.common.errors import GithubError
+from piserver.repos.github import GithubClient, map_repo, parse_link_header
 from tests.support.deferreds import result_of
 from tests.support.fakegithub import FakeGithub, run_git
 

@@ -9,10 +9,10 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from piserver.connection import Connection
-from piserver.dispatch import Dispatcher
-from piserver.envelope import Request
-from piserver.errors import InvalidParams, NotFound
+from piserver.common.errors import InvalidParams, NotFound
+from piserver.wire.connection import Connection
+from piserver.wire.dispatch import Dispatcher
+from piserver.wire.envelope import Request
 from piserver.wire.idempotency import KEY_LOG, IdempotencyKeys
 
 KEY = "0F2B6C1E-8D5A-4E7B-9C3D-2A1B0C9D8E7F"

@@ -7,8 +7,8 @@ import stat
 import pytest
 from twisted.internet.protocol import ProcessProtocol
 
-from piserver.launchers import AgentLaunch, LocalLauncher, SessionFiles
-from piserver.launchers.bwrap import (
+from piserver.agents.launchers import AgentLaunch, LocalLauncher, SessionFiles
+from piserver.agents.launchers.bwrap import (
     BwrapLauncher,
     BwrapUnusable,
     check_bwrap,
@@ -16,9 +16,9 @@ from piserver.launchers.bwrap import (
     install_paths,
     session_args,
 )
-from piserver.launchers.caches import fill, session_jiti
-from piserver.launchers.template import BadTemplate, CommandTemplateLauncher, parse_template
-from piserver.supervisor import AgentSupervisor
+from piserver.agents.launchers.caches import fill, session_jiti
+from piserver.agents.launchers.template import BadTemplate, CommandTemplateLauncher, parse_template
+from piserver.agents.supervisor import AgentSupervisor
 from tests.support.fakeprocess import FakeProcessReactor
 
 

@@ -7,9 +7,9 @@ import pytest
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from piserver.agent import AgentExit
-from piserver.errors import AgentExited, AgentFailed, NotFound, TooManySessions
-from piserver.outcome import SharedOutcome
+from piserver.agents.protocol import AgentExit
+from piserver.common.errors import AgentExited, AgentFailed, NotFound, TooManySessions
+from piserver.common.outcome import SharedOutcome
 from piserver.sessions.lifecycle import CRASH_LIMIT, CRASH_WINDOW, AgentLifecycle
 from tests.support.deferreds import outcome_of, result_of
 

@@ -12,10 +12,10 @@ from twisted.python.logfile import LogFile
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from piserver.http import make_site
-from piserver.logconfig import make_observer, twistd_log_file, twistd_observer
-from piserver.redact import REDACTED, Redactor
+from piserver.ops.logs import make_observer, twistd_log_file, twistd_observer
+from piserver.security.redact import REDACTED, Redactor
 from piserver.tap import Options
+from piserver.web.site import make_site
 from tests.support.piagent import VERSION_ONLY_PI
 
 SECRET = "sk-unit-test-secret-value"

@@ -3,10 +3,10 @@
 import attr
 from twisted.internet.defer import Deferred
 
-from piserver.envelope import Request
-from piserver.errors import TooManySessions
-from piserver.methods import RpcMethods
+from piserver.api.methods import RpcMethods
+from piserver.common.errors import TooManySessions
 from piserver.sessions import PreviousConnection
+from piserver.wire.envelope import Request
 
 TOOLS = [{"name": "get_location", "description": "where", "parameters": {"type": "object"}}]
 

@@ -5,9 +5,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from piserver.errors import NotFound
-from piserver.metrics import ServerMetrics, session_state
-from piserver.readiness import readiness
+from piserver.common.errors import NotFound
+from piserver.ops.metrics import ServerMetrics, session_state
+from piserver.ops.readiness import readiness
 
 
 def samples(metrics: ServerMetrics) -> dict:

@@ -1,4 +1,4 @@
-from piserver.models import public_model
+from piserver.agents.models import public_model
 
 
 def test_public_model_drops_credentials():

@@ -5,9 +5,8 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
-from piserver import nativetools
-from piserver.errors import InvalidParams
-from piserver.nativetools import (
+from piserver.agents import nativetools
+from piserver.agents.nativetools import (
     ExtensionDialog,
     NativeTool,
     NativeToolAnswer,
@@ -26,6 +25,7 @@ from piserver.nativetools import (
     validate_native_tools,
     write_tools_file,
 )
+from piserver.common.errors import InvalidParams
 
 SCHEMA = {"type": "object", "properties": {"accuracy": {"type": "string"}}}
 

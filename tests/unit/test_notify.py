@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python import usage
 
-from piserver.notify import SIGNATURE_HEADER, Notifier, shown_url
-from piserver.redact import secret_values
+from piserver.ops.notify import SIGNATURE_HEADER, Notifier, shown_url
+from piserver.security.redact import secret_values
 from piserver.tap import Options
 from tests.support.piagent import VERSION_ONLY_PI
 

@@ -5,7 +5,13 @@ import os
 import pytest
 from twisted.python import usage
 
-from piserver.origins import Origin, host_allowed, host_origin, origin_allowed, parse_origin
+from piserver.security.origins import (
+    Origin,
+    host_allowed,
+    host_origin,
+    origin_allowed,
+    parse_origin,
+)
 from piserver.tap import Options
 from tests.support.piagent import VERSION_ONLY_PI
 

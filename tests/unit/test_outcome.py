@@ -3,7 +3,7 @@
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from piserver.outcome import SharedOutcome
+from piserver.common.outcome import SharedOutcome
 
 
 def results(d):

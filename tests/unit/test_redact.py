@@ -17,7 +17,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from piserver.redact import (
+from piserver.security.redact import (
     REDACTED,
     REVEAL_FIELD,
     RedactingObserver,

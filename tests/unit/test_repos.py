@@ -1,4 +1,4 @@
-"""piserver.repos with a fake git and a fake GitHub client."""
+"""piserver.repos.catalog with a fake git and a fake GitHub client."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import pytest
 from twisted.internet import defer
 from twisted.logger import Logger, formatEvent
 
-from piserver.errors import GitError, GithubError, NotFound
-from piserver.repos import RepoCatalog
+from piserver.common.errors import GitError, GithubError, NotFound
+from piserver.repos.catalog import RepoCatalog
 from tests.support.deferreds import result_of
 
 

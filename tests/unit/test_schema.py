@@ -8,11 +8,11 @@ import pytest
 from jsonschema import Draft202012Validator
 from twisted.web.test.requesthelper import DummyRequest
 
-import piserver.errors as errors
-from piserver.methods import RpcMethods
-from piserver.picommands import TYPED
+import piserver.common.errors as errors
+from piserver.api.methods import RpcMethods
+from piserver.api.picommands import TYPED
+from piserver.api.workspace import WorkspaceMethods
 from piserver.schema import SchemaResource, load, schema_bytes
-from piserver.workspace.methods import WorkspaceMethods
 from tests.support.piagent import repository_root
 from tests.support.schema import SCHEMA, frame_problems, params_problems
 

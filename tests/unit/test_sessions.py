@@ -12,12 +12,12 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from piserver.checkouts import Checkout
-from piserver.errors import AgentFailed, InvalidState, TooManySessions
+from piserver.agents.supervisor import AgentSupervisor
+from piserver.common.errors import AgentFailed, InvalidState, TooManySessions
+from piserver.repos.checkouts import Checkout
 from piserver.sessions import SessionManager
+from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
-from piserver.store import StateStore
-from piserver.supervisor import AgentSupervisor
 from tests.support.fakeprocess import FakeProcessReactor
 
 

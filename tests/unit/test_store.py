@@ -9,16 +9,15 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
 
-from piserver import store
-from piserver.store import (
+from piserver.common.files import (
     CorruptFileError,
-    LoadedState,
-    StateStore,
     load_json,
     loose_mode,
     write_bytes_atomic,
     write_json_atomic,
 )
+from piserver.sessions import index
+from piserver.sessions.index import LoadedState, StateStore
 
 
 def capturing_logger():
@@ -118,7 +117,7 @@ def test_write_fsyncs_the_file_and_then_its_directory(tmp_path, monkeypatch):
 
 _WRITER = """
 import sys
-from piserver.store import write_json_atomic
+from piserver.common.files import write_json_atomic
 path = sys.argv[1]
 counter = 0
 while True:
@@ -243,13 +242,13 @@ def state_path(tmp_path):
 def writes(monkeypatch):
     """Every document StateStore writes, in order."""
     written = []
-    real_write = store.write_json_atomic
+    real_write = index.write_json_atomic
 
     def recording_write(path, obj, mode=0o600):
         real_write(path, obj, mode)
         written.append(json.loads(json.dumps(obj)))
 
-    monkeypatch.setattr(store, "write_json_atomic", recording_write)
+    monkeypatch.setattr(index, "write_json_atomic", recording_write)
     return written
 
 
@@ -401,7 +400,7 @@ def test_failed_put_leaves_memory_and_file_unchanged(state_path, clock, monkeypa
     def failing_write(path, obj, mode=0o600):
         raise OSError("read-only file system")
 
-    monkeypatch.setattr(store, "write_json_atomic", failing_write)
+    monkeypatch.setattr(index, "write_json_atomic", failing_write)
     with pytest.raises(OSError):
         state.put("s2", record("two"))
     with pytest.raises(OSError):
@@ -414,17 +413,17 @@ def test_failed_batched_write_is_logged_and_retried_by_flush(state_path, clock, 
     log, events = capturing_logger()
     state = loaded_store(state_path, clock, log)
     state.put("s1", record("one"))
-    real_write = store.write_json_atomic
+    real_write = index.write_json_atomic
 
     def failing_write(path, obj, mode=0o600):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "write_json_atomic", failing_write)
+    monkeypatch.setattr(index, "write_json_atomic", failing_write)
     state.touch("s1", 9)
     clock.advance(2)
     assert levels(events) == [LogLevel.critical]
     assert events[0]["log_failure"].check(OSError)
-    monkeypatch.setattr(store, "write_json_atomic", real_write)
+    monkeypatch.setattr(index, "write_json_atomic", real_write)
     state.flush()
     assert on_disk(state_path)["sessions"]["s1"]["lastActivityAt"] == 9
 

@@ -2,7 +2,7 @@
 
 import json
 
-from piserver.streaming import StreamingMessage
+from piserver.sessions.streamed import StreamingMessage
 from tests.support import events
 
 

@@ -1,8 +1,8 @@
 import pytest
 
-from piserver.agent import AgentExit
-from piserver.errors import AgentExited, AgentTimeout, InvalidState
-from piserver.supervisor import AgentSupervisor
+from piserver.agents.protocol import AgentExit
+from piserver.agents.supervisor import AgentSupervisor
+from piserver.common.errors import AgentExited, AgentTimeout, InvalidState
 from tests.support.deferreds import outcome_of
 from tests.support.fakeprocess import FakeProcessReactor
 

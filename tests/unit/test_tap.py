@@ -8,7 +8,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.application.internet import StreamServerEndpointService
 from twisted.python import usage
 
-from piserver.config import DEFAULT_MAX_FRAME_SIZE
+from piserver.common.defaults import DEFAULT_MAX_FRAME_SIZE
 from piserver.tap import Options, makeService
 from tests.support.piagent import OLD_PI, VERSION_ONLY_PI
 

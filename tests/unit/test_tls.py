@@ -6,8 +6,8 @@ import pytest
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from piserver.security.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from piserver.tap import Options
-from piserver.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.tls import write_self_signed
 

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from piserver.cli import main
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 
 
 @pytest.fixture

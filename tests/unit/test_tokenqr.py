@@ -7,8 +7,8 @@ import segno
 from twisted.python import usage
 
 from piserver.cli import main
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.tokencli import connect_url
-from piserver.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 
 
 def token_cli(capsys, *args):

@@ -6,8 +6,8 @@ import stat
 import pytest
 from twisted.logger import Logger, LogLevel
 
-from piserver import tokens
-from piserver.tokens import (
+from piserver.security import tokens
+from piserver.security.tokens import (
     DeviceTokenStore,
     TokenError,
     load_or_create_server_token,

@@ -9,9 +9,9 @@ import pytest
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
-from piserver.auth import Authenticator
-from piserver.http import RootResource
-from piserver.webui import CONTENT_SECURITY_POLICY, WebUiResource, load_assets
+from piserver.security.auth import Authenticator
+from piserver.web.site import RootResource
+from piserver.web.ui import CONTENT_SECURITY_POLICY, WebUiResource, load_assets
 
 TOKEN = "unit-test-token-value"
 

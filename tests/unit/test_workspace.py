@@ -1,13 +1,13 @@
-"""piserver.workspace's pure parts: path confinement, file reads, git's file lists."""
+"""piserver.repos' pure parts: path confinement, file reads, git's file lists."""
 
 import os
 
 import pytest
 
-from piserver.errors import InvalidParams, NotFound
-from piserver.workspace.changes import cut, file_list
-from piserver.workspace.paths import list_directory, read_file, relative_path, resolve
-from piserver.workspace.shipping import parse_author
+from piserver.common.errors import InvalidParams, NotFound
+from piserver.repos.changes import cut, file_list
+from piserver.repos.paths import list_directory, read_file, relative_path, resolve
+from piserver.repos.shipping import parse_author
 
 
 @pytest.fixture

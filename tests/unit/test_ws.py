@@ -12,10 +12,12 @@ from autobahn.twisted.websocket import WebSocketClientProtocol
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
-from piserver.auth import Authenticator, Unauthorized
-from piserver.hub import Hub
-from piserver.methods import RpcMethods
-from piserver.ws import RpcServerFactory
+from piserver.api.methods import RpcMethods
+from piserver.ops.metrics import ServerMetrics
+from piserver.security.auth import Authenticator, Unauthorized
+from piserver.security.refusals import Refusals
+from piserver.wire.hub import Hub
+from piserver.wire.websocket import RpcServerFactory
 
 
 class Recorder(WebSocketClientProtocol):
@@ -40,7 +42,11 @@ class Harness:
         self.pumper = create_pumper()
         self.hub = Hub(methods)
         self.factory = RpcServerFactory(
-            self.hub, Authenticator(token), 1024 * 1024, reactor=self.reactor
+            self.hub,
+            Authenticator(token),
+            1024 * 1024,
+            reactor=self.reactor,
+            refusals=Refusals(ServerMetrics(self.reactor), self.reactor),
         )
         self.agent = create_memory_agent(
             self.reactor, self.pumper, lambda: self.factory.buildProtocol(None)

@@ -9,15 +9,15 @@ import pytest
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
-from piserver.config import (
+from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
-from piserver.http import make_site
-from piserver.origins import parse_origin
+from piserver.security.origins import parse_origin
 from piserver.tap import Options
+from piserver.web.site import make_site
 from tests.support.piagent import VERSION_ONLY_PI
 from tests.support.wsharness import MemoryServer, SilentClient, hello_frame
 
@@ -153,7 +153,7 @@ def test_cross_origin_upgrades_refused_with_403(url, origin):
 
 
 def test_origin_is_checked_before_the_token():
-    from piserver.auth import Authenticator
+    from piserver.security.auth import Authenticator
 
     server = MemoryServer(authenticator=Authenticator("sesame"))
     reason = refused(

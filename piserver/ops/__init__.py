@@ -1,0 +1,7 @@
+"""Running the server: what it logs, counts and tells.
+
+- ``logs``: ``--log-level`` and ``--log-format``;
+- ``metrics``: ``GET /metrics`` (Prometheus);
+- ``notify``: ``--notify-url``: a run ended, the agent waits for an answer, it failed;
+- ``readiness``: ``GET /ready``.
+"""

@@ -1,0 +1,283 @@
+"""
+Shipping a code session's work: commit on its branch ``pi/session-<id>``, push
+that branch to GitHub, open a pull request.
+
+The GitHub token goes only to the one ``git push`` process, through its
+environment (see :meth:`piserver.repos.git.Git.run`), and that push runs no hooks:
+the checkout is the agent's, and a hook it wrote must not see the token.  The
+push goes to the repository's clone URL as GitHub lists it, not to whatever
+``origin`` the agent may have set.
+"""
+
+import re
+import weakref
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from piserver.common.errors import InvalidParams, InvalidState
+from piserver.repos.changes import file_list
+from piserver.repos.paths import relative_path
+from piserver.repos.snapshot import Snapshots
+
+FALLBACK_AUTHOR = ("pi-server", "pi-server@localhost")
+PUSH_TIMEOUT = 300.0
+_AUTHOR = re.compile(r"\s*([^<>]*?)\s*<([^<>\s]+)>\s*\Z")
+_NO_HOOKS = ["-c", "core.hooksPath=/dev/null"]
+
+
+def parse_author(text: str) -> tuple[str, str]:
+    """``"Name <mail>"`` → ``(name, mail)``; ValueError if it is not that."""
+    match = _AUTHOR.match(text)
+    if not match or not match.group(1):
+        raise ValueError(f'{text!r} is not of the form "Name <mail>"')
+    return match.group(1), match.group(2)
+
+
+def is_github_session(session) -> bool:
+    return session.extra.get("repoSource") == "github"
+
+
+class Shipping:
+    """
+    ``git`` a :class:`piserver.repos.git.Git`, ``snapshots`` the :class:`Snapshots`,
+    ``repos`` the repo catalog (for a GitHub session's clone URL), ``github`` a
+    :class:`piserver.repos.github.GithubClient` or None (no token), ``token`` the GitHub
+    token, ``author`` ``(name, mail)`` or None (the machine's git config, else
+    :data:`FALLBACK_AUTHOR`), ``publish(session, type, payload)`` sends an event.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        git,
+        snapshots: Snapshots,
+        repos,
+        github,
+        token: str | None,
+        publish,
+        author: tuple[str, str] | None = None,
+        push_timeout: float = PUSH_TIMEOUT,
+    ):
+        self._git = git
+        self._snapshots = snapshots
+        self._repos = repos
+        self._github = github
+        self._token = token
+        self._publish = publish
+        self._author = author
+        self._push_timeout = push_timeout
+        self._locks = weakref.WeakKeyDictionary()
+
+    def _serialized(self, session, work):
+        """Run ``work()`` (a coroutine) after the session's previous commit/push/PR."""
+        lock = self._locks.setdefault(session, defer.DeferredLock())
+        return lock.run(lambda: defer.Deferred.fromCoroutine(work()))
+
+    def _progress(self, session, stage: str, text: str) -> None:
+        self._publish(
+            session,
+            "session_progress",
+            {"type": "session_progress", "stage": stage, "message": text},
+        )
+
+    def _git_in(self, session, args, what, **kwargs):
+        return self._git.run(str(session.cwd), args, what, **kwargs)
+
+    # -- commit ---------------------------------------------------------------
+
+    def commit(
+        self, session, message: str, paths: list[str] | None = None, everything: bool = True
+    ) -> defer.Deferred:
+        """``{commit, files}``; InvalidState when there is nothing to commit."""
+        return self._serialized(session, lambda: self._commit(session, message, paths, everything))
+
+    async def _commit(self, session, message, paths, everything) -> dict:
+        branch = session.extra["branch"]
+        self._progress(session, "commit", f"committing on {branch}")
+        pathspec = ["--", *[relative_path(p, "paths") for p in paths]] if paths else []
+        if paths or everything:
+            await self._git_in(
+                session, ["--literal-pathspecs", "add", "--all", *pathspec], "git add"
+            )
+        code, _ = await self._git_in(
+            session,
+            ["--literal-pathspecs", "diff", "--cached", "--quiet", "HEAD", *pathspec],
+            "git diff",
+            exit_codes=(0, 1),
+        )
+        if code == 0:
+            if paths:
+                raise InvalidState("nothing to commit: those paths have no changes")
+            if everything:
+                raise InvalidState("nothing to commit: the checkout has no changes")
+            raise InvalidState("nothing to commit: nothing is staged")
+        await self._git_in(
+            session,
+            ["--literal-pathspecs", "commit", "--quiet", "--no-edit", "-m", message, *pathspec],
+            "git commit",
+            extra_env=await self._identity(session),
+        )
+        _, out = await self._git_in(session, ["rev-parse", "HEAD"], "git rev-parse")
+        commit = out.decode().strip()
+        _, names = await self._git_in(
+            session,
+            ["diff-tree", "-r", "-M", "--no-commit-id", "--name-status", "-z", "HEAD^", "HEAD"],
+            "git diff-tree",
+        )
+        _, counts = await self._git_in(
+            session,
+            ["diff-tree", "-r", "-M", "--no-commit-id", "--numstat", "-z", "HEAD^", "HEAD"],
+            "git diff-tree",
+        )
+        files = file_list(names.decode("utf-8", "replace"), counts.decode("utf-8", "replace"))
+        self.log.info(
+            "session {session_id}: committed {commit} on {branch} ({count} files)",
+            session_id=session.id,
+            commit=commit,
+            branch=branch,
+            count=len(files),
+        )
+        return {"commit": commit, "branch": branch, "files": files}
+
+    async def _identity(self, session) -> dict:
+        """The author (and committer) git is told through its environment."""
+        if self._author is not None:
+            name, mail = self._author
+        else:
+            configured = []
+            for key in ("user.name", "user.email"):
+                code, out = await self._git_in(
+                    session, ["config", "--get", key], "git config", exit_codes=(0, 1)
+                )
+                configured.append(out.decode().strip() if code == 0 else "")
+            if all(configured):
+                return {}  # git takes it from the machine's (or repository's) config
+            name, mail = FALLBACK_AUTHOR
+        return {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": mail,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": mail,
+        }
+
+    # -- push -----------------------------------------------------------------
+
+    def push(self, session, remote_branch: str | None = None) -> defer.Deferred:
+        return self._serialized(session, lambda: self._push(session, remote_branch))
+
+    async def _push(self, session, remote_branch) -> dict:
+        branch = session.extra["branch"]
+        if not is_github_session(session):
+            return {
+                "branch": branch,
+                "repository": session.extra.get("repoPath"),
+                "pushed": False,
+                "message": "the branch already lives in the source repository; no push is needed",
+            }
+        remote_branch = await self._remote_branch(session, remote_branch)
+        base_commit = await self._snapshots.merge_base(session)
+        _, out = await self._git_in(
+            session, ["rev-list", "--count", f"{base_commit}..HEAD"], "git rev-list"
+        )
+        if int(out.decode().strip() or "0") == 0:
+            raise InvalidState(
+                f"nothing to push: {branch} has no commits beyond "
+                f"{session.extra.get('baseBranch')}; use session.commit first"
+            )
+        if self._token is None:
+            raise InvalidState("pushing needs GITHUB_TOKEN, which this server does not have")
+        repo = await self._repos.lookup(session.repo_id)
+        if repo.get("source") != "github":
+            raise InvalidState(f"GitHub no longer offers {session.repo_id!r} to this server")
+        url = repo["cloneUrl"]
+        self._progress(
+            session, "push", f"pushing {branch} to {repo['fullName']} as {remote_branch}"
+        )
+        await self._git_in(
+            session,
+            [
+                *_NO_HOOKS,
+                "push",
+                "--porcelain",
+                "--progress",
+                "--no-verify",
+                "--",
+                url,
+                f"refs/heads/{branch}:refs/heads/{remote_branch}",
+            ],
+            "git push",
+            timeout=self._push_timeout,
+            token=self._token,
+            token_url=url,
+            on_progress=lambda text: self._progress(session, "push", text),
+        )
+        _, out = await self._git_in(session, ["rev-parse", "HEAD"], "git rev-parse")
+        commit = out.decode().strip()
+        self.log.info(
+            "session {session_id}: pushed {commit} to {repo} {remote_branch}",
+            session_id=session.id,
+            commit=commit,
+            repo=repo["fullName"],
+            remote_branch=remote_branch,
+        )
+        return {
+            "branch": branch,
+            "remoteBranch": remote_branch,
+            "commit": commit,
+            "repository": repo["fullName"],
+            "pushed": True,
+        }
+
+    async def _remote_branch(self, session, name: str | None) -> str:
+        if name is None:
+            return session.extra["branch"]
+        if name.startswith("-"):
+            raise InvalidParams(f'"remoteBranch" {name!r} is not a branch name')
+        code, _ = await self._git_in(
+            session,
+            ["check-ref-format", f"refs/heads/{name}"],
+            "git check-ref-format",
+            exit_codes=(0, 1),
+        )
+        if code != 0:
+            raise InvalidParams(f'"remoteBranch" {name!r} is not a valid branch name')
+        return name
+
+    # -- pull request ---------------------------------------------------------
+
+    def pull_request(
+        self,
+        session,
+        title: str,
+        body: str | None = None,
+        draft: bool = False,
+        base: str | None = None,
+        remote_branch: str | None = None,
+    ) -> defer.Deferred:
+        return self._serialized(
+            session, lambda: self._pull_request(session, title, body, draft, base, remote_branch)
+        )
+
+    async def _pull_request(self, session, title, body, draft, base, remote_branch) -> dict:
+        if not is_github_session(session):
+            raise InvalidState(
+                "pull requests are for GitHub sessions; this session's branch "
+                f"{session.extra['branch']} lives in the source repository"
+            )
+        if self._github is None:
+            raise InvalidState("pull requests need GITHUB_TOKEN, which this server does not have")
+        # Pushing what is already there costs one round trip and makes sure it is.
+        pushed = await self._push(session, remote_branch)
+        base = base if base is not None else session.extra["baseBranch"]
+        self._progress(
+            session,
+            "pull_request",
+            f"opening a pull request on {pushed['repository']}: "
+            f"{pushed['remoteBranch']} into {base}",
+        )
+        pull = await self._github.create_pull_request(
+            pushed["repository"], title, pushed["remoteBranch"], base, body, draft
+        )
+        return {**pull, "head": pushed["remoteBranch"], "base": base, "commit": pushed["commit"]}

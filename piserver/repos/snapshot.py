@@ -1,0 +1,202 @@
+"""
+What a code session changed: its checkout against its base, untracked files
+included, read without touching the index the agent works with.
+
+The working tree is staged into a temporary index (a copy of the agent's, so
+unchanged files are not hashed again; ``GIT_INDEX_FILE``), written as a tree and
+compared with the merge base of the session's base branch and HEAD: committed,
+staged, unstaged and new files alike.  The tree id also tells whether a run
+changed anything, for the ``files_changed`` event.
+"""
+
+import shutil
+import tempfile
+import weakref
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from piserver.common.errors import GitError, InvalidParams
+from piserver.repos.changes import cut, file_list
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+DEFAULT_CONTEXT_LINES = 3
+
+# Nothing configured in the repository (which the agent can edit) runs or
+# rewrites output: no fsmonitor hook, external diff, text conversion or colour.
+_QUIET_CONFIG = ["-c", "core.fsmonitor=false", "-c", "core.quotepath=false"]
+_DIFF_OPTIONS = ["--no-ext-diff", "--no-textconv", "--no-color", "-M"]
+
+
+def base_ref(session, base: str | None) -> str:
+    """The branch (or commit) a session's changes are measured against."""
+    ref = base if base is not None else session.extra.get("baseBranch")
+    if not isinstance(ref, str) or not ref or ref.startswith("-"):
+        raise InvalidParams(f'"base" must be a branch or commit name, not {ref!r}')
+    return ref
+
+
+class Snapshots:
+    """
+    ``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs blocking file
+    work off the reactor thread; ``publish(session, type, payload)`` sends an event.
+    """
+
+    log = Logger()
+
+    def __init__(self, git, in_thread, publish):
+        self._git = git
+        self._in_thread = in_thread
+        self._publish = publish
+        # The checkout's tree at the end of its last run (in memory: after a restart
+        # the first run end compares with the base's).
+        self._last_trees = weakref.WeakKeyDictionary()
+        self._run_end_locks = weakref.WeakKeyDictionary()
+
+    def _git_in(self, session, args, what, **kwargs):
+        return self._git.run(str(session.cwd), [*_QUIET_CONFIG, *args], what, **kwargs)
+
+    async def merge_base(self, session, base: str | None = None) -> str:
+        """The commit where the session's branch left ``base``."""
+        ref = base_ref(session, base)
+        code, out = await self._git_in(
+            session,
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+            "git rev-parse",
+            exit_codes=(0, 1),
+        )
+        if code == 1:
+            raise InvalidParams(f"the checkout has no branch or commit {ref!r}")
+        _, out = await self._git_in(
+            session, ["merge-base", out.decode().strip(), "HEAD"], "git merge-base"
+        )
+        return out.decode().strip()
+
+    async def tree(self, session) -> str:
+        """The id of a tree holding the checkout's working files as they are now."""
+        directory = await self._in_thread(tempfile.mkdtemp, prefix="index-", dir=session.directory)
+        index = f"{directory}/index"
+        env = {"GIT_INDEX_FILE": index}
+        try:
+            _, out = await self._git_in(
+                session,
+                ["rev-parse", "--path-format=absolute", "--git-path", "index"],
+                "git rev-parse",
+            )
+            try:
+                await self._in_thread(shutil.copyfile, out.decode().strip(), index)
+            except FileNotFoundError:
+                await self._git_in(session, ["read-tree", "HEAD"], "git read-tree", extra_env=env)
+            await self._git_in(session, ["add", "--all"], "git add", extra_env=env)
+            _, out = await self._git_in(session, ["write-tree"], "git write-tree", extra_env=env)
+        finally:
+            await self._in_thread(shutil.rmtree, directory, ignore_errors=True)
+        return out.decode().strip()
+
+    async def files(
+        self, session, base_commit: str, tree: str, paths: list[str] | None = None
+    ) -> list[dict]:
+        pathspec = ["--", *paths] if paths else []
+        _, names = await self._git_in(
+            session,
+            [
+                "--literal-pathspecs",
+                "diff",
+                *_DIFF_OPTIONS,
+                "--name-status",
+                "-z",
+                base_commit,
+                tree,
+                *pathspec,
+            ],
+            "git diff",
+        )
+        _, counts = await self._git_in(
+            session,
+            [
+                "--literal-pathspecs",
+                "diff",
+                *_DIFF_OPTIONS,
+                "--numstat",
+                "-z",
+                base_commit,
+                tree,
+                *pathspec,
+            ],
+            "git diff",
+        )
+        return file_list(names.decode("utf-8", "replace"), counts.decode("utf-8", "replace"))
+
+    async def diff(
+        self,
+        session,
+        base: str | None = None,
+        paths: list[str] | None = None,
+        context_lines: int = DEFAULT_CONTEXT_LINES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> dict:
+        """``{base, files, diff, truncated}`` (see docs/protocol.md, session.diff)."""
+        base_commit = await self.merge_base(session, base)
+        tree = await self.tree(session)
+        files = await self.files(session, base_commit, tree, paths)
+        pathspec = ["--", *paths] if paths else []
+        _, text = await self._git_in(
+            session,
+            [
+                "--literal-pathspecs",
+                "diff",
+                *_DIFF_OPTIONS,
+                f"-U{context_lines}",
+                base_commit,
+                tree,
+                *pathspec,
+            ],
+            "git diff",
+            # One byte more than is shown tells that there was more.
+            stdout_limit=max_bytes + 1,
+        )
+        diff, truncated = cut(text, max_bytes)
+        return {"base": base_commit, "files": files, "diff": diff, "truncated": truncated}
+
+    def run_ended(self, session) -> defer.Deferred:
+        """After a run: ``files_changed`` if the run changed the checkout."""
+        lock = self._run_end_locks.setdefault(session, defer.DeferredLock())
+        # One at a time per session, so each run is compared with the one before.
+        done = lock.run(lambda: defer.Deferred.fromCoroutine(self._report_changes(session)))
+        done.addErrback(self._report_failed, session)
+        return done
+
+    async def _report_changes(self, session) -> None:
+        if session.deleted:
+            return
+        now = await self.tree(session)
+        base_commit = await self.merge_base(session)
+        before = self._last_trees.get(session)
+        if before is None:
+            # The first run end seen: a checkout that is not its base has changed (even
+            # if the agent committed its edits itself).
+            _, out = await self._git_in(
+                session, ["rev-parse", f"{base_commit}^{{tree}}"], "git rev-parse"
+            )
+            before = out.decode().strip()
+        self._last_trees[session] = now
+        if now == before or session.deleted:
+            return
+        files = await self.files(session, base_commit, now)
+        self._publish(
+            session, "files_changed", {"type": "files_changed", "base": base_commit, "files": files}
+        )
+
+    def _report_failed(self, failure, session) -> None:
+        if session.deleted:
+            return  # its checkout went away under the snapshot
+        if failure.check(GitError, InvalidParams):
+            self.log.warn(
+                "session {session_id}: could not tell what the run changed: {error}",
+                session_id=session.id,
+                error=failure.value.message,
+            )
+        else:
+            self.log.failure(
+                "session {session_id}: files_changed failed", failure, session_id=session.id
+            )

@@ -1,0 +1,377 @@
+"""
+The service tree behind ``twistd piserver``: the HTTP/WebSocket listener and
+everything it stands on, wired from a ``ServerConfig``.
+"""
+
+import socket
+
+from autobahn.twisted.resource import WebSocketResource
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet import threads
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from piserver import __version__
+from piserver.agents.launchers import Launcher, LocalLauncher
+from piserver.agents.launchers.bwrap import BwrapLauncher, install_paths
+from piserver.agents.launchers.template import CommandTemplateLauncher
+from piserver.agents.models import ModelCatalog
+from piserver.agents.supervisor import AgentSupervisor
+from piserver.api.methods import RpcMethods
+from piserver.api.workspace import WorkspaceMethods
+from piserver.config import ServerConfig
+from piserver.ops.metrics import MetricsResource, ServerMetrics
+from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
+from piserver.ops.readiness import ReadyResource
+from piserver.repos.catalog import RepoCatalog
+from piserver.repos.checkouts import Checkouts
+from piserver.repos.git import Git
+from piserver.repos.github import GithubClient
+from piserver.repos.shipping import Shipping
+from piserver.repos.snapshot import Snapshots
+from piserver.schema import SchemaResource
+from piserver.security.auth import Authenticator
+from piserver.security.redact import (
+    REVEAL_FIELD,
+    SECRET_NAME_SUFFIXES,
+    SERVER_SECRET_ENV,
+    Redactor,
+    secret_values,
+)
+from piserver.security.refusals import Refusals
+from piserver.security.revocation import RevocationWatcher
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
+from piserver.sessions import SessionManager
+from piserver.sessions.index import StateStore
+from piserver.sessions.stream import EVENT_MODES
+from piserver.web.site import make_site
+from piserver.web.ui import WebUiResource
+from piserver.wire.hub import Hub
+from piserver.wire.idempotency import KEY_LOG, IdempotencyKeys
+from piserver.wire.websocket import RpcServerFactory
+
+# The agent runs whatever the model asks: it gets the LLM keys it needs, never the
+# server's own token or the GitHub token (git gets that per clone, see git.py).
+AGENT_FORBIDDEN_ENV = SERVER_SECRET_ENV | {"GITHUB_TOKEN"}
+
+
+def git_environment(config: ServerConfig) -> dict:
+    """
+    git runs the repository's hooks: give it the server's environment without any
+    secret. The GitHub token reaches a clone through that one process (git.py).
+    """
+    return {
+        name: value
+        for name, value in config.env.items()
+        if name not in AGENT_FORBIDDEN_ENV
+        and name not in config.dotenv_names
+        and not name.endswith(SECRET_NAME_SUFFIXES)
+    }
+
+
+class ReportingEndpoint:
+    """Wraps a server endpoint to learn the address it actually listens on."""
+
+    def __init__(self, endpoint, on_listening):
+        self._endpoint = endpoint
+        self._on_listening = on_listening
+
+    def listen(self, factory):
+        d = self._endpoint.listen(factory)
+        d.addCallback(self._listening)
+        return d
+
+    def _listening(self, port):
+        self._on_listening(port.getHost())
+        return port
+
+
+class PiServerService(MultiService):
+    log = Logger()
+    # The observer twistd is to log to (logconfig.py), set by tap.makeService.
+    log_observer = None
+
+    def __init__(self, config: ServerConfig):
+        super().__init__()
+        self.config = config
+        self.address = None
+        self.hub = None
+        self.metrics = None
+        self._announced = False
+
+    def setServiceParent(self, parent):
+        # twistd adds the service to its Application, then starts logging to the
+        # Application's ILogObserver component when it has one.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
+    def privilegedStartService(self):
+        # twistd binds the port here, before startService: announce first.
+        self._announce()
+        super().privilegedStartService()
+
+    def startService(self):
+        self._announce()
+        super().startService()
+
+    def _announce(self):
+        if self._announced:
+            return
+        self._announced = True
+        config = self.config
+        self.log.info(
+            "pi-server {version} starting; data dir {data_dir}; agent {pi} "
+            "(pi {pi_version} on Node.js {node_version})",
+            version=__version__,
+            data_dir=str(config.data_dir),
+            pi=" ".join(config.pi_command),
+            pi_version=config.agent_version.pi,
+            node_version=config.agent_version.node or "unknown",
+        )
+        for problem in config.dotenv_problems:
+            self.log.warn(
+                "{file}: {problem}", file=str(config.data_dir / ".env"), problem=str(problem)
+            )
+        if config.sandbox_problem is not None:
+            self.log.critical(
+                "AGENTS ARE NOT SANDBOXED: {problem}. Every agent runs with this server's "
+                "rights and can read its token, other sessions and your files; install "
+                "bubblewrap, or give --sandbox none to run without one knowingly",
+                problem=config.sandbox_problem,
+            )
+        else:
+            self.log.info("agents run as {launcher}", launcher=describe_launcher(config))
+        if config.auth_token is None:
+            self.log.critical(
+                "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
+                "shell commands as this user"
+            )
+
+    def listening(self, address):
+        self.address = address
+        host = getattr(address, "host", None)
+        port = getattr(address, "port", None)
+        if port is None:
+            self.log.info("listening on {address}", address=str(address))
+            return
+        shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
+        scheme = "wss" if self.config.tls else "ws"
+        web = f"{'https' if self.config.tls else 'http'}://{shown}:{port}/ui"
+        self.log.info(
+            "listening on {host}:{port}; WebSocket at {scheme}://{shown}:{port}/rpc",
+            host=host,
+            port=port,
+            shown=shown,
+            scheme=scheme,
+        )
+        if self.config.auth_token_source == "generated":
+            # Shown once, when the token is made, so the user can paste it into a client;
+            # the only log line the redaction lets a secret through. The web link carries
+            # it in the fragment, which browsers never send to a server.
+            self.log.info(
+                "new server token stored in {path}; open the web client at {web}#token={token} "
+                "or connect with {scheme}://{shown}:{port}/rpc?token={token}",
+                path=str(self.config.data_dir / "server-token"),
+                shown=shown,
+                port=port,
+                web=web,
+                token=self.config.auth_token,
+                scheme=scheme,
+                **{REVEAL_FIELD: True},
+            )
+        elif self.config.auth_token is not None:
+            self.log.info(
+                "web client at {web}; clients authenticate with the token from {source}",
+                web=web,
+                source=self.config.auth_token_source,
+            )
+        else:
+            self.log.info("web client at {web}", web=web)
+
+
+def make_launcher(config: ServerConfig, reactor) -> Launcher:
+    if config.sandbox == "bwrap":
+        return BwrapLauncher(
+            reactor, config.bwrap, install_paths(config.pi_command), cache=config.compile_cache
+        )
+    if config.sandbox == "command":
+        return CommandTemplateLauncher(reactor, config.launcher_command)
+    return LocalLauncher(reactor, own_process_group=True)
+
+
+def describe_launcher(config: ServerConfig) -> str:
+    if config.sandbox == "bwrap":
+        return f"bubblewrap sandboxes ({config.bwrap})"
+    if config.sandbox == "command":
+        return f"--launcher-command {' '.join(config.launcher_command)}"
+    return "local processes, not sandboxed (--sandbox none)"
+
+
+def build_service(config: ServerConfig, reactor) -> PiServerService:
+    top = PiServerService(config)
+
+    def in_thread(f, *args, **kwargs):
+        # Blocking file work (reading a checkout's files) off the reactor thread.
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
+
+    supervisor = AgentSupervisor(
+        reactor,
+        list(config.pi_command),
+        str(config.data_dir),
+        config.env,
+        forbidden_env=AGENT_FORBIDDEN_ENV,
+        launcher=make_launcher(config, reactor),
+        probe_interval=config.agent_probe_interval,
+    )
+    supervisor.setServiceParent(top)
+    store = StateStore(config.data_dir / "state.json", reactor)
+    models = ModelCatalog(
+        reactor, supervisor, config.data_dir / "models-helper", data_dir=config.data_dir
+    )
+    git = Git(reactor, env=git_environment(config), clone_timeout=config.clone_timeout)
+    github = None
+    if config.github_token:
+        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        github = GithubClient(
+            http, config.github_api_url, config.github_token, reactor, timeout=config.github_timeout
+        )
+    repos = RepoCatalog(str(config.data_dir), github, git)
+    checkouts = Checkouts(git, config.github_token)
+
+    def publish(session, event_type, payload):
+        sessions.publish(session, event_type, payload)
+
+    snapshots = Snapshots(git, in_thread, publish)
+    sessions = SessionManager(
+        reactor,
+        config.data_dir,
+        supervisor,
+        store,
+        models,
+        checkouts=checkouts,
+        journal_limits=config.journal_limits,
+        merge_window=config.delta_merge_window,
+        max_agents=config.max_agents,
+        warm_agents=config.warm_agents,
+        idle_timeout=config.agent_idle_timeout,
+        native_tool_timeout=config.native_tool_timeout,
+        on_run_end=snapshots.run_ended,
+    )
+    sessions.setServiceParent(top)
+    shipping = Shipping(
+        git,
+        snapshots,
+        repos,
+        github,
+        config.github_token,
+        publish,
+        author=config.git_author,
+        push_timeout=config.clone_timeout,
+    )
+    workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    limits = config.journal_limits
+    agent = config.agent_version.public()
+    methods = RpcMethods(
+        sessions=sessions,
+        models=models,
+        repos=repos,
+        agent=agent,
+        capabilities={
+            "eventModes": list(EVENT_MODES),
+            "nativeTools": True,
+            "nativeToolTimeoutSec": config.native_tool_timeout,
+            "journal": {
+                "maxEvents": limits.max_events,
+                "maxBytes": limits.max_bytes,
+                "maxAgeSec": limits.max_age,
+            },
+            # The seed's name for how far back a resume reaches.
+            "replayWindowSec": int(limits.max_age),
+        },
+        workspace=workspace,
+    )
+    redact = Redactor(secret_values(config)).redact
+    if config.notify_urls:
+        notifier = Notifier(
+            config.notify_urls,
+            HTTPClient(
+                Agent(
+                    reactor,
+                    connectTimeout=ATTEMPT_TIMEOUT,
+                    pool=HTTPConnectionPool(reactor, persistent=False),
+                )
+            ),
+            reactor,
+            secret=config.notify_secret,
+            redact=redact,
+        )
+        notifier.setServiceParent(top)
+        sessions.listeners.append(notifier.happened)
+    metrics = top.metrics = ServerMetrics(reactor)
+    sessions.listeners.append(metrics.happened)
+    sessions.on_event_sent = metrics.event_sent
+    table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
+    # Requests that change something run at most once per key, across restarts too.
+    keys = IdempotencyKeys(reactor, config.data_dir / KEY_LOG, window=config.idempotency_window)
+    hub = top.hub = Hub(
+        table,
+        fallback=fallback,
+        keys=keys,
+        send_buffer_limit=config.send_buffer_limit,
+        clock=reactor,
+        requests_per_second=config.requests_per_second,
+        redact=redact,
+    )
+    refusals = Refusals(metrics, reactor)
+    device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
+    authenticator = Authenticator(config.auth_token, device_tokens)
+    factory = RpcServerFactory(
+        hub,
+        authenticator,
+        config.max_frame_size,
+        reactor=reactor,
+        refusals=refusals,
+        allowed_origins=config.allowed_origins,
+        max_connections=config.max_connections,
+        server_names=config.server_names,
+        library_log_level="debug" if config.log_level == LogLevel.debug else "error",
+        handshake_timeout=config.handshake_timeout,
+        keepalive_interval=config.keepalive_interval,
+        keepalive_timeout=config.keepalive_timeout,
+    )
+    site = make_site(
+        WebSocketResource(factory),
+        agent,
+        reactor=reactor,
+        idle_timeout=config.handshake_timeout,
+        ui=WebUiResource(authenticator),
+        log_health=config.log_health,
+        max_pending_per_address=config.max_pending_per_address,
+        on_refused=refusals.refused,
+    )
+    metrics.watch(hub, sessions)
+    site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))
+    site.resource.putChild(
+        b"ready", ReadyResource(config.pi_command, config.data_dir, config.env.get("PATH"))
+    )
+    site.resource.putChild(b"schema.json", SchemaResource())
+    if config.auth_token is not None:
+        # `pi-server token revoke` from another process closes that device's connections.
+        RevocationWatcher(
+            device_tokens,
+            lambda: list(hub.connections.values()),
+            reactor,
+            token_file=config.data_dir / DEVICE_TOKENS_FILE,
+            reactor=reactor,
+        ).setServiceParent(top)
+    endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
+    listener = StreamServerEndpointService(endpoint, site)
+    listener.setName("listener")
+    listener.setServiceParent(top)
+    return top

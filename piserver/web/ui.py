@@ -1,0 +1,147 @@
+"""
+The web client at ``/ui``: its static files (package data in ``piserver/web/``) under
+``/ui/assets/``, the page itself at ``/ui`` and ``/ui/sessions/<id>`` (the page routes
+itself), and ``/ui/auth``, which tells the page whether a token is right: a browser cannot
+read why a WebSocket upgrade was refused.
+
+Every answer carries a Content-Security-Policy that allows scripts, styles, images and
+connections from this origin only and no inline script: what the model, a tool or a
+repository produces is shown on the page, and must not run there.
+"""
+
+import gzip
+import hashlib
+import json
+from importlib import resources
+
+import attr
+from twisted.web.resource import Resource
+
+from piserver.security.auth import Unauthorized
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+PAGE = "index.html"
+
+
+@attr.frozen
+class Asset:
+    body: bytes
+    gzipped: bytes
+    content_type: str
+    etag: bytes
+
+
+def load_assets() -> dict[str, Asset]:
+    """Every servable file of ``piserver/web`` by its path there (``app.js``,
+    ``vendor/marked.esm.js``), compressed once."""
+    assets = {}
+    root = resources.files("piserver") / "web"
+
+    def walk(directory, prefix):
+        for entry in directory.iterdir():
+            if entry.is_dir():
+                walk(entry, f"{prefix}{entry.name}/")
+                continue
+            suffix = "." + entry.name.rsplit(".", 1)[-1]
+            if suffix not in CONTENT_TYPES:
+                continue
+            body = entry.read_bytes()
+            assets[prefix + entry.name] = Asset(
+                body=body,
+                gzipped=gzip.compress(body, mtime=0),
+                content_type=CONTENT_TYPES[suffix],
+                etag=hashlib.sha256(body).hexdigest()[:32].encode("ascii"),
+            )
+
+    walk(root, "")
+    return assets
+
+
+def _secure_headers(request) -> None:
+    request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii"))
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"referrer-policy", b"no-referrer")
+    request.setHeader(b"x-frame-options", b"DENY")
+
+
+def _not_found(request) -> bytes:
+    _secure_headers(request)
+    request.setResponseCode(404)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    return (
+        json.dumps(
+            {
+                "ok": False,
+                "error": {
+                    "code": "not_found",
+                    "message": f"no such path: {request.path.decode('utf-8', 'replace')}",
+                },
+            }
+        ).encode()
+        + b"\n"
+    )
+
+
+def _serve(request, asset: Asset) -> bytes:
+    _secure_headers(request)
+    request.setHeader(b"content-type", asset.content_type.encode("ascii"))
+    # Revalidated on every load (cheap: 304), so a new version is picked up at once.
+    request.setHeader(b"cache-control", b"no-cache")
+    request.setHeader(b"vary", b"accept-encoding")
+    if request.setETag(b'"' + asset.etag + b'"'):
+        return b""
+    if b"gzip" in (request.getHeader(b"accept-encoding") or b""):
+        request.setHeader(b"content-encoding", b"gzip")
+        return asset.gzipped
+    return asset.body
+
+
+class WebUiResource(Resource):
+    """``/ui`` and everything below it."""
+
+    isLeaf = True
+
+    def __init__(self, authenticator, assets: dict[str, Asset] | None = None):
+        super().__init__()
+        self._authenticator = authenticator
+        self._assets = load_assets() if assets is None else assets
+
+    def render_GET(self, request):
+        path = [segment.decode("utf-8", "replace") for segment in request.postpath]
+        if path in ([], [""]) or (len(path) == 2 and path[0] == "sessions" and path[1]):
+            return _serve(request, self._assets[PAGE])
+        if path == ["auth"]:
+            return self._check_token(request)
+        if len(path) >= 2 and path[0] == "assets" and "" not in path[1:]:
+            asset = self._assets.get("/".join(path[1:]))
+            if asset is not None:
+                return _serve(request, asset)
+        return _not_found(request)
+
+    def _check_token(self, request) -> bytes:
+        _secure_headers(request)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        headers = {"authorization": (request.getHeader(b"authorization") or b"").decode("latin-1")}
+        try:
+            self._authenticator.authenticate(headers, {})
+        except Unauthorized as e:
+            request.setResponseCode(401)
+            return (
+                json.dumps(
+                    {"ok": False, "error": {"code": "unauthorized", "message": e.reason}}
+                ).encode()
+                + b"\n"
+            )
+        return b'{"ok": true}\n'
