@@ -4,8 +4,9 @@ The code is in layers; a module imports only its own package and the layers belo
 (``tests/unit/test_layers.py`` enforces it; ``docs/architecture.md`` draws it):
 
 1. entry points, here: ``tap`` (``twistd piserver``: options, startup checks), ``cli``
-   (``pi-server``), ``tokencli`` (``pi-server token``), ``config`` (the resolved
-   configuration), ``service`` (the service tree wired from it);
+   (``pi-server``), ``tokencli`` (``pi-server token``), ``sessioncli`` (``pi-server session
+   export``), ``config`` (the resolved configuration), ``service`` (the service tree wired
+   from it);
 2. ``api`` (the wire methods), ``web`` (the HTTP site and the web client), ``ops`` (logs,
    metrics, notifications, readiness);
 3. ``sessions`` (the registry of sessions, their agents' lifecycle, event streams, journals);

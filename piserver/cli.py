@@ -1,6 +1,7 @@
 """
 ``pi-server``: runs the service in the foreground, as ``twistd -n piserver`` does;
-``pi-server token ...`` manages device tokens (see tokencli.py).
+``pi-server token ...`` manages device tokens (see tokencli.py); ``pi-server session
+export ...`` takes a session back to pi in a terminal (see sessioncli.py).
 """
 
 import os
@@ -14,6 +15,10 @@ def main(argv=None) -> int | None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         from piserver.tokencli import run
+
+        return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
+    if args[:1] == ["session"]:
+        from piserver.sessioncli import run
 
         return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
     # twistd's own logging to stdout, no daemon, no pidfile: a foreground program.

@@ -83,10 +83,18 @@ class ServerConfig:
     compile_cache: Path | None = None
     # --launcher-command's words (launchers.template.parse_template).
     launcher_command: tuple | None = None
+    # Directories of pi session files that sessions.importable lists (--import-from).
+    import_from: tuple = ()
 
     @property
     def github_token(self) -> str | None:
         return self.env.get("GITHUB_TOKEN") or None
+
+
+def default_import_from(environ) -> tuple:
+    """pi's own sessions dir of the server's user (~/.pi/agent/sessions)."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return (Path(home) / ".pi" / "agent" / "sessions",)
 
 
 def default_data_dir(environ) -> Path:

@@ -20,6 +20,7 @@ from piserver.agents.launchers.bwrap import BwrapLauncher, install_paths
 from piserver.agents.launchers.template import CommandTemplateLauncher
 from piserver.agents.models import ModelCatalog
 from piserver.agents.supervisor import AgentSupervisor
+from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.config import ServerConfig
@@ -45,6 +46,8 @@ from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions import SessionManager
+from piserver.sessions.importable import ImportableSessions
+from piserver.sessions.imports import SessionImporter
 from piserver.sessions.index import StateStore
 from piserver.sessions.stream import EVENT_MODES
 from piserver.web.site import make_site
@@ -275,6 +278,16 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         push_timeout=config.clone_timeout,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    importer = SessionImporter(
+        reactor,
+        config.data_dir,
+        sessions,
+        ImportableSessions(config.import_from),
+        repos,
+        git,
+        in_thread,
+    )
+    importer.remove_staged()
     limits = config.journal_limits
     agent = config.agent_version.public()
     methods = RpcMethods(
@@ -295,6 +308,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             "replayWindowSec": int(limits.max_age),
         },
         workspace=workspace,
+        handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
     if config.notify_urls:
@@ -312,9 +326,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             redact=redact,
         )
         notifier.setServiceParent(top)
-        sessions.listeners.append(notifier.happened)
+        sessions.observers.add(notifier)
     metrics = top.metrics = ServerMetrics(reactor)
-    sessions.listeners.append(metrics.happened)
+    sessions.observers.add(metrics)
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
     # Requests that change something run at most once per key, across restarts too.

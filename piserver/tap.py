@@ -31,7 +31,13 @@ from piserver.common.defaults import (
     DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
 )
-from piserver.config import ServerConfig, default_data_dir, find_pi, prepare_data_dir
+from piserver.config import (
+    ServerConfig,
+    default_data_dir,
+    default_import_from,
+    find_pi,
+    prepare_data_dir,
+)
 from piserver.ops.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_FORMATS, LOG_LEVELS
 from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from piserver.repos.shipping import parse_author
@@ -307,6 +313,7 @@ class Options(usage.Options):
         self.allowed_origins = set()
         self.server_names = set()
         self.notify_urls = []
+        self.import_from = []
 
     def opt_allowed_origin(self, value):
         """
@@ -337,6 +344,15 @@ class Options(usage.Options):
         if not value.startswith(("http://", "https://")):
             raise usage.UsageError(f"--notify-url {value!r}: not an http(s) URL")
         self.notify_urls.append(value)
+
+    def opt_import_from(self, value):
+        """
+        a directory of pi session files (pi's sessions dir) that sessions.importable lists
+        and session.import copies from; repeatable [default: ~/.pi/agent/sessions]
+        """
+        if not value.strip():
+            raise usage.UsageError("--import-from: give a directory")
+        self.import_from.append(Path(os.path.expanduser(value)).absolute())
 
     def _tls_endpoint(self, port: str) -> str:
         cert, key = self["tls-cert"], self["tls-key"]
@@ -550,6 +566,7 @@ class Options(usage.Options):
             log_health=not self["no-health-log"],
             metrics_token=self["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN") or None,
             notify_urls=tuple(self.notify_urls),
+            import_from=tuple(self.import_from) or default_import_from(environ),
             notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET") or None,
             git_author=git_author,
             **launcher,

@@ -2,5 +2,6 @@
 
 - ``methods``: the method table (sessions, prompts, native tools, the server's own methods);
 - ``picommands``: pi's RPC commands passed through as wire methods, their params checked;
-- ``workspace``: the methods on a code session's checkout (diff, files, commit, push, PR).
+- ``workspace``: the methods on a code session's checkout (diff, files, commit, push, PR);
+- ``handoff``: sessions from pi in a terminal and back (importable, import, export).
 """

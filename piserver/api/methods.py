@@ -62,11 +62,14 @@ class RpcMethods:
         capabilities: dict | None = None,
         agent: dict | None = None,
         workspace=None,
+        handoff=None,
     ):
         self._sessions = sessions
         self._agent = agent
         # The session.diff/files/commit/push/... handlers (piserver.api.workspace).
         self._workspace = workspace
+        # sessions.importable, session.import and session.export (piserver.api.handoff).
+        self._handoff = handoff
         self._models = models
         self._repos = repos
         self._capabilities = {"resume": True, **(capabilities or {})}
@@ -106,6 +109,8 @@ class RpcMethods:
             table["repos.list"] = self.repos_list
         if self._workspace is not None:
             table.update(self._workspace.table())
+        if self._handoff is not None:
+            table.update(self._handoff.table())
         return table
 
     async def hello(self, connection, request):

@@ -102,3 +102,9 @@ class RememberedError(RpcError):
     """An error answer read back from the idempotency key log: its code as it was sent."""
 
     code: str = attr.ib(kw_only=True, default="internal_error")
+
+
+class InvalidSessionFile(RpcError):
+    """A pi session file to import (or export) is malformed, oversized or not a file."""
+
+    code = "invalid_session_file"

@@ -2,7 +2,7 @@
 ``GET /metrics``: what the server is doing, in Prometheus' text format
 (prometheus_client, on a registry of the server's own).
 
-Counters move where things happen (``SessionManager`` happenings, the event
+Counters move where things happen (as a session observer, the event
 streams' sends, the method table); gauges (connections, sessions by state,
 agents, journal bytes) are read from the live objects at each scrape, so
 ``/metrics`` costs nothing between scrapes. Labels are bounded: method names of
@@ -20,6 +20,8 @@ from twisted.web.resource import Resource
 
 from piserver.common.errors import RpcError
 from piserver.security.tokens import tokens_match
+from piserver.sessions.lifecycle import AgentStatus
+from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
 from piserver.sessions.stream import EVENT_MODES
 
 PASS_THROUGH = "pass_through"
@@ -27,7 +29,7 @@ PASS_THROUGH = "pass_through"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
-class ServerMetrics:
+class ServerMetrics(SessionObserver):
     """The counters, and a collector of the gauges once ``watch`` is called."""
 
     def __init__(self, clock, registry: CollectorRegistry | None = None):
@@ -85,22 +87,26 @@ class ServerMetrics:
         sent[0] += 1
         sent[1] += size
 
-    def happened(self, happening: str, session, fields: dict) -> None:
-        """A ``SessionManager`` listener (see ``SessionManager.listeners``)."""
-        if happening == "event":
-            event_type = fields["event_type"]
-            if event_type == "agent_start":
-                self.runs_started.inc()
-            elif event_type == "agent_settled":
-                self.runs_ended.labels(run_outcome(fields["payload"])).inc()
-            elif event_type == "agent_exit":
-                self.agent_crashes.inc()
-        elif happening == "agent_restarted":
-            self.agent_restarts.inc()
-        elif happening == "native_tool_call":
+    # -- a session observer (sessions.observer) ------------------------------
+
+    def run_started(self, session) -> None:
+        self.runs_started.inc()
+
+    def run_ended(self, session, outcome: RunOutcome, summary: str) -> None:
+        self.runs_ended.labels(outcome.value).inc()
+
+    def agent_crashed(self, session, code: int | None, signal: str | None) -> None:
+        self.agent_crashes.inc()
+
+    def agent_restarted(self, session) -> None:
+        self.agent_restarts.inc()
+
+    def input_needed(self, session, kind: InputKind, detail: str) -> None:
+        if kind is InputKind.NATIVE_TOOL:
             self.native_tool_calls.inc()
-        elif happening == "native_tool_timeout":
-            self.native_tool_timeouts.inc()
+
+    def native_tool_timed_out(self, session, tool: str) -> None:
+        self.native_tool_timeouts.inc()
 
     def timed_methods(self, table: dict, fallback):
         """The method table and its fallback with each call timed and its errors counted."""
@@ -142,12 +148,6 @@ def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1
-
-
-def run_outcome(settled: dict) -> str:
-    if settled.get("aborted"):
-        return "aborted"
-    return "error" if settled.get("error") else "ok"
 
 
 def session_state(session) -> str:
@@ -210,7 +210,7 @@ class _LiveCollector:
         agents.add_metric(["warm"], counts["idle"] + counts["starting"])
         pool = getattr(getattr(self._sessions, "agents", None), "warm", None)
         spare = pool.sessions() if pool is not None else []
-        agents.add_metric(["spare"], sum(s.lifecycle.status == "running" for s in spare))
+        agents.add_metric(["spare"], sum(s.lifecycle.status is AgentStatus.RUNNING for s in spare))
         yield agents
         yield GaugeMetricFamily(
             "pi_server_journal_bytes",

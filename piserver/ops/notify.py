@@ -28,6 +28,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
+
 SIGNATURE_HEADER = "X-Pi-Server-Signature"
 # Seconds before each try: the first at once, then backing off; dropped after the last.
 RETRY_DELAYS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -53,21 +55,6 @@ def _short(text: str) -> str:
     return text if len(text) <= SUMMARY_LENGTH else text[: SUMMARY_LENGTH - 1] + "…"
 
 
-def assistant_text(message) -> str | None:
-    """The text of a pi assistant message (``message_end``), or None."""
-    if not isinstance(message, dict) or message.get("role") != "assistant":
-        return None
-    content = message.get("content")
-    if not isinstance(content, list):
-        return None
-    parts = [
-        c.get("text")
-        for c in content
-        if isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
-    ]
-    return "".join(parts) or None
-
-
 class _Target:
     """One URL: its queue and whether its last delivery failed."""
 
@@ -78,11 +65,11 @@ class _Target:
         self.failing = False
 
 
-class Notifier(Service):
+class Notifier(Service, SessionObserver):
     """
     ``http`` is a treq ``HTTPClient`` (or anything with its ``post``); ``clock`` an
     IReactorTime; ``redact`` cleans text that may quote a secret (agent errors).
-    ``happened`` is a ``SessionManager`` listener.
+    A session observer (``sessions.observer``).
     """
 
     name = "notifier"
@@ -105,48 +92,19 @@ class Notifier(Service):
         self._redact = redact or (lambda text: text)
         self._retry_delays = tuple(retry_delays)
         self._attempt_timeout = attempt_timeout
-        # The last assistant text of each session's run, for run_finished's summary.
-        self._last_text: dict[str, str] = {}
         self._stopped = False
 
     # -- what to notify -----------------------------------------------------
 
-    def happened(self, happening: str, session, fields: dict) -> None:
-        if happening == "event":
-            self._event(session, fields["event_type"], fields["payload"])
-        elif happening == "native_tool_call":
-            self.notify(
-                "input_needed", session, f"the agent waits for the device tool {fields['tool']}"
-            )
-        elif happening == "dialog":
-            title = fields.get("title")
-            self.notify(
-                "input_needed",
-                session,
-                f"the agent asks: {title}"
-                if isinstance(title, str) and title
-                else f"the agent waits for an answer ({fields['method']})",
-            )
+    def run_ended(self, session, outcome: RunOutcome, summary: str) -> None:
+        self.notify("run_finished", session, summary)
 
-    def _event(self, session, event_type: str, payload: dict) -> None:
-        if event_type == "message_end":
-            text = assistant_text(payload.get("message"))
-            if text is not None:
-                self._last_text[session.id] = text
-        elif event_type == "agent_settled":
-            error = payload.get("error")
-            text = self._last_text.pop(session.id, None)
-            if payload.get("aborted"):
-                summary = "the run was aborted"
-            elif isinstance(error, dict):
-                summary = f"the run failed: {error.get('message') or error.get('code')}"
-            else:
-                summary = text or "the run finished"
-            self.notify("run_finished", session, summary)
-        elif event_type == "agent_exit":
-            code, signal = payload.get("code"), payload.get("signal")
-            how = f"signal {signal}" if signal else f"code {code}"
-            self.notify("agent_failed", session, f"the agent exited ({how})")
+    def agent_crashed(self, session, code: int | None, signal: str | None) -> None:
+        how = f"signal {signal}" if signal else f"code {code}"
+        self.notify("agent_failed", session, f"the agent exited ({how})")
+
+    def input_needed(self, session, kind: InputKind, detail: str) -> None:
+        self.notify("input_needed", session, detail)
 
     def notify(self, event: str, session, summary: str) -> None:
         """Queue one notification for every URL; returns at once."""

@@ -3,17 +3,61 @@ A code session's own checkout of its repository, on branch ``pi/session-<id>``:
 a git worktree of a local repository, or a clone of a GitHub repository.
 """
 
+import enum
+
 import attr
 from twisted.logger import Logger
 
 from piserver.common.errors import GitError
 
 
+class RepoSource(enum.StrEnum):
+    """Where a code session's repository comes from."""
+
+    LOCAL = "local"  # a worktree of a repository listed in repos.json
+    GITHUB = "github"  # a clone of a GitHub repository
+
+
+@attr.frozen
+class CheckoutRecord:
+    """What a code session's record keeps of its checkout: to ship its work (branch, base)
+    and to remove it (a local repository's worktree and branch)."""
+
+    source: RepoSource
+    branch: str
+    base_branch: str
+    # The local repository the worktree belongs to; None for a clone.
+    repo_path: str | None = None
+
+    def to_json(self) -> dict:
+        """The record's fields, as ``session.json`` and ``state.json`` have always had them."""
+        fields = {"repoSource": self.source.value}
+        if self.repo_path is not None:
+            fields["repoPath"] = self.repo_path
+        return fields | {"branch": self.branch, "baseBranch": self.base_branch}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "CheckoutRecord | None":
+        """The checkout a session record describes; None for a record of none (a chat
+        session, or a clone whose create was interrupted before it was planned)."""
+        try:
+            source = RepoSource(record.get("repoSource"))
+        except ValueError:
+            return None
+        fields = [record.get(key) for key in ("branch", "baseBranch")]
+        repo_path = record.get("repoPath")
+        if not all(isinstance(value, str) for value in fields) or not (
+            repo_path is None or isinstance(repo_path, str)
+        ):
+            raise ValueError("the checkout's branch, base or repository is not a string")
+        return cls(source, *fields, repo_path=repo_path)
+
+
 @attr.frozen
 class Checkout:
     path: object
-    # Kept in the session's state entry, to remove the checkout later.
-    record: dict
+    # Kept in the session's record, to ship its work and remove the checkout later.
+    record: CheckoutRecord
 
 
 def session_branch(session_id: str) -> str:
@@ -29,15 +73,17 @@ class Checkouts:
 
     def planned(self, session, repo: dict) -> dict:
         """What ``create`` will make outside the session's directory, as ``remove`` reads
-        it from ``session.extra`` (and the checkout's path), to undo an interrupted create."""
+        it from ``session.checkout`` (and the checkout's path), to undo an interrupted
+        create: the fields to add to the session's record."""
         record = {"worktreePath": str(session.directory / "repo")}
-        if repo.get("source") == "local":
-            record.update(
-                repoSource="local",
-                repoPath=repo["path"],
-                branch=session_branch(session.id),
-                baseBranch=repo["defaultBranch"],
+        if repo.get("source") == RepoSource.LOCAL:
+            checkout = CheckoutRecord(
+                RepoSource.LOCAL,
+                session_branch(session.id),
+                repo["defaultBranch"],
+                repo_path=repo["path"],
             )
+            record.update(checkout.to_json())
         return record
 
     async def create(self, session, repo: dict, on_progress) -> Checkout:
@@ -47,7 +93,7 @@ class Checkouts:
         if repo.get("source") == "local":
             on_progress("worktree", f"creating a worktree of {repo['name']} on {branch}")
             await self._git.worktree_add(repo["path"], str(dest), branch, base)
-            record = {"repoSource": "local", "repoPath": repo["path"]}
+            record = CheckoutRecord(RepoSource.LOCAL, branch, base, repo_path=repo["path"])
         else:
             on_progress("clone", f"cloning {repo['fullName']} ({base})")
             await self._git.clone(
@@ -58,8 +104,7 @@ class Checkouts:
                 on_progress=lambda text: on_progress("clone", text),
             )
             await self._git.checkout_new_branch(str(dest), branch)
-            record = {"repoSource": "github"}
-        record.update(branch=branch, baseBranch=base)
+            record = CheckoutRecord(RepoSource.GITHUB, branch, base)
         self.log.info(
             "session {session_id}: checkout ready at {path} on {branch}",
             session_id=session.id,
@@ -70,13 +115,13 @@ class Checkouts:
 
     async def remove(self, session) -> dict:
         """Remove a local repo's worktree; its branch is kept if it holds new commits."""
-        extra = session.extra
-        if extra.get("repoSource") != "local":
+        checkout = session.checkout
+        if checkout is None or checkout.source is not RepoSource.LOCAL:
             return {}  # a clone is just a directory, removed with the session's
-        repo_path, branch = extra["repoPath"], extra["branch"]
+        repo_path, branch = checkout.repo_path, checkout.branch
         try:
             await self._git.worktree_remove(repo_path, str(session.cwd))
-            if await self._git.branch_has_unmerged_commits(repo_path, branch, extra["baseBranch"]):
+            if await self._git.branch_has_unmerged_commits(repo_path, branch, checkout.base_branch):
                 self.log.info(
                     "session {session_id}: keeping branch {branch} (it has commits)",
                     session_id=session.id,

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from piserver.common.errors import InvalidParams, InvalidState
 from piserver.repos.changes import file_list
+from piserver.repos.checkouts import RepoSource
 from piserver.repos.paths import relative_path
 from piserver.repos.snapshot import Snapshots
 
@@ -35,7 +36,7 @@ def parse_author(text: str) -> tuple[str, str]:
 
 
 def is_github_session(session) -> bool:
-    return session.extra.get("repoSource") == "github"
+    return session.checkout is not None and session.checkout.source is RepoSource.GITHUB
 
 
 class Shipping:
@@ -94,7 +95,7 @@ class Shipping:
         return self._serialized(session, lambda: self._commit(session, message, paths, everything))
 
     async def _commit(self, session, message, paths, everything) -> dict:
-        branch = session.extra["branch"]
+        branch = session.checkout.branch
         self._progress(session, "commit", f"committing on {branch}")
         pathspec = ["--", *[relative_path(p, "paths") for p in paths]] if paths else []
         if paths or everything:
@@ -168,11 +169,11 @@ class Shipping:
         return self._serialized(session, lambda: self._push(session, remote_branch))
 
     async def _push(self, session, remote_branch) -> dict:
-        branch = session.extra["branch"]
+        branch = session.checkout.branch
         if not is_github_session(session):
             return {
                 "branch": branch,
-                "repository": session.extra.get("repoPath"),
+                "repository": session.checkout.repo_path,
                 "pushed": False,
                 "message": "the branch already lives in the source repository; no push is needed",
             }
@@ -184,7 +185,7 @@ class Shipping:
         if int(out.decode().strip() or "0") == 0:
             raise InvalidState(
                 f"nothing to push: {branch} has no commits beyond "
-                f"{session.extra.get('baseBranch')}; use session.commit first"
+                f"{session.checkout.base_branch}; use session.commit first"
             )
         if self._token is None:
             raise InvalidState("pushing needs GITHUB_TOKEN, which this server does not have")
@@ -232,7 +233,7 @@ class Shipping:
 
     async def _remote_branch(self, session, name: str | None) -> str:
         if name is None:
-            return session.extra["branch"]
+            return session.checkout.branch
         if name.startswith("-"):
             raise InvalidParams(f'"remoteBranch" {name!r} is not a branch name')
         code, _ = await self._git_in(
@@ -264,13 +265,13 @@ class Shipping:
         if not is_github_session(session):
             raise InvalidState(
                 "pull requests are for GitHub sessions; this session's branch "
-                f"{session.extra['branch']} lives in the source repository"
+                f"{session.checkout.branch} lives in the source repository"
             )
         if self._github is None:
             raise InvalidState("pull requests need GITHUB_TOKEN, which this server does not have")
         # Pushing what is already there costs one round trip and makes sure it is.
         pushed = await self._push(session, remote_branch)
-        base = base if base is not None else session.extra["baseBranch"]
+        base = base if base is not None else session.checkout.base_branch
         self._progress(
             session,
             "pull_request",

@@ -30,7 +30,9 @@ _DIFF_OPTIONS = ["--no-ext-diff", "--no-textconv", "--no-color", "-M"]
 
 def base_ref(session, base: str | None) -> str:
     """The branch (or commit) a session's changes are measured against."""
-    ref = base if base is not None else session.extra.get("baseBranch")
+    if base is None and session.checkout is not None:
+        base = session.checkout.base_branch
+    ref = base
     if not isinstance(ref, str) or not ref or ref.startswith("-"):
         raise InvalidParams(f'"base" must be a branch or commit name, not {ref!r}')
     return ref

@@ -7,12 +7,16 @@ attached to it and the events it streams to them.
 - ``lifecycle``: the state machine of a session's agent (starting, stopping, crashes);
 - ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;
 - ``warm``: agents started ahead of the sessions they will serve;
+- ``connections``: the connections seen, remembered for clients that resume;
+- ``observer``: who hears of runs, crashes and input needed (metrics, notifications);
+- ``index``: ``state.json``, the index of every session;
 - ``stream``: numbering, journaling and sending a session's events;
 - ``journal``: the append-only file of a session's events.
 """
 
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
-from piserver.sessions.manager import PreviousConnection, SessionManager
+from piserver.sessions.connections import PreviousConnection
+from piserver.sessions.manager import SessionManager
 from piserver.sessions.session import Session
 from piserver.sessions.warm import DEFAULT_WARM_AGENTS
 

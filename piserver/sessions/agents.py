@@ -21,13 +21,11 @@ from piserver.agents.nativetools import EXTENSION_PATH, extension_args
 from piserver.agents.protocol import AgentExit, AgentProtocol
 from piserver.common.errors import TooManySessions
 from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.observer import ISessionObserver
 from piserver.sessions.session import Session
 
 DEFAULT_MAX_AGENTS = 16
 DEFAULT_IDLE_TIMEOUT = 30 * 60.0
-
-# Stages in which a session's agent holds a place under --max-agents.
-HOLDS_A_PLACE = ("starting", "running", "stopping")
 
 
 class _Host:
@@ -60,7 +58,7 @@ class SessionAgents:
     """
     ``supervisor`` spawns and stops the processes. The session manager gives:
     ``sessions()`` (the registered sessions), ``publish(session, type, payload)``,
-    ``tell(happening, session, fields)`` (listeners), ``save(session)`` and
+    ``observer`` (its ``ISessionObserver``), ``save(session)`` and
     ``on_event(session, agent, event, raw)`` for each event an agent writes.
     """
 
@@ -73,7 +71,7 @@ class SessionAgents:
         supervisor,
         sessions: Callable[[], Iterable[Session]],
         publish,
-        tell,
+        observer: ISessionObserver,
         save,
         on_event,
         max_agents: int = DEFAULT_MAX_AGENTS,
@@ -84,7 +82,7 @@ class SessionAgents:
         self.supervisor = supervisor
         self._sessions = sessions
         self._publish = publish
-        self._tell = tell
+        self._observer = observer
         self._save = save
         self._on_event = on_event
         self.max_agents = max_agents
@@ -126,9 +124,8 @@ class SessionAgents:
                 *(str(path) for path in agentdir.shared_paths(self._data_dir)),
             ),
             cache=str(session.directory / "cache"),
-            repository=session.extra.get("repoPath")
-            if session.extra.get("repoSource") == "local"
-            else None,
+            # A local repository's worktree needs its git dir (a clone has its own).
+            repository=session.checkout.repo_path if session.checkout is not None else None,
         )
 
     # -- the host side of every lifecycle -------------------------------------
@@ -162,7 +159,7 @@ class SessionAgents:
         self.log.info(
             "restarting the agent of {session_id} in {delay} s", session_id=session.id, delay=delay
         )
-        self._tell("agent_restarted", session, {})
+        self._observer.agent_restarted(session)
 
     def crashed(self, session: Session, agent: AgentProtocol, exit: AgentExit) -> None:
         session.calls.agent_exited()
@@ -220,7 +217,7 @@ class SessionAgents:
             for s in sessions
             if s is not starting
             and s.id not in self._freeing_for_start
-            and s.lifecycle.status in HOLDS_A_PLACE
+            and s.lifecycle.status.holds_a_place
         ]
 
     def has_room(self) -> bool:

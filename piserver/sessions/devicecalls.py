@@ -23,6 +23,7 @@ from piserver.agents.nativetools import (
     unanswered_message,
 )
 from piserver.common.errors import NotFound
+from piserver.sessions.observer import InputKind, ISessionObserver, SessionObserver
 
 
 def declares(connection, tool_name: str) -> bool:
@@ -40,17 +41,19 @@ class DeviceCalls:
         send_to_agent,
         connections,
         call_timeout: float,
-        tell=None,
+        observer: ISessionObserver | None = None,
+        session=None,
     ):
         """
         ``publish(event_type, payload, to=None)`` sends an event to the session's
         connections (``to``: only those ids); ``send_to_agent(message)`` writes to
         pi's stdin; ``connections()`` lists the attached connections;
-        ``tell(happening, **fields)`` hears of ``native_tool_call``,
-        ``native_tool_timeout`` and ``dialog`` (metrics, notifications).
+        ``observer`` (an ``ISessionObserver``) hears, of ``session``, that input is
+        needed and that a native tool call timed out (metrics, notifications).
         """
         self._session_id = session_id
-        self._tell = tell or (lambda happening, **fields: None)
+        self._observer = observer or SessionObserver()
+        self._session = session
         self._publish = publish
         self._send_to_agent = send_to_agent
         self._connections = connections
@@ -70,7 +73,14 @@ class DeviceCalls:
             dialog = parse_dialog(event)
             if dialog is not None:
                 self.dialogs.add(dialog, self._dialog_expired)
-                self._tell("dialog", method=dialog.method, title=event.get("title"))
+                title = event.get("title")
+                self._observer.input_needed(
+                    self._session,
+                    InputKind.DIALOG,
+                    f"the agent asks: {title}"
+                    if isinstance(title, str) and title
+                    else f"the agent waits for an answer ({dialog.method})",
+                )
             # Dialogs and notices (notify, setStatus, …) go to every client as pi sent them.
             return False
         if event_type == "tool_execution_end":
@@ -91,7 +101,11 @@ class DeviceCalls:
             call_id=call.call_id,
         )
         self.calls.add(call, self._call_expired)
-        self._tell("native_tool_call", tool=call.tool_name, call_id=call.call_id)
+        self._observer.input_needed(
+            self._session,
+            InputKind.NATIVE_TOOL,
+            f"the agent waits for the device tool {call.tool_name}",
+        )
         self._send_call(call)
 
     def _send_call(self, call, connections=None) -> None:
@@ -113,7 +127,7 @@ class DeviceCalls:
             "session {session_id}: {message}", session_id=self._session_id, message=message
         )
         self._send_to_agent(tool_result_response(call, error=message))
-        self._tell("native_tool_timeout", tool=call.tool_name, call_id=call.call_id)
+        self._observer.native_tool_timed_out(self._session, call.tool_name)
         self._publish("native_tool_cancel", {"type": "native_tool_cancel", "callId": call.call_id})
 
     def _dialog_expired(self, dialog) -> None:

@@ -20,6 +20,7 @@ this module only decides when.
 from __future__ import annotations
 
 import collections
+import enum
 from typing import Protocol
 
 from automat import MethodicalMachine
@@ -38,6 +39,53 @@ CRASH_LIMIT = 5
 CRASH_BACKOFF_BASE = 0.5
 
 log = Logger()
+
+
+class AgentStatus(enum.StrEnum):
+    """The stage a session's agent is in (``AgentLifecycle.status``), with what the rest
+    of the server asks of it. A ``StrEnum``: it compares equal to, and logs as, its name."""
+
+    STOPPED = "stopped"
+    BACKING_OFF = "backing-off"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+    @property
+    def holds_a_place(self) -> bool:
+        """A process exists or is being made: it counts under ``--max-agents``."""
+        return self in (AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.STOPPING)
+
+    @property
+    def can_be_handed_over(self) -> bool:
+        """A warm agent in this stage can serve a new session (at once or once started)."""
+        return self in (AgentStatus.STARTING, AgentStatus.RUNNING)
+
+    @property
+    def listed(self) -> str:
+        """What ``session.list`` has always said of it: ``starting``, ``running`` or
+        ``stopped`` (a stopping agent still runs; a failed or deleted one does not)."""
+        if self in (AgentStatus.BACKING_OFF, AgentStatus.STARTING):
+            return "starting"
+        if self in (AgentStatus.RUNNING, AgentStatus.STOPPING):
+            return "running"
+        return "stopped"
+
+
+# The status each state of the machine shows. (Asked to stop, then wanted again, it is
+# starting again as far as anyone can tell.)
+_STATUS_OF_STATE = {
+    "stopped": AgentStatus.STOPPED,
+    "backing_off": AgentStatus.BACKING_OFF,
+    "starting": AgentStatus.STARTING,
+    "running": AgentStatus.RUNNING,
+    "stopping": AgentStatus.STOPPING,
+    "stopping_to_restart": AgentStatus.STARTING,
+    "failed": AgentStatus.FAILED,
+    "deleted": AgentStatus.DELETED,
+}
 
 
 class AgentHost(Protocol):
@@ -71,10 +119,11 @@ def _answer(outputs):
 
 class AgentLifecycle:
     """``want()`` fires with the running agent, starting it if need be; ``stop()`` and
-    ``delete()`` end it; the process's own exit moves the machine on. ``status`` names the
-    stage. ``clock`` times the back-off and the crash window."""
+    ``delete()`` end it; the process's own exit moves the machine on. ``status`` (an
+    ``AgentStatus``) names the stage. ``clock`` times the back-off and the crash window."""
 
     _machine = MethodicalMachine()
+    _set_trace = _machine._setTrace
 
     def __init__(
         self,
@@ -93,7 +142,10 @@ class AgentLifecycle:
         self._backoff_base = backoff_base
         # The process of the latest start; None before the first spawn.
         self.agent: AgentProtocol | None = None
-        self.status = "stopped"
+        self.status = AgentStatus.STOPPED
+        # The status follows the machine's state: set on every transition, before its
+        # outputs run (Automat's trace hook), so no transition can forget it.
+        self._set_trace(self._entering)
         # (clock seconds, stderr tail) of each crash within the crash window.
         self._crashes: collections.deque[tuple[float, str]] = collections.deque()
         # Everyone waiting for the start under way (or for the back-off before it).
@@ -123,6 +175,9 @@ class AgentLifecycle:
             await start
         if self.agent is not None:
             await self.agent.exited
+
+    def _entering(self, old_state: str, input: str, new_state: str) -> None:
+        self.status = _STATUS_OF_STATE[new_state]
 
     def _forget_old_crashes(self) -> None:
         horizon = self._clock.seconds() - self._crash_window
@@ -237,22 +292,6 @@ class AgentLifecycle:
 
     # -- outputs --------------------------------------------------------------
 
-    def _named(machine, status):  # noqa: N805 - called in the class body only
-        @machine.output()
-        def enter(self):
-            self.status = status
-
-        return enter
-
-    _now_stopped = _named(_machine, "stopped")
-    _now_backing_off = _named(_machine, "backing-off")
-    _now_starting = _named(_machine, "starting")
-    _now_running = _named(_machine, "running")
-    _now_stopping = _named(_machine, "stopping")
-    _now_failed = _named(_machine, "failed")
-    _now_deleted = _named(_machine, "deleted")
-    del _named
-
     @_machine.output()
     def _new_waiters(self):
         if self._waiters.settled:
@@ -364,7 +403,7 @@ class AgentLifecycle:
         stopping.upon(
             _input,
             enter=stopping_to_restart,
-            outputs=[_now_starting, _new_waiters, _wait],
+            outputs=[_new_waiters, _wait],
             collector=_answer,
         )
         stopping_to_restart.upon(
@@ -375,65 +414,63 @@ class AgentLifecycle:
     stopped.upon(
         _want,
         enter=starting,
-        outputs=[_now_starting, _new_waiters, _wait, _begin_start],
+        outputs=[_new_waiters, _wait, _begin_start],
         collector=_answer,
     )
     stopped.upon(
         _want_after_crash,
         enter=backing_off,
-        outputs=[_now_backing_off, _new_waiters, _wait, _schedule_restart],
+        outputs=[_new_waiters, _wait, _schedule_restart],
         collector=_answer,
     )
     # (_wait before _begin_start: a start that ends at once still finds its waiter.)
 
-    backing_off.upon(_backoff_elapsed, enter=starting, outputs=[_now_starting, _begin_start])
+    backing_off.upon(_backoff_elapsed, enter=starting, outputs=[_begin_start])
     for _state in (stopped, starting, running, stopping, stopping_to_restart, failed, deleted):
         _state.upon(_backoff_elapsed, enter=_state, outputs=[])
 
     starting.upon(_spawned, enter=starting, outputs=[_keep_agent])
     deleted.upon(_spawned, enter=deleted, outputs=[_stop_spawned])
 
-    starting.upon(_started, enter=running, outputs=[_now_running, _settle_started])
-    starting.upon(_start_failed, enter=stopped, outputs=[_now_stopped, _settle_failed])
+    starting.upon(_started, enter=running, outputs=[_settle_started])
+    starting.upon(_start_failed, enter=stopped, outputs=[_settle_failed])
     # A crash while starting: the handshake fails first (then the exit comes, in stopped).
     for _state in (stopped, failed, deleted):
         _state.upon(_started, enter=_state, outputs=[_forget_start])
         _state.upon(_start_failed, enter=_state, outputs=[_forget_start])
 
-    running.upon(_stop, enter=stopping, outputs=[_now_stopping, _stop_agent], collector=_answer)
+    running.upon(_stop, enter=stopping, outputs=[_stop_agent], collector=_answer)
     for _state in (stopping, stopping_to_restart):
         _state.upon(_stop, enter=_state, outputs=[_wait_for_exit], collector=_answer)
     for _state in (stopped, backing_off, starting, failed, deleted):
         _state.upon(_stop, enter=_state, outputs=[_nothing_to_stop], collector=_answer)
 
-    stopping.upon(_ended, enter=stopped, outputs=[_now_stopped])
+    stopping.upon(_ended, enter=stopped, outputs=[])
     stopping_to_restart.upon(_ended, enter=starting, outputs=[_begin_start])
     # Stopped by someone else (the server shutting down): nothing more to do.
-    running.upon(_ended, enter=stopped, outputs=[_now_stopped])
+    running.upon(_ended, enter=stopped, outputs=[])
     for _state in (stopped, backing_off, starting, failed, deleted):
         _state.upon(_ended, enter=_state, outputs=[])
 
-    running.upon(_crashed, enter=stopped, outputs=[_now_stopped, _report_crash])
-    running.upon(
-        _crashed_too_often, enter=failed, outputs=[_now_failed, _report_crash, _schedule_retry]
-    )
+    running.upon(_crashed, enter=stopped, outputs=[_report_crash])
+    running.upon(_crashed_too_often, enter=failed, outputs=[_report_crash, _schedule_retry])
     for _state in (stopped, starting):
         _state.upon(_crashed, enter=_state, outputs=[_report_crash])
         _state.upon(
             _crashed_too_often,
             enter=failed,
-            outputs=[_now_failed, _report_crash, _schedule_retry],
+            outputs=[_report_crash, _schedule_retry],
         )
     # An agent asked to stop that dies by itself meanwhile has still ended.
-    stopping.upon(_crashed, enter=stopped, outputs=[_now_stopped])
-    stopping.upon(_crashed_too_often, enter=stopped, outputs=[_now_stopped])
+    stopping.upon(_crashed, enter=stopped, outputs=[])
+    stopping.upon(_crashed_too_often, enter=stopped, outputs=[])
     stopping_to_restart.upon(_crashed, enter=starting, outputs=[_begin_start])
     stopping_to_restart.upon(_crashed_too_often, enter=starting, outputs=[_begin_start])
     for _state in (backing_off, failed, deleted):
         _state.upon(_crashed, enter=_state, outputs=[])
         _state.upon(_crashed_too_often, enter=_state, outputs=[])
 
-    failed.upon(_window_passed, enter=stopped, outputs=[_now_stopped])
+    failed.upon(_window_passed, enter=stopped, outputs=[])
     for _state in (stopped, backing_off, starting, running, stopping, stopping_to_restart, deleted):
         _state.upon(_window_passed, enter=_state, outputs=[])
 
@@ -441,7 +478,7 @@ class AgentLifecycle:
         _state.upon(
             _delete,
             enter=deleted,
-            outputs=[_now_deleted, _cancel_timer, _settle_deleted, _stop_agent_if_running],
+            outputs=[_cancel_timer, _settle_deleted, _stop_agent_if_running],
         )
     deleted.upon(_delete, enter=deleted, outputs=[])
     del _input, _state, _waiting

@@ -7,13 +7,11 @@ is started again on the session's own pi session files by the next attach or age
 call, so the conversation resumes where it was (``agents``, ``lifecycle``).
 """
 
-import collections
 import json
 import shutil
 import uuid
 from pathlib import Path
 
-import attr
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
@@ -25,8 +23,10 @@ from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
+from piserver.sessions.connections import ConnectionMemory, PreviousConnection
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal, JournalLimits
+from piserver.sessions.observer import RunWatcher, SessionObservers
 from piserver.sessions.session import SESSION_ID, Session, iso_time
 from piserver.sessions.stream import EventStream
 from piserver.sessions.warm import WarmAgents
@@ -47,16 +47,6 @@ JOURNAL_IDLE = 60.0
 # reply has gone out (spawning takes the reactor a few milliseconds), and never while the
 # agent handed over is still starting (two pi starting at once share the cores).
 WARM_REFILL_DELAY = 0.1
-
-
-# Closed connections whose tools and sessions a resuming client can take over.
-REMEMBERED_CONNECTIONS = 1000
-
-
-@attr.frozen
-class PreviousConnection:
-    native_tools: list | None
-    attached: frozenset
 
 
 class SessionManager(service.Service):
@@ -110,19 +100,22 @@ class SessionManager(service.Service):
         # Creates and removes code sessions' checkouts (repos issue); None: chat only.
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
-        # Connections seen by hello or attach, and what recently closed ones left behind,
-        # so that a client resuming its connection gets its tools and sessions back.
-        self._connections: dict[str, object] = {}
-        self._departed: collections.OrderedDict[str, PreviousConnection] = collections.OrderedDict()
+        # Connections seen by hello, and what recently closed ones left behind, so that a
+        # client resuming its connection gets its tools and sessions back.
+        self.connections = ConnectionMemory(self._attached_to, self.detach)
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
+        # Who hears of runs, crashes and input needed (metrics, notifications...): add an
+        # ISessionObserver with observers.add. The runs are worked out once, by _runs.
+        self.observers = SessionObservers()
+        self._runs = RunWatcher(self.observers)
         self.agents = SessionAgents(
             reactor,
             self._data_dir,
             supervisor,
             self.sessions.values,
             self.publish,
-            self._tell,
+            self.observers,
             self._save,
             self._agent_event,
             max_agents=max_agents,
@@ -137,10 +130,6 @@ class SessionManager(service.Service):
                 lambda: agentdir.fingerprint(self._data_dir),
             )
         self._refill = None
-        # listener(happening, session, fields) for "event" (event_type, payload; every event
-        # but the per-token message_update, which nobody listening needs),
-        # "agent_restarted" and DeviceCalls' happenings: metrics and notifications.
-        self.listeners = []
         # on_sent(mode, size) for every event frame sent (metrics).
         self.on_event_sent = None
 
@@ -213,7 +202,8 @@ class SessionManager(service.Service):
             lambda message: session.agent.send(message) if session.agent else None,
             session.stream.connections,
             self._native_tool_timeout,
-            tell=lambda happening, **fields: self._tell(happening, session, fields),
+            observer=self.observers,
+            session=session,
         )
         self.agents.equip(session)
 
@@ -312,15 +302,17 @@ class SessionManager(service.Service):
         system_prompt: str | None = None,
         include_native_tools: bool = False,
         seed=None,
+        prepare=None,
     ) -> Session:
         """A new session, attached to ``connection``. ``seed(session)``, when given, runs in a
-        thread before the agent starts (to give it files of its own)."""
+        thread before the agent starts (to give it files of its own); ``await
+        prepare(session)`` too, once its checkout is made (to change its files)."""
         if (provider is None) != (model_id is None):
             raise InvalidParams('"provider" and "modelId" go together')
         if provider is not None:
             await self._models.require(provider, model_id)
         now = self._now()
-        session = self._take_warm() if mode == "chat" and seed is None else None
+        session = self._take_warm() if mode == "chat" and seed is None and prepare is None else None
         warm = session is not None
         if warm:
             session.created_at = session.last_activity_at = now
@@ -364,10 +356,12 @@ class SessionManager(service.Service):
                     ),
                 )
                 session.cwd = checkout.path
-                session.extra.update(checkout.record)
+                session.checkout = checkout.record
                 checked_out = True
             elif not warm:
                 self._make_chat_directories(session)
+            if prepare is not None:
+                await prepare(session)
             if session.offers_native_tools:
                 # The creating device's tools; a device attaching later brings its own.
                 self._offer_native_tools(session, getattr(connection, "native_tools", None) or [])
@@ -432,7 +426,7 @@ class SessionManager(service.Service):
             await self.delete(session)
             raise
         session.name = source.name
-        session.extra["forkedFrom"] = source.id
+        session.forked_from = source.id
         self._save(session)
         self.log.info(
             "session {session_id} made from {source} by {command}",
@@ -662,33 +656,17 @@ class SessionManager(service.Service):
 
     def watch(self, connection) -> None:
         """Keep track of ``connection`` (see ``previous``)."""
-        if connection.connection_id not in self._connections:
-            self._connections[connection.connection_id] = connection
-            connection.on_lost(self._connection_lost)
+        if self.connections.watch(connection):
             # Someone is here: the next create should find a warm agent (the pool goes
             # when the server is idle).
             self._fill_warm()
 
-    def previous(self, connection_id: str) -> "PreviousConnection | None":
-        """What connection ``connection_id`` had (its device's tools, the sessions it was
-        attached to), closed or still open (a phone often reconnects before its old
-        socket is noticed dead); None for a connection this server never saw."""
-        live = self._connections.get(connection_id)
-        if live is not None:
-            return PreviousConnection(live.native_tools, self._attached_to(live))
-        return self._departed.get(connection_id)
+    def previous(self, connection_id: str) -> PreviousConnection | None:
+        """What connection ``connection_id`` had (``ConnectionMemory.previous``)."""
+        return self.connections.previous(connection_id)
 
     def _attached_to(self, connection) -> frozenset:
         return frozenset(s.id for s in self.sessions.values() if s.stream.is_attached(connection))
-
-    def _connection_lost(self, connection) -> None:
-        self._connections.pop(connection.connection_id, None)
-        self._departed[connection.connection_id] = PreviousConnection(
-            connection.native_tools, self._attached_to(connection)
-        )
-        while len(self._departed) > REMEMBERED_CONNECTIONS:
-            self._departed.popitem(last=False)
-        self.detach(connection)
 
     # -- the agent ----------------------------------------------------------
 
@@ -746,25 +724,14 @@ class SessionManager(service.Service):
         session.stream.publish(event_type, payload, payload_json, to=to)
         # The stream's seq, not the event's: publishing can add one (journal_stopped).
         self._store.note_last_seq(session.id, session.stream.seq)
-        if self.listeners and event_type != "message_update":
-            self._tell("event", session, {"event_type": event_type, "payload": payload})
+        if event_type != "message_update":  # (the per-token updates say nothing of runs)
+            self._runs.event(session, event_type, payload)
         now = session.last_used = self._reactor.seconds()
         # lastActivityAt has a resolution of seconds: format it once a second, not per event.
         if now - session.activity_noted >= 1.0:
             session.activity_noted = now
             session.last_activity_at = iso_time(now)
             self._store.touch(session.id, session.last_activity_at)
-
-    def _tell(self, happening: str, session: Session, fields: dict) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(happening, session, fields)
-            except Exception:
-                self.log.failure(
-                    "error in a listener of {happening} ({session_id})",
-                    happening=happening,
-                    session_id=session.id,
-                )
 
     def _event_sent(self, mode: str, size: int) -> None:
         if self.on_event_sent is not None:

@@ -10,24 +10,14 @@ from pathlib import Path
 import attr
 
 from piserver.agents.protocol import AgentProtocol
+from piserver.repos.checkouts import CheckoutRecord
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
-from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
 from piserver.sessions.stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-
-# session.list's status of each stage of the lifecycle.
-STATUS_OF_STAGE = {
-    "stopped": "stopped",
-    "backing-off": "starting",
-    "starting": "starting",
-    "running": "running",
-    "stopping": "running",
-    "failed": "stopped",
-    "deleted": "stopped",
-}
 
 
 def iso_time(seconds: float) -> str:
@@ -48,6 +38,11 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # A code session's checkout: its branch, base and repository.
+    checkout: CheckoutRecord | None = attr.ib(default=None)
+    # The session this one was forked or cloned from.
+    forked_from: str | None = attr.ib(default=None)
+    # Fields of a saved record that no attribute holds (another version's): kept as read.
     extra: dict = attr.ib(factory=dict)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
@@ -72,7 +67,7 @@ class Session:
 
     @property
     def deleted(self) -> bool:
-        return self.lifecycle.status == "deleted"
+        return self.lifecycle.status is AgentStatus.DELETED
 
     @property
     def pi_session_dir(self) -> Path:
@@ -109,6 +104,8 @@ class Session:
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
+            **(self.checkout.to_json() if self.checkout is not None else {}),
+            **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
             **self.extra,
         }
 
@@ -130,6 +127,11 @@ class Session:
             "systemPrompt",
             "includeNativeTools",
             "lastSeq",
+            "repoSource",
+            "repoPath",
+            "branch",
+            "baseBranch",
+            "forkedFrom",
         }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
@@ -137,7 +139,15 @@ class Session:
         for key in ("worktreePath", "createdAt"):
             if not isinstance(record.get(key), str) or not record[key]:
                 raise ValueError(f"{key} is not a string")
-        for key in ("lastActivityAt", "repoId", "name", "provider", "modelId", "systemPrompt"):
+        for key in (
+            "lastActivityAt",
+            "repoId",
+            "name",
+            "provider",
+            "modelId",
+            "systemPrompt",
+            "forkedFrom",
+        ):
             if record.get(key) is not None and not isinstance(record[key], str):
                 raise ValueError(f"{key} is not a string")
         return cls(
@@ -153,6 +163,8 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            checkout=CheckoutRecord.from_json(record),
+            forked_from=record.get("forkedFrom"),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )
@@ -160,11 +172,11 @@ class Session:
     def idle(self) -> bool:
         """Its agent could be stopped without anyone noticing (it restarts on demand)."""
         return (
-            self.lifecycle.status == "running"
+            self.lifecycle.status is AgentStatus.RUNNING
             and not self.streaming
             and not self.stream.connections()
         )
 
     def status(self) -> str:
         """``starting``, ``running`` or ``stopped``: what ``session.list`` has always said."""
-        return STATUS_OF_STAGE[self.lifecycle.status]
+        return self.lifecycle.status.listed

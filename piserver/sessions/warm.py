@@ -27,8 +27,6 @@ from twisted.logger import Logger
 from piserver.sessions.session import Session
 
 DEFAULT_WARM_AGENTS = 1
-# Stages in which a warm agent can be handed over.
-USABLE = ("starting", "running")
 
 
 class WarmAgents:
@@ -85,7 +83,7 @@ class WarmAgents:
             if self._started_with.get(session.id) != configuration:
                 self.log.info("stopping a warm agent: pi's configuration changed since it started")
                 self._discarded(self.discard(session))
-            elif session.lifecycle.status in USABLE:
+            elif session.lifecycle.status.can_be_handed_over:
                 self._pool.remove(session)
                 self._started_with.pop(session.id, None)
                 return session

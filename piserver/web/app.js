@@ -285,6 +285,64 @@ async function createSession(params) {
   }
 }
 
+// -- pi sessions on this machine (sessions.importable, session.import) -------------
+
+async function loadImportable(cursor) {
+  try {
+    const page = await app.rpc.call("sessions.importable", cursor ? { cursor } : {});
+    const list = $("importable-list");
+    const items = page.sessions.map((found) => {
+      const item = el("li");
+      const button = el("button", "session-link importable-item");
+      button.type = "button";
+      button.dataset.importId = found.importId;
+      button.append(el("span", "session-title", found.firstPrompt || "(no prompt)"));
+      const when = new Date(found.lastActivityAt).toLocaleString();
+      button.append(el("span", "session-meta", `${found.cwd} · ${found.messages} messages · ${when}`));
+      item.append(button);
+      return item;
+    });
+    if (cursor) list.append(...items);
+    else list.replaceChildren(...items);
+    $("no-importable").hidden = list.children.length > 0;
+    app.importCursor = page.next || null;
+    $("importable-more").hidden = !page.next;
+  } catch (error) {
+    failed(error);
+  }
+}
+
+async function importSession(importId) {
+  const status = $("create-status");
+  status.textContent = "Importing…";
+  try {
+    const { sessionId } = await app.rpc.call("session.import", {
+      importId, withChanges: $("import-changes").checked,
+    });
+    await refreshList();
+    navigate(sessionId);
+    $("prompt").focus();
+  } catch (error) {
+    failed(error);
+  } finally {
+    status.textContent = "";
+  }
+}
+
+async function exportSession() {
+  try {
+    const { fileName, jsonl } = await app.rpc.call("session.export", { sessionId: app.sessionId });
+    const link = el("a");
+    link.href = URL.createObjectURL(new Blob([jsonl], { type: "application/jsonl" }));
+    link.download = fileName;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    toast(`Saved ${fileName}: open it with pi --session ${fileName}`);
+  } catch (error) {
+    failed(error);
+  }
+}
+
 // -- one session --------------------------------------------------------------
 
 function route() {
@@ -317,7 +375,8 @@ async function openSession(sessionId) {
   // Every event of the session from its start: the history, then the live run.
   app.rpc.follow(sessionId, 0);
   try {
-    await app.rpc.call("session.attach", { sessionId, exclusive: true, lastSeq: 0 });
+    const attached = await app.rpc.call("session.attach", { sessionId, exclusive: true, lastSeq: 0 });
+    if (attached.catchUp !== "snapshot") showEarlierHistory(sessionId);
   } catch (error) {
     if (app.sessionId !== sessionId) return;
     if (error.code === "not_found") {
@@ -331,6 +390,21 @@ async function openSession(sessionId) {
   if (app.sessionId !== sessionId) return;
   loadModels(sessionId);
   if (app.session && app.session.mode === "code") probeGit(sessionId);
+}
+
+// A conversation older than the session's events (imported from pi in a terminal, or
+// forked) is not in its journal: when the replay showed nothing, ask pi for it.
+async function showEarlierHistory(sessionId) {
+  if (!app.conversation.empty) return;
+  try {
+    const { messages } = await app.rpc.call("get_messages", {}, sessionId);
+    if (app.sessionId !== sessionId || !app.conversation.empty || !messages.length) return;
+    app.conversation.apply("session_snapshot", {
+      messages, state: { isStreaming: app.conversation.running },
+    });
+  } catch (error) {
+    failed(error);
+  }
 }
 
 function showSessionTitle() {
@@ -658,6 +732,18 @@ function wire() {
       .catch(failed);
   });
 
+  $("import-toggle").addEventListener("click", () => {
+    const open = $("importable").hidden;
+    $("importable").hidden = !open;
+    $("import-toggle").setAttribute("aria-expanded", String(open));
+    if (open) loadImportable(null);
+  });
+  $("importable-more").addEventListener("click", () => loadImportable(app.importCursor));
+  $("importable-list").addEventListener("click", (event) => {
+    const item = event.target.closest("[data-import-id]");
+    if (item) importSession(item.dataset.importId);
+  });
+  $("export").addEventListener("click", exportSession);
   $("delete").addEventListener("click", () => {
     const sessionId = app.sessionId;
     dialogRequested({

@@ -124,6 +124,11 @@ export class Conversation {
     this.reset();
   }
 
+  // Whether any message is shown (events replayed or live, or a snapshot).
+  get empty() {
+    return !this.container.querySelector(".message") && !this.streaming;
+  }
+
   reset() {
     this.container.replaceChildren();
     this.streaming = null;

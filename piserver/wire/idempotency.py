@@ -62,6 +62,7 @@ IDEMPOTENT_METHODS = frozenset(
         "clear_queue",
         "compact",
         "session.create",
+        "session.import",
         "session.delete",
         "fork",
         "clone",

@@ -49,7 +49,7 @@ def test_pip_install_prints_no_setuptools_warning(tmp_path):
     ]
     assert warnings == []
     installed = tmp_path / "target"
-    assert (installed / "piserver" / "extensions" / "session.ts").is_file()
+    assert (installed / "piserver" / "agents" / "extensions" / "session.ts").is_file()
     assert list((installed / "twisted" / "plugins").glob("piserver*.py"))
 
 

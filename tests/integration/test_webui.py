@@ -22,10 +22,11 @@ import treq
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from piserver.sessions.pifiles import encode_cwd
 from tests.support.browser import Browser
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import FakeLLM, Hang, Reply, Text, ToolCall
-from tests.support.piagent import VERSION_ONLY_PI, repository_root, write_agent_dir
+from tests.support.piagent import VERSION_ONLY_PI, repository_root, spawn_pi, write_agent_dir
 from tests.support.processes import free_port, health_ok, wait_until
 from tests.support.server import RunningServer
 from tests.support.wsclient import CallFailed
@@ -63,11 +64,18 @@ async def server(llm, pi_binary, tmp_path_factory):
     observer = logged.append
     globalLogPublisher.addObserver(observer)
     # No --auth-token: the server makes one and logs the web client's link.
-    running = RunningServer(agent_dir, pi_binary, auth_token=None).start()
+    running = RunningServer(
+        agent_dir, pi_binary, ("--import-from", str(desk_sessions(agent_dir))), auth_token=None
+    ).start()
     globalLogPublisher.removeObserver(observer)
     running.log_lines = [formatEvent(event) for event in logged]
     yield running
     await running.stop()
+
+
+def desk_sessions(agent_dir) -> Path:
+    """Where pi at the desk keeps its sessions for the server to import (--import-from)."""
+    return agent_dir.path.parent / "desk-sessions"
 
 
 @pytest.fixture(scope="module")
@@ -619,3 +627,48 @@ def test_the_logged_link_is_the_only_place_the_token_shows(tmp_path):
     (shown,) = [line for line in lines if token in line]
     assert f"http://127.0.0.1:{port}/ui#token={token} " in shown
     assert any("GET /ui/assets/app.js" in line for line in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_import_a_desk_session_prompt_and_export(
+    browser, server, llm, script, pi_binary, tmp_path
+):
+    # The user talks to pi at the desk (the real pi), then picks the conversation up here.
+    desk = tmp_path / "desk"
+    desk.mkdir()
+    script(Text("Noted: the colour is teal."), Text("It is teal."))
+    pi = spawn_pi(
+        reactor,
+        pi_binary,
+        server.agent_dir,
+        ["--session-dir", str(desk_sessions(server.agent_dir) / encode_cwd(str(desk)))],
+        cwd=desk,
+    )
+    await pi.send({"type": "prompt", "message": "remember the colour teal"})
+    await pi.wait_for_event("agent_end")
+    await pi.stop()
+
+    page = await signed_in(browser, server, viewport=DESKTOP)
+    await browser.run(page.click("#import-toggle"))
+    found = page.locator(".importable-item", has_text="remember the colour teal")
+    assert str(desk) in await browser.run(found.inner_text())
+    await browser.run(page.screenshot(path=str(screenshot_dir() / "import.png")))
+    await browser.run(found.click())
+    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
+    earlier = page.locator(".message.assistant", has_text="Noted: the colour is teal.")
+    await browser.run(earlier.wait_for())
+    await send(browser, page, "which colour?")
+    await browser.run(last_answer(page).filter(has_text="It is teal.").wait_for())
+    assert "remember the colour teal" in json.dumps(llm.requests[-1]["messages"])
+    await wait_idle(browser, page)
+
+    async def download():
+        async with page.expect_download() as started:
+            await page.click("#export")
+        saved = await started.value
+        return saved.suggested_filename, Path(await saved.path()).read_text()
+
+    file_name, content = await browser.run(download())
+    header = json.loads(content.split("\n", 1)[0])
+    assert file_name.endswith(f"_{header['id']}.jsonl") and header["cwd"] == str(desk)
+    assert "It is teal." in content

@@ -300,13 +300,19 @@ class PiRpc(ProcessProtocol):
 
 
 def spawn_pi(
-    reactor, pi: tuple[str, ...], agent_dir: AgentDir, args=(), timeout: float = DEFAULT_TIMEOUT
+    reactor,
+    pi: tuple[str, ...],
+    agent_dir: AgentDir,
+    args=(),
+    timeout: float = DEFAULT_TIMEOUT,
+    cwd=None,
 ):
-    """Start ``pi --mode rpc *args`` in ``agent_dir.project`` with its hermetic environment.
-    Returns the :class:`PiRpc`; commands can be sent at once (pi reads them when ready)."""
+    """Start ``pi --mode rpc *args`` in ``cwd`` (default ``agent_dir.project``) with its
+    hermetic environment. Returns the :class:`PiRpc`; commands can be sent at once (pi reads
+    them when ready)."""
     protocol = PiRpc(reactor, timeout=timeout)
     argv = [*pi, "--mode", "rpc", *args]
     reactor.spawnProcess(
-        protocol, argv[0], argv, env=agent_dir.environment(), path=str(agent_dir.project)
+        protocol, argv[0], argv, env=agent_dir.environment(), path=str(cwd or agent_dir.project)
     )
     return protocol

@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from piserver.agents.protocol import AgentExit
 from piserver.common.errors import AgentExited, AgentFailed, NotFound, TooManySessions
 from piserver.common.outcome import SharedOutcome
-from piserver.sessions.lifecycle import CRASH_LIMIT, CRASH_WINDOW, AgentLifecycle
+from piserver.sessions.lifecycle import CRASH_LIMIT, CRASH_WINDOW, AgentLifecycle, AgentStatus
 from tests.support.deferreds import outcome_of, result_of
 
 
@@ -272,3 +272,36 @@ def test_crashes_older_than_the_window_are_forgotten(lifecycle, host, clock):
     clock.advance(CRASH_WINDOW + 1)
     lifecycle.want()
     assert lifecycle.status == "starting" and host.restarts == []  # no back-off
+
+
+def test_the_status_is_an_agent_status_that_follows_every_transition(lifecycle, host):
+    """Set by Automat's trace hook: asked to stop and wanted again, it shows starting."""
+    assert lifecycle.status is AgentStatus.STOPPED
+    agent = running(lifecycle, host)
+    assert lifecycle.status is AgentStatus.RUNNING
+    lifecycle.stop()
+    assert lifecycle.status is AgentStatus.STOPPING
+    lifecycle.want()
+    assert lifecycle.status is AgentStatus.STARTING
+    agent.end(0)
+    assert lifecycle.status is AgentStatus.STARTING and len(host.agents) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "holds_a_place", "can_be_handed_over", "listed"),
+    [
+        (AgentStatus.STOPPED, False, False, "stopped"),
+        (AgentStatus.BACKING_OFF, False, False, "starting"),
+        (AgentStatus.STARTING, True, True, "starting"),
+        (AgentStatus.RUNNING, True, True, "running"),
+        (AgentStatus.STOPPING, True, False, "running"),
+        (AgentStatus.FAILED, False, False, "stopped"),
+        (AgentStatus.DELETED, False, False, "stopped"),
+    ],
+)
+def test_what_each_status_means_to_the_rest_of_the_server(
+    status, holds_a_place, can_be_handed_over, listed
+):
+    assert status.holds_a_place is holds_a_place
+    assert status.can_be_handed_over is can_be_handed_over
+    assert status.listed == listed

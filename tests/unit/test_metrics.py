@@ -8,6 +8,11 @@ from twisted.internet.task import Clock
 from piserver.common.errors import NotFound
 from piserver.ops.metrics import ServerMetrics, session_state
 from piserver.ops.readiness import readiness
+from piserver.sessions.observer import InputKind, RunWatcher
+
+
+class SESSION:
+    id = "s1"
 
 
 def samples(metrics: ServerMetrics) -> dict:
@@ -32,20 +37,22 @@ def value(metrics, name, **labels):
 )
 def test_runs_and_their_outcomes(settled, outcome):
     metrics = ServerMetrics(Clock())
-    metrics.happened("event", None, {"event_type": "agent_start", "payload": {}})
-    metrics.happened("event", None, {"event_type": "message_update", "payload": {}})
-    metrics.happened("event", None, {"event_type": "agent_settled", "payload": settled})
+    runs = RunWatcher(metrics)
+    runs.event(SESSION, "agent_start", {})
+    runs.event(SESSION, "message_update", {})
+    runs.event(SESSION, "agent_settled", settled)
     assert value(metrics, "pi_server_runs_started_total") == 1
     assert value(metrics, "pi_server_runs_ended_total", outcome=outcome) == 1
 
 
 def test_crashes_restarts_and_native_tools():
     metrics = ServerMetrics(Clock())
-    metrics.happened("event", None, {"event_type": "agent_exit", "payload": {}})
-    metrics.happened("agent_restarted", None, {})
+    RunWatcher(metrics).event(SESSION, "agent_exit", {})
+    metrics.agent_restarted(SESSION)
     for _ in range(3):
-        metrics.happened("native_tool_call", None, {"tool": "get_location"})
-    metrics.happened("native_tool_timeout", None, {"tool": "get_location"})
+        metrics.input_needed(SESSION, InputKind.NATIVE_TOOL, "the agent waits for a device tool")
+    metrics.input_needed(SESSION, InputKind.DIALOG, "the agent asks: sure?")
+    metrics.native_tool_timed_out(SESSION, "get_location")
     assert value(metrics, "pi_server_agent_crashes_total") == 1
     assert value(metrics, "pi_server_agent_restarts_total") == 1
     assert value(metrics, "pi_server_native_tool_calls_total") == 3

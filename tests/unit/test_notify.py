@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from piserver.ops.notify import SIGNATURE_HEADER, Notifier, shown_url
 from piserver.security.redact import secret_values
+from piserver.sessions.observer import InputKind, RunWatcher
 from piserver.tap import Options
 from tests.support.piagent import VERSION_ONLY_PI
 
@@ -58,24 +59,13 @@ def test_a_run_finished_notification_is_signed():
     http, clock = FakeHttp(), Clock()
     notifier, _ = make(http, clock)
     session = Session()
-    notifier.happened(
-        "event",
+    runs = RunWatcher(notifier)
+    runs.event(
         session,
-        {
-            "event_type": "message_end",
-            "payload": {
-                "message": {
-                    "role": "assistant",
-                    "content": [{"type": "text", "text": "All  done.\n"}],
-                }
-            },
-        },
+        "message_end",
+        {"message": {"role": "assistant", "content": [{"type": "text", "text": "All  done.\n"}]}},
     )
-    notifier.happened(
-        "event",
-        session,
-        {"event_type": "agent_settled", "payload": {"aborted": False, "error": None}},
-    )
+    runs.event(session, "agent_settled", {"aborted": False, "error": None})
     [(url, body, headers, _)] = http.posts
     assert url == URL
     assert json.loads(body) == {
@@ -94,15 +84,14 @@ def test_what_each_happening_notifies():
     http = FakeHttp()
     notifier, _ = make(http)
     session = Session(name=None)
-    notifier.happened("native_tool_call", session, {"tool": "get_location", "call_id": "c"})
-    notifier.happened("dialog", session, {"method": "confirm", "title": "Delete it?"})
-    notifier.happened(
-        "event", session, {"event_type": "agent_exit", "payload": {"code": 1, "signal": None}}
-    )
-    notifier.happened(
-        "event", session, {"event_type": "agent_settled", "payload": {"error": {"message": "boom"}}}
-    )
-    notifier.happened("event", session, {"event_type": "message_update", "payload": {}})
+    runs = RunWatcher(notifier)
+    detail = "the agent waits for the device tool get_location"
+    notifier.input_needed(session, InputKind.NATIVE_TOOL, detail)
+    notifier.input_needed(session, InputKind.DIALOG, "the agent asks: Delete it?")
+    runs.event(session, "agent_exit", {"code": 1, "signal": None})
+    runs.event(session, "agent_settled", {"error": {"message": "boom"}})
+    runs.event(session, "message_update", {})
+    notifier.agent_restarted(session)
     for i in range(4):
         http.answer(i)  # one at a time per URL, in order
     sent = [json.loads(body) for _, body, _, _ in http.posts]

@@ -9,6 +9,7 @@ from jsonschema import Draft202012Validator
 from twisted.web.test.requesthelper import DummyRequest
 
 import piserver.common.errors as errors
+from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.picommands import TYPED
 from piserver.api.workspace import WorkspaceMethods
@@ -58,7 +59,12 @@ def test_the_schema_is_valid_json_schema():
 
 
 def test_every_method_of_the_table_has_a_schema_and_no_other():
-    table = RpcMethods(sessions=object(), repos=object(), workspace=_Workspace()).table()
+    table = RpcMethods(
+        sessions=object(),
+        repos=object(),
+        workspace=_Workspace(),
+        handoff=HandoffMethods(object(), object()),
+    ).table()
     assert sorted(table) == sorted(SCHEMA["methods"])
     for entry in SCHEMA["methods"].values():
         assert set(entry) == {"params", "result"}

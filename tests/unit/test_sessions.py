@@ -14,10 +14,12 @@ from twisted.python.failure import Failure
 
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.common.errors import AgentFailed, InvalidState, TooManySessions
-from piserver.repos.checkouts import Checkout
+from piserver.repos.checkouts import Checkout, CheckoutRecord, RepoSource
 from piserver.sessions import SessionManager
 from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
+from piserver.sessions.observer import SessionObserver
+from piserver.sessions.session import Session
 from tests.support.fakeprocess import FakeProcessReactor
 
 
@@ -298,7 +300,10 @@ class FakeCheckouts:
     async def create(self, session, repo, on_progress):
         path = session.directory / "repo"
         path.mkdir()
-        return Checkout(path=path, record={"branch": f"pi/session-{session.id}"})
+        return Checkout(
+            path=path,
+            record=CheckoutRecord(RepoSource.GITHUB, f"pi/session-{session.id}", "main"),
+        )
 
     async def remove(self, session):
         return {}
@@ -575,16 +580,22 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     assert not warm.directory.exists()
 
 
-def test_listeners_hear_every_event_but_the_per_token_updates(harness):
+def test_observers_hear_of_a_run_from_its_events(harness):
     heard = []
-    harness.sessions.listeners.append(
-        lambda happening, session, fields: heard.append(fields.get("event_type"))
-    )
-    create(harness, FakeConnection())
+
+    class Observer(SessionObserver):
+        def run_started(self, session):
+            heard.append(("run_started", session.id))
+
+        def run_ended(self, session, outcome, summary):
+            heard.append(("run_ended", outcome, summary))
+
+    harness.sessions.observers.add(Observer())
+    session = create(harness, FakeConnection()).result
     harness.process().stdout(
         b'{"type":"agent_start"}\n{"type":"message_update"}\n{"type":"agent_settled"}\n'
     )
-    assert heard == ["agent_start", "agent_settled"]
+    assert heard == [("run_started", session.id), ("run_ended", "ok", "the run finished")]
 
 
 def test_a_create_that_fails_undoes_the_warm_session_it_took(tmp_path):
@@ -611,3 +622,37 @@ def test_a_warm_agent_that_dies_waiting_leaves_the_pool(tmp_path):
     assert harness.sessions.agents.warm.sessions() == [] and not warm.directory.exists()
     harness.sessions.watch(FakeConnection("c2"))  # the next client fills the pool again
     assert len(harness.reactor.spawned) == 2
+
+
+def test_a_code_sessions_record_round_trips_through_its_typed_checkout(tmp_path):
+    """session.json's fields are as before; the checkout is read into a CheckoutRecord."""
+    record = {
+        "sessionId": "0b6c2a8e-1f0e-4c55-9d7e-5b3f1d2c4a6e",
+        "mode": "code",
+        "repoId": "local:app",
+        "worktreePath": str(tmp_path / "repo"),
+        "createdAt": "2026-01-01T00:00:00Z",
+        "lastActivityAt": "2026-01-01T00:00:00Z",
+        "name": None,
+        "provider": None,
+        "modelId": None,
+        "systemPrompt": None,
+        "includeNativeTools": False,
+        "lastSeq": 3,
+        "repoSource": "local",
+        "repoPath": "/src/app",
+        "branch": "pi/session-0b6c2a8e-1f0e-4c55-9d7e-5b3f1d2c4a6e",
+        "baseBranch": "main",
+        "forkedFrom": "5d0c3a4b-2e1f-4a3b-8c7d-6e5f4a3b2c1d",
+        "fromANewerVersion": [1],
+    }
+    session = Session.from_record(tmp_path, record)
+    assert session.checkout == CheckoutRecord(
+        RepoSource.LOCAL, record["branch"], "main", repo_path="/src/app"
+    )
+    assert session.forked_from == record["forkedFrom"]
+    assert session.record() == record
+    chat = Session.from_record(tmp_path, {**record, "mode": "chat", "repoSource": None})
+    assert chat.checkout is None
+    with pytest.raises(ValueError):
+        Session.from_record(tmp_path, {**record, "branch": 7})

@@ -1,6 +1,8 @@
 """Command-line options, start-up errors and the service tree built from them."""
 
+import collections
 import os
+import re
 import stat
 
 import pytest
@@ -10,7 +12,7 @@ from twisted.python import usage
 
 from piserver.common.defaults import DEFAULT_MAX_FRAME_SIZE
 from piserver.tap import Options, makeService
-from tests.support.piagent import OLD_PI, VERSION_ONLY_PI
+from tests.support.piagent import OLD_PI, VERSION_ONLY_PI, repository_root
 
 
 def parse(args, environ=None, home=None):
@@ -212,3 +214,19 @@ def test_an_agent_that_does_not_answer_its_version_stops_the_start(tmp_path):
 def test_pi_option_takes_a_command_line(tmp_path):
     config = parse(["--data-dir", str(tmp_path / "d"), "--pi", f"/bin/sh {VERSION_ONLY_PI}"]).config
     assert config.pi_command == ("/bin/sh", VERSION_ONLY_PI)
+
+
+def test_the_readme_lists_each_option_once():
+    """The README's option table is a summary of Options: no option missing or twice."""
+    names = [long for long, _short, *_ in Options.optParameters]
+    names += [long for long, _short, _doc in Options.optFlags]
+    names += [a[4:].replace("_", "-") for a in dir(Options) if a.startswith("opt_")]
+    readme = (repository_root() / "README.md").read_text()
+    listed = collections.Counter(
+        name
+        for cell in re.findall(r"^\| (`--[^|]*) \|", readme, re.MULTILINE)
+        for name in re.findall(r"`--([a-z0-9-]+)`", cell)
+    )
+    assert {name: count for name, count in listed.items() if count > 1} == {}
+    assert sorted(set(names) - set(listed) - {"help", "version"}) == []
+    assert sorted(set(listed) - set(names)) == []

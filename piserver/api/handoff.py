@@ -1,0 +1,43 @@
+"""
+The wire methods that move conversations between pi in a terminal and the server:
+``sessions.importable``, ``session.import`` and ``session.export`` (see
+piserver.sessions.imports).
+"""
+
+from piserver.api.methods import _bool, _string, _target_session_id
+from piserver.common.errors import InvalidParams
+from piserver.sessions.imports import IMPORT_MODES
+
+
+class HandoffMethods:
+    """``importer`` a SessionImporter; ``sessions`` the SessionManager."""
+
+    def __init__(self, importer, sessions):
+        self._importer = importer
+        self._sessions = sessions
+
+    def table(self) -> dict:
+        return {
+            "sessions.importable": self.importable,
+            "session.import": self.import_session,
+            "session.export": self.export,
+        }
+
+    async def importable(self, connection, request):
+        cursor = _string(request.params, "cursor", required=False)
+        return await self._importer.listing(cursor)
+
+    async def import_session(self, connection, request):
+        params = request.params
+        import_id = _string(params, "importId")
+        if not import_id:
+            raise InvalidParams('"importId" must not be empty (see sessions.importable)')
+        mode = params.get("mode", "auto")
+        if mode not in IMPORT_MODES:
+            raise InvalidParams('"mode" must be "auto" or "chat"')
+        with_changes = _bool(params, "withChanges", False)
+        return await self._importer.import_session(connection, import_id, mode, with_changes)
+
+    async def export(self, connection, request):
+        session = self._sessions.get(_target_session_id(request))
+        return await self._importer.export(session)
