@@ -6,6 +6,7 @@ as a process of its own, raw sockets.
 """
 
 import json
+import shutil
 import uuid
 
 import pytest
@@ -14,17 +15,21 @@ from twisted.internet import reactor, task
 
 from tests.support.fakegithub import TEST_TOKEN, run_git
 from tests.support.fakellm import Reply, Text, Tokens, ToolCall
-from tests.support.piagent import pi_option
+from tests.support.piagent import pi_option, repository_root
 from tests.support.server import session_directories
 from tests.support.serverprocess import RawRpc, ServerProcess
 from tests.support.wsclient import RpcClient, is_type
 
+DIALOGS_EXTENSION = repository_root() / "tests" / "support" / "extensions" / "dialogs.ts"
 TOKEN = "exactly-once-token"
 HELLO = {"client": {"name": "tests", "version": "1"}}
 
 
 @pytest.fixture
 def server_process(agent_dir, pi_binary, tmp_path, fake_github):
+    # A pi extension whose /dialog command opens a dialog and reports the answer it got.
+    (agent_dir.path / "extensions").mkdir(exist_ok=True)
+    shutil.copy(DIALOGS_EXTENSION, agent_dir.path / "extensions" / "dialogs.ts")
     server = ServerProcess(
         tmp_path,
         "--auth-token",
@@ -154,9 +159,34 @@ async def test_requests_cut_before_their_answer_run_once(server_process, fake_ll
     assert opened["number"] == 1 and len(fake_github.pull_requests) == 1
     assert fake_github.pull_requests[0].full_name == repo.full_name
 
+    # A dialog answer, cut: the extension gets it once; an extension command is "handled".
+    watcher = again
+    await watcher.call("session.attach", {"sessionId": session_id})
+    command = watcher.request("prompt", {"message": "/dialog select"}, session_id)
+    asked = await watcher.wait_for_event(
+        lambda f: f["type"] == "extension_ui_request" and f["payload"]["method"] == "select"
+    )
+    answer = {"id": asked["payload"]["id"], "value": "green"}
+    request_id, cut = send_and_cut(server, "extension_ui_response", answer, session_id)
+    assert (await command)["result"] == {"disposition": "handled"}
+    await watcher.wait_for_event(
+        lambda f: f["type"] == "extension_ui_request" and f["payload"]["method"] == "notify"
+    )
+    again = await resume(server, cut)
+    assert await resend(again, "extension_ui_response", answer, session_id, request_id) == {}
+    # pi got the answer once: one notice (pi's answer to get_state comes after anything pi
+    # sent before it).
+    await watcher.call("get_state", session_id=session_id)
+    notices = [
+        f["payload"]["message"]
+        for f in watcher.event_frames(session_id)
+        if f["type"] == "extension_ui_request" and f["payload"]["method"] == "notify"
+    ]
+    assert notices == ['dialog select answered "green"']
+
     # A prompt during a run, with streamingBehavior, is queued.
+    again = watcher
     fake_llm.script(Tokens(300, delay=0.01), Text("then this"))
-    await again.call("session.attach", {"sessionId": session_id})
     await again.call("prompt", {"message": "a long one"}, session_id=session_id)
     await again.wait_for_event(
         lambda f: f["type"] == "message_update" and f["sessionId"] == session_id
