@@ -296,17 +296,34 @@ class IdempotencyKeys:
                 lines.append({"d": device, "k": key, "f": entry.fingerprint, "t": entry.at})
                 if entry.status is Status.answered:
                     lines.append({"d": device, "k": key, "a": _answer_record(entry.outcome)})
-        write_bytes_atomic(self._path, b"".join(_line(r) for r in lines))
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._records = len(lines)
         self._live = max(1, self._records)
+        try:
+            write_bytes_atomic(self._path, b"".join(_line(r) for r in lines))
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as e:
+            # A full disk, say: the keys stay in memory, the old log (if open) is appended
+            # to, and the rewrite is tried again once as many records more have come.
+            self.log.error("cannot rewrite {path}: {error}", path=str(self._path), error=e.strerror)
+            return
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
 
     def _append(self, record: dict) -> None:
         if self._fd is None:
             return
-        os.write(self._fd, _line(record))
+        try:
+            os.write(self._fd, _line(record))
+        except OSError as e:
+            # The request still runs (refusing it would not undo a full disk); its key is
+            # known until a restart.
+            self.log.error(
+                "cannot write to {path}: {error}; the key is kept in memory only",
+                path=str(self._path),
+                error=e.strerror,
+            )
+            return
         self._records += 1
         if self._records > 2 * self._live + 1000:
             now = self._clock.seconds()

@@ -4,6 +4,7 @@ and device, a repeat gets the first answer, across a restart too.
 """
 
 import json
+import os
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
@@ -219,3 +220,19 @@ def test_a_repeat_is_marked_on_the_wire(clock):
     assert "repeat" not in sent[0]
     assert sent[1]["ok"] is True and sent[1]["repeat"] is True
     assert list(sent[1]) == ["v", "kind", "id", "ok", "repeat", "result"]
+
+
+def test_a_key_log_that_cannot_be_written_leaves_the_keys_in_memory(clock, tmp_path):
+    path = tmp_path / KEY_LOG
+    keys = IdempotencyKeys(clock, path)
+    # What a full disk does to a write: the descriptor now refuses every write.
+    keys.close()
+    keys._fd = os.open(os.devnull, os.O_RDONLY)
+    handler = Handler()
+    d = dispatcher(handler, keys)
+    assert outcome_of(d.dispatch(Device(), request(message="hi")))[:2] == (
+        True,
+        {"disposition": "started", "n": 1},
+    )
+    assert outcome_of(d.dispatch(Device(), request(message="hi")))[2] is True
+    assert len(handler.calls) == 1
