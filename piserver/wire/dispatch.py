@@ -4,8 +4,12 @@ Deferred-based dispatch of parsed requests to handlers through a method table.
 A handler is called as ``handler(connection, request)`` through ``maybeDeferred``
 and returns (or fires with) the ``result`` object, or ``None`` for ``{}``.
 Requests on one connection run concurrently: each reply goes out when its
-handler finishes, so a slow call never holds up a quick one. Requests that change
-something go through the idempotency keys (wire/idempotency.py) when they are given.
+handler finishes, so a slow call never holds up a quick one.
+
+With a ``guard`` (security/access.py), every request is admitted by it before its
+handler runs (scope and reach), and each outcome is told to it (the audit log). With
+``keys`` (wire/idempotency.py), an admitted request that changes something runs at most
+once per key: a repeat gets the first answer, and is not audited again.
 """
 
 import errno
@@ -22,8 +26,7 @@ Handler = Callable[[object, Request], object]
 
 
 class Dispatcher:
-    """``fallback``, when given, handles the methods that are not in ``methods``; ``keys``,
-    when given, makes the ``IDEMPOTENT_METHODS`` among them run at most once per key."""
+    """``fallback``, when given, handles the methods that are not in ``methods``."""
 
     log = Logger()
 
@@ -31,10 +34,12 @@ class Dispatcher:
         self,
         methods: Mapping[str, Handler],
         fallback: Handler | None = None,
+        guard=None,
         keys: IdempotencyKeys | None = None,
     ):
         self._methods = dict(methods)
         self._fallback = fallback
+        self._guard = guard
         self._keys = keys
 
     @property
@@ -46,24 +51,48 @@ class Dispatcher:
         Fire with ``(True, result_dict, repeat)`` or ``(False, RpcError, repeat)``; never
         errback. ``repeat``: the answer is the one a request with the same key got.
         """
+        admission = None
+        if self._guard is not None:
+            try:
+                admission = self._guard.admit(connection, request)
+            except RpcError as refused:
+                return succeed(_first(self._decided((False, refused), connection, request, None)))
+            except Exception:
+                self.log.failure("could not check access for {method}", method=request.method)
+                return succeed((False, InternalError("internal error: see the server log"), False))
         handler = self._methods.get(request.method, self._fallback)
         if handler is None:
             error = UnknownMethod(f"unknown method {request.method!r}")
-            return succeed((False, error, False))
-        if self._keys is not None and request.method in IDEMPOTENT_METHODS:
-            if request.method in self._methods:
-                return self._keys.run(
-                    connection.device, request, lambda r: self._call(handler, connection, r)
-                )
-        return self._call(handler, connection, request).addCallback(_first)
+            return succeed(_first(self._decided((False, error), connection, request, admission)))
+        if (
+            self._keys is not None
+            and request.method in IDEMPOTENT_METHODS
+            and request.method in self._methods
+        ):
+            return self._keys.run(
+                connection.device,
+                request,
+                lambda keyed: self._call(handler, connection, keyed, admission),
+            )
+        return self._call(handler, connection, request, admission).addCallback(_first)
 
-    def _call(self, handler: Handler, connection, request: Request) -> Deferred:
+    def _call(self, handler: Handler, connection, request: Request, admission) -> Deferred:
         """Fire with ``(ok, value)``."""
         d = maybeDeferred(handler, connection, request)
         d.addCallbacks(
             self._succeeded, self._failed, errbackArgs=(request,), callbackArgs=(request,)
         )
+        d.addCallback(self._decided, connection, request, admission)
         return d
+
+    def _decided(self, outcome, connection, request: Request, admission):
+        """Tell the guard how a request ended; a failing record never loses the reply."""
+        if self._guard is not None:
+            try:
+                self._guard.decided(connection, request, admission, *outcome)
+            except Exception:
+                self.log.failure("could not record {method}", method=request.method)
+        return outcome
 
     def _succeeded(self, result, request: Request):
         if result is None:

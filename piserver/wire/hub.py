@@ -23,9 +23,10 @@ class Hub:
         requests_per_second: float | None = None,
         redact=None,
         fallback=None,
+        guard=None,
         keys=None,
     ):
-        self.dispatcher = Dispatcher(methods, fallback, keys)
+        self.dispatcher = Dispatcher(methods, fallback, guard, keys)
         self._clock = clock
         self._requests_per_second = requests_per_second
         self._redact = redact
@@ -34,7 +35,12 @@ class Hub:
         self.connections: dict[str, Connection] = {}
 
     def connect(
-        self, sink, peer: str = "", device: str | None = None, device_token_id: str | None = None
+        self,
+        sink,
+        peer: str = "",
+        device: str | None = None,
+        device_token_id: str | None = None,
+        grant=None,
     ) -> Connection:
         requests = None
         if self._requests_per_second:
@@ -53,6 +59,8 @@ class Hub:
             redact=self._redact,
         )
         connection.device_token_id = device_token_id
+        if grant is not None:
+            connection.grant = grant
         self.connections[connection.connection_id] = connection
         connection.on_lost(self._forget)
         self.log.info(
