@@ -104,6 +104,12 @@ class RememberedError(RpcError):
     code: str = attr.ib(kw_only=True, default="internal_error")
 
 
+class BudgetExceeded(RpcError):
+    """A budget covering the session is spent: no new run until it resets or is raised."""
+
+    code = "budget_exceeded"
+
+
 class InvalidSessionFile(RpcError):
     """A pi session file to import (or export) is malformed, oversized or not a file."""
 

@@ -42,10 +42,6 @@ class Dispatcher:
         self._guard = guard
         self._keys = keys
 
-    @property
-    def method_names(self) -> list[str]:
-        return sorted(self._methods)
-
     def dispatch(self, connection, request: Request) -> Deferred:
         """
         Fire with ``(True, result_dict, repeat)`` or ``(False, RpcError, repeat)``; never

@@ -80,6 +80,7 @@ IDEMPOTENT_METHODS = frozenset(
         "set_auto_compaction",
         "set_auto_retry",
         "set_session_name",
+        "session.set_budget",
         "native_tool_response",
         "extension_ui_response",
         # Issue 23's tool-call approvals (built on another branch).
@@ -97,7 +98,14 @@ MAX_ANSWER_BYTES = 256 * 1024
 # Errors that say nothing was done: the key is forgotten, so the client may fix the
 # request (or wait) and send it again with the same key.
 NOTHING_DONE = frozenset(
-    {"invalid_params", "invalid_request", "unknown_method", "rate_limited", "storage_full"}
+    {
+        "invalid_params",
+        "invalid_request",
+        "unknown_method",
+        "rate_limited",
+        "storage_full",
+        "budget_exceeded",
+    }
 )
 
 
