@@ -9,6 +9,7 @@ const SHELL = [
   "/ui/assets/app.js",
   "/ui/assets/rpc.js",
   "/ui/assets/push.js",
+  "/ui/assets/outbox.js",
   "/ui/assets/conversation.js",
   "/ui/assets/markdown.js",
   "/ui/assets/vendor/marked.esm.js",

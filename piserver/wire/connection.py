@@ -127,13 +127,13 @@ class Connection:
         d.addCallback(self._reply, request)
 
     def _reply(self, outcome, request) -> None:
-        ok, value = outcome
+        ok, value, repeat = outcome
         if ok:
-            self.send(encode_result(request.id, value, request.session_id))
+            self.send(encode_result(request.id, value, request.session_id, repeat=repeat))
         else:
             if self._redact is not None:
                 value = attr.evolve(value, message=self._redact(value.message))
-            self.send(encode_error(request.id, value, request.session_id))
+            self.send(encode_error(request.id, value, request.session_id, repeat=repeat))
 
     def send(self, data: bytes) -> None:
         if self.open and not self._closing:
