@@ -55,7 +55,9 @@ def test_every_file_the_server_keeps_in_the_data_dir_stays_out_of_agent_dirs():
     # each module's own name for its file must be a server entry.
     from piserver.ops.audit import AUDIT_FILE
     from piserver.security.actionurls import KEY_FILE
+    from piserver.security.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE
     from piserver.security.tokens import DEVICE_TOKENS_FILE, SERVER_TOKEN_FILE
+    from piserver.security.vapid import VAPID_KEY_FILE
     from piserver.sessions.imports import STAGING
     from piserver.sessions.usage import USAGE_FILE
     from piserver.wire.idempotency import KEY_LOG
@@ -69,5 +71,7 @@ def test_every_file_the_server_keeps_in_the_data_dir_stays_out_of_agent_dirs():
         STAGING,
         USAGE_FILE,
         KEY_LOG,
+        VAPID_KEY_FILE,
+        PUSH_SUBSCRIPTIONS_FILE,
     ):
         assert agentdir._is_server_entry(name), name
