@@ -379,13 +379,14 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         )
         notifier.setServiceParent(top)
         sessions.observers.add(notifier)
-        budgets.notify = notifier.notify
+        budgets.notifiers.append(notifier.notify)
     device_tokens = DeviceTokenStore(config.data_dir / DEVICE_TOKENS_FILE, reactor.seconds)
     method_table = methods.table()
     if config.push:
         push = build_push(config, reactor, device_tokens, redact, in_thread, action_urls)
         push.notifier.setServiceParent(top)
         sessions.observers.add(push.notifier)
+        budgets.notifiers.append(push.notifier.notify)
         push_methods = PushMethods(
             push.subscriptions,
             push.policy,

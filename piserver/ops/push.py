@@ -1,7 +1,8 @@
 """
 Web Push to the devices that asked for it ("Notify me on this device" in the web
 client): the same happenings as the ``--notify-url`` webhooks (``input_needed``,
-``run_finished`` with the first line of the answer, ``agent_failed``), as a small JSON
+``run_finished`` with the first line of the answer, ``agent_failed``, and the budgets'
+``budget_warning`` and ``budget_reached``), as a small JSON
 payload for the service worker (``piserver/web/sw.js``)::
 
     {"event", "title", "body", "sessionId", "url": "/ui/sessions/<id>",
@@ -36,10 +37,24 @@ TITLES = {
     "input_needed": "waits for your answer",
     "run_finished": "finished",
     "agent_failed": "the agent failed",
+    "budget_warning": "80 % of a budget spent",
+    "budget_reached": "stopped: budget spent",
 }
 # How long a push service keeps trying to deliver (seconds) and how urgently.
-TTL = {"input_needed": 3600, "run_finished": 86400, "agent_failed": 86400}
-URGENCY = {"input_needed": "high", "run_finished": "normal", "agent_failed": "normal"}
+TTL = {
+    "input_needed": 3600,
+    "run_finished": 86400,
+    "agent_failed": 86400,
+    "budget_warning": 86400,
+    "budget_reached": 86400,
+}
+URGENCY = {
+    "input_needed": "high",
+    "run_finished": "normal",
+    "agent_failed": "normal",
+    "budget_warning": "normal",
+    "budget_reached": "high",
+}
 
 
 def first_line(text: str) -> str:

@@ -103,18 +103,18 @@ class Spent:
 
 
 class Budgets(SessionObserver):
-    """Checks the limits; ``notify(event, session, summary)`` tells whoever is not looking
-    (notify.Notifier), when given."""
+    """Checks the limits; each of ``notifiers``, ``notify(event, session, summary)``, tells
+    whoever is not looking (the webhooks' ``Notifier``, Web Push's ``PushNotifier``)."""
 
     log = Logger()
 
     def __init__(
-        self, ledger: UsageLedger, sessions: SessionControl, daily: DailyLimits, notify=None
+        self, ledger: UsageLedger, sessions: SessionControl, daily: DailyLimits, notifiers=()
     ):
         self._ledger = ledger
         self._sessions = sessions
         self.daily = daily
-        self.notify = notify
+        self.notifiers = list(notifiers)
         # Sessions whose current run was already stopped (one budget_reached per run).
         self._stopped: set[str] = set()
 
@@ -196,8 +196,7 @@ class Budgets(SessionObserver):
             "budget warning ({scope}): {what}", scope=spent.scope.value, what=_percent(spent)
         )
         self._sessions.publish(session, "budget_warning", spent.to_wire("budget_warning"))
-        if self.notify is not None:
-            self.notify("budget_warning", session, f"{_percent(spent)}")
+        self._notify("budget_warning", session, f"{_percent(spent)}")
 
     def _reached(self, session, spent: Spent) -> None:
         if spent.scope is Scope.SESSION:
@@ -221,8 +220,12 @@ class Budgets(SessionObserver):
                     what=spent.describe(),
                 )
                 self._abort(target)
-        if stopped_any and self.notify is not None:
-            self.notify("budget_reached", session, f"{spent.describe()}; the run was stopped")
+        if stopped_any:
+            self._notify("budget_reached", session, f"{spent.describe()}; the run was stopped")
+
+    def _notify(self, event: str, session, summary: str) -> None:
+        for notify in self.notifiers:
+            notify(event, session, summary)
 
     def _abort(self, session) -> None:
         d = defer.ensureDeferred(self._sessions.command(session, "abort"))

@@ -381,3 +381,19 @@ def test_approval_actions_go_only_to_tokens_that_may_approve(tmp_path):
     ]
     assert "actions" not in watcher.open(by_url[watcher.endpoint].data)
     assert by_url[watcher.endpoint].headers["Urgency"] == ["high"]
+
+
+def test_budget_warnings_and_stops_are_pushed(tmp_path):
+    # Budgets tell every notifier (sessions/budgets.py): the webhooks' and this one.
+    http = FakeHttp()
+    push, store, _ = notifier(tmp_path, http)
+    browser = Browser()
+    store.add(browser.subscription("tok-a", "phone"))
+    session = Session()
+    push.notify("budget_warning", session, "80 % of the session's budget of $1.00")
+    push.notify("budget_reached", session, "the session's budget is spent; the run was stopped")
+    warning, stop = (browser.open(post.data) for post in http.posts)
+    assert warning["title"] == "fix the bug: 80 % of a budget spent"
+    assert stop["title"] == "fix the bug: stopped: budget spent"
+    assert stop["body"] == "the session's budget is spent; the run was stopped"
+    assert http.posts[1].headers["Urgency"] == ["high"]

@@ -207,7 +207,9 @@ def test_parameters():
 def test_a_session_budget_stops_its_run_and_refuses_prompts_until_raised(tmp_path):
     _ledger, accounting, budgets, fake = setup(tmp_path, Clock())
     notified = []
-    budgets.notify = lambda event, session, summary: notified.append((event, session.id, summary))
+    budgets.notifiers.append(
+        lambda event, session, summary: notified.append((event, session.id, summary))
+    )
     a, b = fake.sessions["a"], fake.sessions["b"]
     budgets.set_session_budget(a, 1.0)
     assert fake.saved == ["a"] and a.budget_usd == 1.0
@@ -247,7 +249,7 @@ def test_a_session_budget_stops_its_run_and_refuses_prompts_until_raised(tmp_pat
 def test_the_warning_comes_once_at_80_percent(tmp_path):
     ledger, accounting, budgets, fake = setup(tmp_path, Clock())
     notified = []
-    budgets.notify = lambda event, session, summary: notified.append((event, summary))
+    budgets.notifiers.append(lambda event, session, summary: notified.append((event, summary)))
     a = fake.sessions["a"]
     budgets.set_session_budget(a, 1.0)
     message_end(accounting, a, assistant(cost=0.79))
