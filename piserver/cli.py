@@ -1,7 +1,8 @@
 """
 ``pi-server``: runs the service in the foreground, as ``twistd -n piserver`` does;
 ``pi-server token ...`` manages device tokens (see tokencli.py); ``pi-server session
-export ...`` takes a session back to pi in a terminal (see sessioncli.py).
+export ...`` takes a session back to pi in a terminal (see sessioncli.py); ``pi-server
+audit`` reads the audit log (auditcli.py).
 """
 
 import os
@@ -19,6 +20,10 @@ def main(argv=None) -> int | None:
         return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
     if args[:1] == ["session"]:
         from piserver.sessioncli import run
+
+        return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
+    if args[:1] == ["audit"]:
+        from piserver.auditcli import run
 
         return run(args[1:], os.environ, time.time, sys.stdout, sys.stderr)
     # twistd's own logging to stdout, no daemon, no pidfile: a foreground program.

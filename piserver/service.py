@@ -24,6 +24,7 @@ from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.config import ServerConfig
+from piserver.ops.audit import AUDIT_FILE, AuditLog
 from piserver.ops.metrics import MetricsResource, ServerMetrics
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
 from piserver.ops.readiness import ReadyResource
@@ -34,6 +35,7 @@ from piserver.repos.github import GithubClient
 from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
+from piserver.security.access import AccessGuard
 from piserver.security.auth import Authenticator
 from piserver.security.redact import (
     REVEAL_FIELD,
@@ -333,6 +335,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     hub = top.hub = Hub(
         table,
         fallback=fallback,
+        # Scopes and reach of each token, and the audit log of what changed (issue 27).
+        guard=AccessGuard(sessions, AuditLog(config.data_dir / AUDIT_FILE, reactor.seconds)),
         send_buffer_limit=config.send_buffer_limit,
         clock=reactor,
         requests_per_second=config.requests_per_second,

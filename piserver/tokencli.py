@@ -1,6 +1,7 @@
 """
-``pi-server token add NAME | list | revoke NAME``: the device tokens in the data
-dir. ``add`` prints the new token once, on stdout alone (so that
+``pi-server token add NAME [--scope LIST] [--repo ID]... [--own-sessions] | list |
+revoke NAME``: the device tokens in the data dir, with what each may do (see
+security/scopes.py). ``add`` prints the new token once, on stdout alone (so that
 ``TOKEN=$(pi-server token add phone)`` works); nothing ever prints a stored hash.
 ``add NAME --qr`` prints after it the URL to connect with and that URL as a QR code
 (segno), for a phone camera to pick up; ``--qr --web`` the web client's sign-in link
@@ -18,6 +19,7 @@ from twisted.python import usage
 
 from piserver.common.defaults import DEFAULT_PORT
 from piserver.config import default_data_dir, prepare_data_dir
+from piserver.security.scopes import DEFAULT_SCOPES, parse_scopes, scope_list
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
 EXIT_OK = 0
@@ -25,8 +27,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 SYNOPSIS = (
-    "Usage: pi-server token [--data-dir DIR] add NAME [--qr [--web] [--url URL]] | "
-    "list | revoke NAME"
+    "Usage: pi-server token [--data-dir DIR] add NAME [--scope LIST] [--repo ID]... "
+    "[--own-sessions] [--qr [--web] [--url URL]] | list | revoke NAME"
 )
 
 
@@ -62,10 +64,11 @@ def write_qr(text: str, out) -> None:
 
 
 class AddOptions(usage.Options):
-    synopsis = "NAME [--qr [--web] [--url URL]]"
+    synopsis = "NAME [--scope LIST] [--repo ID]... [--own-sessions] [--qr [--web] [--url URL]]"
     optFlags = [
         ["qr", None, "also print the URL to connect with, and it as a QR code for a phone"],
         ["web", None, "with --qr: the web client's sign-in link (/ui#token=...) instead"],
+        ["own-sessions", None, "it sees and acts on only the sessions it creates"],
     ]
     optParameters = [
         [
@@ -83,13 +86,31 @@ class AddOptions(usage.Options):
         args = list(options or [])
         while args:
             arg = args.pop(0)
-            if arg == "--url" and args:
+            if arg in ("--url", "--scope", "--repo") and args:
                 flags += [arg, args.pop(0)]
             elif arg.startswith("-"):
                 flags.append(arg)
             else:
                 names.append(arg)
         super().parseOptions(flags + names)
+
+    def __init__(self):
+        super().__init__()
+        self["scopes"] = DEFAULT_SCOPES
+        self["repos"] = None
+
+    def opt_scope(self, text):
+        """what it may do, a comma list of read, prompt, approve, ship, manage [default: all]"""
+        try:
+            self["scopes"] = parse_scopes(text)
+        except ValueError as e:
+            raise usage.UsageError(f"--scope: {e}") from None
+
+    def opt_repo(self, repo_id):
+        """only sessions of this repository (repeatable) [default: every repository]"""
+        if not repo_id.strip():
+            raise usage.UsageError("--repo: give a repository id (see repos.list)")
+        self["repos"] = (self["repos"] or frozenset()) | {repo_id.strip()}
 
     def parseArgs(self, name):
         self["name"] = name
@@ -169,7 +190,12 @@ def run(argv, environ, clock, stdout, stderr) -> int:
     name = options.subOptions.get("name")
     try:
         if command == "add":
-            token = store.add(name)
+            token = store.add(
+                name,
+                options.subOptions["scopes"],
+                options.subOptions["repos"],
+                options.subOptions["own-sessions"],
+            )
             stdout.write(token + "\n")
             stderr.write(
                 f"added device {name}. The token above is shown only this once: give it to the "
@@ -186,7 +212,10 @@ def run(argv, environ, clock, stdout, stderr) -> int:
                 stderr.write(f"no device tokens in {data_dir}\n")
             width = max((len(device["name"]) for device in devices), default=0)
             for device in devices:
-                stdout.write(f"{device['name']:<{width}}  {device['createdAt'] or '-'}\n")
+                stdout.write(
+                    f"{device['name']:<{width}}  {device['createdAt'] or '-'}  "
+                    f"{describe_grant(device['grant'])}\n"
+                )
         elif not store.revoke(name):
             stderr.write(f"pi-server token: there is no device named {name!r}\n")
             return EXIT_FAILED
@@ -202,6 +231,16 @@ def run(argv, environ, clock, stdout, stderr) -> int:
         stderr.write(f"pi-server token {command}: {e.filename or data_dir}: {e.strerror or e}\n")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def describe_grant(grant) -> str:
+    """``read,prompt  repos: a, b  own sessions`` for ``token list``."""
+    text = ",".join(scope_list(grant.scopes)) or "no scopes"
+    if grant.repos is not None:
+        text += "  repos: " + (", ".join(sorted(grant.repos)) or "none")
+    if grant.own_sessions:
+        text += "  own sessions"
+    return text
 
 
 def _data_dir_first(argv: list[str]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from collections.abc import Collection, Mapping
 
 from twisted.application import service
@@ -28,6 +27,7 @@ from piserver.agents.protocol import (
     EventCallback,
 )
 from piserver.common.errors import AgentExited, InvalidState
+from piserver.common.processes import TermThenKill, signal_group
 
 log = Logger()
 
@@ -199,7 +199,6 @@ class AgentSupervisor(service.Service):
         if agent.exit is not None:
             return
         agent.close_stdin()
-        timers = []
 
         def send(signal_name: str) -> None:
             log.warn(
@@ -209,26 +208,20 @@ class AgentSupervisor(service.Service):
             )
             self._signal(agent, signal_name)
 
-        timers.append(self._reactor.callLater(self._term_grace, send, "TERM"))
-        timers.append(self._reactor.callLater(self._term_grace + self._kill_grace, send, "KILL"))
+        stopping = TermThenKill(self._reactor, send, self._term_grace, self._kill_grace)
 
         def cancel_timers(exit: AgentExit) -> AgentExit:
-            for timer in timers:
-                if timer.active():
-                    timer.cancel()
+            stopping.cancel()
             return exit
 
         agent.exited.addCallback(cancel_timers)
 
     def _signal(self, agent: AgentProtocol, signal_name: str) -> None:
         """Signal the agent's whole process group when it has one, else the agent."""
-        if self._group_kill and agent.exit is None and agent.pid:
-            try:
-                os.killpg(agent.pid, getattr(signal, f"SIG{signal_name}"))
-                return
-            except ProcessLookupError:
-                pass
-        agent.signal(signal_name)
+        if self._group_kill and agent.exit is None:
+            signal_group(agent.pid, signal_name, agent.signal)
+        else:
+            agent.signal(signal_name)
 
     def _hung(self, agent: AgentProtocol) -> None:
         # Nothing polite reaches a process that does not run: kill it (its exit is a crash).
@@ -237,12 +230,9 @@ class AgentSupervisor(service.Service):
     def _forget(self, exit: AgentExit, key: str, agent: AgentProtocol) -> AgentExit:
         if self._agents.get(key) is agent:
             del self._agents[key]
-        if self._group_kill and agent.pid:
+        if self._group_kill:
             # What the agent started and left behind (a shell, a tool) goes with it.
-            try:
-                os.killpg(agent.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_group(agent.pid, "KILL", lambda name: None)
         return exit
 
     def _start_failed(self, failure: Failure, agent: AgentProtocol) -> None:

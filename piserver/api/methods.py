@@ -20,6 +20,7 @@ from piserver.common.errors import (
     RpcError,
     UnknownMethod,
 )
+from piserver.security.access import grant_of
 from piserver.sessions.seedcompat import seed_messages
 from piserver.sessions.stream import EVENT_MODES
 
@@ -160,6 +161,8 @@ class RpcMethods:
             "connectionId": connection.connection_id,
             "server": {"name": SERVER_NAME, "version": __version__},
             "capabilities": dict(self._capabilities),
+            # Who this client is and what it may do, so that it offers only that.
+            "device": grant_of(connection).describe(),
         }
         if self._agent is not None:
             result["agent"] = self._agent
@@ -176,9 +179,10 @@ class RpcMethods:
         if previous is not None:
             # What the old connection was attached to comes back, seen events or not.
             last_seqs = {**dict.fromkeys(sorted(previous.attached)), **last_seqs}
+        grant = grant_of(connection)
         for session_id, seq in last_seqs.items():
             session = self._sessions.sessions.get(session_id)
-            if session is None:
+            if session is None or not grant.may_see(session):
                 resumed[session_id] = "not_found"
                 continue
             if previous is not None and session_id not in previous.attached:
@@ -230,7 +234,12 @@ class RpcMethods:
 
     def session_list(self, connection, request):
         repo_id = _optional_string(request.params, "repoId")
-        return {"sessions": self._sessions.summaries(repo_id)}
+        grant = grant_of(connection)
+        if grant.unrestricted:
+            return {"sessions": self._sessions.summaries(repo_id)}
+        visible = {s.id for s in self._sessions.sessions.values() if grant.may_see(s)}
+        summaries = self._sessions.summaries(repo_id)
+        return {"sessions": [s for s in summaries if s["sessionId"] in visible]}
 
     async def session_attach(self, connection, request):
         session = self._sessions.get(_target_session_id(request))
@@ -264,7 +273,9 @@ class RpcMethods:
 
     def native_tool_response(self, connection, request):
         answer = parse_tool_answer(request.params)
-        session = self._waiting_session(request, lambda s: s.calls.has_call(answer.call_id))
+        session = self._waiting_session(
+            connection, request, lambda s: s.calls.has_call(answer.call_id)
+        )
         if session is None:
             raise NotFound(f"no pending native tool call {answer.call_id[:80]!r}")
         session.calls.answer_call(connection, answer)
@@ -274,24 +285,35 @@ class RpcMethods:
         dialog_id = request.params.get("id")
         if not isinstance(dialog_id, str) or not dialog_id:
             raise InvalidParams('missing "id" (a string)')
-        session = self._waiting_session(request, lambda s: s.calls.has_dialog(dialog_id))
+        session = self._waiting_session(
+            connection, request, lambda s: s.calls.has_dialog(dialog_id)
+        )
         if session is None:
             raise NotFound(f"no pending extension dialog {dialog_id[:80]!r}")
         session.calls.answer_dialog(connection, request.params)
         return {}
 
-    def _waiting_session(self, request, is_waiting):
-        """The session named in the request, else the one waiting for this answer."""
+    def _waiting_session(self, connection, request, is_waiting):
+        """The session named in the request, else the one in the device's reach waiting
+        for this answer."""
         session_id = _session_id(request)
         if session_id:
             session = self._sessions.get(session_id)
             return session if is_waiting(session) else None
-        return next((s for s in self._sessions.sessions.values() if is_waiting(s)), None)
+        grant = grant_of(connection)
+        return next(
+            (s for s in self._sessions.sessions.values() if grant.may_see(s) and is_waiting(s)),
+            None,
+        )
 
     # -- repos --------------------------------------------------------------
 
-    def repos_list(self, connection, request):
-        return self._repos.list()
+    async def repos_list(self, connection, request):
+        listed = await self._repos.list()
+        grant = grant_of(connection)
+        if grant.repos is None:
+            return listed
+        return {**listed, "repos": [r for r in listed["repos"] if grant.may_use_repo(r["id"])]}
 
     # -- agent calls --------------------------------------------------------
 

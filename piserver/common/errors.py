@@ -95,3 +95,10 @@ class InvalidSessionFile(RpcError):
     """A pi session file to import (or export) is malformed, oversized or not a file."""
 
     code = "invalid_session_file"
+
+
+class Forbidden(RpcError):
+    """The token lacks the scope a method needs (named in ``message``), or the thing asked
+    for is out of its reach."""
+
+    code = "forbidden"

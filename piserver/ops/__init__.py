@@ -3,5 +3,6 @@
 - ``logs``: ``--log-level`` and ``--log-format``;
 - ``metrics``: ``GET /metrics`` (Prometheus);
 - ``notify``: ``--notify-url``: a run ended, the agent waits for an answer, it failed;
-- ``readiness``: ``GET /ready``.
+- ``readiness``: ``GET /ready``;
+- ``audit``: ``<data-dir>/audit.log``, who changed what (``pi-server audit``).
 """

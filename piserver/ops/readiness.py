@@ -3,12 +3,13 @@
 route traffic only to ready instances. ``/health`` only says the process answers.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from twisted.web.resource import Resource
+
+from piserver.common.httpjson import render_json
 
 
 def readiness(pi_command, data_dir: Path, environ_path: str | None = None) -> dict:
@@ -37,7 +38,4 @@ class ReadyResource(Resource):
     def render_GET(self, request):
         checks = readiness(self._pi_command, self._data_dir, self._path)
         ready = all(checks.values())
-        request.setResponseCode(200 if ready else 503)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        return json.dumps({"ok": ready, "checks": checks}).encode("utf-8") + b"\n"
+        return render_json(request, 200 if ready else 503, {"ok": ready, "checks": checks})

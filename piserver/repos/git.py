@@ -15,7 +15,6 @@ import base64
 import os
 import re
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
@@ -26,6 +25,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from piserver.common.errors import GitError
+from piserver.common.processes import TermThenKill, signal_group
 
 log = Logger()
 
@@ -191,7 +191,7 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         self._stderr = bytearray()
         self._stderr_partial = ""
         self._timed_out = False
-        self._timers = []
+        self._stopping = None
         self._last_progress_at = None
         self._pending_progress = None
         self._progress_timer = None
@@ -199,7 +199,7 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
 
     def connectionMade(self):
         self.transport.closeStdin()
-        self._timers.append(self._clock.callLater(self._timeout, self._expire))
+        self._stopping = TermThenKill(self._clock, self._expire, self._timeout, self._kill_grace)
 
     def outReceived(self, data):
         if self._stdout_limit is None:
@@ -216,9 +216,10 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
             self._parse_progress(data.decode("utf-8", "replace"))
 
     def processEnded(self, reason):
-        for timer in self._timers + [self._progress_timer]:
-            if timer is not None and timer.active():
-                timer.cancel()
+        if self._stopping is not None:
+            self._stopping.cancel()
+        if self._progress_timer is not None and self._progress_timer.active():
+            self._progress_timer.cancel()
         self._progress_timer = None
         if self.ended.called:
             return
@@ -258,10 +259,9 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         except Exception:
             log.failure("git progress callback failed")
 
-    def _expire(self) -> None:
+    def _expire(self, name: str) -> None:
         self._timed_out = True
-        self._signal("TERM")
-        self._timers.append(self._clock.callLater(self._kill_grace, self._signal, "KILL"))
+        self._signal(name)
 
     def _cancel(self, _deferred) -> None:
         self._signal("KILL")
@@ -269,11 +269,11 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
     def _signal(self, name: str) -> None:
         if self._signal_group:
             # The group outlives git itself while a helper it started still runs.
-            try:
-                os.killpg(self.transport.pid, getattr(signal, f"SIG{name}"))
-                return
-            except (ProcessLookupError, PermissionError, TypeError):
-                pass
+            signal_group(self.transport.pid, name, self._signal_git)
+        else:
+            self._signal_git(name)
+
+    def _signal_git(self, name: str) -> None:
         try:
             self.transport.signalProcess(name)
         except error.ProcessExitedAlready:

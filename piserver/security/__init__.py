@@ -1,6 +1,8 @@
-"""Who may connect and what never leaks.
+"""Who may connect, what each token may do, and what never leaks.
 
 - ``tokens``: the server token and device tokens; ``auth``: who may open ``/rpc``;
+- ``scopes``: what a token may do and which sessions it sees; ``access``: the check of
+  both before any handler runs;
 - ``revocation``: a revoked device token ends its connections at once;
 - ``origins``: which browser pages may connect; ``tls``: TLS on the one port;
 - ``redact``: secrets never reach a log; ``refusals``: counted, rate-limited refusals.

@@ -5,16 +5,19 @@ Who may open ``/rpc``: the server token or a device token, from an
 
 import attr
 
+from piserver.security.scopes import Grant
 from piserver.security.tokens import tokens_match
 
 
 @attr.frozen
 class Identity:
     """``device`` names the device token used; None for the server token or no auth.
-    ``token_id`` identifies that device token (see ``DeviceTokenStore.identify``)."""
+    ``token_id`` identifies that device token (see ``DeviceTokenStore.identify``);
+    ``grant`` is what the token may do."""
 
     device: str | None
     token_id: str | None = None
+    grant: Grant = attr.Factory(Grant.server_token)
 
 
 @attr.s(auto_exc=True)
@@ -54,7 +57,7 @@ class Authenticator:
         if tokens_match(token, self.server_token):
             return Identity(device=None)
         if self.device_tokens is not None:
-            found = self.device_tokens.identify(token)
+            found = self.device_tokens.find(token)
             if found is not None:
-                return Identity(device=found[0], token_id=found[1])
+                return Identity(device=found.name, token_id=found.token_id, grant=found.grant)
         raise Unauthorized("invalid token")

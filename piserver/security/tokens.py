@@ -11,8 +11,9 @@ import hmac
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+import attr
 from twisted.logger import Logger
 
 from piserver.common.files import (
@@ -23,6 +24,7 @@ from piserver.common.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from piserver.security.scopes import DEFAULT_SCOPES, Grant, Scope, scope_list
 
 _log = Logger()
 
@@ -38,6 +40,42 @@ _HASH_PREFIX = "sha256:"
 
 class TokenError(ValueError):
     """A token or device name was refused; the message never contains a token."""
+
+
+@attr.frozen
+class DeviceToken:
+    """A device token that was presented and matched: its device, its id (the stored
+    hash, which tells a revoked token from a new one of the same name) and its grant."""
+
+    name: str
+    token_id: str
+    grant: Grant
+
+
+def grant_from_entry(name: str, device: dict) -> Grant:
+    """
+    A device entry's grant. Entries written before scopes existed have none of the keys
+    and hold the default (every scope, every session), as new tokens do. A key that is
+    there but malformed gives nothing rather than everything, and a scope name this
+    server does not know is ignored.
+    """
+    scopes = device.get("scopes", None)
+    if scopes is None:
+        scopes = DEFAULT_SCOPES
+    elif isinstance(scopes, list):
+        scopes = frozenset(Scope(s) for s in scopes if s in Scope.__members__.values())
+    else:
+        scopes = frozenset()
+    repos = device.get("repos")
+    if repos is not None:
+        listed = repos if isinstance(repos, list) else []
+        repos = frozenset(r for r in listed if isinstance(r, str))
+    return Grant(
+        device=name,
+        scopes=scopes,
+        repos=repos,
+        own_sessions=device.get("ownSessions", False) is not False,
+    )
 
 
 def generate_token() -> str:
@@ -123,7 +161,9 @@ def read_token_file(path: str | os.PathLike, log: Logger | None = None) -> str:
 class DeviceTokenStore:
     """
     Named device tokens in ``device-tokens.json``:
-    ``{"version": 1, "devices": {name: {"createdAt": ISO-8601, "hash": "sha256:<hex>"}}}``.
+    ``{"version": 1, "devices": {name: {"createdAt": ISO-8601, "hash": "sha256:<hex>",
+    "scopes": [...], "repos": [...], "ownSessions": bool}}}``; the last three are optional
+    (see ``grant_from_entry``), so files from before scopes keep working.
 
     Only a SHA-256 of each token is kept. The tokens are 256 random bits, so
     nobody can guess one from its hash; salts and slow hashes (scrypt,
@@ -148,26 +188,49 @@ class DeviceTokenStore:
         self._devices: dict[str, dict] = {}
         self._file_identity: tuple | None = None
 
-    def add(self, name: str) -> str:
-        """Create a token for device ``name`` and return it (shown once, never stored).
+    def add(
+        self,
+        name: str,
+        scopes: Iterable[Scope] = DEFAULT_SCOPES,
+        repos: Iterable[str] | None = None,
+        own_sessions: bool = False,
+    ) -> str:
+        """Create a token for device ``name`` with ``scopes``, limited to the sessions of
+        ``repos`` (None: all) and, with ``own_sessions``, to those it creates. Returns the
+        token (shown once, never stored).
 
-        Raises ``TokenError`` for an invalid or already used name.
+        Raises ``TokenError`` for an invalid or already used name, or no scope.
         """
+        scopes = frozenset(scopes)
+        if not scopes:
+            raise TokenError("a device token needs at least one scope")
         if not DEVICE_NAME.match(name):
             raise TokenError("a device name is 1 to 64 letters, digits, '_', '.' or '-'")
         devices = dict(self._current())
         if name in devices:
             raise TokenError(f"there is already a device named {name}; revoke it first")
         token = generate_token()
-        devices[name] = {"createdAt": _iso8601(self._clock()), "hash": _token_hash(token)}
+        entry = {
+            "createdAt": _iso8601(self._clock()),
+            "hash": _token_hash(token),
+            "scopes": scope_list(scopes),
+            "ownSessions": bool(own_sessions),
+        }
+        if repos is not None:
+            entry["repos"] = sorted(set(repos))
+        devices[name] = entry
         self._write(devices)
         self._log.info("added a device token for {device}", device=name)
         return token
 
     def list(self) -> list[dict]:
-        """``[{name, createdAt}]`` sorted by name; hashes are never returned."""
+        """``[{name, createdAt, grant}]`` sorted by name; hashes are never returned."""
         return [
-            {"name": name, "createdAt": device.get("createdAt")}
+            {
+                "name": name,
+                "createdAt": device.get("createdAt"),
+                "grant": grant_from_entry(name, device),
+            }
             for name, device in sorted(self._current().items())
         ]
 
@@ -189,6 +252,15 @@ class DeviceTokenStore:
         """The name of the device whose token ``presented`` is, or None."""
         found = self.identify(presented)
         return found[0] if found is not None else None
+
+    def find(self, presented: str) -> DeviceToken | None:
+        """The device token ``presented`` is, with what it may do; None if none."""
+        devices = self._current()
+        found = self.identify(presented)
+        if found is None:
+            return None
+        name, token_id = found
+        return DeviceToken(name, token_id, grant_from_entry(name, devices[name]))
 
     def identify(self, presented: str) -> tuple[str, str] | None:
         """``(name, token id)`` of the device token ``presented`` is, or None. The id (the

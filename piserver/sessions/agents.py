@@ -9,8 +9,9 @@ ahead of any session are the ``WarmAgents`` pool's (``warm.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -54,12 +55,29 @@ class _Host:
         self._agents.crashed(self._session, agent, exit)
 
 
+class AgentsHost(Protocol):
+    """What ``SessionAgents`` asks of the session manager."""
+
+    def registered(self) -> Iterable[Session]:
+        """The sessions in the registry (not the warm pool's)."""
+
+    def publish(
+        self, session: Session, event_type: str, payload: dict, payload_json=None, to=None
+    ) -> None:
+        """Number, journal and send an event of ``session``."""
+
+    def save(self, session: Session) -> None:
+        """Write the session's record."""
+
+    def agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
+        """``agent``, the process of ``session``, wrote ``event``."""
+
+
 class SessionAgents:
     """
-    ``supervisor`` spawns and stops the processes. The session manager gives:
-    ``sessions()`` (the registered sessions), ``publish(session, type, payload)``,
-    ``observer`` (its ``ISessionObserver``), ``save(session)`` and
-    ``on_event(session, agent, event, raw)`` for each event an agent writes.
+    ``supervisor`` spawns and stops the processes; ``host`` (an ``AgentsHost``, the
+    session manager) holds the sessions; ``observer`` (an ``ISessionObserver``) hears of
+    restarts.
     """
 
     log = Logger()
@@ -69,22 +87,16 @@ class SessionAgents:
         clock,
         data_dir: Path,
         supervisor,
-        sessions: Callable[[], Iterable[Session]],
-        publish,
+        host: AgentsHost,
         observer: ISessionObserver,
-        save,
-        on_event,
         max_agents: int = DEFAULT_MAX_AGENTS,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self._clock = clock
         self._data_dir = data_dir
         self.supervisor = supervisor
-        self._sessions = sessions
-        self._publish = publish
+        self._host = host
         self._observer = observer
-        self._save = save
-        self._on_event = on_event
         self.max_agents = max_agents
         self.idle_timeout = idle_timeout
         # Sessions whose agent is being stopped to make room for one starting.
@@ -141,7 +153,7 @@ class SessionAgents:
             session.id,
             self.args(session),
             str(session.cwd),
-            lambda event, raw: self._on_event(session, agent, event, raw),
+            lambda event, raw: self._host.agent_event(session, agent, event, raw),
             agent_dir=str(session.agent_dir),
             files=self.files(session),
         )
@@ -153,7 +165,7 @@ class SessionAgents:
             # pi's default model lives in the shared settings.json, which a set_model in any
             # session changes: pin this session's model so restarts keep it.
             session.provider, session.model_id = model["provider"], model["id"]
-            self._save(session)
+            self._host.save(session)
 
     def restarting(self, session: Session, delay: float) -> None:
         self.log.info(
@@ -164,7 +176,7 @@ class SessionAgents:
     def crashed(self, session: Session, agent: AgentProtocol, exit: AgentExit) -> None:
         session.calls.agent_exited()
         if agent.hung:
-            self._publish(
+            self._host.publish(
                 session,
                 "agent_hung",
                 {
@@ -176,17 +188,17 @@ class SessionAgents:
             # The run ends here for the client as it would have: agent_end, agent_settled.
             session.streaming = False
             error = {"code": "agent_exited", "message": exit.describe()}
-            self._publish(
+            self._host.publish(
                 session,
                 "agent_end",
                 {"type": "agent_end", "messages": [], "success": False, "error": error},
             )
-            self._publish(
+            self._host.publish(
                 session,
                 "agent_settled",
                 {"type": "agent_settled", "aborted": False, "error": error},
             )
-        self._publish(
+        self._host.publish(
             session,
             "agent_exit",
             {
@@ -209,7 +221,7 @@ class SessionAgents:
     # -- room, idleness -------------------------------------------------------
 
     def _holding_places(self, starting: Session | None) -> list[Session]:
-        sessions = list(self._sessions())
+        sessions = list(self._host.registered())
         if self.warm is not None:
             sessions += self.warm.sessions()
         return [
@@ -262,7 +274,7 @@ class SessionAgents:
 
     def stop_idle(self) -> None:
         horizon = self._clock.seconds() - self.idle_timeout
-        for session in list(self._sessions()):
+        for session in list(self._host.registered()):
             if session.idle() and session.last_used < horizon:
                 self.log.info(
                     "stopping the agent of {session_id}: idle for {seconds:.0f} s",

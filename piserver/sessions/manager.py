@@ -10,6 +10,7 @@ call, so the conversation resumes where it was (``agents``, ``lifecycle``).
 import json
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from twisted.application import service
@@ -113,22 +114,13 @@ class SessionManager(service.Service):
             reactor,
             self._data_dir,
             supervisor,
-            self.sessions.values,
-            self.publish,
+            self,
             self.observers,
-            self._save,
-            self._agent_event,
             max_agents=max_agents,
             idle_timeout=idle_timeout,
         )
         if warm_agents:
-            self.agents.warm = WarmAgents(
-                warm_agents,
-                self._provision_warm,
-                self._tear_down,
-                self.agents.has_room,
-                lambda: agentdir.fingerprint(self._data_dir),
-            )
+            self.agents.warm = WarmAgents(warm_agents, self)
         self._refill = None
         # on_sent(mode, size) for every event frame sent (metrics).
         self.on_event_sent = None
@@ -210,7 +202,7 @@ class SessionManager(service.Service):
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
 
-    def _save(self, session: Session) -> None:
+    def save(self, session: Session) -> None:
         # Only sessions in the registry: not a warm agent's, nor a deleted one.
         if self.sessions.get(session.id) is session:
             record = session.record()
@@ -335,6 +327,7 @@ class SessionManager(service.Service):
             session.provider, session.model_id = provider, model_id
         session.system_prompt = system_prompt
         session.include_native_tools = include_native_tools
+        session.device = getattr(connection, "device", None)
         checked_out = False
         try:
             if connection is not None:
@@ -369,7 +362,7 @@ class SessionManager(service.Service):
                 session.agent_dir.mkdir(mode=0o700)
                 await self._in_thread(seed, session)
             self.sessions[session.id] = session
-            self._save(session)
+            self.save(session)
             (session.directory / INTENT_RECORD).unlink(missing_ok=True)
             await self.ensure_agent(session)
             if warm and provider is not None:
@@ -427,7 +420,7 @@ class SessionManager(service.Service):
             raise
         session.name = source.name
         session.forked_from = source.id
-        self._save(session)
+        self.save(session)
         self.log.info(
             "session {session_id} made from {source} by {command}",
             session_id=session.id,
@@ -450,14 +443,14 @@ class SessionManager(service.Service):
 
     def rename(self, session: Session, name: str | None) -> None:
         session.name = name
-        self._save(session)
+        self.save(session)
 
     async def cycle_model(self, session: Session) -> dict | None:
         data = await self.command(session, "cycle_model")
         model = (data or {}).get("model") or {}
         if model.get("provider") and model.get("id"):
             session.provider, session.model_id = model["provider"], model["id"]
-            self._save(session)
+            self.save(session)
         return data
 
     async def delete(self, session: Session) -> dict:
@@ -487,7 +480,7 @@ class SessionManager(service.Service):
         session.pi_session_dir.mkdir(mode=0o700)
         session.cwd.mkdir(mode=0o700)
 
-    def _provision_warm(self) -> Session:
+    def provision_warm(self) -> Session:
         """A chat session for the warm pool: directories, stream and lifecycle, not in the
         registry; its intent undoes it should the server die before it is handed over."""
         session_id = self._new_id()
@@ -507,6 +500,18 @@ class SessionManager(service.Service):
         self._make_chat_directories(session)
         self._equip(session)
         return session
+
+    async def discard_warm(self, session: Session) -> None:
+        await self._tear_down(session)
+
+    def has_room(self) -> bool:
+        return self.agents.has_room()
+
+    def configuration(self) -> object:
+        return agentdir.fingerprint(self._data_dir)
+
+    def registered(self) -> Iterable[Session]:
+        return self.sessions.values()
 
     def _take_warm(self) -> Session | None:
         if self.agents.warm is None:
@@ -684,7 +689,7 @@ class SessionManager(service.Service):
             if session.last_used < horizon:
                 session.journal.release_writer()
 
-    def _agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
+    def agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
         if session.agent is not agent:
             return
         event_type = event.get("type")
@@ -756,7 +761,7 @@ class SessionManager(service.Service):
             fields["streamingBehavior"] = streaming_behavior
         if session.name is None:
             session.name = _name_from(message)
-            self._save(session)
+            self.save(session)
         try:
             # An extension command answers only once its dialogs are answered.
             await self.command(session, "prompt", timeout=PROMPT_TIMEOUT, **fields)
@@ -767,7 +772,7 @@ class SessionManager(service.Service):
         model = await self.command(session, "set_model", provider=provider, modelId=model_id)
         # Restarts pass the model on the command line: keep it in step.
         session.provider, session.model_id = provider, model_id
-        self._save(session)
+        self.save(session)
         return model
 
     async def stop_agent(self, session: Session) -> None:

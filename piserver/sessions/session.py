@@ -38,6 +38,9 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # The device token that created it (its name; None: the server token, or a session
+    # from before devices were recorded). Reach (security/scopes.py) goes by it.
+    device: str | None = attr.ib(default=None)
     # A code session's checkout: its branch, base and repository.
     checkout: CheckoutRecord | None = attr.ib(default=None)
     # The session this one was forked or cloned from.
@@ -106,6 +109,7 @@ class Session:
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **(self.checkout.to_json() if self.checkout is not None else {}),
             **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
+            **({"device": self.device} if self.device is not None else {}),
             **self.extra,
         }
 
@@ -126,6 +130,7 @@ class Session:
             "modelId",
             "systemPrompt",
             "includeNativeTools",
+            "device",
             "lastSeq",
             "repoSource",
             "repoPath",
@@ -146,6 +151,7 @@ class Session:
             "provider",
             "modelId",
             "systemPrompt",
+            "device",
             "forkedFrom",
         ):
             if record.get(key) is not None and not isinstance(record[key], str):
@@ -163,6 +169,7 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            device=record.get("device"),
             checkout=CheckoutRecord.from_json(record),
             forked_from=record.get("forkedFrom"),
             extra={k: v for k, v in record.items() if k not in known},

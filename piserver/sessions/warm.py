@@ -19,7 +19,8 @@ again when a client connects.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
+from typing import Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -29,26 +30,35 @@ from piserver.sessions.session import Session
 DEFAULT_WARM_AGENTS = 1
 
 
+class WarmHost(Protocol):
+    """What ``WarmAgents`` asks of the session manager."""
+
+    def provision_warm(self) -> Session:
+        """A new provisional chat session (its directories, stream and lifecycle)."""
+
+    def discard_warm(self, session: Session) -> Awaitable[None]:
+        """Undo a provisional session."""
+
+    def has_room(self) -> bool:
+        """Another agent fits under --max-agents."""
+
+    def configuration(self) -> object:
+        """A fingerprint of what pi reads at start (its settings, models, extensions)."""
+
+
 class WarmAgents:
-    """``provision()`` makes a new provisional chat session (its directories, stream and
-    lifecycle); ``remove(session)`` undoes one; ``has_room()`` says whether another agent
-    fits under --max-agents; ``configuration()`` fingerprints what pi reads at start."""
+    """A pool of ``count`` provisional chat sessions whose agents start ahead; ``host`` is
+    a ``WarmHost``."""
 
     log = Logger()
 
     def __init__(
         self,
         count: int,
-        provision: Callable[[], Session],
-        remove: Callable[[Session], Awaitable[None]],
-        has_room: Callable[[], bool],
-        configuration: Callable[[], object],
+        host: WarmHost,
     ) -> None:
         self.count = count
-        self._provision = provision
-        self._remove = remove
-        self._has_room = has_room
-        self._configuration = configuration
+        self._host = host
         self._pool: list[Session] = []
         # The configuration each warm agent started with.
         self._started_with: dict[str, object] = {}
@@ -61,14 +71,14 @@ class WarmAgents:
 
     def fill(self) -> None:
         """Start agents until the pool is full or --max-agents is reached."""
-        while len(self._pool) < self.count and self._has_room():
+        while len(self._pool) < self.count and self._host.has_room():
             try:
-                session = self._provision()
+                session = self._host.provision_warm()
             except OSError as e:
                 self.log.error("cannot prepare a warm agent: {error}", error=str(e))
                 return
             self._pool.append(session)
-            self._started_with[session.id] = self._configuration()
+            self._started_with[session.id] = self._host.configuration()
             session.lifecycle.want().addCallbacks(
                 self._started,
                 self._start_failed,
@@ -78,7 +88,7 @@ class WarmAgents:
 
     def take(self) -> Session | None:
         """A warm session (its agent running or still starting) out of the pool, or None."""
-        configuration = self._configuration()
+        configuration = self._host.configuration()
         for session in list(self._pool):
             if self._started_with.get(session.id) != configuration:
                 self.log.info("stopping a warm agent: pi's configuration changed since it started")
@@ -93,7 +103,7 @@ class WarmAgents:
         if self.holds(session):
             self._pool.remove(session)
             self._started_with.pop(session.id, None)
-            await self._remove(session)
+            await self._host.discard_warm(session)
 
     def stop_idle(self, horizon: float) -> None:
         for session in list(self._pool):

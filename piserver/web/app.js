@@ -23,6 +23,7 @@ const app = {
   conversation: null,
   dialogs: [],
   gitOffered: false,
+  device: null,
 };
 
 // -- small page helpers -------------------------------------------------------
@@ -34,7 +35,33 @@ function toast(text, kind = "info") {
 }
 
 function failed(error) {
-  toast(error && error.message ? error.message : String(error), "error");
+  toast(error && error.message ? refusal(error) : String(error), "error");
+}
+
+// A refusal for want of a scope: its message names the scope (docs/security.md).
+function refusal(error) {
+  return error.code === "forbidden" ? `Not allowed: ${error.message}` : error.message;
+}
+
+const SCOPES = ["read", "prompt", "approve", "ship", "manage"];
+
+// hello's device: who this is and what it may do. What it may not do is hidden
+// (style.css hides [data-scope] elements whose scope the html element marks as lacking;
+// the body's classes are the view's).
+function showDevice(device) {
+  if (!device) return;
+  app.device = device;
+  for (const scope of SCOPES) {
+    document.documentElement.classList.toggle(`lacks-${scope}`, !device.scopes.includes(scope));
+  }
+  const all = device.scopes.length === SCOPES.length;
+  const node = $("device");
+  node.textContent = `${device.name || "server token"} · ${all ? "all scopes" : device.scopes.join(", ")}`;
+  const reach = [];
+  if (device.repos) reach.push(`repositories: ${device.repos.join(", ") || "none"}`);
+  if (device.ownSessions) reach.push("only its own sessions");
+  node.title = reach.join("; ");
+  node.hidden = false;
 }
 
 const CONNECTION_TEXT = {
@@ -135,6 +162,7 @@ function start(token) {
 }
 
 async function connected(result, resumed) {
+  showDevice(result.device);
   if (!resumed) {
     await refreshList();
     route();
@@ -615,7 +643,7 @@ async function gitCall(method, params, describe) {
     $("git-result").replaceChildren(describe(result));
     loadDiff();
   } catch (error) {
-    $("git-result").textContent = error.message;
+    $("git-result").textContent = refusal(error);
   } finally {
     $("status-line").textContent = "";
     $("git-result").scrollIntoView({ block: "nearest" });

@@ -21,6 +21,7 @@ from twisted.web.server import Site
 
 from piserver import __version__
 from piserver.common.defaults import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_PER_ADDRESS
+from piserver.common.httpjson import error_body, render_error, render_json
 
 # The request line and all headers of one request; a browser's upgrade is under 2 kB.
 MAX_HEAD_BYTES = 16 * 1024
@@ -28,28 +29,12 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4 * 1024
 
 
-def _json(request, status: int, body: dict) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body).encode("utf-8") + b"\n"
-
-
 class NotFoundResource(Resource):
     isLeaf = True
 
     def render(self, request):
-        return _json(
-            request,
-            404,
-            {
-                "ok": False,
-                "error": {
-                    "code": "not_found",
-                    "message": f"no such path: {request.path.decode('utf-8', 'replace')}",
-                },
-            },
-        )
+        path = request.path.decode("utf-8", "replace")
+        return render_error(request, 404, "not_found", f"no such path: {path}")
 
 
 class RpcResource(Resource):
@@ -65,17 +50,11 @@ class RpcResource(Resource):
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if upgrade != b"websocket":
             request.setHeader(b"upgrade", b"websocket")
-            return _json(
+            return render_error(
                 request,
                 426,
-                {
-                    "ok": False,
-                    "error": {
-                        "code": "upgrade_required",
-                        "message": "/rpc is a WebSocket endpoint: open it with a WebSocket "
-                        "upgrade request",
-                    },
-                },
+                "upgrade_required",
+                "/rpc is a WebSocket endpoint: open it with a WebSocket upgrade request",
             )
         return self._websocket.render(request)
 
@@ -84,7 +63,7 @@ class HealthResource(Resource):
     isLeaf = True
 
     def render_GET(self, request):
-        return _json(request, 200, {"ok": True, "version": __version__})
+        return render_json(request, 200, {"ok": True, "version": __version__})
 
 
 def wants_html(request) -> bool:
@@ -119,7 +98,7 @@ class RootResource(Resource):
             request.setHeader(b"location", b"/ui")
             request.setHeader(b"cache-control", b"no-store")
             return b""
-        return _json(
+        return render_json(
             request,
             200,
             {
@@ -245,12 +224,11 @@ class GuardedChannel(HTTPChannel):
         self._request_arrived()
         # Whatever else the client sends is not looked at.
         self.dataReceived = lambda data: None
-        body = json.dumps({"ok": False, "error": {"code": code, "message": message}}).encode()
+        body = error_body(code, message)
         reason = {413: b"Content Too Large", 503: b"Service Unavailable"}[status]
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json; charset=utf-8\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s\n"
-            % (status, reason, len(body) + 1, body)
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(body), body)
         )
         self.loseConnection()
 

@@ -11,12 +11,12 @@ repository produces is shown on the page, and must not run there.
 
 import gzip
 import hashlib
-import json
 from importlib import resources
 
 import attr
 from twisted.web.resource import Resource
 
+from piserver.common.httpjson import render_error, render_json
 from piserver.security.auth import Unauthorized
 
 CONTENT_SECURITY_POLICY = (
@@ -77,20 +77,8 @@ def _secure_headers(request) -> None:
 
 def _not_found(request) -> bytes:
     _secure_headers(request)
-    request.setResponseCode(404)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return (
-        json.dumps(
-            {
-                "ok": False,
-                "error": {
-                    "code": "not_found",
-                    "message": f"no such path: {request.path.decode('utf-8', 'replace')}",
-                },
-            }
-        ).encode()
-        + b"\n"
-    )
+    path = request.path.decode("utf-8", "replace")
+    return render_error(request, 404, "not_found", f"no such path: {path}")
 
 
 def _serve(request, asset: Asset) -> bytes:
@@ -131,17 +119,9 @@ class WebUiResource(Resource):
 
     def _check_token(self, request) -> bytes:
         _secure_headers(request)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
         headers = {"authorization": (request.getHeader(b"authorization") or b"").decode("latin-1")}
         try:
             self._authenticator.authenticate(headers, {})
         except Unauthorized as e:
-            request.setResponseCode(401)
-            return (
-                json.dumps(
-                    {"ok": False, "error": {"code": "unauthorized", "message": e.reason}}
-                ).encode()
-                + b"\n"
-            )
-        return b'{"ok": true}\n'
+            return render_error(request, 401, "unauthorized", e.reason)
+        return render_json(request, 200, {"ok": True})

@@ -9,6 +9,7 @@ import attr
 from twisted.logger import Logger
 
 from piserver.common.errors import RateLimited
+from piserver.security.scopes import Grant
 from piserver.wire.dispatch import Dispatcher
 from piserver.wire.envelope import BadFrame, encode_error, encode_result, parse_request
 from piserver.wire.ratelimit import TokenBucket
@@ -79,6 +80,8 @@ class Connection:
         self.device = device
         # Which token of that device (tokens.DeviceTokenStore.identify): revocation is by it.
         self.device_token_id: str | None = None
+        # What its token may do (security/scopes.py); without authentication, everything.
+        self.grant = Grant.server_token()
         self._dispatcher = dispatcher
         self._sink = sink
         self.open = True

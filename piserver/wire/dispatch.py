@@ -5,6 +5,9 @@ A handler is called as ``handler(connection, request)`` through ``maybeDeferred`
 and returns (or fires with) the ``result`` object, or ``None`` for ``{}``.
 Requests on one connection run concurrently: each reply goes out when its
 handler finishes, so a slow call never holds up a quick one.
+
+With a ``guard`` (security/access.py), every request is admitted by it before its
+handler runs (scope and reach), and each outcome is told to it (the audit log).
 """
 
 import errno
@@ -24,9 +27,10 @@ class Dispatcher:
 
     log = Logger()
 
-    def __init__(self, methods: Mapping[str, Handler], fallback: Handler | None = None):
+    def __init__(self, methods: Mapping[str, Handler], fallback: Handler | None = None, guard=None):
         self._methods = dict(methods)
         self._fallback = fallback
+        self._guard = guard
 
     @property
     def method_names(self) -> list[str]:
@@ -36,15 +40,34 @@ class Dispatcher:
         """
         Fire with ``(True, result_dict)`` or ``(False, RpcError)``; never errback.
         """
+        admission = None
+        if self._guard is not None:
+            try:
+                admission = self._guard.admit(connection, request)
+            except RpcError as refused:
+                return succeed(self._decided((False, refused), connection, request, None))
+            except Exception:
+                self.log.failure("could not check access for {method}", method=request.method)
+                return succeed((False, InternalError("internal error: see the server log")))
         handler = self._methods.get(request.method, self._fallback)
         if handler is None:
             error = UnknownMethod(f"unknown method {request.method!r}")
-            return succeed((False, error))
+            return succeed(self._decided((False, error), connection, request, admission))
         d = maybeDeferred(handler, connection, request)
         d.addCallbacks(
             self._succeeded, self._failed, errbackArgs=(request,), callbackArgs=(request,)
         )
+        d.addCallback(self._decided, connection, request, admission)
         return d
+
+    def _decided(self, outcome, connection, request: Request, admission):
+        """Tell the guard how a request ended; a failing record never loses the reply."""
+        if self._guard is not None:
+            try:
+                self._guard.decided(connection, request, admission, *outcome)
+            except Exception:
+                self.log.failure("could not record {method}", method=request.method)
+        return outcome
 
     def _succeeded(self, result, request: Request):
         if result is None:

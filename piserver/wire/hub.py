@@ -23,8 +23,9 @@ class Hub:
         requests_per_second: float | None = None,
         redact=None,
         fallback=None,
+        guard=None,
     ):
-        self.dispatcher = Dispatcher(methods, fallback)
+        self.dispatcher = Dispatcher(methods, fallback, guard)
         self._clock = clock
         self._requests_per_second = requests_per_second
         self._redact = redact
@@ -33,7 +34,12 @@ class Hub:
         self.connections: dict[str, Connection] = {}
 
     def connect(
-        self, sink, peer: str = "", device: str | None = None, device_token_id: str | None = None
+        self,
+        sink,
+        peer: str = "",
+        device: str | None = None,
+        device_token_id: str | None = None,
+        grant=None,
     ) -> Connection:
         requests = None
         if self._requests_per_second:
@@ -52,6 +58,8 @@ class Hub:
             redact=self._redact,
         )
         connection.device_token_id = device_token_id
+        if grant is not None:
+            connection.grant = grant
         self.connections[connection.connection_id] = connection
         connection.on_lost(self._forget)
         self.log.info(

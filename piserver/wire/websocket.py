@@ -114,6 +114,7 @@ class RpcServerProtocol(WebSocketServerProtocol):
             peer=self.peer,
             device=identity.device if identity else None,
             device_token_id=identity.token_id if identity else None,
+            grant=identity.grant if identity else None,
         )
         # The HTTP channel registered itself as the socket's producer for the upgrade
         # request; the socket is ours now, and its pause/resume tells us a client is slow.

@@ -22,6 +22,8 @@ import treq
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
+from piserver.security.scopes import Scope
+from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions.pifiles import encode_cwd
 from tests.support.browser import Browser
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
@@ -609,3 +611,24 @@ async def test_import_a_desk_session_prompt_and_export(
     header = json.loads(content.split("\n", 1)[0])
     assert file_name.endswith(f"_{header['id']}.jsonl") and header["cwd"] == str(desk)
     assert "It is teal." in content
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_read_only_device_sees_its_name_and_scopes_and_no_controls(browser, server):
+    admin = await server.client()
+    session_id = (await admin.call("session.create", {"mode": "chat"}))["sessionId"]
+    store = DeviceTokenStore(server.agent_dir.path / DEVICE_TOKENS_FILE, clock=lambda: 0.0)
+    token = store.add("wall-tablet", {Scope.READ})
+    base = link_from_log(server).split("#", 1)[0]
+    page = await open_page(browser, f"{base}#token={token}")
+    await browser.run(page.locator("html[data-ready=true]").wait_for(state="attached"))
+    await browser.run(page.locator("#device").filter(has_text="wall-tablet · read").wait_for())
+    await browser.run(page.goto(f"{base}/sessions/{session_id}"))
+    await browser.run(page.locator("#session-view").wait_for())
+    await browser.run(page.locator("#device").filter(has_text="wall-tablet · read").wait_for())
+    # It may watch: the session opens; what it may not do is not offered.
+    for selector in ("#new-chat", "#composer", "#delete", "#model"):
+        await browser.run(page.locator(selector).wait_for(state="hidden"))
+    assert await browser.run(page.is_visible("#session-name"))
+    store.revoke("wall-tablet")
+    await admin.call("session.delete", {"sessionId": session_id})

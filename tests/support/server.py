@@ -79,8 +79,11 @@ class RunningServer:
     def hub(self):
         return self.service.hub
 
-    async def client(self, hello=True, deflate=False, **hello_params) -> RpcClient:
-        client = await RpcClient.connect(reactor, self.port, token=self.token, deflate=deflate)
+    async def client(self, hello=True, deflate=False, token=None, **hello_params) -> RpcClient:
+        """A client with the server token, or with ``token`` (a device's)."""
+        client = await RpcClient.connect(
+            reactor, self.port, token=token or self.token, deflate=deflate
+        )
         self.clients.append(client)
         if hello:
             result = await client.call(

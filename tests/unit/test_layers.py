@@ -16,7 +16,7 @@ from tests.support.piagent import repository_root
 
 # Top to bottom. Packages of one layer do not import each other; the entry points may.
 LAYERS = (
-    ("entry points", ("tap", "cli", "tokencli", "sessioncli", "config", "service")),
+    ("entry points", ("tap", "cli", "tokencli", "sessioncli", "auditcli", "config", "service")),
     ("application", ("api", "web", "ops")),
     ("sessions", ("sessions",)),
     ("wire", ("wire", "schema")),

@@ -8,6 +8,7 @@ import stat
 import pytest
 
 from piserver.cli import main
+from piserver.security.scopes import Grant, Scope
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 
 
@@ -45,7 +46,9 @@ def test_list_shows_names_and_times_never_hashes(capsys, data_dir):
     lines = out.splitlines()
     assert [line.split()[0] for line in lines] == ["laptop-2", "phone"]
     for line in lines:
-        assert re.fullmatch(r"[\w.-]+ +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line)
+        assert re.fullmatch(
+            r"[\w.-]+ +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ  read,prompt,approve,ship,manage", line
+        )
     hashes = [
         device["hash"].split(":")[1]
         for device in json.loads((data_dir / DEVICE_TOKENS_FILE).read_text())["devices"].values()
@@ -92,6 +95,9 @@ def test_list_of_an_empty_or_missing_data_dir(capsys, data_dir):
         (["revoke"], "Wrong number of arguments"),
         (["rename", "x"], "rename"),
         (["list", "--bogus"], "bogus"),
+        (["add", "x", "--scope", "read,admin"], "not a scope: admin"),
+        (["add", "x", "--scope", ","], "at least one scope"),
+        (["add", "x", "--repo", " "], "give a repository id"),
     ],
 )
 def test_usage_errors(capsys, data_dir, args, message):
@@ -129,3 +135,27 @@ def test_store_warnings_reach_stderr(capsys, data_dir):
     os.chmod(data_dir / DEVICE_TOKENS_FILE, 0o644)
     status, out, err = token_cli(capsys, "list", "--data-dir", str(data_dir))
     assert status == 0 and "looser than 0600" in err
+
+
+def test_add_with_scopes_and_reach(capsys, data_dir):
+    status, out, _ = token_cli(
+        capsys,
+        "add",
+        "relay",
+        "--scope",
+        "approve,read",
+        "--repo",
+        "acme/app",
+        "--data-dir",
+        str(data_dir),
+        "--repo=local-x",
+        "--own-sessions",
+    )
+    assert status == 0
+    store = DeviceTokenStore(data_dir / DEVICE_TOKENS_FILE, clock=lambda: 0.0)
+    grant = store.find(out.strip()).grant
+    assert grant == Grant(
+        "relay", frozenset({Scope.READ, Scope.APPROVE}), frozenset({"acme/app", "local-x"}), True
+    )
+    _, out, _ = token_cli(capsys, "list", "--data-dir", str(data_dir))
+    assert out.split("  ", 2)[2] == "read,approve  repos: acme/app, local-x  own sessions\n"

@@ -7,6 +7,7 @@ import pytest
 from twisted.logger import Logger, LogLevel
 
 from piserver.security import tokens
+from piserver.security.scopes import ALL_SCOPES, Grant, Scope
 from piserver.security.tokens import (
     DeviceTokenStore,
     TokenError,
@@ -165,13 +166,17 @@ def test_add_returns_a_token_that_verifies(devices):
     assert devices.verify(token) == "phone"
 
 
-def test_list_gives_names_and_creation_times_only(devices, device_path):
+def test_list_gives_names_creation_times_and_grants_only(devices, device_path):
     devices.add("phone")
     devices._clock.now += 3600
-    devices.add("laptop")
+    devices.add("laptop", {Scope.READ}, ["r1"], own_sessions=True)
     assert devices.list() == [
-        {"name": "laptop", "createdAt": "2023-11-14T23:13:20Z"},
-        {"name": "phone", "createdAt": "2023-11-14T22:13:20Z"},
+        {
+            "name": "laptop",
+            "createdAt": "2023-11-14T23:13:20Z",
+            "grant": Grant("laptop", frozenset({Scope.READ}), frozenset({"r1"}), True),
+        },
+        {"name": "phone", "createdAt": "2023-11-14T22:13:20Z", "grant": Grant("phone")},
     ]
     assert devices.names() == frozenset({"phone", "laptop"})
 
@@ -184,7 +189,7 @@ def test_the_file_is_private_and_holds_only_hashes(devices, device_path):
     document = json.loads(text)
     entry = document["devices"]["phone"]
     assert document["version"] == 1
-    assert set(entry) == {"createdAt", "hash"}
+    assert set(entry) == {"createdAt", "hash", "scopes", "ownSessions"}
     assert entry["hash"].startswith("sha256:")
     assert len(entry["hash"]) == len("sha256:") + 64
 
@@ -320,3 +325,55 @@ def test_logs_name_the_device_never_the_token(device_path):
     assert [event["device"] for event in events] == ["phone", "phone"]
     assert token not in everything_logged(events)
     assert tokens._token_hash(token) not in everything_logged(events)
+
+
+def test_a_token_carries_its_scopes_and_reach(devices, device_path):
+    token = devices.add("tablet", {Scope.READ, Scope.APPROVE}, ["r1", "r2"], own_sessions=True)
+    other = devices.add("phone")
+    found = devices.find(token)
+    assert (found.name, found.token_id) == devices.identify(token)
+    assert found.grant == Grant(
+        "tablet", frozenset({Scope.READ, Scope.APPROVE}), frozenset({"r1", "r2"}), True
+    )
+    # Default: every scope, every session.
+    assert devices.find(other).grant == Grant("phone", ALL_SCOPES)
+    assert devices.find("not a token") is None
+    entry = json.loads(device_path.read_text())["devices"]["tablet"]
+    assert entry["scopes"] == ["read", "approve"]
+    assert entry["repos"] == ["r1", "r2"]
+    assert entry["ownSessions"] is True
+
+
+def test_a_token_needs_a_scope(devices):
+    with pytest.raises(TokenError, match="scope"):
+        devices.add("phone", set())
+
+
+def test_tokens_from_before_scopes_hold_every_scope(devices, device_path):
+    # A device-tokens.json as earlier versions wrote it keeps working, with the default.
+    token = tokens.generate_token()
+    device_path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "devices": {
+                    "old": {"createdAt": "2023-11-14T22:13:20Z", "hash": tokens._token_hash(token)}
+                },
+            }
+        )
+    )
+    os.chmod(device_path, 0o600)
+    assert devices.find(token).grant == Grant("old", ALL_SCOPES)
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ({"scopes": "read"}, Grant("x", frozenset())),
+        ({"scopes": ["read", "admin"]}, Grant("x", frozenset({Scope.READ}))),
+        ({"repos": "r1"}, Grant("x", repos=frozenset())),
+        ({"ownSessions": "yes"}, Grant("x", own_sessions=True)),
+    ],
+)
+def test_malformed_grants_give_less_not_more(entry, expected):
+    assert tokens.grant_from_entry("x", {"hash": "sha256:0", **entry}) == expected

@@ -16,6 +16,8 @@ from piserver.api.methods import RpcMethods
 from piserver.ops.metrics import ServerMetrics
 from piserver.security.auth import Authenticator, Unauthorized
 from piserver.security.refusals import Refusals
+from piserver.security.scopes import Grant, Scope
+from piserver.security.tokens import DeviceToken
 from piserver.wire.hub import Hub
 from piserver.wire.websocket import RpcServerFactory
 
@@ -210,13 +212,16 @@ def test_authenticator(headers, query, expected):
 def test_authenticator_off_and_device_tokens():
     assert Authenticator(None).authenticate({}, {}).device is None
 
+    watcher = Grant(device="phone", scopes=frozenset({Scope.READ}))
+
     class Devices:
-        def identify(self, token):
-            return ("phone", "sha256:1") if token == "device-secret" else None
+        def find(self, token):
+            return DeviceToken("phone", "sha256:1", watcher) if token == "device-secret" else None
 
     authenticator = Authenticator("sesame", Devices())
     identity = authenticator.authenticate({}, {"token": ["device-secret"]})
-    assert (identity.device, identity.token_id) == ("phone", "sha256:1")
+    assert (identity.device, identity.token_id, identity.grant) == ("phone", "sha256:1", watcher)
+    assert Authenticator("sesame").authenticate({}, {"token": ["sesame"]}).grant.server
     with pytest.raises(Unauthorized):
         authenticator.authenticate({}, {"token": ["other"]})
 

@@ -1,0 +1,45 @@
+"""
+Child processes that lead a process group of their own (git with its transport helpers,
+an agent with the shell and tools it started): signalled as a group, and stopped with
+SIGTERM, then SIGKILL if they are still there after a grace period.
+"""
+
+import os
+import signal
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReactorTime
+
+
+def signal_group(pid: int | None, name: str, fallback: Callable[[str], None]) -> None:
+    """Send ``SIG<name>`` to the process group that ``pid`` leads; when there is no such
+    group (it is gone, or never was), to the process alone with ``fallback(name)``."""
+    if pid:
+        try:
+            os.killpg(pid, getattr(signal, f"SIG{name}"))
+            return
+        except (ProcessLookupError, PermissionError, TypeError):
+            pass
+    fallback(name)
+
+
+class TermThenKill:
+    """``send("TERM")`` in ``term_after`` seconds and ``send("KILL")`` ``kill_grace``
+    seconds after that, unless ``cancel()`` (the process ended) comes first."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        send: Callable[[str], None],
+        term_after: float,
+        kill_grace: float,
+    ) -> None:
+        self._timers = [
+            clock.callLater(term_after, send, "TERM"),
+            clock.callLater(term_after + kill_grace, send, "KILL"),
+        ]
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
