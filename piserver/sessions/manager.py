@@ -468,8 +468,12 @@ class SessionManager(service.Service):
         # ...and cannot bring the session back.
         (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
-        session.stream.close()
-        await session.lifecycle.delete()
+        try:
+            # The agent first: pi may still send events (an ``agent_settled`` after
+            # ``agent_end``) until it has exited, and they go to an open journal.
+            await session.lifecycle.delete()
+        finally:
+            session.stream.close()
         result = await self._checkouts.remove(session) if checkout else {}
         await self._remove_directory(session.directory)
         return result

@@ -10,6 +10,7 @@ import os
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from piserver.agents.supervisor import AgentSupervisor
@@ -207,6 +208,30 @@ async def test_delete_stops_the_agent_and_forgets_the_session(harness):
     await deleting
     assert session.id not in harness.sessions.sessions
     assert harness.store.get(session.id) is None
+    assert not session.directory.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_right_after_agent_end_logs_nothing_above_info(harness):
+    """Issue 21 point 16: pi's events that follow agent_end (agent_settled) while the
+    delete stops it are journalled or dropped quietly, never a critical traceback."""
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        session = create(harness, FakeConnection()).result
+        harness.process().stdout(b'{"type":"agent_end","messages":[]}\n')
+        deleting = ensureDeferred(harness.sessions.delete(session))
+        harness.process().stdout(b'{"type":"agent_settled"}\n')
+        harness.answer("abort")
+        harness.process().stdout(b'{"type":"agent_settled"}\n')
+        harness.process().end(code=0)
+        await deleting
+        # A straggler after the stream closed is dropped, not recorded.
+        session.stream.publish("agent_settled", {"type": "agent_settled"})
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    loud = [e for e in logged if e.get("log_level", LogLevel.info) > LogLevel.info]
+    assert loud == []
     assert not session.directory.exists()
 
 
