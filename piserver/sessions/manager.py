@@ -372,7 +372,8 @@ class SessionManager(service.Service):
             await self._tear_down(session, checkout=checked_out)
             raise
         finally:
-            if warm:
+            # Also after a cold create: the pool may have discarded a stale agent.
+            if self.agents.warm is not None:
                 self._schedule_refill()
         self.log.info(
             "session {session_id} created ({mode}) in {cwd}",

@@ -605,6 +605,31 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     assert not warm.directory.exists()
 
 
+def test_a_changing_file_pi_does_not_read_keeps_the_warm_agent(tmp_path):
+    """Issue 21 point 18: only what pi reads makes a warm agent stale."""
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    (tmp_path / "pi-server.log").write_text("a log line\n")
+    (tmp_path / "notes.txt").write_text("the user's notes\n")
+    assert create(harness).result is warm
+
+
+def test_the_pool_refills_after_discarding_a_stale_warm_agent(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    (tmp_path / "models.json").write_text("{}")  # pi's configuration changed
+    created = create(harness)
+    assert created.result is not warm
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    harness.reactor.advance(0.1)
+    assert len(harness.reactor.spawned) == 3
+    (refilled,) = harness.sessions.agents.warm.sessions()
+    assert refilled is not warm and refilled is not created.result
+
+
 def test_observers_hear_of_a_run_from_its_events(harness):
     heard = []
 
