@@ -197,3 +197,16 @@ def test_options(tmp_path):
     assert parse().notify_urls == ()
     with pytest.raises(usage.UsageError, match="not an http"):
         parse("--notify-url", "ftp://x")
+
+
+def test_control_characters_leave_the_title_header():
+    """Issue 21 point 14: a session name cannot add header lines or terminal escapes."""
+    http, clock = FakeHttp(), Clock()
+    notifier, _ = make(http, clock)
+    runs = RunWatcher(notifier)
+    session = Session(name="evil\r\nX-Injected: 1\x1b[31m\x00é")
+    runs.event(session, "agent_settled", {"aborted": False, "error": None})
+    [(_, _, headers, _)] = http.posts
+    (title,) = headers["Title"]
+    assert all(0x20 <= ord(c) < 0x7F for c in title)
+    assert "evil" in title and "X-Injected: 1" in title
