@@ -80,6 +80,11 @@ class ServerConfig:
     compile_cache: Path | None = None
     # --launcher-command's words (launchers.template.parse_template).
     launcher_command: tuple | None = None
+    # Server-wide daily budgets (sessions/budgets.py): USD, tokens; None: no limit.
+    daily_budget: float | None = None
+    daily_token_budget: int | None = None
+    # The IANA time zone whose midnight starts a budget day (a zoneinfo.ZoneInfo).
+    budget_timezone: object = None
     # Directories of pi session files that sessions.importable lists (--import-from).
     import_from: tuple = ()
 
@@ -92,6 +97,17 @@ def default_import_from(environ) -> tuple:
     """pi's own sessions dir of the server's user (~/.pi/agent/sessions)."""
     home = environ.get("HOME") or os.path.expanduser("~")
     return (Path(home) / ".pi" / "agent" / "sessions",)
+
+
+# The --data-dir option of the commands that work on a data dir without a server
+# (``pi-server token``, ``pi-server session``), as twistd usage parameters.
+DATA_DIR_OPTION = (
+    "data-dir",
+    None,
+    None,
+    "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
+    "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]",
+)
 
 
 def default_data_dir(environ) -> Path:

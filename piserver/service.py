@@ -4,6 +4,7 @@ everything it stands on, wired from a ``ServerConfig``.
 """
 
 import socket
+from zoneinfo import ZoneInfo
 
 from autobahn.twisted.resource import WebSocketResource
 from treq.client import HTTPClient
@@ -22,10 +23,11 @@ from piserver.agents.models import ModelCatalog
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
+from piserver.api.usage import UsageMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.config import ServerConfig
 from piserver.ops.audit import AUDIT_FILE, AuditLog
-from piserver.ops.metrics import MetricsResource, ServerMetrics
+from piserver.ops.metrics import MetricsResource, ServerMetrics, UsageCollector
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
 from piserver.ops.readiness import ReadyResource
 from piserver.repos.catalog import RepoCatalog
@@ -48,10 +50,13 @@ from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from piserver.sessions import SessionManager
+from piserver.sessions.accounting import Accounting
+from piserver.sessions.budgets import Budgets, DailyLimits
 from piserver.sessions.importable import ImportableSessions
 from piserver.sessions.imports import SessionImporter
 from piserver.sessions.index import StateStore
 from piserver.sessions.stream import EVENT_MODES
+from piserver.sessions.usage import USAGE_FILE, UsageLedger
 from piserver.web.site import make_site
 from piserver.web.ui import WebUiResource
 from piserver.wire.hub import Hub
@@ -280,6 +285,15 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         push_timeout=config.clone_timeout,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
+    ledger = UsageLedger(
+        config.data_dir / USAGE_FILE, reactor, config.budget_timezone or ZoneInfo("UTC")
+    )
+    ledger.load()
+    accounting = Accounting(ledger)
+    budgets = Budgets(ledger, sessions, DailyLimits(config.daily_budget, config.daily_token_budget))
+    accounting.on_recorded.append(budgets.recorded)
+    sessions.observers.add(budgets)
+    sessions.observers.add(accounting)
     importer = SessionImporter(
         reactor,
         config.data_dir,
@@ -310,6 +324,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             "replayWindowSec": int(limits.max_age),
         },
         workspace=workspace,
+        usage=UsageMethods(sessions, accounting, budgets),
         handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
@@ -329,8 +344,10 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         )
         notifier.setServiceParent(top)
         sessions.observers.add(notifier)
+        budgets.notify = notifier.notify
     metrics = top.metrics = ServerMetrics(reactor)
     sessions.observers.add(metrics)
+    metrics.registry.register(UsageCollector(ledger))
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
     hub = top.hub = Hub(

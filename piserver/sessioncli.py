@@ -14,7 +14,7 @@ from twisted.python import usage
 
 from piserver.common.errors import RpcError
 from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic
-from piserver.config import default_data_dir
+from piserver.config import DATA_DIR_OPTION, default_data_dir
 from piserver.sessions.export import desk_cwd, export_session
 from piserver.sessions.pifiles import encode_cwd
 from piserver.sessions.session import SESSION_ID
@@ -65,15 +65,7 @@ class ExportOptions(usage.Options):
 
 class SessionOptions(usage.Options):
     synopsis = SYNOPSIS
-    optParameters = [
-        [
-            "data-dir",
-            None,
-            None,
-            "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
-            "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]",
-        ],
-    ]
+    optParameters = [list(DATA_DIR_OPTION)]
     subCommands = [
         ["export", None, ExportOptions, "write a session for pi --resume and print the command"],
     ]

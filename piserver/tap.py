@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from OpenSSL import crypto
 from twisted.internet.endpoints import quoteStringArgument, serverFromString
@@ -260,6 +261,28 @@ class Options(usage.Options):
             "[default: $PI_SERVER_NOTIFY_SECRET, else unsigned]",
         ],
         [
+            "daily-budget",
+            None,
+            None,
+            "USD the agents may spend per day (as pi prices it from models.json); a run "
+            "crossing it is stopped and later prompts are refused until the day ends "
+            "[default: no limit]",
+            float,
+        ],
+        [
+            "daily-token-budget",
+            None,
+            None,
+            "tokens the agents may use per day, for models without prices [default: no limit]",
+            int,
+        ],
+        [
+            "budget-timezone",
+            None,
+            "UTC",
+            "IANA time zone (such as Europe/Paris) whose midnight starts a budget day",
+        ],
+        [
             "metrics-token",
             None,
             None,
@@ -511,6 +534,16 @@ class Options(usage.Options):
                 f"--port {port!r}: the TLS certificate or key is not usable: {e}"
             ) from None
 
+        for name in ("daily-budget", "daily-token-budget"):
+            if self[name] is not None and not 0 < self[name] < float("inf"):
+                raise usage.UsageError(f"--{name} must be positive")
+        try:
+            budget_timezone = ZoneInfo(self["budget-timezone"])
+        except (ValueError, ZoneInfoNotFoundError):
+            raise usage.UsageError(
+                f"--budget-timezone {self['budget-timezone']!r}: not an IANA time zone"
+            ) from None
+
         self.config = ServerConfig(
             endpoint=endpoint,
             data_dir=data_dir,
@@ -559,6 +592,9 @@ class Options(usage.Options):
             import_from=tuple(self.import_from) or default_import_from(environ),
             notify_secret=self["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET") or None,
             git_author=git_author,
+            daily_budget=self["daily-budget"],
+            daily_token_budget=self["daily-token-budget"],
+            budget_timezone=budget_timezone,
             **launcher,
         )
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 
 from piserver.common.defaults import DEFAULT_PORT
-from piserver.config import default_data_dir, prepare_data_dir
+from piserver.config import DATA_DIR_OPTION, default_data_dir, prepare_data_dir
 from piserver.security.scopes import DEFAULT_SCOPES, parse_scopes, scope_list
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
@@ -141,15 +141,7 @@ class TokenOptions(usage.Options):
         "Named tokens that open /rpc besides the server token, stored hashed in "
         "<data-dir>/device-tokens.json. Revoking one closes that device's connections."
     )
-    optParameters = [
-        [
-            "data-dir",
-            None,
-            None,
-            "data directory [default: as the server's: $PI_SERVER_DATA_DIR, "
-            "$XDG_DATA_HOME/pi-server or ~/.local/share/pi-server]",
-        ],
-    ]
+    optParameters = [list(DATA_DIR_OPTION)]
     subCommands = [
         ["add", None, AddOptions, "create a token for device NAME and print it (once)"],
         ["list", None, ListOptions, "list the devices that have a token, with creation times"],

@@ -16,6 +16,8 @@ import subprocess
 
 import attr
 
+from piserver.common.processes import run_probe
+
 PI_PACKAGE = "@earendil-works/pi-coding-agent"
 # The oldest version whose RPC protocol the server is built and tested on, and the first
 # major version it does not know.
@@ -57,14 +59,7 @@ def _dotted(version: tuple) -> str:
 
 
 def _run(argv: list[str], env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        argv,
-        env=dict(env),
-        capture_output=True,
-        timeout=PROBE_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return run_probe(argv, env, PROBE_TIMEOUT)
 
 
 def node_of(command: tuple[str, ...], env) -> str | None:

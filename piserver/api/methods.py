@@ -69,12 +69,15 @@ class RpcMethods:
         capabilities: dict | None = None,
         agent: dict | None = None,
         workspace=None,
+        usage=None,
         handoff=None,
     ):
         self._sessions = sessions
         self._agent = agent
         # The session.diff/files/commit/push/... handlers (piserver.api.workspace).
         self._workspace = workspace
+        # usage.report, session.set_budget and the budget checks (piserver.api.usage).
+        self._usage = usage
         # sessions.importable, session.import and session.export (piserver.api.handoff).
         self._handoff = handoff
         self._models = models
@@ -116,6 +119,8 @@ class RpcMethods:
             table["repos.list"] = self.repos_list
         if self._workspace is not None:
             table.update(self._workspace.table())
+        if self._usage is not None:
+            table.update(self._usage.table())
         if self._handoff is not None:
             table.update(self._handoff.table())
         return table
@@ -222,6 +227,7 @@ class RpcMethods:
         provider = _optional_string(params, "provider")
         model_id = _optional_string(params, "modelId")
         include_native_tools = _bool(params, "includeNativeTools", False)
+        budget = self._usage.budget_param(params) if self._usage is not None else None
         repo = None
         if mode == "code":
             if self._repos is None:
@@ -236,16 +242,20 @@ class RpcMethods:
             system_prompt=system_prompt,
             include_native_tools=include_native_tools,
         )
+        if self._usage is not None:
+            self._usage.created(session, budget)
         return {"sessionId": session.id}
 
     def session_list(self, connection, request):
         repo_id = _optional_string(request.params, "repoId")
         grant = grant_of(connection)
-        if grant.unrestricted:
-            return {"sessions": self._sessions.summaries(repo_id)}
-        visible = {s.id for s in self._sessions.sessions.values() if grant.may_see(s)}
         summaries = self._sessions.summaries(repo_id)
-        return {"sessions": [s for s in summaries if s["sessionId"] in visible]}
+        if not grant.unrestricted:
+            visible = {s.id for s in self._sessions.sessions.values() if grant.may_see(s)}
+            summaries = [s for s in summaries if s["sessionId"] in visible]
+        if self._usage is not None:
+            return self._usage.with_usage(summaries)
+        return {"sessions": summaries}
 
     async def session_attach(self, connection, request):
         session = self._sessions.get(_target_session_id(request))
@@ -337,8 +347,13 @@ class RpcMethods:
         behavior = params.get("streamingBehavior")
         if behavior is not None and behavior not in STREAMING_BEHAVIORS:
             raise InvalidParams('"streamingBehavior" must be "steer" or "followUp"')
+        self._admit(connection, session)
         await self._sessions.prompt(session, message, images, behavior)
         return {}
+
+    def _admit(self, connection, session) -> None:
+        if self._usage is not None:
+            self._usage.admit(connection, session)
 
     async def abort(self, connection, request):
         session = self._sessions.get(_session_id(request))
@@ -385,6 +400,8 @@ class RpcMethods:
         async def handler(connection, request):
             session = self._sessions.get(_session_id(request))
             fields = command.fields_from(request.params)
+            if command.name in BUDGETED_COMMANDS:
+                self._admit(connection, session)
             data = await self._sessions.command(
                 session, command.name, timeout=command.timeout, **fields
             )
@@ -470,6 +487,8 @@ def _result(data) -> dict:
 
 
 STREAMING_BEHAVIORS = ("steer", "followUp")
+# pi's commands that start or extend a run: refused once a budget is spent.
+BUDGETED_COMMANDS = frozenset({"steer", "follow_up"})
 
 
 def _text(params: dict, key: str) -> str | None:

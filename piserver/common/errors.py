@@ -91,6 +91,12 @@ class StorageFull(RpcError):
     code = "storage_full"
 
 
+class BudgetExceeded(RpcError):
+    """A budget covering the session is spent: no new run until it resets or is raised."""
+
+    code = "budget_exceeded"
+
+
 class InvalidSessionFile(RpcError):
     """A pi session file to import (or export) is malformed, oversized or not a file."""
 

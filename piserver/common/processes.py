@@ -1,12 +1,14 @@
 """
 Child processes that lead a process group of their own (git with its transport helpers,
 an agent with the shell and tools it started): signalled as a group, and stopped with
-SIGTERM, then SIGKILL if they are still there after a grace period.
+SIGTERM, then SIGKILL if they are still there after a grace period; and the short
+checks run at start.
 """
 
 import os
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -21,6 +23,22 @@ def signal_group(pid: int | None, name: str, fallback: Callable[[str], None]) ->
         except (ProcessLookupError, PermissionError, TypeError):
             pass
     fallback(name)
+
+
+def run_probe(
+    argv: Sequence[str], env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """Run a short check at start (``pi --version``, a trivial sandbox), before the
+    reactor runs: its output captured, no stdin, ``subprocess.TimeoutExpired`` after
+    ``timeout`` seconds."""
+    return subprocess.run(
+        list(argv),
+        env=dict(env),
+        capture_output=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 class TermThenKill:

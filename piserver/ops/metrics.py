@@ -7,7 +7,9 @@ streams' sends, the method table); gauges (connections, sessions by state,
 agents, journal bytes) are read from the live objects at each scrape, so
 ``/metrics`` costs nothing between scrapes. Labels are bounded: method names of
 the method table (anything passed through to pi is ``pass_through``), the stable
-error codes, the two event modes, the kinds of refusal (refusals.py).
+error codes, the two event modes, the kinds of refusal (refusals.py), the models of
+pi's catalog. Tokens and cost are read from the usage ledger (sessions/usage.py) at
+each scrape.
 """
 
 import os
@@ -19,10 +21,12 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.resource import Resource
 
 from piserver.common.errors import RpcError
+from piserver.security.auth import bearer_token
 from piserver.security.tokens import tokens_match
 from piserver.sessions.lifecycle import AgentStatus
 from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
 from piserver.sessions.stream import EVENT_MODES
+from piserver.sessions.usage import UsageLedger
 
 PASS_THROUGH = "pass_through"
 # Requests answer in milliseconds; prompts and clones take seconds to minutes.
@@ -237,11 +241,38 @@ class MetricsResource(Resource):
     def render_GET(self, request):
         request.setHeader(b"cache-control", b"no-store")
         if self._token is not None:
-            scheme, _, presented = (request.getHeader("authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not tokens_match(presented.strip(), self._token):
+            presented = bearer_token(request.getHeader("authorization") or "")
+            if presented is None or not tokens_match(presented, self._token):
                 request.setResponseCode(401)
                 request.setHeader(b"www-authenticate", b'Bearer realm="metrics"')
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return b"send Authorization: Bearer <metrics token>\n"
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return self._metrics.exposition()
+
+
+class UsageCollector:
+    """``pi_server_tokens_total{model,kind}`` and ``pi_server_cost_usd_total{model}``,
+    read from the ledger at each scrape (so they count from the first recorded message,
+    across restarts)."""
+
+    def __init__(self, ledger: UsageLedger):
+        self._ledger = ledger
+
+    def collect(self):
+        tokens = CounterMetricFamily(
+            "pi_server_tokens",
+            "tokens the agents used, by model and kind",
+            labels=["model", "kind"],
+        )
+        cost = CounterMetricFamily(
+            "pi_server_cost_usd",
+            "what the agents cost in USD as pi prices it (models.json cost), by model",
+            labels=["model"],
+        )
+        for model, usage in sorted(self._ledger.model_totals().items()):
+            for kind, count in usage.tokens().items():
+                tokens.add_metric([model, kind], count)
+            cost.add_metric([model], usage.cost_usd)
+        yield tokens
+        yield cost

@@ -4,7 +4,8 @@ waits for an answer (a native tool call, an extension dialog) or that it failed.
 
 Each notification is a small JSON object POSTed to every URL::
 
-    {"event": "run_finished" | "input_needed" | "agent_failed",
+    {"event": "run_finished" | "input_needed" | "agent_failed"
+               | "budget_warning" | "budget_reached",
      "sessionId": ..., "name": ..., "summary": ..., "time": ...}
 
 With ``--notify-secret`` the body is signed: ``X-Pi-Server-Signature: sha256=<hex>``

@@ -131,7 +131,9 @@ def _secrets_of(token: str | None) -> tuple[str, ...]:
     return (header, encoded, token)
 
 
-def redact(text: str, secrets: Sequence[str]) -> str:
+def redact(text: str, secrets: Sequence[str | None]) -> str:
+    """``text`` without the values of ``secrets`` (a token git or GitHub might echo in an
+    error): what reaches a client. The log's redaction is ``security.redact``'s."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

@@ -23,6 +23,7 @@ from twisted.web.iweb import IResponse
 from piserver import __version__
 from piserver.common.errors import GithubError
 from piserver.common.outcome import SharedOutcome
+from piserver.repos.git import redact
 
 log = Logger()
 
@@ -424,7 +425,7 @@ class GithubClient:
         return self._redact(str(failure) or type(failure).__name__)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._token, "***") if self._token else text
+        return redact(text, (self._token,))
 
     def _fail(self, message: str) -> GithubError:
         message = self._redact(message)

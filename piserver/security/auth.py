@@ -25,12 +25,19 @@ class Unauthorized(Exception):
     reason: str = attr.ib()
 
 
-def presented_token(headers: dict[str, str], params: dict[str, list[str]]) -> str | None:
-    """The token a client presented: the header wins over the query string."""
-    authorization = headers.get("authorization", "")
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
+    return None
+
+
+def presented_token(headers: dict[str, str], params: dict[str, list[str]]) -> str | None:
+    """The token a client presented: the header wins over the query string."""
+    token = bearer_token(headers.get("authorization", ""))
+    if token is not None:
+        return token
     values = params.get("token") or []
     if values and values[0]:
         return values[0]

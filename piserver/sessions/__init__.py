@@ -11,7 +11,9 @@ attached to it and the events it streams to them.
 - ``observer``: who hears of runs, crashes and input needed (metrics, notifications);
 - ``index``: ``state.json``, the index of every session;
 - ``stream``: numbering, journaling and sending a session's events;
-- ``journal``: the append-only file of a session's events.
+- ``journal``: the append-only file of a session's events;
+- ``usage``: what the agents cost, per session, day, model and device (``usage.json``);
+- ``budgets``: the daily and per-session budgets that stop a run.
 """
 
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS

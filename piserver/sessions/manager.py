@@ -780,9 +780,6 @@ class SessionManager(service.Service):
         self.save(session)
         return model
 
-    async def stop_agent(self, session: Session) -> None:
-        await session.lifecycle.stop()
-
 
 def _copy_conversation(source: Path, target: Path, cwd: Path) -> None:
     """Copy a pi session file for a session working in ``cwd``: pi resumes (``--continue``)

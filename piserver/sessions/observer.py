@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from twisted.logger import Logger
 
+from piserver.sessions.usage import message_usage
+
 if TYPE_CHECKING:
     from piserver.sessions.session import Session
+    from piserver.sessions.usage import Usage
 
 
 class RunOutcome(enum.StrEnum):
@@ -57,6 +60,10 @@ class ISessionObserver(Protocol):
     def native_tool_timed_out(self, session: Session, tool: str) -> None:
         """No device answered a native tool call in time."""
 
+    def usage_reported(self, session: Session, model: str, usage: Usage) -> None:
+        """An assistant message ended (pi's ``message_end``) having used ``usage`` of
+        ``model`` (``provider/id``). Never told per streamed token."""
+
 
 class SessionObserver:
     """An ``ISessionObserver`` that does nothing: subclass it and override what you need."""
@@ -77,6 +84,9 @@ class SessionObserver:
         pass
 
     def native_tool_timed_out(self, session: Session, tool: str) -> None:
+        pass
+
+    def usage_reported(self, session: Session, model: str, usage: Usage) -> None:
         pass
 
 
@@ -122,6 +132,9 @@ class SessionObservers(SessionObserver):
 
     def native_tool_timed_out(self, session, tool):
         self._tell("native_tool_timed_out", session, tool)
+
+    def usage_reported(self, session, model, usage):
+        self._tell("usage_reported", session, model, usage)
 
 
 def assistant_text(message) -> str | None:
@@ -172,6 +185,9 @@ class RunWatcher:
             text = assistant_text(payload.get("message"))
             if text is not None:
                 self._last_text[session.id] = text
+            used = message_usage(payload.get("message"))
+            if used is not None:
+                self._observer.usage_reported(session, *used)
         elif event_type == "agent_settled":
             summary = run_summary(payload, self._last_text.pop(session.id, None))
             self._observer.run_ended(session, run_outcome(payload), summary)

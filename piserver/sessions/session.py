@@ -47,6 +47,8 @@ class Session:
     forked_from: str | None = attr.ib(default=None)
     # Fields of a saved record that no attribute holds (another version's): kept as read.
     extra: dict = attr.ib(factory=dict)
+    # The session's own budget in USD (sessions/budgets.py); None: none.
+    budget_usd: float | None = attr.ib(default=None)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
 
@@ -109,6 +111,7 @@ class Session:
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **(self.checkout.to_json() if self.checkout is not None else {}),
             **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
+            **({"budgetUsd": self.budget_usd} if self.budget_usd is not None else {}),
             **({"device": self.device} if self.device is not None else {}),
             **self.extra,
         }
@@ -137,6 +140,7 @@ class Session:
             "branch",
             "baseBranch",
             "forkedFrom",
+            "budgetUsd",
         }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
@@ -172,6 +176,7 @@ class Session:
             device=record.get("device"),
             checkout=CheckoutRecord.from_json(record),
             forked_from=record.get("forkedFrom"),
+            budget_usd=_budget(record.get("budgetUsd")),
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )
@@ -187,3 +192,10 @@ class Session:
     def status(self) -> str:
         """``starting``, ``running`` or ``stopped``: what ``session.list`` has always said."""
         return self.lifecycle.status.listed
+
+
+def _budget(value) -> float | None:
+    """A recorded budget: a positive number, else none (a bad entry loses only its budget)."""
+    if type(value) in (int, float) and 0 < value < float("inf"):
+        return float(value)
+    return None

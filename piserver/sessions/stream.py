@@ -232,10 +232,6 @@ class EventStream:
         """The assistant message being streamed (as far as it has come), or None."""
         return self._streaming.message() if self._streaming is not None else None
 
-    def streaming_block(self, index: int) -> dict | None:
-        """Content block ``index`` of the message being streamed, or None."""
-        return self._streaming.block(index) if self._streaming is not None else None
-
     def _publish_delta(
         self, seq: int, event_type: str, payload: dict, payload_json: bytes, to=None
     ) -> None:

@@ -23,6 +23,7 @@ const app = {
   conversation: null,
   dialogs: [],
   gitOffered: false,
+  today: null,
   device: null,
 };
 
@@ -152,8 +153,9 @@ function start(token) {
     },
     onEvent: received,
     onHello: (result, resumed) => connected(result, resumed),
-    onHeartbeat: ({ sessions }) => {
+    onHeartbeat: ({ sessions, today }) => {
       app.sessions = sessions;
+      app.today = today || null;
       renderList();
       showSessionTitle();
     },
@@ -190,6 +192,9 @@ function received(envelope) {
   if (type === "extension_ui_resolved") return dialogResolved(payload.id);
   if (type === "files_changed") return filesChanged(payload);
   if (type === "session_progress") return ($("status-line").textContent = payload.message || "");
+  if (type === "budget_warning" || type === "budget_reached") return budgetNotice(type, payload);
+  // A new run got past the budgets: what stopped an earlier one is history.
+  if (type === "agent_start") $("budget-notice").hidden = true;
   app.conversation.apply(type, payload);
   if (type === "thinking_level_changed") $("thinking").value = payload.level;
   if (type === "agent_settled") {
@@ -203,11 +208,12 @@ function received(envelope) {
 
 async function refreshList({ repos = true } = {}) {
   try {
-    const [{ sessions }, offered] = await Promise.all([
+    const [{ sessions, today }, offered] = await Promise.all([
       app.rpc.call("session.list"),
       repos ? app.rpc.call("repos.list").catch(() => ({ repos: [], warnings: [] })) : null,
     ]);
     app.sessions = sessions;
+    app.today = today || null;
     if (offered) {
       app.repos = offered.repos || [];
       renderRepos(offered.warnings || []);
@@ -253,6 +259,56 @@ function renderList() {
     });
   list.replaceChildren(...items);
   $("no-sessions").hidden = items.length > 0;
+  showToday();
+}
+
+// -- usage and budgets --------------------------------------------------------
+
+function usd(amount) {
+  const value = Number(amount) || 0;
+  return `$${value.toFixed(value > 0 && value < 1 ? 4 : 2)}`;
+}
+
+function showToday() {
+  const today = app.today;
+  const line = $("usage-today");
+  if (!today) return (line.textContent = "");
+  const spent = today.usage || {};
+  let text = `Today: ${usd(spent.costUsd)}`;
+  let over = false;
+  if (today.limitUsd != null) {
+    text += ` of ${usd(today.limitUsd)}`;
+    over = spent.costUsd >= today.limitUsd;
+  }
+  if (today.limitTokens != null) {
+    text += ` · ${spent.totalTokens} of ${today.limitTokens} tokens`;
+    over = over || spent.totalTokens >= today.limitTokens;
+  }
+  line.textContent = over ? `${text} (daily budget spent)` : text;
+  line.dataset.over = String(over);
+}
+
+function showSessionCost() {
+  const session = app.session;
+  const cost = $("session-cost");
+  if (!session || !session.usage) return (cost.textContent = "");
+  const budget = session.budgetUsd != null ? ` of ${usd(session.budgetUsd)}` : "";
+  cost.textContent = `${usd(session.usage.costUsd)}${budget} · ${session.usage.totalTokens} tokens`;
+}
+
+function budgetNotice(type, payload) {
+  const notice = $("budget-notice");
+  const which = payload.scope === "session" ? "This session's budget" : "Today's budget";
+  const spent = payload.limitTokens != null
+    ? `${payload.spentTokens} of ${payload.limitTokens} tokens`
+    : `${usd(payload.spentUsd)} of ${usd(payload.limitUsd)}`;
+  const resets = payload.resetsAt ? ` It resets at ${new Date(payload.resetsAt).toLocaleString()}.` : "";
+  notice.dataset.kind = type === "budget_reached" ? "reached" : "warning";
+  notice.textContent = type === "budget_reached"
+    ? `Stopped: ${which.toLowerCase()} is spent (${spent}). New prompts are refused until it is raised.${resets}`
+    : `${which} is 80 % spent (${spent}).${resets}`;
+  notice.hidden = false;
+  refreshList({ repos: false }).then(showSessionTitle);
 }
 
 async function createSession(params) {
@@ -341,6 +397,7 @@ async function openSession(sessionId) {
   app.sessionId = sessionId;
   app.session = app.sessions.find((s) => s.sessionId === sessionId) || null;
   closeDialogs();
+  $("budget-notice").hidden = true;
   $("git").hidden = true;
   $("changes").hidden = true;
   app.gitOffered = false;
@@ -397,6 +454,7 @@ function showSessionTitle() {
   if (!app.sessionId) return;
   $("title").textContent = app.session ? sessionTitle(app.session) : "Session";
   $("session-name").textContent = $("title").textContent;
+  showSessionCost();
 }
 
 function showRunning(running) {

@@ -32,10 +32,6 @@ class Dispatcher:
         self._fallback = fallback
         self._guard = guard
 
-    @property
-    def method_names(self) -> list[str]:
-        return sorted(self._methods)
-
     def dispatch(self, connection, request: Request) -> Deferred:
         """
         Fire with ``(True, result_dict)`` or ``(False, RpcError)``; never errback.

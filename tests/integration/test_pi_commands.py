@@ -170,7 +170,7 @@ async def test_thinking_level_and_queue_modes_show_in_get_state(pi_server):
     # Each session's settings are its own, and survive a restart of its agent.
     other = await chat(client)
     assert (await client.call("get_state", session_id=other))["steeringMode"] == "one-at-a-time"
-    await pi_server.sessions.stop_agent(pi_server.sessions.sessions[session_id])
+    await pi_server.sessions.sessions[session_id].lifecycle.stop()
     again = await client.call("get_state", session_id=session_id)
     assert (again["steeringMode"], again["autoCompactionEnabled"]) == ("all", False)
 
@@ -237,7 +237,7 @@ async def test_fork_makes_a_new_listed_session_with_the_forked_turns(pi_server, 
     assert texts(original, "user") == ["question one", "question two"]
     # The fork goes on by itself, also after its agent restarts.
     await run(client, fork_id, "fork question")
-    await pi_server.sessions.stop_agent(pi_server.sessions.sessions[fork_id])
+    await pi_server.sessions.sessions[fork_id].lifecycle.stop()
     again = (await client.call("get_messages", session_id=fork_id))["messages"]
     assert texts(again, "user") == ["question one", "fork question"]
     assert (

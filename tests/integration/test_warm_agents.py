@@ -57,7 +57,7 @@ async def test_a_create_with_a_model_sets_it_on_the_warm_agent_and_keeps_it(pi_s
     state = await client.call("get_state", session_id=session_id)
     assert state["model"]["id"] == "fake-2"
     # A restart (idle stop, crash) starts pi on the session's model.
-    await pi_server.sessions.stop_agent(pi_server.sessions.sessions[session_id])
+    await pi_server.sessions.sessions[session_id].lifecycle.stop()
     state = await client.call("get_state", session_id=session_id)
     assert state["model"]["id"] == "fake-2"
     assert pi_server.sessions.sessions[session_id].agent is not agent

@@ -28,7 +28,13 @@ from piserver.sessions.pifiles import encode_cwd
 from tests.support.browser import Browser
 from tests.support.fakegithub import TEST_TOKEN, make_repository, run_git
 from tests.support.fakellm import FakeLLM, Hang, Reply, Text, ToolCall
-from tests.support.piagent import VERSION_ONLY_PI, repository_root, spawn_pi, write_agent_dir
+from tests.support.piagent import (
+    VERSION_ONLY_PI,
+    price_models,
+    repository_root,
+    spawn_pi,
+    write_agent_dir,
+)
 from tests.support.processes import free_port, health_ok, wait_until
 from tests.support.server import RunningServer
 from tests.support.wsclient import CallFailed
@@ -59,6 +65,7 @@ async def llm():
 @pytest_twisted.async_yield_fixture(scope="module")
 async def server(llm, pi_binary, tmp_path_factory):
     agent_dir = write_agent_dir(tmp_path_factory.mktemp("webui"), llm.base_url)
+    price_models(agent_dir)
     # A global pi extension: the `confirm_action` tool asks a confirm dialog.
     (agent_dir.path / "extensions").mkdir()
     shutil.copy(DIALOGS_EXTENSION, agent_dir.path / "extensions" / "dialogs.ts")
@@ -523,6 +530,42 @@ async def test_phone_viewport(browser, server, script):
     await browser.run(page.locator(".toast").filter(has_text='editor answered "edited"').wait_for())
     await browser.run(page.click("#back"))
     await browser.run(page.locator("#new-chat").wait_for())
+
+
+@pytest_twisted.ensureDeferred
+async def test_cost_and_budget_stop(browser, server, script):
+    page = await signed_in(browser, server, viewport=DESKTOP)
+    session_id = await new_chat(browser, page)
+    client = await server.client()
+    await client.call("session.set_budget", {"sessionId": session_id, "budgetUsd": 0.01})
+
+    # The run's first message spends the budget: the stop is shown, with the cost.
+    script(Text("An answer that costs more than the budget."))
+    await send(browser, page, "spend it")
+    notice = page.locator("#budget-notice[data-kind=reached]")
+    await browser.run(notice.filter(has_text="this session's budget is spent").wait_for())
+    await wait_idle(browser, page)
+    cost = page.locator("#session-cost")
+    await browser.run(cost.filter(has_text=re.compile(r"\$0\.\d{4} of \$0\.0100")).wait_for())
+    listed = await client.call("session.list")
+    spent = next(s for s in listed["sessions"] if s["sessionId"] == session_id)["usage"]
+    assert spent["costUsd"] > 0.01
+    assert f"${spent['costUsd']:.4f}" in await browser.run(cost.inner_text())
+    today = page.locator("#usage-today")
+    await browser.run(today.filter(has_text="Today: $").wait_for())
+
+    # The next prompt is refused, and says why.
+    await send(browser, page, "once more")
+    await browser.run(page.locator(".toast.error").filter(has_text="budget").wait_for())
+    await browser.run(page.screenshot(path=str(screenshot_dir() / "budget.png")))
+
+    # A higher budget: the next run goes, and the stop is history.
+    await client.call("session.set_budget", {"sessionId": session_id, "budgetUsd": 100})
+    script(Text("Going on."))
+    await send(browser, page, "go on")
+    await browser.run(last_answer(page).filter(has_text="Going on.").wait_for())
+    assert not await browser.run(page.is_visible("#budget-notice"))
+    await client.disconnect()
 
 
 def test_the_logged_link_is_the_only_place_the_token_shows(tmp_path):

@@ -144,6 +144,8 @@ class _Step:
 
     delay: float
     data: bytes
+    # The usage this step reports (the final chunk), as OpenAI-compatible providers send it.
+    usage: dict | None = None
 
 
 class _Exchange:
@@ -156,6 +158,8 @@ class _Exchange:
         self.reply = reply
         self.clock = clock
         self.outcome: str | None = None
+        # The usage chunk once it was sent: what pi was told this request used.
+        self.usage: dict | None = None
         self._end_waiters: list[defer.Deferred] = []
         self._pending_call = None
         self._stopping = False
@@ -188,7 +192,9 @@ class _Exchange:
             }
             if usage:
                 payload["usage"] = usage
-            return _Step(delay, b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n")
+            return _Step(
+                delay, b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n", usage=usage
+            )
 
         if self.reply.parts and isinstance(self.reply.parts[0], Hang):
             return
@@ -258,6 +264,8 @@ class _Exchange:
             self.request.setHeader(b"content-type", b"text/event-stream")
             self.request.setHeader(b"cache-control", b"no-cache")
         self.request.write(step.data)
+        if step.usage is not None:
+            self.usage = step.usage
 
     def _hanging(self) -> bool:
         return bool(self.reply.parts) and isinstance(self.reply.parts[-1], Hang)
@@ -395,6 +403,19 @@ class FakeLLM:
     def unused_replies(self) -> int:
         """How many scripted replies no request has consumed yet."""
         return len(self._script)
+
+    def drop_unused(self) -> int:
+        """Forget the scripted replies no request took; returns how many there were."""
+        dropped, self._script = len(self._script), []
+        return dropped
+
+    def reported_usage(self) -> list[tuple[str, dict]]:
+        """``(model, usage)`` of every reply whose final usage chunk was sent, in order."""
+        return [
+            (exchange.body.get("model"), exchange.usage)
+            for exchange in self._exchanges
+            if exchange.usage is not None
+        ]
 
     def wait_for_request(self, n: int) -> defer.Deferred:
         """Fires with the body of the ``n``-th request (1-based) once it has arrived."""

@@ -125,6 +125,21 @@ def models_config(base_url: str) -> dict:
     }
 
 
+# USD per million tokens (models.json ``cost``): fake-2 costs ten times what fake-1 does.
+FAKE_PRICES = {
+    FAKE_MODELS[0]: {"input": 100.0, "output": 400.0, "cacheRead": 10.0, "cacheWrite": 0.0},
+    FAKE_MODELS[1]: {"input": 1000.0, "output": 4000.0, "cacheRead": 100.0, "cacheWrite": 0.0},
+}
+
+
+def price_models(agent_dir: AgentDir, prices: dict = FAKE_PRICES) -> None:
+    """Give the fake models prices in models.json, so that pi reports what they cost."""
+    models = json.loads(agent_dir.models_path.read_text())
+    for model in models["providers"][FAKE_PROVIDER]["models"]:
+        model["cost"] = prices[model["id"]]
+    _write_json(agent_dir.models_path, models)
+
+
 def default_settings() -> dict:
     """settings.json content: ``fake/fake-1`` by default, and no automatic retries, so that a
     scripted HTTP error ends the run at once instead of after pi's back-off (seconds)."""

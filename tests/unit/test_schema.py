@@ -12,8 +12,10 @@ import piserver.common.errors as errors
 from piserver.api.handoff import HandoffMethods
 from piserver.api.methods import RpcMethods
 from piserver.api.picommands import TYPED
+from piserver.api.usage import UsageMethods
 from piserver.api.workspace import WorkspaceMethods
 from piserver.schema import SchemaResource, load, schema_bytes
+from piserver.sessions.accounting import Accounting
 from tests.support.piagent import repository_root
 from tests.support.schema import SCHEMA, frame_problems, params_problems
 
@@ -28,6 +30,11 @@ HELLO_RESULT = {
         "node": None,
     },
 }
+
+
+class _Usage:
+    def table(self):
+        return UsageMethods(None, Accounting(None), None).table()
 
 
 class _Workspace:
@@ -60,6 +67,7 @@ def test_the_schema_is_valid_json_schema():
 
 def test_every_method_of_the_table_has_a_schema_and_no_other():
     table = RpcMethods(
+        usage=_Usage(),
         sessions=object(),
         repos=object(),
         workspace=_Workspace(),

@@ -169,7 +169,7 @@ def test_callers_during_startup_share_one_agent(harness):
 def test_a_stop_we_asked_for_is_not_a_crash(harness):
     connection = FakeConnection()
     session = create(harness, connection).result
-    d = ensureDeferred(harness.sessions.stop_agent(session))
+    d = session.lifecycle.stop()
     harness.answer("abort")
     harness.process().end(code=0)
     assert d.called

@@ -72,11 +72,29 @@ def test_port_from_environment(base):
         (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
         (["--max-frame-size", "10"], "at least 1024"),
         (["--git-author", "just a name"], 'of the form "Name <mail>"'),
+        (["--daily-budget", "0"], "--daily-budget must be positive"),
+        (["--daily-budget", "nan"], "--daily-budget must be positive"),
+        (["--daily-token-budget", "-5"], "--daily-token-budget must be positive"),
+        (["--budget-timezone", "Mars/Olympus"], "not an IANA time zone"),
+        (["--budget-timezone", "../../etc/passwd"], "not an IANA time zone"),
     ],
 )
 def test_bad_values_are_usage_errors(base, args, fragment):
     with pytest.raises(usage.UsageError, match=fragment.replace("-", r"\-")):
         parse(base + args)
+
+
+def test_budgets(base):
+    config = parse(base).config
+    assert (config.daily_budget, config.daily_token_budget) == (None, None)
+    assert str(config.budget_timezone) == "UTC"
+    config = parse(
+        base
+        + ["--daily-budget", "2.5", "--daily-token-budget", "100000"]
+        + ["--budget-timezone", "Europe/Paris"]
+    ).config
+    assert (config.daily_budget, config.daily_token_budget) == (2.5, 100000)
+    assert str(config.budget_timezone) == "Europe/Paris"
 
 
 def test_git_author(base):

@@ -20,6 +20,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 from piserver.agents.launchers import AgentLaunch
 from piserver.agents.launchers.caches import node_cache, session_jiti
+from piserver.common.processes import run_probe
 
 # Top-level system directories shown read-only (or as the symlinks they are on merged-/usr
 # systems).  /etc is shown too, without the files below.
@@ -208,14 +209,7 @@ def check_bwrap(bwrap: str, env: Mapping[str, str]) -> None:
     saying why when bubblewrap is missing or fails here (no user namespaces...)."""
     argv = [bwrap, *system_args(env.get("HOME")), "--", "true"]
     try:
-        done = subprocess.run(
-            argv,
-            env=dict(env),
-            capture_output=True,
-            timeout=PROBE_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        done = run_probe(argv, env, PROBE_TIMEOUT)
     except FileNotFoundError:
         raise BwrapUnusable(f"{bwrap} not found (install the bubblewrap package)") from None
     except (OSError, subprocess.TimeoutExpired) as e:
