@@ -1,5 +1,5 @@
 """
-Issue 21, points 1, 3, 4 and 8: the git the server runs on a session's checkout
+Issue 21, points 1, 3, 4, 8 and 11: the git the server runs on a session's checkout
 (run-end snapshot, session.diff, session.commit, session.push) with the agent's
 ``.git`` made hostile.  Real git on real repositories; each trap would run as the
 server (or see the token) if the server's git read the agent's config.
@@ -86,6 +86,10 @@ async def test_a_hostile_worktree_config_runs_nothing_and_head_is_not_followed(
     )
     with open(head_file.strip(), "w") as f:
         f.write("ref: refs/heads/main\n")
+    # Point 11: its index a link to an endless device (the copy would fill the disk).
+    index = run_git("rev-parse", "--path-format=absolute", "--git-path", "index", cwd=session.cwd)
+    os.replace(index.strip(), index.strip() + ".saved")
+    os.symlink("/dev/zero", index.strip())
 
     events = []
     snapshots, shipping = make_shipping(git, events)
