@@ -13,6 +13,7 @@ from twisted.logger import LogLevel
 
 from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDEMPOTENCY_WINDOW,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -59,6 +60,8 @@ class ServerConfig:
     # Events below this level are not logged (debug events of libraries hold raw requests).
     log_level: LogLevel = LogLevel.info
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
+    # Seconds a device's idempotency keys are remembered (wire/idempotency.py).
+    idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
     # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
     agent_probe_interval: float = 30.0
     # Host names the server is reached by (--server-name and a specific --host).

@@ -60,6 +60,7 @@ from piserver.sessions.usage import USAGE_FILE, UsageLedger
 from piserver.web.site import make_site
 from piserver.web.ui import WebUiResource
 from piserver.wire.hub import Hub
+from piserver.wire.idempotency import KEY_LOG, IdempotencyKeys
 from piserver.wire.websocket import RpcServerFactory
 
 # The agent runs whatever the model asks: it gets the LLM keys it needs, never the
@@ -350,9 +351,12 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     metrics.registry.register(UsageCollector(ledger))
     sessions.on_event_sent = metrics.event_sent
     table, fallback = metrics.timed_methods(methods.table(), methods.pass_through)
+    # Requests that change something run at most once per key, across restarts too.
+    keys = IdempotencyKeys(reactor, config.data_dir / KEY_LOG, window=config.idempotency_window)
     hub = top.hub = Hub(
         table,
         fallback=fallback,
+        keys=keys,
         # Scopes and reach of each token, and the audit log of what changed (issue 27).
         guard=AccessGuard(sessions, AuditLog(config.data_dir / AUDIT_FILE, reactor.seconds)),
         send_buffer_limit=config.send_buffer_limit,

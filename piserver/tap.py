@@ -24,6 +24,7 @@ from piserver.agents.protocol import DEFAULT_PROBE_INTERVAL
 from piserver.agents.version import INSTALL_HINT, UnsupportedAgent, probe
 from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDEMPOTENCY_WINDOW,
     DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -156,6 +157,13 @@ class Options(usage.Options):
             "seconds an agent may be silent while a command waits or a run goes on before it "
             "is asked for its state; no answer within 10 s more: it is hung, killed and "
             "restarted",
+            float,
+        ],
+        [
+            "idempotency-window",
+            None,
+            DEFAULT_IDEMPOTENCY_WINDOW,
+            "seconds a device's request keys are remembered: a repeat within them never runs again",
             float,
         ],
         [
@@ -439,6 +447,7 @@ class Options(usage.Options):
             "max-agents",
             "agent-idle-timeout",
             "native-tool-timeout",
+            "idempotency-window",
             "agent-probe-interval",
             "requests-per-second",
             "journal-max-bytes",
@@ -568,6 +577,7 @@ class Options(usage.Options):
             warm_agents=self["warm-agents"],
             agent_idle_timeout=self["agent-idle-timeout"],
             native_tool_timeout=self["native-tool-timeout"],
+            idempotency_window=self["idempotency-window"],
             requests_per_second=self["requests-per-second"],
             github_timeout=self["github-timeout"],
             dotenv_names=frozenset(dotenv),

@@ -348,8 +348,10 @@ class RpcMethods:
         if behavior is not None and behavior not in STREAMING_BEHAVIORS:
             raise InvalidParams('"streamingBehavior" must be "steer" or "followUp"')
         self._admit(connection, session)
-        await self._sessions.prompt(session, message, images, behavior)
-        return {}
+        data = await self._sessions.prompt(session, message, images, behavior)
+        # pi 1.6 says what became of the prompt; "handled": no run starts for it.
+        disposition = data.get("disposition")
+        return {"disposition": disposition} if disposition in DISPOSITIONS else {}
 
     def _admit(self, connection, session) -> None:
         if self._usage is not None:
@@ -487,6 +489,7 @@ def _result(data) -> dict:
 
 
 STREAMING_BEHAVIORS = ("steer", "followUp")
+DISPOSITIONS = ("started", "queued", "handled")
 # pi's commands that start or extend a run: refused once a budget is spent.
 BUDGETED_COMMANDS = frozenset({"steer", "follow_up"})
 

@@ -1,6 +1,9 @@
 """Small helpers every layer may use; nothing here imports the rest of piserver.
 
 - ``errors``: errors that reach a client, each with a stable code;
-- ``files``: crash-safe files (atomic writes, guarded reads) and ``state.json``;
-- ``outcome``: one outcome that many callers wait for.
+- ``files``: crash-safe files (atomic writes, guarded reads);
+- ``outcome``: one outcome that many callers wait for;
+- ``defaults``: the defaults more than one layer reads;
+- ``processes``: process groups (signalled whole, TERM then KILL), start-up probes;
+- ``httpjson``: the JSON answers of the HTTP side.
 """

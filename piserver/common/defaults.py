@@ -14,3 +14,5 @@ DEFAULT_KEEPALIVE_TIMEOUT = 20.0
 DEFAULT_MAX_CONNECTIONS = 100
 # Connections one source address may have open that are still sending their request.
 DEFAULT_MAX_PENDING_PER_ADDRESS = 16
+# Seconds a device's idempotency keys are remembered (wire/idempotency.py).
+DEFAULT_IDEMPOTENCY_WINDOW = 24 * 3600.0

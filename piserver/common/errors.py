@@ -91,6 +91,19 @@ class StorageFull(RpcError):
     code = "storage_full"
 
 
+class IdempotencyConflict(RpcError):
+    """A request reused a key that an earlier request with other params had."""
+
+    code = "idempotency_conflict"
+
+
+@attr.s(auto_exc=True)
+class RememberedError(RpcError):
+    """An error answer read back from the idempotency key log: its code as it was sent."""
+
+    code: str = attr.ib(kw_only=True, default="internal_error")
+
+
 class BudgetExceeded(RpcError):
     """A budget covering the session is spent: no new run until it resets or is raised."""
 

@@ -758,7 +758,8 @@ class SessionManager(service.Service):
 
     async def prompt(
         self, session: Session, message: str, images=None, streaming_behavior=None
-    ) -> None:
+    ) -> dict:
+        """pi's answer data: ``{"disposition": "started" | "queued" | "handled"}``."""
         fields = {"message": message}
         if images is not None:
             fields["images"] = images
@@ -769,9 +770,10 @@ class SessionManager(service.Service):
             self.save(session)
         try:
             # An extension command answers only once its dialogs are answered.
-            await self.command(session, "prompt", timeout=PROMPT_TIMEOUT, **fields)
+            data = await self.command(session, "prompt", timeout=PROMPT_TIMEOUT, **fields)
         except AgentCommandFailed as e:
             raise InvalidState(e.message) from None
+        return data if isinstance(data, dict) else {}
 
     async def set_model(self, session: Session, provider: str, model_id: str) -> dict:
         model = await self.command(session, "set_model", provider=provider, modelId=model_id)

@@ -4,6 +4,7 @@
 
 import { checkToken, RpcConnection } from "./rpc.js";
 import { Conversation } from "./conversation.js";
+import { Outbox } from "./outbox.js";
 
 const TOKEN_KEY = "pi-server.token";
 const $ = (id) => document.getElementById(id);
@@ -21,6 +22,7 @@ const app = {
   sessions: [],
   repos: [],
   conversation: null,
+  outbox: null,
   dialogs: [],
   gitOffered: false,
   today: null,
@@ -152,7 +154,8 @@ function start(token) {
       if (state === "unauthorized") showSignIn("The server no longer accepts this token.");
     },
     onEvent: received,
-    onHello: (result, resumed) => connected(result, resumed),
+    // What waits in the outbox goes once the page knows where it is.
+    onHello: (result, resumed) => connected(result, resumed).finally(sendOutbox),
     onHeartbeat: ({ sessions, today }) => {
       app.sessions = sessions;
       app.today = today || null;
@@ -160,7 +163,47 @@ function start(token) {
       showSessionTitle();
     },
   });
+  app.outbox = new Outbox({
+    onChange: renderOutbox,
+    onAnswered: outboxAnswered,
+    onFailed: outboxFailed,
+  });
+  renderOutbox(app.outbox.items);
   app.rpc.connect();
+}
+
+// -- the outbox: prompts and answers on their way -------------------------------
+
+function sendOutbox() {
+  app.outbox.flush(app.rpc);
+}
+
+function renderOutbox(items) {
+  const list = $("outbox");
+  list.replaceChildren(
+    ...items.map((item) => {
+      const node = el("li", "outbox-item");
+      node.dataset.key = item.key;
+      node.append(el("span", "outbox-state", "Waiting to send"), el("span", "outbox-text", item.label));
+      return node;
+    }),
+  );
+  list.hidden = items.length === 0;
+}
+
+function outboxAnswered(item, result) {
+  if (item.method === "prompt" && result && result.disposition === "queued") {
+    toast(item.params.streamingBehavior === "steer" ? "Steering message sent." : "Queued.");
+  }
+}
+
+function outboxFailed(item, error) {
+  // A dialog answered elsewhere (or gone) meanwhile: nothing to say.
+  if (item.method === "extension_ui_response" && error.code === "not_found") return;
+  if (item.method === "prompt" && item.sessionId === app.sessionId && !$("prompt").value) {
+    $("prompt").value = item.params.message;
+  }
+  failed(error);
 }
 
 async function connected(result, resumed) {
@@ -476,17 +519,15 @@ async function sendPrompt(behavior) {
   const message = box.value;
   if (!message.trim() || !app.sessionId) return;
   const params = { message };
-  if (app.conversation && app.conversation.running) params.streamingBehavior = behavior || "steer";
-  box.value = "";
-  try {
-    await app.rpc.call("prompt", params, app.sessionId);
-    if (params.streamingBehavior) {
-      toast(params.streamingBehavior === "steer" ? "Steering message sent." : "Queued.");
-    }
-  } catch (error) {
-    if (!box.value) box.value = message;
-    failed(error);
+  if (app.rpc.state !== "online") {
+    // Sent when the connection is back, maybe during a run (an earlier one's): after it.
+    params.streamingBehavior = "followUp";
+  } else if (app.conversation && app.conversation.running) {
+    params.streamingBehavior = behavior || "steer";
   }
+  box.value = "";
+  app.outbox.add("prompt", params, app.sessionId, message);
+  sendOutbox();
 }
 
 async function loadModels(sessionId) {
@@ -605,15 +646,10 @@ function showDialog() {
 
 async function answerDialog(request, answer) {
   if (request.local) return answerLocalDialog(request, answer);
-  try {
-    await app.rpc.call("extension_ui_response", { id: request.id, ...answer }, app.sessionId);
-  } catch (error) {
-    if (error.code !== "not_found") {
-      failed(error);
-      return;
-    }
-  }
+  const label = `Answer to “${request.title || request.method}”`;
+  app.outbox.add("extension_ui_response", { id: request.id, ...answer }, app.sessionId, label);
   dialogResolved(request.id);
+  sendOutbox();
 }
 
 // Dialogs the page itself asks (deleting a session) are answered here, not by the server.

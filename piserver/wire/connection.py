@@ -131,9 +131,9 @@ class Connection:
         d.addCallback(self._reply, request)
 
     def _reply(self, outcome, request) -> None:
-        ok, value = outcome
+        ok, value, repeat = outcome
         if ok:
-            data = encode_result(request.id, value, request.session_id)
+            data = encode_result(request.id, value, request.session_id, repeat=repeat)
             limit = getattr(self._sink, "max_frame_size", 0)
             if 0 < limit < len(data):
                 # The client could not take it (the frame would be refused): it gets an
@@ -150,13 +150,13 @@ class Connection:
                     f"the answer is {len(data)} bytes, larger than this server's "
                     f"--max-frame-size of {limit} bytes"
                 )
-                self.send(encode_error(request.id, value, request.session_id))
+                self.send(encode_error(request.id, value, request.session_id, repeat=repeat))
                 return
             self.send(data)
         else:
             if self._redact is not None:
                 value = attr.evolve(value, message=self._redact(value.message))
-            self.send(encode_error(request.id, value, request.session_id))
+            self.send(encode_error(request.id, value, request.session_id, repeat=repeat))
 
     def send(self, data: bytes) -> None:
         if self.open and not self._closing:

@@ -2,7 +2,8 @@
 The wire envelope: parse incoming frames into frozen values, encode replies and events.
 
 Requests: ``{v: 1, kind: "request", id, sessionId?, method, params?}``.
-Responses: ``{v: 1, kind: "response", id, sessionId?, ok, result | error}``.
+Responses: ``{v: 1, kind: "response", id, sessionId?, ok, repeat?, result | error}``
+(``repeat: true``: the answer a request with the same idempotency key got).
 Events: ``{v: 1, kind: "event", sessionId, seq, type, payload}``.
 """
 
@@ -125,20 +126,28 @@ def _dumps(obj) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
-def encode_result(request_id: str, result: dict, session_id: str | None = None) -> bytes:
+def encode_result(
+    request_id: str, result: dict, session_id: str | None = None, repeat: bool = False
+) -> bytes:
     envelope = {"v": PROTOCOL_VERSION, "kind": "response", "id": request_id}
     if session_id is not None:
         envelope["sessionId"] = session_id
     envelope["ok"] = True
+    if repeat:
+        envelope["repeat"] = True
     envelope["result"] = result
     return _dumps(envelope)
 
 
-def encode_error(request_id: str | None, error: RpcError, session_id: str | None = None) -> bytes:
+def encode_error(
+    request_id: str | None, error: RpcError, session_id: str | None = None, repeat: bool = False
+) -> bytes:
     envelope = {"v": PROTOCOL_VERSION, "kind": "response", "id": request_id}
     if session_id is not None:
         envelope["sessionId"] = session_id
     envelope["ok"] = False
+    if repeat:
+        envelope["repeat"] = True
     envelope["error"] = error.to_dict()
     return _dumps(envelope)
 

@@ -24,8 +24,9 @@ class Hub:
         redact=None,
         fallback=None,
         guard=None,
+        keys=None,
     ):
-        self.dispatcher = Dispatcher(methods, fallback, guard)
+        self.dispatcher = Dispatcher(methods, fallback, guard, keys)
         self._clock = clock
         self._requests_per_second = requests_per_second
         self._redact = redact

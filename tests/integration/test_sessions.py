@@ -44,10 +44,10 @@ async def test_prompt_streams_the_answer(pi_server, fake_llm):
     fake_llm.script(Text("Hello from the scripted model"))
     client = await pi_server.client()
     session_id = await create_chat(client)
-    assert (
-        await client.call("prompt", {"type": "prompt", "message": "Hi"}, session_id=session_id)
-        == {}
-    )
+    # pi 1.6's disposition (issue 24): an idle session starts a run.
+    assert await client.call(
+        "prompt", {"type": "prompt", "message": "Hi"}, session_id=session_id
+    ) == {"disposition": "started"}
     await client.wait_for_event(is_type("agent_settled", session_id))
     events = client.event_frames(session_id)
     types = [f["type"] for f in events]

@@ -340,6 +340,69 @@ async def test_offline_mid_answer_shows_the_full_answer_once(browser, server, ll
 
 
 @pytest_twisted.ensureDeferred
+async def test_offline_prompts_wait_in_the_outbox_and_run_once_in_order(
+    browser, server, llm, script
+):
+    page = await signed_in(browser, server, viewport=DESKTOP)
+    session_id = await new_chat(browser, page)
+    # While "blocked", the page's WebSockets to /rpc are closed as they open (the server
+    # cannot be reached), though the page itself loads: a reload can happen meanwhile.
+    blocked = {"now": True}
+
+    async def rpc_socket(socket):
+        if blocked["now"]:
+            await socket.close()
+        else:
+            socket.connect_to_server()
+
+    await browser.run(page.context.route_web_socket(re.compile(r"/rpc"), rpc_socket))
+    await browser.run(page.context.set_offline(True))
+    await browser.run(page.locator("#connection[data-state=offline]").wait_for())
+    asked = len(llm.requests)
+    await send(browser, page, "first, typed offline")
+    await send(browser, page, "second, typed offline")
+    waiting = page.locator(".outbox-item")
+    texts = page.locator(".outbox-text")
+    assert await browser.run(texts.all_inner_texts()) == [
+        "first, typed offline",
+        "second, typed offline",
+    ]
+    states = await browser.run(page.locator(".outbox-state").all_inner_texts())
+    assert states == ["Waiting to send"] * 2
+
+    # Back on the network but not yet at the server: a reload keeps them.
+    await browser.run(page.context.set_offline(False))
+    await browser.run(page.reload())
+    await browser.run(waiting.nth(1).wait_for())
+    assert await browser.run(texts.all_inner_texts()) == [
+        "first, typed offline",
+        "second, typed offline",
+    ]
+    assert len(llm.requests) == asked
+
+    # The server is reachable again: each is sent once, in order, and runs once.
+    script(Text("one"), Text("two"))
+    blocked["now"] = False
+    await browser.run(page.locator("#connection[data-state=online]").wait_for())
+    await browser.run(waiting.first.wait_for(state="detached"))
+    first = await llm.wait_for_request(asked + 1)
+    second = await llm.wait_for_request(asked + 2)
+    assert json.dumps(first["messages"][-1]).count("first, typed offline") == 1
+    assert json.dumps(second["messages"][-1]).count("second, typed offline") == 1
+    await browser.run(last_answer(page).filter(has_text="two").wait_for())
+    await llm.wait_for_end(asked + 2)
+    await wait_idle(browser, page)
+    observer = await server.client()
+    messages = (await observer.call("get_messages", session_id=session_id))["messages"]
+    users = [json.dumps(m["content"]) for m in messages if m["role"] == "user"]
+    assert len(users) == 2
+    assert "first, typed offline" in users[0] and "second, typed offline" in users[1]
+    assert len(llm.requests) == asked + 2
+    assert await browser.run(page.evaluate("localStorage.getItem('pi-server.outbox')")) == "[]"
+    assert await browser.run(page.evaluate("window.__violations")) == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_hostile_answer_is_shown_inert(browser, server, script):
     # Signed in by pasting the token this time.
     page = await open_page(browser, f"http://127.0.0.1:{server.port}/", viewport=DESKTOP)

@@ -198,8 +198,8 @@ class RawRpc:
         )
         self._ids = iter(range(1, 1_000_000))
 
-    def send(self, method: str, params=None, session_id=None) -> str:
-        request_id = f"r{next(self._ids)}"
+    def send(self, method: str, params=None, session_id=None, request_id=None) -> str:
+        request_id = request_id or f"r{next(self._ids)}"
         envelope = {
             "v": 1,
             "kind": "request",

@@ -34,6 +34,7 @@ def test_defaults(tmp_path, base):
     config = parse(base).config
     assert config.endpoint == "tcp:3141:interface=0.0.0.0"
     assert config.max_frame_size == DEFAULT_MAX_FRAME_SIZE
+    assert config.idempotency_window == 24 * 3600
     assert config.pi_command == (VERSION_ONLY_PI,)
     assert config.auth_token_source == "generated"
     token_file = tmp_path / "data" / "server-token"
@@ -72,6 +73,7 @@ def test_port_from_environment(base):
         (["--port", "ssl:4443:privateKey=/nonexistent.pem"], "--port"),
         (["--max-frame-size", "10"], "at least 1024"),
         (["--git-author", "just a name"], 'of the form "Name <mail>"'),
+        (["--idempotency-window", "0"], "--idempotency-window must be positive"),
         (["--daily-budget", "0"], "--daily-budget must be positive"),
         (["--daily-budget", "nan"], "--daily-budget must be positive"),
         (["--daily-token-budget", "-5"], "--daily-token-budget must be positive"),
