@@ -74,6 +74,12 @@ class ServerConfig:
     notify_urls: tuple = ()
     # Key of the notifications' HMAC signature; None: unsigned.
     notify_secret: str | None = None
+    # A new session's permission mode (sessions/permissions.py) unless it chooses one.
+    permission_mode: str = "full"
+    # Seconds an approval request waits for a person before the call is denied.
+    approval_timeout: float = 600.0
+    # The server's URL for a notification's reader: signed approval action URLs; None: none.
+    public_url: str | None = None
     # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
     sandbox: str = "none"
     # Why --sandbox auto chose "none": bubblewrap's failure, warned about at every start.

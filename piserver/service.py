@@ -38,6 +38,7 @@ from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
 from piserver.security.access import AccessGuard
+from piserver.security.actionurls import ActionSigner, load_or_create_key
 from piserver.security.auth import Authenticator
 from piserver.security.redact import (
     REVEAL_FIELD,
@@ -57,6 +58,7 @@ from piserver.sessions.imports import SessionImporter
 from piserver.sessions.index import StateStore
 from piserver.sessions.stream import EVENT_MODES
 from piserver.sessions.usage import USAGE_FILE, UsageLedger
+from piserver.web.actions import ApprovalActionResource
 from piserver.web.site import make_site
 from piserver.web.ui import WebUiResource
 from piserver.wire.hub import Hub
@@ -224,6 +226,32 @@ def describe_launcher(config: ServerConfig) -> str:
     return "local processes, not sandboxed (--sandbox none)"
 
 
+def approval_action_urls(config: ServerConfig, reactor, sessions):
+    """With ``--public-url``: ``action_urls(request)`` (signed allow/deny URLs for a
+    notification) and the resource answering them; else ``(None, None)``."""
+    if config.public_url is None:
+        return None, None
+    signer = ActionSigner(load_or_create_key(config.data_dir), reactor)
+
+    def action_urls(request) -> dict:
+        return {
+            decision: f"{config.public_url}/approval-action?t="
+            + signer.sign(request.approval_id, decision, request.expires)
+            for decision in ("allow", "deny")
+        }
+
+    def answer(approval_id: str, decision: str) -> bool:
+        if decision not in ("allow", "deny"):
+            return False
+        for session in list(sessions.sessions.values()):
+            if approval_id in session.approvals:
+                session.approvals.respond("action URL", approval_id, decision, None)
+                return True
+        return False
+
+    return action_urls, ApprovalActionResource(signer, answer)
+
+
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
 
@@ -273,6 +301,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         idle_timeout=config.agent_idle_timeout,
         native_tool_timeout=config.native_tool_timeout,
         on_run_end=snapshots.run_ended,
+        permission_mode=config.permission_mode,
+        approval_timeout=config.approval_timeout,
     )
     sessions.setServiceParent(top)
     shipping = Shipping(
@@ -329,6 +359,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         handoff=HandoffMethods(importer, sessions),
     )
     redact = Redactor(secret_values(config)).redact
+    action_urls, approval_actions = approval_action_urls(config, reactor, sessions)
     if config.notify_urls:
         notifier = Notifier(
             config.notify_urls,
@@ -342,6 +373,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             reactor,
             secret=config.notify_secret,
             redact=redact,
+            action_urls=action_urls,
         )
         notifier.setServiceParent(top)
         sessions.observers.add(notifier)
@@ -390,6 +422,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         log_health=config.log_health,
         max_pending_per_address=config.max_pending_per_address,
         on_refused=refusals.refused,
+        actions=approval_actions,
     )
     metrics.watch(hub, sessions)
     site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))

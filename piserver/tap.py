@@ -46,7 +46,9 @@ from piserver.security.origins import parse_origin
 from piserver.security.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from piserver.security.tokens import TokenError, load_or_create_server_token, read_token_file
 from piserver.sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_WARM_AGENTS
+from piserver.sessions.approvals import DEFAULT_APPROVAL_TIMEOUT
 from piserver.sessions.journal import JournalLimits
+from piserver.sessions.permissions import PermissionMode
 from piserver.wire.connection import DEFAULT_SEND_BUFFER_LIMIT
 
 log = Logger()
@@ -172,6 +174,27 @@ class Options(usage.Options):
             DEFAULT_CALL_TIMEOUT,
             "seconds a native tool call waits for a device before it fails",
             float,
+        ],
+        [
+            "permission-mode",
+            None,
+            "full",
+            "what a new session's agent may do without asking: full, ask, edits, readonly or "
+            "rules (a session.create can choose another)",
+        ],
+        [
+            "approval-timeout",
+            None,
+            DEFAULT_APPROVAL_TIMEOUT,
+            "seconds a tool call waits for a person's approval before it is denied",
+            float,
+        ],
+        [
+            "public-url",
+            None,
+            None,
+            "the server's URL as a notification's reader reaches it (https://host:port): "
+            "input_needed notifications then carry signed one-time allow/deny URLs",
         ],
         [
             "send-buffer-limit",
@@ -447,6 +470,7 @@ class Options(usage.Options):
             "max-agents",
             "agent-idle-timeout",
             "native-tool-timeout",
+            "approval-timeout",
             "idempotency-window",
             "agent-probe-interval",
             "requests-per-second",
@@ -455,6 +479,15 @@ class Options(usage.Options):
         ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["permission-mode"] not in {str(m) for m in PermissionMode}:
+            raise usage.UsageError(
+                "--permission-mode must be one of " + ", ".join(str(m) for m in PermissionMode)
+            )
+        public_url = self["public-url"]
+        if public_url is not None:
+            if not public_url.startswith(("http://", "https://")) or "?" in public_url:
+                raise usage.UsageError(f"--public-url {public_url!r}: give an http(s) URL")
+            public_url = public_url.rstrip("/")
         if not 0 <= self["warm-agents"] <= self["max-agents"]:
             raise usage.UsageError("--warm-agents must be between 0 and --max-agents")
         if not 0 <= self["delta-merge-window"] <= 1:
@@ -577,6 +610,9 @@ class Options(usage.Options):
             warm_agents=self["warm-agents"],
             agent_idle_timeout=self["agent-idle-timeout"],
             native_tool_timeout=self["native-tool-timeout"],
+            permission_mode=self["permission-mode"],
+            approval_timeout=self["approval-timeout"],
+            public_url=public_url,
             idempotency_window=self["idempotency-window"],
             requests_per_second=self["requests-per-second"],
             github_timeout=self["github-timeout"],

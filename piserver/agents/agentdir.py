@@ -26,8 +26,16 @@ SERVER_ENTRIES = frozenset(
         ".env",
         "server-token",
         "device-tokens.json",
+        # The key of signed approval action URLs (security/actionurls.py).
+        "approval-url.key",
         "state.json",
         "repos.json",
+        # Usage and budgets (sessions/usage.py), request keys (wire/idempotency.py), the audit
+        # log and its rotations (ops/audit.py), session files being imported (sessions/imports.py).
+        "usage.json",
+        "idempotency-keys.log",
+        "audit.log",
+        "imports",
         "sessions",
         "models-helper",
         "node-compile-cache",

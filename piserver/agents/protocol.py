@@ -192,6 +192,8 @@ class AgentProtocol(protocol.ProcessProtocol):
         self._last_output = clock.seconds()
         # Set while a run goes on (its events are due): silence then is probed too.
         self.expect_output = False
+        # Set while a run waits for a person (an approval): silence then is no hang.
+        self.waiting_for_person = False
         # The agent stopped answering and was declared hung (it is being killed).
         self.hung = False
         self._clock = clock
@@ -346,6 +348,8 @@ class AgentProtocol(protocol.ProcessProtocol):
             return
         silent = self._clock.seconds() - self._last_output
         if silent < self._probe_interval or not (self._pending or self.expect_output):
+            return
+        if self.waiting_for_person:
             return
         self._probing = True
         probe = self.command("get_state", timeout=PROBE_TIMEOUT)

@@ -27,6 +27,8 @@ from piserver.common.errors import (
     UnknownMethod,
 )
 from piserver.security.access import grant_of
+from piserver.sessions.approvals import parse_response
+from piserver.sessions.permissions import Permissions, parse_mode, parse_rules
 from piserver.sessions.seedcompat import seed_messages
 from piserver.sessions.stream import EVENT_MODES
 
@@ -103,6 +105,8 @@ class RpcMethods:
                     "clear_conversation": self.clear_conversation,
                     "native_tool_response": self.native_tool_response,
                     "extension_ui_response": self.extension_ui_response,
+                    "session.set_permission_mode": self.session_set_permission_mode,
+                    "approval.respond": self.approval_respond,
                     # pi's commands that the server gives its own meaning.
                     "new_session": self.clear_conversation,
                     "switch_session": self.switch_session,
@@ -227,6 +231,7 @@ class RpcMethods:
         provider = _optional_string(params, "provider")
         model_id = _optional_string(params, "modelId")
         include_native_tools = _bool(params, "includeNativeTools", False)
+        permissions = _permissions(params, "permissionMode", "permissionRules")
         budget = self._usage.budget_param(params) if self._usage is not None else None
         repo = None
         if mode == "code":
@@ -241,6 +246,7 @@ class RpcMethods:
             model_id=model_id,
             system_prompt=system_prompt,
             include_native_tools=include_native_tools,
+            permissions=permissions,
         )
         if self._usage is not None:
             self._usage.created(session, budget)
@@ -309,6 +315,28 @@ class RpcMethods:
         session.calls.answer_dialog(connection, request.params)
         return {}
 
+    def session_set_permission_mode(self, connection, request):
+        session = self._sessions.get(_target_session_id(request))
+        if "mode" not in request.params:
+            raise InvalidParams('missing "mode"')
+        permissions = _permissions(request.params, "mode", "rules")
+        if "rules" not in request.params:
+            # The mode changes; the rules (and what people allowed) stay.
+            permissions.rules = list(session.permissions.rules)
+        permissions.grants = list(session.permissions.grants)
+        self._sessions.set_permissions(session, permissions)
+        session.approvals.reconsider(connection.device or "server token")
+        return {"sessionId": session.id, "permissionMode": str(permissions.mode)}
+
+    def approval_respond(self, connection, request):
+        approval_id, decision, reason = parse_response(request.params)
+        session = self._waiting_session(connection, request, lambda s: approval_id in s.approvals)
+        if session is None:
+            raise NotFound(f"no pending approval {approval_id[:80]!r}")
+        by = connection.device or "server token"
+        session.approvals.respond(by, approval_id, decision, reason)
+        return {}
+
     def _waiting_session(self, connection, request, is_waiting):
         """The session named in the request, else the one in the device's reach waiting
         for this answer."""
@@ -364,7 +392,8 @@ class RpcMethods:
 
     async def get_state(self, connection, request):
         session = self._sessions.get(_session_id(request))
-        return public_state(await self._sessions.command(session, "get_state") or {})
+        state = public_state(await self._sessions.command(session, "get_state") or {})
+        return {**state, "permissionMode": str(session.permissions.mode)}
 
     async def get_messages(self, connection, request):
         session = self._sessions.get(_session_id(request))
@@ -534,3 +563,17 @@ def _target_session_id(request) -> str | None:
 
 def _optional_string(params: dict, key: str) -> str | None:
     return _string(params, key, required=False)
+
+
+def _permissions(params: dict, mode_key: str, rules_key: str) -> Permissions | None:
+    """The mode and rules a request gives (None: neither, the server's default)."""
+    mode, rules = params.get(mode_key), params.get(rules_key)
+    if mode is None and rules is None:
+        return None
+    if mode is None:
+        # Rules alone choose the mode they are for.
+        mode = "rules"
+    return Permissions(
+        mode=parse_mode(mode, mode_key),
+        rules=parse_rules(rules, rules_key) if rules is not None else [],
+    )

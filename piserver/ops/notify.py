@@ -8,6 +8,11 @@ Each notification is a small JSON object POSTed to every URL::
                | "budget_warning" | "budget_reached",
      "sessionId": ..., "name": ..., "summary": ..., "time": ...}
 
+An ``input_needed`` of an approval request also has ``approvalId`` and, when the server
+has a ``--public-url``, ``actions``: two signed one-time URLs in ntfy's action-button
+format (``[{"action": "http", "label": "Allow", "url", "method": "POST", "clear": true},
+{... "Deny" ...}]``).
+
 With ``--notify-secret`` the body is signed: ``X-Pi-Server-Signature: sha256=<hex>``
 is the HMAC-SHA256 of the exact body bytes under the secret. A ``Title`` header
 carries a one-line text for ntfy-style endpoints that show the body as it is.
@@ -91,6 +96,7 @@ class Notifier(Service, SessionObserver):
         redact=None,
         retry_delays=RETRY_DELAYS,
         attempt_timeout: float = ATTEMPT_TIMEOUT,
+        action_urls=None,
     ):
         self._targets = [_Target(url) for url in urls]
         self._http = http
@@ -100,6 +106,8 @@ class Notifier(Service, SessionObserver):
         self._retry_delays = tuple(retry_delays)
         self._attempt_timeout = attempt_timeout
         self._stopped = False
+        # action_urls(approval request) -> {"allow": url, "deny": url}, or None: no buttons.
+        self._action_urls = action_urls
 
     # -- what to notify -----------------------------------------------------
 
@@ -113,7 +121,28 @@ class Notifier(Service, SessionObserver):
     def input_needed(self, session, kind: InputKind, detail: str) -> None:
         self.notify("input_needed", session, detail)
 
-    def notify(self, event: str, session, summary: str) -> None:
+    def approval_requested(self, session, request) -> None:
+        extra = {"approvalId": request.approval_id}
+        if self._action_urls is not None:
+            urls = self._action_urls(request)
+            extra["actions"] = [
+                {
+                    "action": "http",
+                    "label": label,
+                    "url": urls[decision],
+                    "method": "POST",
+                    "clear": True,
+                }
+                for decision, label in (("allow", "Allow"), ("deny", "Deny"))
+            ]
+        self.notify(
+            "input_needed",
+            session,
+            f"the agent asks to run {request.tool_name}: {request.summary}",
+            extra,
+        )
+
+    def notify(self, event: str, session, summary: str, extra: dict | None = None) -> None:
         """Queue one notification for every URL; returns at once."""
         if self._stopped or not self._targets:
             return
@@ -124,6 +153,7 @@ class Notifier(Service, SessionObserver):
                 "name": session.name,
                 "summary": _short(self._redact(summary)),
                 "time": self._clock.seconds(),
+                **(extra or {}),
             }
         ).encode("utf-8")
         title = f"pi-server: {event.replace('_', ' ')}" + (

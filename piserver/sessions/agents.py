@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from piserver.agents import agentdir
+from piserver.agents.gate import permission_args, write_mode_file
 from piserver.agents.launchers import SessionFiles
 from piserver.agents.nativetools import EXTENSION_PATH, extension_args
 from piserver.agents.protocol import AgentExit, AgentProtocol
@@ -124,6 +125,7 @@ class SessionAgents:
             session.system_prompt_file,
             session.native_tools_file if session.offers_native_tools else None,
         )
+        args += permission_args(session.permission_file)
         return args
 
     def files(self, session: Session) -> SessionFiles:
@@ -146,6 +148,8 @@ class SessionAgents:
         await self._make_room(session)
         session.last_used = self._clock.seconds()
         agentdir.prepare(self._data_dir, session.agent_dir)
+        # The gate reads it at every tool call; a session older than modes gets one too.
+        write_mode_file(session.permission_file, session.permissions.mode)
 
     def spawn(self, session: Session) -> AgentProtocol:
         session.streaming = False
@@ -157,6 +161,8 @@ class SessionAgents:
             agent_dir=str(session.agent_dir),
             files=self.files(session),
         )
+        # Its pending approvals can no longer be answered through it (approvals.py).
+        agent.exited.addCallback(lambda _: session.approvals.agent_exited())
         return agent
 
     def started(self, session: Session, state: dict | None) -> None:

@@ -18,16 +18,19 @@ from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from piserver.agents import agentdir
+from piserver.agents.gate import write_mode_file
 from piserver.agents.models import public_state
 from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT, write_tools_file
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
+from piserver.sessions.approvals import DEFAULT_APPROVAL_TIMEOUT, Approvals
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal, JournalLimits
 from piserver.sessions.observer import RunWatcher, SessionObservers
+from piserver.sessions.permissions import PermissionMode, Permissions
 from piserver.sessions.session import SESSION_ID, Session, iso_time
 from piserver.sessions.stream import EventStream
 from piserver.sessions.warm import WarmAgents
@@ -77,11 +80,16 @@ class SessionManager(service.Service):
         native_tool_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_run_end=None,
         warm_agents: int = 0,
+        permission_mode: PermissionMode = PermissionMode.FULL,
+        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
     ):
         self._reactor = reactor
         # Called with a code session whose run has ended (files_changed, piserver.workspace).
         self._on_run_end = on_run_end
         self._native_tool_timeout = native_tool_timeout
+        # The mode of a session created without one (--permission-mode).
+        self.permission_mode = PermissionMode(permission_mode)
+        self._approval_timeout = approval_timeout
         self._idle_timeout = idle_timeout
         self._idle_check = task.LoopingCall(self._sweep)
         self._idle_check.clock = reactor
@@ -197,6 +205,14 @@ class SessionManager(service.Service):
             observer=self.observers,
             session=session,
         )
+        session.approvals = Approvals(
+            session.id,
+            self._reactor,
+            _ApprovalHost(self, session),
+            session.directory,
+            self._approval_timeout,
+        )
+        session.approvals.load()
         self.agents.equip(session)
 
     def _now(self) -> str:
@@ -277,6 +293,8 @@ class SessionManager(service.Service):
                 "lastActivityAt": s.last_activity_at,
                 "name": s.name,
                 "status": s.status(),
+                "permissionMode": str(s.permissions.mode),
+                "pendingApprovals": len(s.approvals),
             }
             for s in sorted(self.sessions.values(), key=lambda s: s.created_at)
             if repo_id is None or s.repo_id == repo_id
@@ -294,6 +312,7 @@ class SessionManager(service.Service):
         system_prompt: str | None = None,
         include_native_tools: bool = False,
         seed=None,
+        permissions: Permissions | None = None,
         prepare=None,
     ) -> Session:
         """A new session, attached to ``connection``. ``seed(session)``, when given, runs in a
@@ -328,6 +347,9 @@ class SessionManager(service.Service):
         session.system_prompt = system_prompt
         session.include_native_tools = include_native_tools
         session.device = getattr(connection, "device", None)
+        session.permissions = permissions or Permissions(mode=self.permission_mode)
+        # Before the agent's first tool call (a warm agent already reads the file).
+        write_mode_file(session.permission_file, session.permissions.mode)
         checked_out = False
         try:
             if connection is not None:
@@ -406,6 +428,10 @@ class SessionManager(service.Service):
             system_prompt=source.system_prompt,
             include_native_tools=source.include_native_tools,
             seed=seed,
+            # A copy asks as its source does (its grants were for the source only).
+            permissions=Permissions(
+                mode=source.permissions.mode, rules=list(source.permissions.rules)
+            ),
         )
         try:
             data = await self.command(session, command, **fields) or {}
@@ -442,6 +468,17 @@ class SessionManager(service.Service):
         finally:
             target.unlink(missing_ok=True)
 
+    def set_permissions(self, session: Session, permissions: Permissions) -> None:
+        """Change what the agent may do without asking; applies from its next tool call."""
+        session.permissions = permissions
+        write_mode_file(session.permission_file, permissions.mode)
+        self.save(session)
+        self.log.info(
+            "session {session_id}: permission mode {mode}",
+            session_id=session.id,
+            mode=str(permissions.mode),
+        )
+
     def rename(self, session: Session, name: str | None) -> None:
         session.name = name
         self.save(session)
@@ -471,10 +508,12 @@ class SessionManager(service.Service):
         self._store.remove(session.id)
         try:
             # The agent first: pi may still send events (an ``agent_settled`` after
-            # ``agent_end``) until it has exited, and they go to an open journal.
+            # ``agent_end``) or ask approvals until it has exited, and they go to an
+            # open journal.
             await session.lifecycle.delete()
         finally:
             session.stream.close()
+            session.approvals.close()
         result = await self._checkouts.remove(session) if checkout else {}
         await self._remove_directory(session.directory)
         return result
@@ -623,6 +662,7 @@ class SessionManager(service.Service):
         )
         if reason is None:
             session.calls.attached(connection)
+            session.approvals.attached(connection)
             return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
         session.stream.hold(connection, mode)
         try:
@@ -644,6 +684,7 @@ class SessionManager(service.Service):
             session.stream.seq,
         )
         session.calls.attached(connection)
+        session.approvals.attached(connection)
         return "snapshot"
 
     def use_native_tools_of(self, connection, session: Session) -> None:
@@ -710,7 +751,7 @@ class SessionManager(service.Service):
         elif event_type == "session_info_changed":
             name = event.get("name")
             self.rename(session, name.strip() if isinstance(name, str) and name.strip() else None)
-        if session.calls.agent_event(event):
+        if session.approvals.agent_event(event) or session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
         if event_type == "agent_settled":
@@ -800,3 +841,55 @@ def _name_from(message: str) -> str | None:
     if not first:
         return None
     return first if len(first) <= NAME_LENGTH else first[: NAME_LENGTH - 1] + "…"
+
+
+class _ApprovalHost:
+    """A session's side of its approvals (see approvals.ApprovalHost)."""
+
+    log = Logger()
+
+    def __init__(self, manager: SessionManager, session: Session) -> None:
+        self._manager = manager
+        self._session = session
+
+    def publish(self, event_type: str, payload: dict, to=None) -> None:
+        self._manager.publish(self._session, event_type, payload, to=to)
+
+    def send_to_agent(self, message: dict) -> None:
+        if self._session.agent is not None:
+            self._session.agent.send(message)
+
+    def connections(self) -> list:
+        return self._session.stream.connections()
+
+    def permissions(self) -> Permissions:
+        return self._session.permissions
+
+    def cwd(self) -> str:
+        return str(self._session.cwd)
+
+    def permissions_changed(self) -> None:
+        self._manager.save(self._session)
+
+    def waiting_for_person(self, waiting: bool) -> None:
+        if self._session.agent is not None:
+            self._session.agent.waiting_for_person = waiting
+
+    def agent_stopping(self) -> bool:
+        agent = self._session.agent
+        return agent is not None and agent.stop_requested
+
+    def tell_agent_later(self, text: str) -> None:
+        session = self._session
+        behavior = "followUp" if session.streaming else None
+        told = defer.ensureDeferred(self._manager.prompt(session, text, None, behavior))
+        told.addErrback(
+            lambda f: self.log.error(
+                "session {session_id}: a late approval answer did not reach the agent: {error}",
+                session_id=session.id,
+                error=f.getErrorMessage(),
+            )
+        )
+
+    def requested(self, request) -> None:
+        self._manager.observers.approval_requested(self._session, request)

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from piserver.sessions.usage import message_usage
 
 if TYPE_CHECKING:
+    from piserver.sessions.approvals import ApprovalRequest
     from piserver.sessions.session import Session
     from piserver.sessions.usage import Usage
 
@@ -60,6 +61,9 @@ class ISessionObserver(Protocol):
     def native_tool_timed_out(self, session: Session, tool: str) -> None:
         """No device answered a native tool call in time."""
 
+    def approval_requested(self, session: Session, request: ApprovalRequest) -> None:
+        """A tool call waits for a person's approval (``sessions/approvals.py``)."""
+
     def usage_reported(self, session: Session, model: str, usage: Usage) -> None:
         """An assistant message ended (pi's ``message_end``) having used ``usage`` of
         ``model`` (``provider/id``). Never told per streamed token."""
@@ -84,6 +88,9 @@ class SessionObserver:
         pass
 
     def native_tool_timed_out(self, session: Session, tool: str) -> None:
+        pass
+
+    def approval_requested(self, session: Session, request: ApprovalRequest) -> None:
         pass
 
     def usage_reported(self, session: Session, model: str, usage: Usage) -> None:
@@ -132,6 +139,9 @@ class SessionObservers(SessionObserver):
 
     def native_tool_timed_out(self, session, tool):
         self._tell("native_tool_timed_out", session, tool)
+
+    def approval_requested(self, session, request):
+        self._tell("approval_requested", session, request)
 
     def usage_reported(self, session, model, usage):
         self._tell("usage_reported", session, model, usage)

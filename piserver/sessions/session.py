@@ -10,10 +10,12 @@ from pathlib import Path
 import attr
 
 from piserver.agents.protocol import AgentProtocol
+from piserver.common.errors import InvalidParams
 from piserver.repos.checkouts import CheckoutRecord
 from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
 from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
+from piserver.sessions.permissions import Permissions, parse_grants, parse_mode, parse_rules
 from piserver.sessions.stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
@@ -38,6 +40,8 @@ class Session:
     model_id: str | None = attr.ib(default=None)
     system_prompt: str | None = attr.ib(default=None)
     include_native_tools: bool = attr.ib(default=False)
+    # What the agent may do without asking (permissions.py).
+    permissions: Permissions = attr.ib(factory=Permissions)
     # The device token that created it (its name; None: the server token, or a session
     # from before devices were recorded). Reach (security/scopes.py) goes by it.
     device: str | None = attr.ib(default=None)
@@ -57,6 +61,8 @@ class Session:
     stream: EventStream | None = attr.ib(default=None)
     journal: Journal | None = attr.ib(default=None)
     calls: DeviceCalls | None = attr.ib(default=None)
+    # Tool calls waiting for a person (approvals.Approvals).
+    approvals: object = attr.ib(default=None)
     # The native tools last written for the agent; None: not known since start.
     native_tools: list | None = attr.ib(default=None)
     # A run goes on: from pi's agent_start to its agent_settled.
@@ -92,6 +98,11 @@ class Session:
         return self.directory / "system-prompt.md"
 
     @property
+    def permission_file(self) -> Path:
+        """The mode the extension's gate reads (read-only to a sandboxed agent)."""
+        return self.directory / "permission.json"
+
+    @property
     def offers_native_tools(self) -> bool:
         return self.mode == "chat" or self.include_native_tools
 
@@ -108,6 +119,9 @@ class Session:
             "modelId": self.model_id,
             "systemPrompt": self.system_prompt,
             "includeNativeTools": self.include_native_tools,
+            "permissionMode": str(self.permissions.mode),
+            "permissionRules": [rule.to_json() for rule in self.permissions.rules],
+            "permissionGrants": [grant.to_json() for grant in self.permissions.grants],
             "lastSeq": self.stream.seq if self.stream is not None else self.last_seq,
             **(self.checkout.to_json() if self.checkout is not None else {}),
             **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
@@ -133,6 +147,9 @@ class Session:
             "modelId",
             "systemPrompt",
             "includeNativeTools",
+            "permissionMode",
+            "permissionRules",
+            "permissionGrants",
             "device",
             "lastSeq",
             "repoSource",
@@ -173,6 +190,7 @@ class Session:
             model_id=record.get("modelId"),
             system_prompt=record.get("systemPrompt"),
             include_native_tools=bool(record.get("includeNativeTools")),
+            permissions=_permissions(record),
             device=record.get("device"),
             checkout=CheckoutRecord.from_json(record),
             forked_from=record.get("forkedFrom"),
@@ -192,6 +210,16 @@ class Session:
     def status(self) -> str:
         """``starting``, ``running`` or ``stopped``: what ``session.list`` has always said."""
         return self.lifecycle.status.listed
+
+
+def _permissions(record: dict) -> Permissions:
+    """A record's permissions; one saved before modes existed runs in ``full`` mode."""
+    try:
+        mode = parse_mode(record.get("permissionMode", "full"))
+        rules = parse_rules(record.get("permissionRules") or [])
+    except InvalidParams as e:
+        raise ValueError(e.message) from None
+    return Permissions(mode=mode, rules=rules, grants=parse_grants(record.get("permissionGrants")))
 
 
 def _budget(value) -> float | None:

@@ -1,6 +1,6 @@
 // The web client: sign-in, the session list, one open session at a time (/ui/sessions/<id>),
-// the prompt box, dialogs of pi extensions, models, and the git workflow where the server
-// offers it.
+// the prompt box, dialogs of pi extensions, approvals of tool calls, models, and the git
+// workflow where the server offers it.
 
 import { checkToken, RpcConnection } from "./rpc.js";
 import { Conversation } from "./conversation.js";
@@ -24,6 +24,8 @@ const app = {
   conversation: null,
   outbox: null,
   dialogs: [],
+  // The open session's approval cards by approvalId (requests and their decisions).
+  approvals: new Map(),
   gitOffered: false,
   today: null,
   device: null,
@@ -233,6 +235,8 @@ function received(envelope) {
   if (envelope.sessionId !== app.sessionId || !app.conversation) return;
   if (type === "extension_ui_request") return dialogRequested(payload);
   if (type === "extension_ui_resolved") return dialogResolved(payload.id);
+  if (type === "approval_request") return approvalRequested(payload);
+  if (type === "approval_resolved") return approvalResolved(payload);
   if (type === "files_changed") return filesChanged(payload);
   if (type === "session_progress") return ($("status-line").textContent = payload.message || "");
   if (type === "budget_warning" || type === "budget_reached") return budgetNotice(type, payload);
@@ -297,6 +301,11 @@ function renderList() {
       link.append(el("span", "session-title", sessionTitle(session)));
       const when = session.lastActivityAt ? new Date(session.lastActivityAt).toLocaleString() : "";
       link.append(el("span", "session-meta", `${session.mode} · ${when}`));
+      if (session.pendingApprovals > 0) {
+        const waiting = el("span", "session-pending", `${session.pendingApprovals} waiting`);
+        waiting.title = "Tool calls waiting for your approval";
+        link.append(waiting);
+      }
       item.append(link);
       return item;
     });
@@ -440,6 +449,7 @@ async function openSession(sessionId) {
   app.sessionId = sessionId;
   app.session = app.sessions.find((s) => s.sessionId === sessionId) || null;
   closeDialogs();
+  app.approvals = new Map();
   $("budget-notice").hidden = true;
   $("git").hidden = true;
   $("changes").hidden = true;
@@ -453,6 +463,7 @@ async function openSession(sessionId) {
     return;
   }
   showSessionTitle();
+  if (app.session) $("permission").value = app.session.permissionMode || "full";
   app.conversation = new Conversation($("conversation"), {
     onRunning: showRunning,
     onChange: scrollToEnd,
@@ -759,6 +770,72 @@ function safeLink(url, text) {
   return link;
 }
 
+// -- approvals ------------------------------------------------------------------
+
+const DECISIONS = {
+  allow: "Allowed", deny: "Denied", allow_session: "Allowed for this session",
+  allow_rule: "Allowed by a new rule",
+};
+
+function approvalRequested(request) {
+  // A pending request is sent again on attach: the replayed card stands for it.
+  if (app.approvals.has(request.approvalId)) return;
+  const card = el("section", "approval");
+  card.dataset.approvalId = request.approvalId;
+  card.dataset.state = "pending";
+  card.setAttribute("aria-label", `Approval for ${request.toolName}`);
+  card.append(el("h4", "", `pi wants to run ${request.toolName}`));
+  card.append(el("pre", "approval-summary", request.summary));
+  const buttons = el("div", "approval-buttons");
+  buttons.dataset.scope = "approve";
+  const choices = [
+    ["allow", "Allow", ""],
+    ["allow_session", request.toolName === "bash" ? "Allow this command for the session" : "Allow for this session", "quiet"],
+    ["deny", "Deny", "danger"],
+  ];
+  for (const [decision, label, kind] of choices) {
+    const button = el("button", kind, label);
+    button.type = "button";
+    button.dataset.decision = decision;
+    button.addEventListener("click", () => answerApproval(request.approvalId, decision));
+    buttons.append(button);
+  }
+  card.append(buttons);
+  card.append(el("p", "approval-outcome"));
+  app.approvals.set(request.approvalId, card);
+  $("conversation").append(card);
+  scrollToEnd();
+  refreshList({ repos: false });
+}
+
+function approvalResolved(resolved) {
+  const card = app.approvals.get(resolved.approvalId);
+  if (!card) return;
+  card.dataset.state = resolved.decision === "deny" ? "denied" : "allowed";
+  card.dataset.decision = resolved.decision;
+  card.querySelector(".approval-buttons").remove();
+  const reason = resolved.reason ? `: ${resolved.reason}` : "";
+  card.querySelector(".approval-outcome").textContent =
+    `${DECISIONS[resolved.decision] || resolved.decision} by ${resolved.by}${reason}`;
+  refreshList({ repos: false });
+}
+
+async function answerApproval(approvalId, decision) {
+  const card = app.approvals.get(approvalId);
+  if (card) card.querySelectorAll("button").forEach((button) => (button.disabled = true));
+  try {
+    await app.rpc.call("approval.respond", { approvalId, decision }, app.sessionId);
+  } catch (error) {
+    if (card) card.querySelectorAll("button").forEach((button) => (button.disabled = false));
+    failed(error);
+  }
+}
+
+function newSessionParams(params) {
+  const mode = $("new-permission").value;
+  return mode ? { ...params, permissionMode: mode } : params;
+}
+
 // -- wiring -------------------------------------------------------------------
 
 function wire() {
@@ -768,9 +845,18 @@ function wire() {
   });
   $("sign-out").addEventListener("click", signOut);
   $("back").addEventListener("click", () => navigate(null));
-  $("new-chat").addEventListener("click", () => createSession({ mode: "chat" }));
+  $("new-chat").addEventListener("click", () => createSession(newSessionParams({ mode: "chat" })));
   $("new-code").addEventListener("click", () =>
-    createSession({ mode: "code", repoId: $("repo-select").value }));
+    createSession(newSessionParams({ mode: "code", repoId: $("repo-select").value })));
+  $("permission").addEventListener("change", () => {
+    const mode = $("permission").value;
+    app.rpc.call("session.set_permission_mode", { sessionId: app.sessionId, mode })
+      .then(() => {
+        toast(`Permission mode: ${$("permission").selectedOptions[0].textContent}`);
+        refreshList({ repos: false });
+      })
+      .catch(failed);
+  });
   $("sessions").addEventListener("click", (event) => {
     const link = event.target.closest("a.session-link");
     if (!link || event.ctrlKey || event.metaKey || event.shiftKey) return;

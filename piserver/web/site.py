@@ -76,8 +76,17 @@ class RootResource(Resource):
     """``/`` itself answers server info (browsers are sent to ``/ui``); its children are
     ``health``, ``rpc`` and ``ui``."""
 
-    def __init__(self, rpc: Resource, agent: dict, ui: Resource | None = None):
+    def __init__(
+        self,
+        rpc: Resource,
+        agent: dict,
+        ui: Resource | None = None,
+        actions: Resource | None = None,
+    ):
         super().__init__()
+        if actions is not None:
+            # Signed approval action URLs (web/actions.py): no device token.
+            self.putChild(b"approval-action", actions)
         self._agent = agent
         self.putChild(b"health", HealthResource())
         self.putChild(b"rpc", RpcResource(rpc))
@@ -284,6 +293,7 @@ def make_site(
     log_health: bool = True,
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
     on_refused=None,
+    actions: Resource | None = None,
 ) -> Site:
     """
     ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
@@ -291,7 +301,7 @@ def make_site(
     and bounds each request, head and body, in total (see ``GuardedChannel``).
     """
     site = GuardedSite(
-        RootResource(rpc, agent, ui),
+        RootResource(rpc, agent, ui, actions),
         logFormatter=redacted_log_formatter,
         reactor=reactor,
         timeout=idle_timeout,

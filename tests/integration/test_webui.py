@@ -484,6 +484,47 @@ async def test_code_session_tools_and_its_changes_where_offered(browser, server,
 
 
 @pytest_twisted.ensureDeferred
+async def test_approval_card_allow_and_the_decision_after_a_reload(
+    browser, server, script, tmp_path
+):
+    source = make_repository(str(tmp_path / "guarded"))
+    (server.agent_dir.path / "repos.json").write_text(
+        json.dumps({"repos": [{"id": "guarded", "name": "Guarded", "path": source}]})
+    )
+    page = await signed_in(browser, server, viewport=PHONE)
+    await browser.run(page.select_option("#new-permission", "ask"))
+    await browser.run(page.select_option("#repo-select", "guarded"))
+    await browser.run(page.click("#new-code"))
+    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
+    session_id = page.url.rsplit("/", 1)[1]
+    script(Reply(ToolCall("bash", {"command": "echo approved-by-click"})), Text("Ran it."))
+    await send(browser, page, "run it")
+    card = page.locator(".approval[data-state=pending]")
+    await browser.run(card.locator(".approval-summary").filter(has_text="echo approved").wait_for())
+    # (The list is behind the session on a phone: there, but not shown.)
+    pending = page.locator(".session-pending").filter(has_text="1 waiting")
+    await browser.run(pending.wait_for(state="attached"))
+    assert await browser.run(page.locator("#permission").input_value()) == "ask"
+    await browser.run(card.get_by_role("button", name="Allow", exact=True).click())
+    await browser.run(last_answer(page).filter(has_text="Ran it.").wait_for())
+    tool = page.locator("details.tool").last
+    assert "approved-by-click" in await browser.run(tool.locator(".tool-output").text_content())
+    await wait_idle(browser, page)
+
+    await browser.run(page.reload())
+    decided = page.locator(".approval[data-state=allowed] .approval-outcome")
+    await browser.run(decided.filter(has_text="Allowed by server token").wait_for())
+    assert await browser.run(page.locator(".approval .approval-buttons").count()) == 0
+    await browser.run(page.screenshot(path=str(screenshot_dir() / "approval.png")))
+    await browser.run(page.select_option("#permission", "full"))
+    observer = await server.client()
+    await browser.run(page.locator(".toast").filter(has_text="Full access").wait_for())
+    sessions = (await observer.call("session.list"))["sessions"]
+    (listed,) = [s for s in sessions if s["sessionId"] == session_id]
+    assert (listed["permissionMode"], listed["pendingApprovals"]) == ("full", 0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_github_session_commit_push_and_pull_request(
     browser, make_pi_server, fake_github, fake_llm
 ):

@@ -429,3 +429,17 @@ def test_stderr_lines_are_logged_truncated_and_rate_limited(logged):
     assert [e["count"] for e in suppressed] == [101 - STDERR_LOG_LINES_PER_SECOND]
     assert logged[-1]["line"] == "next second"
     assert "line 99" in agent.stderr_tail
+
+
+def test_no_liveness_probe_while_a_run_waits_for_a_person():
+    hung = []
+    agent, process, reactor, _events = make_agent(probe_interval=5.0, on_hung=hung.append)
+    agent.expect_output = True
+    agent.waiting_for_person = True
+    reactor.advance(5.0)
+    reactor.advance(5.0)
+    assert process.written == b"" and hung == []
+    # Answered: silence is suspicious again.
+    agent.waiting_for_person = False
+    reactor.advance(5.0)
+    assert [line["type"] for line in process.lines()] == ["get_state"]

@@ -48,3 +48,26 @@ def test_a_session_gets_pi_files_and_its_own_settings(tmp_path):
         "settings.json",
         "skills",
     ]
+
+
+def test_every_file_the_server_keeps_in_the_data_dir_stays_out_of_agent_dirs():
+    # A new server file in the data dir is linked into every agent dir unless it is listed:
+    # each module's own name for its file must be a server entry.
+    from piserver.ops.audit import AUDIT_FILE
+    from piserver.security.actionurls import KEY_FILE
+    from piserver.security.tokens import DEVICE_TOKENS_FILE, SERVER_TOKEN_FILE
+    from piserver.sessions.imports import STAGING
+    from piserver.sessions.usage import USAGE_FILE
+    from piserver.wire.idempotency import KEY_LOG
+
+    for name in (
+        AUDIT_FILE,
+        f"{AUDIT_FILE}.1",
+        KEY_FILE,
+        DEVICE_TOKENS_FILE,
+        SERVER_TOKEN_FILE,
+        STAGING,
+        USAGE_FILE,
+        KEY_LOG,
+    ):
+        assert agentdir._is_server_entry(name), name

@@ -199,6 +199,25 @@ def test_options(tmp_path):
         parse("--notify-url", "ftp://x")
 
 
+def test_an_approval_request_carries_its_action_urls():
+    from piserver.sessions.approvals import ApprovalRequest
+
+    request = ApprovalRequest("a1", "r1", "c1", "bash", "make", {"command": "make"}, 60.0)
+    urls = {"allow": "https://h/approval-action?t=A", "deny": "https://h/approval-action?t=D"}
+    http = FakeHttp()
+    notifier, events = make(http, action_urls=lambda r: urls if r is request else None)
+    notifier.approval_requested(Session(), request)
+    (sent,) = [json.loads(body) for _, body, _, _ in http.posts]
+    assert sent["event"] == "input_needed" and sent["approvalId"] == "a1"
+    assert sent["summary"] == "the agent asks to run bash: make"
+    assert sent["actions"] == [
+        {"action": "http", "label": "Allow", "url": urls["allow"], "method": "POST", "clear": True},
+        {"action": "http", "label": "Deny", "url": urls["deny"], "method": "POST", "clear": True},
+    ]
+    http.answer(0)
+    assert "t=A" not in json.dumps([str(e) for e in events])
+
+
 def test_control_characters_leave_the_title_header():
     """Issue 21 point 14: a session name cannot add header lines or terminal escapes."""
     http, clock = FakeHttp(), Clock()

@@ -50,6 +50,22 @@
  *    `tool_execution_end {"toolCallId": "<pi tool call id>", "isError": true}` before
  *    `agent_end`. That event, for a call the server still holds as pending, is how the server
  *    learns the call was cancelled. A late answer to a dropped dialog is ignored by pi.
+ *
+ * The permission gate (mirrored in piserver/agents/gate.py; change both together):
+ *
+ * 5. `--permission-file=<path>` names a JSON object `{"mode": "full" | ...}` the server
+ *    replaces atomically; the agent can read it but not write it (a sandbox mounts it
+ *    read-only). It is read at every `tool_call`. In `full` mode every call runs at once;
+ *    for any other mode, or a missing or unreadable file, the call is put to the server,
+ *    which decides (the rules, what was allowed for the session, a person). Without the
+ *    flag (pi run by something else than pi-server) there is no gate.
+ *
+ *        {"type": "extension_ui_request", "id": "<uuid>", "method": "input",
+ *         "title": "pi-server:approval",
+ *         "placeholder": "{\"toolCallId\": ..., \"toolName\": \"bash\", \"input\": {...}}"}
+ *
+ *    answered with `value` `{"allow": true}` or `{"block": "<reason the model reads>"}`.
+ *    Anything else, a cancellation, or an aborted run blocks the call (fail closed).
  */
 
 import { existsSync, readFileSync } from "node:fs";
@@ -58,6 +74,31 @@ import type { ExtensionAPI } from "@earendil-works/pi-coding-agent";
 const TOOLS_FILE_FLAG = "native-tools-file";
 const SYSTEM_PROMPT_FLAG = "system-prompt-file";
 const CALL_TITLE = "pi-server:native-tool";
+const PERMISSION_FILE_FLAG = "permission-file";
+const GATE_TITLE = "pi-server:approval";
+
+/** The session's mode as the server last wrote it; undefined when it cannot be read. */
+function readMode(path: string): string | undefined {
+	try {
+		const mode = JSON.parse(readFileSync(path, "utf8"))?.mode;
+		return typeof mode === "string" ? mode : undefined;
+	} catch {
+		return undefined;
+	}
+}
+
+/** What the server decided for a gated call: undefined to run it, else the reason it is blocked. */
+function readVerdict(answer: string | undefined): string | undefined {
+	if (answer === undefined) return "pi-server did not answer the approval request";
+	try {
+		const verdict = JSON.parse(answer);
+		if (verdict?.allow === true) return undefined;
+		if (typeof verdict?.block === "string") return verdict.block;
+	} catch {
+		// Fall through: an unreadable answer blocks.
+	}
+	return "pi-server sent an unreadable approval answer";
+}
 
 interface NativeToolDeclaration {
 	name: string;
@@ -153,6 +194,29 @@ export default function piServerSession(pi: ExtensionAPI) {
 		if (typeof path !== "string" || path === "" || !existsSync(path)) return;
 		options.customPrompt = readFileSync(path, "utf8");
 	}
+
+	pi.registerFlag(PERMISSION_FILE_FLAG, {
+		description: "JSON file with the pi-server session's permission mode",
+		type: "string",
+	});
+
+	pi.on("tool_call", async (event, ctx) => {
+		// full mode costs one small file read; every other mode is the server's decision.
+		const path = pi.getFlag(PERMISSION_FILE_FLAG);
+		if (typeof path !== "string" || path === "") return undefined;
+		if (readMode(path) === "full") return undefined;
+		const answer = await ctx.ui.input(
+			GATE_TITLE,
+			JSON.stringify({
+				toolCallId: event.toolCallId,
+				toolName: event.toolName,
+				input: event.input,
+			}),
+			{ signal: ctx.signal },
+		);
+		const reason = readVerdict(answer);
+		return reason === undefined ? undefined : { block: true, reason };
+	});
 
 	pi.on("session_start", () => followDeclarations());
 	pi.on("before_agent_start", (event) => {
