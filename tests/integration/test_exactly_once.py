@@ -8,6 +8,7 @@ as a process of its own, raw sockets.
 import json
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -183,6 +184,21 @@ async def test_requests_cut_before_their_answer_run_once(server_process, fake_ll
         if f["type"] == "extension_ui_request" and f["payload"]["method"] == "notify"
     ]
     assert notices == ['dialog select answered "green"']
+
+    # An approval answer, cut: the call is decided once and runs once.
+    await watcher.call("session.set_permission_mode", {"sessionId": session_id, "mode": "ask"})
+    fake_llm.script(Reply(ToolCall("bash", {"command": "echo -n ran >> once.txt"})), Text("ok"))
+    await watcher.call("prompt", {"message": "append"}, session_id=session_id)
+    asked = await watcher.wait_for_event(is_type("approval_request", session_id))
+    answer = {"approvalId": asked["payload"]["approvalId"], "decision": "allow"}
+    request_id, cut = send_and_cut(server, "approval.respond", answer, session_id)
+    await watcher.wait_for_event(is_type("agent_settled", session_id))
+    again = await resume(server, cut)
+    assert await resend(again, "approval.respond", answer, session_id, request_id) == {}
+    resolutions = [f for f in watcher.event_frames(session_id) if f["type"] == "approval_resolved"]
+    assert [f["payload"]["decision"] for f in resolutions] == ["allow"]
+    assert (Path(checkout) / "once.txt").read_text() == "ran"
+    await watcher.call("session.set_permission_mode", {"sessionId": session_id, "mode": "full"})
 
     # A prompt during a run, with streamingBehavior, is queued.
     again = watcher
