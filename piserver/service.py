@@ -70,7 +70,8 @@ from piserver.wire.websocket import RpcServerFactory
 
 # The agent runs whatever the model asks: it gets the LLM keys it needs, never the
 # server's own token or the GitHub token (git gets that per clone, see git.py).
-AGENT_FORBIDDEN_ENV = SERVER_SECRET_ENV | {"GITHUB_TOKEN"}
+# GH_TOKEN is the name gh (GitHub's CLI) reads, so a user may have it set too.
+AGENT_FORBIDDEN_ENV = SERVER_SECRET_ENV | {"GITHUB_TOKEN", "GH_TOKEN"}
 
 
 def git_environment(config: ServerConfig) -> dict:

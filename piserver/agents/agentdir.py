@@ -85,20 +85,56 @@ def prepare(data_dir: Path, session_agent_dir: Path) -> None:
         link.symlink_to(target)
 
 
+# What pi reads from its agent dir at start (pi's docs/configuration.md, "Agent
+# directory"): a change to anything else in the data dir (a log file, a user's
+# notes) does not make a started agent stale.
+PI_CONFIGURATION_FILES = (
+    SETTINGS,
+    "keybindings.json",
+    "mcp.json",
+    "mcp-auth.json",
+    "models.json",
+    "auth.json",
+    "AGENTS.override.md",
+    "AGENTS.md",
+    "AGENTS.MD",
+    "CLAUDE.md",
+    "CLAUDE.MD",
+    "SYSTEM.md",
+    "APPEND_SYSTEM.md",
+)
+PI_CONFIGURATION_DIRS = ("extensions", "skills", "prompts", "themes")
+# A fingerprint must stay cheap (it is taken at every create): a tree larger than
+# this is seen by its first entries only.
+_MAX_FINGERPRINT_ENTRIES = 2000
+
+
 def fingerprint(data_dir: Path) -> frozenset:
     """What pi reads at start from the data dir, as names, sizes and times: an agent
     started before it changed (a warm agent) no longer behaves as a new one would."""
     seen = set()
-    for entry in [*shared_paths(data_dir), data_dir / SETTINGS]:
+    for name in PI_CONFIGURATION_FILES:
         try:
-            status = entry.stat()
+            status = (data_dir / name).stat()
         except OSError:
             continue
-        seen.add((entry.name, status.st_mtime_ns, status.st_size))
-        if entry.is_dir():
-            for child in entry.iterdir():
+        seen.add((name, status.st_mtime_ns, status.st_size))
+    for name in PI_CONFIGURATION_DIRS:
+        top = data_dir / name
+        if not top.is_dir():
+            continue
+        count = 0
+        for directory, dirs, files in os.walk(top, followlinks=True):
+            dirs.sort()
+            for entry in [*dirs, *sorted(files)]:
+                path = os.path.join(directory, entry)
                 try:
-                    seen.add((f"{entry.name}/{child.name}", child.stat().st_mtime_ns))
+                    status = os.stat(path)
                 except OSError:
                     continue
+                seen.add((os.path.relpath(path, data_dir), status.st_mtime_ns, status.st_size))
+                count += 1
+            seen.add((os.path.relpath(directory, data_dir), "dir"))
+            if count > _MAX_FINGERPRINT_ENTRIES:
+                break
     return frozenset(seen)

@@ -10,7 +10,13 @@ from twisted.logger import Logger
 from piserver import __version__
 from piserver.agents.models import public_model, public_state
 from piserver.agents.nativetools import parse_tool_answer, validate_native_tools
-from piserver.api.picommands import SERVER_OWNED, TYPED, PiCommand, passthrough_fields
+from piserver.api.picommands import (
+    SERVER_OWNED,
+    TYPED,
+    PiCommand,
+    check_text,
+    passthrough_fields,
+)
 from piserver.common.errors import (
     AgentCommandFailed,
     InternalError,
@@ -358,7 +364,7 @@ class RpcMethods:
     async def prompt(self, connection, request):
         params = request.params
         session = self._sessions.get(_session_id(request))
-        message = _string(params, "message")
+        message = check_text(_string(params, "message"), "message")
         if not message.strip():
             raise InvalidParams('"message" must not be empty')
         images = params.get("images")
@@ -481,9 +487,9 @@ class RpcMethods:
 
     async def set_session_name(self, connection, request):
         session = self._sessions.get(_session_id(request))
-        name = _string(request.params, "name")
-        if not name.strip() or "\x00" in name:
-            raise InvalidParams('"name" must be a non-empty string without NUL')
+        name = check_text(_string(request.params, "name"), "name")
+        if not name.strip():
+            raise InvalidParams('"name" must be a non-empty string')
         await self._sessions.command(session, "set_session_name", name=name)
         self._sessions.rename(session, name.strip())
         return {}
@@ -520,14 +526,7 @@ BUDGETED_COMMANDS = frozenset({"steer", "follow_up"})
 def _text(params: dict, key: str) -> str | None:
     """An optional string that is text: no NUL, no lone surrogate (it is written to a file)."""
     value = _optional_string(params, key)
-    if value is not None:
-        if "\x00" in value:
-            raise InvalidParams(f'"{key}" must not contain NUL characters')
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidParams(f'"{key}" must be valid Unicode text') from None
-    return value
+    return value if value is None else check_text(value, key)
 
 
 def _bool(params: dict, key: str, default: bool) -> bool:

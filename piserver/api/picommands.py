@@ -42,6 +42,18 @@ SERVER_OWNED = frozenset(
 )
 
 
+def check_text(value: str, name: str) -> str:
+    """``value`` if it can be text anywhere the server puts it (pi's stdin, a JSON file,
+    a log): no NUL and no lone surrogate (JSON allows ``"\\ud800"``, UTF-8 does not)."""
+    if "\x00" in value:
+        raise InvalidParams(f'"{name}" must not contain NUL characters')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidParams(f'"{name}" must be valid Unicode text (a lone surrogate?)') from None
+    return value
+
+
 @attr.frozen
 class Field:
     """One param: ``kind`` is ``string``, ``text`` (a non-empty string), ``boolean``,
@@ -63,8 +75,7 @@ class Field:
                 raise InvalidParams(f'"{self.name}" must be a string')
             if self.kind == "text" and not value.strip():
                 raise InvalidParams(f'"{self.name}" must not be empty')
-            if "\x00" in value:
-                raise InvalidParams(f'"{self.name}" must not contain NUL')
+            check_text(value, self.name)
         elif self.kind == "boolean":
             if not isinstance(value, bool):
                 raise InvalidParams(f'"{self.name}" must be true or false')

@@ -116,6 +116,12 @@ class InvalidSessionFile(RpcError):
     code = "invalid_session_file"
 
 
+class ResponseTooLarge(RpcError):
+    """The answer would not fit in one frame of ``--max-frame-size`` bytes."""
+
+    code = "response_too_large"
+
+
 class Forbidden(RpcError):
     """The token lacks the scope a method needs (named in ``message``), or the thing asked
     for is out of its reach."""

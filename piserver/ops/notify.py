@@ -61,6 +61,12 @@ def _short(text: str) -> str:
     return text if len(text) <= SUMMARY_LENGTH else text[: SUMMARY_LENGTH - 1] + "…"
 
 
+def header_text(text: str) -> str:
+    """``text`` as a plain ASCII header value: no control characters, others as ``?``."""
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    return printable.encode("ascii", "replace").decode("ascii")
+
+
 class _Target:
     """One URL: its queue and whether its last delivery failed."""
 
@@ -172,7 +178,9 @@ class Notifier(Service, SessionObserver):
         headers = {
             "Content-Type": ["application/json"],
             # Header values must be Latin-1: ntfy reads RFC 2047 too, keep it plain.
-            "Title": [title.encode("ascii", "replace").decode("ascii")],
+            # Control characters (CR, LF, ESC…) come out too: the title is a session's
+            # name, which any token holder sets.
+            "Title": [header_text(title)],
         }
         if self._secret:
             headers[SIGNATURE_HEADER] = [signature(self._secret, body)]

@@ -2,11 +2,15 @@
 Shipping a code session's work: commit on its branch ``pi/session-<id>``, push
 that branch to GitHub, open a pull request.
 
-The GitHub token goes only to the one ``git push`` process, through its
-environment (see :meth:`piserver.repos.git.Git.run`), and that push runs no hooks:
-the checkout is the agent's, and a hook it wrote must not see the token.  The
-push goes to the repository's clone URL as GitHub lists it, not to whatever
-``origin`` the agent may have set.
+Nothing the agent wrote into its checkout's ``.git`` takes part
+(:mod:`piserver.repos.servergit`): the commit is made with ``commit-tree`` in a git
+directory of the server's own and moves the session's branch by name with
+``update-ref`` (a ``HEAD`` the agent pointed elsewhere is not followed); no hook,
+fsmonitor or filter runs.  The GitHub token goes only to the one ``git push``
+process, through its environment (see :meth:`piserver.repos.git.Git.run`); that push
+runs from the server's git directory too, so no proxy, ``insteadOf`` or hook of
+the agent's sees it, and it goes to the repository's clone URL as GitHub lists it,
+not to whatever ``origin`` the agent may have set.
 """
 
 import re
@@ -24,7 +28,6 @@ from piserver.repos.snapshot import Snapshots
 FALLBACK_AUTHOR = ("pi-server", "pi-server@localhost")
 PUSH_TIMEOUT = 300.0
 _AUTHOR = re.compile(r"\s*([^<>]*?)\s*<([^<>\s]+)>\s*\Z")
-_NO_HOOKS = ["-c", "core.hooksPath=/dev/null"]
 
 
 def parse_author(text: str) -> tuple[str, str]:
@@ -83,8 +86,9 @@ class Shipping:
             {"type": "session_progress", "stage": stage, "message": text},
         )
 
-    def _git_in(self, session, args, what, **kwargs):
-        return self._git.run(str(session.cwd), args, what, **kwargs)
+    @property
+    def _server_git(self):
+        return self._snapshots.server_git
 
     # -- commit ---------------------------------------------------------------
 
@@ -98,40 +102,53 @@ class Shipping:
         branch = session.checkout.branch
         self._progress(session, "commit", f"committing on {branch}")
         pathspec = ["--", *[relative_path(p, "paths") for p in paths]] if paths else []
-        if paths or everything:
-            await self._git_in(
-                session, ["--literal-pathspecs", "add", "--all", *pathspec], "git add"
-            )
-        code, _ = await self._git_in(
-            session,
-            ["--literal-pathspecs", "diff", "--cached", "--quiet", "HEAD", *pathspec],
-            "git diff",
-            exit_codes=(0, 1),
-        )
-        if code == 0:
+        server_git = self._server_git
+        agent_index = await server_git.agent_index(session)
+        async with server_git.shadow(session) as shadow:
+            parent = shadow.head
             if paths:
-                raise InvalidState("nothing to commit: those paths have no changes")
-            if everything:
-                raise InvalidState("nothing to commit: the checkout has no changes")
-            raise InvalidState("nothing to commit: nothing is staged")
-        await self._git_in(
-            session,
-            ["--literal-pathspecs", "commit", "--quiet", "--no-edit", "-m", message, *pathspec],
-            "git commit",
-            extra_env=await self._identity(session),
-        )
-        _, out = await self._git_in(session, ["rev-parse", "HEAD"], "git rev-parse")
-        commit = out.decode().strip()
-        _, names = await self._git_in(
-            session,
-            ["diff-tree", "-r", "-M", "--no-commit-id", "--name-status", "-z", "HEAD^", "HEAD"],
-            "git diff-tree",
-        )
-        _, counts = await self._git_in(
-            session,
-            ["diff-tree", "-r", "-M", "--no-commit-id", "--numstat", "-z", "HEAD^", "HEAD"],
-            "git diff-tree",
-        )
+                # Only those paths change: the rest stays as the branch has it.
+                await shadow.seed_index(None)
+                await shadow.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add")
+            elif everything:
+                await shadow.seed_index(agent_index)
+                await shadow.run(["add", "--all"], "git add")
+            else:
+                await shadow.seed_index(agent_index)
+            _, out = await shadow.run(["write-tree"], "git write-tree")
+            tree = out.decode().strip()
+            _, out = await shadow.run(["rev-parse", f"{parent}^{{tree}}"], "git rev-parse")
+            if tree == out.decode().strip():
+                if paths:
+                    raise InvalidState("nothing to commit: those paths have no changes")
+                if everything:
+                    raise InvalidState("nothing to commit: the checkout has no changes")
+                raise InvalidState("nothing to commit: nothing is staged")
+            _, out = await shadow.run(
+                ["commit-tree", tree, "-p", parent, "-m", message],
+                "git commit-tree",
+                extra_env=await self._identity(session),
+            )
+            commit = out.decode().strip()
+            await server_git.real(
+                session,
+                ["update-ref", "-m", "pi-server: commit", f"refs/heads/{branch}", commit, parent],
+                "git update-ref",
+            )
+            # The agent's index learns what was committed (no work tree is read).
+            if paths:
+                await shadow.run(
+                    ["--literal-pathspecs", "reset", "--quiet", "--no-refresh", commit, *pathspec],
+                    "git reset",
+                    index=agent_index,
+                )
+            elif everything:
+                await shadow.run(["read-tree", commit], "git read-tree", index=agent_index)
+            diff_tree = ["diff-tree", "-r", "-M", "--no-commit-id", "--no-textconv", "-z"]
+            _, names = await shadow.run(
+                [*diff_tree, "--name-status", parent, commit], "git diff-tree"
+            )
+            _, counts = await shadow.run([*diff_tree, "--numstat", parent, commit], "git diff-tree")
         files = file_list(names.decode("utf-8", "replace"), counts.decode("utf-8", "replace"))
         self.log.info(
             "session {session_id}: committed {commit} on {branch} ({count} files)",
@@ -147,15 +164,18 @@ class Shipping:
         if self._author is not None:
             name, mail = self._author
         else:
+            # The machine's identity: the server's user's own git config, never the
+            # checkout's (which the agent writes).
             configured = []
             for key in ("user.name", "user.email"):
-                code, out = await self._git_in(
-                    session, ["config", "--get", key], "git config", exit_codes=(0, 1)
+                code, out = await self._git.run(
+                    str(session.directory),
+                    ["config", "--global", "--get", key],
+                    "git config",
+                    exit_codes=(0, 1),
                 )
                 configured.append(out.decode().strip() if code == 0 else "")
-            if all(configured):
-                return {}  # git takes it from the machine's (or repository's) config
-            name, mail = FALLBACK_AUTHOR
+            name, mail = configured if all(configured) else FALLBACK_AUTHOR
         return {
             "GIT_AUTHOR_NAME": name,
             "GIT_AUTHOR_EMAIL": mail,
@@ -178,9 +198,14 @@ class Shipping:
                 "message": "the branch already lives in the source repository; no push is needed",
             }
         remote_branch = await self._remote_branch(session, remote_branch)
-        base_commit = await self._snapshots.merge_base(session)
-        _, out = await self._git_in(
-            session, ["rev-list", "--count", f"{base_commit}..HEAD"], "git rev-list"
+        async with self._server_git.shadow(session) as shadow:
+            return await self._push_from(shadow, session, branch, remote_branch)
+
+    async def _push_from(self, shadow, session, branch, remote_branch) -> dict:
+        commit = shadow.head
+        base_commit = await self._snapshots.merge_base(session, None, shadow)
+        _, out = await shadow.run(
+            ["rev-list", "--count", f"{base_commit}..{commit}"], "git rev-list"
         )
         if int(out.decode().strip() or "0") == 0:
             raise InvalidState(
@@ -196,17 +221,15 @@ class Shipping:
         self._progress(
             session, "push", f"pushing {branch} to {repo['fullName']} as {remote_branch}"
         )
-        await self._git_in(
-            session,
+        await shadow.run(
             [
-                *_NO_HOOKS,
                 "push",
                 "--porcelain",
                 "--progress",
                 "--no-verify",
                 "--",
                 url,
-                f"refs/heads/{branch}:refs/heads/{remote_branch}",
+                f"{commit}:refs/heads/{remote_branch}",
             ],
             "git push",
             timeout=self._push_timeout,
@@ -214,8 +237,6 @@ class Shipping:
             token_url=url,
             on_progress=lambda text: self._progress(session, "push", text),
         )
-        _, out = await self._git_in(session, ["rev-parse", "HEAD"], "git rev-parse")
-        commit = out.decode().strip()
         self.log.info(
             "session {session_id}: pushed {commit} to {repo} {remote_branch}",
             session_id=session.id,
@@ -236,7 +257,7 @@ class Shipping:
             return session.checkout.branch
         if name.startswith("-"):
             raise InvalidParams(f'"remoteBranch" {name!r} is not a branch name')
-        code, _ = await self._git_in(
+        code, _ = await self._server_git.real(
             session,
             ["check-ref-format", f"refs/heads/{name}"],
             "git check-ref-format",

@@ -3,14 +3,13 @@ What a code session changed: its checkout against its base, untracked files
 included, read without touching the index the agent works with.
 
 The working tree is staged into a temporary index (a copy of the agent's, so
-unchanged files are not hashed again; ``GIT_INDEX_FILE``), written as a tree and
-compared with the merge base of the session's base branch and HEAD: committed,
-staged, unstaged and new files alike.  The tree id also tells whether a run
+unchanged files are not hashed again) in a git directory of the server's own
+(:mod:`piserver.repos.servergit`), written as a tree and compared with the merge
+base of the session's base branch and its own branch (by name, not the agent's
+HEAD): committed, staged, unstaged and new files alike.  The tree id also tells whether a run
 changed anything, for the ``files_changed`` event.
 """
 
-import shutil
-import tempfile
 import weakref
 
 from twisted.internet import defer
@@ -18,14 +17,12 @@ from twisted.logger import Logger
 
 from piserver.common.errors import GitError, InvalidParams
 from piserver.repos.changes import cut, file_list
+from piserver.repos.servergit import DIFF_OPTIONS, ServerGit
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_CONTEXT_LINES = 3
 
-# Nothing configured in the repository (which the agent can edit) runs or
-# rewrites output: no fsmonitor hook, external diff, text conversion or colour.
-_QUIET_CONFIG = ["-c", "core.fsmonitor=false", "-c", "core.quotepath=false"]
-_DIFF_OPTIONS = ["--no-ext-diff", "--no-textconv", "--no-color", "-M"]
+_DIFF_OPTIONS = [*DIFF_OPTIONS, "-M"]
 
 
 def base_ref(session, base: str | None) -> str:
@@ -42,65 +39,45 @@ class Snapshots:
     """
     ``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs blocking file
     work off the reactor thread; ``publish(session, type, payload)`` sends an event.
+    Every git runs through :class:`piserver.repos.servergit.ServerGit`: nothing the agent
+    wrote into the checkout's ``.git`` or ``.gitattributes`` runs or redirects it.
     """
 
     log = Logger()
 
     def __init__(self, git, in_thread, publish):
-        self._git = git
-        self._in_thread = in_thread
+        self.server_git = ServerGit(git, in_thread)
         self._publish = publish
         # The checkout's tree at the end of its last run (in memory: after a restart
         # the first run end compares with the base's).
         self._last_trees = weakref.WeakKeyDictionary()
         self._run_end_locks = weakref.WeakKeyDictionary()
 
-    def _git_in(self, session, args, what, **kwargs):
-        return self._git.run(str(session.cwd), [*_QUIET_CONFIG, *args], what, **kwargs)
-
-    async def merge_base(self, session, base: str | None = None) -> str:
+    async def merge_base(self, session, base: str | None = None, shadow=None) -> str:
         """The commit where the session's branch left ``base``."""
         ref = base_ref(session, base)
-        code, out = await self._git_in(
-            session,
-            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
-            "git rev-parse",
-            exit_codes=(0, 1),
-        )
-        if code == 1:
+        commit = await self.server_git.resolve(session, ref)
+        if commit is None:
             raise InvalidParams(f"the checkout has no branch or commit {ref!r}")
-        _, out = await self._git_in(
-            session, ["merge-base", out.decode().strip(), "HEAD"], "git merge-base"
-        )
+        if shadow is None:
+            async with self.server_git.shadow(session) as shadow:
+                return await self._merge_base(shadow, commit)
+        return await self._merge_base(shadow, commit)
+
+    @staticmethod
+    async def _merge_base(shadow, commit: str) -> str:
+        _, out = await shadow.run(["merge-base", commit, shadow.head], "git merge-base")
         return out.decode().strip()
 
-    async def tree(self, session) -> str:
+    async def tree(self, session, shadow) -> str:
         """The id of a tree holding the checkout's working files as they are now."""
-        directory = await self._in_thread(tempfile.mkdtemp, prefix="index-", dir=session.directory)
-        index = f"{directory}/index"
-        env = {"GIT_INDEX_FILE": index}
-        try:
-            _, out = await self._git_in(
-                session,
-                ["rev-parse", "--path-format=absolute", "--git-path", "index"],
-                "git rev-parse",
-            )
-            try:
-                await self._in_thread(shutil.copyfile, out.decode().strip(), index)
-            except FileNotFoundError:
-                await self._git_in(session, ["read-tree", "HEAD"], "git read-tree", extra_env=env)
-            await self._git_in(session, ["add", "--all"], "git add", extra_env=env)
-            _, out = await self._git_in(session, ["write-tree"], "git write-tree", extra_env=env)
-        finally:
-            await self._in_thread(shutil.rmtree, directory, ignore_errors=True)
-        return out.decode().strip()
+        return await shadow.stage_all(await self.server_git.agent_index(session))
 
     async def files(
-        self, session, base_commit: str, tree: str, paths: list[str] | None = None
+        self, shadow, base_commit: str, tree: str, paths: list[str] | None = None
     ) -> list[dict]:
         pathspec = ["--", *paths] if paths else []
-        _, names = await self._git_in(
-            session,
+        _, names = await shadow.run(
             [
                 "--literal-pathspecs",
                 "diff",
@@ -113,8 +90,7 @@ class Snapshots:
             ],
             "git diff",
         )
-        _, counts = await self._git_in(
-            session,
+        _, counts = await shadow.run(
             [
                 "--literal-pathspecs",
                 "diff",
@@ -138,12 +114,15 @@ class Snapshots:
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> dict:
         """``{base, files, diff, truncated}`` (see docs/protocol.md, session.diff)."""
-        base_commit = await self.merge_base(session, base)
-        tree = await self.tree(session)
-        files = await self.files(session, base_commit, tree, paths)
+        async with self.server_git.shadow(session) as shadow:
+            return await self._diff(shadow, session, base, paths, context_lines, max_bytes)
+
+    async def _diff(self, shadow, session, base, paths, context_lines, max_bytes) -> dict:
+        base_commit = await self.merge_base(session, base, shadow)
+        tree = await self.tree(session, shadow)
+        files = await self.files(shadow, base_commit, tree, paths)
         pathspec = ["--", *paths] if paths else []
-        _, text = await self._git_in(
-            session,
+        _, text = await shadow.run(
             [
                 "--literal-pathspecs",
                 "diff",
@@ -171,20 +150,19 @@ class Snapshots:
     async def _report_changes(self, session) -> None:
         if session.deleted:
             return
-        now = await self.tree(session)
-        base_commit = await self.merge_base(session)
-        before = self._last_trees.get(session)
-        if before is None:
-            # The first run end seen: a checkout that is not its base has changed (even
-            # if the agent committed its edits itself).
-            _, out = await self._git_in(
-                session, ["rev-parse", f"{base_commit}^{{tree}}"], "git rev-parse"
-            )
-            before = out.decode().strip()
-        self._last_trees[session] = now
-        if now == before or session.deleted:
-            return
-        files = await self.files(session, base_commit, now)
+        async with self.server_git.shadow(session) as shadow:
+            now = await self.tree(session, shadow)
+            base_commit = await self.merge_base(session, None, shadow)
+            before = self._last_trees.get(session)
+            if before is None:
+                # The first run end seen: a checkout that is not its base has changed
+                # (even if the agent committed its edits itself).
+                _, out = await shadow.run(["rev-parse", f"{base_commit}^{{tree}}"], "git rev-parse")
+                before = out.decode().strip()
+            self._last_trees[session] = now
+            if now == before or session.deleted:
+                return
+            files = await self.files(shadow, base_commit, now)
         self._publish(
             session, "files_changed", {"type": "files_changed", "base": base_commit, "files": files}
         )

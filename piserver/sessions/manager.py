@@ -394,7 +394,8 @@ class SessionManager(service.Service):
             await self._tear_down(session, checkout=checked_out)
             raise
         finally:
-            if warm:
+            # Also after a cold create: the pool may have discarded a stale agent.
+            if self.agents.warm is not None:
                 self._schedule_refill()
         self.log.info(
             "session {session_id} created ({mode}) in {cwd}",
@@ -505,9 +506,14 @@ class SessionManager(service.Service):
         # ...and cannot bring the session back.
         (session.directory / SESSION_RECORD).unlink(missing_ok=True)
         self._store.remove(session.id)
-        session.stream.close()
-        session.approvals.close()
-        await session.lifecycle.delete()
+        try:
+            # The agent first: pi may still send events (an ``agent_settled`` after
+            # ``agent_end``) or ask approvals until it has exited, and they go to an
+            # open journal.
+            await session.lifecycle.delete()
+        finally:
+            session.stream.close()
+            session.approvals.close()
         result = await self._checkouts.remove(session) if checkout else {}
         await self._remove_directory(session.directory)
         return result

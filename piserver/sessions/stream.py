@@ -123,6 +123,7 @@ class EventStream:
         self._merge_call = None
         # The assistant message being streamed, for snapshots.
         self._streaming: StreamingMessage | None = None
+        self._closed = False
 
     # -- who is attached ----------------------------------------------------
 
@@ -158,6 +159,14 @@ class EventStream:
         ``to``, a set of connection ids, limits who gets it live (a replay sends it to
         whoever resumes: clients ignore what is not for them).
         """
+        if self._closed:
+            # The session is gone (deleted); a straggler of its agent is nothing to keep.
+            self.log.debug(
+                "session {session_id}: {event_type} after the stream closed, dropped",
+                session_id=self.session_id,
+                event_type=event_type,
+            )
+            return self.seq
         self._follow_message(event_type, payload)
         enriched = compat.enrich(event_type, payload, self._streaming)
         if enriched is not None:
@@ -449,5 +458,6 @@ class EventStream:
                 self._send(connection, subscriber.mode, frame)
 
     def close(self) -> None:
+        self._closed = True
         self.detach_all()
         self._journal.close()

@@ -112,6 +112,12 @@ class WebUiResource(Resource):
         self._authenticator = authenticator
         self._assets = load_assets() if assets is None else assets
 
+    def render(self, request):
+        # Set first: twisted.web's own 405 (POST…) and 501 (unknown method) pages are
+        # answers of /ui too, and must carry the same protection as the page.
+        _secure_headers(request)
+        return super().render(request)
+
     def render_GET(self, request):
         path = [segment.decode("utf-8", "replace") for segment in request.postpath]
         if path == []:

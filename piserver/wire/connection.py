@@ -8,7 +8,7 @@ from typing import Protocol
 import attr
 from twisted.logger import Logger
 
-from piserver.common.errors import RateLimited
+from piserver.common.errors import RateLimited, ResponseTooLarge
 from piserver.security.scopes import Grant
 from piserver.wire.dispatch import Dispatcher
 from piserver.wire.envelope import BadFrame, encode_error, encode_result, parse_request
@@ -16,6 +16,10 @@ from piserver.wire.ratelimit import TokenBucket
 
 
 class FrameSink(Protocol):
+    # The largest payload a frame may carry (--max-frame-size; 0: no limit). Optional:
+    # a sink without it is taken to have no limit.
+    max_frame_size: int
+
     def send_frame(self, data: bytes) -> None:
         """Queue one text frame holding ``data`` (UTF-8 JSON)."""
 
@@ -129,7 +133,26 @@ class Connection:
     def _reply(self, outcome, request) -> None:
         ok, value, repeat = outcome
         if ok:
-            self.send(encode_result(request.id, value, request.session_id, repeat=repeat))
+            data = encode_result(request.id, value, request.session_id, repeat=repeat)
+            limit = getattr(self._sink, "max_frame_size", 0)
+            if 0 < limit < len(data):
+                # The client could not take it (the frame would be refused): it gets an
+                # answer it can read instead of none.
+                self.log.warn(
+                    "connection {connection_id}: the answer to {method} is {size} bytes, "
+                    "over --max-frame-size {limit}: answered response_too_large",
+                    connection_id=self.connection_id,
+                    method=request.method,
+                    size=len(data),
+                    limit=limit,
+                )
+                value = ResponseTooLarge(
+                    f"the answer is {len(data)} bytes, larger than this server's "
+                    f"--max-frame-size of {limit} bytes"
+                )
+                self.send(encode_error(request.id, value, request.session_id, repeat=repeat))
+                return
+            self.send(data)
         else:
             if self._redact is not None:
                 value = attr.evolve(value, message=self._redact(value.message))

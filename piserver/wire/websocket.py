@@ -135,6 +135,10 @@ class RpcServerProtocol(WebSocketServerProtocol):
             self.connection.lost()
 
     # FrameSink
+    @property
+    def max_frame_size(self) -> int:
+        return self.maxMessagePayloadSize
+
     def send_frame(self, data: bytes) -> None:
         # Autobahn's sendMessage builds the arguments of a debug line for every frame
         # (sendData colours them with click) even when its debug level is off: most of

@@ -81,3 +81,31 @@ def test_error_messages_are_redacted_of_secrets():
         "code": "agent_error",
         "message": "401 Incorrect API key provided: [x]",
     }
+
+
+class LimitedSink(Sink):
+    max_frame_size = 1000
+
+
+def test_an_answer_over_the_frame_limit_becomes_response_too_large():
+    """Issue 21 point 13: never dropped silently; a small answer still goes out."""
+    sink = LimitedSink()
+    connection = Connection(
+        "c",
+        Dispatcher(
+            {
+                "ping": lambda c, r: {"pong": True},
+                "big": lambda c, r: {"name": "x" * 5000},
+            }
+        ),
+        sink,
+    )
+    connection.frame_received(
+        json.dumps({"v": 1, "kind": "request", "id": "b1", "method": "big"}).encode()
+    )
+    connection.frame_received(request("p1"))
+    assert [f["id"] for f in sink.frames] == ["b1", "p1"]
+    assert sink.frames[0]["ok"] is False
+    assert sink.frames[0]["error"]["code"] == "response_too_large"
+    assert "--max-frame-size of 1000 bytes" in sink.frames[0]["error"]["message"]
+    assert sink.frames[1]["ok"] is True

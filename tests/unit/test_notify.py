@@ -216,3 +216,16 @@ def test_an_approval_request_carries_its_action_urls():
     ]
     http.answer(0)
     assert "t=A" not in json.dumps([str(e) for e in events])
+
+
+def test_control_characters_leave_the_title_header():
+    """Issue 21 point 14: a session name cannot add header lines or terminal escapes."""
+    http, clock = FakeHttp(), Clock()
+    notifier, _ = make(http, clock)
+    runs = RunWatcher(notifier)
+    session = Session(name="evil\r\nX-Injected: 1\x1b[31m\x00é")
+    runs.event(session, "agent_settled", {"aborted": False, "error": None})
+    [(_, _, headers, _)] = http.posts
+    (title,) = headers["Title"]
+    assert all(0x20 <= ord(c) < 0x7F for c in title)
+    assert "evil" in title and "X-Injected: 1" in title

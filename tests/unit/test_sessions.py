@@ -10,6 +10,7 @@ import os
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from piserver.agents.supervisor import AgentSupervisor
@@ -207,6 +208,30 @@ async def test_delete_stops_the_agent_and_forgets_the_session(harness):
     await deleting
     assert session.id not in harness.sessions.sessions
     assert harness.store.get(session.id) is None
+    assert not session.directory.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_right_after_agent_end_logs_nothing_above_info(harness):
+    """Issue 21 point 16: pi's events that follow agent_end (agent_settled) while the
+    delete stops it are journalled or dropped quietly, never a critical traceback."""
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        session = create(harness, FakeConnection()).result
+        harness.process().stdout(b'{"type":"agent_end","messages":[]}\n')
+        deleting = ensureDeferred(harness.sessions.delete(session))
+        harness.process().stdout(b'{"type":"agent_settled"}\n')
+        harness.answer("abort")
+        harness.process().stdout(b'{"type":"agent_settled"}\n')
+        harness.process().end(code=0)
+        await deleting
+        # A straggler after the stream closed is dropped, not recorded.
+        session.stream.publish("agent_settled", {"type": "agent_settled"})
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    loud = [e for e in logged if e.get("log_level", LogLevel.info) > LogLevel.info]
+    assert loud == []
     assert not session.directory.exists()
 
 
@@ -578,6 +603,31 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     harness.answer("abort", n=0)
     harness.process(0).end(code=0)
     assert not warm.directory.exists()
+
+
+def test_a_changing_file_pi_does_not_read_keeps_the_warm_agent(tmp_path):
+    """Issue 21 point 18: only what pi reads makes a warm agent stale."""
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    (tmp_path / "pi-server.log").write_text("a log line\n")
+    (tmp_path / "notes.txt").write_text("the user's notes\n")
+    assert create(harness).result is warm
+
+
+def test_the_pool_refills_after_discarding_a_stale_warm_agent(tmp_path):
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    (tmp_path / "models.json").write_text("{}")  # pi's configuration changed
+    created = create(harness)
+    assert created.result is not warm
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    harness.reactor.advance(0.1)
+    assert len(harness.reactor.spawned) == 3
+    (refilled,) = harness.sessions.agents.warm.sessions()
+    assert refilled is not warm and refilled is not created.result
 
 
 def test_observers_hear_of_a_run_from_its_events(harness):

@@ -212,3 +212,17 @@ def test_stop_service_stops_every_agent_within_ten_seconds():
 def test_stop_service_with_no_agents_fires_at_once():
     supervisor, _ = make_supervisor()
     assert outcome_of(supervisor.stopService()) is None
+
+
+def test_the_servers_agents_get_neither_github_token_name():
+    """Issue 21 point 14: GH_TOKEN (gh's name for it) is kept from agents too."""
+    from piserver.service import AGENT_FORBIDDEN_ENV
+
+    reactor = FakeProcessReactor()
+    env = {**BASE_ENV, "GH_TOKEN": "gh-other"}
+    supervisor = AgentSupervisor(reactor, ["/opt/pi"], "/data", env, AGENT_FORBIDDEN_ENV)
+    supervisor.startService()
+    spawn(supervisor, reactor)
+    spawned = reactor.spawned[-1].env
+    assert "GH_TOKEN" not in spawned and "GITHUB_TOKEN" not in spawned
+    assert spawned["OPENAI_API_KEY"] == "sk-test"

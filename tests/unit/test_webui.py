@@ -155,3 +155,22 @@ def test_root_sends_browsers_to_ui(accept, redirected):
         assert (request.responseCode, header(request, b"location")) == (302, b"/ui/")
     else:
         assert b'"pi-server"' in body
+
+
+@pytest.mark.parametrize("method, code", [(b"POST", 405), (b"BREW", 501)])
+def test_twisteds_own_error_pages_under_ui_carry_the_csp(ui, method, code):
+    """Issue 21 point 14: the 405 and 501 pages twisted.web makes for /ui."""
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    channel = DummyChannel()
+    request = Request(channel)
+    request.method = method
+    request.uri = request.path = b"/ui"
+    request.clientproto = b"HTTP/1.1"
+    request.prepath, request.postpath = [b"ui"], []
+    request.render(ui)
+    response = channel.transport.written.getvalue()
+    assert response.startswith(f"HTTP/1.1 {code}".encode())
+    assert b"Content-Security-Policy: " + CONTENT_SECURITY_POLICY.encode() in response
+    assert b"X-Frame-Options: DENY" in response

@@ -1,0 +1,216 @@
+"""
+git the server runs on a session's checkout, with nothing of the agent's able to
+execute or redirect it.
+
+The agent writes its checkout's ``.git`` (config, hooks, ``info/``, ``HEAD``) and
+its ``.gitattributes``.  Read as hostile, that config could name filter
+drivers, an fsmonitor, hooks, proxies, ``insteadOf`` rewrites or signing
+programs, all of which git would run as the server.  So the server never runs a
+git that reads it:
+
+- names are resolved to commit ids in the real repository with ``rev-parse`` and
+  refs are moved with ``update-ref``, both under :data:`OVERRIDES` (nothing of
+  those two runs a program the config could name);
+- everything else (staging the working tree, diffs, ``commit-tree``, push) runs in
+  a git directory the server writes itself for that one operation (:class:`Shadow`):
+  its own config, no hooks, ``HEAD`` at a commit the server chose, the checkout as
+  work tree and the repository's object store through ``GIT_OBJECT_DIRECTORY``.
+  An in-tree ``.gitattributes`` can still name a filter or diff driver, but no
+  driver is configured there, so git applies none.
+
+git 2.39 (this machine's) has no ``--attr-source``; the separate git directory is
+what makes filters harmless without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from contextlib import asynccontextmanager
+
+from piserver.common.errors import GitError, InvalidParams
+
+# Given to every server-run git on a checkout: ``-c`` wins over any config file.
+# They matter most for the few commands run in the real repository, and for a
+# nested repository (a gitlink) whose own config git reads while staging it.
+OVERRIDES = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "core.splitIndex=false",
+    "-c",
+    "core.quotepath=false",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "http.proxy=",
+    "-c",
+    "protocol.allow=never",
+    "-c",
+    "protocol.https.allow=always",
+    "-c",
+    "protocol.http.allow=always",
+)
+
+# No system or user config either: the server's git behaves the same everywhere.
+ENVIRONMENT = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+
+DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--no-color")
+
+_SHADOW_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tbare = false\n"
+# The agent's index is only a cache of file hashes; a larger one is not copied.
+_MAX_INDEX_BYTES = 256 * 1024 * 1024
+
+
+def _copy_index(source: str, dest: str) -> bool:
+    """Copy the agent's index if it is a regular file of sane size (no link, FIFO or
+    device followed or read); False when it is not, or is missing."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_INDEX_BYTES:
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+            if src.read(1):
+                return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _make_shadow(parent: str, head: str) -> str:
+    directory = tempfile.mkdtemp(prefix="git-", dir=parent)
+    os.mkdir(f"{directory}/refs")
+    os.mkdir(f"{directory}/objects")
+    with open(f"{directory}/HEAD", "w") as f:
+        f.write(f"{head}\n")
+    with open(f"{directory}/config", "w") as f:
+        f.write(_SHADOW_CONFIG)
+    return directory
+
+
+class Shadow:
+    """One operation's git directory (see the module's doc); ``head`` its HEAD commit."""
+
+    def __init__(self, server_git: ServerGit, session, directory: str, objects: str, head: str):
+        self._server_git = server_git
+        self._session = session
+        self.directory = directory
+        self.objects = objects
+        self.head = head
+        self.index = f"{directory}/index"
+
+    def run(self, args, what, index: str | None = None, extra_env=None, **kwargs):
+        """git ``args`` here, on ``index`` (default: this directory's own)."""
+        env = {
+            **ENVIRONMENT,
+            "GIT_OBJECT_DIRECTORY": self.objects,
+            "GIT_INDEX_FILE": index or self.index,
+            **(extra_env or {}),
+        }
+        return self._server_git.git.run(
+            str(self._session.cwd),
+            [
+                *OVERRIDES,
+                f"--git-dir={self.directory}",
+                f"--work-tree={self._session.cwd}",
+                *args,
+            ],
+            what,
+            extra_env=env,
+            **kwargs,
+        )
+
+    async def seed_index(self, agent_index: str | None) -> None:
+        """Start this index from a copy of the agent's (so unchanged files are not
+        hashed again), else from HEAD's tree."""
+        if agent_index is None or not await self._server_git.in_thread(
+            _copy_index, agent_index, self.index
+        ):
+            await self.run(["read-tree", self.head], "git read-tree")
+
+    async def stage_all(self, agent_index: str | None, pathspec=()) -> str:
+        """The id of a tree of the working files as they are now (``--all``)."""
+        await self.seed_index(agent_index)
+        await self.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add")
+        _, out = await self.run(["write-tree"], "git write-tree")
+        return out.decode().strip()
+
+
+class ServerGit:
+    """``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs file work."""
+
+    def __init__(self, git, in_thread):
+        self.git = git
+        self.in_thread = in_thread
+
+    def real(self, session, args, what, **kwargs):
+        """git ``args`` in the checkout's real repository (resolving and moving refs only)."""
+        env = {**ENVIRONMENT, **(kwargs.pop("extra_env", None) or {})}
+        return self.git.run(str(session.cwd), [*OVERRIDES, *args], what, extra_env=env, **kwargs)
+
+    async def resolve(self, session, name: str) -> str | None:
+        """The commit ``name`` names in the real repository, or None."""
+        if not isinstance(name, str) or not name or name.startswith("-"):
+            raise InvalidParams(f"{name!r} is not a branch or commit name")
+        code, out = await self.real(
+            session,
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}"],
+            "git rev-parse",
+            exit_codes=(0, 1),
+        )
+        return out.decode().strip() if code == 0 else None
+
+    def head_ref(self, session) -> str:
+        """The session's own branch by name: never through a HEAD the agent may rewrite."""
+        if session.checkout is not None:
+            return f"refs/heads/{session.checkout.branch}"
+        return "HEAD"
+
+    async def head(self, session) -> str:
+        ref = self.head_ref(session)
+        commit = await self.resolve(session, ref)
+        if commit is None:
+            raise GitError(f"the checkout has no {ref}")
+        return commit
+
+    async def git_path(self, session, what: str) -> str:
+        _, out = await self.real(
+            session,
+            ["rev-parse", "--path-format=absolute", f"--git-{what}"],
+            "git rev-parse",
+        )
+        return out.decode().strip()
+
+    async def agent_index(self, session) -> str:
+        _, out = await self.real(
+            session,
+            ["rev-parse", "--path-format=absolute", "--git-path", "index"],
+            "git rev-parse",
+        )
+        return out.decode().strip()
+
+    @asynccontextmanager
+    async def shadow(self, session, head: str | None = None):
+        """A :class:`Shadow` for one operation, removed afterwards; HEAD at ``head``
+        (default: the tip of the session's branch)."""
+        if head is None:
+            head = await self.head(session)
+        objects = os.path.join(await self.git_path(session, "common-dir"), "objects")
+        directory = await self.in_thread(_make_shadow, str(session.directory), head)
+        try:
+            yield Shadow(self, session, directory, objects, head)
+        finally:
+            await self.in_thread(shutil.rmtree, directory, True)
