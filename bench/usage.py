@@ -21,7 +21,7 @@ from twisted.internet.defer import ensureDeferred, maybeDeferred
 
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.ops.metrics import ServerMetrics
-from piserver.sessions import SessionManager
+from piserver.sessions import SessionManager, SessionSettings
 from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits
 from piserver.sessions.index import StateStore
@@ -49,7 +49,7 @@ def _session(directory: Path):
     supervisor = AgentSupervisor(reactor, ["/bin/pi"], str(directory), {}, forbidden_env=())
     sessions = SessionManager(
         reactor,
-        directory,
+        SessionSettings(data_dir=directory),
         supervisor,
         StateStore(directory / "state.json", reactor),
         _Models(),

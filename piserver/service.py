@@ -52,7 +52,7 @@ from piserver.security.redact import (
 from piserver.security.refusals import Refusals
 from piserver.security.revocation import RevocationWatcher
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
-from piserver.sessions import SessionManager
+from piserver.sessions import SessionManager, SessionSettings
 from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits
 from piserver.sessions.importable import ImportableSessions
@@ -292,20 +292,22 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     snapshots = Snapshots(git, in_thread, publish)
     sessions = SessionManager(
         reactor,
-        config.data_dir,
+        SessionSettings(
+            data_dir=config.data_dir,
+            journal_limits=config.journal_limits,
+            merge_window=config.delta_merge_window,
+            max_agents=config.max_agents,
+            warm_agents=config.warm_agents,
+            idle_timeout=config.agent_idle_timeout,
+            native_tool_timeout=config.native_tool_timeout,
+            permission_mode=config.permission_mode,
+            approval_timeout=config.approval_timeout,
+        ),
         supervisor,
         store,
         models,
         checkouts=checkouts,
-        journal_limits=config.journal_limits,
-        merge_window=config.delta_merge_window,
-        max_agents=config.max_agents,
-        warm_agents=config.warm_agents,
-        idle_timeout=config.agent_idle_timeout,
-        native_tool_timeout=config.native_tool_timeout,
         on_run_end=snapshots.run_ended,
-        permission_mode=config.permission_mode,
-        approval_timeout=config.approval_timeout,
     )
     sessions.setServiceParent(top)
     shipping = Shipping(

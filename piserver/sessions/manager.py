@@ -20,37 +20,30 @@ from twisted.logger import Logger
 from piserver.agents import agentdir
 from piserver.agents.gate import write_mode_file
 from piserver.agents.models import public_state
-from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT, write_tools_file
+from piserver.agents.nativetools import write_tools_file
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
-from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic, write_json_atomic
-from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, SessionAgents
-from piserver.sessions.approvals import DEFAULT_APPROVAL_TIMEOUT, Approvals
+from piserver.common.files import write_bytes_atomic, write_json_atomic
+from piserver.sessions.agents import SessionAgents
+from piserver.sessions.approvals import Approvals
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
 from piserver.sessions.devicecalls import DeviceCalls
-from piserver.sessions.journal import Journal, JournalLimits
+from piserver.sessions.intents import Intent, clear_intent, write_intent
+from piserver.sessions.journal import Journal
 from piserver.sessions.observer import RunWatcher, SessionObservers
-from piserver.sessions.permissions import PermissionMode, Permissions
-from piserver.sessions.session import SESSION_ID, Session, iso_time
+from piserver.sessions.permissions import Permissions
+from piserver.sessions.recovery import Recovery
+from piserver.sessions.session import SESSION_RECORD, Session, iso_time
+from piserver.sessions.settings import SessionSettings
 from piserver.sessions.stream import EventStream
-from piserver.sessions.warm import WarmAgents
+from piserver.sessions.teardown import Teardown
+from piserver.sessions.warmsupply import WarmSupply
 
-SESSION_RECORD = "session.json"
-# Written before a create or delete acts outside the session's own files (a worktree and
-# a branch in the user's repository), removed once it is done: a kill -9 in between is
-# undone (create) or finished (delete) at the next start.
-INTENT_RECORD = "intent.json"
-# The intent of a warm agent's directory: removed at start unless it became a session's.
-WARM_INTENT = "warm"
 PROMPT_TIMEOUT = 600.0
 NAME_LENGTH = 60
 # A session with no event for this long closes its journal's write descriptor: a thousand
 # sessions that streamed once must not hold a thousand files open.
 JOURNAL_IDLE = 60.0
-# The pool refills this long after a create that took a warm agent has ended: after its
-# reply has gone out (spawning takes the reactor a few milliseconds), and never while the
-# agent handed over is still starting (two pi starting at once share the cores).
-WARM_REFILL_DELAY = 0.1
 
 
 class SessionManager(service.Service):
@@ -66,31 +59,22 @@ class SessionManager(service.Service):
     def __init__(
         self,
         reactor,
-        data_dir: Path,
+        settings: SessionSettings,
         supervisor,
         store,
         models,
-        new_id=lambda: str(uuid.uuid4()),
+        *,
         checkouts=None,
-        journal_limits: JournalLimits | None = None,
-        merge_window: float = 0.03,
-        in_thread=None,
-        max_agents: int = DEFAULT_MAX_AGENTS,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        native_tool_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_run_end=None,
-        warm_agents: int = 0,
-        permission_mode: PermissionMode = PermissionMode.FULL,
-        approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT,
+        new_id=lambda: str(uuid.uuid4()),
+        in_thread=None,
     ):
         self._reactor = reactor
+        self._settings = settings
         # Called with a code session whose run has ended (files_changed, piserver.workspace).
         self._on_run_end = on_run_end
-        self._native_tool_timeout = native_tool_timeout
         # The mode of a session created without one (--permission-mode).
-        self.permission_mode = PermissionMode(permission_mode)
-        self._approval_timeout = approval_timeout
-        self._idle_timeout = idle_timeout
+        self.permission_mode = settings.permission_mode
         self._idle_check = task.LoopingCall(self._sweep)
         self._idle_check.clock = reactor
         # Runs blocking file work (removing a checkout) off the reactor thread.
@@ -99,16 +83,16 @@ class SessionManager(service.Service):
                 reactor, reactor.getThreadPool(), f, *args, **kwargs
             )
         )
-        self._journal_limits = journal_limits or JournalLimits()
-        self._merge_window = merge_window
-        self._data_dir = Path(data_dir)
-        self.sessions_dir = self._data_dir / "sessions"
+        self._data_dir = settings.data_dir
+        self.sessions_dir = settings.sessions_dir
         self._store = store
         self._models = models
         self._new_id = new_id
         # Creates and removes code sessions' checkouts (repos issue); None: chat only.
         self._checkouts = checkouts
         self.sessions: dict[str, Session] = {}
+        # The one way a session is undone (deleted, failed create, warm agent, recovery).
+        self._teardown = Teardown(store, checkouts, self._in_thread)
         # Connections seen by hello, and what recently closed ones left behind, so that a
         # client resuming its connection gets its tools and sessions back.
         self.connections = ConnectionMemory(self._attached_to, self.detach)
@@ -124,76 +108,51 @@ class SessionManager(service.Service):
             supervisor,
             self,
             self.observers,
-            max_agents=max_agents,
-            idle_timeout=idle_timeout,
+            max_agents=settings.max_agents,
+            idle_timeout=settings.idle_timeout,
         )
-        if warm_agents:
-            self.agents.warm = WarmAgents(warm_agents, self)
-        self._refill = None
+        self._warm = WarmSupply(reactor, self._data_dir, self.agents, self, settings.warm_agents)
         # on_sent(mode, size) for every event frame sent (metrics).
         self.on_event_sent = None
 
     # -- lifecycle ----------------------------------------------------------
 
     def startService(self):
-        interrupted = self._interrupted()
-        loaded = self._store.load()
-        if loaded.corrupt is not None:
-            self.log.critical(
-                "state.json was unreadable and was moved to {moved_to}; sessions are "
-                "recovered from their directories",
-                moved_to=str(loaded.corrupt.moved_to),
-            )
-        records = dict(loaded.sessions)
-        doomed = {record["sessionId"] for _action, record in interrupted}
-        for session_id in doomed:
-            records.pop(session_id, None)
-            self._store.remove(session_id)
-        for session_id, record in self._records_in_directories(set(records) | doomed):
-            self.log.warn(
-                "session {session_id} recovered from its directory", session_id=session_id
-            )
-            records[session_id] = record
-            self._store.put(session_id, record)
-        for session_id, record in records.items():
-            try:
-                session = Session.from_record(
-                    self.sessions_dir, {**record, "sessionId": session_id}
-                )
-            except (KeyError, TypeError, ValueError) as e:
-                session = self._from_directory(session_id, e)
-                if session is None:
-                    continue
+        recovery = Recovery(self.sessions_dir, self._store, self._teardown)
+        restored = recovery.restore()
+        for session in restored.sessions:
             self._equip(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
-        if interrupted:
-            self.recovered = defer.Deferred.fromCoroutine(self._finish_interrupted(interrupted))
-        self._idle_check.start(min(60.0, self._idle_timeout), now=False)
+        if restored.interrupted:
+            self.recovered = defer.Deferred.fromCoroutine(recovery.finish(restored.interrupted))
+        self._idle_check.start(min(60.0, self._settings.idle_timeout), now=False)
         super().startService()
-        self._fill_warm()
+        self._warm.start()
 
     def stopService(self):
         super().stopService()
         if self._idle_check.running:
             self._idle_check.stop()
-        if self._refill is not None and self._refill.active():
-            self._refill.cancel()
         self._store.flush()
         for session in self.sessions.values():
             session.stream.flush()
-        if self.agents.warm is not None:
-            return defer.ensureDeferred(self.agents.warm.close())
-        return None
+        return defer.ensureDeferred(self._warm.stop())
 
     def _equip(self, session: Session) -> None:
         """Give a session its live parts: event stream, device calls, agent lifecycle."""
-        journal = Journal(session.directory / "journal", self._reactor, self._journal_limits)
+        journal = Journal(
+            session.directory / "journal", self._reactor, self._settings.journal_limits
+        )
         journal.open()
         journal.continue_after(session.last_seq)
         session.journal = journal
         session.stream = EventStream(
-            session.id, journal, self._reactor, self._merge_window, on_sent=self._event_sent
+            session.id,
+            journal,
+            self._reactor,
+            self._settings.merge_window,
+            on_sent=self._event_sent,
         )
         session.calls = DeviceCalls(
             session.id,
@@ -201,7 +160,7 @@ class SessionManager(service.Service):
             lambda event_type, payload, to=None: self.publish(session, event_type, payload, to=to),
             lambda message: session.agent.send(message) if session.agent else None,
             session.stream.connections,
-            self._native_tool_timeout,
+            self._settings.native_tool_timeout,
             observer=self.observers,
             session=session,
         )
@@ -210,7 +169,7 @@ class SessionManager(service.Service):
             self._reactor,
             _ApprovalHost(self, session),
             session.directory,
-            self._approval_timeout,
+            self._settings.approval_timeout,
         )
         session.approvals.load()
         self.agents.equip(session)
@@ -225,52 +184,6 @@ class SessionManager(service.Service):
             self._store.put(session.id, record)
             # A copy beside the session's files: state.json can be rebuilt from these.
             write_json_atomic(session.directory / SESSION_RECORD, record)
-
-    def _from_directory(self, session_id, error: Exception) -> "Session | None":
-        """The session of a bad state.json entry, from its directory's session.json."""
-        try:
-            if not isinstance(session_id, str) or not SESSION_ID.match(session_id):
-                raise ValueError("bad session id")
-            record = load_json(self.sessions_dir / session_id / SESSION_RECORD, self.log)
-            if not isinstance(record, dict) or record.get("sessionId") != session_id:
-                raise ValueError("no session.json of that session")
-            session = Session.from_record(self.sessions_dir, record)
-        except (CorruptFileError, OSError, KeyError, TypeError, ValueError) as e:
-            self.log.error(
-                "skipping unreadable session entry {session_id}: {error}; "
-                "its directory has none either ({other})",
-                session_id=str(session_id)[:80],
-                error=repr(error),
-                other=repr(e),
-            )
-            return None
-        self.log.warn(
-            "session {session_id}: its state.json entry is unusable ({error}); "
-            "restored from its session.json",
-            session_id=session_id,
-            error=repr(error),
-        )
-        self._store.put(session_id, record)
-        return session
-
-    def _records_in_directories(self, known: set):
-        """Session records kept in ``sessions/<id>/`` that state.json does not list."""
-        if not self.sessions_dir.is_dir():
-            return
-        for directory in sorted(self.sessions_dir.iterdir()):
-            if directory.name in known or not SESSION_ID.match(directory.name):
-                continue
-            try:
-                record = load_json(directory / SESSION_RECORD, self.log)
-            except (CorruptFileError, OSError) as e:
-                self.log.error(
-                    "session directory {path} has no readable record: {error}",
-                    path=str(directory),
-                    error=str(e),
-                )
-                continue
-            if isinstance(record, dict) and record.get("sessionId") == directory.name:
-                yield directory.name, record
 
     # -- lookup -------------------------------------------------------------
 
@@ -323,24 +236,12 @@ class SessionManager(service.Service):
         if provider is not None:
             await self._models.require(provider, model_id)
         now = self._now()
-        session = self._take_warm() if mode == "chat" and seed is None and prepare is None else None
+        session = self._warm.take() if mode == "chat" and seed is None and prepare is None else None
         warm = session is not None
         if warm:
             session.created_at = session.last_activity_at = now
         else:
-            session_id = self._new_id()
-            directory = self.sessions_dir / session_id
-            session = Session(
-                id=session_id,
-                mode=mode,
-                directory=directory,
-                cwd=directory / "workspace",
-                created_at=now,
-                last_activity_at=now,
-                repo_id=repo["id"] if repo else None,
-            )
-            directory.mkdir(mode=0o700, parents=True)
-            self._equip(session)
+            session = self._new_session(mode, repo_id=repo["id"] if repo else None)
         if provider is not None:
             # (Else a warm agent's default model, pinned once it started, stays.)
             session.provider, session.model_id = provider, model_id
@@ -360,7 +261,7 @@ class SessionManager(service.Service):
                 write_bytes_atomic(session.system_prompt_file, system_prompt.encode("utf-8"))
             if mode == "code":
                 session.pi_session_dir.mkdir(mode=0o700)
-                self._write_intent(session, "create", self._checkouts.planned(session, repo))
+                write_intent(session, Intent.CREATE, self._checkouts.planned(session, repo))
                 checkout = await self._checkouts.create(
                     session,
                     repo,
@@ -385,18 +286,17 @@ class SessionManager(service.Service):
                 await self._in_thread(seed, session)
             self.sessions[session.id] = session
             self.save(session)
-            (session.directory / INTENT_RECORD).unlink(missing_ok=True)
+            clear_intent(session)
             await self.ensure_agent(session)
             if warm and provider is not None:
                 # The warm agent started on the default model.
                 await self.command(session, "set_model", provider=provider, modelId=model_id)
         except BaseException:
-            await self._tear_down(session, checkout=checked_out)
+            await self.tear_down(session, checkout=checked_out)
             raise
         finally:
             # Also after a cold create: the pool may have discarded a stale agent.
-            if self.agents.warm is not None:
-                self._schedule_refill()
+            self._warm.schedule_refill()
         self.log.info(
             "session {session_id} created ({mode}) in {cwd}",
             session_id=session.id,
@@ -492,149 +392,55 @@ class SessionManager(service.Service):
         return data
 
     async def delete(self, session: Session) -> dict:
-        result = await self._tear_down(
-            session, checkout=self._checkouts is not None and session.mode == "code"
-        )
+        result = await self.tear_down(session)
         self.log.info("session {session_id} deleted", session_id=session.id)
         return result
 
-    async def _tear_down(self, session: Session, checkout: bool = False) -> dict:
-        """Undo a session: a deleted one, one whose create failed, a warm agent's."""
+    async def tear_down(self, session: Session, checkout: bool | None = None) -> dict:
+        """Undo a session: a deleted one, one whose create failed, a warm agent's
+        (``teardown.Teardown``); ``checkout`` None: its checkout, if a code session's."""
         self.sessions.pop(session.id, None)
-        # First, so a crash before the directory is gone finishes the delete at start...
-        self._write_intent(session, "delete")
-        # ...and cannot bring the session back.
-        (session.directory / SESSION_RECORD).unlink(missing_ok=True)
-        self._store.remove(session.id)
-        try:
-            # The agent first: pi may still send events (an ``agent_settled`` after
-            # ``agent_end``) or ask approvals until it has exited, and they go to an
-            # open journal.
-            await session.lifecycle.delete()
-        finally:
-            session.stream.close()
-            session.approvals.close()
-        result = await self._checkouts.remove(session) if checkout else {}
-        await self._remove_directory(session.directory)
-        return result
+        return await self._teardown(session, checkout)
 
-    # -- warm agents --------------------------------------------------------
+    # -- making sessions ----------------------------------------------------
 
     def _make_chat_directories(self, session: Session) -> None:
         session.pi_session_dir.mkdir(mode=0o700)
         session.cwd.mkdir(mode=0o700)
 
-    def provision_warm(self) -> Session:
-        """A chat session for the warm pool: directories, stream and lifecycle, not in the
-        registry; its intent undoes it should the server die before it is handed over."""
+    def _new_session(
+        self, mode: str, repo_id: str | None = None, intent: Intent | None = None, **fields
+    ) -> Session:
+        """A new session with its directory and live parts, not in the registry yet;
+        ``intent`` is written before anything else is made in its directory."""
         session_id = self._new_id()
         directory = self.sessions_dir / session_id
         now = self._now()
         session = Session(
             id=session_id,
-            mode="chat",
+            mode=mode,
             directory=directory,
             cwd=directory / "workspace",
             created_at=now,
             last_activity_at=now,
-            last_used=self._reactor.seconds(),
+            repo_id=repo_id,
+            **fields,
         )
         directory.mkdir(mode=0o700, parents=True)
-        self._write_intent(session, WARM_INTENT)
-        self._make_chat_directories(session)
+        if intent is not None:
+            write_intent(session, intent)
         self._equip(session)
         return session
 
-    async def discard_warm(self, session: Session) -> None:
-        await self._tear_down(session)
-
-    def has_room(self) -> bool:
-        return self.agents.has_room()
-
-    def configuration(self) -> object:
-        return agentdir.fingerprint(self._data_dir)
+    def provision_warm(self) -> Session:
+        """A chat session for the warm pool (``warmsupply.WarmMaker``): not in the
+        registry; its intent undoes it should the server die before it is handed over."""
+        session = self._new_session("chat", intent=Intent.WARM, last_used=self._reactor.seconds())
+        self._make_chat_directories(session)
+        return session
 
     def registered(self) -> Iterable[Session]:
         return self.sessions.values()
-
-    def _take_warm(self) -> Session | None:
-        if self.agents.warm is None:
-            return None
-        return self.agents.warm.take()
-
-    def _schedule_refill(self) -> None:
-        if self._refill is None or not self._refill.active():
-            self._refill = self._reactor.callLater(WARM_REFILL_DELAY, self._fill_warm)
-
-    def _fill_warm(self) -> None:
-        if self.agents.warm is not None and self.running:
-            self.agents.warm.fill()
-
-    def _write_intent(self, session: Session, action: str, extra: dict | None = None) -> None:
-        write_json_atomic(
-            session.directory / INTENT_RECORD,
-            {"action": action, "record": {**session.record(), **(extra or {})}},
-        )
-
-    def _interrupted(self) -> list[tuple[str, dict]]:
-        """``(action, record)`` of the creates and deletes a crash interrupted."""
-        found = []
-        if not self.sessions_dir.is_dir():
-            return found
-        for directory in sorted(self.sessions_dir.iterdir()):
-            if not SESSION_ID.match(directory.name) or not (directory / INTENT_RECORD).exists():
-                continue
-            try:
-                intent = load_json(directory / INTENT_RECORD, self.log)
-                action, record = intent["action"], intent["record"]
-                if record.get("sessionId") != directory.name:
-                    raise ValueError("the intent names another session")
-            except (
-                CorruptFileError,
-                OSError,
-                KeyError,
-                TypeError,
-                ValueError,
-                AttributeError,
-            ) as e:
-                self.log.error(
-                    "session directory {path}: unreadable intent: {error}",
-                    path=str(directory),
-                    error=repr(e),
-                )
-                continue
-            if action in ("create", "warm") and (directory / SESSION_RECORD).exists():
-                # The create got as far as recording the session: it stands.
-                (directory / INTENT_RECORD).unlink(missing_ok=True)
-                continue
-            found.append((action, record))
-        return found
-
-    async def _finish_interrupted(self, interrupted: list[tuple[str, dict]]) -> None:
-        for action, record in interrupted:
-            session = Session.from_record(self.sessions_dir, record)
-            if action == "warm":
-                self.log.info(
-                    "removing the warm agent directory {session_id}", session_id=session.id
-                )
-            else:
-                self.log.warn(
-                    "session {session_id}: {what} after an interrupted {action}",
-                    session_id=session.id,
-                    action=action,
-                    what="undoing the create" if action == "create" else "finishing the delete",
-                )
-            try:
-                if self._checkouts is not None and session.mode == "code":
-                    await self._checkouts.remove(session)
-                (session.directory / SESSION_RECORD).unlink(missing_ok=True)
-                await self._remove_directory(session.directory)
-            except Exception:
-                self.log.failure("session {session_id}: could not clean up", session_id=session.id)
-
-    def _remove_directory(self, path: Path) -> defer.Deferred:
-        # A checkout can hold many files: remove it off the reactor thread.
-        return self._in_thread(shutil.rmtree, path, ignore_errors=True)
 
     # -- attach / detach ----------------------------------------------------
 
@@ -710,7 +516,7 @@ class SessionManager(service.Service):
         if self.connections.watch(connection):
             # Someone is here: the next create should find a warm agent (the pool goes
             # when the server is idle).
-            self._fill_warm()
+            self._warm.fill()
 
     def previous(self, connection_id: str) -> PreviousConnection | None:
         """What connection ``connection_id`` had (``ConnectionMemory.previous``)."""

@@ -19,6 +19,8 @@ from piserver.sessions.permissions import Permissions, parse_grants, parse_mode,
 from piserver.sessions.stream import EventStream
 
 # Session ids are ours (uuid4); anything else a client sends is never a path.
+# The copy of a session's record kept beside its files: state.json can be rebuilt from these.
+SESSION_RECORD = "session.json"
 SESSION_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 

@@ -31,7 +31,7 @@ DEFAULT_WARM_AGENTS = 1
 
 
 class WarmHost(Protocol):
-    """What ``WarmAgents`` asks of the session manager."""
+    """What ``WarmAgents`` asks of its supply (``warmsupply.WarmSupply``)."""
 
     def provision_warm(self) -> Session:
         """A new provisional chat session (its directories, stream and lifecycle)."""

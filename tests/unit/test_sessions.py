@@ -7,6 +7,7 @@ during creation.
 import json
 import os
 
+import attr
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
@@ -16,7 +17,7 @@ from twisted.python.failure import Failure
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.common.errors import AgentFailed, InvalidState, TooManySessions
 from piserver.repos.checkouts import Checkout, CheckoutRecord, RepoSource
-from piserver.sessions import SessionManager
+from piserver.sessions import SessionManager, SessionSettings
 from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
 from piserver.sessions.observer import SessionObserver
@@ -45,6 +46,10 @@ class Models:
         return {"provider": provider, "id": model_id}
 
 
+# The Harness options that are settings (the rest are the manager's collaborators).
+SETTINGS = frozenset(attr.fields_dict(SessionSettings))
+
+
 class Harness:
     def __init__(self, tmp_path, **options):
         self.reactor = FakeProcessReactor()
@@ -54,9 +59,10 @@ class Harness:
         )
         self.store = StateStore(tmp_path / "state.json", self.reactor)
         ids = iter(f"00000000-0000-4000-8000-{n:012d}" for n in range(1, 100))
+        settings = {k: options.pop(k) for k in list(options) if k in SETTINGS}
         self.sessions = SessionManager(
             self.reactor,
-            tmp_path,
+            SessionSettings(data_dir=tmp_path, **settings),
             self.supervisor,
             self.store,
             Models(),
