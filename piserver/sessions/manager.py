@@ -25,17 +25,14 @@ from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import write_bytes_atomic, write_json_atomic
 from piserver.sessions.agents import SessionAgents
-from piserver.sessions.approvals import Approvals
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
-from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.intents import Intent, clear_intent, write_intent
-from piserver.sessions.journal import Journal
 from piserver.sessions.observer import RunWatcher, SessionObservers
+from piserver.sessions.parts import SessionParts
 from piserver.sessions.permissions import Permissions
 from piserver.sessions.recovery import Recovery
 from piserver.sessions.session import SESSION_RECORD, Session, iso_time
 from piserver.sessions.settings import SessionSettings
-from piserver.sessions.stream import EventStream
 from piserver.sessions.teardown import Teardown
 from piserver.sessions.warmsupply import WarmSupply
 
@@ -111,6 +108,7 @@ class SessionManager(service.Service):
             max_agents=settings.max_agents,
             idle_timeout=settings.idle_timeout,
         )
+        self._parts = SessionParts(reactor, settings, self, self.observers, self.agents)
         self._warm = WarmSupply(reactor, self._data_dir, self.agents, self, settings.warm_agents)
         # on_sent(mode, size) for every event frame sent (metrics).
         self.on_event_sent = None
@@ -121,7 +119,7 @@ class SessionManager(service.Service):
         recovery = Recovery(self.sessions_dir, self._store, self._teardown)
         restored = recovery.restore()
         for session in restored.sessions:
-            self._equip(session)
+            self._parts.equip(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
         if restored.interrupted:
@@ -138,41 +136,6 @@ class SessionManager(service.Service):
         for session in self.sessions.values():
             session.stream.flush()
         return defer.ensureDeferred(self._warm.stop())
-
-    def _equip(self, session: Session) -> None:
-        """Give a session its live parts: event stream, device calls, agent lifecycle."""
-        journal = Journal(
-            session.directory / "journal", self._reactor, self._settings.journal_limits
-        )
-        journal.open()
-        journal.continue_after(session.last_seq)
-        session.journal = journal
-        session.stream = EventStream(
-            session.id,
-            journal,
-            self._reactor,
-            self._settings.merge_window,
-            on_sent=self._event_sent,
-        )
-        session.calls = DeviceCalls(
-            session.id,
-            self._reactor,
-            lambda event_type, payload, to=None: self.publish(session, event_type, payload, to=to),
-            lambda message: session.agent.send(message) if session.agent else None,
-            session.stream.connections,
-            self._settings.native_tool_timeout,
-            observer=self.observers,
-            session=session,
-        )
-        session.approvals = Approvals(
-            session.id,
-            self._reactor,
-            _ApprovalHost(self, session),
-            session.directory,
-            self._settings.approval_timeout,
-        )
-        session.approvals.load()
-        self.agents.equip(session)
 
     def _now(self) -> str:
         return iso_time(self._reactor.seconds())
@@ -429,7 +392,7 @@ class SessionManager(service.Service):
         directory.mkdir(mode=0o700, parents=True)
         if intent is not None:
             write_intent(session, intent)
-        self._equip(session)
+        self._parts.equip(session)
         return session
 
     def provision_warm(self) -> Session:
@@ -590,7 +553,7 @@ class SessionManager(service.Service):
             session.last_activity_at = iso_time(now)
             self._store.touch(session.id, session.last_activity_at)
 
-    def _event_sent(self, mode: str, size: int) -> None:
+    def event_sent(self, mode: str, size: int) -> None:
         if self.on_event_sent is not None:
             self.on_event_sent(mode, size)
 
@@ -647,55 +610,3 @@ def _name_from(message: str) -> str | None:
     if not first:
         return None
     return first if len(first) <= NAME_LENGTH else first[: NAME_LENGTH - 1] + "…"
-
-
-class _ApprovalHost:
-    """A session's side of its approvals (see approvals.ApprovalHost)."""
-
-    log = Logger()
-
-    def __init__(self, manager: SessionManager, session: Session) -> None:
-        self._manager = manager
-        self._session = session
-
-    def publish(self, event_type: str, payload: dict, to=None) -> None:
-        self._manager.publish(self._session, event_type, payload, to=to)
-
-    def send_to_agent(self, message: dict) -> None:
-        if self._session.agent is not None:
-            self._session.agent.send(message)
-
-    def connections(self) -> list:
-        return self._session.stream.connections()
-
-    def permissions(self) -> Permissions:
-        return self._session.permissions
-
-    def cwd(self) -> str:
-        return str(self._session.cwd)
-
-    def permissions_changed(self) -> None:
-        self._manager.save(self._session)
-
-    def waiting_for_person(self, waiting: bool) -> None:
-        if self._session.agent is not None:
-            self._session.agent.waiting_for_person = waiting
-
-    def agent_stopping(self) -> bool:
-        agent = self._session.agent
-        return agent is not None and agent.stop_requested
-
-    def tell_agent_later(self, text: str) -> None:
-        session = self._session
-        behavior = "followUp" if session.streaming else None
-        told = defer.ensureDeferred(self._manager.prompt(session, text, None, behavior))
-        told.addErrback(
-            lambda f: self.log.error(
-                "session {session_id}: a late approval answer did not reach the agent: {error}",
-                session_id=session.id,
-                error=f.getErrorMessage(),
-            )
-        )
-
-    def requested(self, request) -> None:
-        self._manager.observers.approval_requested(self._session, request)
