@@ -8,6 +8,8 @@ attached to it and the events it streams to them.
 - ``intents``: what a create or delete is about to do, kept until it is done;
 - ``teardown``: the one way a session is undone (deleted, failed create, warm, recovery);
 - ``session``: one session's record and live parts;
+- ``parts``: giving a session its live parts (journal, stream, device calls, approvals);
+- ``catchup``: catching an attaching connection up (live, replayed or a snapshot);
 - ``lifecycle``: the state machine of a session's agent (starting, stopping, crashes);
 - ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;
 - ``warm``: agents started ahead of the sessions they will serve;

@@ -19,12 +19,12 @@ from twisted.logger import Logger
 
 from piserver.agents import agentdir
 from piserver.agents.gate import write_mode_file
-from piserver.agents.models import public_state
 from piserver.agents.nativetools import write_tools_file
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import write_bytes_atomic, write_json_atomic
 from piserver.sessions.agents import SessionAgents
+from piserver.sessions.catchup import CatchUp, CaughtUp
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
 from piserver.sessions.intents import Intent, clear_intent, write_intent
 from piserver.sessions.observer import RunWatcher, SessionObservers
@@ -109,6 +109,7 @@ class SessionManager(service.Service):
             idle_timeout=settings.idle_timeout,
         )
         self._parts = SessionParts(reactor, settings, self, self.observers, self.agents)
+        self._catch_up = CatchUp(self, self._in_thread)
         self._warm = WarmSupply(reactor, self._data_dir, self.agents, self, settings.warm_agents)
         # on_sent(mode, size) for every event frame sent (metrics).
         self.on_event_sent = None
@@ -409,7 +410,7 @@ class SessionManager(service.Service):
 
     async def attach(
         self, connection, session: Session, exclusive: bool = True, last_seq: int | None = None
-    ) -> str:
+    ) -> CaughtUp:
         """
         Attach a connection to a session's events. With ``last_seq`` it first gets every
         event after it; when the journal no longer has them, a ``session_snapshot``.
@@ -421,40 +422,7 @@ class SessionManager(service.Service):
                     other.stream.detach(connection)
         self.watch(connection)
         self.use_native_tools_of(connection, session)
-        mode = connection.event_mode
-        reason = await session.stream.attach_catching_up(
-            connection,
-            mode,
-            last_seq,
-            self._in_thread,
-            snapshots="snapshots" in connection.features,
-        )
-        if reason is None:
-            session.calls.attached(connection)
-            session.approvals.attached(connection)
-            return "live" if last_seq is None or last_seq == session.stream.seq else "replayed"
-        session.stream.hold(connection, mode)
-        try:
-            state = await self.command(session, "get_state")
-            messages = await self.command(session, "get_messages")
-        except BaseException:
-            session.stream.detach(connection)
-            raise
-        state = public_state(state or {})
-        session.stream.release(
-            connection,
-            {
-                "type": "session_snapshot",
-                "reason": reason,
-                "messages": (messages or {}).get("messages", []),
-                "state": state,
-                "streamingMessage": session.stream.streaming_message,
-            },
-            session.stream.seq,
-        )
-        session.calls.attached(connection)
-        session.approvals.attached(connection)
-        return "snapshot"
+        return await self._catch_up.attach(connection, session, last_seq)
 
     def use_native_tools_of(self, connection, session: Session) -> None:
         """A device that declared tools attaches: the session offers its tools from the
