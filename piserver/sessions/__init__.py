@@ -9,6 +9,7 @@ attached to it and the events it streams to them.
 - ``teardown``: the one way a session is undone (deleted, failed create, warm, recovery);
 - ``session``: one session's record and live parts;
 - ``parts``: giving a session its live parts (journal, stream, device calls, approvals);
+- ``relay``: pi's events relayed: to the session, its approvals and calls, or its stream;
 - ``catchup``: catching an attaching connection up (live, replayed or a snapshot);
 - ``lifecycle``: the state machine of a session's agent (starting, stopping, crashes);
 - ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;

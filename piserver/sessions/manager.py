@@ -10,7 +10,7 @@ call, so the conversation resumes where it was (``agents``, ``lifecycle``).
 import json
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from twisted.application import service
@@ -27,10 +27,11 @@ from piserver.sessions.agents import SessionAgents
 from piserver.sessions.catchup import CatchUp, CaughtUp
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
 from piserver.sessions.intents import Intent, clear_intent, write_intent
-from piserver.sessions.observer import RunWatcher, SessionObservers
+from piserver.sessions.observer import SessionObservers
 from piserver.sessions.parts import SessionParts
 from piserver.sessions.permissions import Permissions
 from piserver.sessions.recovery import Recovery
+from piserver.sessions.relay import EventRelay
 from piserver.sessions.session import SESSION_RECORD, Session, iso_time
 from piserver.sessions.settings import SessionSettings
 from piserver.sessions.teardown import Teardown
@@ -46,8 +47,12 @@ JOURNAL_IDLE = 60.0
 class SessionManager(service.Service):
     """
     Owns every session. ``reactor`` provides IReactorTime (and a thread pool
-    for removing directories); ``supervisor`` starts and stops agents;
-    ``store`` is the ``state.json`` StateStore.
+    for removing directories); ``settings`` is what the options say of sessions;
+    ``supervisor`` starts and stops agents; ``store`` is the ``state.json`` StateStore;
+    ``models`` checks a model asked for. Keyword collaborators: ``checkouts`` makes and
+    removes code sessions' checkouts (None: chat only); ``on_run_end(session)`` hears of
+    a code session's run ending; ``new_id()`` and ``in_thread(f, *args)`` are seams for
+    tests (a session id; blocking file work off the reactor thread).
     """
 
     name = "sessions"
@@ -62,14 +67,12 @@ class SessionManager(service.Service):
         models,
         *,
         checkouts=None,
-        on_run_end=None,
-        new_id=lambda: str(uuid.uuid4()),
-        in_thread=None,
+        on_run_end: Callable[[Session], None] | None = None,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        in_thread: Callable[..., defer.Deferred] | None = None,
     ):
         self._reactor = reactor
         self._settings = settings
-        # Called with a code session whose run has ended (files_changed, piserver.workspace).
-        self._on_run_end = on_run_end
         # The mode of a session created without one (--permission-mode).
         self.permission_mode = settings.permission_mode
         self._idle_check = task.LoopingCall(self._sweep)
@@ -96,9 +99,11 @@ class SessionManager(service.Service):
         # Fires once what a crash interrupted (creates, deletes) is undone or finished.
         self.recovered = defer.succeed(None)
         # Who hears of runs, crashes and input needed (metrics, notifications...): add an
-        # ISessionObserver with observers.add. The runs are worked out once, by _runs.
+        # ISessionObserver with observers.add. The runs are worked out once, by the relay.
         self.observers = SessionObservers()
-        self._runs = RunWatcher(self.observers)
+        # pi's events, relayed; a code session's run that ends goes to on_run_end
+        # (files_changed, piserver.workspace).
+        self._relay = EventRelay(reactor, store, self.observers, self, on_run_end)
         self.agents = SessionAgents(
             reactor,
             self._data_dir,
@@ -473,30 +478,8 @@ class SessionManager(service.Service):
                 session.journal.release_writer()
 
     def agent_event(self, session: Session, agent: AgentProtocol, event: dict, raw: bytes):
-        if session.agent is not agent:
-            return
-        event_type = event.get("type")
-        if not isinstance(event_type, str):
-            self.log.warn("agent {session_id} sent an event without a type", session_id=session.id)
-            return
-        if event_type == "agent_start":
-            session.streaming = agent.expect_output = True
-        elif event_type == "agent_settled":
-            # pi may go on after agent_end (retries, compaction, queued messages): a run is
-            # over once pi says it will not continue by itself.
-            session.streaming = agent.expect_output = False
-        elif event_type == "session_info_changed":
-            name = event.get("name")
-            self.rename(session, name.strip() if isinstance(name, str) and name.strip() else None)
-        if session.approvals.agent_event(event) or session.calls.agent_event(event):
-            return
-        self.publish(session, event_type, event, raw)
-        if event_type == "agent_settled":
-            self._run_ended(session)
-
-    def _run_ended(self, session: Session) -> None:
-        if self._on_run_end is not None and session.mode == "code":
-            self._on_run_end(session)
+        """``agent``, the process of ``session``, wrote ``event`` (``relay.EventRelay``)."""
+        self._relay.agent_event(session, agent, event, raw)
 
     # -- events -------------------------------------------------------------
 
@@ -509,17 +492,7 @@ class SessionManager(service.Service):
         to=None,
     ) -> None:
         """Number, journal and send an event (pi's, relayed as ``payload_json``, or ours)."""
-        session.stream.publish(event_type, payload, payload_json, to=to)
-        # The stream's seq, not the event's: publishing can add one (journal_stopped).
-        self._store.note_last_seq(session.id, session.stream.seq)
-        if event_type != "message_update":  # (the per-token updates say nothing of runs)
-            self._runs.event(session, event_type, payload)
-        now = session.last_used = self._reactor.seconds()
-        # lastActivityAt has a resolution of seconds: format it once a second, not per event.
-        if now - session.activity_noted >= 1.0:
-            session.activity_noted = now
-            session.last_activity_at = iso_time(now)
-            self._store.touch(session.id, session.last_activity_at)
+        self._relay.publish(session, event_type, payload, payload_json, to=to)
 
     def event_sent(self, mode: str, size: int) -> None:
         if self.on_event_sent is not None:
