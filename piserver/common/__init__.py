@@ -5,5 +5,6 @@
 - ``outcome``: one outcome that many callers wait for;
 - ``defaults``: the defaults more than one layer reads;
 - ``processes``: process groups (signalled whole, TERM then KILL), start-up probes;
-- ``httpjson``: the JSON answers of the HTTP side.
+- ``httpjson``: the JSON answers of the HTTP side;
+- ``secrets``: known secret values out of text (the log's redactor and clients' messages).
 """

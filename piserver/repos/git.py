@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from piserver.common.errors import GitError
 from piserver.common.processes import TermThenKill, signal_group
+from piserver.common.secrets import without_secrets
 
 log = Logger()
 
@@ -133,11 +134,9 @@ def _secrets_of(token: str | None) -> tuple[str, ...]:
 
 def redact(text: str, secrets: Sequence[str | None]) -> str:
     """``text`` without the values of ``secrets`` (a token git or GitHub might echo in an
-    error): what reaches a client. The log's redaction is ``security.redact``'s."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    error): what reaches a client, masked ``***``. The log's redactor
+    (``security.redact``) replaces the same way (``common.secrets``)."""
+    return without_secrets(text, secrets, "***")
 
 
 def summarize_stderr(stderr: bytes) -> str:

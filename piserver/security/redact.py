@@ -22,6 +22,8 @@ from twisted.application.service import Service
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
+from piserver.common.secrets import longest_first, without_secrets
+
 # Server-side secrets that are never passed on to an agent process.
 SERVER_SECRET_ENV = frozenset(
     {"PI_SERVER_AUTH_TOKEN", "PI_SERVER_METRICS_TOKEN", "PI_SERVER_NOTIFY_SECRET"}
@@ -102,13 +104,10 @@ class Redactor:
         secret = secret.strip()
         if len(secret) < MIN_SECRET_LENGTH or secret in self._secrets:
             return
-        # Longest first, so a secret containing another is replaced whole.
-        self._secrets = tuple(sorted((*self._secrets, secret), key=len, reverse=True))
+        self._secrets = longest_first((*self._secrets, secret))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+        text = without_secrets(text, self._secrets, REDACTED)
         for pattern in _CREDENTIAL_PATTERNS:
             text = pattern.sub(rf"\g<1>{REDACTED}", text)
         return text
