@@ -12,6 +12,7 @@ attached to it and the events it streams to them.
 - ``index``: ``state.json``, the index of every session;
 - ``stream``: numbering, journaling and sending a session's events;
 - ``journal``: the append-only file of a session's events;
+- ``journalcodec``: the bytes of the journal (segments, records, pi 0.x's compact updates);
 - ``viewing``: which sessions are on screen (``session.viewing``): those get no push;
 - ``usage``: what the agents cost, per session, day, model and device (``usage.json``);
 - ``budgets``: the daily and per-session budgets that stop a run.
