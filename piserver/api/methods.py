@@ -234,7 +234,7 @@ class RpcMethods:
         return {"sessions": summaries}
 
     async def session_attach(self, connection, request):
-        session = self._sessions.get(check.targetcheck.session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         exclusive = check.boolean(request.params, "exclusive", True)
         last_seq = check.natural(request.params, "lastSeq")
         await self._sessions.ensure_agent(session)
@@ -250,7 +250,7 @@ class RpcMethods:
 
     def session_detach(self, connection, request):
         # Never fails: a client clears its current session only once this succeeds.
-        session_id = check.targetcheck.session_id(request)
+        session_id = check.target_session_id(request)
         if session_id is None:
             self._sessions.detach(connection)
         elif (session := self._sessions.sessions.get(session_id)) is not None:
@@ -258,7 +258,7 @@ class RpcMethods:
         return {}
 
     async def session_delete(self, connection, request):
-        session = self._sessions.get(check.targetcheck.session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         return await self._sessions.delete(session)
 
     # -- answers from devices -------------------------------------------------
@@ -286,7 +286,7 @@ class RpcMethods:
         return {}
 
     def session_set_permission_mode(self, connection, request):
-        session = self._sessions.get(check.targetcheck.session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         if "mode" not in request.params:
             raise InvalidParams('missing "mode"')
         permissions = _permissions(request.params, "mode", "rules")
