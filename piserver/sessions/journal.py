@@ -429,7 +429,7 @@ class Journal:
         """
         Every event with seq > ``after_seq``, in order, as ``(seq, event type,
         payload JSON)``: pi's full events (``mode="full"``) or their delta form
-        (``mode="delta"``, see :func:`strip_message_update`). ``[]`` when
+        (``mode="delta"``, see journalcodec's ``strip_message_update``). ``[]`` when
         ``after_seq >= last_seq``. Raises :class:`JournalGap` when the journal no
         longer holds ``after_seq + 1``.
         """
