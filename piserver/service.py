@@ -458,6 +458,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             reactor,
             token_file=config.data_dir / DEVICE_TOKENS_FILE,
             reactor=reactor,
+            # A revoked token's push subscriptions go at once, not at the next push.
+            on_revoked=(lambda valid: push.notifier.prune()) if config.push else None,
         ).setServiceParent(top)
     endpoint = ReportingEndpoint(serverFromString(reactor, config.endpoint), top.listening)
     listener = StreamServerEndpointService(endpoint, site)

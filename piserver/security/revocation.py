@@ -30,6 +30,8 @@ class RevocationWatcher(Service):
     ``live_connections`` returns the connections (objects with ``device``,
     ``device_token_id``, ``connection_id`` and ``close(code, reason)``);
     connections of the server token (``device`` None) are never touched.
+    ``on_revoked(valid_token_ids)``, when given, is told each time tokens were revoked (the
+    push subscriptions of revoked tokens go then).
     """
 
     name = "revocations"
@@ -43,8 +45,11 @@ class RevocationWatcher(Service):
         interval: float = 1.0,
         token_file: Path | None = None,
         reactor=None,
+        on_revoked: Callable[[frozenset], None] | None = None,
     ):
         self._store = store
+        self._on_revoked = on_revoked
+        self._valid: frozenset | None = None
         self._token_file = token_file
         self._reactor = reactor
         self._notifier = None
@@ -104,11 +109,14 @@ class RevocationWatcher(Service):
     def check(self) -> int:
         """Close the connections of revoked devices now; return how many were closed."""
         try:
+            valid = self._store.token_ids()
+            if self._on_revoked is not None and self._valid is not None and self._valid - valid:
+                self._on_revoked(valid)
+            self._valid = valid
             connections = [c for c in self._live_connections() if c.device is not None]
             if not connections:
                 self._closing.clear()
                 return 0
-            valid = self._store.token_ids()
         except Exception:
             # A failing store or table must not stop the watcher: try again next time.
             self.log.failure("could not check for revoked device tokens")

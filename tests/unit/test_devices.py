@@ -73,6 +73,23 @@ def test_check_closes_at_once_and_counts(tmp_path):
     assert watcher.check() == 0
 
 
+def test_a_revocation_is_told_even_with_no_connection_open(tmp_path):
+    # Web Push subscriptions of a revoked token go at once (service.py: on_revoked).
+    store = make_store(tmp_path)
+    store.add("phone")
+    tablet_id = store.identify(store.add("tablet"))[1]
+    told = []
+    watcher = RevocationWatcher(store, lambda: [], Clock(), on_revoked=told.append)
+    watcher.check()
+    store.add("watch")
+    watcher.check()
+    assert told == []
+    store.revoke("phone")
+    watcher.check()
+    watcher.check()
+    assert len(told) == 1 and tablet_id in told[0]
+
+
 def test_corrupt_store_closes_every_device_connection(tmp_path):
     # The store fails closed: a corrupt file means no device token is valid.
     store = make_store(tmp_path)
