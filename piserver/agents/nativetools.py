@@ -61,6 +61,7 @@ from twisted.logger import Logger
 
 from piserver.common.errors import InvalidParams
 from piserver.common.files import write_json_atomic
+from piserver.common.params import check_text
 
 log = Logger()
 
@@ -135,6 +136,7 @@ def validate_native_tools(value: object) -> list[NativeTool]:
         description = declared.get("description")
         if not isinstance(description, str):
             raise InvalidParams(f"{where}: description must be a string")
+        check_text(description, f"{where}.description")
         parameters = declared.get("parameters")
         if not isinstance(parameters, dict):
             raise InvalidParams(f"{where}: parameters must be a JSON Schema object")
@@ -270,7 +272,9 @@ def parse_tool_answer(params: object) -> NativeToolAnswer:
         error = params["error"]
         if not (isinstance(error, dict) and isinstance(error.get("message"), str)):
             raise InvalidParams(f"native_tool_response {call_id}: error must be {{message}}")
-        return NativeToolAnswer(call_id=call_id, error=error["message"])
+        return NativeToolAnswer(
+            call_id=call_id, error=check_text(error["message"], "error.message")
+        )
     result = params.get("result")
     try:
         json.dumps(result, allow_nan=False)
@@ -337,6 +341,9 @@ def dialog_response(params: object) -> dict:
     if not isinstance(answer, expected) or (key == "cancelled" and answer is not True):
         wanted = {"value": "a string", "confirmed": "a boolean", "cancelled": "true"}[key]
         raise InvalidParams(f"extension_ui_response {dialog_id}: {key} must be {wanted}")
+    if key == "value":
+        # It goes to pi's stdin: text, as every string param.
+        check_text(answer, "value")
     return {"type": "extension_ui_response", "id": dialog_id, key: answer}
 
 

@@ -154,17 +154,6 @@ class AgentSupervisor(service.Service):
         agent.handshake(self._startup_timeout).addErrback(self._start_failed, agent)
         return agent
 
-    def get(self, key: str) -> AgentProtocol | None:
-        """The live agent of ``key`` (possibly stopping), or None."""
-        return self._agents.get(key)
-
-    def is_running(self, key: str) -> bool:
-        return key in self._agents
-
-    def agents(self) -> dict[str, AgentProtocol]:
-        """A snapshot of the live agents by key."""
-        return dict(self._agents)
-
     def stop(self, target: str | AgentProtocol) -> defer.Deferred:
         """Stop an agent (by key or protocol); fires with its ``AgentExit`` once it has ended.
 

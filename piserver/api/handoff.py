@@ -4,7 +4,7 @@ The wire methods that move conversations between pi in a terminal and the server
 piserver.sessions.imports).
 """
 
-from piserver.api.methods import _bool, _string, _target_session_id
+from piserver.api import params as check
 from piserver.common.errors import InvalidParams
 from piserver.sessions.imports import IMPORT_MODES
 
@@ -24,20 +24,18 @@ class HandoffMethods:
         }
 
     async def importable(self, connection, request):
-        cursor = _string(request.params, "cursor", required=False)
+        cursor = check.string(request.params, "cursor", required=False)
         return await self._importer.listing(cursor)
 
     async def import_session(self, connection, request):
         params = request.params
-        import_id = _string(params, "importId")
+        import_id = check.string(params, "importId")
         if not import_id:
             raise InvalidParams('"importId" must not be empty (see sessions.importable)')
-        mode = params.get("mode", "auto")
-        if mode not in IMPORT_MODES:
-            raise InvalidParams('"mode" must be "auto" or "chat"')
-        with_changes = _bool(params, "withChanges", False)
+        mode = check.choice(params, "mode", IMPORT_MODES, "auto", '"mode" must be "auto" or "chat"')
+        with_changes = check.boolean(params, "withChanges", False)
         return await self._importer.import_session(connection, import_id, mode, with_changes)
 
     async def export(self, connection, request):
-        session = self._sessions.get(_target_session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         return await self._importer.export(session)

@@ -10,13 +10,8 @@ from twisted.logger import Logger
 from piserver import __version__
 from piserver.agents.models import public_model, public_state
 from piserver.agents.nativetools import parse_tool_answer, validate_native_tools
-from piserver.api.picommands import (
-    SERVER_OWNED,
-    TYPED,
-    PiCommand,
-    check_text,
-    passthrough_fields,
-)
+from piserver.api import params as check
+from piserver.api.picommands import SERVER_OWNED, TYPED, PiCommand, passthrough_fields
 from piserver.common.errors import (
     AgentCommandFailed,
     InternalError,
@@ -33,29 +28,6 @@ from piserver.sessions.seedcompat import seed_messages
 from piserver.sessions.stream import EVENT_MODES
 
 SERVER_NAME = "pi-server"
-
-
-def _object(params: dict, key: str, required: bool = True) -> dict | None:
-    value = params.get(key)
-    if value is None:
-        if required:
-            raise InvalidParams(f'missing "{key}" (an object)')
-        return None
-    if not isinstance(value, dict):
-        raise InvalidParams(f'"{key}" must be an object')
-    return value
-
-
-def _string(params: dict, key: str, required: bool = True, where: str = "") -> str | None:
-    value = params.get(key)
-    name = f"{where}.{key}" if where else key
-    if value is None:
-        if required:
-            raise InvalidParams(f'missing "{name}" (a string)')
-        return None
-    if not isinstance(value, str):
-        raise InvalidParams(f'"{name}" must be a string')
-    return value
 
 
 class RpcMethods:
@@ -131,20 +103,18 @@ class RpcMethods:
 
     async def hello(self, connection, request):
         params = request.params
-        client = _object(params, "client")
-        name = _string(client, "name", where="client")
-        version = _string(client, "version", where="client")
-        event_mode = params.get("eventMode", "full")
-        if event_mode not in EVENT_MODES:
-            raise InvalidParams('"eventMode" must be "full" or "delta"')
-        features = params.get("features", [])
-        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            raise InvalidParams('"features" must be a list of strings')
-        resume = _object(params, "resume", required=False)
+        client = check.obj(params, "client")
+        name = check.string(client, "name", where="client")
+        version = check.string(client, "version", where="client")
+        event_mode = check.choice(
+            params, "eventMode", EVENT_MODES, "full", '"eventMode" must be "full" or "delta"'
+        )
+        features = check.strings(params, "features")
+        resume = check.obj(params, "resume", required=False)
         last_seqs = {}
         previous = None
         if resume is not None:
-            by_session = _object(resume, "lastSeqBySession", required=False) or {}
+            by_session = check.obj(resume, "lastSeqBySession", required=False) or {}
             for session_id, seq in by_session.items():
                 if type(seq) is not int or seq < 0:
                     raise InvalidParams(
@@ -152,7 +122,7 @@ class RpcMethods:
                         f"({session_id[:80]!r})"
                     )
                 last_seqs[session_id] = seq
-            previous_id = _string(resume, "connectionId", required=False, where="resume")
+            previous_id = check.string(resume, "connectionId", required=False, where="resume")
             if previous_id and self._sessions is not None:
                 previous = self._sessions.previous(previous_id)
         native_tools = params.get("nativeTools")
@@ -221,16 +191,16 @@ class RpcMethods:
 
     async def session_create(self, connection, request):
         params = request.params
-        mode = params.get("mode", "code")
-        if mode not in SESSION_MODES:
-            raise InvalidParams('"mode" must be "chat" or "code"')
-        repo_id = _optional_string(params, "repoId")
+        mode = check.choice(
+            params, "mode", SESSION_MODES, "code", '"mode" must be "chat" or "code"'
+        )
+        repo_id = check.string(params, "repoId", required=False)
         if mode == "code" and repo_id is None:
             raise InvalidParams('a code session needs "repoId" (see repos.list)')
-        system_prompt = _text(params, "systemPrompt")
-        provider = _optional_string(params, "provider")
-        model_id = _optional_string(params, "modelId")
-        include_native_tools = _bool(params, "includeNativeTools", False)
+        system_prompt = check.text(params, "systemPrompt", required=False)
+        provider = check.string(params, "provider", required=False)
+        model_id = check.string(params, "modelId", required=False)
+        include_native_tools = check.boolean(params, "includeNativeTools", False)
         permissions = _permissions(params, "permissionMode", "permissionRules")
         budget = self._usage.budget_param(params) if self._usage is not None else None
         repo = None
@@ -253,7 +223,7 @@ class RpcMethods:
         return {"sessionId": session.id}
 
     def session_list(self, connection, request):
-        repo_id = _optional_string(request.params, "repoId")
+        repo_id = check.string(request.params, "repoId", required=False)
         grant = grant_of(connection)
         summaries = self._sessions.summaries(repo_id)
         if not grant.unrestricted:
@@ -264,9 +234,9 @@ class RpcMethods:
         return {"sessions": summaries}
 
     async def session_attach(self, connection, request):
-        session = self._sessions.get(_target_session_id(request))
-        exclusive = _bool(request.params, "exclusive", True)
-        last_seq = _seq(request.params, "lastSeq")
+        session = self._sessions.get(check.target_session_id(request))
+        exclusive = check.boolean(request.params, "exclusive", True)
+        last_seq = check.natural(request.params, "lastSeq")
         await self._sessions.ensure_agent(session)
         caught_up = await self._sessions.attach(
             connection, session, exclusive=exclusive, last_seq=last_seq
@@ -280,7 +250,7 @@ class RpcMethods:
 
     def session_detach(self, connection, request):
         # Never fails: a client clears its current session only once this succeeds.
-        session_id = _target_session_id(request)
+        session_id = check.target_session_id(request)
         if session_id is None:
             self._sessions.detach(connection)
         elif (session := self._sessions.sessions.get(session_id)) is not None:
@@ -288,7 +258,7 @@ class RpcMethods:
         return {}
 
     async def session_delete(self, connection, request):
-        session = self._sessions.get(_target_session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         return await self._sessions.delete(session)
 
     # -- answers from devices -------------------------------------------------
@@ -304,8 +274,8 @@ class RpcMethods:
         return {}
 
     def extension_ui_response(self, connection, request):
-        dialog_id = request.params.get("id")
-        if not isinstance(dialog_id, str) or not dialog_id:
+        dialog_id = check.string(request.params, "id")
+        if not dialog_id:
             raise InvalidParams('missing "id" (a string)')
         session = self._waiting_session(
             connection, request, lambda s: s.calls.has_dialog(dialog_id)
@@ -316,7 +286,7 @@ class RpcMethods:
         return {}
 
     def session_set_permission_mode(self, connection, request):
-        session = self._sessions.get(_target_session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         if "mode" not in request.params:
             raise InvalidParams('missing "mode"')
         permissions = _permissions(request.params, "mode", "rules")
@@ -340,7 +310,7 @@ class RpcMethods:
     def _waiting_session(self, connection, request, is_waiting):
         """The session named in the request, else the one in the device's reach waiting
         for this answer."""
-        session_id = _session_id(request)
+        session_id = check.session_id(request)
         if session_id:
             session = self._sessions.get(session_id)
             return session if is_waiting(session) else None
@@ -363,18 +333,15 @@ class RpcMethods:
 
     async def prompt(self, connection, request):
         params = request.params
-        session = self._sessions.get(_session_id(request))
-        message = check_text(_string(params, "message"), "message")
-        if not message.strip():
-            raise InvalidParams('"message" must not be empty')
-        images = params.get("images")
-        if images is not None and (
-            not isinstance(images, list) or not all(isinstance(i, dict) for i in images)
-        ):
-            raise InvalidParams('"images" must be a list of image objects')
-        behavior = params.get("streamingBehavior")
-        if behavior is not None and behavior not in STREAMING_BEHAVIORS:
-            raise InvalidParams('"streamingBehavior" must be "steer" or "followUp"')
+        session = self._sessions.get(check.session_id(request))
+        message = check.text(params, "message", nonempty=True)
+        images = check.images(params, "images")
+        behavior = check.choice(
+            params,
+            "streamingBehavior",
+            STREAMING_BEHAVIORS,
+            message='"streamingBehavior" must be "steer" or "followUp"',
+        )
         self._admit(connection, session)
         data = await self._sessions.prompt(session, message, images, behavior)
         # pi 1.6 says what became of the prompt; "handled": no run starts for it.
@@ -386,17 +353,17 @@ class RpcMethods:
             self._usage.admit(connection, session)
 
     async def abort(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(check.session_id(request))
         await self._sessions.command(session, "abort")
         return {}
 
     async def get_state(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(check.session_id(request))
         state = public_state(await self._sessions.command(session, "get_state") or {})
         return {**state, "permissionMode": str(session.permissions.mode)}
 
     async def get_messages(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(check.session_id(request))
         data = await self._sessions.command(session, "get_messages") or {}
         messages = data.get("messages", [])
         if "piMessages" not in connection.features:
@@ -404,7 +371,7 @@ class RpcMethods:
         return {"messages": messages}
 
     async def get_available_models(self, connection, request):
-        session_id = _session_id(request)
+        session_id = check.session_id(request)
         # The seed's app names its current session, which may be gone: the models are
         # the same.
         if session_id and session_id in self._sessions.sessions:
@@ -416,20 +383,20 @@ class RpcMethods:
         return {"models": await self._models.available()}
 
     async def set_model(self, connection, request):
-        session = self._sessions.get(_session_id(request))
-        provider = _string(request.params, "provider")
-        model_id = _string(request.params, "modelId")
+        session = self._sessions.get(check.session_id(request))
+        provider = check.string(request.params, "provider")
+        model_id = check.string(request.params, "modelId")
         model = await self._sessions.set_model(session, provider, model_id)
         return {"model": public_model(model)}
 
     async def clear_conversation(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(check.session_id(request))
         data = await self._sessions.command(session, "new_session") or {}
         return {"cancelled": bool(data.get("cancelled", False))}
 
     def _typed(self, command: PiCommand):
         async def handler(connection, request):
-            session = self._sessions.get(_session_id(request))
+            session = self._sessions.get(check.session_id(request))
             fields = command.fields_from(request.params)
             if command.name in BUDGETED_COMMANDS:
                 self._admit(connection, session)
@@ -444,7 +411,7 @@ class RpcMethods:
     async def pass_through(self, connection, request):
         """A method the server does not know: pi's command of that name, for a session."""
         name = request.method
-        session_id = _session_id(request)
+        session_id = check.session_id(request)
         if not session_id or name in SERVER_OWNED or not PI_COMMAND_NAME.match(name):
             raise UnknownMethod(f"unknown method {name[:80]!r}")
         session = self._sessions.get(session_id)
@@ -463,12 +430,12 @@ class RpcMethods:
         )
 
     async def fork(self, connection, request):
-        source = self._sessions.get(_session_id(request))
-        entry_id = _string(request.params, "entryId")
+        source = self._sessions.get(check.session_id(request))
+        entry_id = check.string(request.params, "entryId")
         return await self._copy(connection, source, "fork", {"entryId": entry_id})
 
     async def clone(self, connection, request):
-        source = self._sessions.get(_session_id(request))
+        source = self._sessions.get(check.session_id(request))
         return await self._copy(connection, source, "clone", {})
 
     async def _copy(self, connection, source, command: str, fields: dict) -> dict:
@@ -482,20 +449,18 @@ class RpcMethods:
         return result
 
     async def export_html(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(check.session_id(request))
         return {"html": await self._sessions.export_html(session)}
 
     async def set_session_name(self, connection, request):
-        session = self._sessions.get(_session_id(request))
-        name = check_text(_string(request.params, "name"), "name")
-        if not name.strip():
-            raise InvalidParams('"name" must be a non-empty string')
+        session = self._sessions.get(check.session_id(request))
+        name = check.text(request.params, "name", nonempty=True, empty="must be a non-empty string")
         await self._sessions.command(session, "set_session_name", name=name)
         self._sessions.rename(session, name.strip())
         return {}
 
     async def cycle_model(self, connection, request):
-        session = self._sessions.get(_session_id(request))
+        session = self._sessions.get(check.session_id(request))
         data = await self._sessions.cycle_model(session)
         if data is None:
             return {"model": None}
@@ -521,48 +486,6 @@ STREAMING_BEHAVIORS = ("steer", "followUp")
 DISPOSITIONS = ("started", "queued", "handled")
 # pi's commands that start or extend a run: refused once a budget is spent.
 BUDGETED_COMMANDS = frozenset({"steer", "follow_up"})
-
-
-def _text(params: dict, key: str) -> str | None:
-    """An optional string that is text: no NUL, no lone surrogate (it is written to a file)."""
-    value = _optional_string(params, key)
-    return value if value is None else check_text(value, key)
-
-
-def _bool(params: dict, key: str, default: bool) -> bool:
-    value = params.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise InvalidParams(f'"{key}" must be true or false')
-    return value
-
-
-def _seq(params: dict, key: str) -> int | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if type(value) is not int or value < 0:
-        raise InvalidParams(f'"{key}" must be a non-negative integer')
-    return value
-
-
-def _session_id(request) -> str | None:
-    """Agent calls take the session from the envelope; params.sessionId also works."""
-    return request.session_id or request.params.get("sessionId")
-
-
-def _target_session_id(request) -> str | None:
-    """``session.*`` methods name their target in params; the envelope names the client's
-    current session, which can be another one (the seed's app does so)."""
-    target = request.params.get("sessionId")
-    if target is not None and not isinstance(target, str):
-        raise InvalidParams('"sessionId" must be a string')
-    return target or request.session_id
-
-
-def _optional_string(params: dict, key: str) -> str | None:
-    return _string(params, key, required=False)
 
 
 def _permissions(params: dict, mode_key: str, rules_key: str) -> Permissions | None:

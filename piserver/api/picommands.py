@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import attr
 
+from piserver.api import params as check
 from piserver.common.errors import InvalidParams
 
 # Commands that run the model or a shell: they answer when done.
@@ -42,22 +43,11 @@ SERVER_OWNED = frozenset(
 )
 
 
-def check_text(value: str, name: str) -> str:
-    """``value`` if it can be text anywhere the server puts it (pi's stdin, a JSON file,
-    a log): no NUL and no lone surrogate (JSON allows ``"\\ud800"``, UTF-8 does not)."""
-    if "\x00" in value:
-        raise InvalidParams(f'"{name}" must not contain NUL characters')
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidParams(f'"{name}" must be valid Unicode text (a lone surrogate?)') from None
-    return value
-
-
 @attr.frozen
 class Field:
-    """One param: ``kind`` is ``string``, ``text`` (a non-empty string), ``boolean``,
-    ``choice`` (one of ``choices``) or ``images`` (a list of pi image objects)."""
+    """One param: ``kind`` is ``string`` (text), ``text`` (non-empty text), ``boolean``,
+    ``choice`` (one of ``choices``) or ``images`` (a list of pi image objects); checked
+    with piserver.api.params."""
 
     name: str
     kind: str
@@ -65,29 +55,19 @@ class Field:
     choices: tuple = ()
 
     def check(self, params: dict):
-        value = params.get(self.name)
-        if value is None:
+        if params.get(self.name) is None:
             if self.required:
                 raise InvalidParams(f'missing "{self.name}"')
             return None
         if self.kind in ("string", "text"):
-            if not isinstance(value, str):
-                raise InvalidParams(f'"{self.name}" must be a string')
-            if self.kind == "text" and not value.strip():
-                raise InvalidParams(f'"{self.name}" must not be empty')
-            check_text(value, self.name)
-        elif self.kind == "boolean":
-            if not isinstance(value, bool):
-                raise InvalidParams(f'"{self.name}" must be true or false')
-        elif self.kind == "choice":
-            if value not in self.choices:
-                raise InvalidParams(
-                    f'"{self.name}" must be one of {", ".join(map(repr, self.choices))}'
-                )
-        elif self.kind == "images":
-            if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
-                raise InvalidParams(f'"{self.name}" must be a list of image objects')
-        return value
+            return check.text(params, self.name, nonempty=self.kind == "text")
+        if self.kind == "boolean":
+            return check.boolean(params, self.name)
+        if self.kind == "choice":
+            return check.choice(params, self.name, self.choices)
+        if self.kind == "images":
+            return check.images(params, self.name)
+        raise AssertionError(f"unknown kind {self.kind!r}")
 
 
 @attr.frozen

@@ -5,7 +5,7 @@ its own subscriptions only), and ``session.viewing {sessionId, visible}``, with 
 web client says whether a session is on screen (then nobody is pushed about it).
 """
 
-from piserver.api.methods import _bool, _object, _string, _target_session_id
+from piserver.api import params as check
 from piserver.common.errors import InvalidParams
 from piserver.security.pushsubscriptions import SERVER_OWNER, Subscription, subscription_keys
 
@@ -37,7 +37,7 @@ class PushMethods:
         }
 
     async def subscribe(self, connection, request):
-        given = _object(request.params, "subscription")
+        given = check.obj(request.params, "subscription")
         p256dh, auth = subscription_keys(given.get("keys"))
         endpoint = await self._policy.check(given.get("endpoint"))
         if not connection.open:
@@ -58,7 +58,7 @@ class PushMethods:
         return result
 
     def unsubscribe(self, connection, request):
-        endpoint = _string(request.params, "endpoint")
+        endpoint = check.string(request.params, "endpoint")
         return {"removed": self._subscriptions.remove(endpoint, owner=owner_of(connection))}
 
     def list(self, connection, request):
@@ -66,9 +66,9 @@ class PushMethods:
         return {"subscriptions": [s.public() for s in self._subscriptions.of(owner_of(connection))]}
 
     def viewing(self, connection, request):
-        session = self._sessions.get(_target_session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         if "visible" not in request.params:
             raise InvalidParams('missing "visible" (true or false)')
-        visible = _bool(request.params, "visible", False)
+        visible = check.boolean(request.params, "visible", False)
         self._viewing.set(connection, session.id, visible)
         return {}

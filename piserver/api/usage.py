@@ -4,7 +4,7 @@ the other methods ask of them (``session.create``'s ``budgetUsd``, ``session.lis
 ``usage``, refusing a prompt with ``budget_exceeded``).
 """
 
-from piserver.api.methods import _string, _target_session_id
+from piserver.api import params as check
 from piserver.common.errors import InvalidParams
 from piserver.security.access import grant_of
 from piserver.sessions.accounting import Accounting
@@ -28,9 +28,10 @@ class UsageMethods:
 
     def report(self, connection, request):
         params = request.params
-        by = _string(params, "by")
-        if by not in REPORT_KEYS:
-            raise InvalidParams(f'"by" must be one of {", ".join(REPORT_KEYS)}')
+        by = check.string(params, "by")
+        check.choice(
+            params, "by", REPORT_KEYS, message=f'"by" must be one of {", ".join(REPORT_KEYS)}'
+        )
         first = parse_day(params.get("from"), "from")
         last = parse_day(params.get("to"), "to")
         grant = grant_of(connection)
@@ -46,7 +47,7 @@ class UsageMethods:
         return {"rows": [{"key": key, "usage": usage.to_wire()} for key, usage in rows]}
 
     def set_budget(self, connection, request):
-        session = self._sessions.get(_target_session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         if BUDGET_FIELD not in request.params:
             raise InvalidParams(f'missing "{BUDGET_FIELD}" (a number of USD, or null for none)')
         self._budgets.set_session_budget(session, parse_budget(request.params[BUDGET_FIELD]))

@@ -5,7 +5,7 @@ and ``session.pull_request``.  Handlers check their params; chat sessions are
 answered ``invalid_state``.
 """
 
-from piserver.api.methods import _bool, _string, _target_session_id
+from piserver.api import params as check
 from piserver.common.errors import InvalidParams, InvalidState
 from piserver.repos.paths import DEFAULT_READ_BYTES, list_directory, read_file, relative_path
 from piserver.repos.snapshot import DEFAULT_CONTEXT_LINES, DEFAULT_MAX_BYTES
@@ -13,15 +13,6 @@ from piserver.repos.snapshot import DEFAULT_CONTEXT_LINES, DEFAULT_MAX_BYTES
 MAX_CONTEXT_LINES = 1000
 MAX_BYTES_LIMIT = 16 * 1024 * 1024
 MAX_PATHS = 1000
-
-
-def _count(params: dict, key: str, default: int, low: int, high: int) -> int:
-    value = params.get(key)
-    if value is None:
-        return default
-    if type(value) is not int or not low <= value <= high:
-        raise InvalidParams(f'"{key}" must be an integer from {low} to {high}')
-    return value
 
 
 def _paths(params: dict) -> list[str] | None:
@@ -34,13 +25,6 @@ def _paths(params: dict) -> list[str] | None:
     if "" in paths:
         raise InvalidParams('"paths" must name files or directories, not the whole checkout')
     return paths
-
-
-def _text(params: dict, key: str) -> str:
-    value = _string(params, key)
-    if not value.strip():
-        raise InvalidParams(f'"{key}" must not be empty')
-    return value
 
 
 class WorkspaceMethods:
@@ -63,7 +47,7 @@ class WorkspaceMethods:
         }
 
     def _code_session(self, request):
-        session = self._sessions.get(_target_session_id(request))
+        session = self._sessions.get(check.target_session_id(request))
         if session.mode != "code":
             raise InvalidState(
                 f"{request.method} works on code sessions; {session.id} is a "
@@ -74,42 +58,44 @@ class WorkspaceMethods:
     async def diff(self, connection, request):
         params = request.params
         session = self._code_session(request)
-        base = _string(params, "base", required=False)
+        base = check.string(params, "base", required=False)
         paths = _paths(params)
-        context_lines = _count(params, "contextLines", DEFAULT_CONTEXT_LINES, 0, MAX_CONTEXT_LINES)
-        max_bytes = _count(params, "maxBytes", DEFAULT_MAX_BYTES, 1, MAX_BYTES_LIMIT)
+        context_lines = check.count(
+            params, "contextLines", DEFAULT_CONTEXT_LINES, 0, MAX_CONTEXT_LINES
+        )
+        max_bytes = check.count(params, "maxBytes", DEFAULT_MAX_BYTES, 1, MAX_BYTES_LIMIT)
         return await self._snapshots.diff(session, base, paths, context_lines, max_bytes)
 
     async def files(self, connection, request):
         session = self._code_session(request)
-        path = _string(request.params, "path", required=False) or ""
+        path = check.string(request.params, "path", required=False) or ""
         return await self._in_thread(list_directory, session.cwd, path)
 
     async def read_file(self, connection, request):
         session = self._code_session(request)
-        path = _string(request.params, "path")
-        max_bytes = _count(request.params, "maxBytes", DEFAULT_READ_BYTES, 1, MAX_BYTES_LIMIT)
+        path = check.string(request.params, "path")
+        max_bytes = check.count(request.params, "maxBytes", DEFAULT_READ_BYTES, 1, MAX_BYTES_LIMIT)
         return await self._in_thread(read_file, session.cwd, path, max_bytes)
 
     async def commit(self, connection, request):
         params = request.params
         session = self._code_session(request)
-        message = _text(params, "message")
+        message = check.text(params, "message", nonempty=True)
         paths = _paths(params)
-        everything = _bool(params, "all", True)
+        everything = check.boolean(params, "all", True)
         return await self._shipping.commit(session, message, paths, everything)
 
     async def push(self, connection, request):
         session = self._code_session(request)
-        remote_branch = _string(request.params, "remoteBranch", required=False)
+        remote_branch = check.string(request.params, "remoteBranch", required=False)
         return await self._shipping.push(session, remote_branch)
 
     async def pull_request(self, connection, request):
         params = request.params
         session = self._code_session(request)
-        title = _text(params, "title")
-        body = _string(params, "body", required=False)
-        draft = _bool(params, "draft", False)
-        base = _string(params, "base", required=False)
-        remote_branch = _string(params, "remoteBranch", required=False)
+        title = check.text(params, "title", nonempty=True)
+        body = check.text(params, "body", required=False)
+        draft = check.boolean(params, "draft", False)
+        base = check.string(params, "base", required=False)
+        remote_branch = check.string(params, "remoteBranch", required=False)
         return await self._shipping.pull_request(session, title, body, draft, base, remote_branch)

@@ -5,6 +5,7 @@
 - ``outcome``: one outcome that many callers wait for;
 - ``defaults``: the defaults more than one layer reads;
 - ``processes``: process groups (signalled whole, TERM then KILL), start-up probes;
+- ``params``: the parameter checks (one meaning of text: no NUL, no lone surrogate);
 - ``httpjson``: the JSON answers of the HTTP side;
 - ``secrets``: known secret values out of text (the log's redactor and clients' messages).
 """

@@ -469,12 +469,6 @@ class Git:
         raise self._error(result, "git show-ref", self.timeout, ())
 
     @_deferred
-    async def is_clean(self, repo: str) -> bool:
-        """No staged, unstaged or untracked changes."""
-        status = await self._run(["-C", repo, "status", "--porcelain"])
-        return status.strip() == ""
-
-    @_deferred
     async def branch_has_unmerged_commits(self, repo: str, branch: str, base: str) -> bool:
         """Whether ``branch`` holds commits that ``base`` does not."""
         _check_branch_name(branch)

@@ -90,21 +90,12 @@ class Redactor:
     """Knows the secret values and removes them from text and log events."""
 
     def __init__(self, secrets: Iterable[str] = (), min_level: LogLevel = LogLevel.info):
-        # Replaced, never mutated: observers may run in any thread.
-        self._secrets: tuple[str, ...] = ()
         self._min_level = min_level
-        for secret in secrets:
-            self.add(secret)
-
-    def add(self, secret: str | None) -> None:
-        """Redact ``secret`` from now on (e.g. a device token just made); short ones are
-        ignored."""
-        if not isinstance(secret, str):
-            return
-        secret = secret.strip()
-        if len(secret) < MIN_SECRET_LENGTH or secret in self._secrets:
-            return
-        self._secrets = longest_first((*self._secrets, secret))
+        given = (secret.strip() for secret in secrets if isinstance(secret, str))
+        # Short ones are ignored. Never changed after: observers may run in any thread.
+        self._secrets: tuple[str, ...] = longest_first(
+            secret for secret in given if len(secret) >= MIN_SECRET_LENGTH
+        )
 
     def redact(self, text: str) -> str:
         text = without_secrets(text, self._secrets, REDACTED)
@@ -183,8 +174,8 @@ class RedactingObserver:
 
 
 class RedactionService(Service):
-    """Holds the installed ``Redactor`` (``service.redactor.add(token)``) in the service
-    tree and removes its observer when the tree stops."""
+    """Holds the installed ``Redactor`` in the service tree and removes its observer when
+    the tree stops."""
 
     name = "redaction"
 

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from piserver.agents.gate import GatedCall, allow_response, block_response, parse_gated_call
 from piserver.agents.nativetools import ended_tool_call_id
+from piserver.common import params as check
 from piserver.common.errors import InvalidParams, NotFound
 from piserver.common.files import CorruptFileError, load_json, write_json_atomic
 from piserver.sessions.permissions import Permissions, Verdict, grant_for, rule_for, summary
@@ -120,13 +121,18 @@ def parse_response(params: dict) -> tuple[str, str, str | None]:
     approval_id = params.get("approvalId")
     if not isinstance(approval_id, str) or not approval_id:
         raise InvalidParams('missing "approvalId" (a string)')
-    decision = params.get("decision")
-    if decision not in DECISIONS:
-        raise InvalidParams('"decision" must be "allow", "deny", "allow_session" or "allow_rule"')
+    decision = check.choice(
+        params,
+        "decision",
+        DECISIONS,
+        message='"decision" must be "allow", "deny", "allow_session" or "allow_rule"',
+        required=True,
+    )
     reason = params.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         raise InvalidParams(f'"reason" must be a string of at most {MAX_REASON} characters')
-    return approval_id, decision, reason or None
+    # The reason is written to the journal and shown to other devices: text.
+    return approval_id, decision, check.check_text(reason, "reason") if reason else None
 
 
 class Approvals:

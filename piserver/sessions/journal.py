@@ -5,46 +5,9 @@ Layout
 ------
 The journal lives in ``<data-dir>/sessions/<id>/journal/`` (mode 0700) as segment
 files named after the seq of their first event, ``<first seq, 20 digits>.jrnl``
-(0600). A segment is the 8-byte magic ``pijrnl\\0\\1`` followed by records::
-
-    u32 body length | u32 CRC-32 of the body | body
-    body = u64 seq | f64 time | u8 kind | u16 type length | event type (UTF-8) | rest
-
-(little-endian; ``time`` is the clock's ``seconds()`` at append, for retention by
-age). ``kind`` says what ``rest`` holds:
-
-- 0, verbatim: the event's JSON exactly as it was given (``payload_json``).
-- 1, message update: ``u32 n | delta JSON (n bytes) | rebuild JSON``.
-
-Compact message updates
------------------------
-pi 0.x sent every ``message_update`` with the whole message so far, twice
-(``message`` and ``assistantMessageEvent.partial``): a 2,000-token answer was
-about 30 MB of events for 0.3 MB of news. Such an update is stored as its *delta
-form* (the event without those two fields), kept as ready-to-send JSON for
-delta-mode replay, plus a *rebuild* JSON ``[message slot, partial slot]``. A slot
-is ``null`` when the field is absent, else ``[key position, op]``:
-
-- the ``message`` op is a structural diff against the message of the previous
-  message update of the same segment (``null``: unchanged);
-- the ``partial`` op is ``null`` when ``partial`` equals that message (what pi
-  always sent), else ``[0, value]``.
-
-pi 1.x sends deltas only: its updates are stored verbatim, as pi wrote them, so
-that journaling a streamed answer encodes nothing (it is the relay's hot path).
-What delta mode leaves out of them, the ``usage`` so far that pi repeats on every
-update (see :func:`strip_message_update`), is taken out when a delta-mode replay
-reads them.
-
-Diff ops: ``[0, value]`` replaces; ``[1, suffix]`` appends to a string;
-``[2, {key: op}, [removed keys]]`` patches an object (new keys last, in order);
-``[3, length, [[index, op], ...], [appended items]]`` patches an array. Values
-compare strictly (``true`` is not ``1``) and an object whose key order a patch
-could not reproduce is replaced whole, so replay gives back equal JSON with the
-same key order (not byte-identical: replayed updates are compact JSON). The
-first message update of a segment holds the whole message (a keyframe), so
-every segment decodes on its own. All other events are stored verbatim and
-replayed byte for byte.
+(0600), each a series of checksummed records; the bytes of a segment and of a record
+are :mod:`piserver.sessions.journalcodec`'s job. Events are stored as pi wrote them;
+the codec still reads the compact message updates older servers wrote for pi 0.x.
 
 Writing
 -------
@@ -52,8 +15,8 @@ Writing
 ``O_APPEND`` descriptor: no buffering in this process, so an event appended
 (and then sent to a client) survives a ``kill -9`` of the server. There is no
 fsync: after a power cut the CRCs find whatever the disk lost. The caller's
-payload dicts are kept (the message of the last update, as the next diff's
-base) and must not be mutated after ``append``.
+payload dicts may be kept (as the next diff's base, for a pi 0.x update) and must
+not be mutated after ``append``.
 
 Retention and rotation
 ----------------------
@@ -80,52 +43,34 @@ to a new segment: files of a previous run are never written again.
 Replay
 ------
 ``replay`` reads segments from the one holding ``after_seq + 1``, linearly,
-decoding from the segment's start. Full mode returns pi's bytes, and rebuilds
-and serialises each pi 0.x update (~15 KB per event of a long answer); delta mode
-returns stored bytes, parsing only the updates that carry a ``usage`` to leave it
-out.
-``replay_in_thread`` does the reading and decoding in the reactor's thread
-pool, for long catch-ups.
+decoding from the segment's start. Full mode returns pi's bytes; delta mode
+leaves out the ``usage`` pi repeats on every update (see
+:func:`~piserver.sessions.journalcodec.strip_message_update`).
+``prepared_replay`` opens the segments now and reads them later, from any thread:
+the session's stream does that in the reactor's thread pool for long catch-ups.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import attr
-from twisted.internet import defer, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from piserver.common.files import move_aside
-from piserver.wire.envelope import encode_payload
+from piserver.sessions import journalcodec as codec
+from piserver.sessions.journalcodec import FULL
 
 _log = Logger()
 
 MIB = 1024 * 1024
 DAY = 24 * 3600.0
 
-FULL = "full"
-DELTA = "delta"
-MODES = (FULL, DELTA)
-
 SEGMENT_SUFFIX = ".jrnl"
 _SEGMENT_NAME = re.compile(r"(\d{1,20})\.jrnl\Z")
-_MAGIC = b"pijrnl\x00\x01"
-_RECORD_HEADER = struct.Struct("<II")
-_BODY_HEADER = struct.Struct("<QdBH")
-_DELTA_LENGTH = struct.Struct("<I")
-_VERBATIM = 0
-_UPDATE = 1
-
-_SET, _APPEND, _PATCH_OBJECT, _PATCH_ARRAY = 0, 1, 2, 3
-_NO_BASE = object()
-"""Diff base before the first message update of a segment: differs from every value."""
 
 
 def _positive(instance, attribute, value):
@@ -167,282 +112,13 @@ class JournalStopped(OSError):
     wrote before is kept and replayable; later events are live only."""
 
 
-class _CorruptRecord(Exception):
-    """A segment read for replay does not decode (changed on disk since open)."""
-
-
-def strip_message_update(payload: dict) -> dict:
-    """The delta form of a ``message_update`` event: without ``usage``, ``message`` and
-    ``assistantMessageEvent.partial``. A new dict (and a new ``assistantMessageEvent``
-    when one was stripped); ``payload`` is not changed."""
-    event = _split_update(payload)[0]
-    # pi 1.x repeats the usage so far on every update; message_end has the final one.
-    event.pop("usage", None)
-    return event
-
-
-def _carries_message(payload: dict) -> bool:
-    """Whether an update has the ``message`` or ``partial`` of pi 0.x."""
-    if "message" in payload:
-        return True
-    inner = payload.get("assistantMessageEvent")
-    return isinstance(inner, dict) and "partial" in inner
-
-
-def _split_update(payload: dict):
-    """(event without message and partial, message position or None, message, partial
-    position or None, partial)."""
-    message_at = partial_at = None
-    message = partial = None
-    if "message" in payload:
-        message_at = list(payload).index("message")
-        message = payload["message"]
-    event = {key: value for key, value in payload.items() if key != "message"}
-    inner = payload.get("assistantMessageEvent")
-    if isinstance(inner, dict) and "partial" in inner:
-        partial_at = list(inner).index("partial")
-        partial = inner["partial"]
-        event["assistantMessageEvent"] = {
-            key: value for key, value in inner.items() if key != "partial"
-        }
-    return event, message_at, message, partial_at, partial
-
-
-def _delta_form(event_type: str, payload_json: bytes) -> bytes:
-    """A stored update's JSON without the usage delta mode leaves out."""
-    if event_type != "message_update" or b'"usage"' not in payload_json:
-        return payload_json
-    try:
-        event = json.loads(payload_json)
-    except ValueError as error:
-        raise _CorruptRecord(f"undecodable message update: {error!r}") from None
-    if not isinstance(event, dict) or "usage" not in event:
-        return payload_json
-    del event["usage"]
-    return encode_payload(event)
-
-
-_SHARED = "\x00pi-journal:shared message\x00"
-_SHARED_JSON = json.dumps(_SHARED)
-
-
-def _dumps_sharing(event: dict, shared) -> bytes | None:
-    """``encode_payload`` of ``event`` whose two :data:`_SHARED` placeholders stand for
-    ``shared``, encoding ``shared`` once; None when that cannot be done safely (the
-    placeholder's text also occurs in the event, a lone surrogate)."""
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-    if text.count(_SHARED_JSON) != 2:
-        return None
-    shared_text = json.dumps(shared, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.replace(_SHARED_JSON, shared_text).encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-
-
-def _diff(old, new):
-    """The op turning ``old`` into ``new``, or None when they are the same JSON."""
-    kind = type(new)
-    if type(old) is not kind:
-        return [_SET, new]
-    if kind is dict:
-        return _diff_object(old, new)
-    if kind is list:
-        return _diff_array(old, new)
-    if old == new:
-        return None
-    if kind is str and new.startswith(old):
-        return [_APPEND, new[len(old) :]]
-    return [_SET, new]
-
-
-def _diff_object(old: dict, new: dict):
-    changes = {}
-    kept = 0
-    for key, value in new.items():
-        if key not in old:
-            changes[key] = [_SET, value]
-            continue
-        kept += 1
-        previous = old[key]
-        kind = type(value)
-        # Inlined fast path for equal scalars: most of a message is unchanged.
-        if type(previous) is kind and kind is not dict and kind is not list and previous == value:
-            continue
-        op = _diff(previous, value)
-        if op is not None:
-            changes[key] = op
-    removed = [key for key in old if key not in new] if kept < len(old) else []
-    if list(old) != list(new):
-        # A patch keeps the surviving keys in place and appends new ones.
-        patched_order = [key for key in old if key in new]
-        patched_order.extend(key for key in new if key not in old)
-        if patched_order != list(new):
-            return [_SET, new]
-    if removed:
-        return [_PATCH_OBJECT, changes, removed]
-    if changes:
-        return [_PATCH_OBJECT, changes]
-    return None
-
-
-def _diff_array(old: list, new: list):
-    changes = []
-    for index in range(min(len(old), len(new))):
-        previous, value = old[index], new[index]
-        kind = type(value)
-        if type(previous) is kind and kind is not dict and kind is not list and previous == value:
-            continue
-        op = _diff(previous, value)
-        if op is not None:
-            changes.append([index, op])
-    if not changes and len(old) == len(new):
-        return None
-    return [_PATCH_ARRAY, len(new), changes, new[len(old) :]]
-
-
-def _patched(base, op):
-    """``base`` changed by ``op`` (objects and arrays are changed in place)."""
-    tag = op[0]
-    if tag == _SET:
-        return op[1]
-    if tag == _APPEND:
-        if not isinstance(base, str):
-            raise _CorruptRecord("string append to a non-string")
-        return base + op[1]
-    if tag == _PATCH_OBJECT:
-        if not isinstance(base, dict):
-            raise _CorruptRecord("object patch of a non-object")
-        for key in op[2] if len(op) > 2 else ():
-            del base[key]
-        for key, change in op[1].items():
-            base[key] = _patched(base.get(key, _NO_BASE), change)
-        return base
-    if tag == _PATCH_ARRAY:
-        if not isinstance(base, list):
-            raise _CorruptRecord("array patch of a non-array")
-        length, changes, appended = op[1], op[2], op[3]
-        del base[length:]
-        for index, change in changes:
-            base[index] = _patched(base[index], change)
-        base.extend(appended)
-        return base
-    raise _CorruptRecord(f"unknown diff op {tag!r}")
-
-
-def _inserted(mapping: dict, position: int, key: str, value) -> dict:
-    """``mapping`` with ``key`` put back at ``position`` in its key order."""
-    if position >= len(mapping):
-        mapping[key] = value
-        return mapping
-    items = list(mapping.items())
-    items.insert(position, (key, value))
-    return dict(items)
-
-
-def _record(seq: int, time: float, kind: int, event_type: bytes, rest: bytes) -> bytes:
-    head = _BODY_HEADER.pack(seq, time, kind, len(event_type)) + event_type
-    # One copy of ``rest`` (an event can be MBs): the CRC of the body is taken in two parts.
-    checksum = zlib.crc32(rest, zlib.crc32(head))
-    return b"".join((_RECORD_HEADER.pack(len(head) + len(rest), checksum), head, rest))
-
-
-def _records(data: memoryview, first_seq: int):
-    """Yield ``(seq, time, kind, event type, rest, end offset)`` for each record of a
-    segment's bytes, in order; raises ``_CorruptRecord`` at the first bad one."""
-    if bytes(data[: len(_MAGIC)]) != _MAGIC:
-        raise _CorruptRecord("no journal segment header", 0)
-    offset = len(_MAGIC)
-    expected = first_seq
-    while offset < len(data):
-        if len(data) - offset < _RECORD_HEADER.size:
-            raise _CorruptRecord("truncated record header", offset)
-        length, checksum = _RECORD_HEADER.unpack_from(data, offset)
-        start = offset + _RECORD_HEADER.size
-        end = start + length
-        if end > len(data):
-            raise _CorruptRecord("truncated record", offset)
-        body = data[start:end]
-        if length < _BODY_HEADER.size or zlib.crc32(body) != checksum:
-            raise _CorruptRecord("record checksum mismatch", offset)
-        seq, time, kind, type_length = _BODY_HEADER.unpack_from(body)
-        if seq != expected:
-            raise _CorruptRecord(f"seq {seq} where {expected} was expected", offset)
-        type_end = _BODY_HEADER.size + type_length
-        if kind not in (_VERBATIM, _UPDATE) or type_end > length:
-            raise _CorruptRecord("malformed record", offset)
-        event_type = str(body[_BODY_HEADER.size : type_end], "utf-8", "replace")
-        yield seq, time, kind, event_type, body[type_end:], end
-        expected += 1
-        offset = end
-
-
-def _decode_segment(data: memoryview, first_seq: int, after_seq: int, mode: str, out: list):
-    """Append ``(seq, type, payload JSON)`` for each record after ``after_seq`` to ``out``."""
-    base = _NO_BASE
-    for seq, _, kind, event_type, rest, _ in _records(data, first_seq):
-        if kind == _VERBATIM:
-            if seq > after_seq:
-                stored = bytes(rest)
-                out.append(
-                    (seq, event_type, _delta_form(event_type, stored) if mode == DELTA else stored)
-                )
-            continue
-        (delta_length,) = _DELTA_LENGTH.unpack_from(rest)
-        delta_start = _DELTA_LENGTH.size
-        delta_end = delta_start + delta_length
-        if mode == DELTA:
-            if seq > after_seq:
-                out.append(
-                    (seq, event_type, _delta_form(event_type, bytes(rest[delta_start:delta_end])))
-                )
-            continue
-        try:
-            message_slot, partial_slot = json.loads(bytes(rest[delta_end:]))
-            message = partial = None
-            reference = base
-            if message_slot is not None:
-                if message_slot[1] is not None:
-                    base = _patched(base, message_slot[1])
-                if base is _NO_BASE:
-                    raise _CorruptRecord("message diff without a base")
-                message = reference = base
-            if partial_slot is not None:
-                partial = reference if partial_slot[1] is None else partial_slot[1][1]
-                if partial is _NO_BASE:
-                    raise _CorruptRecord("partial without a base")
-                if message_slot is None:
-                    base = partial
-            if seq <= after_seq:
-                continue
-            event = json.loads(bytes(rest[delta_start:delta_end]))
-            # pi's two copies of the message are usually one object here: encode it once.
-            shared = message_slot is not None and partial is message
-            if partial_slot is not None:
-                event["assistantMessageEvent"] = _inserted(
-                    event["assistantMessageEvent"],
-                    partial_slot[0],
-                    "partial",
-                    _SHARED if shared else partial,
-                )
-            if message_slot is not None:
-                event = _inserted(event, message_slot[0], "message", _SHARED if shared else message)
-            encoded = _dumps_sharing(event, message) if shared else encode_payload(event)
-            if encoded is None:
-                event["message"] = event["assistantMessageEvent"]["partial"] = message
-                encoded = encode_payload(event)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
-            raise _CorruptRecord(f"undecodable message update {seq}: {error!r}") from None
-        out.append((seq, event_type, encoded))
-
-
 def _read_segments(plan, after_seq: int, mode: str) -> list[tuple[int, str, bytes]]:
     """Decode the planned segments (open descriptors, which this closes)."""
     events = []
     try:
         for descriptor, first_seq, size in plan:
             data = _read_exactly(descriptor, size)
-            _decode_segment(memoryview(data), first_seq, after_seq, mode, events)
+            codec.decode_segment(memoryview(data), first_seq, after_seq, mode, events)
     finally:
         for descriptor, _, _ in plan:
             os.close(descriptor)
@@ -455,7 +131,7 @@ def _read_exactly(descriptor: int, size: int) -> bytes:
     while offset < size:
         chunk = os.pread(descriptor, size - offset, offset)
         if not chunk:
-            raise _CorruptRecord(f"segment shorter than {size} bytes")
+            raise codec.CorruptRecord(f"segment shorter than {size} bytes")
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
@@ -475,8 +151,8 @@ class Journal:
     The journal of one session (see the module docstring for the format).
 
     ``open`` before use; ``append`` events as they happen; ``replay`` after a
-    seq a client has seen. Everything runs on the caller's thread except
-    ``replay_in_thread``.
+    seq a client has seen. Everything runs on the caller's thread except the
+    reading that ``prepared_replay`` returns.
     """
 
     def __init__(
@@ -493,7 +169,7 @@ class Journal:
         self._segments: list[_Segment] = []
         self._descriptor: int | None = None
         """Write descriptor of the last segment, or None before its first append."""
-        self._base = _NO_BASE
+        self._base = codec.NO_BASE
         self._last_seq = 0
         self._disk_bytes = 0
         self._open = False
@@ -523,7 +199,7 @@ class Journal:
         _make_private_directory(self.directory)
         self._segments = []
         self._descriptor = None
-        self._base = _NO_BASE
+        self._base = codec.NO_BASE
         self._last_seq = 0
         found = sorted(
             (int(match.group(1)), entry)
@@ -557,15 +233,17 @@ class Journal:
             )
             self._raise_last_seq(first_seq)
             return
-        last_seq, last_time, end = first_seq - 1, None, len(_MAGIC)
+        last_seq, last_time, end = first_seq - 1, None, len(codec.MAGIC)
         problem = None
         try:
-            for seq, time, _, _, _, record_end in _records(memoryview(data), first_seq):
+            for seq, time, _, _, _, record_end in codec.records(memoryview(data), first_seq):
                 last_seq, last_time, end = seq, time, record_end
-        except _CorruptRecord as corrupt:
+        except codec.CorruptRecord as corrupt:
             problem = corrupt.args[0]
         # Torn or garbled writes can only be at the end of the segment last written.
-        torn_tail = problem is not None and last and _MAGIC.startswith(data[: len(_MAGIC)])
+        torn_tail = (
+            problem is not None and last and codec.MAGIC.startswith(data[: len(codec.MAGIC)])
+        )
         if problem is not None and not torn_tail:
             move_aside(path, f"journal segment: {problem}", self._log)
             # Its first event at least was numbered and sent, whatever could be read of it.
@@ -642,30 +320,17 @@ class Journal:
             self._close_descriptor()
             current = None
         # A new segment starts without a base: its first update is a keyframe.
-        base = self._base if current is not None else _NO_BASE
-        kind, rest = _VERBATIM, payload_json
+        base = self._base if current is not None else codec.NO_BASE
+        kind, rest = codec.VERBATIM, payload_json
         # pi 1.x's updates carry neither field: they are kept as they are, unsplit.
-        if event_type == "message_update" and _carries_message(payload):
-            event, message_at, message, partial_at, partial = _split_update(payload)
-            reference = base
-            message_slot = partial_slot = None
-            if message_at is not None:
-                message_slot = [message_at, _diff(reference, message)]
-                reference = base = message
-            if partial_at is not None:
-                same = _diff(reference, partial) is None
-                partial_slot = [partial_at, None if same else [_SET, partial]]
-                if message_at is None:
-                    base = partial
-            delta = encode_payload(event)
-            kind = _UPDATE
-            rebuild = encode_payload([message_slot, partial_slot])
-            rest = b"".join((_DELTA_LENGTH.pack(len(delta)), delta, rebuild))
-        data = _record(seq, now, kind, event_type.encode("utf-8"), rest)
+        if event_type == "message_update" and codec.carries_message(payload):
+            kind = codec.UPDATE
+            rest, base = codec.encode_update(payload, base)
+        data = codec.record(seq, now, kind, event_type.encode("utf-8"), rest)
         try:
             if current is None:
                 current = self._start_segment(seq, now)
-                data = _MAGIC + data
+                data = codec.MAGIC + data
             written = os.write(self._descriptor, data)
             while written < len(data):
                 # A short write: writing the rest says why (ENOSPC...), or succeeds.
@@ -703,7 +368,7 @@ class Journal:
             current.path.unlink(missing_ok=True)
         self.stopped = error.strerror or str(error)
         self._last_seq = seq
-        self._base = _NO_BASE
+        self._base = codec.NO_BASE
         self._log.error(
             "journal {directory}: cannot write event {seq} ({reason}); this session's "
             "events are no longer journaled (those up to seq {kept} are kept) until the "
@@ -724,7 +389,7 @@ class Journal:
         self._close_descriptor()
         self._forget_all(f"seqs up to {seq} were used, beyond the {self._last_seq} it holds")
         self._last_seq = seq
-        self._base = _NO_BASE
+        self._base = codec.NO_BASE
 
     def release_writer(self) -> None:
         """Close the write descriptor (an idle session should not hold one); the next
@@ -764,14 +429,14 @@ class Journal:
         """
         Every event with seq > ``after_seq``, in order, as ``(seq, event type,
         payload JSON)``: pi's full events (``mode="full"``) or their delta form
-        (``mode="delta"``, see :func:`strip_message_update`). ``[]`` when
+        (``mode="delta"``, see journalcodec's ``strip_message_update``). ``[]`` when
         ``after_seq >= last_seq``. Raises :class:`JournalGap` when the journal no
         longer holds ``after_seq + 1``.
         """
         plan = self._plan(after_seq, mode)
         try:
             return _read_segments(plan, after_seq, mode)
-        except _CorruptRecord as corrupt:
+        except codec.CorruptRecord as corrupt:
             raise self._unreadable(after_seq, corrupt) from None
 
     def prepared_replay(self, after_seq: int, mode: str = FULL):
@@ -783,35 +448,16 @@ class Journal:
         def read() -> list[tuple[int, str, bytes]]:
             try:
                 return _read_segments(plan, after_seq, mode)
-            except _CorruptRecord as corrupt:
+            except codec.CorruptRecord as corrupt:
                 raise self._unreadable(after_seq, corrupt) from None
 
         return read
 
-    def replay_in_thread(self, reactor, after_seq: int, mode: str = FULL):
-        """:meth:`replay` with the reading and decoding done in ``reactor``'s thread
-        pool; returns a Deferred firing with the list (or failing with JournalGap).
-        Segments trimmed meanwhile are still read: they are opened before it returns."""
-        try:
-            plan = self._plan(after_seq, mode)
-        except (JournalGap, ValueError, RuntimeError) as error:
-            return defer.fail(error)
-        if not plan:
-            return defer.succeed([])
-
-        def unreadable(failure):
-            failure.trap(_CorruptRecord)
-            raise self._unreadable(after_seq, failure.value)
-
-        return threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), _read_segments, plan, after_seq, mode
-        ).addErrback(unreadable)
-
     def _plan(self, after_seq: int, mode: str) -> list[tuple[int, int, int]]:
         """Open the segments a replay needs: ``[(descriptor, first seq, size)]``."""
         self._require_open()
-        if mode not in MODES:
-            raise ValueError(f"replay mode must be one of {MODES}, not {mode!r}")
+        if mode not in codec.MODES:
+            raise ValueError(f"replay mode must be one of {codec.MODES}, not {mode!r}")
         if after_seq < 0:
             raise ValueError(f"after_seq must be >= 0, not {after_seq}")
         if after_seq >= self._last_seq:
@@ -842,7 +488,7 @@ class Journal:
             ) from None
         return plan
 
-    def _unreadable(self, after_seq: int, corrupt: _CorruptRecord) -> JournalGap:
+    def _unreadable(self, after_seq: int, corrupt: codec.CorruptRecord) -> JournalGap:
         self._log.critical(
             "journal {directory}: cannot replay after seq {after_seq}: {problem}",
             directory=str(self.directory),

@@ -26,7 +26,8 @@ import attr
 from twisted.logger import Logger
 
 from piserver.sessions import seedcompat as compat
-from piserver.sessions.journal import JournalGap, JournalStopped, strip_message_update
+from piserver.sessions.journal import JournalGap, JournalStopped
+from piserver.sessions.journalcodec import strip_message_update
 from piserver.sessions.streamed import StreamingMessage
 from piserver.wire.envelope import encode_event, encode_payload, extended_object
 

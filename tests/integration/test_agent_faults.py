@@ -144,7 +144,7 @@ async def test_exit_during_a_command_fails_every_pending_command(supervisor, tmp
             await within(pending)
     exit = await within(agent.exited)
     assert (exit.code, exit.signal, exit.stop_requested) == (7, None, False)
-    assert not supervisor.is_running("s1")
+    assert await supervisor.stop("s1") is None  # no longer held
     with pytest.raises(AgentExited):
         await agent.command("get_state")
 
@@ -194,7 +194,7 @@ async def test_stop_service_stops_everything(supervisor, tmp_path):
         ]
     ]
     await within(supervisor.stopService())
-    assert supervisor.agents() == {}
+    assert [await supervisor.stop(key) for key in "abc"] == [None] * 3  # none held
     assert [(a.exit.code, a.exit.signal) for a in agents] == [(0, None), (None, 15), (None, 9)]
 
 

@@ -82,10 +82,10 @@ async def test_worktree_add_on_new_branch_leaves_source_clean(git, source, tmp_p
     with open(os.path.join(dest, "new.txt"), "w") as f:
         f.write("agent work\n")
     commit_file(dest, "committed.txt", "more\n")
-    assert await git.is_clean(source)
+    assert git_output("status", "--porcelain", cwd=source) == ""
     assert await git.current_branch(source) == "main"
     assert not os.path.exists(os.path.join(source, "new.txt"))
-    assert not await git.is_clean(dest)
+    assert git_output("status", "--porcelain", cwd=dest) != ""
 
 
 @pytest_twisted.ensureDeferred
@@ -160,7 +160,7 @@ async def test_worktree_remove_keeps_a_branch_with_commits(git, source, tmp_path
     assert git_output("worktree", "list", "--porcelain", cwd=source).count("worktree ") == 1
     assert await git.branch_has_unmerged_commits(source, "pi/session-s", "main")
     assert await git.branch_exists(source, "pi/session-s")
-    assert await git.is_clean(source)
+    assert git_output("status", "--porcelain", cwd=source) == ""
 
 
 @pytest_twisted.ensureDeferred
@@ -362,7 +362,7 @@ def test_git_gets_a_non_interactive_environment_without_inherited_repository_var
     }
     git = Git(fake, process_group=False, env=base)
 
-    result = git.is_clean("/repo")
+    result = git.run("/repo", ["status", "--porcelain"], "git status")
     spawn = fake.spawned[0]
     spawn.process.stdout(b"")
     spawn.process.end(0)
@@ -374,7 +374,7 @@ def test_git_gets_a_non_interactive_environment_without_inherited_repository_var
     assert spawn.env["GIT_TERMINAL_PROMPT"] == "0"
     assert spawn.env["GIT_ASKPASS"] == ""
     assert "GIT_CONFIG_COUNT" not in spawn.env
-    assert result.result is True
+    assert result.result == (0, b"")
 
 
 def test_the_token_goes_only_into_the_clone_processes_environment():
@@ -434,7 +434,7 @@ def test_clone_progress_is_reported_at_most_once_a_second():
 def test_timeout_sends_sigterm_then_sigkill():
     fake = FakeProcessReactor()
     git = Git(fake, process_group=False, env={}, timeout=60, kill_grace=5)
-    result = git.is_clean("/repo")
+    result = git.run("/repo", ["status", "--porcelain"], "git status")
     process = fake.spawned[0].process
     process.stderr(b"working...\n")
 
@@ -472,7 +472,7 @@ def test_errors_carry_gits_message_with_the_token_redacted():
 def test_cancelling_kills_the_process():
     fake = FakeProcessReactor()
     git = Git(fake, process_group=False, env={})
-    result = git.is_clean("/repo")
+    result = git.run("/repo", ["status", "--porcelain"], "git status")
     result.addErrback(lambda failure: failure.trap(defer.CancelledError))
 
     result.cancel()

@@ -10,7 +10,8 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from piserver.sessions.journal import Journal, JournalLimits, strip_message_update
+from piserver.sessions.journal import Journal, JournalLimits
+from piserver.sessions.journalcodec import strip_message_update
 from tests.support import events
 from tests.support.events.journal_writer import LIMITS as WRITER_LIMITS
 from tests.support.piagent import repository_root

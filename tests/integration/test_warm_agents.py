@@ -19,6 +19,13 @@ def system_text(request) -> str:
     )
 
 
+def live_agents(server) -> list:
+    """The agents of the server's sessions and of its warm pool that have not ended."""
+    warm = server.sessions.agents.warm
+    held = [*server.sessions.sessions.values(), *(warm.sessions() if warm else [])]
+    return [s.agent for s in held if s.agent is not None and s.agent.exit is None]
+
+
 async def warm_agent(server):
     """The pool's agent once it runs (the pool fills at start and when a client comes)."""
     (session,) = server.sessions.agents.warm.sessions()
@@ -75,12 +82,11 @@ async def test_idle_sessions_hold_no_pi_and_resume_with_their_history(make_pi_se
         await client.call("prompt", {"message": f"question {number}"}, session_id=session_ids[-1])
         await client.wait_for_event(is_type("agent_settled", session_ids[-1]))
     await client.disconnect()
-    supervisor = server.service.getServiceNamed("agents")
     stopped = []
     # Until the idle sweep has stopped every agent: the sessions' and the warm ones (the
     # pool may still be refilling after the last create).
-    while supervisor.agents():
-        stopped.append(await next(iter(supervisor.agents().values())).exited)
+    while live := live_agents(server):
+        stopped.append(await live[0].exited)
     # (An earlier session's agent may have gone already: creating the next one detached
     # the client from it.)
     assert all(exit.stop_requested for exit in stopped)  # stopped, not crashed

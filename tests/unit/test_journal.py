@@ -20,8 +20,8 @@ from piserver.sessions.journal import (
     JournalGap,
     JournalLimits,
     JournalStopped,
-    strip_message_update,
 )
+from piserver.sessions.journalcodec import strip_message_update
 from tests.support import events
 
 
@@ -673,31 +673,33 @@ def test_a_failed_write_keeps_what_was_written_and_stops_journaling(
 # -- replay in a thread -----------------------------------------------------
 
 
+def in_thread_pool(read):
+    """``read()`` in the reactor's thread pool, as the session's stream runs a catch-up."""
+    from twisted.internet import reactor, threads
+
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), read)
+
+
 @pytest_twisted.ensureDeferred
 async def test_replay_in_a_thread_gives_the_same_events(make_journal):
-    from twisted.internet import reactor
-
     stream = recorded("text_and_tools")
     journal = make_journal(segment_events=7)
     append_all(journal, stream)
 
-    full = await journal.replay_in_thread(reactor, 3)
-    delta = await journal.replay_in_thread(reactor, 0, "delta")
+    full = await in_thread_pool(journal.prepared_replay(3))
+    delta = await in_thread_pool(journal.prepared_replay(0, "delta"))
 
     assert full == journal.replay(3)
     assert delta == journal.replay(0, "delta")
-    assert await journal.replay_in_thread(reactor, len(stream)) == []
+    assert await in_thread_pool(journal.prepared_replay(len(stream))) == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_replay_in_a_thread_reports_gaps(make_journal):
-    from twisted.internet import reactor
-
+def test_replay_in_a_thread_reports_gaps(make_journal):
     journal = make_journal(max_events=10, segment_events=5)
     append_all(journal, synthetic(1, 30))
 
     with pytest.raises(JournalGap):
-        await journal.replay_in_thread(reactor, 0)
+        journal.prepared_replay(0)
 
 
 def test_an_unreadable_segment_keeps_its_first_seq_used(make_journal, directory):

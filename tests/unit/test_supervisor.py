@@ -54,9 +54,11 @@ def test_spawn_runs_pi_in_rpc_mode_in_the_cwd_with_a_clean_env():
         "PI_SKIP_VERSION_CHECK": "1",
     }
     assert agent.pid == process.pid
-    assert supervisor.get("s1") is agent
-    assert supervisor.is_running("s1")
-    assert supervisor.agents() == {"s1": agent}
+    # It is the agent of "s1": stopping "s1" stops it.
+    stopped = supervisor.stop("s1")
+    assert agent.stop_requested
+    process.end(code=0)
+    assert outcome_of(stopped) is agent.exit
 
 
 def test_a_bare_command_name_is_found_on_the_env_path(tmp_path):
@@ -96,21 +98,22 @@ def test_one_agent_per_key():
     with pytest.raises(ValueError):
         spawn(supervisor, reactor)
     spawn(supervisor, reactor, key="s2")
-    assert set(supervisor.agents()) == {"s1", "s2"}
+    assert [spawned.path for spawned in reactor.spawned] == ["/work/s1", "/work/s2"]
 
 
 def test_an_ended_agent_frees_its_key_before_the_owner_hears_of_it():
     supervisor, reactor = make_supervisor()
     agent, process = spawn(supervisor, reactor)
     seen = []
-    agent.exited.addCallback(lambda exit: seen.append((exit, supervisor.is_running("s1"))))
+    # A key the supervisor does not hold: stopping it fires with None at once.
+    agent.exited.addCallback(lambda exit: seen.append((exit, outcome_of(supervisor.stop("s1")))))
     process.stderr(b"fatal\n")
     process.end(code=1)
-    assert seen == [(AgentExit(1, None, "fatal\n"), False)]
-    assert supervisor.get("s1") is None
+    assert seen == [(AgentExit(1, None, "fatal\n"), None)]
     assert outcome_of(agent.ready).check(AgentExited)
     spawn(supervisor, reactor)
-    assert supervisor.is_running("s1")
+    with pytest.raises(ValueError):
+        spawn(supervisor, reactor)  # "s1" is held again
 
 
 def test_stop_sequence_abort_then_stdin_then_term_then_kill():
@@ -136,7 +139,7 @@ def test_stop_sequence_abort_then_stdin_then_term_then_kill():
     process.end(code=None, signal=9)
     assert outcome_of(stopped) == AgentExit(None, 9, "", stop_requested=True)
     assert reactor.getDelayedCalls() == []
-    assert not supervisor.is_running("s1")
+    assert outcome_of(supervisor.stop("s1")) is None  # no longer held
 
 
 def test_an_answered_abort_closes_stdin_at_once_and_exit_cancels_the_signals():
@@ -204,7 +207,7 @@ def test_stop_service_stops_every_agent_within_ten_seconds():
     assert outcome_of(stopped) is None
     assert agents[1][1].signals == ["TERM"]
     assert stubborn.signals == ["TERM", "KILL"]
-    assert supervisor.agents() == {}
+    assert [outcome_of(supervisor.stop(f"s{n}")) for n in range(3)] == [None] * 3
     with pytest.raises(InvalidState):
         spawn(supervisor, reactor, key="late")
 
