@@ -3,9 +3,10 @@
 The code is in layers; a module imports only its own package and the layers below it
 (``tests/unit/test_layers.py`` enforces it; ``docs/architecture.md`` draws it):
 
-1. entry points, here: ``tap`` (``twistd piserver``: options, startup checks), ``cli``
+1. entry points, here: ``tap`` (``twistd piserver``: its options and service), ``cli``
    (``pi-server``), ``tokencli`` (``pi-server token``), ``sessioncli`` (``pi-server session
-   export``), ``config`` (the resolved configuration), ``service`` (the service tree wired
+   export``), ``config`` (the
+   options resolved and checked at start: ``ServerConfig``), ``service`` (the service tree wired
    from it);
 2. ``api`` (the wire methods), ``web`` (the HTTP site and the web client), ``ops`` (logs,
    metrics, notifications, readiness);

@@ -6,11 +6,23 @@ data directory say, checked once at start.
 import os
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attr
-from twisted.logger import LogLevel
+from OpenSSL import crypto
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.error import VerifyError
+from twisted.logger import Logger, LogLevel
+from twisted.python import usage
 
+from piserver.agents.dotenv import load_dotenv
+from piserver.agents.launchers.bwrap import BwrapUnusable
+from piserver.agents.launchers.caches import COMPILE_CACHE
+from piserver.agents.launchers.template import BadTemplate, parse_template
+from piserver.agents.nativetools import EXTENSION_PATH, TOOLS_FILE_FLAG
+from piserver.agents.version import INSTALL_HINT, UnsupportedAgent
 from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDEMPOTENCY_WINDOW,
@@ -18,7 +30,19 @@ from piserver.common.defaults import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PENDING_PER_ADDRESS,
+    DEFAULT_PORT,
 )
+from piserver.ops.logs import LOG_FORMATS, LOG_LEVELS
+from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
+from piserver.repos.shipping import parse_author
+from piserver.security.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
+from piserver.security.tokens import TokenError, load_or_create_server_token, read_token_file
+from piserver.sessions.journal import JournalLimits
+from piserver.sessions.permissions import PermissionMode
+
+log = Logger()
+
+SANDBOX_CHOICES = ("auto", "bwrap", "none")
 
 
 @attr.frozen
@@ -178,3 +202,274 @@ def prepare_data_dir(path: Path) -> None:
     (path / "sessions").mkdir(mode=0o700, exist_ok=True)
     if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
         raise PermissionError(f"{path} is not readable and writable")
+
+
+def _tls_endpoint(options, port: str) -> str:
+    cert, key = options["tls-cert"], options["tls-key"]
+    if not (cert and key):
+        raise usage.UsageError("--tls-cert and --tls-key go together: give both or neither")
+    if not port.isdigit():
+        raise usage.UsageError(
+            f"--port {port!r}: --tls-cert/--tls-key need a port number (an endpoint "
+            "string names its own files: ssl:PORT:privateKey=KEY:certKey=CERT)"
+        )
+    try:
+        check_tls_files(cert, key)
+    except TlsFilesError as e:
+        raise usage.UsageError(str(e)) from None
+    return tls_endpoint(int(port), options["host"], cert, key)
+
+
+def _launcher(options) -> dict:
+    """The config fields saying how agents are started (see launchers)."""
+    sandbox = options["sandbox"]
+    if sandbox not in SANDBOX_CHOICES:
+        raise usage.UsageError(f"--sandbox {sandbox!r}: choose auto, bwrap or none")
+    path = options.environ.get("PATH", os.defpath)
+    if options["launcher-command"] is not None:
+        if sandbox == "bwrap":
+            raise usage.UsageError(
+                "--launcher-command replaces the sandbox: give it or --sandbox bwrap"
+            )
+        try:
+            words = parse_template(options["launcher-command"], path)
+        except BadTemplate as e:
+            raise usage.UsageError(f"--launcher-command: {e}") from None
+        return {"sandbox": "command", "launcher_command": words}
+    if sandbox == "none":
+        return {"sandbox": "none"}
+    bwrap = shutil.which(os.path.expanduser(options["bwrap"]), path=path)
+    try:
+        if bwrap is None:
+            raise BwrapUnusable(f"{options['bwrap']} not found (install bubblewrap)")
+        options.check_sandbox(bwrap, options.environ)
+    except BwrapUnusable as e:
+        if sandbox == "bwrap":
+            raise usage.UsageError(f"--sandbox bwrap: {e}") from None
+        return {"sandbox": "none", "sandbox_problem": str(e)}
+    return {"sandbox": "bwrap", "bwrap": bwrap}
+
+
+def _fill_compile_cache(options, cache: Path, pi, env, agent_version) -> Path | None:
+    try:
+        options.fill_cache(cache, pi, env, agent_version.pi, EXTENSION_PATH, TOOLS_FILE_FLAG)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warn(
+            "sandboxed agents will start slower: cannot fill {cache}: {error}",
+            cache=str(cache),
+            error=str(e),
+        )
+        return None
+    return cache
+
+
+def resolve(options) -> ServerConfig:
+    """The server's configuration from parsed ``options`` (tap.Options), the environment
+    and the data dir; a ``usage.UsageError`` says what is wrong."""
+    environ = options.environ
+    port = options["port"] or environ.get("PI_SERVER_PORT") or str(DEFAULT_PORT)
+    endpoint = endpoint_description(port, options["host"])
+    if options["tls-cert"] or options["tls-key"]:
+        endpoint = _tls_endpoint(options, port)
+    for name in (
+        "clone-timeout",
+        "github-timeout",
+        "journal-max-events",
+        "send-buffer-limit",
+        "max-agents",
+        "agent-idle-timeout",
+        "native-tool-timeout",
+        "approval-timeout",
+        "idempotency-window",
+        "agent-probe-interval",
+        "requests-per-second",
+        "journal-max-bytes",
+        "journal-max-age",
+    ):
+        if options[name] <= 0:
+            raise usage.UsageError(f"--{name} must be positive")
+    if options["permission-mode"] not in {str(m) for m in PermissionMode}:
+        raise usage.UsageError(
+            "--permission-mode must be one of " + ", ".join(str(m) for m in PermissionMode)
+        )
+    public_url = options["public-url"]
+    if public_url is not None:
+        if not public_url.startswith(("http://", "https://")) or "?" in public_url:
+            raise usage.UsageError(f"--public-url {public_url!r}: give an http(s) URL")
+        public_url = public_url.rstrip("/")
+    if not 0 <= options["warm-agents"] <= options["max-agents"]:
+        raise usage.UsageError("--warm-agents must be between 0 and --max-agents")
+    if not 0 <= options["delta-merge-window"] <= 1:
+        raise usage.UsageError("--delta-merge-window is 0 to 1 seconds")
+    if options["max-frame-size"] < 1024:
+        raise usage.UsageError("--max-frame-size must be at least 1024 bytes")
+    for name in ("handshake-timeout", "keepalive-interval", "keepalive-timeout"):
+        if options[name] <= 0:
+            raise usage.UsageError(f"--{name} must be a positive number of seconds")
+    for name in ("max-connections", "max-pending-per-address"):
+        if options[name] < 1:
+            raise usage.UsageError(f"--{name} must be at least 1")
+    if options["log-level"] not in LOG_LEVELS:
+        raise usage.UsageError(f"--log-level is one of {', '.join(LOG_LEVELS)}")
+    if options["log-format"] not in LOG_FORMATS:
+        raise usage.UsageError(f"--log-format is one of {', '.join(LOG_FORMATS)}")
+    twistd = options.twistd_options()
+    if twistd is not None and twistd.get("logfile") == "-" and not twistd.get("nodaemon"):
+        raise usage.UsageError("a daemon cannot log to standard output (--logfile -)")
+
+    git_author = None
+    if options["git-author"] is not None:
+        try:
+            git_author = parse_author(options["git-author"])
+        except ValueError as e:
+            raise usage.UsageError(f"--git-author: {e}") from None
+
+    data_dir = (
+        Path(options["data-dir"]).expanduser() if options["data-dir"] else default_data_dir(environ)
+    ).absolute()
+    try:
+        prepare_data_dir(data_dir)
+    except OSError as e:
+        raise usage.UsageError(f"data dir {data_dir} is not usable: {e.strerror or e}") from None
+
+    pi = find_pi(options["pi"], environ)
+    if pi is None:
+        raise usage.UsageError(f"the pi agent was not found: {INSTALL_HINT}")
+
+    try:
+        dotenv, problems = load_dotenv(data_dir / ".env")
+    except OSError as e:
+        raise usage.UsageError(f"cannot read {data_dir / '.env'}: {e.strerror or e}") from None
+    env = {**environ, **dotenv}
+    launcher = _launcher(options)
+    try:
+        agent_version = options.probe_agent(pi, env)
+    except UnsupportedAgent as e:
+        raise usage.UsageError(str(e)) from None
+    if launcher["sandbox"] == "bwrap":
+        launcher["compile_cache"] = _fill_compile_cache(
+            options, data_dir / COMPILE_CACHE, pi, env, agent_version
+        )
+
+    if options["no-auth"]:
+        token, source = None, "disabled"
+    else:
+        explicit = options["auth-token"] or environ.get("PI_SERVER_AUTH_TOKEN")
+        try:
+            if options["auth-token-file"]:
+                if options["auth-token"]:
+                    raise usage.UsageError("--auth-token and --auth-token-file: give one of them")
+                explicit = read_token_file(Path(options["auth-token-file"]).expanduser())
+            token, source = load_or_create_server_token(data_dir, explicit)
+        except (OSError, TokenError) as e:
+            raise usage.UsageError(f"cannot read or store the server token: {e}") from None
+
+    github_api_url = (
+        options["github-api-url"]
+        or environ.get("PI_SERVER_GITHUB_API_URL")
+        or DEFAULT_GITHUB_API_URL
+    ).rstrip("/")
+    if not github_api_url.startswith(("http://", "https://")):
+        raise usage.UsageError(f"--github-api-url {github_api_url!r}: not an http(s) URL")
+
+    try:
+        serverFromString(default_reactor(), endpoint)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise usage.UsageError(f"--port {port!r}: {e}") from None
+    except (VerifyError, crypto.Error) as e:
+        raise usage.UsageError(
+            f"--port {port!r}: the TLS certificate or key is not usable: {e}"
+        ) from None
+
+    for name in ("daily-budget", "daily-token-budget"):
+        if options[name] is not None and not 0 < options[name] < float("inf"):
+            raise usage.UsageError(f"--{name} must be positive")
+    try:
+        budget_timezone = ZoneInfo(options["budget-timezone"])
+    except (ValueError, ZoneInfoNotFoundError):
+        raise usage.UsageError(
+            f"--budget-timezone {options['budget-timezone']!r}: not an IANA time zone"
+        ) from None
+
+    return ServerConfig(
+        endpoint=endpoint,
+        data_dir=data_dir,
+        pi_command=pi,
+        agent_version=agent_version,
+        auth_token=token,
+        auth_token_source=source,
+        max_frame_size=options["max-frame-size"],
+        github_api_url=github_api_url,
+        clone_timeout=options["clone-timeout"],
+        journal_limits=JournalLimits(
+            max_events=options["journal-max-events"],
+            max_bytes=options["journal-max-bytes"],
+            max_age=options["journal-max-age"],
+            # Retention drops whole segments: keep them small beside the limits.
+            segment_events=max(1, min(10_000, options["journal-max-events"] // 8)),
+            segment_bytes=max(4096, min(4 * 1024 * 1024, options["journal-max-bytes"] // 8)),
+        ),
+        delta_merge_window=options["delta-merge-window"],
+        send_buffer_limit=options["send-buffer-limit"],
+        max_agents=options["max-agents"],
+        warm_agents=options["warm-agents"],
+        agent_idle_timeout=options["agent-idle-timeout"],
+        native_tool_timeout=options["native-tool-timeout"],
+        permission_mode=options["permission-mode"],
+        approval_timeout=options["approval-timeout"],
+        public_url=public_url,
+        idempotency_window=options["idempotency-window"],
+        requests_per_second=options["requests-per-second"],
+        github_timeout=options["github-timeout"],
+        dotenv_names=frozenset(dotenv),
+        env=env,
+        dotenv_problems=tuple(problems),
+        tls=is_tls_endpoint(endpoint),
+        allowed_origins=frozenset(options.allowed_origins),
+        handshake_timeout=options["handshake-timeout"],
+        keepalive_interval=options["keepalive-interval"],
+        keepalive_timeout=options["keepalive-timeout"],
+        max_connections=options["max-connections"],
+        log_level=LogLevel.levelWithName(options["log-level"]),
+        agent_probe_interval=options["agent-probe-interval"],
+        max_pending_per_address=options["max-pending-per-address"],
+        server_names=frozenset(
+            options.server_names
+            | ({options["host"]} if options["host"] not in ("0.0.0.0", "::") else set())
+        ),
+        log_health=not options["no-health-log"],
+        metrics_token=options["metrics-token"] or environ.get("PI_SERVER_METRICS_TOKEN") or None,
+        notify_urls=tuple(options.notify_urls),
+        import_from=tuple(options.import_from) or default_import_from(environ),
+        notify_secret=options["notify-secret"] or environ.get("PI_SERVER_NOTIFY_SECRET") or None,
+        push=not options["no-push"],
+        push_allowed_endpoints=tuple(options.push_allowed_endpoints),
+        push_ca_file=Path(options["push-ca-file"]) if options["push-ca-file"] else None,
+        git_author=git_author,
+        daily_budget=options["daily-budget"],
+        daily_token_budget=options["daily-token-budget"],
+        budget_timezone=budget_timezone,
+        **launcher,
+    )
+
+
+def default_reactor():
+    """The global reactor, imported only when asked for (twistd installs its own first)."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def endpoint_description(port: str, host: str) -> str:
+    """A port number becomes a TCP endpoint on ``host``; anything else is an endpoint string."""
+    if port.isdigit():
+        number = int(port)
+        # 0 (any free port) is allowed: tests and scripts use it.
+        if number > 65535:
+            raise usage.UsageError(f"--port {port}: a port number is 1-65535") from None
+        return f"tcp:{number}:interface={quoteStringArgument(host)}"
+    if ":" not in port:
+        raise usage.UsageError(
+            f"--port {port!r}: give a port number or an endpoint such as tcp:3141 or unix:/path"
+        )
+    return port
