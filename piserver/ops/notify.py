@@ -77,7 +77,27 @@ class _Target:
         self.failing = False
 
 
-class Notifier(Service, SessionObserver):
+class Notifying(SessionObserver):
+    """What a person who is not looking is told of, and under which name: a run that ended
+    (``run_finished``), an agent that failed (``agent_failed``), input needed
+    (``input_needed``); the webhooks' ``Notifier`` and Web Push's ``PushNotifier`` send it
+    their own way (``notify``)."""
+
+    def notify(self, event: str, session, summary: str) -> None:
+        raise NotImplementedError
+
+    def run_ended(self, session, outcome: RunOutcome, summary: str) -> None:
+        self.notify("run_finished", session, summary)
+
+    def agent_crashed(self, session, code: int | None, signal: str | None) -> None:
+        how = f"signal {signal}" if signal else f"code {code}"
+        self.notify("agent_failed", session, f"the agent exited ({how})")
+
+    def input_needed(self, session, kind: InputKind, detail: str) -> None:
+        self.notify("input_needed", session, detail)
+
+
+class Notifier(Service, Notifying):
     """
     ``http`` is a treq ``HTTPClient`` (or anything with its ``post``); ``clock`` an
     IReactorTime; ``redact`` cleans text that may quote a secret (agent errors).
@@ -110,16 +130,6 @@ class Notifier(Service, SessionObserver):
         self._action_urls = action_urls
 
     # -- what to notify -----------------------------------------------------
-
-    def run_ended(self, session, outcome: RunOutcome, summary: str) -> None:
-        self.notify("run_finished", session, summary)
-
-    def agent_crashed(self, session, code: int | None, signal: str | None) -> None:
-        how = f"signal {signal}" if signal else f"code {code}"
-        self.notify("agent_failed", session, f"the agent exited ({how})")
-
-    def input_needed(self, session, kind: InputKind, detail: str) -> None:
-        self.notify("input_needed", session, detail)
 
     def approval_requested(self, session, request) -> None:
         extra = {"approvalId": request.approval_id}

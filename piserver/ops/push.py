@@ -25,11 +25,10 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from piserver.ops.notify import _short
+from piserver.ops.notify import Notifying, _short
 from piserver.ops.webpush import MAX_PAYLOAD_BYTES, Delivery
 from piserver.security.pushsubscriptions import SERVER_OWNER
 from piserver.security.scopes import Scope
-from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
 
 # Pushes in flight at once; beyond, new ones are dropped (and logged) until some end.
 MAX_IN_FLIGHT = 200
@@ -61,7 +60,7 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-class PushNotifier(Service, SessionObserver):
+class PushNotifier(Service, Notifying):
     """
     ``subscriptions`` a ``SubscriptionStore``; ``sender`` a ``WebPushSender``;
     ``viewing`` a ``sessions.viewing.Viewing``; ``grants()`` what each device token valid
@@ -90,16 +89,6 @@ class PushNotifier(Service, SessionObserver):
         self._sender.stopped = True
 
     # -- what is pushed --------------------------------------------------------
-
-    def run_ended(self, session, outcome: RunOutcome, summary: str) -> None:
-        self.notify("run_finished", session, summary)
-
-    def agent_crashed(self, session, code: int | None, signal: str | None) -> None:
-        how = f"signal {signal}" if signal else f"code {code}"
-        self.notify("agent_failed", session, f"the agent exited ({how})")
-
-    def input_needed(self, session, kind: InputKind, detail: str) -> None:
-        self.notify("input_needed", session, detail)
 
     def approval_requested(self, session, request) -> None:
         actions = None
