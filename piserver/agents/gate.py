@@ -18,6 +18,7 @@ import os
 import attr
 from twisted.logger import Logger
 
+from piserver.agents.nativetools import marked_tool_request
 from piserver.common.files import write_json_atomic
 
 log = Logger()
@@ -52,33 +53,10 @@ class GatedCall:
 
 
 def parse_gated_call(event: dict) -> GatedCall | None:
-    """The gated call ``event`` carries, or None for anything else. A request with the gate's
-    title but a malformed payload is logged and ignored (the call then waits until the run
-    is aborted: only this project's extension writes that title)."""
-    if not (
-        event.get("type") == "extension_ui_request"
-        and event.get("method") == "input"
-        and event.get("title") == GATE_TITLE
-    ):
-        return None
-    request_id = event.get("id")
-    try:
-        payload = json.loads(event["placeholder"])
-        call = GatedCall(
-            request_id=request_id,
-            tool_call_id=payload["toolCallId"],
-            tool_name=payload["toolName"],
-            input=payload["input"],
-        )
-    except (TypeError, ValueError, KeyError):
-        call = None
-    if call is None or not (
-        all(isinstance(x, str) and x for x in (call.request_id, call.tool_call_id, call.tool_name))
-        and isinstance(call.input, dict)
-    ):
-        log.warn("malformed approval request {request_id!r} ignored", request_id=request_id)
-        return None
-    return call
+    """The gated call ``event`` carries, or None for anything else (a malformed one is
+    logged and ignored: the call then waits until the run is aborted)."""
+    fields = marked_tool_request(event, GATE_TITLE, "approval request", "input")
+    return None if fields is None else GatedCall(*fields)
 
 
 def allow_response(request_id: str) -> dict:

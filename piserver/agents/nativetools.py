@@ -183,37 +183,36 @@ class NativeToolCall:
         return {"callId": self.call_id, "toolName": self.tool_name, "args": self.args}
 
 
-def parse_tool_call(event: dict) -> NativeToolCall | None:
-    """The native tool call ``event`` carries, or None when it is anything else (another
-    extension's dialog or notice, any other event). A request with the marker title but a
-    malformed payload is logged and treated as no call: only this project's extension
-    writes that title."""
+def marked_tool_request(event: dict, title: str, what: str, object_field: str):
+    """``(request_id, tool_call_id, tool_name, <object_field>)`` of an ``input`` dialog the
+    server's extension titled ``title`` to carry a tool call as its JSON placeholder, else
+    None. A request with that title but a malformed payload is logged (as ``what``) and
+    treated as none: only this project's extension writes these titles."""
     if not (
         event.get("type") == "extension_ui_request"
         and event.get("method") == "input"
-        and event.get("title") == CALL_TITLE
+        and event.get("title") == title
     ):
         return None
     request_id = event.get("id")
     try:
         payload = json.loads(event["placeholder"])
-        call = NativeToolCall(
-            call_id=request_id,
-            tool_call_id=payload["toolCallId"],
-            tool_name=payload["toolName"],
-            args=payload["args"],
-        )
+        fields = (request_id, payload["toolCallId"], payload["toolName"], payload[object_field])
     except (TypeError, ValueError, KeyError):
-        call = None
-    if call is None or not _well_formed(call):
-        log.warn("malformed native tool request {request_id!r} ignored", request_id=request_id)
+        fields = None
+    if fields is None or not (
+        all(isinstance(name, str) and name for name in fields[:3]) and isinstance(fields[3], dict)
+    ):
+        log.warn("malformed {what} {request_id!r} ignored", what=what, request_id=request_id)
         return None
-    return call
+    return fields
 
 
-def _well_formed(call: NativeToolCall) -> bool:
-    names = (call.call_id, call.tool_call_id, call.tool_name)
-    return all(isinstance(name, str) and name for name in names) and isinstance(call.args, dict)
+def parse_tool_call(event: dict) -> NativeToolCall | None:
+    """The native tool call ``event`` carries, or None when it is anything else (another
+    extension's dialog or notice, any other event)."""
+    fields = marked_tool_request(event, CALL_TITLE, "native tool request", "args")
+    return None if fields is None else NativeToolCall(*fields)
 
 
 def tool_result_response(
