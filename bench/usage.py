@@ -4,7 +4,7 @@ What accounting costs per streamed token: ``python -m bench.usage``.
 A session of a real ``SessionManager`` (fake agent process, fake clock) publishes pi's
 per-token ``message_update`` events, as an answer streams, first with the observers a
 server always has (metrics), then with usage accounting and budgets added; then
-assistant ``message_end`` events, which accounting does read (and writes ``usage.json``
+assistant ``message_end`` events, which accounting does read (and appends to the usage log
 for). Prints the time per event of each, best of ``--repeats``, and how many times the
 ledger was written while tokens streamed (never: accounting does not see them).
 """
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
             sessions.observers.remove(accounting)
             sessions.observers.remove(budgets)
         # The ledger is written with the first message it records: none so far.
-        written_while_streaming = ledger.path.exists()
+        written_while_streaming = any(Path(directory).glob(f"{USAGE_FILE}*"))
         sessions.observers.add(budgets)
         sessions.observers.add(accounting)
         ends = _round(sessions, session, [_end()] * options.ends)

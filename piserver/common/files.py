@@ -4,8 +4,6 @@ Files that must survive a crash: atomic writes, guarded reads.
 A write goes to a temporary file in the same directory, is flushed and fsynced,
 then renamed over the target and the directory fsynced: after a ``kill -9`` or
 a power cut the target holds either the old content or the new, never a mix.
-A file rewritten at every message (``durable=False``) skips the two fsyncs: it survives a
-``kill -9`` (the kernel has the data) but a power cut may lose its last writes.
 
 A file that cannot be parsed is never replaced by an empty one: it is renamed
 to ``<name>.corrupt-<n>`` (kept for a human to inspect), logged at critical
@@ -42,11 +40,8 @@ def loose_mode(file: str | os.PathLike | int) -> int | None:
     return mode if mode & 0o077 else None
 
 
-def write_bytes_atomic(
-    path: str | os.PathLike, data: bytes, mode: int = 0o600, durable: bool = True
-) -> None:
-    """Replace ``path`` with ``data`` atomically; the file gets ``mode``; ``durable``: on
-    disk before this returns (fsynced), not only in the kernel's hands.
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically; the file gets ``mode``.
 
     On any failure the old file is untouched and no temporary file is left.
     """
@@ -60,8 +55,7 @@ def write_bytes_atomic(
             os.fchmod(temporary_file.fileno(), mode)
             temporary_file.write(data)
             temporary_file.flush()
-            if durable:
-                os.fsync(temporary_file.fileno())
+            os.fsync(temporary_file.fileno())
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -69,20 +63,17 @@ def write_bytes_atomic(
         except FileNotFoundError:
             pass
         raise
-    if durable:
-        _fsync_directory(directory)
+    _fsync_directory(directory)
 
 
-def write_json_atomic(
-    path: str | os.PathLike, obj: object, mode: int = 0o600, durable: bool = True
-) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: object, mode: int = 0o600) -> None:
     """Replace ``path`` with ``obj`` as JSON, atomically (see ``write_bytes_atomic``).
 
     ``obj`` is serialised before anything touches the disk, so a value that
     cannot be written as strict JSON (NaN, a set...) raises and changes nothing.
     """
     data = json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=2, sort_keys=True)
-    write_bytes_atomic(path, (data + "\n").encode("utf-8"), mode, durable)
+    write_bytes_atomic(path, (data + "\n").encode("utf-8"), mode)
 
 
 def load_json(

@@ -5,10 +5,12 @@ the run, and kept in ``usage.json`` in the data dir.
 
 Only ``message_end`` is read: pi repeats the running usage on every per-token
 ``message_update``, which never reaches the session observers (observer.py), so accounting
-costs nothing per streamed token. The ledger is rewritten atomically (temp file, rename;
-no fsync) after each assistant message it records: a restart or a ``kill -9`` loses
-nothing that was recorded (a power cut may lose the last writes), and a message is
-recorded as soon as pi reports it ended.
+costs nothing per streamed token. Each recorded message (and each budget warning given) is
+one line appended to ``usage.json.<generation>.log`` (O(1), no fsync: a ``kill -9`` loses
+nothing, a power cut at most the last lines); ``usage.json`` holds the totals up to its
+``generation``. At start, and every ``COMPACT_EVERY`` lines, the totals are written to a
+new ``usage.json`` of the next generation (atomically, fsynced) and the old log removed: a
+crash between the two leaves the old log ignored, never counted twice.
 
 Rows are keyed by (day, model, session, device): every total is a sum of rows, so a
 report can be filtered by any of them (by the devices a caller may see, for one).
@@ -16,7 +18,9 @@ A deleted session's rows stay (the day totals do not shrink); a fork is a new se
 and starts from zero.
 """
 
+import json
 import math
+import os
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -28,6 +32,8 @@ from piserver.common.errors import InvalidParams
 from piserver.common.files import CorruptFileError, load_json, write_json_atomic
 
 USAGE_FILE = "usage.json"
+# Lines appended to the log before the totals are written out again.
+COMPACT_EVERY = 1000
 # The device key of a run started with the server token (or without authentication):
 # no device token name can hold parentheses.
 SERVER_DEVICE = "(server)"
@@ -157,6 +163,10 @@ class UsageLedger:
         self._by_model: dict[str, Usage] = {}
         # Budget warnings already given (scope keys, see budgets.py): once each.
         self._warned: set[str] = set()
+        # The log of what came after usage.json's totals (see the module's docstring).
+        self._generation = 0
+        self._log_fd: int | None = None
+        self._logged = 0
 
     # -- time -----------------------------------------------------------------
 
@@ -174,44 +184,62 @@ class UsageLedger:
     # -- recording --------------------------------------------------------------
 
     def load(self) -> None:
+        """The totals of ``usage.json`` and its log; then a fresh generation is begun."""
         try:
             document = load_json(self.path, self.log)
         except CorruptFileError as e:
             self.log.critical("usage totals lost: {problem}", problem=str(e))
-            return
+            document = None
         except OSError as e:
             self.log.critical("usage totals unreadable: {error}", error=str(e))
-            return
-        if document is None:
-            return
+            document = None
+        document = document or {}
+        generation = document.get("generation", 0)
+        self._generation = generation if isinstance(generation, int) else 0
         rows, warned = document.get("rows"), document.get("warned")
         for row in rows if isinstance(rows, list) else []:
-            try:
-                key = RowKey(row["day"], row["model"], row["sessionId"], row["device"])
-                if not all(isinstance(part, str) for part in attr.astuple(key)):
-                    raise TypeError("not a string")
-            except (KeyError, TypeError, AttributeError) as e:
-                self.log.warn("skipping a bad usage row: {error}", error=repr(e))
-                continue
-            self._add(key, Usage.from_wire(row.get("usage")))
+            self._add_row(row)
         self._warned = {
             w for w in (warned if isinstance(warned, list) else []) if isinstance(w, str)
         }
+        self._replay(self._log_path(self._generation))
+        self.compact()
 
-    def record(self, session_id: str, device: str, model: str, usage: Usage) -> None:
-        self._add(RowKey(self.today(), model, session_id, device), usage)
-        self._save()
+    def _add_row(self, row) -> None:
+        try:
+            key = RowKey(row["day"], row["model"], row["sessionId"], row["device"])
+            if not all(isinstance(part, str) for part in attr.astuple(key)):
+                raise TypeError("not a string")
+        except (KeyError, TypeError, AttributeError) as e:
+            self.log.warn("skipping a bad usage row: {error}", error=repr(e))
+            return
+        self._add(key, Usage.from_wire(row.get("usage")))
 
-    def _add(self, key: RowKey, usage: Usage) -> None:
-        self._rows[key] = self._rows.get(key, ZERO) + usage
-        for totals, name in (
-            (self._by_session, key.session),
-            (self._by_day, key.day),
-            (self._by_model, key.model),
-        ):
-            totals[name] = totals.get(name, ZERO) + usage
+    def _replay(self, log_path: Path) -> None:
+        try:
+            data = log_path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            self.log.critical("usage log unreadable: {error}", error=str(e))
+            return
+        for line in data.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                # A line cut short by a crash: the message it was for is not counted.
+                self.log.warn("skipping a torn line of {path}", path=str(log_path))
+                continue
+            if isinstance(entry, dict) and isinstance(entry.get("warned"), str):
+                self._warned.add(entry["warned"])
+            elif isinstance(entry, dict):
+                self._add_row(entry)
 
-    def _save(self) -> None:
+    def _log_path(self, generation: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{generation}.log")
+
+    def compact(self) -> None:
+        """Write the totals as the next generation's ``usage.json`` and drop older logs."""
         rows = [
             {
                 "day": key.day,
@@ -222,24 +250,85 @@ class UsageLedger:
             }
             for key, usage in self._rows.items()
         ]
+        document = {
+            "version": 1,
+            "generation": self._generation + 1,
+            "rows": rows,
+            "warned": sorted(self._warned),
+        }
         try:
-            # Rewritten after every message on the reactor thread: no fsync (it cost 1-14 ms
-            # here); a kill -9 loses nothing, a power cut at most the last writes.
-            write_json_atomic(
-                self.path,
-                {"version": 1, "rows": rows, "warned": sorted(self._warned)},
-                durable=False,
-            )
+            write_json_atomic(self.path, document)
         except OSError as e:
-            # Totals stay right in memory; the next message tries again.
+            # The current log keeps everything; try again later.
             self.log.error("could not write {path}: {error}", path=str(self.path), error=str(e))
+            return
+        self._close_log()
+        self._generation += 1
+        self._logged = 0
+        prefix = f"{self.path.name}."
+        for old in self.path.parent.glob(f"{prefix}*.log"):
+            if old.name != self._log_path(self._generation).name:
+                try:
+                    old.unlink()
+                except OSError:
+                    pass
+
+    def _append(self, entry: dict) -> None:
+        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+        try:
+            if self._log_fd is None:
+                self._log_fd = os.open(
+                    self._log_path(self._generation),
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                    0o600,
+                )
+            os.write(self._log_fd, line.encode("utf-8"))
+        except OSError as e:
+            # Totals stay right in memory; writing them out whole is tried next.
+            self.log.error("could not append to the usage log: {error}", error=str(e))
+            self._close_log()
+            self.compact()
+            return
+        self._logged += 1
+        if self._logged >= COMPACT_EVERY:
+            self.compact()
+
+    def _close_log(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
+    def close(self) -> None:
+        self._close_log()
+
+    def record(self, session_id: str, device: str, model: str, usage: Usage) -> None:
+        key = RowKey(self.today(), model, session_id, device)
+        self._add(key, usage)
+        self._append(
+            {
+                "day": key.day,
+                "model": key.model,
+                "sessionId": key.session,
+                "device": key.device,
+                "usage": usage.to_wire(),
+            }
+        )
+
+    def _add(self, key: RowKey, usage: Usage) -> None:
+        self._rows[key] = self._rows.get(key, ZERO) + usage
+        for totals, name in (
+            (self._by_session, key.session),
+            (self._by_day, key.day),
+            (self._by_model, key.model),
+        ):
+            totals[name] = totals.get(name, ZERO) + usage
 
     def warn_once(self, scope_key: str) -> bool:
         """True the first time ``scope_key`` is given (persisted), False afterwards."""
         if scope_key in self._warned:
             return False
         self._warned.add(scope_key)
-        self._save()
+        self._append({"warned": scope_key})
         return True
 
     # -- totals -----------------------------------------------------------------

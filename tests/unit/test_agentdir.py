@@ -70,6 +70,7 @@ def test_every_file_the_server_keeps_in_the_data_dir_stays_out_of_agent_dirs():
         SERVER_TOKEN_FILE,
         STAGING,
         USAGE_FILE,
+        f"{USAGE_FILE}.3.log",
         KEY_LOG,
         VAPID_KEY_FILE,
         PUSH_SUBSCRIPTIONS_FILE,

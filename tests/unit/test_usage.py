@@ -15,6 +15,7 @@ from piserver.api.usage import UsageMethods
 from piserver.common.errors import BudgetExceeded, InvalidParams
 from piserver.ops.metrics import UsageCollector
 from piserver.security.scopes import Grant
+from piserver.sessions import usage as usage_module
 from piserver.sessions.accounting import Accounting
 from piserver.sessions.budgets import Budgets, DailyLimits, parse_budget
 from piserver.sessions.observer import RunWatcher
@@ -134,12 +135,42 @@ def test_totals_survive_a_new_ledger_and_a_deleted_session_stays_in_the_day(tmp_
     clock = clock_at("2026-12-02T10:00:00")
     ledger, accounting, _budgets, fake = setup(tmp_path, clock)
     message_end(accounting, fake.sessions["a"], assistant(cost=0.5))
-    written = json.loads((tmp_path / "usage.json").read_text())
-    assert written["rows"][0]["usage"]["costUsd"] == 0.5
+    # On disk at once: one line appended to the log after usage.json's totals.
+    (logged,) = (tmp_path / "usage.json.1.log").read_text().splitlines()
+    assert json.loads(logged)["usage"]["costUsd"] == 0.5
     again = UsageLedger(tmp_path / "usage.json", clock, UTC)
     again.load()
     assert again.session_total("a") == ledger.session_total("a")
     assert again.day_total().cost_usd == 0.5
+
+
+def test_the_log_is_compacted_and_a_torn_line_or_a_crash_between_counts_nothing_twice(
+    tmp_path, monkeypatch
+):
+    clock = clock_at("2026-12-02T10:00:00")
+    monkeypatch.setattr(usage_module, "COMPACT_EVERY", 3)
+    ledger, accounting, _budgets, fake = setup(tmp_path, clock)
+    for _ in range(4):
+        message_end(accounting, fake.sessions["a"], assistant(cost=0.25))
+    assert ledger.warn_once("day:x")
+    # Three lines made generation 2's usage.json; the fourth and the warning are in its log.
+    assert json.loads((tmp_path / "usage.json").read_text())["generation"] == 2
+    assert len((tmp_path / "usage.json.2.log").read_text().splitlines()) == 2
+    assert not (tmp_path / "usage.json.1.log").exists()
+    # A kill -9 mid-line: the torn line is skipped, the rest counts once.
+    with open(tmp_path / "usage.json.2.log", "a") as log:
+        log.write('{"day":"2026-12-02","mod')
+    # A crash after a new usage.json but before its old log went: that log is not replayed.
+    (tmp_path / "usage.json.1.log").write_text(
+        json.dumps({"day": "2026-12-02", "model": "m", "sessionId": "a", "device": "d"}) + "\n"
+    )
+    ledger.close()
+    again = UsageLedger(tmp_path / "usage.json", clock, UTC)
+    again.load()
+    assert again.session_total("a").cost_usd == 1.0
+    assert not again.warn_once("day:x")
+    assert sorted(p.name for p in tmp_path.glob("usage.json.*.log")) == []
+    again.close()
 
 
 @pytest.mark.parametrize(
@@ -382,7 +413,8 @@ def test_usage_is_told_once_per_message_never_per_update(tmp_path):
     message = assistant(cost=0.5)
     for _ in range(100):
         runs.event(a, "message_update", {"type": "message_update", "message": message})
-    assert heard == [] and not ledger.path.exists()
+    # Nothing was written for the updates: what a message adds goes to the log.
+    assert heard == [] and not (tmp_path / "usage.json.1.log").exists()
     runs.event(a, "message_end", {"type": "message_end", "message": message})
     assert heard == ["a"] and ledger.session_total("a").cost_usd == 0.5
 
