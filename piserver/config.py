@@ -263,9 +263,10 @@ def _fill_compile_cache(options, cache: Path, pi, env, agent_version) -> Path | 
     return cache
 
 
-def resolve(options) -> ServerConfig:
+def resolve(options, reactor) -> ServerConfig:
     """The server's configuration from parsed ``options`` (tap.Options), the environment
-    and the data dir; a ``usage.UsageError`` says what is wrong."""
+    and the data dir; a ``usage.UsageError`` says what is wrong. ``reactor`` parses the
+    endpoint (nothing listens yet)."""
     environ = options.environ
     port = options["port"] or environ.get("PI_SERVER_PORT") or str(DEFAULT_PORT)
     endpoint = endpoint_description(port, options["host"])
@@ -373,7 +374,7 @@ def resolve(options) -> ServerConfig:
         raise usage.UsageError(f"--github-api-url {github_api_url!r}: not an http(s) URL")
 
     try:
-        serverFromString(default_reactor(), endpoint)
+        serverFromString(reactor, endpoint)
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise usage.UsageError(f"--port {port!r}: {e}") from None
     except (VerifyError, crypto.Error) as e:
@@ -451,13 +452,6 @@ def resolve(options) -> ServerConfig:
         budget_timezone=budget_timezone,
         **launcher,
     )
-
-
-def default_reactor():
-    """The global reactor, imported only when asked for (twistd installs its own first)."""
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def endpoint_description(port: str, host: str) -> str:

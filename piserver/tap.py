@@ -23,7 +23,7 @@ from piserver.common.defaults import (
     DEFAULT_MAX_PENDING_PER_ADDRESS,
     DEFAULT_PORT,
 )
-from piserver.config import default_reactor, resolve
+from piserver.config import resolve
 from piserver.ops.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_LEVELS
 from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from piserver.security.origins import parse_origin
@@ -380,7 +380,7 @@ class Options(usage.Options):
         self.import_from.append(Path(os.path.expanduser(value)).absolute())
 
     def postOptions(self):
-        self.config = resolve(self)
+        self.config = resolve(self, _reactor())
 
     def twistd_options(self):
         """twistd's own options (``--logfile``, ``--nodaemon``...) when twistd parses these
@@ -388,12 +388,19 @@ class Options(usage.Options):
         return getattr(self, "parent", None)
 
 
+def _reactor():
+    # The entry point's reactor: the one twistd installed.
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def makeService(options: Options):
     from piserver.ops.logs import twistd_observer
     from piserver.security.redact import install_redaction
     from piserver.service import build_service
 
-    service = build_service(options.config, default_reactor())
+    service = build_service(options.config, _reactor())
     # Now, before twistd adds its log observer: the redaction must run before it.
     install_redaction(service, options.config)
     twistd = options.twistd_options()
