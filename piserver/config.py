@@ -140,6 +140,22 @@ def default_import_from(environ) -> tuple:
 
 # The --data-dir option of the commands that work on a data dir without a server
 # (``pi-server token``, ``pi-server session``), as twistd usage parameters.
+def options_first(argv: list[str], *names: str) -> list[str]:
+    """``argv`` with the options ``names`` (``--name VALUE`` or ``--name=VALUE``) moved
+    before the rest: usage.Options stops at the first argument, so that ``add phone
+    --data-dir DIR`` works as well as ``--data-dir DIR add phone``."""
+    moved, rest = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg in names and argv:
+            moved += [arg, argv.pop(0)]
+        elif arg.startswith(tuple(f"{name}=" for name in names)):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+    return moved + rest
+
+
 DATA_DIR_OPTION = (
     "data-dir",
     None,

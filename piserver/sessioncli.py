@@ -14,11 +14,11 @@ from twisted.python import usage
 
 from piserver.common.errors import RpcError
 from piserver.common.files import CorruptFileError, load_json, write_bytes_atomic
-from piserver.config import DATA_DIR_OPTION, default_data_dir
+from piserver.config import DATA_DIR_OPTION, default_data_dir, options_first
 from piserver.sessions.export import desk_cwd, export_session
 from piserver.sessions.pifiles import encode_cwd
 from piserver.sessions.session import SESSION_ID
-from piserver.tokencli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _data_dir_first
+from piserver.tokencli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 SYNOPSIS = "Usage: pi-server session [--data-dir DIR] export SESSION_ID [--to DIR]"
 # The file is written, not sent in a frame: only a sanity bound.
@@ -46,16 +46,7 @@ class ExportOptions(usage.Options):
 
     def parseOptions(self, options=None):
         # ``export ID --to DIR`` as well as ``export --to DIR ID``: getopt stops at the id.
-        words, moved, rest = list(options or []), [], []
-        while words:
-            word = words.pop(0)
-            if word == "--to" and words:
-                moved += [word, words.pop(0)]
-            elif word.startswith("--to="):
-                moved.append(word)
-            else:
-                rest.append(word)
-        super().parseOptions(moved + rest)
+        super().parseOptions(options_first(list(options or []), "--to"))
 
     def parseArgs(self, session_id):
         if not SESSION_ID.match(session_id):
@@ -79,7 +70,7 @@ def run(argv, environ, clock, stdout, stderr) -> int:
     """Run ``pi-server session ARGV``; return the exit status."""
     options = SessionOptions()
     try:
-        options.parseOptions(_data_dir_first(list(argv)))
+        options.parseOptions(options_first(list(argv), "--data-dir"))
     except usage.UsageError as e:
         stderr.write(f"pi-server session: {e}\n{SYNOPSIS}\n")
         return EXIT_USAGE

@@ -18,7 +18,7 @@ from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python import usage
 
 from piserver.common.defaults import DEFAULT_PORT
-from piserver.config import DATA_DIR_OPTION, default_data_dir, prepare_data_dir
+from piserver.config import DATA_DIR_OPTION, default_data_dir, options_first, prepare_data_dir
 from piserver.security.scopes import DEFAULT_SCOPES, parse_scopes, scope_list
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore, TokenError
 
@@ -166,7 +166,7 @@ def run(argv, environ, clock, stdout, stderr) -> int:
     """Run ``pi-server token ARGV``; return the exit status."""
     options = TokenOptions()
     try:
-        options.parseOptions(_data_dir_first(list(argv)))
+        options.parseOptions(options_first(list(argv), "--data-dir"))
     except usage.UsageError as e:
         stderr.write(f"pi-server token: {e}\n{SYNOPSIS}\n")
         return EXIT_USAGE
@@ -233,23 +233,6 @@ def describe_grant(grant) -> str:
     if grant.own_sessions:
         text += "  own sessions"
     return text
-
-
-def _data_dir_first(argv: list[str]) -> list[str]:
-    """
-    ``add phone --data-dir DIR`` as well as ``--data-dir DIR add phone``: usage.Options
-    stops at the first argument, so the option is moved before the command.
-    """
-    moved, rest = [], []
-    while argv:
-        arg = argv.pop(0)
-        if arg == "--data-dir" and argv:
-            moved += [arg, argv.pop(0)]
-        elif arg.startswith("--data-dir="):
-            moved.append(arg)
-        else:
-            rest.append(arg)
-    return moved + rest
 
 
 def _stderr_logger(stderr) -> Logger:
