@@ -2,6 +2,7 @@
 
 - ``errors``: errors that reach a client, each with a stable code;
 - ``files``: crash-safe files (atomic writes, guarded reads);
+- ``safefs``: reading a tree someone else controls (no link followed, regular files, bounded);
 - ``outcome``: one outcome that many callers wait for;
 - ``defaults``: the defaults more than one layer reads;
 - ``processes``: process groups (signalled whole, TERM then KILL), start-up probes;

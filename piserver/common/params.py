@@ -7,7 +7,11 @@ everywhere: a string with no NUL and no lone surrogate, so that it can go
 anywhere the server puts it (pi's stdin, a JSON file, a log, git).
 """
 
+import re
+
 from piserver.common.errors import InvalidParams
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _name(key: str, where: str) -> str:
@@ -24,6 +28,12 @@ def check_text(value: str, name: str) -> str:
     except UnicodeEncodeError:
         raise InvalidParams(f'"{name}" must be valid Unicode text (a lone surrogate?)') from None
     return value
+
+
+def replace_lone_surrogates(value: str) -> str:
+    """``value`` with every lone surrogate (a byte that was not UTF-8, as Python's
+    ``surrogateescape`` carries it) replaced by U+FFFD: text that has a UTF-8 form."""
+    return _LONE_SURROGATE.sub("\ufffd", value)
 
 
 def string(

@@ -5,13 +5,16 @@ reads behind ``session.files`` and ``session.read_file`` (run in a thread).
 A client path is relative to the checkout.  Refused: absolute paths, ``..``,
 anything in ``.git``, and symlinks that lead out of the checkout.  The checkout
 is the agent's, so what it holds is untrusted: names and contents are returned
-as data, never interpreted.
+as data, never interpreted, and every path is opened through ``common.safefs``
+(component by component from the checkout's descriptor, never a symlink the
+kernel follows; a symlink inside the checkout is resolved there, by the server,
+only while it stays inside; only regular files are read, a bounded amount).
 """
 
 import os
-import stat
 from pathlib import Path, PurePosixPath
 
+from piserver.common import safefs
 from piserver.common.errors import InvalidParams, NotFound
 
 DEFAULT_READ_BYTES = 1024 * 1024
@@ -36,72 +39,83 @@ def relative_path(path: str, where: str = "path") -> str:
     return "/".join(parts)
 
 
-def resolve(checkout: Path, path: str, where: str = "path") -> Path:
-    """The real location of ``path`` in ``checkout``, refusing symlinks that lead out."""
-    relative = relative_path(path, where)
-    top = Path(os.path.realpath(checkout))
-    target = Path(os.path.realpath(top / relative))
-    if target != top and top not in target.parents:
-        raise InvalidParams(f'"{where}" leads out of the checkout (through a symlink)')
-    if ".git" in target.relative_to(top).parts:
+def _open(top: int, relative: str, where: str, want_file: bool) -> safefs.Opened:
+    """``relative`` opened beneath the checkout's descriptor ``top`` by safefs (no path the
+    kernel resolves, so a directory swapped for a symlink meanwhile leads nowhere)."""
+    try:
+        if want_file:
+            opened = safefs.open_regular(top, relative, follow_inside=True)
+        else:
+            opened = safefs.open_directory(top, relative, follow_inside=True)
+    except safefs.Refused as refused:
+        raise _answer(refused, relative, where, want_file) from None
+    if ".git" in opened.parts:
+        os.close(opened.fd)
         raise InvalidParams(f'"{where}": .git is not part of the checkout')
-    return target
+    return opened
+
+
+def _answer(refused: safefs.Refused, relative: str, where: str, want_file: bool):
+    """The client's error for a refused path (the codes it always had)."""
+    reason = refused.reason
+    name = relative or "."
+    if reason is safefs.Reason.MISSING:
+        return NotFound(f"no {'file' if want_file else 'directory'} {name!r} in the checkout")
+    if reason is safefs.Reason.LEADS_OUT:
+        return InvalidParams(f'"{where}" leads out of the checkout (through a symlink)')
+    if reason is safefs.Reason.NOT_A_DIRECTORY:
+        return InvalidParams(f"{name!r} is a file, not a directory")
+    if reason is safefs.Reason.IS_A_DIRECTORY:
+        return InvalidParams(f"{name!r} is a directory (see session.files)")
+    if reason is safefs.Reason.NOT_REGULAR:
+        return InvalidParams(f"{name!r} is not a regular file")
+    if reason is safefs.Reason.SYMLINK:
+        # Swapped for a symlink while being opened: the agent is at work; try again.
+        return InvalidParams(f"{name!r} changed while being opened (a symlink swapped in)")
+    return InvalidParams(f"{name!r} cannot be read: {refused.detail}")
 
 
 def list_directory(checkout: Path, path: str) -> dict:
-    """``{path, entries: [{name, path, type, size?, target?}], truncated}``, sorted by name."""
+    """``{path, entries: [{name, path, type, size?, target?, nameReplaced?}], truncated}``,
+    sorted by name. A name that is not UTF-8 is sent with U+FFFD for each byte that is
+    not, and ``nameReplaced: true``."""
     relative = relative_path(path)
-    directory = resolve(checkout, path)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        raise NotFound(f"no directory {relative or '.'!r} in the checkout") from None
-    except NotADirectoryError:
-        raise InvalidParams(f"{relative!r} is a file, not a directory") from None
-    if directory == Path(os.path.realpath(checkout)):
-        names = [name for name in names if name != ".git"]
-    entries = []
-    for name in names[:MAX_LISTING]:
+    with safefs.root(checkout) as top:
+        opened = _open(top, relative, "path", want_file=False)
         try:
-            info = os.lstat(directory / name)
-            target = os.readlink(directory / name) if stat.S_ISLNK(info.st_mode) else None
-        except OSError:
-            continue  # gone since the listing: the agent may be at work
-        entry = {"name": name, "path": f"{relative}/{name}" if relative else name}
-        if target is not None:
-            entry["type"] = "symlink"
-            entry["target"] = target
-        elif stat.S_ISDIR(info.st_mode):
-            entry["type"] = "directory"
-        elif stat.S_ISREG(info.st_mode):
-            entry["type"] = "file"
-            entry["size"] = info.st_size
-        else:
-            entry["type"] = "other"
+            found = safefs.scan(opened.fd)
+        finally:
+            os.close(opened.fd)
+    if not opened.parts:
+        found = [entry for entry in found if entry.name != ".git"]
+    shown, _ = safefs.wire_name(relative)
+    entries = []
+    for item in found[:MAX_LISTING]:
+        name, replaced = safefs.wire_name(item.name)
+        entry = {"name": name, "path": f"{shown}/{name}" if shown else name}
+        entry["type"] = item.kind.value
+        if item.kind is safefs.Kind.SYMLINK:
+            entry["target"], target_replaced = safefs.wire_name(item.target)
+            replaced = replaced or target_replaced
+        elif item.kind is safefs.Kind.FILE:
+            entry["size"] = item.size
+        if replaced:
+            entry["nameReplaced"] = True
         entries.append(entry)
-    return {"path": relative, "entries": entries, "truncated": len(names) > MAX_LISTING}
+    return {"path": shown, "entries": entries, "truncated": len(found) > MAX_LISTING}
 
 
 def read_file(checkout: Path, path: str, max_bytes: int = DEFAULT_READ_BYTES) -> dict:
     """``{path, size, content, truncated}`` for text, ``{path, size, binary: true}`` else."""
     relative = relative_path(path)
-    target = resolve(checkout, path)
+    with safefs.root(checkout) as top:
+        opened = _open(top, relative, "path", want_file=True)
     try:
-        # O_NOFOLLOW: the path was resolved above; a symlink swapped in since is refused.
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise NotFound(f"no file {relative!r} in the checkout") from None
-    except OSError as e:
-        raise InvalidParams(f"{relative!r} cannot be read: {e.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise InvalidParams(f"{relative!r} is a directory (see session.files)")
-        raise InvalidParams(f"{relative!r} is not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(max_bytes + 1)
-    size = info.st_size
+        data = safefs.read_at_most(opened.fd, max_bytes)
+    finally:
+        os.close(opened.fd)
+    size = opened.info.st_size
+    relative, _ = safefs.wire_name(relative)
     truncated = len(data) > max_bytes
     data = data[:max_bytes]
     if b"\0" in data[:BINARY_SNIFF]:

@@ -30,6 +30,7 @@ attached to it and the events it streams to them.
 - ``usage``: what the agents cost, per session, day, model and device (``usage.json``);
 - ``accounting``: each message's usage recorded in the ledger (an observer);
 - ``budgets``: the daily and per-session budgets that stop a run;
+- ``agentfiles``: the agent's files the server reads (clone/fork's copy, pi's HTML export);
 - ``pifiles``: pi's own session files as untrusted input (summaries, validated copies);
 - ``importable``: the pi sessions on this machine a client may import;
 - ``imports``: a terminal's pi session becomes a server session, and back;

@@ -7,8 +7,6 @@ is started again on the session's own pi session files by the next attach or age
 call, so the conversation resumes where it was (``agents``, ``lifecycle``).
 """
 
-import json
-import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,12 +15,12 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from piserver.agents import agentdir
 from piserver.agents.gate import write_mode_file
 from piserver.agents.nativetools import write_tools_file
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import write_bytes_atomic, write_json_atomic
+from piserver.sessions.agentfiles import copy_for_fork, read_export
 from piserver.sessions.agents import SessionAgents
 from piserver.sessions.catchup import CatchUp, CaughtUp
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
@@ -282,11 +280,14 @@ class SessionManager(service.Service):
         the copies are removed. A code session gets a checkout of its own."""
 
         def seed(session: Session) -> None:
-            for path in source.pi_session_dir.glob("*.jsonl"):
-                _copy_conversation(path, session.pi_session_dir / path.name, session.cwd)
-            settings = source.agent_dir / agentdir.SETTINGS
-            if settings.is_file():
-                shutil.copy2(settings, session.agent_dir / agentdir.SETTINGS)
+            # The source's agent wrote these files: never read through a link (agentfiles).
+            copy_for_fork(
+                source.pi_session_dir,
+                source.agent_dir,
+                session.pi_session_dir,
+                session.agent_dir,
+                session.cwd,
+            )
 
         session = await self.create(
             connection,
@@ -333,7 +334,8 @@ class SessionManager(service.Service):
             await self.command(
                 session, "export_html", outputPath=str(target), timeout=PROMPT_TIMEOUT
             )
-            return await self._in_thread(target.read_text, encoding="utf-8", errors="replace")
+            # The agent can swap the file for a link before it is read (agentfiles).
+            return await self._in_thread(read_export, session.pi_session_dir, target.name)
         finally:
             target.unlink(missing_ok=True)
 
@@ -532,18 +534,6 @@ class SessionManager(service.Service):
         session.provider, session.model_id = provider, model_id
         self.save(session)
         return model
-
-
-def _copy_conversation(source: Path, target: Path, cwd: Path) -> None:
-    """Copy a pi session file for a session working in ``cwd``: pi resumes (``--continue``)
-    only the conversations its header says belong to the working directory."""
-    with source.open("rb") as lines, target.open("wb") as copy:
-        header = json.loads(lines.readline())
-        if not isinstance(header, dict) or header.get("type") != "session":
-            raise InvalidState(f"{source.name} is no pi session file")
-        header["cwd"] = str(cwd)
-        copy.write(json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n")
-        shutil.copyfileobj(lines, copy)
 
 
 def _name_from(message: str) -> str | None:

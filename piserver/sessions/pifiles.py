@@ -9,16 +9,17 @@ opened without following a symlink and must be a regular file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
-import stat
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import attr
 
+from piserver.common import safefs
 from piserver.common.errors import InvalidSessionFile
 
 # An import copies at most this much (a long conversation with tool output is a few MB).
@@ -63,15 +64,18 @@ class Summary:
 
 
 def open_regular(path: Path):
-    """``path`` opened for reading (binary), never through a symlink, only a regular file."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """``path`` opened for reading (binary), never through a symlink (its last component),
+    only a regular file, opened without blocking (a FIFO would hold a thread forever)."""
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise InvalidSessionFile(f"{path.name} is not a regular file")
-        return os.fdopen(descriptor, "rb")
-    except BaseException:
-        os.close(descriptor)
-        raise
+        with safefs.root(path.parent) as directory:
+            return safefs.reader(safefs.open_regular(directory, path.name))
+    except safefs.Refused as refused:
+        # As os.open would say: callers handle a missing or linked file as an OSError.
+        if refused.reason is safefs.Reason.MISSING:
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(path)) from None
+        if refused.reason is safefs.Reason.SYMLINK:
+            raise OSError(errno.ELOOP, "a symlink, not followed", str(path)) from None
+        raise InvalidSessionFile(f"{path.name} is not a regular file") from None
 
 
 def parse_header(line: bytes, name: str) -> Header:

@@ -6,7 +6,7 @@ import pytest
 
 from piserver.common.errors import InvalidParams, NotFound
 from piserver.repos.changes import cut, file_list
-from piserver.repos.paths import list_directory, read_file, relative_path, resolve
+from piserver.repos.paths import list_directory, read_file, relative_path
 from piserver.repos.shipping import parse_author
 
 
@@ -56,10 +56,25 @@ def test_symlinks_are_followed_only_inside(checkout, tmp_path):
     os.symlink(str(tmp_path / "outside.txt"), checkout / "out.txt")
     os.symlink("..", checkout / "up")
     os.symlink(".git", checkout / "git-dir")
-    assert resolve(checkout, "inside.py") == (checkout / "src" / "app.py").resolve()
+    (checkout / ".git" / "config").write_text("[core]\n")
+    assert read_file(checkout, "inside.py")["content"] == "x = 1\n"
     for path in ("out.txt", "up/outside.txt", "git-dir/config"):
         with pytest.raises(InvalidParams):
-            resolve(checkout, path)
+            read_file(checkout, path)
+
+
+def test_non_utf8_names_are_sent_replaced_and_marked(checkout):
+    os.mkdir(os.path.join(os.fsencode(checkout), b"d\xff"))
+    with open(os.path.join(os.fsencode(checkout), b"d\xff", b"\xfe.txt"), "wb") as f:
+        f.write(b"hi")
+    listing = list_directory(checkout, "")
+    entry = [e for e in listing["entries"] if e["type"] == "directory" and e["name"] != "src"]
+    assert entry == [
+        {"name": "d\ufffd", "path": "d\ufffd", "type": "directory", "nameReplaced": True}
+    ]
+    inner = list_directory(checkout, os.fsdecode(b"d\xff"))
+    assert inner["entries"][0]["name"] == "\ufffd.txt"
+    assert inner["entries"][0]["nameReplaced"] is True
 
 
 def test_listing_hides_git_and_reports_types(checkout):
