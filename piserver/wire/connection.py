@@ -11,7 +11,13 @@ from twisted.logger import Logger
 from piserver.common.errors import RateLimited, ResponseTooLarge
 from piserver.security.scopes import Grant
 from piserver.wire.dispatch import Dispatcher
-from piserver.wire.envelope import BadFrame, encode_error, encode_result, parse_request
+from piserver.wire.envelope import (
+    BadFrame,
+    encode_error,
+    encode_result,
+    event_too_large,
+    parse_request,
+)
 from piserver.wire.ratelimit import TokenBucket
 
 
@@ -160,8 +166,28 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         if self.open and not self._closing:
+            limit = getattr(self._sink, "max_frame_size", 0)
+            if 0 < limit < len(data):
+                data = self._too_large(data, limit)
+                if data is None:
+                    return
             self._sink.send_frame(data)
             self.backpressure.sent(len(data))
+
+    def _too_large(self, data: bytes, limit: int) -> bytes | None:
+        """What is sent instead of a frame the client could not take (the WebSocket
+        library would refuse it): an event becomes a small ``event_too_large`` at its
+        seq, so the client sees what it missed; anything else is left out, logged."""
+        replacement = event_too_large(data, limit)
+        self.log.warn(
+            "connection {connection_id}: a frame of {size} bytes is over --max-frame-size "
+            "{limit}: {what}",
+            connection_id=self.connection_id,
+            size=len(data),
+            limit=limit,
+            what="sent event_too_large instead" if replacement else "not sent",
+        )
+        return replacement
 
     def too_slow(self, queued: int) -> None:
         self.log.warn(

@@ -9,10 +9,12 @@ Events: ``{v: 1, kind: "event", sessionId, seq, type, payload}``.
 
 import functools
 import json
+import re
 
 import attr
 
 from piserver.common.errors import InvalidRequest, ParseError, RpcError
+from piserver.common.params import replace_lone_surrogates
 
 PROTOCOL_VERSION = 1
 
@@ -122,8 +124,30 @@ def _dumps(obj) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        # A lone surrogate (an id sent as "\ud800") has no UTF-8 form: escape everything.
+        # A lone surrogate has no UTF-8 form. In a request id the client sent (as
+        # "\ud800") it is echoed escaped, as sent; anywhere else it came from bytes that
+        # were not UTF-8 (a file name, git's output) and becomes U+FFFD.
+        if isinstance(obj, dict) and obj.get("kind") in ("response", "event"):
+            obj = {
+                key: value if key == "id" else _replace_surrogates(value)
+                for key, value in obj.items()
+            }
+        else:
+            obj = _replace_surrogates(obj)
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def _replace_surrogates(value):
+    if isinstance(value, str):
+        return replace_lone_surrogates(value)
+    if isinstance(value, dict):
+        return {
+            replace_lone_surrogates(key) if isinstance(key, str) else key: _replace_surrogates(v)
+            for key, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_replace_surrogates(item) for item in value]
+    return value
 
 
 def encode_result(
@@ -175,6 +199,26 @@ def encode_event(session_id: str, seq: int, event_type: str, payload_json: bytes
 
 
 _EVENT_HEAD = b'{"v":%d,"kind":"event","sessionId":' % PROTOCOL_VERSION
+_SEQ_AND_TYPE = re.compile(r',"seq":(\d+),"type":')
+EVENT_TOO_LARGE = "event_too_large"
+
+
+def event_too_large(frame: bytes, limit: int) -> bytes | None:
+    """In place of event ``frame``, larger than ``limit``: a small event at the same seq,
+    of type ``event_too_large``, naming the event's type, its size and the limit (None if
+    ``frame`` is no event ``encode_event`` made)."""
+    if not frame.startswith(_EVENT_HEAD):
+        return None
+    head = frame[len(_EVENT_HEAD) : len(_EVENT_HEAD) + 4096].decode("utf-8", "replace")
+    decoder = json.JSONDecoder()
+    try:
+        session_id, end = decoder.raw_decode(head)
+        found = _SEQ_AND_TYPE.match(head, end)
+        event_type, _ = decoder.raw_decode(head, found.end())
+    except (ValueError, AttributeError):
+        return None
+    payload = {"type": EVENT_TOO_LARGE, "eventType": event_type, "size": len(frame), "limit": limit}
+    return encode_event(session_id, int(found.group(1)), EVENT_TOO_LARGE, _dumps(payload))
 
 
 @functools.lru_cache(maxsize=1024)

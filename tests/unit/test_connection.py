@@ -109,3 +109,39 @@ def test_an_answer_over_the_frame_limit_becomes_response_too_large():
     assert sink.frames[0]["error"]["code"] == "response_too_large"
     assert "--max-frame-size of 1000 bytes" in sink.frames[0]["error"]["message"]
     assert sink.frames[1]["ok"] is True
+
+
+def test_an_event_over_the_frame_limit_becomes_event_too_large():
+    """Issue 21 point 13 for events: the client gets a small event at the same seq naming
+    the event's type, its size and the limit; a small event goes out as it is."""
+    from piserver.wire.envelope import encode_event, encode_payload
+    from tests.support.schema import frame_problems
+    from tests.support.seedclient import decode_event
+
+    sink = LimitedSink()
+    connection = Connection("c", Dispatcher({}), sink)
+    files = [{"path": f"f{n}.txt", "status": "added"} for n in range(100)]
+    big = {"type": "files_changed", "base": "abc", "files": files}
+    connection.send(encode_event("s1", 7, "files_changed", encode_payload(big)))
+    small_payload = encode_payload({"type": "session_progress", "stage": "commit", "message": "y"})
+    connection.send(encode_event("s1", 8, "session_progress", small_payload))
+    replaced, small = sink.frames
+    assert replaced["seq"] == 7 and replaced["type"] == "event_too_large"
+    assert replaced["payload"]["eventType"] == "files_changed"
+    assert replaced["payload"]["limit"] == 1000 and replaced["payload"]["size"] > 1000
+    assert small["seq"] == 8 and small["type"] == "session_progress"
+    for frame in sink.frames:
+        assert frame_problems(frame) == []
+        decode_event(frame)
+
+
+def test_names_that_were_not_utf8_are_sent_as_u_fffd():
+    """Issue 21 point 14: JSON sent is UTF-8; a lone surrogate (a byte that was not UTF-8)
+    in a result or event becomes U+FFFD; a request id is echoed as the client sent it."""
+    from piserver.wire.envelope import encode_event, encode_payload, encode_result
+
+    name = b"\xff.txt".decode("utf-8", "surrogateescape")
+    frame = encode_event("s1", 1, "files_changed", encode_payload({"files": [{"path": name}]}))
+    assert json.loads(frame.decode("utf-8"))["payload"]["files"][0]["path"] == "\ufffd.txt"
+    reply = json.loads(encode_result("\ud800", {"path": name}).decode("utf-8"))
+    assert reply["result"]["path"] == "\ufffd.txt" and reply["id"] == "\ud800"
