@@ -7,6 +7,7 @@
 - ``defaults``: the defaults more than one layer reads;
 - ``processes``: process groups (signalled whole, TERM then KILL), start-up probes;
 - ``params``: the parameter checks (one meaning of text: no NUL, no lone surrogate);
+- ``httpbody``: an HTTP answer's body read up to a bound (never whole into memory);
 - ``httpjson``: the JSON answers of the HTTP side;
 - ``secrets``: known secret values out of text (the log's redactor and clients' messages).
 """

@@ -34,12 +34,15 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from piserver.common.httpbody import read_bounded
 from piserver.sessions.observer import InputKind, RunOutcome, SessionObserver
 
 SIGNATURE_HEADER = "X-Pi-Server-Signature"
 # Seconds before each try: the first at once, then backing off; dropped after the last.
 RETRY_DELAYS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 ATTEMPT_TIMEOUT = 10.0
+# Of an endpoint's answer only the status counts: this much of its body is read, no more.
+MAX_ANSWER_BYTES = 8 * 1024
 # Notifications waiting for one URL; the oldest is dropped beyond this.
 MAX_QUEUED = 100
 SUMMARY_LENGTH = 200
@@ -244,7 +247,8 @@ class Notifier(Service, Notifying):
 
     async def _post(self, url: str, body: bytes, title: str) -> int:
         response = await self._http.post(url, data=body, headers=self._headers(body, title))
-        await response.content()
+        # Only the status counts: a bounded amount is read, the rest dropped unread.
+        await read_bounded(response, MAX_ANSWER_BYTES)
         return response.code
 
     def _delivery_bug(self, failure, target: _Target) -> None:

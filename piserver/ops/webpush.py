@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 
 import http_ece
 from cryptography.hazmat.primitives.asymmetric import ec
-from treq import collect
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from piserver.common.httpbody import read_bounded
 from piserver.ops.notify import ATTEMPT_TIMEOUT, RETRY_DELAYS, shown_url
 from piserver.security.vapid import urlsafe_b64decode
 
@@ -39,10 +39,6 @@ class Delivery(enum.Enum):
     # The push service no longer knows the subscription (404/410): remove it.
     gone = "gone"
     failed = "failed"
-
-
-class _AnswerTooLong(Exception):
-    pass
 
 
 def encrypt(payload: bytes, p256dh: str, auth: str) -> bytes:
@@ -154,17 +150,6 @@ class WebPushSender:
         response = await self._http.post(
             endpoint, data=body, headers=self._headers(endpoint, ttl, urgency)
         )
-        received = 0
-
-        def bounded(data: bytes) -> None:
-            nonlocal received
-            received += len(data)
-            if received > MAX_ANSWER_BYTES:
-                raise _AnswerTooLong()
-
-        try:
-            await collect(response, bounded)
-        except _AnswerTooLong:
-            # The status is what counts; the rest of a long answer is not read.
-            pass
+        # The status is what counts; the rest of a long answer is not read.
+        await read_bounded(response, MAX_ANSWER_BYTES)
         return response.code

@@ -22,6 +22,7 @@ from twisted.web.iweb import IResponse
 
 from piserver import __version__
 from piserver.common.errors import GithubError
+from piserver.common.httpbody import read_bounded
 from piserver.common.outcome import SharedOutcome
 from piserver.repos.git import redact
 
@@ -30,6 +31,8 @@ log = Logger()
 DEFAULT_API_URL = "https://api.github.com"
 REQUEST_TIMEOUT = 30.0
 CACHE_SECONDS = 60.0
+# A page of 100 repositories is a few hundred KB; a longer answer is not GitHub's.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 _REPOS_QUERY = urlencode(
     {
@@ -361,7 +364,9 @@ class GithubClient:
             response = await self._http.get(url, headers=headers)
         else:
             response = await self._http.post(url, headers=headers, json=fields)
-        body = await response.content()
+        body, cut = await read_bounded(response, MAX_ANSWER_BYTES)
+        if cut:
+            raise self._fail(f"GitHub ({self._api_url}) sent an answer over 32 MiB")
         return response, body
 
     def _status_message(self, response: IResponse, body: bytes) -> str:

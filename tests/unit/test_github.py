@@ -13,6 +13,7 @@ from twisted.web.client import ResponseNeverReceived
 
 from piserver.common.errors import GithubError
 from piserver.repos.github import GithubClient, map_repo, parse_link_header
+from tests.support import fakehttp
 from tests.support.deferreds import result_of
 from tests.support.fakegithub import FakeGithub, run_git
 
@@ -147,16 +148,12 @@ class ManualHttp:
         return answer
 
 
-class FakeResponse:
+class FakeResponse(fakehttp.FakeResponse):
     def __init__(self, code, body, headers=None):
         from twisted.web.http_headers import Headers
 
-        self.code = code
+        super().__init__(code, body)
         self.headers = Headers({name: [value] for name, value in (headers or {}).items()})
-        self._body = body
-
-    def content(self):
-        return defer.succeed(self._body)
 
 
 def test_callers_arriving_during_a_listing_share_it(clock):

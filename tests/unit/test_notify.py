@@ -6,15 +6,16 @@ import json
 
 import attr
 import pytest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.python import usage
 
-from piserver.ops.notify import SIGNATURE_HEADER, Notifier, shown_url
+from piserver.ops.notify import MAX_ANSWER_BYTES, SIGNATURE_HEADER, Notifier, shown_url
 from piserver.security.redact import secret_values
 from piserver.sessions.observer import InputKind, RunWatcher
 from piserver.tap import Options
+from tests.support.fakehttp import FakeResponse
 from tests.support.piagent import VERSION_ONLY_PI
 
 SECRET = "notify-unit-secret"
@@ -27,14 +28,6 @@ class Session:
     name: str | None = attr.ib(default="fix the bug")
 
 
-@attr.s
-class Response:
-    code: int = attr.ib(default=200)
-
-    def content(self):
-        return succeed(b"")
-
-
 class FakeHttp:
     def __init__(self):
         self.posts = []
@@ -44,8 +37,10 @@ class FakeHttp:
         self.posts.append((url, data, headers, d))
         return d
 
-    def answer(self, index, code=200):
-        self.posts[index][3].callback(Response(code))
+    def answer(self, index, code=200, body=b""):
+        response = FakeResponse(code, body)
+        self.posts[index][3].callback(response)
+        return response
 
 
 def make(http=None, clock=None, **kwargs):
@@ -78,6 +73,16 @@ def test_a_run_finished_notification_is_signed():
     expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers[SIGNATURE_HEADER] == [f"sha256={expected}"]
     assert headers["Title"] == ["pi-server: run finished (fix the bug)"]
+
+
+def test_a_long_answer_is_not_read_whole():
+    """Issue 21 point 14: an endpoint answering 800 MB cost 1.6 GB; now a bound is read."""
+    http = FakeHttp()
+    notifier, events = make(http)
+    notifier.input_needed(Session(), InputKind.DIALOG, "the agent asks: Delete it?")
+    answer = http.answer(0, 200, b"x" * (MAX_ANSWER_BYTES * 100))
+    assert answer.aborted and answer.delivered <= MAX_ANSWER_BYTES + 1024
+    assert not [e for e in events if e.get("log_level").name in ("warn", "error", "critical")]
 
 
 def test_what_each_happening_notifies():
