@@ -1,9 +1,10 @@
 """
-Issue 21, points 5, 6, 7 and 12 attacked with the real pi agent in its real bubblewrap
-sandbox, driven by the scripted LLM: the agent's own tools plant links and FIFOs and run
-a race in the background, while a client reads its files, exports the conversation and
-clones the session. The server reads the agent's files only through common.safefs: no
-answer and no file of the new session ever holds a secret of the data dir.
+Issue 21, points 5, 6, 7, 12, 13 (events) and 14 (a FIFO as the index) attacked with the
+real pi agent in its real bubblewrap sandbox, driven by the scripted LLM: the agent's own
+tools plant links and FIFOs and run a race in the background, while a client reads its
+files, exports the conversation and clones the session. The server reads the agent's
+files only through common.safefs: no answer and no file of the new session ever holds a
+secret of the data dir.
 """
 
 import json
@@ -12,9 +13,14 @@ import os
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from piserver.common.errors import InvalidState
+from piserver.repos.checkouts import CheckoutRecord, RepoSource
+from piserver.repos.git import Git
 from tests.integration.test_sandbox import is_event, labelled, tool_results
-from tests.support.fakegithub import make_repository, run_git
+from tests.integration.test_server_git_hostile import make_shipping
+from tests.support.fakegithub import git_env, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
+from tests.support.hostilegit import CheckoutSession
 from tests.support.seedclient import SeedApp
 from tests.support.server import TOKEN
 from tests.support.wsclient import CallFailed
@@ -273,3 +279,38 @@ async def test_an_event_over_the_frame_limit_arrives_as_event_too_large(
     await app.client.wait_for_event(
         lambda f: is_event("agent_settled", session_id)(f) and f["seq"] > seqs[-1]
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_fifo_as_the_checkouts_index_is_never_read(tmp_path, captured_log):
+    """Point 14's FIFO index: the run-end snapshot, session.diff, session.commit (all, or
+    what is staged) and the session's removal neither block on it nor raise a traceback."""
+    source = make_repository(
+        str(tmp_path / "source"), default_branch="main", files={"app.py": "x = 1\n"}
+    )
+    git = Git(reactor, env=git_env())
+    branch = "pi/session-s1"
+    session = CheckoutSession(
+        "s1",
+        tmp_path / "sessions" / "s1",
+        CheckoutRecord(RepoSource.LOCAL, branch, "main", repo_path=source),
+    )
+    session.directory.mkdir(parents=True)
+    await git.worktree_add(source, str(session.cwd), branch, "main")
+    (session.cwd / "app.py").write_text("x = 2\n")
+    index = run_git("rev-parse", "--path-format=absolute", "--git-path", "index", cwd=session.cwd)
+    os.unlink(index.strip())
+    os.mkfifo(index.strip())
+    events = []
+    snapshots, shipping = make_shipping(git, events)
+    await snapshots.run_ended(session)
+    assert [f["path"] for f in (await snapshots.diff(session))["files"]] == ["app.py"]
+    try:
+        await shipping.commit(session, "only what is staged", everything=False)
+    except InvalidState as nothing:
+        assert "nothing is staged" in nothing.message
+    committed = await shipping.commit(session, "everything")
+    assert run_git("show", f"{committed['commit']}:app.py", cwd=source) == "x = 2\n"
+    assert [e["type"] for e in events if e["type"] == "files_changed"] == ["files_changed"]
+    await git.worktree_remove(source, str(session.cwd))
+    assert not [line for line in captured_log if "Traceback" in line]
