@@ -16,8 +16,9 @@ the server's own files.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
+
+from piserver.common.files import write_bytes_atomic
 
 SETTINGS = "settings.json"
 # The data dir's entries that are the server's, not pi's configuration.
@@ -64,10 +65,10 @@ def prepare(data_dir: Path, session_agent_dir: Path) -> None:
     session_agent_dir.mkdir(mode=0o700, exist_ok=True)
     settings = session_agent_dir / SETTINGS
     shared_settings = data_dir / SETTINGS
-    if not settings.exists() and shared_settings.is_file():
-        temporary = settings.with_name(SETTINGS + ".tmp")
-        shutil.copyfile(shared_settings, temporary)
-        os.replace(temporary, settings)
+    # The agent writes this dir: a settings.json it made a link (or removed) gets a fresh
+    # copy, written to a new temporary file (never through a link it planted) and renamed.
+    if (settings.is_symlink() or not settings.exists()) and shared_settings.is_file():
+        write_bytes_atomic(settings, shared_settings.read_bytes())
     wanted = {entry.name for entry in shared_paths(data_dir)}
     for entry in session_agent_dir.iterdir():
         if entry.is_symlink() and entry.name not in wanted:

@@ -76,3 +76,27 @@ def test_every_file_the_server_keeps_in_the_data_dir_stays_out_of_agent_dirs():
         PUSH_SUBSCRIPTIONS_FILE,
     ):
         assert agentdir._is_server_entry(name), name
+
+
+def test_a_link_the_agent_plants_is_never_written_through(tmp_path):
+    """The agent removed its settings.json and made settings.json.tmp (the old temporary
+    name) a link to a file of the server's: the next start writes a new copy, not there."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / agentdir.SETTINGS).write_text('{"defaultModel": "m"}')
+    victim = tmp_path / "victim"
+    victim.write_text("the server's")
+    session_dir = tmp_path / "agent"
+    agentdir.prepare(data_dir, session_dir)
+    (session_dir / agentdir.SETTINGS).unlink()
+    (session_dir / (agentdir.SETTINGS + ".tmp")).symlink_to(victim)
+    agentdir.prepare(data_dir, session_dir)
+    assert victim.read_text() == "the server's"
+    assert (session_dir / agentdir.SETTINGS).read_text() == '{"defaultModel": "m"}'
+    # A settings.json made a link is replaced by a copy, the link's target untouched.
+    (session_dir / agentdir.SETTINGS).unlink()
+    (session_dir / agentdir.SETTINGS).symlink_to(victim)
+    agentdir.prepare(data_dir, session_dir)
+    assert (
+        not (session_dir / agentdir.SETTINGS).is_symlink() and victim.read_text() == "the server's"
+    )
