@@ -124,17 +124,24 @@ def _dumps(obj) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        # A lone surrogate has no UTF-8 form. In a request id the client sent (as
-        # "\ud800") it is echoed escaped, as sent; anywhere else it came from bytes that
-        # were not UTF-8 (a file name, git's output) and becomes U+FFFD.
-        if isinstance(obj, dict) and obj.get("kind") in ("response", "event"):
-            obj = {
-                key: value if key == "id" else _replace_surrogates(value)
-                for key, value in obj.items()
-            }
-        else:
-            obj = _replace_surrogates(obj)
+        # A lone surrogate (an id sent as "\ud800") has no UTF-8 form: escape everything.
+        # (pi's events are relayed as pi wrote them, escapes included, and the journal
+        # rebuilds them byte for byte from this encoding.)
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def _dumps_answer(envelope: dict) -> bytes:
+    """A response: as ``_dumps``, but a lone surrogate in the result or error (bytes that
+    were not UTF-8, pi's text) becomes U+FFFD; the request id is echoed as it came."""
+    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        cleaned = {
+            key: value if key == "id" else _replace_surrogates(value)
+            for key, value in envelope.items()
+        }
+        return json.dumps(cleaned, separators=(",", ":")).encode("ascii")
 
 
 def _replace_surrogates(value):
@@ -160,7 +167,7 @@ def encode_result(
     if repeat:
         envelope["repeat"] = True
     envelope["result"] = result
-    return _dumps(envelope)
+    return _dumps_answer(envelope)
 
 
 def encode_error(
@@ -173,7 +180,7 @@ def encode_error(
     if repeat:
         envelope["repeat"] = True
     envelope["error"] = error.to_dict()
-    return _dumps(envelope)
+    return _dumps_answer(envelope)
 
 
 def encode_event(session_id: str, seq: int, event_type: str, payload_json: bytes) -> bytes:

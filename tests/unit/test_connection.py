@@ -135,13 +135,13 @@ def test_an_event_over_the_frame_limit_becomes_event_too_large():
         decode_event(frame)
 
 
-def test_names_that_were_not_utf8_are_sent_as_u_fffd():
-    """Issue 21 point 14: JSON sent is UTF-8; a lone surrogate (a byte that was not UTF-8)
-    in a result or event becomes U+FFFD; a request id is echoed as the client sent it."""
-    from piserver.wire.envelope import encode_event, encode_payload, encode_result
+def test_an_answer_never_carries_a_lone_surrogate():
+    """Issue 21 point 14: JSON sent is UTF-8 with no lone surrogate, not even escaped (a
+    strict decoder refuses it): one in a result becomes U+FFFD; a request id is echoed as
+    the client sent it."""
+    from piserver.wire.envelope import encode_result
 
     name = b"\xff.txt".decode("utf-8", "surrogateescape")
-    frame = encode_event("s1", 1, "files_changed", encode_payload({"files": [{"path": name}]}))
-    assert json.loads(frame.decode("utf-8"))["payload"]["files"][0]["path"] == "\ufffd.txt"
-    reply = json.loads(encode_result("\ud800", {"path": name}).decode("utf-8"))
-    assert reply["result"]["path"] == "\ufffd.txt" and reply["id"] == "\ud800"
+    reply = json.loads(encode_result("\ud800", {"path": name, "n": [name]}).decode("utf-8"))
+    assert reply["result"] == {"path": "\ufffd.txt", "n": ["\ufffd.txt"]}
+    assert reply["id"] == "\ud800"

@@ -32,10 +32,9 @@ def test_event_envelope_is_compact_json_around_the_payload_bytes(session_id, seq
     assert frame.startswith(compact[:-1] + b",")
 
 
-def test_a_lone_surrogate_in_a_type_becomes_u_fffd():
-    # No frame carries a lone surrogate, not even escaped: strict decoders refuse it.
+def test_a_lone_surrogate_in_a_type_is_escaped():
     frame = encode_event("s", 1, "\ud800", b"{}")
-    assert frame == b'{"v":1,"kind":"event","sessionId":"s","seq":1,"type":"\\ufffd","payload":{}}'
+    assert frame == b'{"v":1,"kind":"event","sessionId":"s","seq":1,"type":"\\ud800","payload":{}}'
 
 
 def test_fields_are_added_at_the_end_of_the_object_bytes():
