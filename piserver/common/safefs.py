@@ -97,16 +97,17 @@ class Opened:
     parts: tuple[str, ...]
 
 
-def open_root(path: str | os.PathLike) -> int:
+def open_root(path: str | os.PathLike, follow: bool = False) -> int:
     """A descriptor of the directory ``path`` the server itself chose (its last component
-    is not followed if it is a symlink)."""
-    return os.open(os.fspath(path), _DIRECTORY)
+    is not followed if it is a symlink, unless ``follow``: a path the user gave)."""
+    flags = _DIRECTORY & ~os.O_NOFOLLOW if follow else _DIRECTORY
+    return os.open(os.fspath(path), flags)
 
 
 @contextmanager
-def root(path: str | os.PathLike) -> Iterator[int]:
+def root(path: str | os.PathLike, follow: bool = False) -> Iterator[int]:
     """``open_root`` as a context: the descriptor is closed afterwards."""
-    fd = open_root(path)
+    fd = open_root(path, follow)
     try:
         yield fd
     finally:

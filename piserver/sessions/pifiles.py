@@ -65,9 +65,10 @@ class Summary:
 
 def open_regular(path: Path):
     """``path`` opened for reading (binary), never through a symlink (its last component),
-    only a regular file, opened without blocking (a FIFO would hold a thread forever)."""
+    only a regular file, opened without blocking (a FIFO would hold a thread forever).
+    Its directory is the server's or the user's (``--import-from``), so it is followed."""
     try:
-        with safefs.root(path.parent) as directory:
+        with safefs.root(path.parent, follow=True) as directory:
             return safefs.reader(safefs.open_regular(directory, path.name))
     except safefs.Refused as refused:
         # As os.open would say: callers handle a missing or linked file as an OSError.
