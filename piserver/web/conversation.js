@@ -192,6 +192,13 @@ export class Conversation {
           output: toolOutput(payload.result), state: payload.isError ? "error" : "done",
         });
         break;
+      case "event_too_large":
+        // The server could not send an event over its frame limit: say what is missing.
+        this.notice(
+          `A ${payload.eventType} event (${payload.size} bytes) was larger than this ` +
+            `server's frame limit (${payload.limit} bytes) and is not shown.`,
+        );
+        break;
       case "session_snapshot":
         this.reset();
         for (const message of payload.messages || []) this.addMessage(message);
