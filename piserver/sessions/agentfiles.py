@@ -41,30 +41,45 @@ def copy_for_fork(source_pi: Path, source_agent: Path, target_pi: Path, target_a
     """Seed a new session from another's files: each pi session file (``*.jsonl``, its
     header's ``cwd`` set to ``cwd``) and the agent dir's ``settings.json``. An entry that
     is not a regular file (a symlink, FIFO, device) is skipped and logged."""
-    with safefs.root(source_pi) as directory:
+    for name, opened in _regular_files(source_pi, ".jsonl"):
+        with safefs.reader(opened) as lines:
+            _copy_conversation(lines, target_pi / name, cwd)
+    try:
+        with safefs.root(source_agent) as directory:
+            settings = safefs.read_bytes(directory, SETTINGS, MAX_SETTINGS_BYTES)
+    except FileNotFoundError:
+        return  # no agent dir of its own (a session made before there were any)
+    except safefs.Refused as refused:
+        if refused.reason is not safefs.Reason.MISSING:
+            _skipped(source_agent, SETTINGS, refused.reason.value)
+        return
+    descriptor = os.open(target_agent / SETTINGS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as copy:
+        copy.write(settings)
+
+
+def _regular_files(directory_path: Path, suffix: str):
+    """``(name, opened)`` for each regular file named ``*suffix`` in the directory (none if
+    it does not exist); anything else of that name is skipped and logged."""
+    try:
+        directory = safefs.open_root(directory_path)
+    except FileNotFoundError:
+        return
+    try:
         for entry in safefs.scan(directory):
-            if not entry.name.endswith(".jsonl"):
+            if not entry.name.endswith(suffix):
                 continue
             if entry.kind is not safefs.Kind.FILE:
-                _skipped(source_pi, entry.name, entry.kind.value)
+                _skipped(directory_path, entry.name, entry.kind.value)
                 continue
             try:
                 opened = safefs.open_regular(directory, entry.name)
             except safefs.Refused as refused:
-                _skipped(source_pi, entry.name, refused.reason.value)
+                _skipped(directory_path, entry.name, refused.reason.value)
                 continue
-            with safefs.reader(opened) as lines:
-                _copy_conversation(lines, target_pi / entry.name, cwd)
-    with safefs.root(source_agent) as directory:
-        try:
-            settings = safefs.read_bytes(directory, SETTINGS, MAX_SETTINGS_BYTES)
-        except safefs.Refused as refused:
-            if refused.reason is not safefs.Reason.MISSING:
-                _skipped(source_agent, SETTINGS, refused.reason.value)
-            return
-    descriptor = os.open(target_agent / SETTINGS, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as copy:
-        copy.write(settings)
+            yield entry.name, opened
+    finally:
+        os.close(directory)
 
 
 def read_export(pi_dir: Path, name: str, limit: int = MAX_EXPORT_BYTES) -> str:

@@ -52,3 +52,8 @@ def test_export_is_read_only_when_regular(dirs, tmp_path):
     os.mkfifo(dirs["pi"] / "f.html")
     with pytest.raises(InvalidState, match="not_regular"):
         read_export(dirs["pi"], "f.html")
+
+
+def test_a_source_without_pi_or_agent_dir_copies_nothing(dirs, tmp_path):
+    copy_for_fork(tmp_path / "none", tmp_path / "nothing", dirs["new-pi"], dirs["new-agent"], "/")
+    assert os.listdir(dirs["new-pi"]) == [] and os.listdir(dirs["new-agent"]) == []
