@@ -13,6 +13,7 @@ attached to it and the events it streams to them.
 - ``catchup``: catching an attaching connection up (live, replayed or a snapshot);
 - ``lifecycle``: the state machine of a session's agent (starting, stopping, crashes);
 - ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;
+- ``aborts``: ``abort`` ends the run, stopping pi when it does not answer in time;
 - ``warm``: agents started ahead of the sessions they will serve;
 - ``warmsupply``: filling, refilling and emptying that pool, handing a create its agent;
 - ``connections``: the connections seen, remembered for clients that resume;

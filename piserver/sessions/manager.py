@@ -23,6 +23,7 @@ from piserver.agents.nativetools import write_tools_file
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import write_bytes_atomic, write_json_atomic
+from piserver.sessions.aborts import abort_run
 from piserver.sessions.agents import SessionAgents
 from piserver.sessions.catchup import CatchUp, CaughtUp
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
@@ -506,6 +507,13 @@ class SessionManager(service.Service):
         agent = await self.ensure_agent(session)
         session.last_used = self._reactor.seconds()
         return await agent.command(command, timeout=timeout, **fields)
+
+    async def abort(self, session: Session) -> dict:
+        """End the session's run (``aborts.abort_run``): its answer."""
+        return await abort_run(self, session)
+
+    def kill_agent(self, agent: AgentProtocol) -> defer.Deferred:
+        return self.agents.supervisor.kill(agent)
 
     async def prompt(
         self, session: Session, message: str, images=None, streaming_behavior=None
