@@ -31,6 +31,7 @@ from piserver.sessions.intents import Intent, clear_intent, write_intent
 from piserver.sessions.observer import SessionObservers
 from piserver.sessions.parts import SessionParts
 from piserver.sessions.permissions import Permissions
+from piserver.sessions.projecttrust import TrustRestarts
 from piserver.sessions.recovery import Recovery
 from piserver.sessions.relay import EventRelay
 from piserver.sessions.session import SESSION_RECORD, Session, iso_time
@@ -102,6 +103,7 @@ class SessionManager(service.Service):
         # Who hears of runs, crashes and input needed (metrics, notifications...): add an
         # ISessionObserver with observers.add. The runs are worked out once, by the relay.
         self.observers = SessionObservers()
+        self.observers.add(TrustRestarts())
         # pi's events, relayed; a code session's run that ends goes to on_run_end
         # (files_changed, piserver.workspace).
         self._relay = EventRelay(reactor, store, self.observers, self, on_run_end)
