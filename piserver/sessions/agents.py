@@ -179,7 +179,12 @@ class SessionAgents:
     def restart(self, session: Session) -> None:
         """Stop a running agent and start it again (it resumes the conversation): for
         what it reads only at start."""
-        if session.lifecycle.status is not AgentStatus.RUNNING:
+        status = session.lifecycle.status
+        if status is AgentStatus.STARTING:
+            # Started with what was decided before: once it runs, again.
+            session.lifecycle.want().addCallbacks(lambda _: self.restart(session), lambda _: None)
+            return
+        if status is not AgentStatus.RUNNING:
             return  # the next start reads it anyway
         session.lifecycle.stop()
         session.lifecycle.want().addErrback(

@@ -97,6 +97,22 @@ def test_a_yes_during_a_run_restarts_the_agent_after_it(tmp_path):
     assert "--approve" in harness.reactor.spawned[1].args
 
 
+def test_a_yes_while_an_agent_starts_restarts_it_once_it_runs(tmp_path):
+    harness = Harness(tmp_path)
+    connection = FakeConnection()
+    session = start(harness, connection)
+    harness.process().end(code=1)  # a crash: the question stays open
+    ensureDeferred(harness.sessions.ensure_agent(session))
+    harness.reactor.advance(0.5)
+    assert session.status() == "starting"
+    answer(harness, connection, session, confirmed=True)
+    assert "--no-approve" in harness.reactor.spawned[1].args
+    harness.answer_startup()
+    harness.answer("abort")
+    harness.process().end(code=0)
+    assert "--approve" in harness.reactor.spawned[2].args
+
+
 def test_a_no_is_kept_and_nothing_restarts(tmp_path):
     harness = Harness(tmp_path)
     connection = FakeConnection()
