@@ -17,8 +17,9 @@ from tests.integration.test_hung_agent import gone
 
 SAFETY_NET = 60.0
 # Enough tiny images to keep pi busy for many seconds here (about ten per second under
-# load, a few dozen on an idle machine), while the prompt itself stays small.
-IMAGES = 400
+# load, a few dozen on an idle machine: 1,000 keep it busy far beyond the 3 s it has to
+# answer), while the prompt itself stays small (150 kB).
+IMAGES = 1000
 
 
 def tiny_png(side: int = 8) -> bytes:
