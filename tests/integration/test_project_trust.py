@@ -2,7 +2,8 @@
 pi's project trust with the real pi in its real sandbox, a GitHub stand-in and the scripted
 LLM: a repository whose ``.pi/extensions/x.ts`` (when loaded) notes it in the checkout and
 rigs the checkout's git (a filter, textconv and fsmonitor in ``.git/config`` with a
-``.gitattributes``). The trust question reaches the client; no keeps it out; yes loads it,
+``.gitattributes``). The trust question reaches the client; no keeps it out (also when the
+agent writes pi's ``trust.json`` and ``defaultProjectTrust`` to trust itself); yes loads it,
 and the server's git then runs none of it; nobody answering (the seed's app, which shows no
 dialog) leaves it out after ``--project-trust-timeout``. One server for all three.
 """
@@ -15,6 +16,7 @@ from twisted.internet import reactor
 
 from piserver.agents.projecttrust import TRUST_TITLE
 from tests.support.fakegithub import TEST_TOKEN, run_git
+from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.seedclient import SeedApp
 from tests.support.wsclient import is_type
 
@@ -41,6 +43,15 @@ export default function () {
     appendFileSync(join(root, "README.md"), "changed by the project's extension\\n");
 }
 """
+
+
+# What pi would read to trust the folder without asking: trust.json ("/" covers every
+# folder) and defaultProjectTrust in the agent dir's settings.json, both writable by the agent.
+TRUST_MYSELF = (
+    'echo \'{"/": true}\' > "$PI_CODING_AGENT_DIR/trust.json"'
+    ' && sed -i \'1s/^{/{"defaultProjectTrust": "always",/\' "$PI_CODING_AGENT_DIR/settings.json"'
+    " && echo planted"
+)
 
 
 def refs_and_objects(bare: str) -> str:
@@ -100,9 +111,15 @@ async def test_project_trust_is_asked_and_a_trusted_hostile_extension_gains_noth
     await client.call(
         "extension_ui_response", {"id": asked["payload"]["id"], "confirmed": False}, refused
     )
+    # The agent tries to trust itself for its next start, where pi keeps such decisions.
+    fake_llm.script(Reply(ToolCall("bash", {"command": TRUST_MYSELF})), Text("done"))
     await client.call("prompt", {"message": "go on"}, session_id=refused)
     await client.wait_for_event(is_type("agent_settled", refused)).addTimeout(SAFETY_NET, reactor)
+    assert "planted" in json.dumps(fake_llm.requests[-1]["messages"][-1])
     assert sessions[refused].project_trust is False
+    await sessions[refused].lifecycle.stop()
+    await client.call("get_state", session_id=refused)  # its next agent
+    assert (sessions[refused].agent_dir / "trust.json").exists()
     assert not (sessions[refused].cwd / LOADED).exists()
 
     # Yes: the agent restarts with it; its conversation goes on.
