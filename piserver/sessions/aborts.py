@@ -19,7 +19,7 @@ from typing import Protocol
 from twisted.logger import Logger
 
 from piserver.agents.protocol import AgentProtocol
-from piserver.common.errors import AgentExited, AgentTimeout
+from piserver.common.errors import AgentTimeout
 from piserver.sessions.session import Session
 
 ABORT_ANSWER_TIMEOUT = 3.0
@@ -59,16 +59,13 @@ async def abort_run(
         session_id=session.id,
         timeout=timeout,
     )
-    try:
-        await host.kill_agent(agent)
-    except AgentExited:
-        pass
+    await host.kill_agent(agent)
     # What the clients wait for: the run is over, aborted (pi says it so for an abort).
     session.streaming = False
     session.calls.agent_exited()
     error = {
         "code": "aborted",
-        "message": f"aborted: pi did not stop within {timeout:g} s and was restarted",
+        "message": f"aborted: pi did not stop within {timeout:g} s, so its agent was stopped",
     }
     host.publish(
         session,

@@ -216,7 +216,7 @@ def test_an_abort_pi_does_not_answer_stops_it_and_ends_the_run(harness):
                 "success": False,
                 "error": {
                     "code": "aborted",
-                    "message": "aborted: pi did not stop within 3 s and was restarted",
+                    "message": "aborted: pi did not stop within 3 s, so its agent was stopped",
                 },
             },
         ),
