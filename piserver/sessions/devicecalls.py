@@ -160,6 +160,12 @@ class DeviceCalls:
         )
         self._publish("extension_ui_request", dialog.request)
 
+    def close(self) -> None:
+        """The session is going: nothing it waits for times out or is answered now."""
+        self.calls.cancel_all()
+        self.dialogs.cancel_all()
+        self._own.clear()
+
     def agent_exited(self) -> None:
         for call in self.calls.cancel_all():
             self._publish(

@@ -3,7 +3,9 @@ pi's project trust as the server decides it: what needs it (as pi sees it), the 
 the session's clients, and what each answer (or none) does to the agent's arguments.
 """
 
+import pytest_twisted
 from twisted.internet.defer import ensureDeferred
+from twisted.logger import globalLogPublisher
 
 from piserver.agents.projecttrust import TRUST_TITLE, TrustPolicy, trust_resources
 from tests.unit.test_sessions import FakeConnection, Harness
@@ -145,6 +147,25 @@ def test_nobody_answering_means_not_trusted_and_the_next_agent_asks_again(tmp_pa
     first, again = [f["payload"] for f in connection.sent if f["type"] == "extension_ui_request"]
     assert again["title"] == TRUST_TITLE and again["id"] != first["id"]
     assert again["id"] != resolved[-1]["payload"]["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_deleted_session_s_question_goes_with_it(tmp_path):
+    harness = Harness(tmp_path, project_trust_timeout=30.0)
+    session = start(harness, FakeConnection())
+    deleting = ensureDeferred(harness.sessions.delete(session))
+    harness.answer("abort")
+    harness.process().end(code=0)
+    await deleting
+    assert not session.calls.dialogs.pending()
+    # Its timeout does not fire for a session that is gone.
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        harness.reactor.advance(31)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert logged == []
 
 
 def test_always_and_never_ask_nobody(tmp_path):
