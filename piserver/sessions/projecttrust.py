@@ -23,6 +23,7 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
+from automat import MethodicalMachine
 from twisted.logger import Logger
 
 from piserver.agents.projecttrust import TrustPolicy, trust_args, trust_dialog, trust_resources
@@ -50,8 +51,15 @@ class TrustHost(Protocol):
 
 
 class ProjectTrust:
-    """``policy`` a ``TrustPolicy``; ``timeout`` seconds the question stays on offer."""
+    """``policy`` a ``TrustPolicy``; ``timeout`` seconds the question stays on offer.
 
+    Its stages, for one session: nothing open (``quiet``) ─an agent started in a folder
+    that needs an answer→ ``asking`` ─no, dismissed or unanswered→ ``quiet``; ─yes→
+    ``quiet`` with the agent restarted, or, when a run goes on, ``restart_due`` ─the run
+    ended→ ``quiet`` with the agent restarted. The answer itself is the session's
+    (``TrustHost.remember``), so it outlives this object and the server."""
+
+    _machine = MethodicalMachine()
     log = Logger()
 
     def __init__(
@@ -61,9 +69,6 @@ class ProjectTrust:
         self._host = host
         self._policy = TrustPolicy(policy)
         self._timeout = timeout
-        self._asking: str | None = None
-        # A yes came during a run: the agent restarts once it ends.
-        self._restart_after_run = False
 
     def trusted(self) -> bool:
         if self._policy is TrustPolicy.ALWAYS:
@@ -78,36 +83,85 @@ class ProjectTrust:
 
     def agent_started(self) -> None:
         """An agent started (without the folder's configuration unless trusted): ask when
-        the folder has some, nobody answered yet, and no question is open."""
-        if self._policy is not TrustPolicy.ASK or self._asking is not None:
-            return
-        if self._host.remembered() is not None:
+        the folder has some and nobody answered yet (unless a question is open)."""
+        if self._policy is not TrustPolicy.ASK or self._host.remembered() is not None:
             return
         found = trust_resources(self._host.cwd())
-        if not found:
-            return
-        self._asking = dialog_id = str(uuid.uuid4())
+        if found:
+            self._needs_answer(found)
+
+    @_machine.input()
+    def run_ended(self):
+        "A run of the session's agent ended."
+
+    # -- the rest of the machine ------------------------------------------------
+
+    @_machine.state(initial=True)
+    def quiet(self):
+        "No question open, no restart due."
+
+    @_machine.state()
+    def asking(self):
+        "The question is on offer to the session's clients."
+
+    @_machine.state()
+    def restart_due(self):
+        "Trusted during a run: the agent restarts once it ends."
+
+    @_machine.input()
+    def _needs_answer(self, found: tuple[str, ...]):
+        "The agent started in a folder with pi configuration, and nobody answered yet."
+
+    @_machine.input()
+    def _trusted(self):
+        "A person said yes while no run goes on."
+
+    @_machine.input()
+    def _trusted_during_run(self):
+        "A person said yes while a run goes on."
+
+    @_machine.input()
+    def _not_trusted(self):
+        "A person said no, dismissed the question, or nobody answered in time."
+
+    @_machine.output()
+    def _ask(self, found: tuple[str, ...]):
         self.log.info(
             "session {session_id}: its folder has pi configuration ({found}): asking whether "
             "to trust it",
             session_id=self._session_id,
             found=", ".join(found),
         )
-        self._host.ask(
-            trust_dialog(dialog_id, self._host.cwd(), found, self._timeout),
-            self._answered,
-            self._expired,
-        )
+        dialog = trust_dialog(str(uuid.uuid4()), self._host.cwd(), found, self._timeout)
+        self._host.ask(dialog, self._answered, self._expired)
 
-    def run_ended(self) -> None:
-        if self._restart_after_run:
-            self._restart_after_run = False
-            self._host.restart_agent()
+    @_machine.output()
+    def _restart(self):
+        self._host.restart_agent()
+
+    quiet.upon(_needs_answer, enter=asking, outputs=[_ask])
+    asking.upon(_trusted, enter=quiet, outputs=[_restart])
+    asking.upon(_trusted_during_run, enter=restart_due, outputs=[])
+    asking.upon(_not_trusted, enter=quiet, outputs=[])
+    restart_due.upon(run_ended, enter=quiet, outputs=[_restart])
+    # Every input has a transition in every state: where one means nothing (a question
+    # is open already, no restart is due, no question is open) it is ignored, on purpose.
+    for _state in (asking, restart_due):
+        _state.upon(_needs_answer, enter=_state, outputs=[])
+    for _state in (quiet, asking):
+        _state.upon(run_ended, enter=_state, outputs=[])
+    for _state in (quiet, restart_due):
+        for _input in (_trusted, _trusted_during_run, _not_trusted):
+            _state.upon(_input, enter=_state, outputs=[])
+    del _state, _input
+
+    # -- what the clients said ----------------------------------------------------
 
     def _answered(self, response: dict) -> None:
-        self._asking = None
         if "cancelled" in response:
-            return  # dismissed: not a decision; the next agent asks again
+            # Dismissed: not a decision; the next agent asks again.
+            self._not_trusted()
+            return
         trusted = response.get("confirmed") is True
         self.log.info(
             "session {session_id}: project trust {answer}",
@@ -117,18 +171,19 @@ class ProjectTrust:
             else "refused",
         )
         self._host.remember(trusted)
-        if trusted:
-            if self._host.streaming():
-                self._restart_after_run = True
-            else:
-                self._host.restart_agent()
+        if not trusted:
+            self._not_trusted()
+        elif self._host.streaming():
+            self._trusted_during_run()
+        else:
+            self._trusted()
 
     def _expired(self) -> None:
-        self._asking = None
         self.log.info(
             "session {session_id}: nobody answered the project trust question: not trusted",
             session_id=self._session_id,
         )
+        self._not_trusted()
 
 
 class TrustRestarts(SessionObserver):
