@@ -171,8 +171,11 @@ class DeviceCalls:
             self._publish(
                 "native_tool_cancel", {"type": "native_tool_cancel", "callId": call.call_id}
             )
-        pis = [dialog for dialog in self.dialogs.pending() if dialog.id not in self._own]
-        for dialog in (self.dialogs.cancel(dialog.id) for dialog in pis):
+        # pi's dialogs go with the agent; the server's own stay on offer.
+        for dialog in self.dialogs.pending():
+            if dialog.id in self._own:
+                continue
+            self.dialogs.cancel(dialog.id)
             self._publish(
                 "extension_ui_resolved",
                 {"type": "extension_ui_resolved", "id": dialog.id, "reason": "agent_exit"},

@@ -161,8 +161,6 @@ class _ApprovalHost:
 class _TrustHost:
     """A session's side of its project trust (see projecttrust.TrustHost)."""
 
-    log = Logger()
-
     def __init__(self, host: PartsHost, agents: SessionAgents, session: Session) -> None:
         self._host = host
         self._agents = agents
