@@ -157,6 +157,9 @@ async def test_links_fifos_and_swaps_in_the_agents_files_reach_nothing_of_the_se
                 "write", {"path": ".gitignore", "content": "sub\nlink\nrace*\nstop\nexport-swaps\n"}
             ),
             ToolCall("write", {"path": "race.py", "content": script}, id="call-write"),
+        ),
+        # pi runs one turn's tool calls at once: the script is written first.
+        Reply(
             labelled("start", "nohup python3 race.py > race.log 2>&1 < /dev/null & echo started"),
             labelled("plant", plant),
         ),
@@ -164,7 +167,7 @@ async def test_links_fifos_and_swaps_in_the_agents_files_reach_nothing_of_the_se
     )
     await client.call("prompt", {"message": "race"}, session_id=session_id)
     await client.wait_for_event(is_event("agent_settled", session_id))
-    results = tool_results(fake_llm.requests[1])
+    results = tool_results(fake_llm.requests[2])
     assert "started" in results["start"] and "planted" in results["plant"], results
 
     # Point 6: reads while the agent swaps "sub" with a link to the data dir.
