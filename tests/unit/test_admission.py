@@ -190,3 +190,34 @@ def test_options(tmp_path):
 def test_bad_options(tmp_path, args, message):
     with pytest.raises(usage.UsageError, match=message):
         parse(tmp_path, *args)
+
+
+class ClientOf(Resource):
+    """Answers the client address the request has."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        return request.getClientAddress().host.encode()
+
+
+def client_address_seen(proxies, peer: str, headers: bytes) -> bytes:
+    site = make_site(Resource(), {}, reactor=MemoryReactorClock(), proxies=proxies)
+    site.resource.putChild(b"who", ClientOf())
+    lines = []
+    site.log = lambda request: lines.append(site._logFormatter(site._logDateTime, request))
+    channel = site.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 40000))
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /who HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    return transport.value().rsplit(b"\r\n\r\n", 1)[1], lines
+
+
+def test_an_http_request_through_a_trusted_proxy_has_the_forwarded_client():
+    proxies = TrustedProxies((parse_network("10.0.0.0/8"),))
+    header = b"X-Forwarded-For: 1.1.1.1, 198.51.100.7\r\n"
+    body, lines = client_address_seen(proxies, "10.0.0.2", header)
+    assert body.endswith(b"198.51.100.7")
+    assert lines and lines[0].startswith('"198.51.100.7"')
+    body, lines = client_address_seen(proxies, "203.0.113.9", header)
+    assert body.endswith(b"203.0.113.9") and lines[0].startswith('"203.0.113.9"')
