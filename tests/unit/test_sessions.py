@@ -21,6 +21,7 @@ from piserver.sessions import SessionManager, SessionSettings
 from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
 from piserver.sessions.observer import SessionObserver
+from piserver.sessions.permissions import PermissionMode, Permissions
 from piserver.sessions.session import Session
 from tests.support.fakeprocess import FakeProcessReactor
 
@@ -609,6 +610,20 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     harness.answer("abort", n=0)
     harness.process(0).end(code=0)
     assert not warm.directory.exists()
+
+
+def test_a_create_handed_a_warm_agent_rewrites_neither_its_mode_nor_its_tools(tmp_path):
+    """Each file written is two fsyncs of the create's time (bench/warmcreate.py): the
+    warm session's permission and (empty) tools files stand as they are."""
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    before = {f: os.stat(f).st_ino for f in (warm.permission_file, warm.native_tools_file)}
+    assert create(harness).result is warm
+    assert {f: os.stat(f).st_ino for f in before} == before
+    # Another mode is written, of course.
+    created = create(harness, permissions=Permissions(mode=PermissionMode.ASK))
+    assert json.loads(created.result.permission_file.read_text()) == {"mode": "ask"}
 
 
 def test_a_changing_file_pi_does_not_read_keeps_the_warm_agent(tmp_path):
