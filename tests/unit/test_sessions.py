@@ -695,6 +695,27 @@ def test_a_warm_agent_that_dies_waiting_leaves_the_pool(tmp_path):
     assert len(harness.reactor.spawned) == 2
 
 
+@pytest.mark.parametrize("discard", ["died", "idle"])
+def test_after_any_discard_the_next_create_refills_the_pool(tmp_path, discard):
+    """Issue 21 point 18: no client needs to come again for the pool to fill."""
+    harness = warm_harness(tmp_path, idle_timeout=600)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    if discard == "died":
+        harness.process(0).end(code=1)
+    else:
+        harness.reactor.advance(660)
+        harness.answer("abort", n=0)
+        harness.process(0).end(code=0)
+    assert harness.sessions.agents.warm.sessions() == []
+    created = create(harness)
+    assert created.result is not warm and created.result.agent.transport is harness.process(1)
+    harness.reactor.advance(0.1)
+    assert len(harness.reactor.spawned) == 3
+    (refilled,) = harness.sessions.agents.warm.sessions()
+    assert refilled is not created.result
+
+
 def test_a_code_sessions_record_round_trips_through_its_typed_checkout(tmp_path):
     """session.json's fields are as before; the checkout is read into a CheckoutRecord."""
     record = {
