@@ -58,12 +58,12 @@ class RpcServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         # Behind a trusted reverse proxy, the client it forwards (logs, refusals, the
         # connection's record); anyone else's forwarding headers are ignored.
-        host = getattr(self.transport.getPeer(), "host", None)
-        if factory.proxies.trusts(host):
+        peer_host = getattr(self.transport.getPeer(), "host", None)
+        if factory.proxies.trusts(peer_host):
             header = str(factory.proxies.header)
             values = [request.headers[header]] if header in request.headers else []
-            client = factory.proxies.client(host, values)
-            if client != host:
+            client = factory.proxies.client(peer_host, values)
+            if client != peer_host:
                 self.peer = f"{client} (via {self.peer})"
         local = getattr(self.transport.getHost(), "host", None)
         names = factory.server_names | ({normal_name(local)} if local else set())
