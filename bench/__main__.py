@@ -17,7 +17,7 @@ from piserver.sessions.stream import DEFAULT_MAX_REPLAY_BYTES, MAX_FULL_REPLAY_E
 from piserver.wire.connection import DEFAULT_SEND_BUFFER_LIMIT
 from tests.support.piagent import PiNotInstalled, locate_pi, repository_root
 
-from . import document, idle, lifecycle, realpi, relay, report, resume
+from . import document, idle, lifecycle, realpi, relay, report, resume, warmcreate
 from .rig import Machine, median
 
 QUICK = {
@@ -32,6 +32,7 @@ QUICK = {
     "idle_sessions": 5,
     "idle_resumed": 2,
     "start_rounds": 2,
+    "warm_create_rounds": 3,
 }
 
 
@@ -72,6 +73,13 @@ def arguments(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=20,
         help="measured rounds of session start, warm and cold agents [%(default)s]",
+    )
+    parser.add_argument(
+        "--warm-create-rounds",
+        type=int,
+        default=100,
+        help="warm creates with a file in the data dir written continuously, and as many "
+        "without [%(default)s]",
     )
     parser.add_argument(
         "--idle-sessions",
@@ -255,6 +263,10 @@ async def run(reactor, options: argparse.Namespace) -> None:
             reactor, work / "start", pi, options.start_rounds, 2, environ
         )
         show(lifecycle.table(started_runs, machine, options.start_rounds))
+        warm_created = await warmcreate.measure(
+            reactor, work / "warm-create", pi, options.warm_create_rounds, environ
+        )
+        show(warmcreate.table(warm_created, machine, options.warm_create_rounds))
         idle_table, idled = await idle.measure(
             reactor, work / "idle", pi, environ, options.idle_sessions, options.idle_resumed
         )
@@ -270,8 +282,9 @@ async def run(reactor, options: argparse.Namespace) -> None:
     mode_lines = document.event_modes(real_pi)
     goal_lines = document.goals(real_pi)
     hot_path_lines = document.start_goals(started_runs) + document.hot_path_goals(real_pi, idled)
+    warm_lines = warmcreate.goal_lines(warm_created)
     found = findings(real_pi, relayed, resumed)
-    print("\n".join(mode_lines + goal_lines + hot_path_lines + found))
+    print("\n".join(mode_lines + goal_lines + hot_path_lines + warm_lines + found))
     took = time.perf_counter() - started
     print(f"\n{took:.0f} s in all")
     if options.output != "-":
@@ -286,6 +299,7 @@ async def run(reactor, options: argparse.Namespace) -> None:
                 mode_lines,
                 found,
                 hot_path_lines,
+                warm_lines,
             ),
             encoding="utf-8",
         )

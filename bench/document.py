@@ -181,6 +181,7 @@ def markdown(
     mode_lines,
     findings,
     hot_path_lines,
+    warm_lines=(),
 ) -> str:
     parts = [
         "# Performance",
@@ -236,6 +237,15 @@ def markdown(
         *[f"- {line}" for line in hot_path_lines],
         "",
     ]
+    if warm_lines:
+        parts += [
+            "## Goal of issue 21: warm creates while the data dir changes",
+            "",
+            "From the warm-creates table (`bench/warmcreate.py`):",
+            "",
+            *[f"- {line}" for line in warm_lines],
+            "",
+        ]
     if findings:
         parts += ["## Findings", "", *[f"- {line}" for line in findings], ""]
     parts += ["## Results", ""]
@@ -283,6 +293,13 @@ def markdown(
         '  create the warm server\'s pool is let fill again (`pi_server_agents{state="spare"}`',
         "  of `/metrics`). The baseline is a new pi per round, prompted 0.5 s after it answered",
         "  its start-up `get_state`: its first prompt and its second.",
+        "- **Warm creates while the data dir changes.** A pi-server of its own with",
+        "  `--warm-agents 1`, unsandboxed, and another process appending an access-log line",
+        "  to a file in its data dir every 2 ms; rounds alternate between that writer running",
+        "  and stopped (`SIGSTOP`), each letting the pool fill first and timing a bare",
+        "  `session.create` (then deleting the session). Then pi's `settings.json` is changed",
+        "  while the pool's agent waits: the next create starts a cold pi, and the pool must",
+        "  fill again by itself for the creates after it to be warm.",
         "- **Profile.** Not part of this run: `python -m bench.hotpath` runs pi-server under",
         "  cProfile through the same answers and short prompts and lists where its time goes.",
         "- **Resume.** The events are pi's own lines for a 2,000-token answer, repeated to",

@@ -36,6 +36,8 @@ from piserver.common.defaults import (
 from piserver.ops.logs import LOG_FORMATS, LOG_LEVELS
 from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
 from piserver.repos.shipping import parse_author
+from piserver.security.addresses import DEFAULT_IPV6_PREFIX, ForwardedHeader
+from piserver.security.admission import default_max_pending, raise_nofile_limit
 from piserver.security.tls import TlsFilesError, check_tls_files, is_tls_endpoint, tls_endpoint
 from piserver.security.tokens import TokenError, load_or_create_server_token, read_token_file
 from piserver.sessions.journal import JournalLimits
@@ -85,6 +87,15 @@ class ServerConfig:
     # Events below this level are not logged (debug events of libraries hold raw requests).
     log_level: LogLevel = LogLevel.info
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
+    # Connections not yet authenticated, all addresses together (security/admission.py).
+    max_pending: int = 512
+    # The soft RLIMIT_NOFILE the default --max-pending was derived from (None: given).
+    nofile_limit: int | None = None
+    # An IPv6 peer's prefix that counts as one address for per-address limits.
+    ipv6_prefix_length: int = DEFAULT_IPV6_PREFIX
+    # Reverse proxies whose forwarding header names the client (security/addresses.py).
+    trusted_proxies: tuple = ()
+    forwarded_header: ForwardedHeader = ForwardedHeader.x_forwarded_for
     # Seconds a device's idempotency keys are remembered (wire/idempotency.py).
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
     # Seconds of agent silence (with a command waiting or a run on) before a liveness probe.
@@ -336,6 +347,23 @@ def resolve(options, reactor) -> ServerConfig:
     for name in ("max-connections", "max-pending-per-address"):
         if options[name] < 1:
             raise usage.UsageError(f"--{name} must be at least 1")
+    if options["max-pending"] is not None and options["max-pending"] < 1:
+        raise usage.UsageError("--max-pending must be at least 1")
+    if not 8 <= options["ipv6-prefix-length"] <= 128:
+        raise usage.UsageError("--ipv6-prefix-length is 8 to 128")
+    try:
+        forwarded_header = ForwardedHeader(options["forwarded-header"].lower())
+    except ValueError:
+        raise usage.UsageError(
+            "--forwarded-header is one of " + ", ".join(str(h) for h in ForwardedHeader)
+        ) from None
+    if options["max-pending"] is None:
+        # Strangers' share of the descriptors this process may open (after lifting the
+        # soft limit to the hard one: the reactor is epoll, any number will do).
+        nofile_limit = raise_nofile_limit()
+        max_pending = default_max_pending(nofile_limit)
+    else:
+        nofile_limit, max_pending = None, options["max-pending"]
     if options["log-level"] not in LOG_LEVELS:
         raise usage.UsageError(f"--log-level is one of {', '.join(LOG_LEVELS)}")
     if options["log-format"] not in LOG_FORMATS:
@@ -462,6 +490,11 @@ def resolve(options, reactor) -> ServerConfig:
         log_level=LogLevel.levelWithName(options["log-level"]),
         agent_probe_interval=options["agent-probe-interval"],
         max_pending_per_address=options["max-pending-per-address"],
+        max_pending=max_pending,
+        nofile_limit=nofile_limit,
+        ipv6_prefix_length=options["ipv6-prefix-length"],
+        trusted_proxies=tuple(options.trusted_proxies),
+        forwarded_header=forwarded_header,
         server_names=frozenset(
             options.server_names
             | ({options["host"]} if options["host"] not in ("0.0.0.0", "::") else set())

@@ -41,6 +41,8 @@ from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
 from piserver.security.access import AccessGuard
 from piserver.security.actionurls import ActionSigner, load_or_create_key
+from piserver.security.addresses import AddressKeys, TrustedProxies
+from piserver.security.admission import PendingConnections
 from piserver.security.auth import Authenticator
 from piserver.security.redact import (
     REVEAL_FIELD,
@@ -161,6 +163,21 @@ class PiServerService(MultiService):
             )
         else:
             self.log.info("agents run as {launcher}", launcher=describe_launcher(config))
+        self.log.info(
+            "at most {max_pending} connections that have not authenticated at once{derived}",
+            max_pending=config.max_pending,
+            derived=(
+                f" (half the open-files limit of {config.nofile_limit})"
+                if config.nofile_limit is not None
+                else ""
+            ),
+        )
+        if config.trusted_proxies:
+            self.log.info(
+                "trusted reverse proxies, whose {header} header names the client: {proxies}",
+                header=str(config.forwarded_header),
+                proxies=", ".join(str(n) for n in config.trusted_proxies),
+            )
         if config.auth_token is None:
             self.log.critical(
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach this port can run "
@@ -420,6 +437,11 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         redact=redact,
     )
     refusals = Refusals(metrics, reactor)
+    proxies = TrustedProxies(config.trusted_proxies, config.forwarded_header)
+    # One count of the connections that have not authenticated, for the HTTP site and
+    # the WebSocket upgrades alike.
+    pending = PendingConnections(config.max_pending, refusals.refused)
+    metrics.watch_pending(pending)
     authenticator = Authenticator(config.auth_token, device_tokens)
     factory = RpcServerFactory(
         hub,
@@ -434,6 +456,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         handshake_timeout=config.handshake_timeout,
         keepalive_interval=config.keepalive_interval,
         keepalive_timeout=config.keepalive_timeout,
+        proxies=proxies,
+        pending_connections=pending,
     )
     site = make_site(
         WebSocketResource(factory),
@@ -445,6 +469,9 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         max_pending_per_address=config.max_pending_per_address,
         on_refused=refusals.refused,
         actions=approval_actions,
+        address_keys=AddressKeys(config.ipv6_prefix_length),
+        proxies=proxies,
+        pending_connections=pending,
     )
     metrics.watch(hub, sessions)
     site.resource.putChild(b"metrics", MetricsResource(metrics, config.metrics_token))

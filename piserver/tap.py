@@ -27,6 +27,7 @@ from piserver.common.defaults import (
 from piserver.config import resolve
 from piserver.ops.logs import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, LOG_LEVELS
 from piserver.repos.github import DEFAULT_API_URL as DEFAULT_GITHUB_API_URL
+from piserver.security.addresses import DEFAULT_IPV6_PREFIX, ForwardedHeader, parse_network
 from piserver.security.origins import parse_origin
 from piserver.sessions import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS, DEFAULT_WARM_AGENTS
 from piserver.sessions.approvals import DEFAULT_APPROVAL_TIMEOUT
@@ -247,6 +248,30 @@ class Options(usage.Options):
             int,
         ],
         [
+            "max-pending",
+            None,
+            None,
+            "connections that have not authenticated, from all addresses together; beyond, "
+            "a connection is closed at once, or takes the place of the oldest of the address "
+            "holding most [default: half the open-files limit, at most 4096]",
+            int,
+        ],
+        [
+            "ipv6-prefix-length",
+            None,
+            DEFAULT_IPV6_PREFIX,
+            "IPv6 clients within a prefix this long count as one address for the "
+            "per-address limits",
+            int,
+        ],
+        [
+            "forwarded-header",
+            None,
+            str(ForwardedHeader.x_forwarded_for),
+            "the header a --trusted-proxy names its client in: x-forwarded-for or forwarded "
+            "(RFC 7239); the other is ignored",
+        ],
+        [
             "log-level",
             None,
             DEFAULT_LOG_LEVEL,
@@ -342,6 +367,7 @@ class Options(usage.Options):
         self.allowed_origins = set()
         self.server_names = set()
         self.notify_urls = []
+        self.trusted_proxies = []
         self.push_allowed_endpoints = []
         self.import_from = []
 
@@ -365,6 +391,16 @@ class Options(usage.Options):
         if not name or any(c in name for c in "/:?#@ ") and not name.startswith("["):
             raise usage.UsageError(f"--server-name {value!r}: give a host name or address")
         self.server_names.add(name)
+
+    def opt_trusted_proxy(self, value):
+        """
+        a reverse proxy's address or network (CIDR) whose forwarding header names the
+        client: limits, logs and metrics then see that client; repeatable
+        """
+        try:
+            self.trusted_proxies.append(parse_network(value))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy {value!r}: {e}") from None
 
     def opt_notify_url(self, value):
         """

@@ -37,8 +37,9 @@ def permission_args(path: str | os.PathLike) -> list[str]:
 
 def write_mode_file(path: str | os.PathLike, mode: str) -> None:
     """Replace the file the extension reads at every tool call, atomically. It is mode
-    0644 inside a directory the sandbox mounts read-only: the agent reads, never writes."""
-    write_json_atomic(path, {"mode": mode}, mode=0o644)
+    0644 inside a directory the sandbox mounts read-only: the agent reads, never writes.
+    Left alone when it says so already (a warm agent's, handed to a create)."""
+    write_json_atomic(path, {"mode": mode}, mode=0o644, skip_unchanged=True)
 
 
 @attr.frozen

@@ -149,8 +149,9 @@ def validate_native_tools(value: object) -> list[NativeTool]:
 
 
 def write_tools_file(path: str | os.PathLike, tools: list[NativeTool]) -> None:
-    """Replace the declarations file the extension reads before each run, atomically."""
-    write_json_atomic(path, [tool.to_json() for tool in tools])
+    """Replace the declarations file the extension reads before each run, atomically
+    (left alone when it holds them already)."""
+    write_json_atomic(path, [tool.to_json() for tool in tools], skip_unchanged=True)
 
 
 def extension_args(

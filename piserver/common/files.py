@@ -40,12 +40,19 @@ def loose_mode(file: str | os.PathLike | int) -> int | None:
     return mode if mode & 0o077 else None
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+def write_bytes_atomic(
+    path: str | os.PathLike, data: bytes, mode: int = 0o600, skip_unchanged: bool = False
+) -> None:
     """Replace ``path`` with ``data`` atomically; the file gets ``mode``.
 
-    On any failure the old file is untouched and no temporary file is left.
+    On any failure the old file is untouched and no temporary file is left. With
+    ``skip_unchanged``, a regular file that holds ``data`` with ``mode`` already is left
+    as it is (written by this function, it is on disk): two fsyncs fewer, which is most
+    of what rewriting a small file costs.
     """
     path = os.fspath(path)
+    if skip_unchanged and _holds(path, data, mode):
+        return
     directory = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(
         prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
@@ -66,14 +73,36 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o600) 
     _fsync_directory(directory)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: object, mode: int = 0o600) -> None:
+def _holds(path: str, data: bytes, mode: int) -> bool:
+    """``path`` is a regular file (not followed through a link) of ``mode`` holding
+    ``data``."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or stat.S_IMODE(status.st_mode) != mode:
+            return False
+        if status.st_size != len(data):
+            return False
+        return os.read(descriptor, len(data) + 1) == data
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+def write_json_atomic(
+    path: str | os.PathLike, obj: object, mode: int = 0o600, skip_unchanged: bool = False
+) -> None:
     """Replace ``path`` with ``obj`` as JSON, atomically (see ``write_bytes_atomic``).
 
     ``obj`` is serialised before anything touches the disk, so a value that
     cannot be written as strict JSON (NaN, a set...) raises and changes nothing.
     """
     data = json.dumps(obj, ensure_ascii=False, allow_nan=False, indent=2, sort_keys=True)
-    write_bytes_atomic(path, (data + "\n").encode("utf-8"), mode)
+    write_bytes_atomic(path, (data + "\n").encode("utf-8"), mode, skip_unchanged)
 
 
 def load_json(

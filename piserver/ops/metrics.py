@@ -142,6 +142,11 @@ class ServerMetrics(SessionObserver):
     def watch(self, hub, sessions) -> None:
         self.registry.register(_LiveCollector(hub, sessions))
 
+    def watch_pending(self, pending) -> None:
+        """``pending``: a ``security.admission.PendingConnections`` (its ``len`` and
+        ``limit``)."""
+        self.registry.register(_PendingCollector(pending))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -180,6 +185,24 @@ class _SentCollector:
             sent_bytes.add_metric([mode], size)
         yield frames
         yield sent_bytes
+
+
+class _PendingCollector:
+    def __init__(self, pending):
+        self._pending = pending
+
+    def collect(self):
+        yield GaugeMetricFamily(
+            "pi_server_pending_connections",
+            "connections that have not authenticated (HTTP requests, kept-alive HTTP "
+            "connections, upgrades being checked)",
+            value=len(self._pending),
+        )
+        yield GaugeMetricFamily(
+            "pi_server_pending_connections_limit",
+            "the most connections that may not have authenticated at once (--max-pending)",
+            value=self._pending.limit,
+        )
 
 
 class _LiveCollector:

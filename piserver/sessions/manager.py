@@ -411,6 +411,9 @@ class SessionManager(service.Service):
         registry; its intent undoes it should the server die before it is handed over."""
         session = self._new_session("chat", intent=Intent.WARM, last_used=self._reactor.seconds())
         self._make_chat_directories(session)
+        # No tools until a device declares some: written now, a create that offers none
+        # has nothing to write (each file written is two fsyncs of the create's time).
+        self._offer_native_tools(session, [])
         return session
 
     def registered(self) -> Iterable[Session]:

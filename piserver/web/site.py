@@ -9,19 +9,31 @@ the handshake timeout however slowly it trickles in, heads are at most
 ``MAX_HEAD_BYTES``, bodies at most ``MAX_BODY_BYTES`` (refused with 413 from
 their declared length, before a byte of them is read: no endpoint takes one),
 and one source address may have at most ``max_pending_per_address``
-connections whose request is still arriving.
+connections whose request is still arriving (a trusted reverse proxy excepted: it is
+many clients). All connections that have not authenticated together are capped
+(``security.admission``: refused, or the heaviest address's oldest closed, at once).
+
+Behind a trusted reverse proxy (``security.addresses.TrustedProxies``) a request's
+client address (``Request.getClientAddress``, the access log) is the one the proxy
+forwards.
 """
 
 import collections
 import json
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from piserver import __version__
 from piserver.common.defaults import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_PER_ADDRESS
 from piserver.common.httpjson import error_body, render_error, render_json
+from piserver.security.addresses import AddressKeys, TrustedProxies
+from piserver.security.admission import PendingConnections
+
+# Without a cap given (tests of other things), as good as none.
+UNCAPPED = 1 << 62
 
 # The request line and all headers of one request; a browser's upgrade is under 2 kB.
 MAX_HEAD_BYTES = 16 * 1024
@@ -147,6 +159,29 @@ def _safe(value: bytes) -> str:
     return json.dumps(value.decode("latin-1"))[1:-1]
 
 
+class ProxiedRequest(Request):
+    """A request whose client address is the one a trusted proxy forwards."""
+
+    _client_address = None
+
+    def getClientAddress(self):
+        if self._client_address is None:
+            self._client_address = self._forwarded(super().getClientAddress())
+        return self._client_address
+
+    def _forwarded(self, address):
+        proxies = getattr(self.site or getattr(self.channel, "site", None), "proxies", None)
+        host = getattr(address, "host", None)
+        if proxies is None or not proxies.trusts(host):
+            return address
+        name = str(proxies.header).encode()
+        values = [v.decode("latin-1") for v in self.requestHeaders.getRawHeaders(name, [])]
+        client = proxies.client(host, values)
+        if client == host:
+            return address
+        return (IPv6Address if ":" in client else IPv4Address)("TCP", client, 0)
+
+
 class PiSite(Site):
     """A ``Site`` whose access log can leave out the health probes (``--no-health-log``):
     a load balancer asking every few seconds would fill it."""
@@ -169,8 +204,15 @@ class GuardedChannel(HTTPChannel):
 
     def connectionMade(self):
         super().connectionMade()
-        key = _address_key(self.transport.getPeer())
-        if not self.site.request_started(key):
+        host = getattr(self.transport.getPeer(), "host", None)
+        key = self.site.address_keys.key(host)
+        if not self.site.pending_connections.admit(self.transport, key):
+            # Closed at once, nothing read or written: the cheapest refusal there is.
+            self.dataReceived = lambda data: None
+            self.transport.abortConnection()
+            return
+        # A trusted proxy is many clients at once: its own limits bound each of them.
+        if not self.site.request_started(key, refuse=not self.site.proxies.trusts(host)):
             message = (
                 "too many connections from this address are still sending their "
                 "request; try again later"
@@ -207,7 +249,7 @@ class GuardedChannel(HTTPChannel):
         # A chunked body (length None) has no size before it is read: refused too.
         if self.length is None or self.length > MAX_BODY_BYTES:
             message = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
-            self.site.refused("body_too_large", _address_key(self.transport.getPeer()), message)
+            self.site.refused("body_too_large", self._peer_key(), message)
             self._refuse(413, "body_too_large", message)
             return False
         return True
@@ -220,13 +262,18 @@ class GuardedChannel(HTTPChannel):
         if data and self._pending_key is None and self.transport is not None:
             # The first bytes of another request on a kept-alive connection: it is bounded
             # like the first (between requests only the idle timeout applies).
-            self._pending_key = _address_key(self.transport.getPeer())
+            self._pending_key = self._peer_key()
             self.site.request_started(self._pending_key, refuse=False)
             self._start_deadline()
         super().dataReceived(data)
 
+    def _peer_key(self) -> str:
+        return self.site.address_keys.key(getattr(self.transport.getPeer(), "host", None))
+
     def connectionLost(self, reason):
         self._request_arrived()
+        if self.transport is not None:
+            self.site.pending_connections.release(self.transport)
         super().connectionLost(reason)
 
     def _refuse(self, status: int, code: str, message: str) -> None:
@@ -243,11 +290,13 @@ class GuardedChannel(HTTPChannel):
 
 
 class GuardedSite(PiSite):
-    """A Site of ``GuardedChannel``s, counting per source address the connections whose
-    request is still arriving. ``on_refused(kind, address, message)`` hears of each
-    refusal."""
+    """A Site of ``GuardedChannel``s, counting per source address (``address_keys``) the
+    connections whose request is still arriving, and all that have not authenticated
+    (``pending_connections``, an ``admission.PendingConnections``; None: no cap).
+    ``on_refused(kind, address, message)`` hears of each refusal."""
 
     protocol = GuardedChannel
+    requestFactory = ProxiedRequest
 
     def __init__(
         self,
@@ -256,9 +305,17 @@ class GuardedSite(PiSite):
         request_timeout: float,
         max_pending_per_address: int,
         on_refused=None,
+        address_keys: AddressKeys | None = None,
+        proxies: TrustedProxies | None = None,
+        pending_connections=None,
         **kwargs,
     ):
         super().__init__(resource, **kwargs)
+        self.address_keys = AddressKeys() if address_keys is None else address_keys
+        self.proxies = TrustedProxies() if proxies is None else proxies
+        if pending_connections is None:
+            pending_connections = PendingConnections(UNCAPPED, on_refused)
+        self.pending_connections = pending_connections
         self.request_timeout = request_timeout
         self.max_pending_per_address = max_pending_per_address
         self._on_refused = on_refused
@@ -280,10 +337,6 @@ class GuardedSite(PiSite):
             self._on_refused(kind, key or "-", message)
 
 
-def _address_key(address) -> str:
-    return getattr(address, "host", None) or type(address).__name__
-
-
 def make_site(
     rpc: Resource,
     agent: dict,
@@ -294,6 +347,9 @@ def make_site(
     max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS,
     on_refused=None,
     actions: Resource | None = None,
+    address_keys: AddressKeys | None = None,
+    proxies: TrustedProxies | None = None,
+    pending_connections=None,
 ) -> Site:
     """
     ``agent`` describes the pi agent for ``GET /``; ``ui`` is the web client, served at
@@ -308,6 +364,9 @@ def make_site(
         request_timeout=idle_timeout,
         max_pending_per_address=max_pending_per_address,
         on_refused=on_refused,
+        address_keys=address_keys,
+        proxies=proxies,
+        pending_connections=pending_connections,
     )
     site.log_health = log_health
     # A traceback page would show internals to whoever asks.

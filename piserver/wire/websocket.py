@@ -19,6 +19,7 @@ from piserver.common.defaults import (
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
 )
+from piserver.security.addresses import TrustedProxies
 from piserver.security.auth import Unauthorized
 from piserver.security.origins import host_allowed, is_loopback, normal_name, origin_allowed
 
@@ -55,6 +56,15 @@ class RpcServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         factory = self.factory
+        # Behind a trusted reverse proxy, the client it forwards (logs, refusals, the
+        # connection's record); anyone else's forwarding headers are ignored.
+        peer_host = getattr(self.transport.getPeer(), "host", None)
+        if factory.proxies.trusts(peer_host):
+            header = str(factory.proxies.header)
+            values = [request.headers[header]] if header in request.headers else []
+            client = factory.proxies.client(peer_host, values)
+            if client != peer_host:
+                self.peer = f"{client} (via {self.peer})"
         local = getattr(self.transport.getHost(), "host", None)
         names = factory.server_names | ({normal_name(local)} if local else set())
         host = request.headers.get("host")
@@ -108,6 +118,8 @@ class RpcServerProtocol(WebSocketServerProtocol):
         return ISSLTransport.providedBy(self.transport)
 
     def onOpen(self):
+        # Authenticated: no longer one of the connections strangers may hold.
+        self._release_pending()
         identity = self._identity
         self.connection = self.factory.hub.connect(
             self,
@@ -133,6 +145,15 @@ class RpcServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         if self.connection is not None:
             self.connection.lost()
+
+    def connectionLost(self, reason):
+        self._release_pending()
+        super().connectionLost(reason)
+
+    def _release_pending(self):
+        pending = self.factory.pending_connections
+        if pending is not None and self.transport is not None:
+            pending.release(self.transport)
 
     # FrameSink
     @property
@@ -184,6 +205,8 @@ class RpcServerFactory(WebSocketServerFactory):
         refusals,
         server_names=(),
         library_log_level="error",
+        proxies=None,
+        pending_connections=None,
     ):
         # No version in the Server header of upgrade answers.
         super().__init__(reactor=reactor, server="pi-server")
@@ -205,6 +228,11 @@ class RpcServerFactory(WebSocketServerFactory):
             normal_name(n) for n in ("localhost", socket.gethostname(), *server_names)
         )
         self.max_connections = max_connections
+        # security.addresses.TrustedProxies: whose forwarding headers name the client.
+        self.proxies = TrustedProxies() if proxies is None else proxies
+        # security.admission.PendingConnections, shared with the HTTP site: an upgrade
+        # counts among the connections not authenticated until it is open.
+        self.pending_connections = pending_connections
         # Autobahn schedules its timers (handshake, ping, close) on txaio's global reactor:
         # route them through ours, so a fake clock drives them too.
         self._batched_timer = ReactorTimer(self.reactor)

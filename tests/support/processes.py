@@ -12,9 +12,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def health_ok(port: int) -> bool:
+def health_ok(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with socket.create_connection((host, port), timeout=1) as s:
             s.sendall(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
             return b'"ok": true' in s.recv(4096)
     except OSError:

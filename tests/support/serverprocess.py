@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -33,8 +34,14 @@ class ServerProcess:
         pi: str = VERSION_ONLY_PI,
         environ=None,
         data_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        nofile: int | None = None,
+        backlog: int | None = None,
     ):
         self.directory = directory
+        self.host = host
+        self.nofile = nofile
+        self.backlog = backlog
         self.data_dir = data_dir or directory / "data"
         self.log_file = directory / "piserver.log"
         self.port = free_port()
@@ -52,7 +59,12 @@ class ServerProcess:
                 str(self.log_file),
                 "piserver",
                 "--port",
-                f"tcp:{self.port}:interface=127.0.0.1",
+                (
+                    f"tcp6:{self.port}:interface={self.host.replace(':', chr(92) + ':')}"
+                    if ":" in self.host
+                    else f"tcp:{self.port}:interface={self.host}"
+                )
+                + (f":backlog={self.backlog}" if self.backlog else ""),
                 "--data-dir",
                 str(self.data_dir),
                 "--pi",
@@ -64,14 +76,18 @@ class ServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=None if self.nofile is None else self._limit_files,
         )
         wait_until(
-            lambda: health_ok(self.port) or self.process.poll() is not None,
+            lambda: health_ok(self.port, self.host) or self.process.poll() is not None,
             60,
             "pi-server to answer /health",
         )
         assert self.process.poll() is None, self.log()
         return self
+
+    def _limit_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def stop(self) -> None:
         """SIGTERM, and wait until the log is complete."""
@@ -149,10 +165,12 @@ def status_of(answer: bytes) -> int | None:
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
 
 
-def open_websocket(port: int, path: str = "/rpc", headers=(), timeout: float = 30):
+def open_websocket(
+    port: int, path: str = "/rpc", headers=(), timeout: float = 30, host: str = "127.0.0.1"
+):
     """A socket on which the upgrade was answered 101, ready for frames."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    s.sendall(upgrade_request(path, headers=headers))
+    s = socket.create_connection((host, port), timeout=timeout)
+    s.sendall(upgrade_request(path, host=f"[{host}]" if ":" in host else host, headers=headers))
     answer = b""
     while b"\r\n\r\n" not in answer:
         chunk = s.recv(1)
@@ -192,9 +210,9 @@ def _read_exactly(s: socket.socket, n: int) -> bytes | None:
 class RawRpc:
     """A minimal blocking /rpc client on a raw socket: requests out, frames in."""
 
-    def __init__(self, port: int, token: str, timeout: float = 60):
+    def __init__(self, port: int, token: str, timeout: float = 60, host: str = "127.0.0.1"):
         self.socket = open_websocket(
-            port, headers=[f"Authorization: Bearer {token}"], timeout=timeout
+            port, headers=[f"Authorization: Bearer {token}"], timeout=timeout, host=host
         )
         self._ids = iter(range(1, 1_000_000))
 

@@ -21,6 +21,7 @@ from piserver.sessions import SessionManager, SessionSettings, aborts
 from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
 from piserver.sessions.observer import SessionObserver
+from piserver.sessions.permissions import PermissionMode, Permissions
 from piserver.sessions.session import Session
 from tests.support.fakeprocess import FakeProcessReactor
 
@@ -658,6 +659,20 @@ def test_a_warm_agent_older_than_pi_s_configuration_is_not_handed_over(tmp_path)
     assert not warm.directory.exists()
 
 
+def test_a_create_handed_a_warm_agent_rewrites_neither_its_mode_nor_its_tools(tmp_path):
+    """Each file written is two fsyncs of the create's time (bench/warmcreate.py): the
+    warm session's permission and (empty) tools files stand as they are."""
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    before = {f: os.stat(f).st_ino for f in (warm.permission_file, warm.native_tools_file)}
+    assert create(harness).result is warm
+    assert {f: os.stat(f).st_ino for f in before} == before
+    # Another mode is written, of course.
+    created = create(harness, permissions=Permissions(mode=PermissionMode.ASK))
+    assert json.loads(created.result.permission_file.read_text()) == {"mode": "ask"}
+
+
 def test_a_changing_file_pi_does_not_read_keeps_the_warm_agent(tmp_path):
     """Issue 21 point 18: only what pi reads makes a warm agent stale."""
     harness = warm_harness(tmp_path)
@@ -725,6 +740,27 @@ def test_a_warm_agent_that_dies_waiting_leaves_the_pool(tmp_path):
     assert harness.sessions.agents.warm.sessions() == [] and not warm.directory.exists()
     harness.sessions.watch(FakeConnection("c2"))  # the next client fills the pool again
     assert len(harness.reactor.spawned) == 2
+
+
+@pytest.mark.parametrize("discard", ["died", "idle"])
+def test_after_any_discard_the_next_create_refills_the_pool(tmp_path, discard):
+    """Issue 21 point 18: no client needs to come again for the pool to fill."""
+    harness = warm_harness(tmp_path, idle_timeout=600)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    if discard == "died":
+        harness.process(0).end(code=1)
+    else:
+        harness.reactor.advance(660)
+        harness.answer("abort", n=0)
+        harness.process(0).end(code=0)
+    assert harness.sessions.agents.warm.sessions() == []
+    created = create(harness)
+    assert created.result is not warm and created.result.agent.transport is harness.process(1)
+    harness.reactor.advance(0.1)
+    assert len(harness.reactor.spawned) == 3
+    (refilled,) = harness.sessions.agents.warm.sessions()
+    assert refilled is not created.result
 
 
 def test_a_code_sessions_record_round_trips_through_its_typed_checkout(tmp_path):

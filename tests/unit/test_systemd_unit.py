@@ -30,6 +30,11 @@ def test_exec_start_options_parse(tmp_path):
     assert options.config.log_health is False
 
 
+def test_the_unit_allows_far_more_descriptors_than_strangers_may_hold():
+    [line] = [line for line in UNIT.read_text().splitlines() if line.startswith("LimitNOFILE=")]
+    assert int(line.removeprefix("LimitNOFILE=")) >= 16384
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_analyze_verify(tmp_path):
     # verify checks that ExecStart's program exists: point it at this env's pi-server.
