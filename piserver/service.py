@@ -36,6 +36,7 @@ from piserver.repos.catalog import RepoCatalog
 from piserver.repos.checkouts import Checkouts
 from piserver.repos.git import Git
 from piserver.repos.github import GithubClient
+from piserver.repos.localclone import LocalClones
 from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
@@ -284,12 +285,13 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             http, config.github_api_url, config.github_token, reactor, timeout=config.github_timeout
         )
     repos = RepoCatalog(str(config.data_dir), github, git)
-    checkouts = Checkouts(git, config.github_token)
 
     def publish(session, event_type, payload):
         sessions.publish(session, event_type, payload)
 
     snapshots = Snapshots(git, in_thread, publish)
+    clones = LocalClones(git, snapshots.server_git)
+    checkouts = Checkouts(git, clones, config.github_token)
     sessions = SessionManager(
         reactor,
         SessionSettings(
@@ -319,6 +321,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         publish,
         author=config.git_author,
         push_timeout=config.clone_timeout,
+        clones=clones,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     ledger = UsageLedger(
