@@ -263,13 +263,14 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         # Blocking file work (reading a checkout's files) off the reactor thread.
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
 
+    launcher = make_launcher(config, reactor)
     supervisor = AgentSupervisor(
         reactor,
         list(config.pi_command),
         str(config.data_dir),
         config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV,
-        launcher=make_launcher(config, reactor),
+        launcher=launcher,
         probe_interval=config.agent_probe_interval,
     )
     supervisor.setServiceParent(top)
@@ -289,7 +290,12 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
     def publish(session, event_type, payload):
         sessions.publish(session, event_type, payload)
 
-    snapshots = Snapshots(git, in_thread, publish)
+    def confinement(session, writable):
+        # The server's git that reads a checkout's working tree runs in the session's
+        # sandbox (repos.servergit).
+        return launcher.one_shot(sessions.agents.files(session), str(session.cwd), writable)
+
+    snapshots = Snapshots(git, in_thread, publish, confinement)
     clones = LocalClones(git, snapshots.server_git)
     checkouts = Checkouts(git, clones, config.github_token)
     sessions = SessionManager(

@@ -25,7 +25,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from piserver.common.errors import GitError
-from piserver.common.processes import TermThenKill, signal_group
+from piserver.common.processes import Confine, TermThenKill, signal_group
 from piserver.common.secrets import without_secrets
 
 log = Logger()
@@ -157,11 +157,6 @@ def _check_branch_name(branch: str) -> None:
     # git would read a leading dash as an option; nothing legitimate starts with one.
     if not isinstance(branch, str) or not branch or branch.startswith("-"):
         raise GitError(f"invalid branch name {branch!r}")
-
-
-# ``confine(git, env) -> (argv prefix, env)``: how to start ``git`` inside a sandbox
-# (the prefix ends with the git to run there) and the environment it gets there.
-Confine = Callable[[str, Mapping[str, str]], tuple[list[str], dict[str, str]]]
 
 
 @attr.s(frozen=True)
@@ -421,7 +416,7 @@ class Git:
         else a GitError with git's stderr.  ``token`` (for ``token_url``'s origin) is
         given to this one process through its environment, as :meth:`clone` does.
         Only the first ``stdout_limit`` bytes of stdout are kept, when given; ``stdin``
-        is written to git's standard input.  ``confine`` (see :data:`Confine`) starts
+        is written to git's standard input.  ``confine`` (see ``common.processes.Confine``) starts
         git inside a sandbox.
         """
         secrets = _secrets_of(token)

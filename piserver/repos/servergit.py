@@ -18,6 +18,14 @@ git that reads it:
   An in-tree ``.gitattributes`` can still name a filter or diff driver, but no
   driver is configured there, so git applies none.
 
+Staging (``git add``) is the one step that reads the working tree, which the agent
+can change under it: it lstat()s a directory and opens files below it later, so an
+agent swapping a directory with a symlink in a loop could make it read any file the
+server can.  So it runs inside the session's sandbox (the launcher's ``one_shot``:
+the agent's files and nothing else of the server's, no network, no secret), where a
+followed link reaches only what the agent could read anyway; with ``--sandbox none``
+or a ``--launcher-command`` it runs as the server, as everything else does.
+
 git 2.39 (this machine's) has no ``--attr-source``; the separate git directory is
 what makes filters harmless without it.
 """
@@ -112,8 +120,14 @@ class Shadow:
         self.head = head
         self.index = f"{directory}/index"
 
-    def run(self, args, what, index: str | None = None, extra_env=None, **kwargs):
-        """git ``args`` here, on ``index`` (default: this directory's own)."""
+    def run(self, args, what, index: str | None = None, extra_env=None, confined=False, **kwargs):
+        """git ``args`` here, on ``index`` (default: this directory's own); ``confined``:
+        inside the session's sandbox, which may write only this directory and the
+        object store (see the module's doc)."""
+        if confined:
+            kwargs["confine"] = self._server_git.confine(
+                self._session, (self.directory, self.objects)
+            )
         env = {
             **ENVIRONMENT,
             "GIT_OBJECT_DIRECTORY": self.objects,
@@ -141,20 +155,34 @@ class Shadow:
         ):
             await self.run(["read-tree", self.head], "git read-tree")
 
+    async def add(self, pathspec=()) -> None:
+        """``git add --all`` of the working files (under ``pathspec``) into this index,
+        inside the session's sandbox: the one step that reads the working tree."""
+        await self.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add", confined=True)
+
     async def stage_all(self, agent_index: str | None, pathspec=()) -> str:
         """The id of a tree of the working files as they are now (``--all``)."""
         await self.seed_index(agent_index)
-        await self.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add")
+        await self.add(pathspec)
         _, out = await self.run(["write-tree"], "git write-tree")
         return out.decode().strip()
 
 
 class ServerGit:
-    """``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs file work."""
+    """``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs file work;
+    ``confinement(session, writable)`` the session's sandbox for one git (a
+    ``common.processes.Confine``, or None to run it as the server; see the module's
+    doc), None on a server whose agents are not sandboxed."""
 
-    def __init__(self, git, in_thread):
+    def __init__(self, git, in_thread, confinement=None):
         self.git = git
         self.in_thread = in_thread
+        self._confinement = confinement
+
+    def confine(self, session, writable):
+        if self._confinement is None:
+            return None
+        return self._confinement(session, tuple(writable))
 
     def real(self, session, args, what, **kwargs):
         """git ``args`` in the checkout's real repository (resolving and moving refs only)."""

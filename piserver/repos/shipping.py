@@ -114,10 +114,10 @@ class Shipping:
             if paths:
                 # Only those paths change: the rest stays as the branch has it.
                 await shadow.seed_index(None)
-                await shadow.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add")
+                await shadow.add(pathspec)
             elif everything:
                 await shadow.seed_index(agent_index)
-                await shadow.run(["add", "--all"], "git add")
+                await shadow.add()
             else:
                 await shadow.seed_index(agent_index)
             _, out = await shadow.run(["write-tree"], "git write-tree")

@@ -180,6 +180,43 @@ def test_the_bwrap_launcher_wraps_the_agent_and_gives_it_a_private_tmp_and_home(
     assert spawned.env == {"HOME": "/home/me", "PATH": "/usr/bin", "TMPDIR": "/tmp"}
 
 
+def test_a_one_shot_runs_in_the_session_s_sandbox_without_network_or_secrets(tmp_path):
+    session = tmp_path / "sessions" / "s1"
+    checkout, shadow = session / "repo", session / "git-x"
+    for directory in (checkout, shadow):
+        directory.mkdir(parents=True)
+    files = SessionFiles(str(session), (str(checkout),))
+    launcher = BwrapLauncher(FakeProcessReactor(), "/usr/bin/bwrap", ["/opt"])
+    confine = launcher.one_shot(files, str(checkout), [str(shadow)])
+    env = {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C",
+        "GITHUB_TOKEN": "secret",
+        "PI_SERVER_AUTH_TOKEN": "secret",
+        "GIT_INDEX_FILE": f"{shadow}/index",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_VALUE_0": "Authorization: secret",
+    }
+    argv, kept = confine("git", env)
+    assert argv[0] == "/usr/bin/bwrap" and argv[-2:] == ["--", "git"]
+    assert "--unshare-net" in argv
+    writable = pairs(argv, "--bind")
+    assert (str(checkout), str(checkout)) in writable and (str(shadow), str(shadow)) in writable
+    assert (str(session), str(session)) in pairs(argv, "--ro-bind")
+    assert argv[argv.index("--chdir") + 1] == str(checkout)
+    assert kept == {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C",
+        "GIT_INDEX_FILE": f"{shadow}/index",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+    }
+    # Unconfined where the agent is too, or where the server cannot tell.
+    assert LocalLauncher(FakeProcessReactor()).one_shot(files, str(checkout), []) is None
+    template = CommandTemplateLauncher(FakeProcessReactor(), ("/usr/bin/env",))
+    assert template.one_shot(files, str(checkout), []) is None
+
+
 FAKE_PI = """#!/bin/sh
 # Notes its arguments and what it was given to compile into, as pi with jiti would.
 echo "$@" >> "{calls}"

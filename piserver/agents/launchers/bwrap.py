@@ -20,7 +20,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 from piserver.agents.launchers import AgentLaunch
 from piserver.agents.launchers.caches import node_cache, session_jiti
-from piserver.common.processes import run_probe
+from piserver.common.processes import Confine, run_probe
 
 # Top-level system directories shown read-only (or as the symlinks they are on merged-/usr
 # systems).  /etc is shown too, without the files below.
@@ -28,6 +28,9 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 # Secrets of the machine in /etc, hidden even though the agent runs as the server's user.
 HIDDEN_ETC_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
 HIDDEN_ETC_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
+# All a one-shot command keeps of the server's environment (besides GIT_* settings
+# the server gives it, never a GIT_CONFIG_* one: that is how a token would travel).
+ONE_SHOT_ENVIRONMENT = ("PATH", "LANG", "LC_ALL")
 PROBE_TIMEOUT = 10.0
 
 
@@ -155,11 +158,15 @@ def cache_args(files, cache: Path | None) -> list[str]:
     return ["--bind", session_jiti(cache, files.cache), "/tmp/jiti"]
 
 
-def session_args(cwd: str, files, readable: Iterable[str]) -> list[str]:
+def session_args(
+    cwd: str, files, readable: Iterable[str], writable: Iterable[str] = ()
+) -> list[str]:
     """bwrap options showing one agent its own files (``files``: launchers.SessionFiles,
-    or None for an agent of no session: its working directory only) and the read-only
-    ``readable`` (the pi install...)."""
+    or None for an agent of no session: its working directory only), the read-only
+    ``readable`` (the pi install...) and the further ``writable`` (a one-shot command's
+    own directories)."""
     binds: list[tuple[str, str]] = [("ro", path) for path in readable]
+    binds += [("rw", path) for path in writable]
     if files is None:
         binds.append(("rw", cwd))
     else:
@@ -206,6 +213,30 @@ class BwrapLauncher:
             launch.executable,
             *launch.argv[1:],
         ]
+
+    def one_shot(self, files, cwd: str, writable: Sequence[str]) -> Confine:
+        """A sandbox like the session agent's (its files, the install, read-only
+        system), without the network, with ``writable`` writable too, and an environment
+        of ``PATH``, the locale and the server's ``GIT_*`` settings only."""
+        options = [
+            *system_args(None),
+            "--unshare-net",
+            *session_args(cwd, files, self._install, writable),
+        ]
+
+        def confine(program: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+            kept = {
+                name: value
+                for name, value in env.items()
+                if name in ONE_SHOT_ENVIRONMENT
+                or (name.startswith("GIT_") and not name.startswith("GIT_CONFIG_"))
+            }
+            for name in ("GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL"):
+                if name in env:
+                    kept[name] = env[name]
+            return [self._bwrap, *options, "--", program], kept
+
+        return confine
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         # The private /tmp is the agent's temporary directory, wherever the server's is.
