@@ -1,18 +1,23 @@
 """
 Issue 21 with the real pi agent in its real bubblewrap sandbox, driven by the scripted
-LLM: the agent attacks the source repository of its local session (point 9) and races
-the server's staging of its working tree with a symlink swapper (point 2).  Each
-attack: no secret reaches anything the agent can read, the source repository's
-objects and refs are unchanged, and the session goes on.
+LLM: the agent attacks the source repository of its local session (point 9), races
+the server's staging of its working tree with a symlink swapper (point 2), and turns
+its checkout's git hostile before the server's run-end snapshot, session.diff,
+session.commit and session.push (points 1, 3, 4 and 8; GitHub sessions with the
+stand-in).  Each attack: no secret reaches anything the agent can read, no program of
+the agent's runs as the server, the source repository's objects and refs change only
+by the server's commit, and the session goes on.
 """
 
 import json
 import subprocess
 
 import pytest_twisted
+from twisted.internet import endpoints, reactor
 
-from tests.support.fakegithub import make_repository
+from tests.support.fakegithub import TEST_TOKEN, make_repository
 from tests.support.fakellm import Reply, Text, ToolCall
+from tests.support.hostilegit import ProxyTrap
 from tests.support.server import TOKEN
 from tests.support.wsclient import CallFailed
 
@@ -20,6 +25,10 @@ DOTENV_MARKER = "dotenv-value-4f1c9e"
 MIN_SWAPS = 300
 PADDING = 500
 DIFFS = 6  # after each of two runs
+# What the agent's git programs would do if the server ran them: leave a mark outside
+# the sandbox (where the agent cannot write).
+TRAPS = ("filter-clean", "filter-smudge", "textconv", "fsmonitor", "gpg", "nested-fsmonitor")
+HOOKS = ("pre-commit", "commit-msg", "post-commit", "pre-push", "reference-transaction")
 
 # Exchanges a directory of the checkout with a symlink to the data dir, as fast as it
 # can, until told to stop; counts the swaps it made.
@@ -94,17 +103,115 @@ async def prompt(client, fake_llm, session_id, *replies) -> None:
     )
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_local_session_s_agent_cannot_touch_the_source_nor_race_staging(
-    make_pi_server, agent_dir, fake_llm, tmp_path
-):
-    data_dir = agent_dir.path
+@pytest_twisted.async_yield_fixture
+async def proxy_trap():
+    trap = ProxyTrap()
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(trap)
+    trap.port = port.getHost().port
+    yield trap
+    await port.stopListening()
+
+
+def plant_secrets(data_dir) -> tuple[bytes, ...]:
     (data_dir / "server-token").write_text(TOKEN + "\n")
     (data_dir / ".env").write_text(f"ATTACK_TEST_VALUE={DOTENV_MARKER}\n")
+    return (TOKEN.encode(), DOTENV_MARKER.encode(), TEST_TOKEN.encode())
+
+
+def hostile_git(markers, proxy_port: int) -> str:
+    """The agent's bash making its checkout's git hostile: filter and diff drivers, an
+    fsmonitor, a signing program and hooks (point 1), a nested repository with its own
+    fsmonitor (3), a proxy (4), ``HEAD`` at ``main`` (8)."""
+    lines = []
+    for name in (*TRAPS, *HOOKS):
+        lines.append(
+            f"printf '#!/bin/sh\\ntouch {markers}/{name}.ran\\ncat\\n' > .git/{name}.sh"
+            f" && chmod +x .git/{name}.sh"
+        )
+    config = {
+        "filter.evil.clean": "filter-clean",
+        "filter.evil.smudge": "filter-smudge",
+        "diff.evil.textconv": "textconv",
+        "core.fsmonitor": "fsmonitor",
+        "gpg.program": "gpg",
+    }
+    lines += [f"git config {key} $PWD/.git/{name}.sh" for key, name in config.items()]
+    lines += [
+        "git config filter.evil.required true",
+        "git config commit.gpgSign true",
+        f"git config http.proxy http://127.0.0.1:{proxy_port}",
+        "mkdir -p .git/hooks",
+        *(f"cp .git/{hook}.sh .git/hooks/{hook}" for hook in HOOKS),
+        "echo '* filter=evil diff=evil' > .gitattributes",
+        "git init -q nested && echo n > nested/n.txt && git -C nested add n.txt"
+        " && git -C nested -c user.name=a -c user.email=a@x commit -qm n"
+        " && git -C nested config core.fsmonitor $PWD/.git/nested-fsmonitor.sh",
+        "echo 'ref: refs/heads/main' > .git/HEAD",
+        "echo hostile",
+    ]
+    return " && ".join(lines)
+
+
+def start_swapper(checkout, target) -> str:
+    """What the agent's bash runs: a swapper in the background exchanging ``sub`` (a
+    directory holding files named as the data dir's, and many more after them, so that
+    git lists it long before it reads them) with a link to ``target`` (outside the
+    sandbox: it leads nowhere there)."""
+    (checkout / "sub").mkdir()
+    for name in ("server-token", ".env", *(f"t{n:04}" for n in range(PADDING))):
+        (checkout / "sub" / name).write_text("harmless\n")
+    (checkout / ".git" / "swap.py").write_text(SWAPPER)
+    state = checkout / ".git"
+    return (
+        f"ln -s {target} link && (python3 .git/swap.py sub link {state}/swaps {state}/stop"
+        f" {state}/done </dev/null >/dev/null 2>&1 &) && echo started"
+    )
+
+
+def stop_swapper(checkout) -> str:
+    state = checkout / ".git"
+    return (
+        f"touch {state}/stop; while [ ! -e {state}/done ]; do sleep 0.01; done; cat {state}/swaps"
+    )
+
+
+async def race(client, fake_llm, session_id, runs: int, diffs: int) -> None:
+    """Run ends and session.diff, each staging the working tree while it swaps."""
+    for _ in range(runs):
+        await prompt(client, fake_llm, session_id, Text("another run"))
+        for _ in range(diffs):
+            try:
+                await client.call("session.diff", session_id=session_id)
+            except CallFailed as e:
+                # git may trip over a directory that turns into a link under it: a
+                # clean error answer, nothing of the server's read.
+                assert e.code == "git_error", e
+
+
+def assert_no_secret(secrets, fake_llm, checkout, *stores) -> None:
+    """Not in any object of the stores the agent can read, nor any file of its checkout,
+    nor anything the agent told the model."""
+    for store in (checkout, *stores):
+        objects = all_objects(store)
+        assert not any(secret in objects for secret in secrets), store
+    words = [arg for secret in secrets for arg in ("-e", secret.decode())]
+    grep = subprocess.run(["grep", "-rlF", *words, str(checkout)], capture_output=True)
+    assert grep.returncode == 1, grep.stdout
+    told = json.dumps(fake_llm.requests).encode()
+    assert not any(secret in told for secret in secrets)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_local_session_s_agent_cannot_touch_the_source_nor_reach_the_server(
+    make_pi_server, agent_dir, fake_llm, tmp_path, proxy_trap
+):
+    secrets = plant_secrets(agent_dir.path)
+    markers = tmp_path / "markers"
+    markers.mkdir()
     source = make_repository(
         str(tmp_path / "source"), default_branch="main", files={"app.py": "x = 1\n"}
     )
-    (data_dir / "repos.json").write_text(
+    (agent_dir.path / "repos.json").write_text(
         json.dumps({"repos": [{"id": "src", "name": "Source", "path": source}]})
     )
     server = make_pi_server()
@@ -113,22 +220,11 @@ async def test_a_local_session_s_agent_cannot_touch_the_source_nor_race_staging(
     session_id = (await client.call("session.create", {"mode": "code", "repoId": "src"}))[
         "sessionId"
     ]
+    branch = f"pi/session-{session_id}"
     checkout = server.sessions.sessions[session_id].cwd
     before = repository_state(source)
     main = git(source, "rev-parse", "main").strip()
 
-    # What the swapper exchanges: a directory holding files named as the data dir's
-    # (and many more after them, so that git lists it long before it reads them), and
-    # a link to the data dir (outside the sandbox: it leads nowhere there).
-    (checkout / "sub").mkdir()
-    for name in ("server-token", ".env", *(f"t{n:04}" for n in range(PADDING))):
-        (checkout / "sub" / name).write_text("harmless\n")
-    (checkout / ".git" / "swap.py").write_text(SWAPPER)
-    state = checkout / ".git"
-    swapper = (
-        f"ln -s {data_dir} link && (python3 .git/swap.py sub link {state}/swaps {state}/stop"
-        f" {state}/done </dev/null >/dev/null 2>&1 &) && echo started"
-    )
     await prompt(
         client,
         fake_llm,
@@ -147,28 +243,14 @@ async def test_a_local_session_s_agent_cannot_touch_the_source_nor_race_staging(
             ),
         ),
         # (After the calls above: pi may run one reply's calls at the same time.)
-        Reply(bash("swapper", swapper)),
+        Reply(bash("swapper", start_swapper(checkout, agent_dir.path))),
         Text("attacked"),
     )
-    # Point 2: more run ends and diffs, each staging the working tree while it swaps.
-    diffs = {"answered": 0, "refused": 0}
-    for _ in range(2):
-        await prompt(client, fake_llm, session_id, Text("another run"))
-        for _ in range(DIFFS):
-            try:
-                diff = await client.call("session.diff", session_id=session_id)
-            except CallFailed as e:
-                # git may trip over a directory that turns into a link under it: a
-                # clean error answer, nothing staged.
-                assert e.code == "git_error", e
-                diffs["refused"] += 1
-            else:
-                assert "new.txt" in {f["path"] for f in diff["files"]}
-                diffs["answered"] += 1
-    stop = (
-        f"touch {state}/stop; while [ ! -e {state}/done ]; do sleep 0.01; done; cat {state}/swaps"
+    # Point 2: run ends and diffs while it swaps.
+    await race(client, fake_llm, session_id, runs=2, diffs=DIFFS)
+    await prompt(
+        client, fake_llm, session_id, Reply(bash("stop", stop_swapper(checkout))), Text("stopped")
     )
-    await prompt(client, fake_llm, session_id, Reply(bash("stop", stop)), Text("stopped"))
 
     results = tool_results(fake_llm)
     for call_id in ("delete", "ref", "alternate"):
@@ -177,21 +259,43 @@ async def test_a_local_session_s_agent_cannot_touch_the_source_nor_race_staging(
     assert results["commit"].endswith("\nagent\nInitial commit\n"), results["commit"]
     swaps = int(results["stop"].strip().splitlines()[-1])
     assert swaps >= MIN_SWAPS, swaps
-
     # The source repository: the same refs, the same objects, history intact.
     assert repository_state(source) == before
     assert git(source, "log", "--format=%s", "main").strip() == "Initial commit"
-    # No secret in anything the agent can read or was told.
-    secrets = (TOKEN.encode(), DOTENV_MARKER.encode())
-    for store in (checkout, source):
-        objects = all_objects(store)
-        assert not any(secret in objects for secret in secrets)
-    grep = subprocess.run(
-        ["grep", "-rlF", "-e", TOKEN, "-e", DOTENV_MARKER, str(checkout)], capture_output=True
+    assert_no_secret(secrets, fake_llm, checkout, source)
+
+    # Points 1, 3, 8: the agent's git turned hostile, then a run end and the client's
+    # diff, commit and push.
+    await prompt(
+        client,
+        fake_llm,
+        session_id,
+        Reply(bash("hostile", hostile_git(markers, proxy_trap.port))),
+        Text("planted"),
     )
-    assert grep.returncode == 1, grep.stdout
-    told = json.dumps(fake_llm.requests)
-    assert TOKEN not in told and DOTENV_MARKER not in told
+    assert tool_results(fake_llm)["hostile"].rstrip().endswith("hostile")
+    diff = await client.call("session.diff", session_id=session_id)
+    assert {".gitattributes", "nested", "new.txt"} <= {f["path"] for f in diff["files"]}
+    committed = await client.call("session.commit", {"message": "work"}, session_id=session_id)
+    pushed = await client.call("session.push", session_id=session_id)
+    assert pushed["pushed"] is False
+    assert sorted(path.name for path in markers.iterdir()) == []
+    assert proxy_trap.received == []
+    # On the session's branch only, in the clone and, published, in the source.
+    assert committed["branch"] == branch
+    assert git(source, "rev-parse", branch).strip() == committed["commit"]
+    assert git(source, "log", "--format=%s", branch).splitlines() == [
+        "work",
+        "agent",
+        "Initial commit",
+    ]
+    assert git(source, "rev-parse", "main").strip() == main
+    assert git(checkout, "rev-parse", "main").strip() == main
+    refs, _ = repository_state(source)
+    changed = set(refs.splitlines()) ^ set(before[0].splitlines())
+    assert {line.rsplit(None, 1)[-1] for line in changed} == {f"refs/heads/{branch}"}
+    assert git(source, "show", f"{committed['commit']}:app.py") == "x = 1\n"
+    assert_no_secret(secrets, fake_llm, checkout, source)
 
     # The session goes on.
     asked = len(fake_llm.requests)
