@@ -301,3 +301,65 @@ async def test_a_local_session_s_agent_cannot_touch_the_source_nor_reach_the_ser
     asked = len(fake_llm.requests)
     await prompt(client, fake_llm, session_id, Text("still here"))
     assert len(fake_llm.requests) == asked + 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_github_session_s_agent_reaches_no_token_and_runs_nothing_as_the_server(
+    make_pi_server, agent_dir, fake_llm, fake_github, tmp_path, proxy_trap
+):
+    secrets = plant_secrets(agent_dir.path)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    repo = fake_github.add_repo("octo/app", default_branch="main", files={"app.py": "x = 1\n"})
+    server = make_pi_server(
+        "--github-api-url", fake_github.api_url, environ={"GITHUB_TOKEN": TEST_TOKEN}
+    )
+    client = await server.client()
+    await client.call("repos.list")
+    session_id = (await client.call("session.create", {"mode": "code", "repoId": "octo/app"}))[
+        "sessionId"
+    ]
+    branch = f"pi/session-{session_id}"
+    checkout = server.sessions.sessions[session_id].cwd
+    main = git(repo.bare_path, "rev-parse", "main").strip()
+
+    # Point 2 in a clone of GitHub's: the swap race against run ends and diffs.
+    await prompt(
+        client,
+        fake_llm,
+        session_id,
+        Reply(bash("swapper", start_swapper(checkout, agent_dir.path))),
+        Text("swapping"),
+    )
+    await race(client, fake_llm, session_id, runs=1, diffs=DIFFS)
+    await prompt(
+        client, fake_llm, session_id, Reply(bash("stop", stop_swapper(checkout))), Text("stopped")
+    )
+    swaps = int(tool_results(fake_llm)["stop"].strip().splitlines()[-1])
+    assert swaps >= MIN_SWAPS, swaps
+    assert_no_secret(secrets, fake_llm, checkout)
+
+    # Points 1, 4, 8, then the client's diff, commit and push.
+    await prompt(
+        client,
+        fake_llm,
+        session_id,
+        Reply(bash("hostile", hostile_git(markers, proxy_trap.port))),
+        Text("planted"),
+    )
+    assert tool_results(fake_llm)["hostile"].rstrip().endswith("hostile")
+    diff = await client.call("session.diff", session_id=session_id)
+    assert {".gitattributes", "nested"} <= {f["path"] for f in diff["files"]}
+    committed = await client.call("session.commit", {"message": "work"}, session_id=session_id)
+    pushed = await client.call("session.push", session_id=session_id)
+    assert sorted(path.name for path in markers.iterdir()) == []
+    assert proxy_trap.received == []  # never saw the push, nor its Authorization
+    assert committed["branch"] == branch and pushed["commit"] == committed["commit"]
+    assert git(repo.bare_path, "rev-parse", branch).strip() == committed["commit"]
+    assert git(repo.bare_path, "rev-parse", "main").strip() == main
+    assert git(checkout, "rev-parse", "main").strip() == main
+    assert_no_secret(secrets, fake_llm, checkout)
+
+    asked = len(fake_llm.requests)
+    await prompt(client, fake_llm, session_id, Text("still here"))
+    assert len(fake_llm.requests) == asked + 1
