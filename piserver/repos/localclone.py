@@ -127,7 +127,7 @@ class LocalClones:
             # Read from the clone (and the source, its alternate), written as one
             # pack straight into the source's store; the shadow's own git dir has
             # no config of anyone's.
-            await shadow.run(
+            _, out = await shadow.run(
                 ["pack-objects", "--revs", "--quiet", os.path.join(objects, "pack", "pack")],
                 "git pack-objects",
                 extra_env={
@@ -136,6 +136,7 @@ class LocalClones:
                 },
                 stdin=revisions,
             )
+            await self._check_pack(source, objects, out.decode().strip(), shadow.directory)
         # Only moves the ref that was there when this began (else a GitError).
         await self._source(
             source,
@@ -149,6 +150,30 @@ class LocalClones:
             source=source,
             commit=commit,
         )
+
+    async def _check_pack(self, source: str, objects: str, name: str, scratch: str) -> None:
+        """The agent made those objects: a pack holding one git's fsck finds broken
+        (bad trees, paths such as ``.git``) is removed again before any ref names it."""
+        pack = os.path.join(objects, "pack", f"pack-{name}")
+        try:
+            await self._source(
+                source,
+                [
+                    "index-pack",
+                    "--strict",
+                    "-o",
+                    os.path.join(scratch, "check.idx"),
+                    f"{pack}.pack",
+                ],
+                "git index-pack",
+            )
+        except GitError as e:
+            for suffix in (".pack", ".idx", ".rev"):
+                try:
+                    os.unlink(pack + suffix)
+                except FileNotFoundError:
+                    pass
+            raise GitError(f"the session's commits hold objects git refuses: {e.message}") from None
 
     async def publish_own_commits(self, session) -> None:
         """Publish the clone's branch if the agent committed on it beyond what the

@@ -135,13 +135,14 @@ class Shipping:
                 extra_env=await self._identity(session),
             )
             commit = out.decode().strip()
+            if self._publishes(session):
+                # Into the source repository first: if git refuses it there, nothing moved.
+                await self._clones.publish(session, commit)
             await server_git.real(
                 session,
                 ["update-ref", "-m", "pi-server: commit", f"refs/heads/{branch}", commit, parent],
                 "git update-ref",
             )
-            if self._publishes(session):
-                await self._clones.publish(session, commit)
             # The agent's index learns what was committed (no work tree is read).
             if paths:
                 await shadow.run(

@@ -6,6 +6,7 @@ session's branch.
 """
 
 import os
+import subprocess
 
 import pytest
 import pytest_twisted
@@ -24,6 +25,18 @@ BRANCH = "pi/session-s1"
 
 def in_thread(f, *args, **kwargs):
     return threads.deferToThread(f, *args, **kwargs)
+
+
+def git_input(cwd: str, text: str, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=git_env(),
+        input=text,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def objects(repo) -> set[str]:
@@ -95,3 +108,23 @@ async def test_a_failed_create_leaves_no_branch_and_no_directory(setup):
     with pytest.raises(GitError):
         await clones.create(source, str(session.cwd), BRANCH, "main")
     assert not session.cwd.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_objects_git_refuses_are_not_published(setup):
+    source, session, clones = setup
+    await clones.create(source, str(session.cwd), BRANCH, "main")
+    clone = str(session.cwd)
+    before = run_git("rev-parse", BRANCH, cwd=source).strip()
+    packs = sorted(os.listdir(os.path.join(source, ".git", "objects", "pack")))
+    # A tree with an entry ".git": checking it out would write into a repository's git dir.
+    blob = git_input(clone, "[core]\n", "hash-object", "-w", "--stdin")
+    tree = git_input(clone, f"100644 blob {blob}\t.git\n", "mktree")
+    commit = run_git("commit-tree", tree, "-p", before, "-m", "evil", cwd=clone).strip()
+    run_git("update-ref", f"refs/heads/{BRANCH}", commit, cwd=clone)
+
+    with pytest.raises(GitError, match="refuses.*hasDotgit"):
+        await clones.publish_own_commits(session)
+    assert run_git("rev-parse", BRANCH, cwd=source).strip() == before
+    assert sorted(os.listdir(os.path.join(source, ".git", "objects", "pack"))) == packs
+    run_git("fsck", "--strict", cwd=source)
