@@ -25,7 +25,7 @@ class RepoSource(enum.StrEnum):
 @attr.frozen
 class CheckoutRecord:
     """What a code session's record keeps of its checkout: to ship its work (branch, base)
-    and to remove it (a local repository's worktree and branch)."""
+    and to remove it (a local repository's branch, and a worktree of old)."""
 
     source: RepoSource
     branch: str

@@ -33,7 +33,7 @@ class SessionFiles:
     bundled extension, the data dir's pi configuration its agent dir links to); ``cache``
     a directory of the session's own where the agent may keep what it compiles from one
     start to the next (made when needed); ``repository`` the local repository a
-    worktree checkout belongs to (its git dir is shown as far as git needs it).
+    checkout was cloned from (its objects are shown read-only; see ``bwrap.git_binds``).
     """
 
     directory: str
