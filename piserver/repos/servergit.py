@@ -109,6 +109,41 @@ def _make_shadow(parent: str, head: str) -> str:
     return directory
 
 
+def own_objects(session, objects: str) -> str:
+    """``objects`` (where the checkout's ``.git`` leads) if it is the session's own object
+    store: inside its checkout (a clone), or for a worktree of old its source
+    repository's.  Else a GitError: the agent pointed its ``.git`` (or the store, by a
+    link) at another repository, whose objects the server's git would then write."""
+    found = os.path.realpath(objects)
+    if found.startswith(os.path.realpath(session.cwd) + os.sep):
+        return objects
+    if _is_own_worktree(session) and found == os.path.realpath(
+        os.path.join(session.checkout.repo_path, ".git", "objects")
+    ):
+        return objects
+    raise GitError("the checkout's .git does not lead to an object store of its own")
+
+
+def _is_own_worktree(session) -> bool:
+    """Whether the checkout is a worktree of old of its source repository: its ``.git``
+    a file naming ``<source>/.git/worktrees/<name>``, whose ``gitdir`` names it back (a
+    clone's agent cannot write there)."""
+    checkout, dot_git = session.checkout, os.path.join(session.cwd, ".git")
+    if checkout is None or not checkout.repo_path or not os.path.isfile(dot_git):
+        return False
+    try:
+        with open(dot_git, encoding="utf-8") as f:
+            gitdir = f.readline().strip().removeprefix("gitdir:").strip()
+        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8") as f:
+            back = f.read().strip()
+    except (OSError, ValueError):
+        return False
+    worktrees = os.path.realpath(os.path.join(checkout.repo_path, ".git", "worktrees"))
+    return os.path.dirname(os.path.realpath(gitdir)) == worktrees and os.path.realpath(
+        back
+    ) == os.path.realpath(dot_git)
+
+
 class Shadow:
     """One operation's git directory (see the module's doc); ``head`` its HEAD commit."""
 
@@ -236,7 +271,9 @@ class ServerGit:
         (default: the tip of the session's branch)."""
         if head is None:
             head = await self.head(session)
-        objects = os.path.join(await self.git_path(session, "common-dir"), "objects")
+        objects = own_objects(
+            session, os.path.join(await self.git_path(session, "common-dir"), "objects")
+        )
         directory = await self.in_thread(_make_shadow, str(session.directory), head)
         try:
             yield Shadow(self, session, directory, objects, head)

@@ -17,6 +17,7 @@ from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from piserver.repos.git import Git
 from piserver.repos.localclone import LocalClones
 from piserver.repos.servergit import ServerGit
+from piserver.repos.snapshot import Snapshots
 from tests.support.fakegithub import git_env, make_repository, run_git
 from tests.support.hostilegit import CheckoutSession
 
@@ -128,3 +129,25 @@ async def test_objects_git_refuses_are_not_published(setup):
     assert run_git("rev-parse", BRANCH, cwd=source).strip() == before
     assert sorted(os.listdir(os.path.join(source, ".git", "objects", "pack"))) == packs
     run_git("fsck", "--strict", cwd=source)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_writes_no_object_where_the_agent_points_its_git(setup):
+    source, session, clones = setup
+    await clones.create(source, str(session.cwd), BRANCH, "main")
+    snapshots = Snapshots(Git(reactor, env=git_env()), in_thread, lambda *_: None)
+    (session.cwd / "new.txt").write_text("new\n")
+    assert (await snapshots.diff(session))["files"][0]["path"] == "new.txt"
+    before = objects(source)
+    # The clone's object store a link to the source's...
+    store = session.cwd / ".git" / "objects"
+    os.rename(store, session.cwd / ".git" / "objects.own")
+    os.symlink(os.path.join(source, ".git", "objects"), store)
+    with pytest.raises(GitError, match="object store of its own"):
+        await snapshots.diff(session)
+    # ...or its .git a file leading to the source's git dir.
+    os.rename(session.cwd / ".git", session.cwd / "git.own")
+    (session.cwd / ".git").write_text(f"gitdir: {source}/.git\n")
+    with pytest.raises(GitError, match="object store of its own"):
+        await snapshots.diff(session)
+    assert objects(source) == before
