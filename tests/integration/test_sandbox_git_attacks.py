@@ -23,7 +23,7 @@ from tests.support.wsclient import CallFailed
 
 DOTENV_MARKER = "dotenv-value-4f1c9e"
 MIN_SWAPS = 300
-PADDING = 500
+PADDING = 2000
 DIFFS = 6  # after each of two runs
 # What the agent's git programs would do if the server ran them: leave a mark outside
 # the sandbox (where the agent cannot write).
@@ -152,13 +152,20 @@ def hostile_git(markers, proxy_port: int) -> str:
     return " && ".join(lines)
 
 
+def pad(checkout) -> None:
+    """Files for the agent to commit: git checks each tracked file after it has listed
+    the untracked ones and before it reads them, which leaves a swapper time to swap."""
+    (checkout / "pad").mkdir()
+    for n in range(PADDING):
+        (checkout / "pad" / f"f{n:04}").write_text(f"{n}\n")
+
+
 def start_swapper(checkout, target) -> str:
     """What the agent's bash runs: a swapper in the background exchanging ``sub`` (a
-    directory holding files named as the data dir's, and many more after them, so that
-    git lists it long before it reads them) with a link to ``target`` (outside the
-    sandbox: it leads nowhere there)."""
+    directory holding files named as the data dir's) with a link to ``target`` (outside
+    the sandbox: it leads nowhere there)."""
     (checkout / "sub").mkdir()
-    for name in ("server-token", ".env", *(f"t{n:04}" for n in range(PADDING))):
+    for name in ("server-token", ".env"):
         (checkout / "sub" / name).write_text("harmless\n")
     (checkout / ".git" / "swap.py").write_text(SWAPPER)
     state = checkout / ".git"
@@ -224,6 +231,7 @@ async def test_a_local_session_s_agent_cannot_touch_the_source_nor_reach_the_ser
     checkout = server.sessions.sessions[session_id].cwd
     before = repository_state(source)
     main = git(source, "rev-parse", "main").strip()
+    pad(checkout)
 
     await prompt(
         client,
@@ -237,7 +245,8 @@ async def test_a_local_session_s_agent_cannot_touch_the_source_nor_reach_the_ser
             # Its own objects and commits go to its clone; main is readable there.
             bash(
                 "commit",
-                "echo hostile | git hash-object -w --stdin && echo new > new.txt && git add new.txt"
+                "echo hostile | git hash-object -w --stdin && echo new > new.txt"
+                " && git add new.txt pad"
                 " && git -c user.name=a -c user.email=a@x commit -qm agent && git status --short"
                 " && git log --format=%s -1 && git log --format=%s main",
             ),
@@ -322,12 +331,14 @@ async def test_a_github_session_s_agent_reaches_no_token_and_runs_nothing_as_the
     branch = f"pi/session-{session_id}"
     checkout = server.sessions.sessions[session_id].cwd
     main = git(repo.bare_path, "rev-parse", "main").strip()
+    pad(checkout)
 
     # Point 2 in a clone of GitHub's: the swap race against run ends and diffs.
     await prompt(
         client,
         fake_llm,
         session_id,
+        Reply(bash("pad", "git add pad && git -c user.name=a -c user.email=a@x commit -qm pad")),
         Reply(bash("swapper", start_swapper(checkout, agent_dir.path))),
         Text("swapping"),
     )
