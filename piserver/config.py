@@ -22,6 +22,7 @@ from piserver.agents.launchers.bwrap import BwrapUnusable
 from piserver.agents.launchers.caches import COMPILE_CACHE
 from piserver.agents.launchers.template import BadTemplate, parse_template
 from piserver.agents.nativetools import EXTENSION_PATH, TOOLS_FILE_FLAG
+from piserver.agents.projecttrust import TrustPolicy
 from piserver.agents.version import INSTALL_HINT, UnsupportedAgent
 from piserver.common.defaults import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -108,6 +109,10 @@ class ServerConfig:
     permission_mode: str = "full"
     # Seconds an approval request waits for a person before the call is denied.
     approval_timeout: float = 600.0
+    # pi's project trust (agents/projecttrust.py): ask, always or never.
+    project_trust: str = "ask"
+    # Seconds the project trust question stays on offer.
+    project_trust_timeout: float = 300.0
     # The server's URL for a notification's reader: signed approval action URLs; None: none.
     public_url: str | None = None
     # How agents are started: "bwrap" (sandboxed), "command" (launcher_command) or "none".
@@ -297,6 +302,7 @@ def resolve(options, reactor) -> ServerConfig:
         "agent-idle-timeout",
         "native-tool-timeout",
         "approval-timeout",
+        "project-trust-timeout",
         "idempotency-window",
         "agent-probe-interval",
         "requests-per-second",
@@ -308,6 +314,10 @@ def resolve(options, reactor) -> ServerConfig:
     if options["permission-mode"] not in {str(m) for m in PermissionMode}:
         raise usage.UsageError(
             "--permission-mode must be one of " + ", ".join(str(m) for m in PermissionMode)
+        )
+    if options["project-trust"] not in {str(p) for p in TrustPolicy}:
+        raise usage.UsageError(
+            "--project-trust must be one of " + ", ".join(str(p) for p in TrustPolicy)
         )
     public_url = options["public-url"]
     if public_url is not None:
@@ -434,6 +444,8 @@ def resolve(options, reactor) -> ServerConfig:
         native_tool_timeout=options["native-tool-timeout"],
         permission_mode=options["permission-mode"],
         approval_timeout=options["approval-timeout"],
+        project_trust=options["project-trust"],
+        project_trust_timeout=options["project-trust-timeout"],
         public_url=public_url,
         idempotency_window=options["idempotency-window"],
         requests_per_second=options["requests-per-second"],

@@ -310,6 +310,8 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             native_tool_timeout=config.native_tool_timeout,
             permission_mode=config.permission_mode,
             approval_timeout=config.approval_timeout,
+            project_trust=config.project_trust,
+            project_trust_timeout=config.project_trust_timeout,
         ),
         supervisor,
         store,

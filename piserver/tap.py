@@ -11,6 +11,7 @@ from twisted.python import usage
 from piserver.agents.launchers.bwrap import check_bwrap
 from piserver.agents.launchers.caches import fill as fill_cache
 from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT
+from piserver.agents.projecttrust import DEFAULT_PROJECT_TRUST_TIMEOUT
 from piserver.agents.protocol import DEFAULT_PROBE_INTERVAL
 from piserver.agents.version import probe
 from piserver.common.defaults import (
@@ -147,6 +148,20 @@ class Options(usage.Options):
             None,
             DEFAULT_APPROVAL_TIMEOUT,
             "seconds a tool call waits for a person's approval before it is denied",
+            float,
+        ],
+        [
+            "project-trust",
+            None,
+            "ask",
+            "whether an agent loads its folder's own pi configuration (.pi/extensions...): "
+            "ask (the session's clients; not trusted until a person says yes), always or never",
+        ],
+        [
+            "project-trust-timeout",
+            None,
+            DEFAULT_PROJECT_TRUST_TIMEOUT,
+            "seconds the project trust question stays on offer (unanswered: not trusted)",
             float,
         ],
         [

@@ -8,5 +8,6 @@
 - ``dotenv``: the data dir's ``.env`` handed to every agent;
 - ``models``: the models pi can use, from a helper agent;
 - ``nativetools``: the bundled extension (``extensions/session.ts``) and its wire contract:
-  native tool calls and extension dialogs.
+  native tool calls and extension dialogs;
+- ``projecttrust``: pi's project trust: what needs it, the server's policy, pi's override.
 """

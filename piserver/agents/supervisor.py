@@ -171,6 +171,15 @@ class AgentSupervisor(service.Service):
             aborted.addCallback(lambda _: self._close_and_escalate(agent))
         return agent.exited
 
+    def kill(self, agent: AgentProtocol) -> defer.Deferred:
+        """Stop ``agent`` at once: SIGKILL, no ``abort`` and no grace (one that does not
+        answer ``abort``). Its exit counts as asked for, not as a crash."""
+        if agent.exit is None:
+            agent.stop_requested = True
+            log.info("killing agent {agent_key}", agent_key=agent.key)
+            self._signal(agent, "KILL")
+        return agent.exited
+
     def startService(self) -> None:
         self._shutting_down = False
         super().startService()

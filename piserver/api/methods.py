@@ -354,8 +354,7 @@ class RpcMethods:
 
     async def abort(self, connection, request):
         session = self._sessions.get(check.session_id(request))
-        await self._sessions.command(session, "abort")
-        return {}
+        return await self._sessions.abort(session)
 
     async def get_state(self, connection, request):
         session = self._sessions.get(check.session_id(request))

@@ -13,6 +13,7 @@ attached to it and the events it streams to them.
 - ``catchup``: catching an attaching connection up (live, replayed or a snapshot);
 - ``lifecycle``: the state machine of a session's agent (starting, stopping, crashes);
 - ``agents``: what the sessions' agents are started with, room under --max-agents, idleness;
+- ``aborts``: ``abort`` ends the run, stopping pi when it does not answer in time;
 - ``warm``: agents started ahead of the sessions they will serve;
 - ``warmsupply``: filling, refilling and emptying that pool, handing a create its agent;
 - ``connections``: the connections seen, remembered for clients that resume;
@@ -25,6 +26,7 @@ attached to it and the events it streams to them.
 - ``devicecalls``: native tool calls and extension dialogs, routed to devices;
 - ``permissions``: what a session's agent may do without asking (modes, rules, grants);
 - ``approvals``: tool calls put to a person, and their answers;
+- ``projecttrust``: whether an agent loads its folder's pi configuration (asked of clients);
 - ``journalcodec``: the bytes of the journal (segments, records, pi 0.x's compact updates);
 - ``viewing``: which sessions are on screen (``session.viewing``): those get no push;
 - ``usage``: what the agents cost, per session, day, model and device (``usage.json``);

@@ -22,7 +22,7 @@ from piserver.agents.launchers import SessionFiles
 from piserver.agents.nativetools import EXTENSION_PATH, extension_args
 from piserver.agents.protocol import AgentExit, AgentProtocol
 from piserver.common.errors import TooManySessions
-from piserver.sessions.lifecycle import AgentLifecycle
+from piserver.sessions.lifecycle import AgentLifecycle, AgentStatus
 from piserver.sessions.observer import ISessionObserver
 from piserver.sessions.session import Session
 
@@ -126,6 +126,8 @@ class SessionAgents:
             session.native_tools_file if session.offers_native_tools else None,
         )
         args += permission_args(session.permission_file)
+        # The folder's own pi configuration: the server's decision (projecttrust.py).
+        args += session.trust.agent_args()
         return args
 
     def files(self, session: Session) -> SessionFiles:
@@ -166,12 +168,32 @@ class SessionAgents:
         return agent
 
     def started(self, session: Session, state: dict | None) -> None:
+        session.trust.agent_started()
         model = (state or {}).get("model") or {}
         if session.provider is None and model.get("provider") and model.get("id"):
             # pi's default model lives in the shared settings.json, which a set_model in any
             # session changes: pin this session's model so restarts keep it.
             session.provider, session.model_id = model["provider"], model["id"]
             self._host.save(session)
+
+    def restart(self, session: Session) -> None:
+        """Stop a running agent and start it again (it resumes the conversation): for
+        what it reads only at start."""
+        status = session.lifecycle.status
+        if status is AgentStatus.STARTING:
+            # Started with what was decided before: once it runs, again.
+            session.lifecycle.want().addCallbacks(lambda _: self.restart(session), lambda _: None)
+            return
+        if status is not AgentStatus.RUNNING:
+            return  # the next start reads it anyway
+        session.lifecycle.stop()
+        session.lifecycle.want().addErrback(
+            lambda f: self.log.error(
+                "the agent of {session_id} did not restart: {error}",
+                session_id=session.id,
+                error=f.getErrorMessage(),
+            )
+        )
 
     def restarting(self, session: Session, delay: float) -> None:
         self.log.info(

@@ -37,6 +37,8 @@ class SessionControl(typing.Protocol):
 
     async def command(self, session, command: str, /, **fields): ...
 
+    async def abort(self, session) -> dict: ...
+
     def save(self, session) -> None: ...
 
 
@@ -228,7 +230,8 @@ class Budgets(SessionObserver):
             notify(event, session, summary)
 
     def _abort(self, session) -> None:
-        d = defer.ensureDeferred(self._sessions.command(session, "abort"))
+        # The manager's abort: it ends the run even when pi does not answer (aborts.py).
+        d = defer.ensureDeferred(self._sessions.abort(session))
         d.addErrback(
             lambda failure: self.log.failure(
                 "session {session_id}: aborting the run over budget failed",

@@ -1,7 +1,8 @@
 """
 What a session's agent asks of the people and devices attached to it: native tool
 calls (answered by a device that declared the tool) and extension dialogs
-(answered by whoever is looking). The wire contract with the pi extension is in
+(answered by whoever is looking), and dialogs the server asks itself (pi's project
+trust: ``projecttrust.py``), shown as pi's are. The wire contract with the pi extension is in
 ``nativetools.py``; this module routes requests and answers for one session.
 
 Requests wait for an answer while no device is attached and are sent again to a
@@ -59,6 +60,8 @@ class DeviceCalls:
         self._connections = connections
         self.calls = PendingCalls(clock, timeout=call_timeout)
         self.dialogs = PendingDialogs(clock)
+        # Dialogs the server asks itself (not pi): their answers, by dialog id.
+        self._own: dict = {}
 
     # -- from the agent -----------------------------------------------------
 
@@ -137,12 +140,42 @@ class DeviceCalls:
             {"type": "extension_ui_resolved", "id": dialog.id, "reason": "timeout"},
         )
 
+    # -- from the server -----------------------------------------------------
+
+    def ask(self, dialog, answered, expired) -> None:
+        """Put a dialog of the server's own to the session's clients, as pi's are (sent now
+        and to every device that attaches, first answer wins): the answer, as pi's
+        ``extension_ui_response``, goes to ``answered(response)`` instead of pi; after
+        ``dialog.timeout`` ``expired()`` hears nobody answered. No agent exit withdraws it."""
+        self._own[dialog.id] = answered
+
+        def timed_out(dialog) -> None:
+            self._own.pop(dialog.id, None)
+            self._dialog_expired(dialog)
+            expired()
+
+        self.dialogs.add(dialog, timed_out)
+        self._observer.input_needed(
+            self._session, InputKind.DIALOG, f"the server asks: {dialog.request.get('title')}"
+        )
+        self._publish("extension_ui_request", dialog.request)
+
+    def close(self) -> None:
+        """The session is going: nothing it waits for times out or is answered now."""
+        self.calls.cancel_all()
+        self.dialogs.cancel_all()
+        self._own.clear()
+
     def agent_exited(self) -> None:
         for call in self.calls.cancel_all():
             self._publish(
                 "native_tool_cancel", {"type": "native_tool_cancel", "callId": call.call_id}
             )
-        for dialog in self.dialogs.cancel_all():
+        # pi's dialogs go with the agent; the server's own stay on offer.
+        for dialog in self.dialogs.pending():
+            if dialog.id in self._own:
+                continue
+            self.dialogs.cancel(dialog.id)
             self._publish(
                 "extension_ui_resolved",
                 {"type": "extension_ui_resolved", "id": dialog.id, "reason": "agent_exit"},
@@ -171,7 +204,11 @@ class DeviceCalls:
         dialog = self.dialogs.resolve(response["id"])
         if dialog is None:
             raise NotFound(f"no pending extension dialog {response['id'][:80]!r}")
-        self._send_to_agent(response)
+        answered = self._own.pop(dialog.id, None)
+        if answered is not None:
+            answered(response)
+        else:
+            self._send_to_agent(response)
         others = {c.connection_id for c in self._connections()} - {connection.connection_id}
         self._publish(
             "extension_ui_resolved", {"type": "extension_ui_resolved", "id": dialog.id}, to=others

@@ -23,6 +23,7 @@ from piserver.agents.nativetools import write_tools_file
 from piserver.agents.protocol import AgentProtocol
 from piserver.common.errors import AgentCommandFailed, InvalidParams, InvalidState, NotFound
 from piserver.common.files import write_bytes_atomic, write_json_atomic
+from piserver.sessions.aborts import abort_run
 from piserver.sessions.agents import SessionAgents
 from piserver.sessions.catchup import CatchUp, CaughtUp
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
@@ -30,6 +31,7 @@ from piserver.sessions.intents import Intent, clear_intent, write_intent
 from piserver.sessions.observer import SessionObservers
 from piserver.sessions.parts import SessionParts
 from piserver.sessions.permissions import Permissions
+from piserver.sessions.projecttrust import TrustRestarts
 from piserver.sessions.recovery import Recovery
 from piserver.sessions.relay import EventRelay
 from piserver.sessions.session import SESSION_RECORD, Session, iso_time
@@ -101,6 +103,7 @@ class SessionManager(service.Service):
         # Who hears of runs, crashes and input needed (metrics, notifications...): add an
         # ISessionObserver with observers.add. The runs are worked out once, by the relay.
         self.observers = SessionObservers()
+        self.observers.add(TrustRestarts())
         # pi's events, relayed; a code session's run that ends goes to on_run_end
         # (files_changed, piserver.workspace).
         self._relay = EventRelay(reactor, store, self.observers, self, on_run_end)
@@ -506,6 +509,13 @@ class SessionManager(service.Service):
         agent = await self.ensure_agent(session)
         session.last_used = self._reactor.seconds()
         return await agent.command(command, timeout=timeout, **fields)
+
+    async def abort(self, session: Session) -> dict:
+        """End the session's run (``aborts.abort_run``): its answer."""
+        return await abort_run(self, session)
+
+    def kill_agent(self, agent: AgentProtocol) -> defer.Deferred:
+        return self.agents.supervisor.kill(agent)
 
     async def prompt(
         self, session: Session, message: str, images=None, streaming_behavior=None

@@ -1,7 +1,7 @@
 """
 A session's live parts, given to it when it is restored or made: its journal and event
-stream, its device calls, its approvals and its agent's lifecycle. Each part reaches the
-rest of the server through the session manager, a ``PartsHost``.
+stream, its device calls, its approvals, its project trust and its agent's lifecycle. Each
+part reaches the rest of the server through the session manager, a ``PartsHost``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from piserver.sessions.devicecalls import DeviceCalls
 from piserver.sessions.journal import Journal
 from piserver.sessions.observer import SessionObservers
 from piserver.sessions.permissions import Permissions
+from piserver.sessions.projecttrust import ProjectTrust
 from piserver.sessions.session import Session
 from piserver.sessions.settings import SessionSettings
 from piserver.sessions.stream import EventStream
@@ -95,6 +96,12 @@ class SessionParts:
             self._settings.approval_timeout,
         )
         session.approvals.load()
+        session.trust = ProjectTrust(
+            session.id,
+            _TrustHost(host, self._agents, session),
+            self._settings.project_trust,
+            self._settings.project_trust_timeout,
+        )
         self._agents.equip(session)
 
 
@@ -149,3 +156,31 @@ class _ApprovalHost:
 
     def requested(self, request) -> None:
         self._observers.approval_requested(self._session, request)
+
+
+class _TrustHost:
+    """A session's side of its project trust (see projecttrust.TrustHost)."""
+
+    def __init__(self, host: PartsHost, agents: SessionAgents, session: Session) -> None:
+        self._host = host
+        self._agents = agents
+        self._session = session
+
+    def cwd(self) -> str:
+        return str(self._session.cwd)
+
+    def remembered(self) -> bool | None:
+        return self._session.project_trust
+
+    def remember(self, trusted: bool) -> None:
+        self._session.project_trust = trusted
+        self._host.save(self._session)
+
+    def ask(self, dialog, answered, expired) -> None:
+        self._session.calls.ask(dialog, answered, expired)
+
+    def streaming(self) -> bool:
+        return self._session.streaming
+
+    def restart_agent(self) -> None:
+        self._agents.restart(self._session)

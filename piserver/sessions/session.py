@@ -57,6 +57,8 @@ class Session:
     budget_usd: float | None = attr.ib(default=None)
     # The last event seq its record knows of (the stream's seq once it is open).
     last_seq: int = attr.ib(default=0)
+    # A person's answer to pi's project trust for its folder (projecttrust.py); None: none.
+    project_trust: bool | None = attr.ib(default=None)
 
     # Its agent's state machine (the process, if any, is ``lifecycle.agent``).
     lifecycle: AgentLifecycle | None = attr.ib(default=None)
@@ -65,6 +67,8 @@ class Session:
     calls: DeviceCalls | None = attr.ib(default=None)
     # Tool calls waiting for a person (approvals.Approvals).
     approvals: object = attr.ib(default=None)
+    # Whether its agent loads the folder's pi configuration (projecttrust.ProjectTrust).
+    trust: object = attr.ib(default=None)
     # The native tools last written for the agent; None: not known since start.
     native_tools: list | None = attr.ib(default=None)
     # A run goes on: from pi's agent_start to its agent_settled.
@@ -128,6 +132,7 @@ class Session:
             **(self.checkout.to_json() if self.checkout is not None else {}),
             **({"forkedFrom": self.forked_from} if self.forked_from is not None else {}),
             **({"budgetUsd": self.budget_usd} if self.budget_usd is not None else {}),
+            **({"projectTrust": self.project_trust} if self.project_trust is not None else {}),
             **({"device": self.device} if self.device is not None else {}),
             **self.extra,
         }
@@ -160,6 +165,7 @@ class Session:
             "baseBranch",
             "forkedFrom",
             "budgetUsd",
+            "projectTrust",
         }
         # One wrong entry must not break listing everyone's sessions.
         if record.get("mode") not in ("chat", "code"):
@@ -197,6 +203,9 @@ class Session:
             checkout=CheckoutRecord.from_json(record),
             forked_from=record.get("forkedFrom"),
             budget_usd=_budget(record.get("budgetUsd")),
+            project_trust=record.get("projectTrust")
+            if type(record.get("projectTrust")) is bool
+            else None,
             extra={k: v for k, v in record.items() if k not in known},
             last_seq=record["lastSeq"] if type(record.get("lastSeq")) is int else 0,
         )

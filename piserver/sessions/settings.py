@@ -9,6 +9,7 @@ from pathlib import Path
 import attr
 
 from piserver.agents.nativetools import DEFAULT_CALL_TIMEOUT
+from piserver.agents.projecttrust import DEFAULT_PROJECT_TRUST_TIMEOUT, TrustPolicy
 from piserver.sessions.agents import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_AGENTS
 from piserver.sessions.approvals import DEFAULT_APPROVAL_TIMEOUT
 from piserver.sessions.journal import JournalLimits
@@ -30,6 +31,9 @@ class SessionSettings:
     # The mode of a session created without one (--permission-mode).
     permission_mode: PermissionMode = attr.ib(default=PermissionMode.FULL, converter=PermissionMode)
     approval_timeout: float = DEFAULT_APPROVAL_TIMEOUT
+    # pi's project trust (--project-trust, --project-trust-timeout).
+    project_trust: TrustPolicy = attr.ib(default=TrustPolicy.ASK, converter=TrustPolicy)
+    project_trust_timeout: float = DEFAULT_PROJECT_TRUST_TIMEOUT
 
     @property
     def sessions_dir(self) -> Path:

@@ -67,6 +67,7 @@ class Teardown:
             finally:
                 session.stream.close()
                 session.approvals.close()
+                session.calls.close()
         result = await self._checkouts.remove(session) if checkout else {}
         await self._remove_directory(session.directory)
         return result

@@ -484,6 +484,43 @@ async def test_code_session_tools_and_its_changes_where_offered(browser, server,
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_repositorys_own_pi_extension_loads_after_a_yes_in_the_dialog(
+    browser, server, tmp_path
+):
+    # pi's project trust: the server asks while the code session is being created (before
+    # the page has the session); the page shows the question once it opens the session.
+    source = make_repository(
+        str(tmp_path / "trusting"),
+        files={
+            "README.md": "# trusting\n",
+            ".pi/extensions/x.ts": 'import { appendFileSync } from "node:fs";\n'
+            "export default function () {\n"
+            '    appendFileSync(process.cwd() + "/LOADED.txt", "loaded\\n");\n'
+            "}\n",
+        },
+    )
+    (server.agent_dir.path / "repos.json").write_text(
+        json.dumps({"repos": [{"id": "trusting", "name": "Trusting", "path": source}]})
+    )
+    page = await signed_in(browser, server, viewport=DESKTOP)
+    await browser.run(page.select_option("#repo-select", "trusting"))
+    await browser.run(page.click("#new-code"))
+    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
+    session = server.sessions.sessions[page.url.rsplit("/", 1)[1]]
+    dialog = page.locator("dialog#dialog")
+    await browser.run(dialog.filter(has_text="Trust this project").wait_for())
+    assert ".pi/extensions" in await browser.run(dialog.inner_text())
+    assert not (session.cwd / "LOADED.txt").exists()
+    observer = await server.client()
+    await observer.call("session.attach", {"sessionId": session.id, "exclusive": False})
+    await browser.run(dialog.get_by_role("button", name="Yes").click())
+    await observer.wait_for_event(lambda f: f["type"] == "extension_ui_resolved")
+    await observer.call("get_state", session_id=session.id)  # its restarted agent
+    assert (session.cwd / "LOADED.txt").read_text() == "loaded\n"
+    assert not await browser.run(dialog.is_visible())
+
+
+@pytest_twisted.ensureDeferred
 async def test_approval_card_allow_and_the_decision_after_a_reload(
     browser, server, script, tmp_path
 ):

@@ -37,6 +37,9 @@ class FakeSessions:
         await defer.succeed(None)
         return {}
 
+    async def abort(self, session) -> dict:
+        return await self.command(session, "abort")
+
     def save(self, session) -> None:
         self.saved.append(session.id)
 

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from piserver.agents.supervisor import AgentSupervisor
 from piserver.common.errors import AgentFailed, InvalidState, TooManySessions
 from piserver.repos.checkouts import Checkout, CheckoutRecord, RepoSource
-from piserver.sessions import SessionManager, SessionSettings
+from piserver.sessions import SessionManager, SessionSettings, aborts
 from piserver.sessions.index import StateStore
 from piserver.sessions.journal import JournalLimits
 from piserver.sessions.observer import SessionObserver
@@ -181,6 +181,53 @@ def test_a_stop_we_asked_for_is_not_a_crash(harness):
     assert d.called
     assert connection.sent == []
     assert session.status() == "stopped"
+
+
+def test_an_abort_pi_answers_is_passed_on(harness):
+    connection = FakeConnection()
+    session = create(harness, connection).result
+    d = ensureDeferred(harness.sessions.abort(session))
+    harness.answer("abort")
+    assert d.result == {}
+    assert harness.process().signals == []
+
+
+def test_an_abort_pi_does_not_answer_stops_it_and_ends_the_run(harness):
+    connection = FakeConnection()
+    session = create(harness, connection).result
+    first = harness.process()
+    first.dies_of.add("KILL")
+    prompt = ensureDeferred(harness.sessions.prompt(session, "many images"))
+    d = ensureDeferred(harness.sessions.abort(session))
+    harness.reactor.advance(aborts.ABORT_ANSWER_TIMEOUT - 0.01)
+    assert not d.called
+    harness.reactor.advance(0.01)
+    assert first.signals == ["KILL"]
+    assert d.result == {"agentStopped": True}
+    prompt.addErrback(lambda f: f.value.code)
+    assert prompt.result == "agent_exited"
+    events = [(f["type"], f["payload"]) for f in connection.sent]
+    assert events[:2] == [
+        (
+            "agent_end",
+            {
+                "type": "agent_end",
+                "messages": [],
+                "success": False,
+                "error": {
+                    "code": "aborted",
+                    "message": "aborted: pi did not stop within 3 s, so its agent was stopped",
+                },
+            },
+        ),
+        ("agent_settled", {"type": "agent_settled", "aborted": True}),
+    ]
+    # Not a crash (no agent_exit, no back-off): a new agent starts at once for the
+    # attached client, and the conversation goes on there.
+    assert "agent_exit" not in [kind for kind, _ in events]
+    assert len(harness.reactor.spawned) == 2
+    harness.answer_startup()
+    assert session.status() == "running"
 
 
 def test_prompt_refusal_is_invalid_state(harness):
