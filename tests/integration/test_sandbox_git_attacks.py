@@ -188,7 +188,8 @@ async def race(client, fake_llm, session_id, runs: int, diffs: int) -> None:
         await prompt(client, fake_llm, session_id, Text("another run"))
         for _ in range(diffs):
             try:
-                await client.call("session.diff", session_id=session_id)
+                # The whole tree is staged; only one file's diff is sent.
+                await client.call("session.diff", {"paths": ["app.py"]}, session_id=session_id)
             except CallFailed as e:
                 # git may trip over a directory that turns into a link under it: a
                 # clean error answer, nothing of the server's read.
