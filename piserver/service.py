@@ -36,6 +36,7 @@ from piserver.repos.catalog import RepoCatalog
 from piserver.repos.checkouts import Checkouts
 from piserver.repos.git import Git
 from piserver.repos.github import GithubClient
+from piserver.repos.localclone import LocalClones
 from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
 from piserver.schema import SchemaResource
@@ -279,13 +280,14 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         # Blocking file work (reading a checkout's files) off the reactor thread.
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args, **kwargs)
 
+    launcher = make_launcher(config, reactor)
     supervisor = AgentSupervisor(
         reactor,
         list(config.pi_command),
         str(config.data_dir),
         config.env,
         forbidden_env=AGENT_FORBIDDEN_ENV,
-        launcher=make_launcher(config, reactor),
+        launcher=launcher,
         probe_interval=config.agent_probe_interval,
     )
     supervisor.setServiceParent(top)
@@ -301,12 +303,18 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
             http, config.github_api_url, config.github_token, reactor, timeout=config.github_timeout
         )
     repos = RepoCatalog(str(config.data_dir), github, git)
-    checkouts = Checkouts(git, config.github_token)
 
     def publish(session, event_type, payload):
         sessions.publish(session, event_type, payload)
 
-    snapshots = Snapshots(git, in_thread, publish)
+    def confinement(session, writable):
+        # The server's git that reads a checkout's working tree runs in the session's
+        # sandbox (repos.servergit).
+        return launcher.one_shot(sessions.agents.files(session), str(session.cwd), writable)
+
+    snapshots = Snapshots(git, in_thread, publish, confinement)
+    clones = LocalClones(git, snapshots.server_git)
+    checkouts = Checkouts(git, clones, config.github_token)
     sessions = SessionManager(
         reactor,
         SessionSettings(
@@ -338,6 +346,7 @@ def build_service(config: ServerConfig, reactor) -> PiServerService:
         publish,
         author=config.git_author,
         push_timeout=config.clone_timeout,
+        clones=clones,
     )
     workspace = WorkspaceMethods(sessions, snapshots, shipping, in_thread)
     ledger = UsageLedger(

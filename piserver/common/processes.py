@@ -1,8 +1,8 @@
 """
 Child processes that lead a process group of their own (git with its transport helpers,
 an agent with the shell and tools it started): signalled as a group, and stopped with
-SIGTERM, then SIGKILL if they are still there after a grace period; and the short
-checks run at start.
+SIGTERM, then SIGKILL if they are still there after a grace period; the short
+checks run at start; and how a launcher confines a one-shot command (``Confine``).
 """
 
 import os
@@ -11,6 +11,11 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
+
+# ``confine(program, env) -> (argv prefix, env)``: how to start ``program`` inside a
+# sandbox (the prefix ends with the program) and the environment it gets there; made
+# by a launcher (``agents.launchers``), used by the server's git (``repos.git``).
+Confine = Callable[[str, Mapping[str, str]], tuple[list[str], dict[str, str]]]
 
 
 def signal_group(pid: int | None, name: str, fallback: Callable[[str], None]) -> None:

@@ -1,6 +1,9 @@
 """
 A code session's own checkout of its repository, on branch ``pi/session-<id>``:
-a git worktree of a local repository, or a clone of a GitHub repository.
+a clone of a local repository that shares nothing writable with it
+(:mod:`piserver.repos.localclone`), or a clone of a GitHub repository.  Sessions
+made before local clones have a git worktree of the local repository instead; they
+are still removed as such.
 """
 
 import enum
@@ -9,24 +12,25 @@ import attr
 from twisted.logger import Logger
 
 from piserver.common.errors import GitError
+from piserver.repos.localclone import is_worktree
 
 
 class RepoSource(enum.StrEnum):
     """Where a code session's repository comes from."""
 
-    LOCAL = "local"  # a worktree of a repository listed in repos.json
+    LOCAL = "local"  # a clone of a repository listed in repos.json
     GITHUB = "github"  # a clone of a GitHub repository
 
 
 @attr.frozen
 class CheckoutRecord:
     """What a code session's record keeps of its checkout: to ship its work (branch, base)
-    and to remove it (a local repository's worktree and branch)."""
+    and to remove it (a local repository's branch, and a worktree of old)."""
 
     source: RepoSource
     branch: str
     base_branch: str
-    # The local repository the worktree belongs to; None for a clone.
+    # The local repository the checkout was cloned from; None for a GitHub clone.
     repo_path: str | None = None
 
     def to_json(self) -> dict:
@@ -67,8 +71,10 @@ def session_branch(session_id: str) -> str:
 class Checkouts:
     log = Logger()
 
-    def __init__(self, git, github_token: str | None = None):
+    def __init__(self, git, clones, github_token: str | None = None):
         self._git = git
+        # localclone.LocalClones: a local repository's checkouts.
+        self._clones = clones
         self._github_token = github_token
 
     def planned(self, session, repo: dict) -> dict:
@@ -91,8 +97,8 @@ class Checkouts:
         branch = session_branch(session.id)
         base = repo["defaultBranch"]
         if repo.get("source") == "local":
-            on_progress("worktree", f"creating a worktree of {repo['name']} on {branch}")
-            await self._git.worktree_add(repo["path"], str(dest), branch, base)
+            on_progress("clone", f"cloning {repo['name']} on {branch}")
+            await self._clones.create(repo["path"], str(dest), branch, base)
             record = CheckoutRecord(RepoSource.LOCAL, branch, base, repo_path=repo["path"])
         else:
             on_progress("clone", f"cloning {repo['fullName']} ({base})")
@@ -114,13 +120,19 @@ class Checkouts:
         return Checkout(path=dest, record=record)
 
     async def remove(self, session) -> dict:
-        """Remove a local repo's worktree; its branch is kept if it holds new commits."""
+        """Undo a local repo's checkout: the commits the agent made on its branch are
+        published to the source repository first, and the branch there is kept if it
+        holds new commits.  (The clone itself is a directory, removed with the
+        session's.)"""
         checkout = session.checkout
         if checkout is None or checkout.source is not RepoSource.LOCAL:
             return {}  # a clone is just a directory, removed with the session's
         repo_path, branch = checkout.repo_path, checkout.branch
         try:
-            await self._git.worktree_remove(repo_path, str(session.cwd))
+            if is_worktree(session.cwd):
+                await self._git.worktree_remove(repo_path, str(session.cwd))
+            elif session.cwd.is_dir():
+                await self._publish_own_commits(session)
             if await self._git.branch_has_unmerged_commits(repo_path, branch, checkout.base_branch):
                 self.log.info(
                     "session {session_id}: keeping branch {branch} (it has commits)",
@@ -139,3 +151,15 @@ class Checkouts:
             )
             return {"branchKept": True, "branch": branch, "warning": e.message}
         return {"branchKept": False, "branch": branch}
+
+    async def _publish_own_commits(self, session) -> None:
+        try:
+            await self._clones.publish_own_commits(session)
+        except GitError as e:
+            # The agent's clone may be broken beyond reading: the branch stays as the
+            # server last published it.
+            self.log.warn(
+                "session {session_id}: could not publish the agent's commits: {error}",
+                session_id=session.id,
+                error=e.message,
+            )

@@ -25,7 +25,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from piserver.common.errors import GitError
-from piserver.common.processes import TermThenKill, signal_group
+from piserver.common.processes import Confine, TermThenKill, signal_group
 from piserver.common.secrets import without_secrets
 
 log = Logger()
@@ -180,8 +180,10 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         secrets: Sequence[str],
         signal_group: bool,
         stdout_limit: int | None = None,
+        stdin: bytes | None = None,
     ):
         self._clock = clock
+        self._stdin = stdin
         self._stdout_limit = stdout_limit
         self._signal_group = signal_group
         self._timeout = timeout
@@ -199,6 +201,8 @@ class _GitProcessProtocol(protocol.ProcessProtocol):
         self.ended = defer.Deferred(self._cancel)
 
     def connectionMade(self):
+        if self._stdin:
+            self.transport.write(self._stdin)
         self.transport.closeStdin()
         self._stopping = TermThenKill(self._clock, self._expire, self._timeout, self._kill_grace)
 
@@ -328,12 +332,18 @@ class Git:
         on_progress: Callable[[str], None] | None = None,
         secrets: Sequence[str] = (),
         stdout_limit: int | None = None,
+        stdin: bytes | None = None,
+        confine: Confine | None = None,
     ) -> GitResult:
         timeout = self.timeout if timeout is None else timeout
         env = dict(self._env)
         if extra_env:
             env.update(extra_env)
         command = redact(" ".join(args), secrets)
+        program = [self._git]
+        if confine is not None:
+            # The same git, started by a sandbox with an environment of its choosing.
+            program, env = confine(self._git, env)
         process = _GitProcessProtocol(
             self._reactor,
             timeout,
@@ -342,13 +352,14 @@ class Git:
             secrets,
             self._process_group,
             stdout_limit,
+            stdin,
         )
         if self._process_group:
             executable = sys.executable
-            argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, self._git, *args]
+            argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, *program, *args]
         else:
-            executable = self._git
-            argv = [self._git, *args]
+            executable = program[0]
+            argv = [*program, *args]
         started = self._reactor.seconds()
         try:
             self._reactor.spawnProcess(
@@ -397,12 +408,16 @@ class Git:
         token_url: str | None = None,
         exit_codes: Sequence[int] = (0,),
         stdout_limit: int | None = None,
+        stdin: bytes | None = None,
+        confine: Confine | None = None,
     ) -> tuple[int, bytes]:
         """
         ``git -C repo args``: ``(exit code, stdout)`` for an exit in ``exit_codes``,
         else a GitError with git's stderr.  ``token`` (for ``token_url``'s origin) is
         given to this one process through its environment, as :meth:`clone` does.
-        Only the first ``stdout_limit`` bytes of stdout are kept, when given.
+        Only the first ``stdout_limit`` bytes of stdout are kept, when given; ``stdin``
+        is written to git's standard input.  ``confine`` (see ``common.processes.Confine``) starts
+        git inside a sandbox.
         """
         secrets = _secrets_of(token)
         env = dict(extra_env or {})
@@ -410,7 +425,7 @@ class Git:
             env.update(token_environment(token_url, token))
         timeout = self.timeout if timeout is None else timeout
         result = await self._spawn(
-            ["-C", repo, *args], timeout, env, on_progress, secrets, stdout_limit
+            ["-C", repo, *args], timeout, env, on_progress, secrets, stdout_limit, stdin, confine
         )
         if result.exit_code in exit_codes and not result.timed_out:
             return result.exit_code, result.stdout

@@ -18,6 +18,14 @@ git that reads it:
   An in-tree ``.gitattributes`` can still name a filter or diff driver, but no
   driver is configured there, so git applies none.
 
+Staging (``git add``) is the one step that reads the working tree, which the agent
+can change under it: it lstat()s a directory and opens files below it later, so an
+agent swapping a directory with a symlink in a loop could make it read any file the
+server can.  So it runs inside the session's sandbox (the launcher's ``one_shot``:
+the agent's files and nothing else of the server's, no network, no secret), where a
+followed link reaches only what the agent could read anyway; with ``--sandbox none``
+or a ``--launcher-command`` it runs as the server, as everything else does.
+
 git 2.39 (this machine's) has no ``--attr-source``; the separate git directory is
 what makes filters harmless without it.
 """
@@ -101,6 +109,41 @@ def _make_shadow(parent: str, head: str) -> str:
     return directory
 
 
+def own_objects(session, objects: str) -> str:
+    """``objects`` (where the checkout's ``.git`` leads) if it is the session's own object
+    store: inside its checkout (a clone), or for a worktree of old its source
+    repository's.  Else a GitError: the agent pointed its ``.git`` (or the store, by a
+    link) at another repository, whose objects the server's git would then write."""
+    found = os.path.realpath(objects)
+    if found.startswith(os.path.realpath(session.cwd) + os.sep):
+        return objects
+    if _is_own_worktree(session) and found == os.path.realpath(
+        os.path.join(session.checkout.repo_path, ".git", "objects")
+    ):
+        return objects
+    raise GitError("the checkout's .git does not lead to an object store of its own")
+
+
+def _is_own_worktree(session) -> bool:
+    """Whether the checkout is a worktree of old of its source repository: its ``.git``
+    a file naming ``<source>/.git/worktrees/<name>``, whose ``gitdir`` names it back (a
+    clone's agent cannot write there)."""
+    checkout, dot_git = session.checkout, os.path.join(session.cwd, ".git")
+    if checkout is None or not checkout.repo_path or not os.path.isfile(dot_git):
+        return False
+    try:
+        with open(dot_git, encoding="utf-8") as f:
+            gitdir = f.readline().strip().removeprefix("gitdir:").strip()
+        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8") as f:
+            back = f.read().strip()
+    except (OSError, ValueError):
+        return False
+    worktrees = os.path.realpath(os.path.join(checkout.repo_path, ".git", "worktrees"))
+    return os.path.dirname(os.path.realpath(gitdir)) == worktrees and os.path.realpath(
+        back
+    ) == os.path.realpath(dot_git)
+
+
 class Shadow:
     """One operation's git directory (see the module's doc); ``head`` its HEAD commit."""
 
@@ -112,8 +155,14 @@ class Shadow:
         self.head = head
         self.index = f"{directory}/index"
 
-    def run(self, args, what, index: str | None = None, extra_env=None, **kwargs):
-        """git ``args`` here, on ``index`` (default: this directory's own)."""
+    def run(self, args, what, index: str | None = None, extra_env=None, confined=False, **kwargs):
+        """git ``args`` here, on ``index`` (default: this directory's own); ``confined``:
+        inside the session's sandbox, which may write only this directory and the
+        object store (see the module's doc)."""
+        if confined:
+            kwargs["confine"] = self._server_git.confine(
+                self._session, (self.directory, self.objects)
+            )
         env = {
             **ENVIRONMENT,
             "GIT_OBJECT_DIRECTORY": self.objects,
@@ -141,20 +190,34 @@ class Shadow:
         ):
             await self.run(["read-tree", self.head], "git read-tree")
 
+    async def add(self, pathspec=()) -> None:
+        """``git add --all`` of the working files (under ``pathspec``) into this index,
+        inside the session's sandbox: the one step that reads the working tree."""
+        await self.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add", confined=True)
+
     async def stage_all(self, agent_index: str | None, pathspec=()) -> str:
         """The id of a tree of the working files as they are now (``--all``)."""
         await self.seed_index(agent_index)
-        await self.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add")
+        await self.add(pathspec)
         _, out = await self.run(["write-tree"], "git write-tree")
         return out.decode().strip()
 
 
 class ServerGit:
-    """``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs file work."""
+    """``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs file work;
+    ``confinement(session, writable)`` the session's sandbox for one git (a
+    ``common.processes.Confine``, or None to run it as the server; see the module's
+    doc), None on a server whose agents are not sandboxed."""
 
-    def __init__(self, git, in_thread):
+    def __init__(self, git, in_thread, confinement=None):
         self.git = git
         self.in_thread = in_thread
+        self._confinement = confinement
+
+    def confine(self, session, writable):
+        if self._confinement is None:
+            return None
+        return self._confinement(session, tuple(writable))
 
     def real(self, session, args, what, **kwargs):
         """git ``args`` in the checkout's real repository (resolving and moving refs only)."""
@@ -208,7 +271,9 @@ class ServerGit:
         (default: the tip of the session's branch)."""
         if head is None:
             head = await self.head(session)
-        objects = os.path.join(await self.git_path(session, "common-dir"), "objects")
+        objects = own_objects(
+            session, os.path.join(await self.git_path(session, "common-dir"), "objects")
+        )
         directory = await self.in_thread(_make_shadow, str(session.directory), head)
         try:
             yield Shadow(self, session, directory, objects, head)

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from piserver.common.errors import InvalidParams, InvalidState
 from piserver.repos.changes import file_list
 from piserver.repos.checkouts import RepoSource
+from piserver.repos.localclone import is_worktree
 from piserver.repos.paths import relative_path
 from piserver.repos.snapshot import Snapshots
 
@@ -48,7 +49,9 @@ class Shipping:
     ``repos`` the repo catalog (for a GitHub session's clone URL), ``github`` a
     :class:`piserver.repos.github.GithubClient` or None (no token), ``token`` the GitHub
     token, ``author`` ``(name, mail)`` or None (the machine's git config, else
-    :data:`FALLBACK_AUTHOR`), ``publish(session, type, payload)`` sends an event.
+    :data:`FALLBACK_AUTHOR`), ``publish(session, type, payload)`` sends an event,
+    ``clones`` the :class:`piserver.repos.localclone.LocalClones` that carries a local
+    session's commit into its source repository.
     """
 
     log = Logger()
@@ -63,7 +66,9 @@ class Shipping:
         publish,
         author: tuple[str, str] | None = None,
         push_timeout: float = PUSH_TIMEOUT,
+        clones=None,
     ):
+        self._clones = clones
         self._git = git
         self._snapshots = snapshots
         self._repos = repos
@@ -109,10 +114,10 @@ class Shipping:
             if paths:
                 # Only those paths change: the rest stays as the branch has it.
                 await shadow.seed_index(None)
-                await shadow.run(["--literal-pathspecs", "add", "--all", *pathspec], "git add")
+                await shadow.add(pathspec)
             elif everything:
                 await shadow.seed_index(agent_index)
-                await shadow.run(["add", "--all"], "git add")
+                await shadow.add()
             else:
                 await shadow.seed_index(agent_index)
             _, out = await shadow.run(["write-tree"], "git write-tree")
@@ -130,6 +135,9 @@ class Shipping:
                 extra_env=await self._identity(session),
             )
             commit = out.decode().strip()
+            if self._publishes(session):
+                # Into the source repository first: if git refuses it there, nothing moved.
+                await self._clones.publish(session, commit)
             await server_git.real(
                 session,
                 ["update-ref", "-m", "pi-server: commit", f"refs/heads/{branch}", commit, parent],
@@ -158,6 +166,15 @@ class Shipping:
             count=len(files),
         )
         return {"commit": commit, "branch": branch, "files": files}
+
+    def _publishes(self, session) -> bool:
+        """A local session's clone: its commits go to the source repository too (a
+        worktree's branch is the source's own already)."""
+        return (
+            self._clones is not None
+            and session.checkout.source is RepoSource.LOCAL
+            and not is_worktree(session.cwd)
+        )
 
     async def _identity(self, session) -> dict:
         """The author (and committer) git is told through its environment."""

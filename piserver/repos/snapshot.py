@@ -38,15 +38,16 @@ def base_ref(session, base: str | None) -> str:
 class Snapshots:
     """
     ``git`` a :class:`piserver.repos.git.Git`; ``in_thread(f, *args)`` runs blocking file
-    work off the reactor thread; ``publish(session, type, payload)`` sends an event.
+    work off the reactor thread; ``publish(session, type, payload)`` sends an event;
+    ``confinement`` the session's sandbox for staging (see ``ServerGit``).
     Every git runs through :class:`piserver.repos.servergit.ServerGit`: nothing the agent
     wrote into the checkout's ``.git`` or ``.gitattributes`` runs or redirects it.
     """
 
     log = Logger()
 
-    def __init__(self, git, in_thread, publish):
-        self.server_git = ServerGit(git, in_thread)
+    def __init__(self, git, in_thread, publish, confinement=None):
+        self.server_git = ServerGit(git, in_thread, confinement)
         self._publish = publish
         # The checkout's tree at the end of its last run (in memory: after a restart
         # the first run end compares with the base's).

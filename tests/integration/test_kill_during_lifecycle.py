@@ -1,7 +1,7 @@
 """
 ``kill -9`` of the server process in the middle of creating and of deleting a
 code session: the next start undoes the create or finishes the delete, so no
-session directory, worktree or ``pi/session-*`` branch is left behind.
+session directory, clone, worktree or ``pi/session-*`` branch is left behind.
 """
 
 import json
@@ -58,11 +58,11 @@ def setup(tmp_path):
     return repo, agent, data
 
 
-def start(tmp_path, agent) -> ServerProcess:
+def start(tmp_path, agent, environ=None) -> ServerProcess:
     # The stand-in agent is no pi a sandbox could run (nor warm a compile cache with: it
     # ignores the end of its input on purpose).
     return ServerProcess(
-        tmp_path, "--auth-token", TOKEN, "--sandbox", "none", pi=str(agent)
+        tmp_path, "--auth-token", TOKEN, "--sandbox", "none", pi=str(agent), environ=environ
     ).start()
 
 
@@ -76,21 +76,26 @@ def no_trace_left(repo, data) -> bool:
 
 def test_kill_9_during_create_is_undone_at_start(tmp_path, setup):
     repo, agent, data = setup
-    # The worktree's checkout runs this hook: the create stops there until released.
-    hook = repo / ".git" / "hooks" / "post-checkout"
+    # The clone's checkout runs this hook (from git's template dir, which the server's
+    # environment names): the create stops there until released.
+    hook = tmp_path / "templates" / "hooks" / "post-checkout"
+    hook.parent.mkdir(parents=True)
     started, release = tmp_path / "hook-started", tmp_path / "hook-release"
-    hook.write_text(f"#!/bin/sh\ntouch {started}\nwhile [ ! -e {release} ]; do sleep 0.05; done\n")
+    done = tmp_path / "hook-done"
+    hook.write_text(
+        f"#!/bin/sh\ntouch {started}\nwhile [ ! -e {release} ]; do sleep 0.05; done\ntouch {done}\n"
+    )
     hook.chmod(0o755)
-    server = start(tmp_path, agent)
+    server = start(tmp_path, agent, {"GIT_TEMPLATE_DIR": str(hook.parents[1])})
     client = RawRpc(server.port, TOKEN)
     client.send("session.create", {"mode": "code", "repoId": "web"})
-    wait_until(started.exists, SAFETY_NET, "the worktree to be checked out")
+    wait_until(started.exists, SAFETY_NET, "the clone to be checked out")
     server.kill()
     server.kill_agents()
     release.touch()
-    # git finishes on its own: the worktree and the branch exist, the session does not.
-    wait_until(lambda: len(worktrees(repo)) == 2, SAFETY_NET, "git to finish")
-    assert len(session_branches(repo)) == 1
+    # git finishes on its own: the clone and the branch exist, the session does not.
+    wait_until(done.exists, SAFETY_NET, "git to finish")
+    assert len(session_branches(repo)) == 1 and len(session_directories(data)) == 1
     hook.unlink()
 
     restarted = start(tmp_path, agent)
@@ -108,7 +113,8 @@ def test_kill_9_during_delete_is_finished_at_start(tmp_path, setup):
     server = start(tmp_path, agent)
     client = RawRpc(server.port, TOKEN)
     session_id = client.call("session.create", {"mode": "code", "repoId": "web"})["sessionId"]
-    assert len(worktrees(repo)) == 2 and len(session_branches(repo)) == 1
+    clone = data / "sessions" / session_id / "repo" / ".git"
+    assert clone.is_dir() and len(session_branches(repo)) == 1
     record = data / "sessions" / session_id / "session.json"
     client.send("session.delete", {"sessionId": session_id})
     # The delete has begun (the session's record is gone) and waits for the agent to stop.
@@ -116,7 +122,7 @@ def test_kill_9_during_delete_is_finished_at_start(tmp_path, setup):
     server.kill()
     # An agent a killed server leaves behind is not this test's subject.
     server.kill_agents()
-    assert len(worktrees(repo)) == 2 and (data / "sessions" / session_id).exists()
+    assert clone.is_dir()
 
     restarted = start(tmp_path, agent)
     try:

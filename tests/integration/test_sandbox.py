@@ -96,9 +96,9 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
     fake_llm.script(
         Reply(
             *(labelled(label, command) for label, command in refused.items()),
-            labelled("worktrees", f"ls {source}/.git/worktrees"),
+            labelled("source-git", f"ls -A {source}/.git"),
             labelled("commit", commit),
-            labelled("repoint", "echo 'gitdir: /elsewhere' > .git"),
+            labelled("source-objects", f"touch {source}/.git/objects/planted"),
         ),
         Text("looked around"),
         Text("still here"),
@@ -112,12 +112,11 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
     everything = json.dumps(fake_llm.requests[1])
     for secret in (SERVER_SECRET, DEVICE_SECRET, DOTENV_MARKER, OTHER_SESSION_SECRET):
         assert secret not in everything
-    # Only its own worktree's metadata is in the source repository's git dir.
-    own = os.path.basename((checkout / ".git").read_text().split(":", 1)[1].strip())
-    assert results["worktrees"].split("\n")[1:3] == [own, ""]
+    # Of the source repository's git dir only its objects are shown, read-only (the
+    # clone's alternate).
+    assert results["source-git"].split("\n")[1:3] == ["objects", ""]
     assert "agent commit" in results["commit"], results["commit"]
-    # What ties the checkout to the source repository cannot be pointed elsewhere.
-    assert "Read-only file system" in results["repoint"]
+    assert "Read-only file system" in results["source-objects"]
     # Each refusal was an ordinary failed tool call; the commit worked.
     ends = {
         f["payload"]["toolCallId"]: f["payload"]["isError"]
@@ -125,12 +124,16 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
         if f["type"] == "tool_execution_end"
     }
     failed = {
-        label for label in [*refused, "worktrees", "commit", "repoint"] if ends[f"call-{label}"]
+        label
+        for label in [*refused, "source-git", "commit", "source-objects"]
+        if ends[f"call-{label}"]
     }
-    assert failed == {*refused, "repoint"}
+    assert failed == {*refused, "source-objects"}
 
     branch = f"pi/session-{session_id}"
-    assert run_git("log", "--format=%s", "-1", branch, cwd=source).strip() == "agent commit"
+    # The agent's commit is its clone's; the source's branch moves only by the server.
+    assert run_git("log", "--format=%s", "-1", branch, cwd=str(checkout)).strip() == "agent commit"
+    assert run_git("rev-parse", branch, cwd=source) == run_git("rev-parse", "trunk", cwd=source)
     assert (checkout / "README.md").read_text() == "# source-worktree-edited\n"
     assert run_git("status", "--porcelain", cwd=str(checkout)) == ""
 

@@ -98,16 +98,13 @@ def make_worktree(tmp_path):
     return str(source), common, checkout
 
 
-def test_a_worktree_gets_what_a_commit_writes_and_not_the_other_worktrees(tmp_path):
+def test_a_worktree_of_old_gets_its_own_metadata_only_and_nothing_shared_writable(tmp_path):
     source, common, checkout = make_worktree(tmp_path)
     own = common / "worktrees" / "repo1"
     assert git_binds(str(checkout), source) == [
         ("ro", str(common)),
         ("tmpfs", str(common / "worktrees")),
         ("rw", str(own)),
-        ("rw", str(common / "objects")),
-        ("rw", str(common / "refs/heads/pi")),
-        ("rw", str(common / "logs/refs/heads/pi")),
         # What ties the checkout to its metadata cannot be pointed elsewhere.
         ("ro", str(checkout / ".git")),
         ("ro", str(own / "commondir")),
@@ -137,8 +134,26 @@ def test_a_worktree_s_git_dir_is_shown_only_where_the_server_can_check_it(tmp_pa
     assert git_binds(str(checkout), source) == []
 
 
+def test_a_local_clone_reads_its_source_s_objects_and_nothing_else_of_it(tmp_path):
+    source, common, _ = make_worktree(tmp_path)
+    clone = tmp_path / "sessions" / "s3" / "repo"
+    (clone / ".git" / "objects").mkdir(parents=True)
+    assert git_binds(str(clone), source) == [("ro", str(common / "objects"))]
+    files = SessionFiles(str(clone.parent), (str(clone),), repository=source)
+    args = session_args(str(clone), files, [])
+    assert args[args.index(str(common / "objects")) - 1] == "--ro-bind"
+    assert str(common) not in args
+    writable = {args[i + 2] for i, word in enumerate(args) if word == "--bind"}
+    assert writable == {str(clone)}
+    # A bare source repository: its objects directly.
+    bare = tmp_path / "bare.git"
+    (bare / "objects").mkdir(parents=True)
+    assert git_binds(str(clone), str(bare)) == [("ro", str(bare / "objects"))]
+
+
 def test_a_clone_or_a_plain_directory_needs_no_git_binds(tmp_path):
     (tmp_path / "clone" / ".git").mkdir(parents=True)
+    assert git_binds(str(tmp_path / "clone"), None) == []
     assert git_binds(str(tmp_path / "clone"), str(tmp_path)) == []
     assert git_binds(str(tmp_path), str(tmp_path)) == []
     (tmp_path / "odd").mkdir()
@@ -163,6 +178,43 @@ def test_the_bwrap_launcher_wraps_the_agent_and_gives_it_a_private_tmp_and_home(
     assert "--unshare-net" not in args  # the model API needs the network
     assert (str(tmp_path), str(tmp_path)) in pairs(args, "--bind")  # an agent of no session
     assert spawned.env == {"HOME": "/home/me", "PATH": "/usr/bin", "TMPDIR": "/tmp"}
+
+
+def test_a_one_shot_runs_in_the_session_s_sandbox_without_network_or_secrets(tmp_path):
+    session = tmp_path / "sessions" / "s1"
+    checkout, shadow = session / "repo", session / "git-x"
+    for directory in (checkout, shadow):
+        directory.mkdir(parents=True)
+    files = SessionFiles(str(session), (str(checkout),))
+    launcher = BwrapLauncher(FakeProcessReactor(), "/usr/bin/bwrap", ["/opt"])
+    confine = launcher.one_shot(files, str(checkout), [str(shadow)])
+    env = {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C",
+        "GITHUB_TOKEN": "secret",
+        "PI_SERVER_AUTH_TOKEN": "secret",
+        "GIT_INDEX_FILE": f"{shadow}/index",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_VALUE_0": "Authorization: secret",
+    }
+    argv, kept = confine("git", env)
+    assert argv[0] == "/usr/bin/bwrap" and argv[-2:] == ["--", "git"]
+    assert "--unshare-net" in argv
+    writable = pairs(argv, "--bind")
+    assert (str(checkout), str(checkout)) in writable and (str(shadow), str(shadow)) in writable
+    assert (str(session), str(session)) in pairs(argv, "--ro-bind")
+    assert argv[argv.index("--chdir") + 1] == str(checkout)
+    assert kept == {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C",
+        "GIT_INDEX_FILE": f"{shadow}/index",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+    }
+    # Unconfined where the agent is too, or where the server cannot tell.
+    assert LocalLauncher(FakeProcessReactor()).one_shot(files, str(checkout), []) is None
+    template = CommandTemplateLauncher(FakeProcessReactor(), ("/usr/bin/env",))
+    assert template.one_shot(files, str(checkout), []) is None
 
 
 FAKE_PI = """#!/bin/sh

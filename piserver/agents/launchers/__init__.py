@@ -12,12 +12,14 @@ channel, and the transport it returns is the one the agent protocol talks to.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import attr
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
+
+from piserver.common.processes import Confine
 
 
 @attr.frozen
@@ -31,7 +33,7 @@ class SessionFiles:
     bundled extension, the data dir's pi configuration its agent dir links to); ``cache``
     a directory of the session's own where the agent may keep what it compiles from one
     start to the next (made when needed); ``repository`` the local repository a
-    worktree checkout belongs to (its git dir is shown as far as git needs it).
+    checkout was cloned from (its objects are shown read-only; see ``bwrap.git_binds``).
     """
 
     directory: str
@@ -66,6 +68,12 @@ class Launcher(Protocol):
         """Start ``launch`` connected to ``protocol`` (stdin, stdout, stderr) and return
         its transport; raise OSError when it cannot be started."""
 
+    def one_shot(self, files: SessionFiles, cwd: str, writable: Sequence[str]) -> Confine | None:
+        """How the server runs one command of its own on a session's files as the
+        session's agent would be confined (its files, plus ``writable``: directories of
+        the server's that command writes), with no network and no secret in its
+        environment; None when this launcher runs it as the server, unconfined."""
+
 
 class LocalLauncher:
     """The agent as a child process of the server, with the server's own rights.
@@ -82,6 +90,9 @@ class LocalLauncher:
         self._reactor = reactor
         self._setsid = shutil.which("setsid") if own_process_group else None
         self.leads_process_group = self._setsid is not None
+
+    def one_shot(self, files: SessionFiles, cwd: str, writable: Sequence[str]) -> None:
+        return None  # nothing confines the agent either
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         executable, argv = launch.executable, list(launch.argv)

@@ -20,7 +20,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 from piserver.agents.launchers import AgentLaunch
 from piserver.agents.launchers.caches import node_cache, session_jiti
-from piserver.common.processes import run_probe
+from piserver.common.processes import Confine, run_probe
 
 # Top-level system directories shown read-only (or as the symlinks they are on merged-/usr
 # systems).  /etc is shown too, without the files below.
@@ -28,10 +28,9 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 # Secrets of the machine in /etc, hidden even though the agent runs as the server's user.
 HIDDEN_ETC_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
 HIDDEN_ETC_DIRS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
-# The parts of a source repository's git dir a worktree's git writes to when it commits
-# (new objects, its branch and that branch's reflog); the rest (config, hooks, other
-# branches) stays read-only, and other worktrees' metadata hidden.
-GIT_WRITABLE = ("objects", "refs/heads/pi", "logs/refs/heads/pi")
+# All a one-shot command keeps of the server's environment (besides GIT_* settings
+# the server gives it, never a GIT_CONFIG_* one: that is how a token would travel).
+ONE_SHOT_ENVIRONMENT = ("PATH", "LANG", "LC_ALL")
 PROBE_TIMEOUT = 10.0
 
 
@@ -88,17 +87,38 @@ def system_args(home: str | None) -> list[str]:
     return args
 
 
+def source_objects(repository: str) -> str | None:
+    """The object store of the local repository at ``repository`` (a work tree's
+    ``.git/objects``, or a bare repository's ``objects``), which its clones read."""
+    for objects in (
+        os.path.join(repository, ".git", "objects"),
+        os.path.join(repository, "objects"),
+    ):
+        if os.path.isdir(objects):
+            return objects
+    return None
+
+
 def git_binds(checkout: str, repository: str | None) -> list[tuple[str, str]]:
-    """For a git worktree of ``repository`` (its ``.git`` is a file naming its git dir in
-    that repository): the repository's common git dir read-only with the parts a commit
-    writes read-write, its own worktree metadata read-write, the other worktrees' hidden,
-    and the files that tie the checkout to its metadata read-only (so that the agent
-    cannot point them, or the server's own git runs there, elsewhere). Nothing for a
-    clone (its ``.git`` is inside the checkout), nor when the checkout's ``.git`` does
-    not lead where git itself would have put it: the agent's files name what is shown
-    only as far as the server can check them."""
+    """What a local session's checkout needs of its source ``repository``: for a clone
+    (its ``.git`` a directory), the source's object store, read-only (the clone's
+    alternate); nothing else of that repository is shown and nothing of it is writable.
+
+    For a git worktree of ``repository`` made before clones (its ``.git`` a file naming
+    its git dir in that repository): the repository's common git dir read-only, its own
+    worktree metadata read-write, the other worktrees' hidden, and the files that tie
+    the checkout to its metadata read-only (so that the agent cannot point them, or the
+    server's own git runs there, elsewhere).  Its agent can no longer commit: objects
+    and refs are the user's.  Nothing when the checkout's ``.git`` does not lead where
+    git itself would have put it: the agent's files name what is shown only as far as
+    the server can check them."""
+    if repository is None:
+        return []
     dot_git = os.path.join(checkout, ".git")
-    if repository is None or not os.path.isfile(dot_git):
+    if os.path.isdir(dot_git) and not os.path.islink(dot_git):
+        objects = source_objects(repository)
+        return [] if objects is None else [("ro", objects)]
+    if not os.path.isfile(dot_git):
         return []
     try:
         with open(dot_git, encoding="utf-8") as f:
@@ -119,18 +139,14 @@ def git_binds(checkout: str, repository: str | None) -> list[tuple[str, str]]:
         or os.path.realpath(back) != os.path.realpath(dot_git)
     ):
         return []
-    binds = [("ro", common), ("tmpfs", os.path.join(common, "worktrees")), ("rw", gitdir)]
-    binds += [
-        ("rw", os.path.join(common, part))
-        for part in GIT_WRITABLE
-        if os.path.isdir(os.path.join(common, part))
-    ]
-    binds += [
+    return [
+        ("ro", common),
+        ("tmpfs", os.path.join(common, "worktrees")),
+        ("rw", gitdir),
         ("ro", dot_git),
         ("ro", os.path.join(gitdir, "commondir")),
         ("ro", os.path.join(gitdir, "gitdir")),
     ]
-    return binds
 
 
 def cache_args(files, cache: Path | None) -> list[str]:
@@ -142,11 +158,15 @@ def cache_args(files, cache: Path | None) -> list[str]:
     return ["--bind", session_jiti(cache, files.cache), "/tmp/jiti"]
 
 
-def session_args(cwd: str, files, readable: Iterable[str]) -> list[str]:
+def session_args(
+    cwd: str, files, readable: Iterable[str], writable: Iterable[str] = ()
+) -> list[str]:
     """bwrap options showing one agent its own files (``files``: launchers.SessionFiles,
-    or None for an agent of no session: its working directory only) and the read-only
-    ``readable`` (the pi install...)."""
+    or None for an agent of no session: its working directory only), the read-only
+    ``readable`` (the pi install...) and the further ``writable`` (a one-shot command's
+    own directories)."""
     binds: list[tuple[str, str]] = [("ro", path) for path in readable]
+    binds += [("rw", path) for path in writable]
     if files is None:
         binds.append(("rw", cwd))
     else:
@@ -193,6 +213,30 @@ class BwrapLauncher:
             launch.executable,
             *launch.argv[1:],
         ]
+
+    def one_shot(self, files, cwd: str, writable: Sequence[str]) -> Confine:
+        """A sandbox like the session agent's (its files, the install, read-only
+        system), without the network, with ``writable`` writable too, and an environment
+        of ``PATH``, the locale and the server's ``GIT_*`` settings only."""
+        options = [
+            *system_args(None),
+            "--unshare-net",
+            *session_args(cwd, files, self._install, writable),
+        ]
+
+        def confine(program: str, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
+            kept = {
+                name: value
+                for name, value in env.items()
+                if name in ONE_SHOT_ENVIRONMENT
+                or (name.startswith("GIT_") and not name.startswith("GIT_CONFIG_"))
+            }
+            for name in ("GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL"):
+                if name in env:
+                    kept[name] = env[name]
+            return [self._bwrap, *options, "--", program], kept
+
+        return confine
 
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         # The private /tmp is the agent's temporary directory, wherever the server's is.

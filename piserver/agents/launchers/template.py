@@ -71,6 +71,12 @@ class CommandTemplateLauncher:
         prefix = [self._words[0], *(word.format_map(values) for word in self._words[1:])]
         return [*prefix, launch.executable, *launch.argv[1:]]
 
+    def one_shot(self, files, cwd: str, writable) -> None:
+        """The server's own git on a session's files runs unconfined here: the template
+        may name a container without git or without the server's directories, so the
+        server cannot know it could run there (docs/sandbox.md says so)."""
+        return None
+
     def launch(self, protocol: ProcessProtocol, launch: AgentLaunch) -> IProcessTransport:
         return self._reactor.spawnProcess(
             protocol, self._words[0], self.argv(launch), env=dict(launch.env), path=launch.cwd
