@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import tempfile
 from contextlib import asynccontextmanager
 
+from piserver.common import safefs
 from piserver.common.errors import GitError, InvalidParams
 
 # Given to every server-run git on a checkout: ``-c`` wins over any config file.
@@ -81,21 +81,15 @@ _MAX_INDEX_BYTES = 256 * 1024 * 1024
 def _copy_index(source: str, dest: str) -> bool:
     """Copy the agent's index if it is a regular file of sane size (no link, FIFO or
     device followed or read); False when it is not, or is missing."""
+    directory, name = os.path.split(source)
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        with safefs.root(directory) as directory_fd:
+            opened = safefs.open_regular(directory_fd, name)
+            with safefs.reader(opened) as src, open(dest, "wb") as out:
+                safefs.copy_limited(src, out, _MAX_INDEX_BYTES, name)
+    except (OSError, safefs.Refused):
         return False
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_INDEX_BYTES:
-            return False
-        with os.fdopen(fd, "rb", closefd=False) as src, open(dest, "wb") as out:
-            shutil.copyfileobj(src, out)
-            if src.read(1):
-                return False
-        return True
-    finally:
-        os.close(fd)
+    return True
 
 
 def _make_shadow(parent: str, head: str) -> str:
