@@ -158,6 +158,16 @@ def read_bytes(root_fd: int, relative: str, limit: int, follow_inside: bool = Fa
     return data
 
 
+def read_small(path: str | os.PathLike, limit: int = 4096) -> str:
+    """The text of a small file the agent may have written (git's ``.git`` file,
+    ``commondir``, ``gitdir``), named by a path the server holds: its last component
+    not followed, a regular file only (a FIFO never blocks), at most ``limit`` bytes.
+    Raises ``Refused``, ``OSError`` or ``UnicodeDecodeError``."""
+    directory, name = os.path.split(os.fspath(path))
+    with root(directory or ".", follow=True) as directory_fd:
+        return read_bytes(directory_fd, name, limit).decode("utf-8")
+
+
 def copy_limited(source, target, limit: int, relative: str = "") -> int:
     """Copy what is left of the binary file ``source`` to ``target``; bytes copied, or
     ``Refused(TOO_LARGE)`` once more than ``limit`` came (the caller removes ``target``)."""

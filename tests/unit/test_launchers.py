@@ -363,3 +363,24 @@ def test_the_supervisor_starts_agents_through_its_launcher():
         files=files,
     )
     assert agent.pid == reactor.spawned[0].process.pid
+
+
+def test_a_fifo_or_a_link_in_the_agents_git_files_blocks_nothing(tmp_path):
+    """The agent owns a clone's .git: a gitfile naming a FIFO, a FIFO as the .git file
+    itself, or a link are refused without being opened for a blocking read (one FIFO
+    held the reactor thread: every session stopped)."""
+    source, common, checkout = make_worktree(tmp_path)
+    own = common / "worktrees" / "repo1"
+    os.unlink(own / "gitdir")
+    os.mkfifo(own / "gitdir")
+    assert git_binds(str(checkout), source) == []
+    os.unlink(checkout / ".git")
+    os.mkfifo(checkout / ".git")
+    assert git_binds(str(checkout), source) == []
+    os.unlink(checkout / ".git")
+    os.symlink(own, checkout / ".git")
+    assert git_binds(str(checkout), source) == []
+    os.unlink(checkout / ".git")
+    (tmp_path / "linked").write_text(f"gitdir: {own}\n")
+    os.symlink(tmp_path / "linked", checkout / ".git")
+    assert git_binds(str(checkout), source) == []

@@ -20,6 +20,7 @@ from twisted.internet.protocol import ProcessProtocol
 
 from piserver.agents.launchers import AgentLaunch
 from piserver.agents.launchers.caches import node_cache, session_jiti
+from piserver.common import safefs
 from piserver.common.processes import Confine, run_probe
 
 # Top-level system directories shown read-only (or as the symlinks they are on merged-/usr
@@ -120,17 +121,17 @@ def git_binds(checkout: str, repository: str | None) -> list[tuple[str, str]]:
         return [] if objects is None else [("ro", objects)]
     if not os.path.isfile(dot_git):
         return []
+    # The agent may have written these files (a clone's agent owns its .git): read
+    # without following a link, never a FIFO, a few KiB at most.
     try:
-        with open(dot_git, encoding="utf-8") as f:
-            first = f.readline().strip()
+        first = safefs.read_small(dot_git).partition("\n")[0].strip()
         if not first.startswith("gitdir:"):
             return []
         gitdir = os.path.normpath(os.path.join(checkout, first.removeprefix("gitdir:").strip()))
-        with open(os.path.join(gitdir, "commondir"), encoding="utf-8") as f:
-            common = os.path.normpath(os.path.join(gitdir, f.read().strip()))
-        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8") as f:
-            back = os.path.normpath(f.read().strip())
-    except OSError:
+        common = safefs.read_small(os.path.join(gitdir, "commondir")).strip()
+        common = os.path.normpath(os.path.join(gitdir, common))
+        back = os.path.normpath(safefs.read_small(os.path.join(gitdir, "gitdir")).strip())
+    except (OSError, ValueError, safefs.Refused):
         return []
     known = {os.path.realpath(repository), os.path.realpath(os.path.join(repository, ".git"))}
     if (
