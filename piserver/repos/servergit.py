@@ -103,34 +103,41 @@ def _make_shadow(parent: str, head: str) -> str:
     return directory
 
 
-def own_objects(session, objects: str) -> str:
-    """``objects`` (where the checkout's ``.git`` leads) if it is the session's own object
-    store: inside its checkout (a clone), or for a worktree of old its source
-    repository's.  Else a GitError: the agent pointed its ``.git`` (or the store, by a
+def own_objects(session, objects: str) -> tuple[str, bool]:
+    """``(store, shown)``: the session's own object store, where the checkout's ``.git``
+    says it is (``objects``), and whether a sandbox staging the checkout must be shown
+    it (it is outside the checkout).  A clone's store is inside its checkout: the
+    staging sandbox sees it through the checkout's own mount, so a store the agent
+    swaps for a link leads only to what the agent itself sees; it is never mounted from
+    a path the agent names.  A worktree of old uses its source repository's store, named
+    by the server.  Else a GitError: the agent pointed its ``.git`` (or the store, by a
     link) at another repository, whose objects the server's git would then write."""
     found = os.path.realpath(objects)
     if found.startswith(os.path.realpath(session.cwd) + os.sep):
-        return objects
-    if _is_own_worktree(session) and found == os.path.realpath(
-        os.path.join(session.checkout.repo_path, ".git", "objects")
-    ):
-        return objects
+        return objects, False
+    source = session.checkout.repo_path if session.checkout is not None else None
+    if source and _is_own_worktree(session):
+        store = os.path.realpath(os.path.join(source, ".git", "objects"))
+        if found == store:
+            return store, True
     raise GitError("the checkout's .git does not lead to an object store of its own")
 
 
 def _is_own_worktree(session) -> bool:
     """Whether the checkout is a worktree of old of its source repository: its ``.git``
     a file naming ``<source>/.git/worktrees/<name>``, whose ``gitdir`` names it back (a
-    clone's agent cannot write there)."""
+    clone's agent cannot write there).  The files are read as the agent's (no link
+    followed, no FIFO, a few KiB)."""
     checkout, dot_git = session.checkout, os.path.join(session.cwd, ".git")
-    if checkout is None or not checkout.repo_path or not os.path.isfile(dot_git):
+    if checkout is None or not checkout.repo_path:
         return False
     try:
-        with open(dot_git, encoding="utf-8") as f:
-            gitdir = f.readline().strip().removeprefix("gitdir:").strip()
-        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8") as f:
-            back = f.read().strip()
-    except (OSError, ValueError):
+        first = safefs.read_small(dot_git).partition("\n")[0].strip()
+        if not first.startswith("gitdir:"):
+            return False
+        gitdir = os.path.join(str(session.cwd), first.removeprefix("gitdir:").strip())
+        back = safefs.read_small(os.path.join(gitdir, "gitdir")).strip()
+    except (OSError, ValueError, safefs.Refused):
         return False
     worktrees = os.path.realpath(os.path.join(checkout.repo_path, ".git", "worktrees"))
     return os.path.dirname(os.path.realpath(gitdir)) == worktrees and os.path.realpath(
@@ -141,11 +148,21 @@ def _is_own_worktree(session) -> bool:
 class Shadow:
     """One operation's git directory (see the module's doc); ``head`` its HEAD commit."""
 
-    def __init__(self, server_git: ServerGit, session, directory: str, objects: str, head: str):
+    def __init__(
+        self,
+        server_git: ServerGit,
+        session,
+        directory: str,
+        objects: str,
+        head: str,
+        show_objects: bool = False,
+    ):
         self._server_git = server_git
         self._session = session
         self.directory = directory
         self.objects = objects
+        # Whether the staging sandbox must be shown the store (see own_objects).
+        self._show_objects = show_objects
         self.head = head
         self.index = f"{directory}/index"
 
@@ -154,9 +171,8 @@ class Shadow:
         inside the session's sandbox, which may write only this directory and the
         object store (see the module's doc)."""
         if confined:
-            kwargs["confine"] = self._server_git.confine(
-                self._session, (self.directory, self.objects)
-            )
+            writable = (self.directory, self.objects) if self._show_objects else (self.directory,)
+            kwargs["confine"] = self._server_git.confine(self._session, writable)
         env = {
             **ENVIRONMENT,
             "GIT_OBJECT_DIRECTORY": self.objects,
@@ -265,11 +281,11 @@ class ServerGit:
         (default: the tip of the session's branch)."""
         if head is None:
             head = await self.head(session)
-        objects = own_objects(
+        objects, show_objects = own_objects(
             session, os.path.join(await self.git_path(session, "common-dir"), "objects")
         )
         directory = await self.in_thread(_make_shadow, str(session.directory), head)
         try:
-            yield Shadow(self, session, directory, objects, head)
+            yield Shadow(self, session, directory, objects, head, show_objects)
         finally:
             await self.in_thread(shutil.rmtree, directory, True)
