@@ -19,7 +19,7 @@ import weakref
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from piserver.common.errors import InvalidParams, InvalidState
+from piserver.common.errors import GitError, InvalidParams, InvalidState
 from piserver.repos.changes import file_list
 from piserver.repos.checkouts import RepoSource
 from piserver.repos.localclone import is_worktree
@@ -143,15 +143,32 @@ class Shipping:
                 ["update-ref", "-m", "pi-server: commit", f"refs/heads/{branch}", commit, parent],
                 "git update-ref",
             )
-            # The agent's index learns what was committed (no work tree is read).
-            if paths:
-                await shadow.run(
-                    ["--literal-pathspecs", "reset", "--quiet", "--no-refresh", commit, *pathspec],
-                    "git reset",
-                    index=agent_index,
+            # The agent's index learns what was committed (no work tree is read). Inside
+            # the session's sandbox: its path is the agent's to name, and a link there
+            # must not make the server write a file anywhere of its own.
+            # The commit is made whatever happens to that index: a failure is logged.
+            try:
+                if paths:
+                    await shadow.run(
+                        [
+                            *("--literal-pathspecs", "reset", "--quiet", "--no-refresh"),
+                            *(commit, *pathspec),
+                        ],
+                        "git reset",
+                        index=agent_index,
+                        confined=True,
+                    )
+                elif everything:
+                    await shadow.run(
+                        ["read-tree", commit], "git read-tree", index=agent_index, confined=True
+                    )
+            except GitError as e:
+                self.log.warn(
+                    "session {session_id}: committed, but its checkout's index was not "
+                    "updated: {error}",
+                    session_id=session.id,
+                    error=e.message,
                 )
-            elif everything:
-                await shadow.run(["read-tree", commit], "git read-tree", index=agent_index)
             diff_tree = ["diff-tree", "-r", "-M", "--no-commit-id", "--no-textconv", "-z"]
             _, names = await shadow.run(
                 [*diff_tree, "--name-status", parent, commit], "git diff-tree"

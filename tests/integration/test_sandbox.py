@@ -137,6 +137,14 @@ async def test_the_sandboxed_agent_reaches_its_checkout_and_nothing_of_the_serve
     assert (checkout / "README.md").read_text() == "# source-worktree-edited\n"
     assert run_git("status", "--porcelain", cwd=str(checkout)) == ""
 
+    # The server's commit: its staging and the update of the agent's index run in the
+    # session's sandbox; the index learns the commit (nothing left staged or changed),
+    # and the branch reaches the source repository.
+    (checkout / "server.txt").write_text("committed by the server\n")
+    committed = await client.call("session.commit", {"message": "server"}, session_id=session_id)
+    assert run_git("status", "--porcelain", cwd=str(checkout)) == ""
+    assert run_git("rev-parse", branch, cwd=source).strip() == committed["commit"]
+
     await client.call("prompt", {"message": "and now?"}, session_id=session_id)
     settled = await client.wait_for_event(
         lambda f: is_event("agent_settled", session_id)(f) and len(fake_llm.requests) == 3
