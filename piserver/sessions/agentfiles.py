@@ -14,6 +14,7 @@ never more than a bound. The directories themselves (``sessions/<id>/pi``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,7 +28,8 @@ SETTINGS = "settings.json"
 # pi's settings are a few hundred bytes.
 MAX_SETTINGS_BYTES = 1024 * 1024
 # A conversation with images and long tool output runs to tens of MB; more is no
-# conversation pi wrote, and copying it would only fill the disk.
+# conversation pi wrote, and copying it would only fill the disk. The bound is for all
+# of a session's conversations together: many sparse files cost the agent nothing.
 MAX_CONVERSATION_BYTES = 512 * 1024 * 1024
 # Its first line, the header, is small.
 MAX_HEADER_BYTES = 64 * 1024
@@ -41,9 +43,11 @@ def copy_for_fork(source_pi: Path, source_agent: Path, target_pi: Path, target_a
     """Seed a new session from another's files: each pi session file (``*.jsonl``, its
     header's ``cwd`` set to ``cwd``) and the agent dir's ``settings.json``. An entry that
     is not a regular file (a symlink, FIFO, device) is skipped and logged."""
-    for name, opened in _regular_files(source_pi, ".jsonl"):
-        with safefs.reader(opened) as lines:
-            _copy_conversation(lines, target_pi / name, cwd)
+    left = MAX_CONVERSATION_BYTES
+    with contextlib.closing(_regular_files(source_pi, ".jsonl")) as found:
+        for name, opened in found:
+            with safefs.reader(opened) as lines:
+                left -= _copy_conversation(lines, target_pi / name, cwd, left)
     try:
         with safefs.root(source_agent) as directory:
             settings = safefs.read_bytes(directory, SETTINGS, MAX_SETTINGS_BYTES)
@@ -104,9 +108,10 @@ def read_export(pi_dir: Path, name: str, limit: int = MAX_EXPORT_BYTES) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def _copy_conversation(lines, target: Path, cwd) -> None:
-    """Copy a pi session file for a session working in ``cwd``: pi resumes (``--continue``)
-    only the conversations its header says belong to the working directory."""
+def _copy_conversation(lines, target: Path, cwd, limit: int) -> int:
+    """Copy a pi session file for a session working in ``cwd`` (pi resumes, with
+    ``--continue``, only the conversations its header says belong to the working
+    directory), at most ``limit`` bytes after its header; the bytes copied."""
     header_line = lines.readline(MAX_HEADER_BYTES + 1)
     try:
         header = json.loads(header_line) if len(header_line) <= MAX_HEADER_BYTES else None
@@ -118,12 +123,12 @@ def _copy_conversation(lines, target: Path, cwd) -> None:
     try:
         with open(target, "xb") as copy:
             copy.write(json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n")
-            safefs.copy_limited(lines, copy, MAX_CONVERSATION_BYTES, target.name)
+            return safefs.copy_limited(lines, copy, limit, target.name)
     except safefs.Refused:
         target.unlink(missing_ok=True)
         raise InvalidState(
-            f"{target.name} is larger than {MAX_CONVERSATION_BYTES // (1024 * 1024)} MiB: "
-            "not copied"
+            f"the session's conversations are larger than "
+            f"{MAX_CONVERSATION_BYTES // (1024 * 1024)} MiB together: {target.name} not copied"
         ) from None
     except BaseException:
         target.unlink(missing_ok=True)

@@ -57,3 +57,14 @@ def test_export_is_read_only_when_regular(dirs, tmp_path):
 def test_a_source_without_pi_or_agent_dir_copies_nothing(dirs, tmp_path):
     copy_for_fork(tmp_path / "none", tmp_path / "nothing", dirs["new-pi"], dirs["new-agent"], "/")
     assert os.listdir(dirs["new-pi"]) == [] and os.listdir(dirs["new-agent"]) == []
+
+
+def test_many_conversations_are_bounded_together(dirs, monkeypatch):
+    """Sparse files cost the agent nothing: the bound is for all of them, not each."""
+    monkeypatch.setattr("piserver.sessions.agentfiles.MAX_CONVERSATION_BYTES", 1000)
+    for name in ("a", "b", "c"):
+        (dirs["pi"] / f"{name}.jsonl").write_text(header() + "x" * 400 + "\n")
+    with pytest.raises(InvalidState, match="together"):
+        copy_for_fork(dirs["pi"], dirs["agent"], dirs["new-pi"], dirs["new-agent"], "/new")
+    # The one that did not fit is not left half-written.
+    assert sorted(os.listdir(dirs["new-pi"])) == ["a.jsonl", "b.jsonl"]
