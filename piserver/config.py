@@ -121,7 +121,7 @@ class ServerConfig:
     # Seconds an approval request waits for a person before the call is denied.
     approval_timeout: float = 600.0
     # pi's project trust (agents/projecttrust.py): ask, always or never.
-    project_trust: str = "ask"
+    project_trust: TrustPolicy = TrustPolicy.ASK
     # Seconds the project trust question stays on offer.
     project_trust_timeout: float = 300.0
     # The server's URL for a notification's reader: signed approval action URLs; None: none.
@@ -472,7 +472,7 @@ def resolve(options, reactor) -> ServerConfig:
         native_tool_timeout=options["native-tool-timeout"],
         permission_mode=options["permission-mode"],
         approval_timeout=options["approval-timeout"],
-        project_trust=options["project-trust"],
+        project_trust=TrustPolicy(options["project-trust"]),
         project_trust_timeout=options["project-trust-timeout"],
         public_url=public_url,
         idempotency_window=options["idempotency-window"],
