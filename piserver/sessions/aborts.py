@@ -13,19 +13,23 @@ someone is attached.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Awaitable
 from typing import Protocol
 
 from twisted.logger import Logger
 
 from piserver.agents.protocol import AgentProtocol
-from piserver.common.errors import AgentTimeout
+from piserver.common.errors import AgentExited, AgentTimeout
 from piserver.sessions.session import Session
 
 ABORT_ANSWER_TIMEOUT = 3.0
 """Seconds pi has to answer ``abort`` (it does in milliseconds when a run can stop)."""
 
 log = Logger()
+
+# The agents an abort is stopping (so a second abort at the same time ends nothing twice).
+_stopping: weakref.WeakSet = weakref.WeakSet()
 
 
 class AbortHost(Protocol):
@@ -40,19 +44,32 @@ class AbortHost(Protocol):
     def kill_agent(self, agent: AgentProtocol) -> Awaitable:
         """Stop ``agent`` at once (no ``abort``, no grace); fires once it has exited."""
 
+    def run_ended(self, session: Session) -> None:
+        """The run is over: what follows one (a code session's changed files)."""
+
 
 async def abort_run(
     host: AbortHost, session: Session, timeout: float = ABORT_ANSWER_TIMEOUT
 ) -> dict:
     """Abort ``session``'s run: ``{}`` when pi stopped it, ``{"agentStopped": true}``
     when the server had to stop pi to end it."""
+    asked = session.agent
     try:
         await host.command(session, "abort", timeout=timeout)
         return {}
+    except AgentExited:
+        if asked is not None and asked in _stopping:
+            # Another abort is stopping the agent this one asked: the run ends there.
+            return {"agentStopped": True}
+        raise
     except AgentTimeout:
         agent = session.agent
         if agent is None or agent.exit is not None:
             return {}
+        if agent in _stopping:
+            # Another abort timed out too and is stopping it: one end of the run.
+            return {"agentStopped": True}
+        _stopping.add(agent)
     log.warn(
         "session {session_id}: pi did not answer abort within {timeout:g} s (still preparing "
         "a prompt?); its agent is stopped to end the run",
@@ -73,6 +90,7 @@ async def abort_run(
         {"type": "agent_end", "messages": [], "success": False, "error": error},
     )
     host.publish(session, "agent_settled", {"type": "agent_settled", "aborted": True})
+    host.run_ended(session)
     if session.stream.connections():
         # Someone is looking: have the agent (and its conversation) back at once.
         session.lifecycle.want().addErrback(

@@ -519,6 +519,9 @@ class SessionManager(service.Service):
         """End the session's run (``aborts.abort_run``): its answer."""
         return await abort_run(self, session)
 
+    def run_ended(self, session: Session) -> None:
+        self._relay.run_ended(session)
+
     def kill_agent(self, agent: AgentProtocol) -> defer.Deferred:
         return self.agents.supervisor.kill(agent)
 

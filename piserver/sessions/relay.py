@@ -72,9 +72,13 @@ class EventRelay:
         if session.approvals.agent_event(event) or session.calls.agent_event(event):
             return
         self.publish(session, event_type, event, raw)
-        if event_type == "agent_settled" and self._on_run_end is not None:
-            if session.mode == "code":
-                self._on_run_end(session)
+        if event_type == "agent_settled":
+            self.run_ended(session)
+
+    def run_ended(self, session: Session) -> None:
+        """A run of ``session`` is over (pi settled, or the server stopped pi to end it)."""
+        if self._on_run_end is not None and session.mode == "code":
+            self._on_run_end(session)
 
     def publish(
         self,

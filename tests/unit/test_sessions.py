@@ -200,11 +200,14 @@ def test_an_abort_pi_does_not_answer_stops_it_and_ends_the_run(harness):
     first.dies_of.add("KILL")
     prompt = ensureDeferred(harness.sessions.prompt(session, "many images"))
     d = ensureDeferred(harness.sessions.abort(session))
+    # A second abort (another device) at the same moment ends the run no second time.
+    again = ensureDeferred(harness.sessions.abort(session))
     harness.reactor.advance(aborts.ABORT_ANSWER_TIMEOUT - 0.01)
     assert not d.called
     harness.reactor.advance(0.01)
     assert first.signals == ["KILL"]
     assert d.result == {"agentStopped": True}
+    assert again.result == {"agentStopped": True}
     prompt.addErrback(lambda f: f.value.code)
     assert prompt.result == "agent_exited"
     events = [(f["type"], f["payload"]) for f in connection.sent]
@@ -223,6 +226,7 @@ def test_an_abort_pi_does_not_answer_stops_it_and_ends_the_run(harness):
         ),
         ("agent_settled", {"type": "agent_settled", "aborted": True}),
     ]
+    assert [kind for kind, _ in events].count("agent_end") == 1
     # Not a crash (no agent_exit, no back-off): a new agent starts at once for the
     # attached client, and the conversation goes on there.
     assert "agent_exit" not in [kind for kind, _ in events]
