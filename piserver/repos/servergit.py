@@ -114,6 +114,7 @@ def own_objects(session, objects: str) -> tuple[str, bool]:
     link) at another repository, whose objects the server's git would then write."""
     found = os.path.realpath(objects)
     if found.startswith(os.path.realpath(session.cwd) + os.sep):
+        _check_alternates(session, objects)
         return objects, False
     source = session.checkout.repo_path if session.checkout is not None else None
     if source and _is_own_worktree(session):
@@ -121,6 +122,37 @@ def own_objects(session, objects: str) -> tuple[str, bool]:
         if found == store:
             return store, True
     raise GitError("the checkout's .git does not lead to an object store of its own")
+
+
+def _check_alternates(session, objects: str) -> None:
+    """A store inside the checkout may borrow only from its source repository's store
+    (a local clone's alternate), else from none: the server's git must not read objects
+    from wherever the agent names (another repository, another session's clone) and
+    copy them on into the source repository it can read."""
+    unreadable = GitError("the checkout's object store has unreadable alternates")
+    try:
+        text = safefs.read_small(os.path.join(objects, "info", "alternates"), 64 * 1024)
+    except FileNotFoundError:
+        return
+    except safefs.Refused as refused:
+        if refused.reason is safefs.Reason.MISSING:
+            return
+        raise unreadable from None
+    except (OSError, ValueError):
+        raise unreadable from None
+    source = session.checkout.repo_path if session.checkout is not None else None
+    allowed = set()
+    if source:
+        allowed = {
+            os.path.realpath(os.path.join(source, ".git", "objects")),
+            os.path.realpath(os.path.join(source, "objects")),
+        }
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if os.path.realpath(os.path.join(objects, line)) not in allowed:
+            raise GitError("the checkout's object store borrows from a store not its own")
 
 
 def _is_own_worktree(session) -> bool:

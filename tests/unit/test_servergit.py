@@ -54,3 +54,35 @@ def test_a_worktree_of_old_uses_the_store_the_server_names(tmp_path):
     os.mkfifo(own / "gitdir")
     with pytest.raises(GitError):
         own_objects(session, roundabout)
+
+
+def test_a_store_may_borrow_only_from_its_source_repository(tmp_path):
+    source = tmp_path / "source"
+    (source / ".git" / "objects").mkdir(parents=True)
+    session = session_at(tmp_path, str(source))
+    objects = session.cwd / ".git" / "objects"
+    (objects / "info").mkdir()
+    alternates = objects / "info" / "alternates"
+    alternates.write_text(f"{source / '.git' / 'objects'}\n")
+    assert own_objects(session, str(objects)) == (str(objects), False)
+    # Another repository's store, another session's clone: refused.
+    other = tmp_path / "sessions" / "s2" / "repo" / ".git" / "objects"
+    other.mkdir(parents=True)
+    alternates.write_text(f"{source / '.git' / 'objects'}\n{other}\n")
+    with pytest.raises(GitError, match="borrows"):
+        own_objects(session, str(objects))
+    # A FIFO or a link there is not read.
+    alternates.unlink()
+    os.mkfifo(alternates)
+    with pytest.raises(GitError, match="unreadable"):
+        own_objects(session, str(objects))
+    alternates.unlink()
+    os.symlink(tmp_path / "nowhere", alternates)
+    with pytest.raises(GitError):
+        own_objects(session, str(objects))
+    # A GitHub session's clone borrows from nothing.
+    github = session_at(tmp_path / "gh", None)
+    (github.cwd / ".git" / "objects" / "info").mkdir()
+    (github.cwd / ".git" / "objects" / "info" / "alternates").write_text(f"{source}/.git/objects\n")
+    with pytest.raises(GitError, match="borrows"):
+        own_objects(github, str(github.cwd / ".git" / "objects"))
