@@ -18,7 +18,7 @@ from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from piserver.repos.git import Git
 from tests.integration.test_sandbox import is_event, labelled, tool_results
 from tests.integration.test_server_git_hostile import make_shipping
-from tests.support.fakegithub import git_env, make_repository, run_git
+from tests.support.fakegithub import git_env, make_old_worktree, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.hostilegit import CheckoutSession
 from tests.support.seedclient import SeedApp
@@ -58,9 +58,10 @@ if watcher == 0:
                 if os.path.lexists(temporary):
                     os.unlink(temporary)
                 os.symlink(os.path.join(data_dir, "server-token"), temporary)
-                os.rename(temporary, os.path.join(pi_dir, name))
+                # Counted first: the watcher is killed at any moment once the test ends.
                 with open("export-swaps", "a") as f:
                     f.write("x")
+                os.rename(temporary, os.path.join(pi_dir, name))
 swaps = 0
 deadline = time.monotonic() + 60
 while not os.path.exists("stop") and time.monotonic() < deadline:
@@ -299,7 +300,7 @@ async def test_a_fifo_as_the_checkouts_index_is_never_read(tmp_path, captured_lo
         CheckoutRecord(RepoSource.LOCAL, branch, "main", repo_path=source),
     )
     session.directory.mkdir(parents=True)
-    await git.worktree_add(source, str(session.cwd), branch, "main")
+    make_old_worktree(source, str(session.cwd), branch)
     (session.cwd / "app.py").write_text("x = 2\n")
     index = run_git("rev-parse", "--path-format=absolute", "--git-path", "index", cwd=session.cwd)
     os.unlink(index.strip())
