@@ -508,60 +508,6 @@ class Git:
     # -- checkouts -------------------------------------------------------
 
     @_deferred
-    async def worktree_add(
-        self, source_repo: str, dest: str, branch: str, start_point: str
-    ) -> None:
-        """
-        ``git worktree add -b branch dest start_point`` in ``source_repo``.
-
-        ``branch`` and ``dest`` must not exist yet.  On failure nothing is left:
-        no directory, no worktree entry, no branch.
-        """
-        _check_branch_name(branch)
-        _check_branch_name(start_point)
-        if os.path.lexists(dest):
-            raise GitError(f"cannot create a checkout at {dest}: it already exists")
-        if await self.branch_exists(source_repo, branch):
-            raise GitError(f"branch {branch} already exists in {source_repo}")
-        started = self._reactor.seconds()
-        try:
-            await self._run(
-                [
-                    "-C",
-                    source_repo,
-                    "worktree",
-                    "add",
-                    "--quiet",
-                    "-b",
-                    branch,
-                    "--",
-                    dest,
-                    start_point,
-                ],
-                what="git worktree add",
-            )
-        except BaseException:
-            await self._undo_worktree_add(source_repo, dest, branch)
-            raise
-        log.info(
-            "git: worktree {dest} on {branch} from {source}@{start} in {duration:.2f}s",
-            dest=dest,
-            branch=branch,
-            source=source_repo,
-            start=start_point,
-            duration=self._reactor.seconds() - started,
-        )
-
-    async def _undo_worktree_add(self, source_repo: str, dest: str, branch: str) -> None:
-        _remove_tree(dest)
-        try:
-            await self._run(["-C", source_repo, "worktree", "prune"])
-            if await self.branch_exists(source_repo, branch):
-                await self._run(["-C", source_repo, "branch", "-D", "--", branch])
-        except GitError as e:
-            log.warn("git: cleaning up after a failed worktree add: {error}", error=e.message)
-
-    @_deferred
     async def worktree_remove(self, source_repo: str, dest: str) -> None:
         """Remove the worktree at ``dest`` (even with changes) and prune its entry."""
         try:

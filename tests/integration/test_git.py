@@ -19,6 +19,7 @@ from tests.support.fakegithub import (
     TEST_TOKEN,
     git_env,
     make_bare_repository,
+    make_old_worktree,
     make_repository,
 )
 from tests.support.fakeprocess import FakeProcessReactor
@@ -71,85 +72,9 @@ def source(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_worktree_add_on_new_branch_leaves_source_clean(git, source, tmp_path):
-    dest = str(tmp_path / "sessions" / "s1" / "repo")
-
-    await git.worktree_add(source, dest, "pi/session-s1", "main")
-
-    assert await git.current_branch(dest) == "pi/session-s1"
-    with open(os.path.join(dest, "README.md")) as f:
-        assert f.read() == "hello\n"
-    with open(os.path.join(dest, "new.txt"), "w") as f:
-        f.write("agent work\n")
-    commit_file(dest, "committed.txt", "more\n")
-    assert git_output("status", "--porcelain", cwd=source) == ""
-    assert await git.current_branch(source) == "main"
-    assert not os.path.exists(os.path.join(source, "new.txt"))
-    assert git_output("status", "--porcelain", cwd=dest) != ""
-
-
-@pytest_twisted.ensureDeferred
-async def test_two_worktrees_are_independent(git, source, tmp_path):
-    first = str(tmp_path / "a" / "repo")
-    second = str(tmp_path / "b" / "repo")
-    await git.worktree_add(source, first, "pi/session-a", "main")
-    await git.worktree_add(source, second, "pi/session-b", "main")
-
-    commit_file(first, "only-in-a.txt", "a\n")
-    with open(os.path.join(second, "README.md"), "w") as f:
-        f.write("changed in b\n")
-
-    assert not os.path.exists(os.path.join(second, "only-in-a.txt"))
-    with open(os.path.join(first, "README.md")) as f:
-        assert f.read() == "hello\n"
-    assert await git.current_branch(first) == "pi/session-a"
-    assert await git.current_branch(second) == "pi/session-b"
-    assert await git.branch_has_unmerged_commits(source, "pi/session-a", "main")
-    assert not await git.branch_has_unmerged_commits(source, "pi/session-b", "main")
-
-
-@pytest_twisted.ensureDeferred
-async def test_worktree_add_with_bad_start_point_leaves_nothing(git, source, tmp_path):
-    dest = str(tmp_path / "s" / "repo")
-
-    with pytest.raises(GitError) as caught:
-        await git.worktree_add(source, dest, "pi/session-x", "no-such-branch")
-
-    assert "no-such-branch" in caught.value.message
-    assert not os.path.exists(dest)
-    assert not await git.branch_exists(source, "pi/session-x")
-    assert git_output("worktree", "list", "--porcelain", cwd=source).count("worktree ") == 1
-
-
-@pytest_twisted.ensureDeferred
-async def test_worktree_add_refuses_an_existing_branch_and_keeps_it(git, source, tmp_path):
-    git_output("branch", "pi/session-x", cwd=source)
-    dest = str(tmp_path / "s" / "repo")
-
-    with pytest.raises(GitError, match="already exists"):
-        await git.worktree_add(source, dest, "pi/session-x", "main")
-
-    assert await git.branch_exists(source, "pi/session-x")
-    assert not os.path.exists(dest)
-
-
-@pytest_twisted.ensureDeferred
-async def test_worktree_add_refuses_an_existing_destination(git, source, tmp_path):
-    dest = tmp_path / "s" / "repo"
-    dest.mkdir(parents=True)
-    (dest / "keep.txt").write_text("mine")
-
-    with pytest.raises(GitError, match="already exists"):
-        await git.worktree_add(source, str(dest), "pi/session-x", "main")
-
-    assert (dest / "keep.txt").read_text() == "mine"
-    assert not await git.branch_exists(source, "pi/session-x")
-
-
-@pytest_twisted.ensureDeferred
 async def test_worktree_remove_keeps_a_branch_with_commits(git, source, tmp_path):
     dest = str(tmp_path / "s" / "repo")
-    await git.worktree_add(source, dest, "pi/session-s", "main")
+    make_old_worktree(source, dest, "pi/session-s")
     commit_file(dest, "work.txt", "done\n")
     with open(os.path.join(dest, "untracked.txt"), "w") as f:
         f.write("dirty\n")
@@ -166,7 +91,7 @@ async def test_worktree_remove_keeps_a_branch_with_commits(git, source, tmp_path
 @pytest_twisted.ensureDeferred
 async def test_worktree_remove_then_delete_a_branch_without_commits(git, source, tmp_path):
     dest = str(tmp_path / "s" / "repo")
-    await git.worktree_add(source, dest, "pi/session-s", "main")
+    make_old_worktree(source, dest, "pi/session-s")
 
     await git.worktree_remove(source, dest)
     assert not await git.branch_has_unmerged_commits(source, "pi/session-s", "main")
@@ -180,7 +105,7 @@ async def test_worktree_remove_then_delete_a_branch_without_commits(git, source,
 @pytest_twisted.ensureDeferred
 async def test_worktree_remove_of_a_vanished_checkout_prunes_it(git, source, tmp_path):
     dest = str(tmp_path / "s" / "repo")
-    await git.worktree_add(source, dest, "pi/session-s", "main")
+    make_old_worktree(source, dest, "pi/session-s")
     subprocess.run(["rm", "-rf", dest], check=True)
 
     await git.worktree_remove(source, dest)

@@ -15,7 +15,13 @@ from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from piserver.repos.git import Git
 from piserver.repos.shipping import Shipping
 from piserver.repos.snapshot import Snapshots
-from tests.support.fakegithub import TEST_TOKEN, git_env, make_repository, run_git
+from tests.support.fakegithub import (
+    TEST_TOKEN,
+    git_env,
+    make_old_worktree,
+    make_repository,
+    run_git,
+)
 from tests.support.hostilegit import (
     CheckoutSession,
     OneRepoCatalog,
@@ -72,7 +78,7 @@ async def test_a_hostile_worktree_config_runs_nothing_and_head_is_not_followed(
         CheckoutRecord(RepoSource.LOCAL, BRANCH, "main", repo_path=source),
     )
     session.directory.mkdir(parents=True)
-    await git.worktree_add(source, str(session.cwd), BRANCH, "main")
+    make_old_worktree(source, str(session.cwd), BRANCH)
     main_before = run_git("rev-parse", "main", cwd=source).strip()
     plant_traps(str(session.cwd), markers, proxy_trap.port)
     (session.cwd / "app.py").write_text("x = 2\n")

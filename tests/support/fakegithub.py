@@ -57,6 +57,12 @@ def run_git(*args: str, cwd: str | None = None) -> str:
     return completed.stdout
 
 
+def make_old_worktree(source: str, dest: str, branch: str, start: str = "main") -> None:
+    """A local session's checkout as the server made them before local clones: a
+    ``git worktree`` of ``source`` on a new ``branch`` (such sessions are still served)."""
+    run_git("-C", source, "worktree", "add", "--quiet", "-b", branch, "--", dest, start)
+
+
 def make_repository(
     path: str, default_branch: str = "main", files: dict[str, str] | None = None
 ) -> str:
