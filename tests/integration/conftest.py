@@ -50,3 +50,15 @@ async def fake_github(tmp_path):
     fake = FakeGithub(str(tmp_path / "github"), token=TEST_TOKEN).start()
     yield fake
     await fake.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def proxy_trap():
+    """A loopback listener git must never reach through a proxy (tests/support/hostilegit)."""
+    from twisted.internet import reactor
+
+    from tests.support.hostilegit import listen_proxy_trap
+
+    trap, port = await listen_proxy_trap(reactor)
+    yield trap
+    await port.stopListening()

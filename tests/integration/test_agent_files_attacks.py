@@ -14,13 +14,12 @@ import pytest_twisted
 from twisted.internet import reactor, task
 
 from piserver.common.errors import InvalidState
-from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from piserver.repos.git import Git
 from tests.integration.test_sandbox import is_event, labelled, tool_results
 from tests.integration.test_server_git_hostile import make_shipping
 from tests.support.fakegithub import git_env, make_old_worktree, make_repository, run_git
 from tests.support.fakellm import Reply, Text, ToolCall
-from tests.support.hostilegit import CheckoutSession
+from tests.support.hostilegit import local_session
 from tests.support.seedclient import SeedApp
 from tests.support.server import TOKEN
 from tests.support.wsclient import CallFailed
@@ -294,12 +293,7 @@ async def test_a_fifo_as_the_checkouts_index_is_never_read(tmp_path, captured_lo
     )
     git = Git(reactor, env=git_env())
     branch = "pi/session-s1"
-    session = CheckoutSession(
-        "s1",
-        tmp_path / "sessions" / "s1",
-        CheckoutRecord(RepoSource.LOCAL, branch, "main", repo_path=source),
-    )
-    session.directory.mkdir(parents=True)
+    session = local_session(tmp_path, source, branch)
     make_old_worktree(source, str(session.cwd), branch)
     (session.cwd / "app.py").write_text("x = 2\n")
     index = run_git("rev-parse", "--path-format=absolute", "--git-path", "index", cwd=session.cwd)

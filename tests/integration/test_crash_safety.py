@@ -11,7 +11,6 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.support.fakellm import Text, Tokens
-from tests.support.piagent import pi_option
 from tests.support.serverprocess import ServerProcess
 from tests.support.wsclient import RpcClient, is_type
 
@@ -21,14 +20,7 @@ HELLO = {"client": {"name": "tests", "version": "1"}}
 
 @pytest.fixture
 def server_process(agent_dir, pi_binary, tmp_path):
-    server = ServerProcess(
-        tmp_path,
-        "--auth-token",
-        TOKEN,
-        pi=pi_option(pi_binary),
-        data_dir=agent_dir.path,
-        environ=agent_dir.environment(),
-    )
+    server = ServerProcess.with_real_pi(tmp_path, agent_dir, pi_binary, "--auth-token", TOKEN)
     yield server
     server.stop()
 

@@ -16,7 +16,7 @@ from twisted.internet import reactor, task
 
 from tests.support.fakegithub import TEST_TOKEN, run_git
 from tests.support.fakellm import Reply, Text, Tokens, ToolCall
-from tests.support.piagent import pi_option, repository_root
+from tests.support.piagent import repository_root
 from tests.support.server import session_directories
 from tests.support.serverprocess import RawRpc, ServerProcess
 from tests.support.wsclient import RpcClient, is_type
@@ -31,15 +31,15 @@ def server_process(agent_dir, pi_binary, tmp_path, fake_github):
     # A pi extension whose /dialog command opens a dialog and reports the answer it got.
     (agent_dir.path / "extensions").mkdir(exist_ok=True)
     shutil.copy(DIALOGS_EXTENSION, agent_dir.path / "extensions" / "dialogs.ts")
-    server = ServerProcess(
+    server = ServerProcess.with_real_pi(
         tmp_path,
+        agent_dir,
+        pi_binary,
         "--auth-token",
         TOKEN,
         "--github-api-url",
         fake_github.api_url,
-        pi=pi_option(pi_binary),
-        data_dir=agent_dir.path,
-        environ={**agent_dir.environment(), "GITHUB_TOKEN": TEST_TOKEN},
+        environ={"GITHUB_TOKEN": TEST_TOKEN},
     )
     yield server
     server.stop()

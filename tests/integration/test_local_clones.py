@@ -10,22 +10,17 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, threads
+from twisted.internet import reactor
 
 from piserver.common.errors import GitError
-from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from piserver.repos.git import Git
 from piserver.repos.localclone import LocalClones
 from piserver.repos.servergit import ServerGit
 from piserver.repos.snapshot import Snapshots
 from tests.support.fakegithub import git_env, make_repository, run_git
-from tests.support.hostilegit import CheckoutSession
+from tests.support.hostilegit import in_thread, local_session
 
 BRANCH = "pi/session-s1"
-
-
-def in_thread(f, *args, **kwargs):
-    return threads.deferToThread(f, *args, **kwargs)
 
 
 def git_input(cwd: str, text: str, *args: str) -> str:
@@ -49,12 +44,7 @@ def objects(repo) -> set[str]:
 def setup(tmp_path):
     source = make_repository(str(tmp_path / "source"), default_branch="main")
     git = Git(reactor, env=git_env())
-    session = CheckoutSession(
-        "s1",
-        tmp_path / "sessions" / "s1",
-        CheckoutRecord(RepoSource.LOCAL, BRANCH, "main", repo_path=source),
-    )
-    session.directory.mkdir(parents=True)
+    session = local_session(tmp_path, source, BRANCH)
     return source, session, LocalClones(git, ServerGit(git, in_thread))
 
 

@@ -2,30 +2,12 @@
 
 import pytest_twisted
 import treq
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fakellm import Tokens
+from tests.support.metrics import moved, scrape
 from tests.support.wsclient import CallFailed
 
 METRICS_TOKEN = "metrics-test-token-value"
-
-
-async def scrape(server, token=None) -> dict:
-    """Every sample as {(name, (label pairs...)): value}, parsed by prometheus_client."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = await treq.get(f"http://127.0.0.1:{server.port}/metrics", headers=headers)
-    assert response.code == 200
-    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(await response.text()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def moved(before, after, name, **labels) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0) - before.get(key, 0)
 
 
 @pytest_twisted.ensureDeferred

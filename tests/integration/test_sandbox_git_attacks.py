@@ -13,11 +13,9 @@ import json
 import subprocess
 
 import pytest_twisted
-from twisted.internet import endpoints, reactor
 
 from tests.support.fakegithub import TEST_TOKEN, make_repository
 from tests.support.fakellm import Reply, Text, ToolCall
-from tests.support.hostilegit import ProxyTrap
 from tests.support.server import TOKEN
 from tests.support.wsclient import CallFailed
 
@@ -101,15 +99,6 @@ async def prompt(client, fake_llm, session_id, *replies) -> None:
     await client.wait_for_event(
         lambda f: is_event("agent_settled", session_id)(f) and f["seq"] > last
     )
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy_trap():
-    trap = ProxyTrap()
-    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(trap)
-    trap.port = port.getHost().port
-    yield trap
-    await port.stopListening()
 
 
 def plant_secrets(data_dir) -> tuple[bytes, ...]:

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import endpoints, reactor
+from twisted.internet import reactor
 
 from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from piserver.repos.git import Git
@@ -25,7 +25,8 @@ from tests.support.fakegithub import (
 from tests.support.hostilegit import (
     CheckoutSession,
     OneRepoCatalog,
-    ProxyTrap,
+    in_thread,
+    local_session,
     plant_traps,
     ran,
 )
@@ -33,26 +34,11 @@ from tests.support.hostilegit import (
 BRANCH = "pi/session-s1"
 
 
-def in_thread(f, *args, **kwargs):
-    from twisted.internet import threads
-
-    return threads.deferToThread(f, *args, **kwargs)
-
-
 @pytest.fixture
 def markers(tmp_path):
     path = tmp_path / "markers"
     path.mkdir()
     return str(path)
-
-
-@pytest_twisted.async_yield_fixture
-async def proxy_trap():
-    trap = ProxyTrap()
-    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(trap)
-    trap.port = port.getHost().port
-    yield trap
-    await port.stopListening()
 
 
 def make_shipping(git, events, repos=None, token=None):
@@ -72,12 +58,7 @@ async def test_a_hostile_worktree_config_runs_nothing_and_head_is_not_followed(
         str(tmp_path / "source"), default_branch="main", files={"app.py": "x = 1\n"}
     )
     git = Git(reactor, env=git_env())
-    session = CheckoutSession(
-        "s1",
-        tmp_path / "sessions" / "s1",
-        CheckoutRecord(RepoSource.LOCAL, BRANCH, "main", repo_path=source),
-    )
-    session.directory.mkdir(parents=True)
+    session = local_session(tmp_path, source, BRANCH)
     make_old_worktree(source, str(session.cwd), BRANCH)
     main_before = run_git("rev-parse", "main", cwd=source).strip()
     plant_traps(str(session.cwd), markers, proxy_trap.port)

@@ -6,12 +6,11 @@ pi-server as a process of its own, restarted and killed with SIGKILL.
 
 import pytest
 import pytest_twisted
-import treq
-from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
 from tests.support.fakellm import Hang, Reply, Text, Tokens
-from tests.support.piagent import FAKE_MODELS, FAKE_PRICES, FAKE_PROVIDER, pi_option, price_models
+from tests.support.metrics import moved, scrape
+from tests.support.piagent import FAKE_MODELS, FAKE_PRICES, FAKE_PROVIDER, price_models
 from tests.support.serverprocess import ServerProcess
 from tests.support.wsclient import CallFailed, RpcClient, is_type
 
@@ -61,20 +60,6 @@ async def run(client, session_id, message, **params):
     )
 
 
-async def scrape(server) -> dict:
-    response = await treq.get(f"http://127.0.0.1:{server.port}/metrics")
-    samples = {}
-    for family in text_string_to_metric_families(await response.text()):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def moved(before, after, name, **labels) -> float:
-    key = (name, tuple(sorted(labels.items())))
-    return after.get(key, 0) - before.get(key, 0)
-
-
 async def listed(client) -> tuple[dict, dict]:
     result = await client.call("session.list")
     return {s["sessionId"]: s for s in result["sessions"]}, result["today"]
@@ -89,14 +74,7 @@ async def totals(client) -> tuple[dict, dict]:
 @pytest.fixture
 def server_process(agent_dir, pi_binary, tmp_path):
     price_models(agent_dir)
-    server = ServerProcess(
-        tmp_path,
-        "--auth-token",
-        TOKEN,
-        pi=pi_option(pi_binary),
-        data_dir=agent_dir.path,
-        environ=agent_dir.environment(),
-    )
+    server = ServerProcess.with_real_pi(tmp_path, agent_dir, pi_binary, "--auth-token", TOKEN)
     yield server
     server.stop()
     server.kill_agents()

@@ -10,8 +10,9 @@ import stat
 from pathlib import Path
 
 import attr
-from twisted.internet import defer, protocol
+from twisted.internet import defer, endpoints, protocol, threads
 
+from piserver.repos.checkouts import CheckoutRecord, RepoSource
 from tests.support.fakegithub import run_git
 
 
@@ -27,6 +28,23 @@ class CheckoutSession:
     @property
     def cwd(self) -> Path:
         return self.directory / "repo"
+
+
+def local_session(tmp_path: Path, source: str, branch: str = "pi/session-s1") -> CheckoutSession:
+    """Session ``s1`` of the local repository ``source`` (its directory made, its
+    checkout not yet)."""
+    session = CheckoutSession(
+        "s1",
+        tmp_path / "sessions" / "s1",
+        CheckoutRecord(RepoSource.LOCAL, branch, "main", repo_path=source),
+    )
+    session.directory.mkdir(parents=True)
+    return session
+
+
+def in_thread(f, *args, **kwargs):
+    """The server's ``in_thread``: file work in the reactor's thread pool."""
+    return threads.deferToThread(f, *args, **kwargs)
 
 
 class OneRepoCatalog:
@@ -54,6 +72,14 @@ class ProxyTrap(protocol.Factory):
                 self.transport.loseConnection()
 
         return _Recorder()
+
+
+async def listen_proxy_trap(reactor) -> tuple[ProxyTrap, object]:
+    """A :class:`ProxyTrap` on a loopback port (``trap.port``) and its listening port."""
+    trap = ProxyTrap()
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(trap)
+    trap.port = port.getHost().port
+    return trap, port
 
 
 def plant_traps(checkout: str, marker_dir: str, proxy_port: int) -> None:

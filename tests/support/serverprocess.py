@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.piagent import VERSION_ONLY_PI
+from tests.support.piagent import VERSION_ONLY_PI, pi_option
 from tests.support.processes import free_port, health_ok, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -26,6 +26,18 @@ class ServerProcess:
     """``twistd -n piserver`` on a free loopback port, logging to ``log_file``; over
     ``data_dir`` (``directory/data`` unless given). It can be started again after a stop
     or a kill, on the same port and data dir, appending to the same log."""
+
+    @classmethod
+    def with_real_pi(cls, directory: Path, agent_dir, pi_binary, *args, environ=None):
+        """A server of the real pi in ``agent_dir`` (its data dir), with ``args``;
+        ``environ`` added to the agent dir's environment."""
+        return cls(
+            directory,
+            *args,
+            pi=pi_option(pi_binary),
+            data_dir=agent_dir.path,
+            environ={**agent_dir.environment(), **(environ or {})},
+        )
 
     def __init__(
         self,
