@@ -15,6 +15,12 @@ from piserver.common.files import CorruptFileError, load_json, write_json_atomic
 from piserver.sessions.session import SESSION_ID, SESSION_RECORD, Session
 
 INTENT_RECORD = "intent.json"
+# A session directory is made under this name and renamed into place with its intent in
+# it, and renamed to REMOVING_PREFIX before it is removed: whoever lists the sessions
+# (recovery, a test) never sees one half made or half removed. Leftovers of a crash are
+# removed at the next start (``recovery``).
+STAGING_PREFIX = ".new-"
+REMOVING_PREFIX = ".gone-"
 
 log = Logger()
 
@@ -38,14 +44,40 @@ class Interrupted:
 
 
 def write_intent(session: Session, intent: Intent, extra: dict | None = None) -> None:
+    _write_intent_into(session.directory, session, intent, extra)
+
+
+def _write_intent_into(
+    directory: Path, session: Session, intent: Intent, extra: dict | None = None
+) -> None:
     write_json_atomic(
-        session.directory / INTENT_RECORD,
+        directory / INTENT_RECORD,
         {"action": intent.value, "record": {**session.record(), **(extra or {})}},
     )
 
 
+def make_directory(session: Session, intent: Intent | None) -> None:
+    """Make ``session``'s directory, with ``intent`` in it from the moment it appears."""
+    staging = session.directory.with_name(STAGING_PREFIX + session.id)
+    staging.mkdir(mode=0o700, parents=True)
+    if intent is not None:
+        _write_intent_into(staging, session, intent)
+    staging.rename(session.directory)
+
+
 def clear_intent(session: Session) -> None:
     (session.directory / INTENT_RECORD).unlink(missing_ok=True)
+
+
+def leftovers(sessions_dir: Path) -> list[Path]:
+    """The directories in ``sessions_dir`` a crash left half made or half removed."""
+    if not sessions_dir.is_dir():
+        return []
+    return sorted(
+        path
+        for path in sessions_dir.iterdir()
+        if path.name.startswith((STAGING_PREFIX, REMOVING_PREFIX))
+    )
 
 
 def interrupted(sessions_dir: Path) -> list[Interrupted]:

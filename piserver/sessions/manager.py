@@ -25,7 +25,7 @@ from piserver.sessions.agentfiles import copy_for_fork, read_export
 from piserver.sessions.agents import SessionAgents
 from piserver.sessions.catchup import CatchUp, CaughtUp
 from piserver.sessions.connections import ConnectionMemory, PreviousConnection
-from piserver.sessions.intents import Intent, clear_intent, write_intent
+from piserver.sessions.intents import Intent, clear_intent, make_directory, write_intent
 from piserver.sessions.observer import SessionObservers
 from piserver.sessions.parts import SessionParts
 from piserver.sessions.permissions import Permissions
@@ -129,8 +129,8 @@ class SessionManager(service.Service):
             self._parts.equip(session)
             self.sessions[session.id] = session
         self.log.info("{count} sessions restored", count=len(self.sessions))
-        if restored.interrupted:
-            self.recovered = defer.Deferred.fromCoroutine(recovery.finish(restored.interrupted))
+        if restored.unfinished:
+            self.recovered = defer.Deferred.fromCoroutine(recovery.finish(restored))
         self._idle_check.start(min(60.0, self._settings.idle_timeout), now=False)
         super().startService()
         self._warm.start()
@@ -400,9 +400,7 @@ class SessionManager(service.Service):
             repo_id=repo_id,
             **fields,
         )
-        directory.mkdir(mode=0o700, parents=True)
-        if intent is not None:
-            write_intent(session, intent)
+        make_directory(session, intent)
         self._parts.equip(session)
         return session
 

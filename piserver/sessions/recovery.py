@@ -4,7 +4,7 @@ short (unreadable, missing entries), from the ``session.json`` beside each sessi
 files; and what a crash interrupted (``intents``), undone or finished.
 """
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -12,7 +12,7 @@ import attr
 from twisted.logger import Logger
 
 from piserver.common.files import CorruptFileError, load_json
-from piserver.sessions.intents import Intent, Interrupted, interrupted
+from piserver.sessions.intents import Intent, Interrupted, interrupted, leftovers
 from piserver.sessions.session import SESSION_ID, SESSION_RECORD, Session
 
 
@@ -28,10 +28,25 @@ class Index(Protocol):
 
 @attr.s(auto_attribs=True, frozen=True)
 class Restored:
-    """What start found: the sessions (no live parts yet), and the interrupted work."""
+    """What start found: the sessions (no live parts yet), the interrupted work, and the
+    directories left half made or half removed."""
 
     sessions: list[Session]
     interrupted: list[Interrupted]
+    leftovers: list[Path]
+
+    @property
+    def unfinished(self) -> bool:
+        """Whether ``Recovery.finish`` has anything to do."""
+        return bool(self.interrupted or self.leftovers)
+
+
+class Undo(Protocol):
+    """The part of ``teardown.Teardown`` recovery uses."""
+
+    def __call__(self, session: Session) -> Awaitable: ...
+
+    def remove_leftover(self, path: Path) -> Awaitable: ...
 
 
 class Recovery:
@@ -43,7 +58,7 @@ class Recovery:
         self,
         sessions_dir: Path,
         store: Index,
-        tear_down: Callable[[Session], Awaitable],
+        tear_down: Undo,
     ) -> None:
         self._sessions_dir = sessions_dir
         self._store = store
@@ -81,11 +96,18 @@ class Recovery:
                 if session is None:
                     continue
             sessions.append(session)
-        return Restored(sessions, found)
+        return Restored(sessions, found, leftovers(self._sessions_dir))
 
-    async def finish(self, found: list[Interrupted]) -> None:
-        """Undo the interrupted creates (and warm agents' directories), finish the deletes."""
-        for item in found:
+    async def finish(self, restored: Restored) -> None:
+        """Remove what was left half made or half removed, undo the interrupted creates
+        (and warm agents' directories), finish the deletes."""
+        for path in restored.leftovers:
+            self.log.info("removing {path}, left by a crash", path=str(path))
+            try:
+                await self._tear_down.remove_leftover(path)
+            except Exception:
+                self.log.failure("could not remove {path}", path=str(path))
+        for item in restored.interrupted:
             session_id = item.record.get("sessionId")
             if item.intent is Intent.WARM:
                 self.log.info(

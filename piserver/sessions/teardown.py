@@ -4,7 +4,8 @@ warm agent's, and one a crash left half created or half deleted (``recovery``).
 
 The order is what makes it crash-safe: the delete intent first (a crash from there on
 finishes the delete at the next start), then the session's record (it cannot come back),
-then the agent, its stream and approvals, the checkout, and last the directory.
+then the agent, its stream and approvals, the checkout, and last the directory (renamed
+out of the sessions' names first, then removed).
 """
 
 import shutil
@@ -14,7 +15,7 @@ from typing import Protocol
 
 from twisted.logger import Logger
 
-from piserver.sessions.intents import Intent, write_intent
+from piserver.sessions.intents import REMOVING_PREFIX, Intent, write_intent
 from piserver.sessions.session import SESSION_RECORD, Session
 
 
@@ -74,4 +75,20 @@ class Teardown:
 
     def _remove_directory(self, path: Path) -> Awaitable:
         # A checkout can hold many files: remove it off the reactor thread.
+        return self._in_thread(_remove, path)
+
+    def remove_leftover(self, path: Path) -> Awaitable:
+        """Remove a directory a crash left half made or half removed (``intents``)."""
         return self._in_thread(shutil.rmtree, path, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Remove a session's directory: gone from the sessions' names at once, then its files."""
+    doomed = path.with_name(REMOVING_PREFIX + path.name)
+    try:
+        path.rename(doomed)
+    except FileNotFoundError:
+        return
+    except OSError:
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)

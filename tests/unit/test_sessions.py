@@ -376,6 +376,50 @@ def test_a_corrupt_state_file_is_rebuilt_from_the_session_directories(tmp_path):
     assert list(tmp_path.glob("state.json.corrupt-*"))
 
 
+def test_no_session_directory_is_seen_half_made_or_half_removed(tmp_path, monkeypatch):
+    # Whoever lists the sessions while the server runs (recovery after a crash, a test
+    # counting them) sees a warm agent's directory with its intent in it, and a removed
+    # session's directory gone before its files are.
+    from piserver.sessions import intents, teardown
+
+    seen = []
+    write = intents.write_json_atomic
+    remove = teardown.shutil.rmtree
+
+    def write_and_look(path, *args, **kwargs):
+        seen.append(("written", sorted(p.name for p in (tmp_path / "sessions").iterdir())))
+        return write(path, *args, **kwargs)
+
+    def remove_and_look(path, *args, **kwargs):
+        seen.append(("removed", sorted(p.name for p in (tmp_path / "sessions").iterdir())))
+        return remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(intents, "write_json_atomic", write_and_look)
+    monkeypatch.setattr(teardown.shutil, "rmtree", remove_and_look)
+    harness = warm_harness(tmp_path)
+    harness.answer_startup()
+    (warm,) = harness.sessions.agents.warm.sessions()
+    doomed = create(harness).result
+    assert doomed is warm
+    deleting = ensureDeferred(harness.sessions.delete(doomed))
+    harness.answer("abort", n=0)
+    harness.process(0).end(code=0)
+    assert deleting.called
+    assert seen[0] == ("written", [f".new-{warm.id}"])
+    assert ("removed", [f".gone-{warm.id}"]) in seen
+    assert not (tmp_path / "sessions" / f".gone-{warm.id}").exists()
+
+
+def test_what_a_crash_left_half_made_or_half_removed_is_removed_at_start(tmp_path):
+    sessions = tmp_path / "sessions"
+    for name in (".new-00000000-0000-4000-8000-000000000077", ".gone-x"):
+        (sessions / name / "workspace").mkdir(parents=True)
+        (sessions / name / "workspace" / "file").write_text("left")
+    harness = Harness(tmp_path)
+    assert harness.sessions.recovered.called
+    assert sorted(p.name for p in sessions.iterdir()) == []
+
+
 class FakeCheckouts:
     def planned(self, session, repo):
         return {"worktreePath": str(session.directory / "repo")}
