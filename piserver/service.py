@@ -32,6 +32,7 @@ from piserver.ops.metrics import MetricsResource, ServerMetrics, UsageCollector
 from piserver.ops.notify import ATTEMPT_TIMEOUT, Notifier
 from piserver.ops.pushwiring import build_push
 from piserver.ops.readiness import ReadyResource
+from piserver.ops.signals import SignalsToReactor
 from piserver.repos.catalog import RepoCatalog
 from piserver.repos.checkouts import Checkouts
 from piserver.repos.git import Git
@@ -275,6 +276,7 @@ def approval_action_urls(config: ServerConfig, reactor, sessions):
 
 def build_service(config: ServerConfig, reactor) -> PiServerService:
     top = PiServerService(config)
+    SignalsToReactor(reactor).setServiceParent(top)
 
     def in_thread(f, *args, **kwargs):
         # Blocking file work (reading a checkout's files) off the reactor thread.

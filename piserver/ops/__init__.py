@@ -7,5 +7,6 @@
 - ``readiness``: ``GET /ready``;
 - ``push``: the same happenings as Web Push to the devices that asked (``webpush`` sends
   one, ``pushkey`` serves ``GET /push/key``, ``pushwiring`` makes the parts);
-- ``audit``: ``<data-dir>/audit.log``, who changed what (``pi-server audit``).
+- ``audit``: ``<data-dir>/audit.log``, who changed what (``pi-server audit``);
+- ``signals``: SIGTERM and SIGINT handled on the reactor thread (a stop cannot deadlock).
 """
