@@ -105,7 +105,13 @@ class ServerProcess:
         """SIGTERM, and wait until the log is complete."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            self.process.wait(60)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                # Not left running after the test: its port and files are the next test's.
+                self.process.kill()
+                self.process.wait(60)
+                raise AssertionError("pi-server did not stop within 60 s of SIGTERM") from None
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
