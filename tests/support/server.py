@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.internet import reactor
 
 from piserver.service import build_service
+from piserver.sessions.session import SESSION_ID
 from piserver.tap import Options
 from tests.support.piagent import pi_option
 from tests.support.wsclient import RpcClient
@@ -94,10 +95,13 @@ class RunningServer:
 
 
 def session_directories(data_dir) -> list:
-    """The directories under ``data_dir/sessions`` other than warm agents' (those the pool
-    keeps ready for the next create; see piserver.sessions.warm)."""
+    """The session directories under ``data_dir/sessions`` other than warm agents' (those
+    the pool keeps ready for the next create; see piserver.sessions.warm). One being made or
+    removed has another name (piserver.sessions.intents)."""
     found = []
     for directory in sorted((Path(data_dir) / "sessions").iterdir()):
+        if not SESSION_ID.match(directory.name):
+            continue
         intent = directory / "intent.json"
         if intent.exists() and json.loads(intent.read_text()).get("action") == "warm":
             continue
