@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
 from tests.support.fakegithub import TEST_TOKEN, run_git
 from tests.support.fakellm import Reply, Text, Tokens, ToolCall
 from tests.support.piagent import repository_root
+from tests.support.processes import eventually
 from tests.support.server import session_directories
 from tests.support.serverprocess import RawRpc, ServerProcess
 from tests.support.wsclient import RpcClient, is_type
@@ -61,16 +62,6 @@ async def resume(server, previous_connection_id) -> RpcClient:
     client = await RpcClient.connect(reactor, server.port, token=TOKEN)
     await client.call("hello", {**HELLO, "resume": {"connectionId": previous_connection_id}})
     return client
-
-
-async def eventually(condition, what: str, timeout: float = 60):
-    """Poll a condition of the server process, which cannot notify the test; the reactor
-    keeps running (the scripted LLM and the GitHub stand-in are served by it)."""
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await task.deferLater(reactor, 0.05, lambda: None)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 async def resend(client, method, params, session_id, request_id) -> dict:

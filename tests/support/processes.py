@@ -1,9 +1,10 @@
-"""Helpers for tests that run pi-server as a separate process."""
+"""Helpers for tests that run pi-server as a separate process (or watch what an agent does)."""
 
 import socket
 import time
 
 import pytest
+from twisted.internet import reactor, task
 
 
 def free_port() -> int:
@@ -28,3 +29,14 @@ def wait_until(condition, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+async def eventually(condition, what, timeout: float = 60) -> None:
+    """Poll a condition of another process (or of files an agent writes), which cannot
+    notify the test, while the reactor keeps running (the scripted LLM and the GitHub
+    stand-in are served by it). ``what`` is text, or a callable giving it at the time out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what() if callable(what) else what}")
+        await task.deferLater(reactor, 0.05, lambda: None)
