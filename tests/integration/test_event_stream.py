@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
+from piserver.sessions.observer import SessionObserver
 from tests.support.fakellm import Reply, Text, Tokens
 from tests.support.wsclient import is_type
 
@@ -41,6 +42,17 @@ def after_n_deltas(n):
         return count["seen"] >= n
 
     return predicate
+
+
+class RunEnded(SessionObserver):
+    """Fires ``ended`` when a run has ended: pi settled it, and the server relayed that."""
+
+    def __init__(self, ended: Deferred):
+        self.ended = ended
+
+    def run_ended(self, session, outcome, summary):
+        if not self.ended.called:
+            self.ended.callback(outcome)
 
 
 async def new_session(client):
@@ -117,8 +129,11 @@ async def test_events_without_any_client_are_replayed_on_attach(pi_server, fake_
     client = await pi_server.client()
     session_id = await new_session(client)
     await client.call("session.detach")
+    settled = Deferred()
+    pi_server.sessions.observers.add(RunEnded(settled))
     await client.call("prompt", {"message": "hello?"}, session_id=session_id)
-    await fake_llm.wait_for_end(1)
+    # (The LLM's answer having ended is not pi having settled the run.)
+    await settled
     state = await client.call("get_state", session_id=session_id)  # the run is over
     assert state["isStreaming"] is False
     assert client.event_frames(session_id) == []
