@@ -36,8 +36,7 @@ class Events:
         return [event["type"] for event, _ in self.received]
 
 
-@pytest_twisted.async_yield_fixture
-async def supervisor(tmp_path):
+def stub_supervisor(tmp_path, term_grace: float) -> AgentSupervisor:
     env = dict(os.environ, PI_SERVER_AUTH_TOKEN="must-not-leak")
     agents = AgentSupervisor(
         reactor,
@@ -48,10 +47,25 @@ async def supervisor(tmp_path):
         command_timeout=SAFETY_NET,
         startup_timeout=SAFETY_NET,
         abort_timeout=0.5,
-        term_grace=0.5,
+        term_grace=term_grace,
         kill_grace=0.5,
     )
     agents.startService()
+    return agents
+
+
+@pytest_twisted.async_yield_fixture
+async def supervisor(tmp_path):
+    agents = stub_supervisor(tmp_path, term_grace=0.5)
+    yield agents
+    await within(agents.stopService())
+
+
+@pytest_twisted.async_yield_fixture
+async def patient_supervisor(tmp_path):
+    # For an agent that is to exit by itself at the end of its input: however slowly a
+    # loaded machine lets it (the grace is only waited out by one that does not).
+    agents = stub_supervisor(tmp_path, term_grace=5.0)
     yield agents
     await within(agents.stopService())
 
@@ -163,9 +177,9 @@ async def test_stderr_tail_and_a_crash_at_start(supervisor, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_closes_stdin_and_the_agent_exits(supervisor, tmp_path):
-    agent, _ = await start(supervisor, tmp_path)
-    exit = await within(supervisor.stop("s1"))
+async def test_stop_closes_stdin_and_the_agent_exits(patient_supervisor, tmp_path):
+    agent, _ = await start(patient_supervisor, tmp_path)
+    exit = await within(patient_supervisor.stop("s1"))
     assert exit == AgentExit(code=0, signal=None, stderr_tail="", stop_requested=True)
 
 
@@ -184,17 +198,17 @@ async def test_term_ignored_then_kill(supervisor, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_stop_service_stops_everything(supervisor, tmp_path):
+async def test_stop_service_stops_everything(patient_supervisor, tmp_path):
     agents = [
-        (await start(supervisor, tmp_path, *args, key=key))[0]
+        (await start(patient_supervisor, tmp_path, *args, key=key))[0]
         for key, args in [
             ("a", []),
             ("b", ["--ignore-eof"]),
             ("c", ["--ignore-eof", "--ignore-term"]),
         ]
     ]
-    await within(supervisor.stopService())
-    assert [await supervisor.stop(key) for key in "abc"] == [None] * 3  # none held
+    await within(patient_supervisor.stopService())
+    assert [await patient_supervisor.stop(key) for key in "abc"] == [None] * 3  # none held
     assert [(a.exit.code, a.exit.signal) for a in agents] == [(0, None), (None, 15), (None, 9)]
 
 

@@ -34,6 +34,15 @@ def local_repo(tmp_path):
 @pytest.fixture
 def github_server(make_pi_server, fake_github):
     return make_pi_server(
+        "--github-api-url", fake_github.api_url, environ={"GITHUB_TOKEN": GITHUB_TOKEN}
+    )
+
+
+@pytest.fixture
+def impatient_github_server(make_pi_server, fake_github):
+    # For clones that hang: a short timeout (a clone that is to succeed gets the default,
+    # which a loaded machine needs).
+    return make_pi_server(
         "--github-api-url",
         fake_github.api_url,
         "--clone-timeout",
@@ -163,16 +172,16 @@ async def test_github_code_session_keeps_the_token_off_disk(
 
 
 @pytest_twisted.ensureDeferred
-async def test_failed_clones_leave_nothing_behind(github_server, fake_github):
+async def test_failed_clones_leave_nothing_behind(impatient_github_server, fake_github):
     repo = fake_github.add_repo("octo/app")
-    client = await github_server.client()
+    client = await impatient_github_server.client()
     await client.call("repos.list")
 
     fake_github.git_mode = "hang"
     with pytest.raises(CallFailed) as timed_out:
         await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
     assert timed_out.value.code == "git_error" and "timed out" in timed_out.value.message
-    assert session_directories(github_server.agent_dir.path) == []
+    assert session_directories(impatient_github_server.agent_dir.path) == []
     assert (await client.call("session.list"))["sessions"] == []
 
     fake_github.git_mode = "ok"
@@ -180,7 +189,7 @@ async def test_failed_clones_leave_nothing_behind(github_server, fake_github):
     with pytest.raises(CallFailed) as bad_url:
         await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
     assert bad_url.value.code == "git_error"
-    assert session_directories(github_server.agent_dir.path) == []
+    assert session_directories(impatient_github_server.agent_dir.path) == []
     assert GITHUB_TOKEN not in bad_url.value.message
 
 

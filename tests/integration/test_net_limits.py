@@ -59,6 +59,10 @@ def server(tmp_path_factory):
         PROXY_SOURCE,
         "--max-pending-per-address",
         "16",
+        # Longer than the flood may take on a loaded machine: none of its connections
+        # times out before the test has seen the cap held.
+        "--handshake-timeout",
+        "120",
         nofile=NOFILE,
         backlog=BACKLOG,
     ).start()

@@ -362,16 +362,17 @@ async def test_commit_push_and_pull_request_on_a_github_session(
 @pytest_twisted.ensureDeferred
 async def test_a_push_that_hangs_times_out(make_pi_server, fake_github):
     server = make_pi_server(
-        "--github-api-url",
-        fake_github.api_url,
-        "--clone-timeout",
-        "3",
-        environ={"GITHUB_TOKEN": TEST_TOKEN},
+        "--github-api-url", fake_github.api_url, environ={"GITHUB_TOKEN": TEST_TOKEN}
     )
     repo = fake_github.add_repo("octo/app")
     client = await server.client()
     created = await client.call("session.create", {"mode": "code", "repoId": "octo/app"})
     session_id = created["sessionId"]
+    # The clone had the default timeout (a loaded machine needs it); the push a short one.
+    server.extra_args += ["--clone-timeout", "3"]
+    await server.restart()
+    client = await server.client()
+    await client.call("session.attach", {"sessionId": session_id})
     checkout = server.sessions.sessions[session_id].cwd
     (checkout / "change.txt").write_text("a change\n")
     await client.call("session.commit", {"message": "A change"}, session_id=session_id)
