@@ -73,6 +73,9 @@ async def test_repeated_kill_9_mid_answer_loses_no_session(server_process, fake_
             )
         )
         server_process.kill()
+        # As its agents die with it when a machine stops (they would go on writing the
+        # session files the next server's agents use).
+        server_process.kill_agents()
         await client.closed
 
     log = server_process.log()

@@ -49,8 +49,10 @@ def is_event(event_type, session_id):
 
 @pytest_twisted.ensureDeferred
 async def test_a_full_disk_stops_journaling_keeps_the_journal_and_says_so(
-    small_sessions_disk, pi_server, fake_llm
+    small_sessions_disk, make_pi_server, fake_llm
 ):
+    # No warm agent: one starting or ending on the full disk would free or take its bytes.
+    pi_server = make_pi_server("--warm-agents", "0")
     logged = []
     globalLogPublisher.addObserver(logged.append)
     try:

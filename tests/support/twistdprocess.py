@@ -52,7 +52,8 @@ def run_daemon(tmp_path: Path, token: str, *extra_args: str) -> tuple[int, str]:
     )
     # twistd returns once the daemon has detached.
     assert started.returncode == 0, started.stderr.decode()
-    wait_until(pidfile.exists, 30, "the pidfile")
+    # (twistd writes it in place: it may be there and still empty.)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "the pidfile")
     pid = int(pidfile.read_text())
     wait_until(lambda: health_ok(port), 30, "/health to answer")
     os.kill(pid, signal.SIGTERM)
