@@ -132,13 +132,14 @@ def _dumps(obj) -> bytes:
 
 def _dumps_answer(envelope: dict) -> bytes:
     """A response: as ``_dumps``, but a lone surrogate in the result or error (bytes that
-    were not UTF-8, pi's text) becomes U+FFFD; the request id is echoed as it came."""
+    were not UTF-8, pi's text) becomes U+FFFD; the request's id and sessionId are echoed as
+    they came (a client matches its answers by them)."""
     text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
         cleaned = {
-            key: value if key == "id" else _replace_surrogates(value)
+            key: value if key in ("id", "sessionId") else _replace_surrogates(value)
             for key, value in envelope.items()
         }
         return json.dumps(cleaned, separators=(",", ":")).encode("ascii")

@@ -261,3 +261,10 @@ def test_lone_surrogate_in_an_id_is_echoed(request_id):
     payload = b'{"v": 1, "kind": "request", "id": "' + request_id.encode() + b'", "method": 5}'
     response = answer(payload)
     assert response["id"] == json.loads(f'"{request_id}"')
+
+
+def test_lone_surrogate_in_a_session_id_is_echoed():
+    # (Hypothesis found it: the sessionId came back with U+FFFD in the surrogate's place.)
+    payload = b'{"kind": "request", "id": "x", "method": "answer", "sessionId": " \\udc00"}'
+    response = answer(payload)
+    assert response["sessionId"] == " \udc00"
