@@ -1,11 +1,21 @@
 """Fixtures shared by all tests: a scripted LLM on loopback and a hermetic pi agent dir."""
 
+import os
+
 import pytest
 import pytest_twisted
+from hypothesis import settings
 
 from tests.support import schema
 from tests.support.fakellm import FakeLLM
 from tests.support.piagent import AgentDir, PiNotInstalled, locate_pi, spawn_pi, write_agent_dir
+
+# Property tests draw the same examples on every run (CI's verdict does not depend on a draw;
+# a fresh clone has no example database). PI_SERVER_TEST_HYPOTHESIS=explore draws new ones
+# each run, to hunt for what the repeatable ones miss.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("PI_SERVER_TEST_HYPOTHESIS", "repeatable"))
 
 
 @pytest.fixture(autouse=True)
