@@ -1,10 +1,11 @@
-"""Fixtures shared by all tests: a scripted LLM on loopback and a hermetic pi agent dir."""
+"""Fixtures shared by all tests: a scripted LLM on loopback, a hermetic pi agent dir, the log."""
 
 import os
 
 import pytest
 import pytest_twisted
 from hypothesis import settings
+from twisted.logger import globalLogPublisher
 
 from tests.support import schema
 from tests.support.fakellm import FakeLLM
@@ -27,6 +28,15 @@ def frames_match_the_schema():
     assert not violations, "frames that do not match piserver/schema/protocol.json:\n" + "\n".join(
         f"{problem}: {str(frame)[:300]}" for problem, frame in violations[:10]
     )
+
+
+@pytest.fixture
+def logged():
+    """Log events emitted while the test runs."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,9 @@
 import json
 import time
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
 
 from piserver.agents.protocol import (
     STDERR_LOG_LINES_PER_SECOND,
@@ -29,15 +27,6 @@ class Events:
     @property
     def types(self):
         return [event.get("type") for event, _ in self.received]
-
-
-@pytest.fixture
-def logged():
-    """Log events emitted while the test runs."""
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def formats(logged):

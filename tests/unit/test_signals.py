@@ -7,7 +7,6 @@ import os
 import signal
 
 import pytest
-from twisted.logger import globalLogPublisher
 
 from piserver.ops.signals import SignalsToReactor
 
@@ -39,14 +38,6 @@ def handlers():
     yield
     for number, handler in saved.items():
         signal.signal(number, handler)
-
-
-@pytest.fixture
-def logged():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def started(reactor) -> SignalsToReactor:
