@@ -21,6 +21,7 @@ from tests.support.serverprocess import (
     RawRpc,
     ServerProcess,
     open_websocket,
+    read_head,
     status_of,
     upgrade_request,
 )
@@ -187,16 +188,6 @@ def partial_upgrade(port: int, source: str, forwarded: str | None = None) -> soc
     )
     s.sendall(request[:-2])
     return s
-
-
-def read_head(s: socket.socket) -> bytes:
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        answer += chunk
-    return answer
 
 
 def test_behind_a_trusted_proxy_clients_are_themselves_and_others_cannot_pretend(server):

@@ -166,16 +166,21 @@ def upgrade_request(path: str = "/rpc", host: str = "127.0.0.1", headers=()) -> 
 
 
 def http_exchange(port: int, request: bytes, timeout: float = 10) -> bytes:
-    """Send ``request`` on a new socket; the answer's head (until a blank line or close)."""
+    """Send ``request`` on a new socket; the answer's head (see ``read_head``)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+        return read_head(s)
+
+
+def read_head(s: socket.socket) -> bytes:
+    """What ``s`` receives until a blank line (an HTTP answer's head) or its close."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
 
 
 def status_of(answer: bytes) -> int | None:
