@@ -6,7 +6,6 @@ session's branch.
 """
 
 import os
-import subprocess
 
 import pytest
 import pytest_twisted
@@ -21,18 +20,6 @@ from tests.support.fakegithub import git_env, make_repository, run_git
 from tests.support.hostilegit import in_thread, local_session
 
 BRANCH = "pi/session-s1"
-
-
-def git_input(cwd: str, text: str, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env=git_env(),
-        input=text,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
 
 
 def objects(repo) -> set[str]:
@@ -109,8 +96,8 @@ async def test_objects_git_refuses_are_not_published(setup):
     before = run_git("rev-parse", BRANCH, cwd=source).strip()
     packs = sorted(os.listdir(os.path.join(source, ".git", "objects", "pack")))
     # A tree with an entry ".git": checking it out would write into a repository's git dir.
-    blob = git_input(clone, "[core]\n", "hash-object", "-w", "--stdin")
-    tree = git_input(clone, f"100644 blob {blob}\t.git\n", "mktree")
+    blob = run_git("hash-object", "-w", "--stdin", cwd=clone, input="[core]\n").strip()
+    tree = run_git("mktree", cwd=clone, input=f"100644 blob {blob}\t.git\n").strip()
     commit = run_git("commit-tree", tree, "-p", before, "-m", "evil", cwd=clone).strip()
     run_git("update-ref", f"refs/heads/{BRANCH}", commit, cwd=clone)
 

@@ -49,10 +49,16 @@ def git_env() -> dict[str, str]:
     return env
 
 
-def run_git(*args: str, cwd: str | None = None) -> str:
-    """Run git synchronously (fixture set-up only); its stdout."""
+def run_git(*args: str, cwd: str | None = None, input: str | None = None) -> str:
+    """Run git synchronously (fixture set-up only), ``input`` on its stdin; its stdout."""
     completed = subprocess.run(
-        ["git", *args], cwd=cwd, env=git_env(), check=True, capture_output=True, text=True
+        ["git", *args],
+        cwd=cwd,
+        env=git_env(),
+        input=input,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return completed.stdout
 
