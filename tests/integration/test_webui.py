@@ -138,6 +138,21 @@ async def wait_idle(browser, page):
     await browser.run(page.locator("#run-state[data-running=false]").wait_for(state="attached"))
 
 
+def offer_repo(server, repo_id: str, name: str, path: str) -> None:
+    """List the local repository ``path`` on ``server`` (its repos.json)."""
+    (server.agent_dir.path / "repos.json").write_text(
+        json.dumps({"repos": [{"id": repo_id, "name": name, "path": path}]})
+    )
+
+
+async def new_code_session(browser, page, repo_id: str) -> str:
+    """Start a code session on ``repo_id`` from the page, wait for its page; its id."""
+    await browser.run(page.select_option("#repo-select", repo_id))
+    await browser.run(page.click("#new-code"))
+    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
+    return page.url.rsplit("/", 1)[1]
+
+
 @pytest_twisted.ensureDeferred
 async def test_http_side_of_the_web_client(server):
     base = f"http://127.0.0.1:{server.port}"
@@ -439,14 +454,9 @@ async def test_hostile_answer_is_shown_inert(browser, server, script):
 @pytest_twisted.ensureDeferred
 async def test_code_session_tools_and_its_changes_where_offered(browser, server, script, tmp_path):
     source = make_repository(str(tmp_path / "web"))
-    (server.agent_dir.path / "repos.json").write_text(
-        json.dumps({"repos": [{"id": "web", "name": "Web app", "path": source}]})
-    )
+    offer_repo(server, "web", "Web app", source)
     page = await signed_in(browser, server, viewport=DESKTOP)
-    await browser.run(page.select_option("#repo-select", "web"))
-    await browser.run(page.click("#new-code"))
-    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
-    session_id = page.url.rsplit("/", 1)[1]
+    session_id = await new_code_session(browser, page, "web")
     script(
         Reply(ToolCall("write", {"path": "notes.txt", "content": "remember the milk\n"})),
         Text("Noted."),
@@ -499,14 +509,9 @@ async def test_a_repositorys_own_pi_extension_loads_after_a_yes_in_the_dialog(
             "}\n",
         },
     )
-    (server.agent_dir.path / "repos.json").write_text(
-        json.dumps({"repos": [{"id": "trusting", "name": "Trusting", "path": source}]})
-    )
+    offer_repo(server, "trusting", "Trusting", source)
     page = await signed_in(browser, server, viewport=DESKTOP)
-    await browser.run(page.select_option("#repo-select", "trusting"))
-    await browser.run(page.click("#new-code"))
-    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
-    session = server.sessions.sessions[page.url.rsplit("/", 1)[1]]
+    session = server.sessions.sessions[await new_code_session(browser, page, "trusting")]
     dialog = page.locator("dialog#dialog")
     await browser.run(dialog.filter(has_text="Trust this project").wait_for())
     assert ".pi/extensions" in await browser.run(dialog.inner_text())
@@ -525,15 +530,10 @@ async def test_approval_card_allow_and_the_decision_after_a_reload(
     browser, server, script, tmp_path
 ):
     source = make_repository(str(tmp_path / "guarded"))
-    (server.agent_dir.path / "repos.json").write_text(
-        json.dumps({"repos": [{"id": "guarded", "name": "Guarded", "path": source}]})
-    )
+    offer_repo(server, "guarded", "Guarded", source)
     page = await signed_in(browser, server, viewport=PHONE)
     await browser.run(page.select_option("#new-permission", "ask"))
-    await browser.run(page.select_option("#repo-select", "guarded"))
-    await browser.run(page.click("#new-code"))
-    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
-    session_id = page.url.rsplit("/", 1)[1]
+    session_id = await new_code_session(browser, page, "guarded")
     script(Reply(ToolCall("bash", {"command": "echo approved-by-click"})), Text("Ran it."))
     await send(browser, page, "run it")
     card = page.locator(".approval[data-state=pending]")
@@ -573,10 +573,7 @@ async def test_github_session_commit_push_and_pull_request(
     base = f"http://127.0.0.1:{github_server.port}"
     page = await open_page(browser, f"{base}/ui#token={github_server.token}", viewport=DESKTOP)
     await browser.run(page.locator("html[data-ready=true]").wait_for(state="attached"))
-    await browser.run(page.select_option("#repo-select", "octo/app"))
-    await browser.run(page.click("#new-code"))
-    await browser.run(page.wait_for_url(re.compile(r"/ui/sessions/[^/]+$")))
-    session_id = page.url.rsplit("/", 1)[1]
+    session_id = await new_code_session(browser, page, "octo/app")
     branch = f"pi/session-{session_id}"
     fake_llm.script(
         Reply(ToolCall("write", {"path": "hello.txt", "content": "hello\n"})),
