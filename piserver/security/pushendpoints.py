@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
 from piserver.common.errors import InvalidParams
+from piserver.security.addresses import parse_ip
 
 MAX_ENDPOINT_LENGTH = 2048
 
@@ -35,9 +36,9 @@ def getaddrinfo_resolver(in_thread) -> Callable[[str], Awaitable[list[str]]]:
 
 def _internal(address: str) -> str | None:
     """Why ``address`` is not a public one, or None when it is."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = parse_ip(address)
+    if ip is None:
+        return "not an address"
     for attribute, what in (
         # The most telling name first: link-local and loopback addresses are private too.
         ("is_loopback", "loopback"),
