@@ -12,7 +12,6 @@ import attr
 from twisted.logger import Logger
 
 from piserver.common.errors import GitError
-from piserver.repos.localclone import is_worktree
 
 
 class RepoSource(enum.StrEnum):
@@ -32,12 +31,19 @@ class CheckoutRecord:
     base_branch: str
     # The local repository the checkout was cloned from; None for a GitHub clone.
     repo_path: str | None = None
+    # A local repository's checkout: a clone of it (False: a git worktree of it, as made
+    # before clones). Kept here: the agent owns the checkout's .git, and could make it say
+    # either.
+    local_clone: bool = False
 
     def to_json(self) -> dict:
-        """The record's fields, as ``session.json`` and ``state.json`` have always had them."""
+        """The record's fields, as ``session.json`` and ``state.json`` have always had them
+        (``localClone`` since local checkouts are clones)."""
         fields = {"repoSource": self.source.value}
         if self.repo_path is not None:
             fields["repoPath"] = self.repo_path
+        if self.local_clone:
+            fields["localClone"] = True
         return fields | {"branch": self.branch, "baseBranch": self.base_branch}
 
     @classmethod
@@ -54,7 +60,9 @@ class CheckoutRecord:
             repo_path is None or isinstance(repo_path, str)
         ):
             raise ValueError("the checkout's branch, base or repository is not a string")
-        return cls(source, *fields, repo_path=repo_path)
+        return cls(
+            source, *fields, repo_path=repo_path, local_clone=record.get("localClone") is True
+        )
 
 
 @attr.frozen
@@ -88,6 +96,7 @@ class Checkouts:
                 session_branch(session.id),
                 repo["defaultBranch"],
                 repo_path=repo["path"],
+                local_clone=True,
             )
             record.update(checkout.to_json())
         return record
@@ -99,7 +108,9 @@ class Checkouts:
         if repo.get("source") == "local":
             on_progress("clone", f"cloning {repo['name']} on {branch}")
             await self._clones.create(repo["path"], str(dest), branch, base)
-            record = CheckoutRecord(RepoSource.LOCAL, branch, base, repo_path=repo["path"])
+            record = CheckoutRecord(
+                RepoSource.LOCAL, branch, base, repo_path=repo["path"], local_clone=True
+            )
         else:
             on_progress("clone", f"cloning {repo['fullName']} ({base})")
             await self._git.clone(
@@ -129,7 +140,7 @@ class Checkouts:
             return {}  # a clone is just a directory, removed with the session's
         repo_path, branch = checkout.repo_path, checkout.branch
         try:
-            if is_worktree(session.cwd):
+            if not checkout.local_clone:
                 await self._git.worktree_remove(repo_path, str(session.cwd))
             elif session.cwd.is_dir():
                 await self._publish_own_commits(session)

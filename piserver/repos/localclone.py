@@ -33,11 +33,6 @@ from piserver.repos.servergit import ENVIRONMENT, OVERRIDES
 PUBLISH_MESSAGE = "pi-server: session commit"
 
 
-def is_worktree(checkout) -> bool:
-    """A checkout made before clones: a git worktree of the source (``.git`` a file)."""
-    return os.path.isfile(os.path.join(str(checkout), ".git"))
-
-
 class LocalClones:
     """``git`` a :class:`piserver.repos.git.Git`; ``server_git`` the
     :class:`piserver.repos.servergit.ServerGit` whose shadows read a clone's objects."""

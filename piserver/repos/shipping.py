@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from piserver.common.errors import GitError, InvalidParams, InvalidState
 from piserver.repos.changes import file_list
 from piserver.repos.checkouts import RepoSource
-from piserver.repos.localclone import is_worktree
 from piserver.repos.paths import relative_path
 from piserver.repos.snapshot import Snapshots
 
@@ -190,7 +189,7 @@ class Shipping:
         return (
             self._clones is not None
             and session.checkout.source is RepoSource.LOCAL
-            and not is_worktree(session.cwd)
+            and session.checkout.local_clone
         )
 
     async def _identity(self, session) -> dict:

@@ -163,6 +163,7 @@ class Session:
             "repoPath",
             "branch",
             "baseBranch",
+            "localClone",
             "forkedFrom",
             "budgetUsd",
             "projectTrust",

@@ -296,7 +296,7 @@ async def test_a_fifo_as_the_checkouts_index_is_never_read(tmp_path, captured_lo
     )
     git = Git(reactor, env=git_env())
     branch = "pi/session-s1"
-    session = local_session(tmp_path, source, branch)
+    session = local_session(tmp_path, source, branch, local_clone=False)
     make_old_worktree(source, str(session.cwd), branch)
     (session.cwd / "app.py").write_text("x = 2\n")
     index = run_git("rev-parse", "--path-format=absolute", "--git-path", "index", cwd=session.cwd)

@@ -58,7 +58,7 @@ async def test_a_hostile_worktree_config_runs_nothing_and_head_is_not_followed(
         str(tmp_path / "source"), default_branch="main", files={"app.py": "x = 1\n"}
     )
     git = Git(reactor, env=git_env())
-    session = local_session(tmp_path, source, BRANCH)
+    session = local_session(tmp_path, source, BRANCH, local_clone=False)
     make_old_worktree(source, str(session.cwd), BRANCH)
     main_before = run_git("rev-parse", "main", cwd=source).strip()
     plant_traps(str(session.cwd), markers, proxy_trap.port)

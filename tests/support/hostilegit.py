@@ -30,13 +30,15 @@ class CheckoutSession:
         return self.directory / "repo"
 
 
-def local_session(tmp_path: Path, source: str, branch: str = "pi/session-s1") -> CheckoutSession:
+def local_session(
+    tmp_path: Path, source: str, branch: str = "pi/session-s1", local_clone: bool = True
+) -> CheckoutSession:
     """Session ``s1`` of the local repository ``source`` (its directory made, its
-    checkout not yet)."""
+    checkout not yet): a clone of it, or with ``local_clone=False`` a worktree of old."""
     session = CheckoutSession(
         "s1",
         tmp_path / "sessions" / "s1",
-        CheckoutRecord(RepoSource.LOCAL, branch, "main", repo_path=source),
+        CheckoutRecord(RepoSource.LOCAL, branch, "main", repo_path=source, local_clone=local_clone),
     )
     session.directory.mkdir(parents=True)
     return session

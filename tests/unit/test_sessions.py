@@ -842,6 +842,11 @@ def test_a_code_sessions_record_round_trips_through_its_typed_checkout(tmp_path)
     )
     assert session.forked_from == record["forkedFrom"]
     assert session.record() == record
+    # A clone of a local repository says so in its record (a record without says a
+    # worktree of old): the server never asks the checkout's .git, which the agent owns.
+    cloned = Session.from_record(tmp_path, {**record, "localClone": True})
+    assert cloned.checkout.local_clone and not session.checkout.local_clone
+    assert cloned.record() == {**record, "localClone": True}
     chat = Session.from_record(tmp_path, {**record, "mode": "chat", "repoSource": None})
     assert chat.checkout is None
     with pytest.raises(ValueError):
