@@ -11,11 +11,12 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import DeferredList
 
 from piserver.security.pushsubscriptions import PUSH_SUBSCRIPTIONS_FILE
 from piserver.security.tokens import DEVICE_TOKENS_FILE, DeviceTokenStore
 from tests.integration.test_approvals import code_session, tool_messages
+from tests.support.browser import Browser, ServiceWorkerWatch
 from tests.support.fakellm import Reply, Text, ToolCall
 from tests.support.pushservice import PushService
 from tests.support.wsclient import CallFailed, RpcClient, is_type
@@ -182,25 +183,9 @@ WORKER_STATE = """async () => {
 
 @pytest.fixture
 def browser():
-    from tests.support.browser import Browser
-
     started = Browser.start()
     yield started
     started.stop()
-
-
-async def worker_registration(browser, cdp) -> str:
-    """The service worker registration's id, from the DevTools protocol."""
-    found = Deferred()
-
-    def updated(event):
-        for registration in event["registrations"]:
-            if registration["scopeURL"].endswith("/ui/") and not found.called:
-                reactor.callFromThread(found.callback, registration["registrationId"])
-
-    cdp.on("ServiceWorker.workerRegistrationUpdated", updated)
-    await browser.run(cdp.send("ServiceWorker.enable"))
-    return await found.addTimeout(30, reactor)
 
 
 @pytest_twisted.ensureDeferred
@@ -245,18 +230,13 @@ async def test_the_web_app_installs_works_offline_and_shows_pushes(
     fake_llm.script(Text("All done.\nSecond line."))
     await phone.call("prompt", {"message": "tidy up"}, session_id=session_id)
     push = await push_service.wait_for(lambda p: p.message["event"] == "run_finished")
-    registration_id = await worker_registration(browser, cdp)
-    await browser.run(
-        cdp.send(
-            "ServiceWorker.deliverPushMessage",
-            {
-                "origin": base,
-                "registrationId": registration_id,
-                "data": json.dumps(push.message),
-            },
-        )
+    worker = await ServiceWorkerWatch(browser, cdp, "/ui/").start()
+    shown = await worker.push(
+        base,
+        json.dumps(push.message),
+        lambda: browser.run(page.evaluate(SHOWN_NOTIFICATIONS)),
+        "notification",
     )
-    shown = await browser.run(page.evaluate(SHOWN_NOTIFICATIONS)).addTimeout(30, reactor)
     assert [(n["title"], n["body"], n["actions"]) for n in shown] == [
         ("tidy up: finished", "All done.", [])
     ]
@@ -274,14 +254,13 @@ async def test_the_web_app_installs_works_offline_and_shows_pushes(
     )
     assert [a["action"] for a in asked.message["actions"]] == ["allow", "deny"]
     assert asked.urgency == "high"
-    await browser.run(
-        cdp.send(
-            "ServiceWorker.deliverPushMessage",
-            {"origin": base, "registrationId": registration_id, "data": json.dumps(asked.message)},
-        )
-    )
     tag = f"session-{code_id}-input_needed"
-    shown = await browser.run(page.evaluate(SHOWN_NOTIFICATIONS, tag)).addTimeout(30, reactor)
+    shown = await worker.push(
+        base,
+        json.dumps(asked.message),
+        lambda: browser.run(page.evaluate(SHOWN_NOTIFICATIONS, tag)),
+        "approval notification",
+    )
     assert [(n["title"], n["actions"]) for n in shown] == [
         ("run it: waits for your answer", ["allow", "deny"])
     ]
@@ -293,6 +272,7 @@ async def test_the_web_app_installs_works_offline_and_shows_pushes(
     await phone.wait_for_event(is_type("agent_settled", code_id))
     assert any("approved-from-lock-screen" in m for m in tool_messages(fake_llm))
     assert await browser.run(page.evaluate("window.__violations")) == []
+    assert worker.errors == []
 
     # Without a network (and the server gone), the app still opens, from the service
     # worker's copy, and says so.
