@@ -145,7 +145,7 @@ class ServiceWorkerWatch:
         self.running = {}  # versionId -> runningStatus: stopped, starting, running, stopping
         self.errors = []
         self.lost = 0  # pushes delivered that showed nothing
-        self._waiters = []
+        self._registered = defer.Deferred()
 
     async def start(self) -> ServiceWorkerWatch:
         for name, handler in [
@@ -155,7 +155,10 @@ class ServiceWorkerWatch:
         ]:
             self._cdp.on(name, lambda event, on=handler: reactor.callFromThread(on, event))
         await self._browser.run(self._cdp.send("ServiceWorker.enable"))
-        await self._until(lambda: self.registration_id is not None, "a registration")
+        try:
+            await self._registered.addTimeout(30, reactor)
+        except defer.TimeoutError as timed_out:
+            raise self._late("registration", 30) from timed_out
         return self
 
     def _late(self, what: str, timeout: float) -> AssertionError:
@@ -169,33 +172,15 @@ class ServiceWorkerWatch:
             deleted = registration.get("isDeleted")
             if registration["scopeURL"].endswith(self._scope_suffix) and not deleted:
                 self.registration_id = registration["registrationId"]
-        self._wake()
+                if not self._registered.called:
+                    self._registered.callback(None)
 
     def _versions(self, event):
         for version in event["versions"]:
             self.running[version["versionId"]] = version["runningStatus"]
-        self._wake()
 
     def _error(self, event):
         self.errors.append(event["errorMessage"])
-        self._wake()
-
-    def _wake(self):
-        waiting, self._waiters = self._waiters, []
-        for waiter in waiting:
-            if not waiter.called:
-                waiter.callback(None)
-
-    async def _until(self, condition, what: str, timeout: float = 30):
-        """Waits, woken by the worker's events, until ``condition()`` holds."""
-        deadline = reactor.seconds() + timeout
-        while not condition():
-            left = deadline - reactor.seconds()
-            if left <= 0:
-                raise self._late(what, timeout)
-            changed = defer.Deferred()
-            self._waiters.append(changed)
-            await changed.addTimeout(left, reactor, onTimeoutCancel=lambda *_: None)
 
     async def push(self, origin: str, data: str, shown, what: str):
         """Delivers ``data`` as a push message and answers ``shown()``'s result (a page
